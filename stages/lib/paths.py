@@ -1,0 +1,41 @@
+"""Every file the DAG reads or writes, relative to the project root (DVC runs stages there).
+
+dvc.yaml names the same paths; keep the two in step.
+"""
+
+from pathlib import Path
+
+RAW = Path("data/raw/arxiv.jsonl.gz")
+
+CLEAN_DIR = Path("data/clean")
+PAPERS = CLEAN_DIR / "papers.parquet"
+REJECTS = CLEAN_DIR / "rejects.jsonl"
+
+SPLIT_DIR = Path("data/split")
+SPLITS = ("train", "eval", "test")
+
+
+def split_file(split: str) -> Path:
+    return SPLIT_DIR / f"{split}.parquet"
+
+
+TRIPLETS_DIR = Path("data/triplets")
+# Kinds written by make_triplets, per split: (anchor, positive, negative) triplets,
+# title->abstract pairs of one paper, and abstract->abstract pairs of one label.
+TRAINING_KINDS = ("triplets", "title_abstract", "same_label")
+
+
+def training_file(split: str, kind: str) -> Path:
+    return TRIPLETS_DIR / f"{split}_{kind}.parquet"
+
+
+MODELS_DIR = Path("models")
+FINETUNED = MODELS_DIR / "finetuned"
+CHECKPOINTS = MODELS_DIR / "checkpoints"  # persisted between runs for resume; not a DVC out
+
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = METRICS_DIR / "plots"
+
+
+def metrics_file(stage: str) -> Path:
+    return METRICS_DIR / f"{stage}.json"

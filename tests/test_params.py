@@ -1,0 +1,46 @@
+import pytest
+import yaml
+
+from stages.lib.params import ParamsError, flatten, load_params, parse_params
+
+from .conftest import ROOT
+
+
+def committed_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.shared.label in {"primary_category", "archive"}
+    assert flatten(params)["finetune.loss"] == params.finetune.loss
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("finetune", "learning_rte", 1e-5, "finetune.learning_rte: unknown key"),
+        ("split", "method", "random", "split.method: Input should be 'stratified' or 'time'"),
+        ("finetune", "batch_size", "32", "finetune.batch_size: Input should be a valid integer"),
+        ("split", "test_fraction", 1.5, "split.test_fraction"),
+        ("finetune", "loss", "cosine", "'triplet', 'mnrl', 'cached_mnrl' or 'batch_hard'"),
+    ],
+)
+def test_bad_params_name_the_key(section, key, value, expected):
+    raw = committed_params()
+    raw[section][key] = value
+    with pytest.raises(ParamsError, match="params.yaml is invalid") as excinfo:
+        parse_params(raw)
+    assert expected in str(excinfo.value)
+
+
+def test_cross_field_rules():
+    raw = committed_params()
+    raw["download"].update(source="file", path=None)
+    with pytest.raises(ParamsError, match="download.path"):
+        parse_params(raw)
+
+
+def test_missing_file_says_where(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
