@@ -1,0 +1,96 @@
+"""MLflow set-up shared by finetune, evaluate and push.
+
+Default: a store inside the project (`sqlite:///mlflow.db`, artifacts under `mlruns/`) that needs no
+server. `MLFLOW_TRACKING_URI` points it at a server; credentials stay in the environment
+(`MLFLOW_TRACKING_USERNAME`/`PASSWORD`/`TOKEN`) and are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACTS = Path("mlruns")
+EXPERIMENT = "arxiv-embed"
+RUN_INFO = "mlflow_run.json"  # written into models/finetuned: the finetune run evaluate and push log into
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The configured MLflow tracking server does not answer."""
+
+
+def redact(uri: str) -> str:
+    """The URI without any user:password@ part, for messages and logs."""
+    parts = urlparse(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunparse(parts._replace(netloc=host))
+    return uri
+
+
+def configure_tracking(timeout_s: float = 5.0) -> str:
+    """Point MLflow at the configured store and check it answers, before any expensive work.
+
+    Returns the tracking URI (redacted). Raises TrackingUnavailableError naming the server and
+    what to do, so a down server costs seconds, not a finished training run.
+    """
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
+    scheme = urlparse(uri).scheme
+    if scheme in {"http", "https"}:
+        import requests
+
+        try:
+            # /health is served by `mlflow server`; any HTTP answer proves it is up.
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as exc:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI) does not answer: "
+                f"{type(exc).__name__}. Start it, fix the URI, or unset MLFLOW_TRACKING_URI to use "
+                f"the local store {DEFAULT_TRACKING_URI}."
+            ) from None
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        # Local store: keep artifacts inside the project, not in a cwd-dependent default.
+        location = DEFAULT_ARTIFACTS.resolve().as_uri() if scheme in {"", "sqlite", "file"} else None
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
+    return redact(uri)
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """sha256 over the files (directories: their files in sorted order), to tag which data a run saw."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+        for file in files:
+            digest.update(str(file.as_posix()).encode())
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(*data_paths: Path) -> dict[str, str]:
+    """Tags every run carries: git commit, DVC experiment name, data fingerprint."""
+    tags = {"git_commit": git_commit(), "data_fingerprint": file_fingerprint(*data_paths)}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    return tags
