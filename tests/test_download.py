@@ -1,0 +1,327 @@
+"""download: OAI-PMH harvests and the Kaggle URL against servers on 127.0.0.1, local files for real."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import itertools
+import json
+import socket
+import threading
+import urllib.parse
+import zipfile
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import download
+from stages.lib.sources import DownloadError, NoNetworkError, harvest_oai, json_line, open_records, stream_url_records
+
+from .conftest import ROOT, deep_update
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+class Server:
+    """A threading HTTP server on 127.0.0.1 answering from scripts the test writes.
+
+    A request is keyed by its resumptionToken, else its set, else its path; each key holds a list
+    of responses served in turn (the last one repeats). Every request is logged.
+    """
+
+    def __init__(self) -> None:
+        self.script: dict[str, list[Response]] = {}
+        self.log: list[tuple[str, dict[str, str], dict[str, str]]] = []  # (key, query, headers)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                key = query.get("resumptionToken") or query.get("set") or url.path
+                server.log.append((key, query, dict(self.headers)))
+                responses = server.script.get(key, [(404, {}, b"not scripted")])
+                status, headers, body = responses.pop(0) if len(responses) > 1 else responses[0]
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped early on purpose
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def keys(self) -> list[str]:
+        return [key for key, _, _ in self.log]
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[[], Server]]:
+    started: list[Server] = []
+
+    def start() -> Server:
+        started.append(Server())
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+@pytest.fixture
+def server(servers: Callable[[], Server]) -> Server:
+    return servers()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port nothing listens on: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def oai_record(arxiv_id: str, categories: str = "cs.LG", deleted: bool = False) -> str:
+    status = ' status="deleted"' if deleted else ""
+    header = f"<header{status}><identifier>oai:arXiv.org:{arxiv_id}</identifier><datestamp>2026-10-03</datestamp></header>"
+    if deleted:
+        return f"<record>{header}</record>"
+    return f"""<record>{header}<metadata><arXiv xmlns="http://arxiv.org/OAI/arXiv/">
+<id>{arxiv_id}</id><created>2026-10-02</created><updated>2026-10-03</updated>
+<authors><author><keyname>Lindqvist</keyname><forenames>Anna</forenames></author>
+<author><keyname>Chen</keyname><forenames>Bo</forenames><suffix>Jr</suffix></author>
+<author><keyname>LIGO Collaboration</keyname></author></authors>
+<title>Private Retrieval over Scientific
+  Corpora</title><categories>{categories}</categories><comments>12 pages</comments>
+<doi>10.1000/xyz</doi><license>http://creativecommons.org/licenses/by/4.0/</license>
+<abstract>  We study retrieval under differential privacy &amp; report epsilon &lt; 1.
+</abstract></arXiv></metadata></record>"""
+
+
+def oai_page(records: list[str], token: str | None = None) -> Response:
+    # arXiv ends a list with an empty resumptionToken element; a middle page carries the token.
+    resumption = f"<resumptionToken cursor=\"0\">{token}</resumptionToken>" if token else "<resumptionToken cursor=\"2\"/>"
+    body = f"""<?xml version="1.0" encoding="UTF-8"?>
+<OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/"><responseDate>2026-11-01T00:00:00Z</responseDate>
+<request verb="ListRecords">x</request><ListRecords>{''.join(records)}{resumption}</ListRecords></OAI-PMH>"""
+    return 200, {"Content-Type": "text/xml"}, body.encode()
+
+
+def oai_error(code: str) -> Response:
+    body = f"""<?xml version="1.0" encoding="UTF-8"?><OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/">
+<error code="{code}">explained</error></OAI-PMH>"""
+    return 200, {"Content-Type": "text/xml"}, body.encode()
+
+
+def sample_lines(path: Path, n: int | None = None) -> list[bytes]:
+    with gzip.open(path, "rb") as f:
+        return list(itertools.islice(f, n))
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+# ---------------------------------------------------------------- OAI-PMH
+
+def test_harvest_follows_tokens_retries_503_converts_and_paces(server: Server, kaggle_sample: Path):
+    server.script = {
+        "cs": [oai_page([oai_record("2610.00001", "cs.IR  cs.CR"), oai_record("2610.00002", deleted=True)], "tok1")],
+        "tok1": [(503, {"Retry-After": "0"}, b"busy"), oai_page([oai_record("2610.00003")])],
+        "stat": [oai_error("noRecordsMatch")],  # an empty set is not an error
+    }
+    sleeps: list[float] = []
+    records = list(harvest_oai(f"{server.url}/oai", ["cs", "stat"], "2026-10-01", "2026-10-07",
+                               request_interval_s=3.0, max_retries=2, sleep=sleeps.append))
+
+    assert [r["id"] for r in records] == ["2610.00001", "2610.00003"]  # deleted record skipped
+    assert server.keys() == ["cs", "tok1", "tok1", "stat"]
+    assert server.log[0][1] == {"verb": "ListRecords", "metadataPrefix": "arXiv", "set": "cs",
+                                "from": "2026-10-01", "until": "2026-10-07"}
+    assert server.log[1][1] == {"verb": "ListRecords", "resumptionToken": "tok1"}
+    assert server.log[0][2]["User-Agent"].startswith("arxiv-embed/")
+    # 3 s between requests, Retry-After's 0 s after the 503, nothing before the first request.
+    assert [round(s) for s in sleeps] == [0, 3, 0, 3, 3]
+
+    first = records[0]
+    kaggle_keys = list(json.loads(sample_lines(kaggle_sample, 1)[0]))
+    assert list(json.loads(json_line(first))) == kaggle_keys
+    assert first["authors"] == "Anna Lindqvist, Bo Chen Jr and LIGO Collaboration"
+    assert first["authors_parsed"] == [["Lindqvist", "Anna", ""], ["Chen", "Bo", "Jr"], ["LIGO Collaboration", "", ""]]
+    assert first["title"] == "Private Retrieval over Scientific\n  Corpora"  # raw, as in the snapshot
+    assert first["abstract"].startswith("  We study retrieval under differential privacy & report epsilon < 1.")
+    assert first["categories"] == "cs.IR cs.CR"
+    assert first["versions"] == [{"version": "v1", "created": "Fri, 2 Oct 2026 00:00:00 GMT"}]
+    assert first["update_date"] == "2026-10-03"
+    assert (first["doi"], first["comments"], first["journal-ref"], first["submitter"]) == ("10.1000/xyz", "12 pages", None, None)
+
+
+def test_max_records_is_spread_over_sets_and_stops_requests(server: Server):
+    server.script = {
+        "cs": [oai_page([oai_record(f"2610.0000{i}") for i in range(3)], "cs-page-2")],
+        "q-bio": [oai_page([oai_record("2610.00100", "q-bio.NC")])],
+        "math": [oai_page([oai_record("2610.00001")] + [oai_record(f"2610.0020{i}", "math.CO") for i in range(5)], "m2")],
+    }
+    records = list(harvest_oai(f"{server.url}/oai", ["cs", "q-bio", "math"], max_records=6, request_interval_s=0))
+
+    # cs: its share ceil(6/3)=2, then no request for page 2; q-bio has 1 of its 2; math fills up to 6,
+    # skipping the paper it shares with cs.
+    assert [r["id"] for r in records] == ["2610.00000", "2610.00001", "2610.00100", "2610.00200", "2610.00201", "2610.00202"]
+    assert server.keys() == ["cs", "q-bio", "math"]
+
+
+@pytest.mark.parametrize(
+    ("responses", "message"),
+    [([(503, {"Retry-After": "0"}, b"busy")], "HTTP 503"), ([oai_error("badArgument")], "badArgument for set 'cs'")],
+)
+def test_oai_failures_are_bounded_and_explained(server: Server, responses: list[Response], message: str):
+    server.script = {"cs": responses}
+    with pytest.raises(DownloadError, match=message) as excinfo:
+        list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2))
+    assert "download.oai" in str(excinfo.value)
+    assert len(server.log) == (3 if "503" in message else 1)  # 1 try + max_retries
+
+
+def test_unreachable_host_says_no_network_and_how_to_use_a_file(closed_port: int):
+    url = f"http://127.0.0.1:{closed_port}/oai"
+    for reader in (lambda: harvest_oai(url, ["cs"], request_interval_s=0, timeout_s=5), lambda: stream_url_records(url, 5)):
+        with pytest.raises(NoNetworkError, match="no network") as excinfo:
+            list(reader())
+        assert "dvc exp run -S download.source=file -S download.path=" in str(excinfo.value)
+
+
+# ---------------------------------------------------------------- Kaggle: URL and zip
+
+def test_kaggle_url_streams_the_zip_member(server: Server, kaggle_sample: Path, tmp_path: Path):
+    lines = sample_lines(kaggle_sample, 40)
+    archive = make_zip(tmp_path / "arxiv.zip", {"arxiv-metadata-oai-snapshot.json": b"".join(lines)})
+    server.script = {"/dl": [(200, {"Content-Type": "application/zip"}, archive.read_bytes())],
+                     "/gz": [(200, {}, gzip.compress(b"".join(lines)))],
+                     "/private": [(403, {}, b"forbidden")],
+                     "/evil": [(200, {}, make_zip(tmp_path / "evil.zip", {"../evil.json": lines[0]}).read_bytes())]}
+
+    assert list(stream_url_records(f"{server.url}/dl", 5)) == lines
+    assert list(itertools.islice(stream_url_records(f"{server.url}/dl", 5), 7)) == lines[:7]
+    assert list(stream_url_records(f"{server.url}/gz", 5)) == lines
+    with pytest.raises(DownloadError, match="HTTP 403.*KAGGLE_USERNAME.*download.path"):
+        list(stream_url_records(f"{server.url}/private", 5))
+    with pytest.raises(DownloadError, match=r"first member '\.\./evil\.json' .* safe name"):
+        list(stream_url_records(f"{server.url}/evil", 5))
+
+
+def test_kaggle_credentials_never_follow_a_redirect(servers, kaggle_sample: Path, monkeypatch: pytest.MonkeyPatch):
+    kaggle, storage = servers(), servers()
+    kaggle.script = {"/dl": [(302, {"Location": f"{storage.url}/blob"}, b"")]}
+    storage.script = {"/blob": [(200, {}, b"".join(sample_lines(kaggle_sample, 3)))]}
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret-key")
+
+    assert len(list(stream_url_records(f"{kaggle.url}/dl", 5))) == 3
+    assert kaggle.log[0][2]["Authorization"].startswith("Basic ")
+    assert "Authorization" not in storage.log[0][2]
+
+
+def test_local_zip_is_streamed_and_unsafe_or_wrong_zips_are_refused(kaggle_sample: Path, tmp_path: Path):
+    lines = sample_lines(kaggle_sample, 30)
+    good = make_zip(tmp_path / "arxiv.zip", {"readme.txt": b"hi", "arxiv-metadata-oai-snapshot.json": b"".join(lines)})
+    assert list(open_records(good)) == lines
+
+    (tmp_path / "inside").mkdir()
+    evil = make_zip(tmp_path / "inside" / "evil.zip", {"../evil.json": b'{"id": "x"}\n', "arxiv.json": b"".join(lines)})
+    with pytest.raises(DownloadError, match=r"evil\.zip: refusing .*'\.\./evil\.json'"):
+        list(open_records(evil))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["arxiv.zip", "evil.zip", "inside"]  # nothing extracted
+
+    no_json = make_zip(tmp_path / "other.zip", {"data.csv": b"a,b\n"})
+    with pytest.raises(DownloadError, match=r"other\.zip: expected one \.json member.*download\.path"):
+        list(open_records(no_json))
+
+
+# ---------------------------------------------------------------- local files
+
+def test_file_source_passes_the_first_lines_through_verbatim(kaggle_sample: Path, tmp_path: Path):
+    out = tmp_path / "raw" / "arxiv.jsonl.gz"
+    assert download.write_raw(open_records(kaggle_sample), out, 50, "file") == 50
+    assert sample_lines(out) == sample_lines(kaggle_sample, 50)
+
+    # Reading stops at the cap: a snapshot cut off further on still gives its first 50 records.
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(kaggle_sample.read_bytes()[:200_000])
+    assert download.write_raw(open_records(cut), out, 50, "file") == 50
+
+
+def test_malformed_lines_reach_clean_untouched(tmp_path: Path):
+    """download only counts lines: clean parses them and counts the bad ones in its rejects."""
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(b'{"id": "0704.0001", "title": " T "}  \n\n{"id": "broken"\n  {"id": "last"}')
+    out = tmp_path / "raw.jsonl.gz"
+    assert download.write_raw(open_records(source), out, None, "file") == 3  # the blank line is no record
+    assert sample_lines(out) == [b'{"id": "0704.0001", "title": " T "}  \n', b'{"id": "broken"\n', b'  {"id": "last"}\n']
+
+
+def test_bad_local_files_name_the_file_and_leave_no_output(kaggle_sample: Path, tmp_path: Path):
+    out = tmp_path / "raw" / "arxiv.jsonl.gz"
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(kaggle_sample.read_bytes()[:200_000])
+    with pytest.raises(DownloadError, match=r"cut\.jsonl\.gz: truncated or corrupt after \d+ records"):
+        download.write_raw(open_records(cut), out, None, "file")
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"\n")
+    with pytest.raises(DownloadError, match=r"file .*empty\.jsonl: no records"):
+        download.write_raw(open_records(empty), out, None, f"file {empty}")
+
+    with pytest.raises(DownloadError, match=r"missing\.jsonl: no such file \(download\.path\)"):
+        list(open_records(tmp_path / "missing.jsonl"))
+    assert not out.exists() and list(out.parent.iterdir()) == []  # atomic: no half-written file
+
+
+# ---------------------------------------------------------------- the stage
+
+def write_params(directory: Path, download_params: dict) -> None:
+    raw = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), {"download": download_params})
+    (directory / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, monkeypatch, capsys):
+    server.script = {s: [oai_page([oai_record(f"2610.{i}{j:04d}") for j in range(4)])] for i, s in enumerate(["cs", "math"])}
+    write_params(tmp_path, {"source": "oai", "max_records": 5,
+                            "oai": {"endpoint": f"{server.url}/oai", "sets": ["cs", "math"], "request_interval_s": 0.0}})
+    monkeypatch.chdir(tmp_path)
+    download.main()
+
+    records = [json.loads(line) for line in sample_lines(tmp_path / "data/raw/arxiv.jsonl.gz")]
+    assert [r["id"] for r in records] == ["2610.00000", "2610.00001", "2610.00002", "2610.10000", "2610.10001"]
+    assert "download: wrote 5 records from oai" in capsys.readouterr().out
+
+
+def test_main_without_network_exits_with_the_offline_recipe(closed_port: int, tmp_path: Path, monkeypatch):
+    write_params(tmp_path, {"source": "kaggle", "path": None, "kaggle_url": f"http://127.0.0.1:{closed_port}/dl"})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="(?s)download: no network.*download.source=file"):
+        download.main()
+    assert not (tmp_path / "data/raw/arxiv.jsonl.gz").exists()
+
+
+def test_output_is_identical_across_runs(kaggle_sample: Path, tmp_path: Path):
+    """gzip with mtime=0: rerunning the stage changes no byte, so DVC reruns nothing downstream."""
+    first, second = tmp_path / "a.gz", tmp_path / "b.gz"
+    download.write_raw(open_records(kaggle_sample), first, 100, "file")
+    download.write_raw(open_records(kaggle_sample), second, 100, "file")
+    assert first.read_bytes() == second.read_bytes()
+    assert first.read_bytes()[4:8] == bytes(4)  # gzip header mtime, else a later run differs
+    assert gzip.GzipFile(fileobj=io.BytesIO(first.read_bytes())).read().count(b"\n") == 100
