@@ -1,0 +1,272 @@
+"""clean on the real samples and on small files the tests write, bad lines included."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from stages import clean
+from stages.lib import records
+from tests.conftest import ROOT, deep_update
+
+CONTRACT = {
+    "id": pl.String,
+    "title": pl.String,
+    "abstract": pl.String,
+    "authors": pl.String,
+    "categories": pl.List(pl.String),
+    "primary_category": pl.String,
+    "archive": pl.String,
+    "first_version_date": pl.Date,
+    "update_date": pl.Date,
+}
+
+
+def paper(paper_id: str, **fields: object) -> dict:
+    """A usable Kaggle-schema record; `fields` override any key."""
+    base = {
+        "id": paper_id,
+        "submitter": "A. Author",
+        "authors": "A. Author and B. Author",
+        "title": f"On the theory of paper {paper_id}",
+        "comments": "12 pages",
+        "categories": "hep-th math-ph",
+        "abstract": f"  We study paper {paper_id} and\n  show " + " ".join(f"result{i}" for i in range(25)) + ".\n",
+        "versions": [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}],
+        "update_date": "2008-11-26",
+    }
+    return base | fields
+
+
+def write_input(root: Path, lines: list[dict | str | bytes], gzipped: bool = True) -> Path:
+    raw = b"".join(
+        (line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()) + b"\n"
+        for line in lines
+    )
+    path = root / "data/raw/arxiv.jsonl.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if gzipped else raw)
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project directory (params.yaml only) as the working directory."""
+    monkeypatch.chdir(tmp_path)
+    set_params(tmp_path)
+    return tmp_path
+
+
+def set_params(root: Path, **clean_params: object) -> None:
+    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), {"clean": clean_params})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def run_clean(root: Path) -> tuple[pl.DataFrame, list[dict], dict]:
+    clean.main()
+    rejects = [json.loads(line) for line in (root / "data/clean/rejects.jsonl").read_text().splitlines()]
+    return pl.read_parquet(root / "data/clean/papers.parquet"), rejects, json.loads((root / "metrics/clean.json").read_text())
+
+
+def reasons(rejects: list[dict]) -> dict[int, str]:
+    return {row["line"]: row["reason"] for row in rejects}
+
+
+def test_real_kaggle_sample(project: Path, kaggle_sample: Path) -> None:
+    (project / "data/raw").mkdir(parents=True)
+    (project / "data/raw/arxiv.jsonl.gz").write_bytes(kaggle_sample.read_bytes())
+    papers, rejects, metrics = run_clean(project)
+
+    assert papers.schema == pl.Schema(CONTRACT)
+    assert metrics["records_in"] == 1000
+    assert metrics["records_in"] == metrics["records_out"] + metrics["rejected_total"] == papers.height + len(rejects)
+    assert metrics["rejected"]["withdrawn"] == 7  # the sample's README counts 7 withdrawn stubs
+    assert metrics["archives"]["cond-mat"] > metrics["archives"]["cs"] > 0
+    first = papers.row(0, named=True)
+    assert first["id"] == "0704.0001"
+    assert first["title"] == "Calculation of prompt diphoton production cross sections at Tevatron and LHC energies"
+    assert first["abstract"].startswith("A fully differential calculation in perturbative quantum chromodynamics is presented")
+    assert first["primary_category"] == first["archive"] == "hep-ph" and first["categories"] == ["hep-ph"]
+    assert first["first_version_date"] == dt.date(2007, 4, 2) and first["update_date"] == dt.date(2008, 11, 26)
+    second = papers.row(1, named=True)
+    assert (second["primary_category"], second["archive"], second["categories"]) == ("math.CO", "math", ["math.CO", "cs.CG"])
+    assert papers.filter(pl.col("title").str.contains(r"\s\s|\n") | pl.col("abstract").str.contains(r"\s\s|\n|^\s|\s$")).is_empty()
+    assert papers["abstract"].str.contains(r"\$\\alpha").any()  # LaTeX kept as text
+    assert "0704.0156" not in papers["id"]  # "This paper has been withdrawn by the authors."
+    assert papers["id"].is_unique().all() and papers["id"].str.contains(r"^0704\.\d{4}$").all()
+
+
+def test_recent_sample_with_null_versions(project: Path, recent_sample: Path) -> None:
+    (project / "data/raw").mkdir(parents=True)
+    (project / "data/raw/arxiv.jsonl.gz").write_bytes(recent_sample.read_bytes())
+    papers, _, metrics = run_clean(project)
+    assert metrics["records_in"] == 12000 and papers.height > 11000
+    assert papers["first_version_date"].null_count() == papers.height  # versions is null in this sample
+    assert papers["update_date"].min() >= dt.date(2025, 1, 1)
+    assert metrics["archives"]["cs"] > 10000
+
+
+def test_ids_stay_strings(project: Path) -> None:
+    write_input(project, [paper("0704.0010"), paper("0704.1000"), paper("1501.00100"), paper("hep-th/9901001")])
+    papers, _, _ = run_clean(project)
+    assert papers["id"].to_list() == ["0704.0010", "0704.1000", "1501.00100", "hep-th/9901001"]
+
+
+def test_malformed_and_unusable_lines_are_rejected_with_line_numbers(project: Path) -> None:
+    set_params(project, max_malformed_fraction=0.5)
+    write_input(
+        project,
+        [
+            paper("0704.0001"),
+            '{"id": "0704.0002", "title": "cut off',  # a truncated line
+            "[1, 2, 3]",  # JSON, but not a record
+            paper("0704.0003", versions="v1"),  # a field of the wrong type
+            "",  # blank lines are not records
+            paper("0704.0004", title="  \n "),
+            paper("0704.0005", abstract=None),
+            {k: v for k, v in paper("0704.0006").items() if k != "categories"},
+            paper("0704.0007", categories='["hep-th"]'),
+            paper("", title="no id"),
+            b'{"id": "0704.0008", "title": "\xff\xfe bad bytes"}',
+            paper("0704.0009"),
+        ],
+    )
+    papers, rejects, metrics = run_clean(project)
+    assert papers["id"].to_list() == ["0704.0001", "0704.0009"]
+    assert reasons(rejects) == {
+        2: "malformed_json",
+        3: "malformed_json",
+        4: "malformed_json",
+        6: "missing_title",
+        7: "missing_abstract",
+        8: "missing_categories",
+        9: "invalid_categories",
+        10: "missing_id",
+        11: "malformed_json",
+    }
+    by_line = {row["line"]: row for row in rejects}
+    assert by_line[2]["raw"] == '{"id": "0704.0002", "title": "cut off'
+    assert by_line[6]["id"] == "0704.0004" and json.loads(by_line[6]["raw"])["id"] == "0704.0004"
+    assert metrics["records_in"] == 11 and metrics["records_out"] == 2 and metrics["rejected_total"] == 9
+    assert metrics["rejected"]["malformed_json"] == 4
+
+
+def test_bad_line_in_a_large_batch_keeps_its_neighbours(project: Path) -> None:
+    good = [paper(f"0704.{i:04d}") for i in range(1, 200)]
+    write_input(project, [*good[:120], paper("0704.9999", versions={"v1": "x"}), *good[120:]])
+    papers, rejects, _ = run_clean(project)
+    assert papers.height == 199 and reasons(rejects) == {121: "malformed_json"}
+
+
+def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "BATCH_BYTES", 1500)  # duplicates land in different batches
+    v1 = [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}]
+    v2 = [*v1, {"version": "v2", "created": "Tue, 24 Jul 2007 20:10:27 GMT"}]
+    write_input(
+        project,
+        [
+            paper("0704.0001", update_date="2009-01-01", title="Newest"),
+            paper("0704.0002", update_date="2008-01-01", versions=v1, title="Fewer versions"),
+            paper("0704.0001", update_date="2007-05-01", title="Older"),
+            paper("0704.0002", update_date="2008-01-01", versions=v2, title="More versions"),
+            paper("0704.0003", update_date="2007-05-01"),
+            paper("0704.0003", update_date="2010-01-01", abstract="This paper has been withdrawn by the author."),
+        ],
+    )
+    papers, rejects, metrics = run_clean(project)
+    assert dict(papers.select("id", "title").iter_rows()) == {"0704.0001": "Newest", "0704.0002": "More versions"}
+    # The latest record of 0704.0003 is a withdrawal: the paper goes, not its older version.
+    assert reasons(rejects) == {2: "duplicate_id", 3: "duplicate_id", 5: "duplicate_id", 6: "withdrawn"}
+    assert metrics["rejected"]["duplicate_id"] == 3
+
+
+def test_duplicate_text_keeps_the_first_id(project: Path) -> None:
+    text = "We prove a theorem " + " ".join(f"lemma{i}" for i in range(30))
+    write_input(
+        project,
+        [
+            paper("0705.0001", title="Same  title", abstract=text),
+            paper("0704.0002", title="Same title", abstract=f"  {text.replace(' ', chr(10), 3)}\n"),
+            paper("0704.0003", title="Other title", abstract=text),
+        ],
+    )
+    papers, rejects, _ = run_clean(project)
+    assert sorted(papers["id"]) == ["0704.0002", "0704.0003"]
+    assert reasons(rejects) == {1: "duplicate_text"}
+
+
+def test_withdrawn_stubs_and_word_limits(project: Path) -> None:
+    set_params(project, min_abstract_words=10, max_abstract_words=40)
+    write_input(
+        project,
+        [
+            paper("0704.0001", abstract="This paper has been withdrawn by the authors due to a crucial error in equation 3."),
+            paper("0704.0002", comments="This paper has been withdrawn"),
+            paper("0704.0003", abstract="Too short to be an abstract."),
+            paper("0704.0004", abstract=" ".join(["word"] * 41)),
+            paper("0704.0005", abstract=" ".join(["word"] * 40)),
+            paper("0704.0006", abstract="We discuss why papers are withdrawn from journals and what this does to citations."),
+        ],
+    )
+    papers, rejects, _ = run_clean(project)
+    assert papers["id"].to_list() == ["0704.0005", "0704.0006"]
+    assert reasons(rejects) == {1: "withdrawn", 2: "withdrawn", 3: "abstract_too_short", 4: "abstract_too_long"}
+
+
+def test_line_batches_number_lines_across_batches_and_gzip_members(tmp_path: Path) -> None:
+    lines = [json.dumps(paper(f"0704.{i:04d}")).encode() for i in range(1, 41)]
+    lines[7] = b"  "
+    path = tmp_path / "two-members.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines[:25]) + b"\n") + gzip.compress(b"\n".join(lines[25:])))
+    batches = list(records.line_batches(path, batch_bytes=2000))
+    assert len(batches) > 3
+    numbered = [(first + i, line) for first, chunk in batches for i, line in enumerate(chunk.rstrip(b"\n").split(b"\n"))]
+    assert numbered == list(enumerate(lines, start=1))
+    frames = [records.parse_batch(chunk, first) for first, chunk in batches]
+    assert [n for frame, bad in frames for n in frame["line"]] == [n for n in range(1, 41) if n != 8]
+    assert not any(bad for _, bad in frames)
+
+
+def test_plain_json_lines_without_gzip(project: Path) -> None:
+    write_input(project, [paper("0704.0001"), paper("0704.0002")], gzipped=False)
+    papers, _, _ = run_clean(project)
+    assert papers.height == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"], ids=["empty", "blank-lines"])
+def test_empty_input_fails_clearly(project: Path, content: bytes) -> None:
+    (project / "data/raw").mkdir(parents=True)
+    (project / "data/raw/arxiv.jsonl.gz").write_bytes(gzip.compress(content))
+    with pytest.raises(SystemExit, match=r"data/raw/arxiv.jsonl.gz holds no records"):
+        clean.main()
+    assert not (project / "data/clean/papers.parquet").exists()
+
+
+def test_truncated_gzip_fails_clearly(project: Path) -> None:
+    path = write_input(project, [paper(f"0704.{i:04d}") for i in range(1, 300)])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(SystemExit, match=r"arxiv.jsonl.gz is truncated or corrupt .*download"):
+        clean.main()
+    assert not (project / "data/clean/papers.parquet").exists()
+
+
+def test_malformed_fraction_threshold(project: Path) -> None:
+    write_input(project, [*(paper(f"0704.{i:04d}") for i in range(1, 10)), "not json at all"])
+    set_params(project, max_malformed_fraction=0.05)
+    with pytest.raises(SystemExit, match=r"1 of 10 lines of data/raw/arxiv.jsonl.gz .*clean.max_malformed_fraction=0.05.*lines 10"):
+        clean.main()
+    set_params(project, max_malformed_fraction=0.1)
+    papers, rejects, _ = run_clean(project)
+    assert papers.height == 9 and reasons(rejects) == {10: "malformed_json"}
+
+
+def test_nothing_usable_fails_clearly(project: Path) -> None:
+    write_input(project, [paper("0704.0001", abstract="withdrawn by the author")])
+    with pytest.raises(SystemExit, match="no paper .* survived"):
+        clean.main()

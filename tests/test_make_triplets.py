@@ -1,0 +1,142 @@
+"""make_triplets on small split files the tests write: the invariants of every row, and balance."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from stages import make_triplets
+from tests.conftest import ROOT, deep_update
+from tests.test_split import papers_table
+
+# Per split, primary category -> papers. hep-th is alone in its archive (no hard negative exists);
+# cs.LO has a single paper in eval (it can be a negative but never an anchor).
+SPLITS = {
+    "train": {"cs.CV": 12, "cs.CL": 6, "cs.LO": 3, "math.AG": 5, "math.NT": 4, "hep-th": 5},
+    "eval": {"cs.CV": 3, "cs.CL": 2, "cs.LO": 1, "math.AG": 2, "math.NT": 2, "hep-th": 2},
+    "test": {"cs.CV": 4, "cs.CL": 3, "cs.LO": 2, "math.AG": 2, "math.NT": 2, "hep-th": 2},
+}
+COUNTS = {"triplets_per_split": {"train": 120, "eval": 40, "test": 50}, "same_label_pairs_per_split": {"train": 60, "eval": 20, "test": 30}}
+
+
+def split_table(name: str, label: str) -> pl.DataFrame:
+    table = papers_table(SPLITS[name]).with_columns(id=pl.lit(f"{name}/") + pl.col("id"), title=pl.lit(f"{name} ") + pl.col("title"))
+    return table.with_columns(abstract=pl.lit("abstract of ") + pl.col("id"), label=pl.col(label))
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(root: Path, label: str = "primary_category", **params: object) -> tuple[dict[str, pl.DataFrame], dict]:
+    merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), {"make_triplets": deep_update(copy.deepcopy(COUNTS), params)})
+    (root / "params.yaml").write_text(yaml.safe_dump(merged))
+    (root / "data/split").mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        split_table(name, label).write_parquet(root / f"data/split/{name}.parquet")
+    make_triplets.main()
+    frames = {f.stem: pl.read_parquet(f) for f in sorted((root / "data/triplets").glob("*.parquet"))}
+    return frames, json.loads((root / "metrics/make_triplets.json").read_text())
+
+
+def test_files_and_columns(project: Path) -> None:
+    frames, _ = run(project)
+    assert sorted(frames) == sorted(f"{s}_{k}" for s in SPLITS for k in ("triplets", "title_abstract", "same_label"))
+    assert frames["train_triplets"].columns == [
+        "anchor", "positive", "negative", "anchor_id", "positive_id", "negative_id", "label", "negative_label", "negative_type",
+    ]  # fmt: skip
+    assert frames["train_title_abstract"].columns == ["anchor", "positive", "id", "label"]
+    assert frames["train_same_label"].columns == ["anchor", "positive", "anchor_id", "positive_id", "label"]
+    assert all(dtype == pl.String for frame in frames.values() for dtype in frame.dtypes)
+
+
+@pytest.mark.parametrize("name", list(SPLITS))
+def test_triplet_invariants(project: Path, name: str) -> None:
+    frames, metrics = run(project, hard_negative_fraction=0.5)
+    triplets, papers = frames[f"{name}_triplets"], split_table(name, "primary_category")
+    label = dict(papers.select("id", "label").iter_rows())
+    archive = dict(papers.select("id", "archive").iter_rows())
+    abstract = dict(papers.select("id", "abstract").iter_rows())
+    assert triplets.height == COUNTS["triplets_per_split"][name] == metrics[name]["triplets"]
+    for row in triplets.iter_rows(named=True):
+        a, p, n = row["anchor_id"], row["positive_id"], row["negative_id"]
+        assert {a, p, n} <= set(label), "an id from another split"
+        assert len({a, p, n}) == 3, "a paper twice in one triplet"
+        assert label[a] == label[p] == row["label"] and label[n] == row["negative_label"] != row["label"]
+        assert (row["anchor"], row["positive"], row["negative"]) == (abstract[a], abstract[p], abstract[n])
+        if row["negative_type"] == "hard":
+            assert archive[n] == archive[a] and label[n] != label[a]
+        else:
+            assert row["negative_type"] == "random"
+    hard = triplets.filter(pl.col("negative_type") == "hard")
+    assert hard.height == metrics[name]["hard_negatives"] > 0
+    # hep-th has no other category in its archive: its anchors fall back to random negatives.
+    assert hard.filter(pl.col("label") == "hep-th").is_empty()
+    assert hard.height + metrics[name]["random_negatives"] == triplets.height
+
+
+def test_labels_are_balanced_and_single_paper_labels_never_anchor(project: Path) -> None:
+    frames, metrics = run(project)
+    train = frames["train_triplets"]["label"].value_counts()
+    assert set(train["label"]) == set(SPLITS["train"]) and train["count"].max() - train["count"].min() <= 1
+    eval_labels = set(frames["eval_triplets"]["label"]) | set(frames["eval_same_label"]["label"])
+    assert "cs.LO" not in eval_labels and len(eval_labels) == 5
+    assert "cs.LO" in set(frames["eval_triplets"]["negative_label"])  # still usable as a negative
+    assert metrics["eval"]["single_paper_labels"] == 1 and metrics["train"]["single_paper_labels"] == 0
+
+
+def test_hard_fraction_zero_and_one(project: Path) -> None:
+    frames, _ = run(project, hard_negative_fraction=0.0)
+    assert set(frames["train_triplets"]["negative_type"]) == {"random"}
+    frames, metrics = run(project, hard_negative_fraction=1.0)
+    types = frames["train_triplets"].group_by("label").agg(pl.col("negative_type").unique())
+    assert dict(types.iter_rows()) == {label: ["random"] if label == "hep-th" else ["hard"] for label in SPLITS["train"]}
+    assert metrics["train"]["hard_requested"] == 120
+
+
+def test_archive_labels_have_only_random_negatives(project: Path) -> None:
+    frames, _ = run(project, label="archive", hard_negative_fraction=1.0)
+    triplets = frames["train_triplets"]
+    assert set(triplets["negative_type"]) == {"random"} and set(triplets["label"]) == {"cs", "math", "hep-th"}
+    assert (triplets["label"] != triplets["negative_label"]).all()
+
+
+def test_pairs(project: Path) -> None:
+    frames, metrics = run(project)
+    for name in SPLITS:
+        papers = split_table(name, "primary_category")
+        title_abstract = frames[f"{name}_title_abstract"]
+        expected = papers.select(anchor="title", positive="abstract", id="id", label="label")
+        assert title_abstract.equals(expected)
+        same = frames[f"{name}_same_label"]
+        label = dict(papers.select("id", "label").iter_rows())
+        assert same.height == COUNTS["same_label_pairs_per_split"][name] == metrics[name]["same_label"]
+        assert (same["anchor_id"] != same["positive_id"]).all()
+        assert [label[i] for i in same["anchor_id"]] == [label[i] for i in same["positive_id"]] == same["label"].to_list()
+        assert same.select(pl.col("anchor") == pl.lit("abstract of ") + pl.col("anchor_id")).to_series().all()
+
+
+def test_seeded(project: Path) -> None:
+    first, _ = run(project)
+    again, _ = run(project)
+    assert all(first[k].equals(again[k]) for k in first)
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("seed: 42", "seed: 43"))
+    make_triplets.main()
+    other = pl.read_parquet(project / "data/triplets/train_triplets.parquet")
+    assert not other.equals(first["train_triplets"])
+
+
+def test_a_split_with_one_label_gives_no_triplets(project: Path) -> None:
+    frames, _ = run(project)  # writes the usual files first
+    papers_table({"cs.CV": 5}).with_columns(label=pl.col("primary_category")).write_parquet(project / "data/split/test.parquet")
+    make_triplets.main()
+    test_triplets = pl.read_parquet(project / "data/triplets/test_triplets.parquet")
+    assert test_triplets.is_empty() and test_triplets.columns == frames["test_triplets"].columns
+    assert pl.read_parquet(project / "data/triplets/test_same_label.parquet").height == COUNTS["same_label_pairs_per_split"]["test"]

@@ -1,0 +1,146 @@
+"""split on small clean tables the tests write: determinism, stratification, rare labels, time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from stages import split
+from tests.conftest import ROOT, deep_update
+from tests.test_clean import CONTRACT
+
+# label -> number of papers; "cs.XX" and "math.YY" are below min_papers_per_label=10.
+SIZES = {"cs.CV": 40, "cs.CL": 25, "hep-th": 12, "math.AG": 10, "cs.XX": 4, "math.YY": 2}
+
+
+def papers_table(sizes: dict[str, int] = SIZES) -> pl.DataFrame:
+    rows = []
+    for category, n in sizes.items():
+        for i in range(n):
+            day = dt.date(2007, 1, 1) + dt.timedelta(days=len(rows) * 7 % 365 + len(rows))
+            rows.append(
+                {
+                    "id": f"{category}-{i:04d}",
+                    "title": f"Title {i}",
+                    "abstract": f"Abstract {i} of {category}",
+                    "authors": None,
+                    "categories": [category],
+                    "primary_category": category,
+                    "archive": category.split(".")[0],
+                    "first_version_date": day,
+                    "update_date": day + dt.timedelta(days=400),
+                }
+            )
+    return pl.DataFrame(rows, schema=CONTRACT)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_split(root: Path, papers: pl.DataFrame | None = None, **params: dict) -> tuple[dict[str, pl.DataFrame], dict]:
+    merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), params)
+    (root / "params.yaml").write_text(yaml.safe_dump(merged))
+    (root / "data/clean").mkdir(parents=True, exist_ok=True)
+    (papers if papers is not None else papers_table()).write_parquet(root / "data/clean/papers.parquet")
+    split.main()
+    splits = {name: pl.read_parquet(root / f"data/split/{name}.parquet") for name in ("train", "eval", "test")}
+    return splits, json.loads((root / "metrics/split.json").read_text())
+
+
+def assignment(splits: dict[str, pl.DataFrame]) -> dict[str, str]:
+    return {paper_id: name for name, frame in splits.items() for paper_id in frame["id"]}
+
+
+def test_every_paper_in_exactly_one_split_with_the_contract_columns(project: Path) -> None:
+    splits, metrics = run_split(project)
+    ids = [paper_id for frame in splits.values() for paper_id in frame["id"]]
+    assert sorted(ids) == sorted(papers_table()["id"])
+    for frame in splits.values():
+        assert frame.schema == pl.Schema({**CONTRACT, "label": pl.String})
+    assert {name: metrics[name] for name in splits} == {name: frame.height for name, frame in splits.items()}
+    assert metrics["papers_in"] == metrics["papers_out"] == sum(SIZES.values())
+
+
+def test_stratified_every_label_in_every_split(project: Path) -> None:
+    splits, metrics = run_split(project, split={"eval_fraction": 0.1, "test_fraction": 0.2, "min_papers_per_label": 10})
+    for name, frame in splits.items():
+        assert set(frame["label"]) == {"cs.CV", "cs.CL", "hep-th", "math.AG", "other"}, name
+    counts = {name: dict(frame["label"].value_counts().iter_rows()) for name, frame in splits.items()}
+    assert (counts["train"]["cs.CV"], counts["eval"]["cs.CV"], counts["test"]["cs.CV"]) == (28, 4, 8)
+    assert (counts["train"]["math.AG"], counts["eval"]["math.AG"], counts["test"]["math.AG"]) == (7, 1, 2)
+    assert metrics["labels"] == 5 and metrics["labels_missing_from_a_split"] == []
+
+
+def test_same_seed_same_split_other_seed_differs(project: Path) -> None:
+    first, _ = run_split(project)
+    shuffled = papers_table().sample(fraction=1.0, shuffle=True, seed=3)
+    again, _ = run_split(project, shuffled)  # row order of the input does not matter
+    assert assignment(again) == assignment(first)
+    other, _ = run_split(project, shared={"seed": 7})
+    assert assignment(other) != assignment(first)
+    assert {k: v.height for k, v in other.items()} == {k: v.height for k, v in first.items()}
+
+
+def test_rare_labels_merged_into_other(project: Path) -> None:
+    splits, metrics = run_split(project, split={"rare_labels": "other", "min_papers_per_label": 10})
+    labels = pl.concat(splits.values())
+    merged = labels.filter(pl.col("label") == "other")
+    assert sorted(set(merged["primary_category"])) == ["cs.XX", "math.YY"] and merged.height == 6
+    assert metrics["rare_labels"] == {"handling": "other", "count": 2, "papers": 6, "names": ["cs.XX", "math.YY"]}
+
+
+def test_rare_labels_dropped_and_reported(project: Path) -> None:
+    splits, metrics = run_split(project, split={"rare_labels": "drop", "min_papers_per_label": 12})
+    kept = pl.concat(splits.values())
+    assert set(kept["label"]) == {"cs.CV", "cs.CL", "hep-th"}
+    assert metrics["papers_out"] == metrics["papers_in"] - metrics["rare_labels"]["papers"] == kept.height == 77
+    assert metrics["rare_labels"]["names"] == ["cs.XX", "math.AG", "math.YY"]
+    rejects = [json.loads(line) for line in (project / "data/split/rare_label_rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == 16 and {row["reason"] for row in rejects} == {"rare_label"}
+
+
+def test_label_by_archive(project: Path) -> None:
+    splits, metrics = run_split(project, shared={"label": "archive"}, split={"min_papers_per_label": 10})
+    assert set(splits["test"]["label"]) == {"cs", "hep-th", "math"} and metrics["label"] == "archive"
+    assert metrics["rare_labels"]["count"] == 0
+
+
+def test_time_split_trains_on_older_papers(project: Path) -> None:
+    splits, metrics = run_split(project, split={"method": "time", "time_field": "first_version"})
+    dates = {name: frame["first_version_date"] for name, frame in splits.items()}
+    assert dates["train"].max() <= dates["eval"].min() and dates["eval"].max() <= dates["test"].min()
+    assert (splits["test"].height, splits["eval"].height) == (19, 9)  # 20% and 10% of 93
+    assert metrics["time"]["field"] == "first_version_date" and metrics["time"]["papers_using_fallback"] == 0
+
+
+def test_time_split_falls_back_to_the_other_date(project: Path) -> None:
+    papers = papers_table().with_columns(
+        first_version_date=pl.when(pl.col("id").str.ends_with("1")).then(None).otherwise("first_version_date")
+    )
+    splits, metrics = run_split(project, papers, split={"method": "time", "time_field": "first_version"})
+    missing = papers.filter(pl.col("first_version_date").is_null())
+    assert metrics["time"]["papers_using_fallback"] == missing.height > 0
+    # update_date is 400 days after submission: the papers that fall back sort as newer ones.
+    newest_fallback = missing.sort("update_date")["id"][-1]
+    assert assignment(splits)[newest_fallback] == "test"
+    date = pl.coalesce("first_version_date", "update_date")
+    assert splits["train"].select(date.max()).item() <= splits["test"].select(date.min()).item()
+
+
+def test_update_date_field(project: Path) -> None:
+    splits, metrics = run_split(project, split={"method": "time", "time_field": "update_date"})
+    assert splits["train"]["update_date"].max() <= splits["test"]["update_date"].min()
+    assert metrics["time"]["field"] == "update_date"
+
+
+def test_empty_table_fails_clearly(project: Path) -> None:
+    with pytest.raises(SystemExit, match="has no papers"):
+        run_split(project, papers_table().clear())
