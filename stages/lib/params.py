@@ -6,11 +6,12 @@ ignored, and the error names the key, what was given and what is allowed.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -28,20 +29,36 @@ class Shared(Section):
     label: Literal["primary_category", "archive"] = "primary_category"
 
 
+HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+# `dvc exp run -S download.oai.from_date=2026-10-01` writes an unquoted YAML date: accept it as text.
+IsoDate = Annotated[
+    str,
+    BeforeValidator(lambda value: value.isoformat() if isinstance(value, date) else value),
+    Field(pattern=r"^\d{4}-\d{2}-\d{2}$"),
+]
+
+
 class Oai(Section):
-    endpoint: str = "https://oaipmh.arxiv.org/oai"
+    endpoint: HttpUrl = "https://oaipmh.arxiv.org/oai"
     sets: list[str] = Field(default_factory=lambda: ["cs"], min_length=1)
-    from_date: str | None = None
-    until_date: str | None = None
+    from_date: IsoDate | None = None
+    until_date: IsoDate | None = None
     max_retries: NonNegativeInt = 5
     request_interval_s: Annotated[float, Field(ge=0.0)] = 3.0
+
+    @model_validator(mode="after")
+    def _window(self) -> Oai:
+        if self.from_date and self.until_date and self.from_date > self.until_date:
+            raise ValueError("download.oai.from_date must be <= download.oai.until_date (YYYY-MM-DD)")
+        return self
 
 
 class Download(Section):
     source: Literal["oai", "kaggle", "file"] = "oai"
     path: str | None = None
     max_records: PositiveInt | None = None
-    kaggle_url: str = "https://www.kaggle.com/api/v1/datasets/download/Cornell-University/arxiv"
+    kaggle_url: HttpUrl = "https://www.kaggle.com/api/v1/datasets/download/Cornell-University/arxiv"
+    timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     oai: Oai = Oai()
 
     @model_validator(mode="after")
@@ -102,13 +119,14 @@ class Finetune(Section):
         default_factory=lambda: ["triplets", "title_abstract"], min_length=1
     )
     matryoshka_dims: list[PositiveInt] = Field(default_factory=list)
+    multi_dataset_sampler: Literal["proportional", "round_robin"] = "proportional"
     epochs: Annotated[float, Field(gt=0)] = 1
     max_steps: int = -1
     batch_size: PositiveInt = 32
     mini_batch_size: PositiveInt = 16
     gradient_accumulation_steps: PositiveInt = 1
     learning_rate: Annotated[float, Field(gt=0)] = 5e-5
-    warmup_ratio: Fraction = 0.1
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     eval_steps: PositiveInt = 50
@@ -116,6 +134,8 @@ class Finetune(Section):
     save_total_limit: PositiveInt = 2
     early_stopping_patience: PositiveInt | None = None
     metric_for_best_model: str = "eval_triplet_cosine_accuracy"
+    eval_retrieval: bool = True
+    logging_steps: PositiveInt = 1
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     nproc_per_node: PositiveInt = 1
 

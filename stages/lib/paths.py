@@ -39,3 +39,10 @@ PLOTS_DIR = METRICS_DIR / "plots"
 
 def metrics_file(stage: str) -> Path:
     return METRICS_DIR / f"{stage}.json"
+
+
+EVAL_DIR = Path("data/eval")  # per-model results of evaluate_base / evaluate, combined into metrics/evaluate.json
+
+
+def eval_dir(model: str) -> Path:
+    return EVAL_DIR / model

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -94,3 +97,40 @@ def run_tags(*data_paths: Path) -> dict[str, str]:
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+def metric_key(name: str) -> str:
+    """A metric name MLflow accepts: `@` (as in `ndcg@10`) is not allowed there, so it becomes `_at_`."""
+    return re.sub(r"[^0-9A-Za-z_\-. :/]", "_", name.replace("@", "_at_"))
+
+
+@contextmanager
+def tracked_run(run_id: str | None = None, run_name: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Start (or continue, given `run_id`) an MLflow run and always end it.
+
+    Ends FINISHED on success, KILLED on Ctrl-C/SIGTERM (KeyboardInterrupt), FAILED on any other
+    exception, so no run is left RUNNING. A `run_id` the store does not know starts a new run.
+    Yields the run id.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run = None
+    if run_id:
+        try:
+            run = mlflow.start_run(run_id=run_id)
+        except MlflowException:
+            run = None
+    if run is None:
+        run = mlflow.start_run(run_name=run_name)
+    if tags:
+        mlflow.set_tags(tags)
+    try:
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")

@@ -1,0 +1,37 @@
+"""`python -m benchmarks [name ...] [--quick] [options]`: run benchmarks, print their tables and
+write benchmarks/results/<name>.json. No name runs them all (end_to_end last: it takes the longest).
+
+    python -m benchmarks clean_scale --quick       # 20 MB and 80 MB instead of 0.5 GB and 2 GB
+    python -m benchmarks encoding repro
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+from benchmarks.common import save
+
+MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "end_to_end": "end_to_end"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="name", help=f"any of {', '.join(MODULES)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to try a benchmark in a minute or two")
+    modules = {name: importlib.import_module(f"benchmarks.{module}") for name, module in MODULES.items()}
+    for module in modules.values():
+        module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if unknown := set(args.names) - set(MODULES):
+        parser.error(f"unknown benchmark {', '.join(sorted(unknown))}: choose from {', '.join(MODULES)}")
+    for name in args.names or list(MODULES):
+        module_args = argparse.Namespace(**{**vars(args), **(modules[name].QUICK if args.quick else {})})
+        save(modules[name].run(module_args))
+
+
+if __name__ == "__main__":
+    main()

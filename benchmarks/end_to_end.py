@@ -1,0 +1,76 @@
+"""end_to_end: the whole default DAG on the 12k recent sample, stage by stage (`dvc repro -s`),
+with the evaluate headline metrics of the fine-tuned model vs its base. Target: < 15 minutes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.common import Report, load_note
+from tests.conftest import RECENT_SAMPLE, dvc, make_project
+
+TARGET_S = 15 * 60
+# Fine-tuning "beats base" on these (dotted keys of metrics/evaluate.json); title->abstract may lose up to 0.01.
+HEADLINE = {"triplet_accuracy": 0.0, "category_retrieval.ndcg@10": 0.0, "classification.macro_f1": 0.0,
+            "title_to_abstract.ndcg@10": 0.01}
+QUICK: dict = {}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-records", type=int, default=None, help="end_to_end: read only this many records (default: all 12,000)")
+
+
+def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        out.update(flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def run(args: argparse.Namespace) -> Report:
+    report = Report("end_to_end")
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as workdir:
+        project = make_project(Path(workdir) / "project",
+                               {"download": {"source": "file", "path": str(RECENT_SAMPLE), "max_records": args.max_records}})
+        stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])  # dvc.yaml lists them in DAG order
+        total = 0.0
+        for stage in stages:
+            start = time.perf_counter()
+            result = dvc(project, "repro", "-s", stage, check=False)
+            seconds = time.perf_counter() - start
+            total += seconds
+            failed = result.returncode != 0
+            report.add(f"stage {stage} (s)", round(seconds, 1), note=f"FAILED: {_last_line(result)}" if failed else "")
+            if failed:  # a refused push (quality gate) still leaves the timings and evaluate's metrics to report
+                break
+        report.add("whole DAG (s)", round(total, 1), TARGET_S, higher_is_better=False, note="target < 900 s (ratio > 1 = met)")
+        evaluate_json = project / "metrics" / "evaluate.json"
+        if not evaluate_json.exists():
+            return _with_load_note(report)
+        evaluation = json.loads(evaluate_json.read_text())
+    base, tuned = flat(evaluation["base"]), flat(evaluation["finetuned"])
+    for key, tolerance in HEADLINE.items():
+        if key not in tuned:
+            report.notes.append(f"{key}: not found in metrics/evaluate.json")
+            continue
+        beats = tuned[key] >= base[key] - tolerance
+        report.add(f"{key}: fine-tuned vs base", round(tuned[key], 4), round(base[key], 4),
+                   note=("beats base" if beats else "DOES NOT beat base") + (f" (within -{tolerance})" if tolerance else ""))
+    return _with_load_note(report)
+
+
+def _last_line(result) -> str:  # noqa: ANN001
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip() and not line.startswith("ERROR")]
+    return lines[-1][:300] if lines else f"exit code {result.returncode}"
+
+
+def _with_load_note(report: Report) -> Report:
+    if note := load_note():
+        report.notes.append(note)
+    return report

@@ -1,0 +1,129 @@
+"""finetune: fine-tune the base model on make_triplets' data with sentence-transformers' trainer.
+
+Reads data/triplets/{train,eval}_*.parquet (loss batch_hard: data/split/train.parquet). Writes
+models/finetuned/ (the best checkpoint's model, mlflow_run.json, training_summary.json),
+metrics/finetune.json and metrics/finetune_loss.csv. Every run is an MLflow run. Checkpoints go to
+models/checkpoints/<run key>/, so a rerun with the same params and data resumes where an
+interrupted one stopped. finetune.nproc_per_node > 1 re-runs this module under torchrun (DDP);
+only rank 0 writes files and talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+
+from stages.lib import paths, training
+from stages.lib.io import atomic_path, write_json, write_text
+from stages.lib.models import load_model, pick_device, pick_precision
+from stages.lib.params import flatten, load_params
+from stages.lib.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
+
+
+def main() -> None:
+    started = time.monotonic()
+    # 1. Params; several processes asked for -> run this module under torchrun instead.
+    params = load_params()
+    ft = params.finetune
+    if (nproc := training.requested_processes(ft)) > 1 and training.world_size() == 1:
+        sys.exit(training.relaunch_with_torchrun(nproc))
+    training.check_combination(ft)
+    training.raise_on_sigterm()
+    main_process = training.is_main_process()
+
+    # 2. Tracking before anything expensive: a down MLflow server fails here, in seconds.
+    if main_process:
+        print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
+    import mlflow
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import EarlyStoppingCallback
+
+    # 3. Data, and the checkpoint folder of this exact params+data combination.
+    train_files, eval_files = training.data_files(ft)
+    train_dataset = training.train_dataset(ft)
+    run_key = training.run_key(params, train_files + eval_files)
+    run_dir = paths.CHECKPOINTS / run_key
+    resume_from = training.last_checkpoint(run_dir)
+    start_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
+    if main_process:
+        training.prune_checkpoint_runs(run_dir)
+
+    # 4. Model and loss (under DDP each rank loads on the CPU; the trainer moves it to its device).
+    device = pick_device()
+    model = load_model(
+        params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
+        device="cpu" if training.world_size() > 1 else None,
+    )
+    loss = training.build_loss(model, ft)
+
+    # 5. Training arguments.
+    args = training.training_arguments(params, run_dir, pick_precision(ft.precision, device), device)
+
+    # 6. Evaluator (triplet accuracy, title->abstract retrieval) and callbacks.
+    evaluator = training.build_evaluator(ft, ft.batch_size)
+    callbacks = [training.mlflow_callback()]
+    if ft.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
+    )
+
+    # 7. Train inside an MLflow run that always ends (FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED).
+    tags = {**run_tags(*train_files), "stage": "finetune", "run_key": run_key}
+    run = tracked_run(training.saved_run_id(run_dir) if resume_from else None, run_key, tags) if main_process else nullcontext()
+    with run as run_id:
+        if main_process:
+            logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
+            mlflow.log_params({k: v for k, v in flatten(params).items() if k not in logged})
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / RUN_INFO, {"run_id": run_id})
+        # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
+        baseline = trainer.evaluate()
+        if main_process:
+            training.check_metric(ft.metric_for_best_model, baseline)
+        if resume_from:
+            print(f"finetune: resumed from step {start_step} ({resume_from})", flush=True)
+            if main_process:
+                mlflow.set_tag("resumed_from_step", start_step)
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+        # 8. Save (rank 0): the best model, its summary and loss curve; then log the model.
+        if not main_process:
+            return
+        state = trainer.state
+        curve = training.loss_curve(state.log_history)
+        samples_per_step = ft.batch_size * ft.gradient_accumulation_steps * training.world_size()
+        runtime = result.metrics["train_runtime"]
+        summary = {
+            "global_step": result.global_step,
+            "epochs": round(state.epoch or 0.0, 4),
+            "train_samples": training.dataset_size(train_dataset),
+            "samples_per_second": round((result.global_step - start_step) * samples_per_step / runtime, 3) if runtime else 0.0,
+            "wall_time_s": round(time.monotonic() - started, 1),
+            "best_metric": state.best_metric,
+            "best_checkpoint_step": state.best_global_step,
+            "loss": round(sum(loss for _, loss in curve) / len(curve), 6) if curve else None,
+        }
+        run_info = {"run_id": run_id, "experiment_id": mlflow.get_run(run_id).info.experiment_id}
+        with atomic_path(paths.FINETUNED) as tmp:
+            model.save(str(tmp))
+            (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
+            (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(paths.metrics_file("finetune"), summary)
+        write_text(paths.METRICS_DIR / "finetune_loss.csv", "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if v is not None})
+        how = training.log_model(model, paths.FINETUNED)
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints' only use (resume) is gone
+    print(
+        f"finetune: {summary['global_step']} steps ({summary['epochs']} epochs), {summary['samples_per_second']} samples/s, "
+        f"{summary['wall_time_s']} s wall; best {ft.metric_for_best_model}={summary['best_metric']} at step "
+        f"{summary['best_checkpoint_step']}; model logged to MLflow as {how}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

