@@ -224,10 +224,13 @@ def test_tracked_run_ends_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import mlflow
     from mlflow import MlflowClient
 
-    from stages.lib.tracking import tracked_run
+    from stages.lib.tracking import configure_tracking, tracked_run
 
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    # Through the stages' own set-up: a bare set_tracking_uri would keep the experiment id an
+    # earlier test activated in this process, which this fresh store does not have.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    configure_tracking()
     ids = {}
     with tracked_run(run_name="ok", tags={"stage": "test"}) as ids["ok"]:
         pass
