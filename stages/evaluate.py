@@ -38,10 +38,11 @@ CONFUSION = paths.METRICS_DIR / "confusion.csv"
 
 
 def load(which: str, params: Params) -> SentenceTransformer:
+    backend = params.evaluate.backend
     if which == "base":
-        return load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
+        return load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=backend)
     # The fine-tuned folder carries the max_seq_length it was trained with.
-    return load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code)
+    return load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
 
 
 def write_report(base: ModelEval, finetuned: ModelEval, summary: dict[str, int]) -> dict:
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params()
     data = load_eval_data(params.evaluate.max_train_papers, params.shared.seed)
-    print(f"evaluate {which}: " + ", ".join(f"{count} {name}" for name, count in data.summary().items()))
+    print(f"evaluate {which} ({params.evaluate.backend} backend): "
+          + ", ".join(f"{count} {name}" for name, count in data.summary().items()))
     result = evaluate_model(load(which, params), data, params.evaluate, params.shared.seed)
     result.save(paths.eval_dir(which))
     print("\n".join(f"{name}: {value:.4f}" for name, value in flatten_metrics(result.metrics).items()))

@@ -44,3 +44,14 @@ def test_cross_field_rules():
 def test_missing_file_says_where(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
+    # PyYAML alone reads `2e-5` as a string; DVC (YAML 1.2) writes and reads it as a float.
+    raw = committed_params()
+    raw["finetune"]["learning_rate"] = "LR"
+    text = yaml.safe_dump(raw, sort_keys=False).replace("learning_rate: LR", "learning_rate: 2e-5")
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.finetune.learning_rate == 2e-5
+    assert params.shared.seed == 42 and isinstance(params.shared.seed, int)

@@ -132,6 +132,9 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
     result = json.loads(capsys.readouterr().out)
     assert [hit["id"] for hit in result["results"]][0] == paper_id and len(result["results"]) == 3
     assert result["index"]["papers"] == 40 and result["latency_ms"]["search"] >= 0
+    # The int8 backend queries the same (float-built) index and still finds the paper first.
+    main(["query", text, "--index", str(indexes["float32"]), "-k", "3", "--json", "--backend", "int8"])
+    assert json.loads(capsys.readouterr().out)["results"][0]["id"] == paper_id
 
     for args, message in [
         (["query", "   ", "--index", str(indexes["float32"])], "search: the query is empty"),

@@ -6,6 +6,7 @@ ignored, and the error names the key, what was given and what is allowed.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
@@ -152,6 +153,7 @@ class Evaluate(Section):
     learning_curve_sizes: list[PositiveInt] = Field(default_factory=lambda: [8, 32, 128])
     binary_rescore_multiplier: PositiveInt = 4
     map_2d: Literal["pca", "tsne"] = "pca"
+    backend: Literal["torch", "int8"] = "torch"
 
 
 class Gate(Section):
@@ -218,11 +220,23 @@ def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
         raise ParamsError(f"{source} is invalid:\n  {lines}") from None
 
 
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML reads `2e-5` as a string (YAML 1.1); DVC and YAML 1.2 read it as a float. Read it as
+    DVC does, so `learning_rate: 2e-5` in params.yaml means the same to the stages as to `dvc exp run -S`."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate params.yaml (every stage calls this first)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run the stage from the project root") from None
     except yaml.YAMLError as exc:
