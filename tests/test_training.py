@@ -108,7 +108,7 @@ def test_good_combinations_pass() -> None:
 @pytest.mark.parametrize(
     ("settings", "loss_class", "sampler", "columns"),
     [
-        ({"loss": "mnrl"}, "MultipleNegativesRankingLoss", "no_duplicates",
+        ({"loss": "mnrl", "train_data": ["triplets", "title_abstract"]}, "MultipleNegativesRankingLoss", "no_duplicates",
          {"triplets": ["anchor", "positive", "negative"], "title_abstract": ["anchor", "positive"]}),
         ({"loss": "cached_mnrl", "mini_batch_size": 4, "train_data": ["same_label"]}, "CachedMultipleNegativesRankingLoss",
          "no_duplicates", ["anchor", "positive"]),
@@ -175,7 +175,7 @@ def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Pat
 
 def test_evaluator_keys_match_metric_for_best_model_default(in_data_dir: Path, tiny_model) -> None:
     """The trainer prefixes evaluator keys with `eval_`; params.yaml's default must be one of them."""
-    params = finetune_params()
+    params = finetune_params(eval_retrieval=True)
     metrics = training.build_evaluator(params.finetune, batch_size=16)(tiny_model)
     assert 0.0 <= metrics["triplet_cosine_accuracy"] <= 1.0
     assert "title_abstract_cosine_ndcg@10" in metrics

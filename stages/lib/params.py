@@ -117,7 +117,7 @@ class Model(Section):
 class Finetune(Section):
     loss: Literal["triplet", "mnrl", "cached_mnrl", "batch_hard"] = "mnrl"
     train_data: list[Literal["triplets", "title_abstract", "same_label"]] = Field(
-        default_factory=lambda: ["triplets", "title_abstract"], min_length=1
+        default_factory=lambda: ["same_label"], min_length=1
     )
     matryoshka_dims: list[PositiveInt] = Field(default_factory=list)
     multi_dataset_sampler: Literal["proportional", "round_robin"] = "proportional"
@@ -126,16 +126,16 @@ class Finetune(Section):
     batch_size: PositiveInt = 32
     mini_batch_size: PositiveInt = 16
     gradient_accumulation_steps: PositiveInt = 1
-    learning_rate: Annotated[float, Field(gt=0)] = 5e-5
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-5
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    eval_steps: PositiveInt = 50
-    save_steps: PositiveInt = 50
+    eval_steps: PositiveInt = 32
+    save_steps: PositiveInt = 32
     save_total_limit: PositiveInt = 2
     early_stopping_patience: PositiveInt | None = None
     metric_for_best_model: str = "eval_triplet_cosine_accuracy"
-    eval_retrieval: bool = True
+    eval_retrieval: bool = False
     logging_steps: PositiveInt = 1
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     nproc_per_node: PositiveInt = 1
