@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     for sub in (build, query, serve):
         sub.add_argument("--index", type=Path, required=True, help="index folder")
         sub.add_argument("--model", help="model folder or name (build: push.release_dir; else the index's own)")
-    for sub in (query, serve):
-        sub.add_argument("--rescore-multiplier", type=int, default=4, help="binary: float-rescore k*this candidates")
         sub.add_argument("--backend", choices=["torch", "int8"], default="torch",
                          help="int8: dynamic int8 Linear layers on CPU, ~1.5x faster encoding, NDCG@10 within 1%%")
+    for sub in (query, serve):
+        sub.add_argument("--rescore-multiplier", type=int, default=4, help="binary: float-rescore k*this candidates")
     args = parser.parse_args(argv)
 
     if args.command == "build":
