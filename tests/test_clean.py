@@ -164,6 +164,22 @@ def test_bad_line_in_a_large_batch_keeps_its_neighbours(project: Path) -> None:
     assert papers.height == 199 and reasons(rejects) == {121: "malformed_json"}
 
 
+def test_a_batch_larger_than_the_sieve_finds_each_bad_line_and_keeps_the_rest_in_order() -> None:
+    # Over FAN_OUT * SIEVE_LINES lines: the pieces holding a bad line are split again before sieving.
+    n = records.FAN_OUT * records.SIEVE_LINES + 300
+    lines = [json.dumps(paper(f"2401.{i:05d}")) for i in range(n)]
+    lines[10] = '{"id": "cut off'  # not JSON
+    lines[4000] = json.dumps(paper("2401.99999", versions="v1"))  # JSON, a field of the wrong type
+    lines[4001] = ""  # blank: not a record
+    lines[n - 1] = "[1, 2]"  # JSON, not a record
+    frame, malformed = records.parse_batch(("\n".join(lines) + "\n").encode(), first_line=101)
+    assert [row["line"] for row in malformed] == [111, 4101, 100 + n]
+    assert malformed[0]["raw"] == '{"id": "cut off' and {row["reason"] for row in malformed} == {"malformed_json"}
+    expected = [101 + i for i in range(n) if i not in (10, 4000, 4001, n - 1)]
+    assert frame["line"].to_list() == expected
+    assert frame["id"].to_list() == [f"2401.{i - 101:05d}" for i in expected]
+
+
 def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(records, "BATCH_BYTES", 1500)  # duplicates land in different batches
     v1 = [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}]

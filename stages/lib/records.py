@@ -129,12 +129,8 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
     except pl.exceptions.PolarsError:
         pass
     numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
-    step = max(1, -(-len(numbered) // FAN_OUT))
-    pieces = [_read(numbered[i : i + step], trusted=False) for i in range(0, len(numbered), step)]
-    frames = [frame for piece, _ in pieces for frame in piece]
-    malformed = [
-        {"line": n, "reason": "malformed_json", "id": None, "raw": text(line)} for _, bad in pieces for n, line in bad
-    ]
+    frames, bad = _read_pieces(numbered, trusted=False)
+    malformed = [{"line": n, "reason": "malformed_json", "id": None, "raw": text(line)} for n, line in bad]
     records = pl.concat(frames) if frames else pl.DataFrame(schema={"line": pl.Int64, **RAW_SCHEMA})
     return records, malformed
 
@@ -151,9 +147,7 @@ def _read(numbered: list[tuple[int, bytes]], trusted: bool) -> tuple[list[pl.Dat
         if len(numbered) == 1:
             return [], numbered
         if len(numbered) > SIEVE_LINES:  # narrow down at polars' speed first
-            step = -(-len(numbered) // FAN_OUT)
-            pieces = [_read(numbered[i : i + step], trusted) for i in range(0, len(numbered), step)]
-            return [f for frames, _ in pieces for f in frames], [b for _, bad in pieces for b in bad]
+            return _read_pieces(numbered, trusted)
         if not trusted:  # cheap first sieve: lines that are not JSON objects at all
             is_object = [_is_object(line) for _, line in numbered]
             bad = [item for item, ok in zip(numbered, is_object) if not ok]
@@ -165,6 +159,13 @@ def _read(numbered: list[tuple[int, bytes]], trusted: bool) -> tuple[list[pl.Dat
         return left[0] + right[0], left[1] + right[1]
     lines = pl.Series("line", [n for n, _ in numbered], dtype=pl.Int64)
     return [frame.with_columns(lines).select("line", *RAW_SCHEMA)], []
+
+
+def _read_pieces(numbered: list[tuple[int, bytes]], trusted: bool) -> tuple[list[pl.DataFrame], list[tuple[int, bytes]]]:
+    """_read on FAN_OUT consecutive pieces, results in line order."""
+    step = max(1, -(-len(numbered) // FAN_OUT))
+    pieces = [_read(numbered[i : i + step], trusted) for i in range(0, len(numbered), step)]
+    return [frame for frames, _ in pieces for frame in frames], [item for _, bad in pieces for item in bad]
 
 
 def _is_object(line: bytes) -> bool:
