@@ -1,6 +1,8 @@
 # Two entry points for a newcomer: `make repro` (whole DAG) and `make test`. Both set up .venv.
 VENV ?= .venv
 PYTHON ?= python3
+# CPU set-up pins the CPU torch build; GPU users with their CUDA torch in .venv pass CONSTRAINTS=
+CONSTRAINTS ?= constraints.txt
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -9,8 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	# CPU set-up: the constraints file pins the CPU torch build (GPU users: install CUDA torch first).
-	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
