@@ -172,6 +172,7 @@ def test_a_batch_larger_than_the_sieve_finds_each_bad_line_and_keeps_the_rest_in
     lines[4000] = json.dumps(paper("2401.99999", versions="v1"))  # JSON, a field of the wrong type
     lines[4001] = ""  # blank: not a record
     lines[n - 1] = "[1, 2]"  # JSON, not a record
+    lines[20] = f" {lines[20]}\r"  # a valid record that does not look like one at a glance: kept, in order
     frame, malformed = records.parse_batch(("\n".join(lines) + "\n").encode(), first_line=101)
     assert [row["line"] for row in malformed] == [111, 4101, 100 + n]
     assert malformed[0]["raw"] == '{"id": "cut off' and {row["reason"] for row in malformed} == {"malformed_json"}

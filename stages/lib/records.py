@@ -114,25 +114,30 @@ def _content(path: Path, block_bytes: int) -> Iterator[bytes]:
 def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]]:
     """Parse one batch of lines: (records with their `line` number, rejects of malformed lines).
 
-    Blank lines are not records and are skipped. The whole batch is parsed at once; a batch with a
-    bad or blank line is parsed again in FAN_OUT pieces (as fast as one piece on 2 cores), so only
-    the pieces holding a bad line are looked at more closely.
+    Blank lines are not records and are skipped. Lines that do not even look like one JSON object
+    (cut off by a broken download, blank) are set aside first, so that the rest still parses in one
+    polars call; a bad line that looks whole sends its batch down the slower path of `_read`.
     """
     lines = chunk.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
-    try:
-        frame = pl.read_ndjson(chunk, schema=RAW_SCHEMA)
-        if frame.height == len(lines):
-            line = pl.int_range(first_line, first_line + frame.height, dtype=pl.Int64)
-            return frame.select(line.alias("line"), *RAW_SCHEMA), []
-    except pl.exceptions.PolarsError:
-        pass
-    numbered = [(first_line + i, line) for i, line in enumerate(lines) if line.strip()]
-    frames, bad = _read_pieces(numbered, trusted=False)
-    malformed = [{"line": n, "reason": "malformed_json", "id": None, "raw": text(line)} for n, line in bad]
-    records = pl.concat(frames) if frames else pl.DataFrame(schema={"line": pl.Int64, **RAW_SCHEMA})
-    return records, malformed
+    odd = [i for i, line in enumerate(lines) if line[:1] != b"{" or line[-1:] != b"}"]
+    if not odd:
+        try:
+            frame = pl.read_ndjson(chunk, schema=RAW_SCHEMA)
+            if frame.height == len(lines):
+                line = pl.int_range(first_line, first_line + frame.height, dtype=pl.Int64)
+                return frame.select(line.alias("line"), *RAW_SCHEMA), []
+        except pl.exceptions.PolarsError:
+            pass
+    odd_lines = set(odd)
+    regular = [(first_line + i, line) for i, line in enumerate(lines) if i not in odd_lines]
+    suspects = [(first_line + i, lines[i]) for i in odd if lines[i].strip()]
+    frames, bad = _read(regular, trusted=False) if odd else _read_pieces(regular, trusted=False)
+    suspect_frames, more_bad = _read(suspects, trusted=False)  # e.g. valid objects with a trailing \r
+    malformed = [{"line": n, "reason": "malformed_json", "id": None, "raw": text(line)} for n, line in sorted(bad + more_bad)]
+    records = pl.concat(frames + suspect_frames) if frames or suspect_frames else pl.DataFrame(schema={"line": pl.Int64, **RAW_SCHEMA})
+    return records.sort("line") if suspect_frames else records, malformed
 
 
 def _read(numbered: list[tuple[int, bytes]], trusted: bool) -> tuple[list[pl.DataFrame], list[tuple[int, bytes]]]:
