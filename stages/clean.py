@@ -2,7 +2,7 @@
 
 Streams the input in batches of lines (bounded memory on the 4.6 GB snapshot), parses each batch
 with polars against an explicit schema, and writes Parquet parts; de-duplication then works on a
-small key table (line, id, dates, text hash) and a streaming pass writes the kept rows in input
+small key table (line, id, dates, text hash) and a pass over the parts appends the kept rows in input
 order. Every record that is not kept goes to the rejects file with its line number and reason.
 """
 
@@ -42,6 +42,28 @@ def decide_duplicates(keys: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+class ParquetAppender:
+    """One Parquet file written frame by frame (polars has no appending writer); zstd, as polars writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.writer = path, None
+
+    def __enter__(self) -> ParquetAppender:
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def main() -> None:
     params = load_params().clean
     counts: Counter[str] = Counter()
@@ -79,9 +101,12 @@ def main() -> None:
         if kept.is_empty():
             raise CleanError(f"clean: no paper of {paths.RAW} survived the filters ({dict(counts)}); check the clean.* params")
 
-        # 3. Stream the kept rows, in input order, into the output table.
-        with atomic_path(paths.PAPERS) as papers_path:
-            parts.filter(pl.col("line").is_in(kept["line"].implode())).select(PAPER_COLUMNS).sink_parquet(papers_path)
+        # 3. Append the kept rows part by part, in input order: memory stays at one part's size
+        #    (polars' sink_parquet over all parts peaked at 2x the parse loop's memory).
+        kept_lines = kept["line"].implode()
+        with atomic_path(paths.PAPERS) as papers_path, ParquetAppender(papers_path) as papers:
+            for part in sorted(Path(parts_dir).glob("part-*.parquet")):
+                papers.write(pl.read_parquet(part).filter(pl.col("line").is_in(kept_lines)).select(PAPER_COLUMNS))
 
     rejected = {reason: counts.get(reason, 0) for reason in REASONS}
     metrics = {
