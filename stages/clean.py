@@ -1,9 +1,10 @@
 """clean: raw arXiv JSON lines -> one Parquet table of usable, de-duplicated papers.
 
 Streams the input in batches of lines (bounded memory on the 4.6 GB snapshot), parses each batch
-with polars against an explicit schema, and writes Parquet parts; de-duplication then works on a
-small key table (line, id, dates, text hash) and a pass over the parts appends the kept rows in input
-order. Every record that is not kept goes to the rejects file with its line number and reason.
+with polars against an explicit schema, and writes Parquet parts; de-duplication then reads the
+key columns (line, id, dates, text hashes) back one hash bucket at a time, and a pass over the parts
+appends the kept rows in input order. Every record that is not kept goes to the rejects file with
+its line number and reason.
 """
 
 from __future__ import annotations
@@ -19,27 +20,50 @@ import polars as pl
 from stages.lib import paths
 from stages.lib.io import atomic_path, write_json
 from stages.lib.params import load_params
-from stages.lib.records import KEY_COLUMNS, PAPER_COLUMNS, REASONS, line_batches, parse_batch, tidy, with_raw
+from stages.lib.records import PAPER_COLUMNS, REASONS, line_batches, parse_batch, tidy, with_raw
+
+
+KEYS_PER_BUCKET = 250_000  # records de-duplicated at a time (~100 MB); the full snapshot takes ~11 buckets
 
 
 class CleanError(SystemExit):
     """The input cannot be cleaned (empty, truncated, or the wrong file)."""
 
 
-def decide_duplicates(keys: pl.DataFrame) -> pl.DataFrame:
-    """Mark duplicates among usable records: one id keeps its latest record (update_date, then
-    version count, then line); one normalised title+abstract keeps its smallest id."""
-    latest = keys.group_by("id").agg(pl.col("line").sort_by(["update_date", "n_versions", "line"]).last())
-    keys = keys.with_columns(
-        reason=pl.when(pl.col("line").is_in(latest["line"].implode())).then("reason").otherwise(pl.lit("duplicate_id"))
-    )
-    candidates = keys.filter(pl.col("reason").is_null())
-    first = candidates.group_by("title_hash", "text_hash").agg(pl.col("line").sort_by(["id", "line"]).first())
-    return keys.with_columns(
-        reason=pl.when(pl.col("reason").is_null() & ~pl.col("line").is_in(first["line"].implode()))
-        .then(pl.lit("duplicate_text"))
+def decide_duplicates(parts: pl.LazyFrame) -> pl.DataFrame:
+    """(line, id, reason) of every usable record that is not kept, sorted by line: filtered ones
+    (withdrawn, word counts) and duplicates. One id keeps its latest record (update_date, then
+    version count, then line); one normalised title+abstract keeps its smallest id.
+
+    Each rule runs per hash bucket of its key (id; title hash), read from the Parquet parts, so
+    memory follows the bucket's size, not the input's (grouping all 2.7M snapshot ids at once takes
+    about 1 GB).
+    """
+    n_buckets = max(1, -(-parts.select(pl.len()).collect().item() // KEYS_PER_BUCKET))
+
+    def bucket(key: str, b: int) -> pl.Expr:
+        return pl.col(key).hash(seed=0) % n_buckets == b
+
+    by_age = ["id", "update_date", "n_versions", "line"]
+    duplicate_id = pl.concat(
+        parts.filter(bucket("id", b)).select(by_age).collect(engine="streaming")
+        .sort(by_age).filter(~pl.col("id").is_last_distinct()).select("line")
+        for b in range(n_buckets)
+    )["line"].implode()  # fmt: skip
+    by_text = ["title_hash", "text_hash", "id", "line"]
+    usable = parts.filter(pl.col("reason").is_null() & ~pl.col("line").is_in(duplicate_id))
+    duplicate_text = pl.concat(
+        usable.filter(bucket("title_hash", b)).select(by_text).collect(engine="streaming")
+        .sort(by_text).filter(~pl.struct("title_hash", "text_hash").is_first_distinct()).select("line")
+        for b in range(n_buckets)
+    )["line"].implode()  # fmt: skip
+    reason = (
+        pl.when(pl.col("line").is_in(duplicate_id)).then(pl.lit("duplicate_id"))
+        .when(pl.col("line").is_in(duplicate_text)).then(pl.lit("duplicate_text"))
         .otherwise("reason")
-    )
+    )  # fmt: skip
+    dropped = parts.select("line", "id", reason.alias("reason")).filter(pl.col("reason").is_not_null())
+    return dropped.collect(engine="streaming").sort("line")
 
 
 class ParquetAppender:
@@ -92,35 +116,38 @@ def main() -> None:
         if not n_parts:
             raise CleanError(f"clean: no record of {paths.RAW} is usable ({dict(counts)}); check the input file")
 
-        # 2. De-duplicate on the key columns only, so the whole table is never in memory at once.
+        # 2. De-duplicate, bucket by bucket; only the lines of the records not kept are held.
         parts = pl.scan_parquet(f"{parts_dir}/*.parquet")
-        keys = decide_duplicates(parts.select(KEY_COLUMNS).collect(engine="streaming"))
-        dropped = keys.filter(pl.col("reason").is_not_null()).sort("line")
+        dropped = decide_duplicates(parts)
         write_rejects(rejects, counts, dropped.select("line", "reason", "id", raw=pl.lit(None)).to_dicts())
-        kept = keys.filter(pl.col("reason").is_null())
-        if kept.is_empty():
-            raise CleanError(f"clean: no paper of {paths.RAW} survived the filters ({dict(counts)}); check the clean.* params")
+        dropped_lines = dropped["line"].implode()
 
         # 3. Append the kept rows part by part, in input order: memory stays at one part's size
         #    (polars' sink_parquet over all parts peaked at 2x the parse loop's memory).
-        kept_lines = kept["line"].implode()
+        records_out, archives, primary_categories = 0, Counter(), set()
         with atomic_path(paths.PAPERS) as papers_path, ParquetAppender(papers_path) as papers:
             for part in sorted(Path(parts_dir).glob("part-*.parquet")):
-                papers.write(pl.read_parquet(part).filter(pl.col("line").is_in(kept_lines)).select(PAPER_COLUMNS))
+                kept = pl.read_parquet(part).filter(~pl.col("line").is_in(dropped_lines)).select(PAPER_COLUMNS)
+                papers.write(kept)
+                records_out += kept.height
+                archives.update(dict(kept["archive"].value_counts().iter_rows()))
+                primary_categories.update(kept["primary_category"].unique())
+            if not records_out:
+                raise CleanError(f"clean: no paper of {paths.RAW} survived the filters ({dict(counts)}); check the clean.* params")
 
     rejected = {reason: counts.get(reason, 0) for reason in REASONS}
     metrics = {
         "records_in": records_in,
-        "records_out": kept.height,
+        "records_out": records_out,
         "rejected_total": sum(rejected.values()),
         "rejected": rejected,
-        "primary_categories": kept["primary_category"].n_unique(),
-        "archives": dict(kept["archive"].value_counts(sort=True).iter_rows()),
+        "primary_categories": len(primary_categories),
+        "archives": dict(archives.most_common()),
     }
-    if records_in != kept.height + metrics["rejected_total"]:
+    if records_in != records_out + metrics["rejected_total"]:
         raise RuntimeError(f"clean lost track of records: {metrics}")
     write_json(paths.metrics_file("clean"), metrics)
-    print(f"clean: {records_in} records in, {kept.height} out, {metrics['rejected_total']} rejected -> {paths.REJECTS}")
+    print(f"clean: {records_in} records in, {records_out} out, {metrics['rejected_total']} rejected -> {paths.REJECTS}")
     for reason, count in rejected.items():
         if count:
             print(f"  {reason}: {count}")

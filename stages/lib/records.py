@@ -27,8 +27,6 @@ RAW_SCHEMA = {
 PAPER_COLUMNS = [
     "id", "title", "abstract", "authors", "categories", "primary_category", "archive", "first_version_date", "update_date",
 ]  # fmt: skip
-# What de-duplication needs, small enough to hold for the full snapshot (~60 bytes a record).
-KEY_COLUMNS = ["line", "id", "update_date", "n_versions", "reason", "title_hash", "text_hash", "primary_category", "archive"]
 # Every reason a record can be rejected for, in the order the checks run.
 UNUSABLE = ["malformed_json", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
 FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]
