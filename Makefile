@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 check: setup
-	python -m stages.lib.params
+	python -m arxiv_embed.params
 
 # `make repro` runs the DAG as params.yaml says; `make repro ARGS="-S key=value ..."` runs it as a
 # DVC experiment with those params changed.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, Report, load_note, measure
 from benchmarks.synthetic import load_vocabulary, write_snapshot
-from stages.lib import paths
-from tests.conftest import make_project, stage_env
+from arxiv_embed import paths
+from arxiv_embed.workspace import make_project, stage_env
 
 WITHDRAWN = r"(?i)this (?:paper|article|submission|manuscript) (?:has been|is) withdrawn"
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> Report:
 
 
 if __name__ == "__main__":  # the baseline, run as its own process so that its peak RSS is its own
-    from stages.lib.params import load_params
+    from arxiv_embed.params import load_params
 
     clean = load_params().clean  # the project's params.yaml (cwd), as the stage reads it
     print(json.dumps(pandas_clean(Path(sys.argv[1]), Path(sys.argv[2]), clean.min_abstract_words, clean.max_abstract_words)))

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ROOT, Report, load_note, measure
-from tests.conftest import KAGGLE_SAMPLE, RECENT_SAMPLE, dvc, make_project, stage_env
+from arxiv_embed.workspace import dvc, make_project, stage_env
+from tests.conftest import KAGGLE_SAMPLE, RECENT_SAMPLE
 
 QUICK = {"texts": 96, "papers": 200, "share": False}
 
@@ -49,7 +50,7 @@ def ndcg_at_10(model, papers: list[dict], batch_size: int) -> dict[str, float]:
     """Title -> own abstract, and abstract -> other abstracts of the same category, by cosine."""
     from sklearn.metrics import ndcg_score
 
-    from stages.lib.models import encode
+    from arxiv_embed.models import encode
 
     titles = encode(model, [p["title"] for p in papers], batch_size, progress=False)
     abstracts = encode(model, [p["abstract"] for p in papers], batch_size, progress=False)
@@ -68,7 +69,7 @@ def ndcg_at_10(model, papers: list[dict], batch_size: int) -> dict[str, float]:
 
 def texts_per_second(model, texts: list[str], batch_size: int, repeats: int = 3) -> float:
     """The best of `repeats` timed passes (as timeit does): other work on a shared CPU only slows a pass down."""
-    from stages.lib.models import encode
+    from arxiv_embed.models import encode
 
     encode(model, texts[:batch_size], batch_size, progress=False)  # warm-up: first batches allocate
     best = float("inf")
@@ -115,8 +116,8 @@ def probe(stage_args: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    from stages.lib.models import load_model, quantize_int8
-    from stages.lib.params import load_params
+    from arxiv_embed.models import load_model, quantize_int8
+    from arxiv_embed.params import load_params
 
     params = load_params(ROOT / "params.yaml")
     batch_size, max_len = params.evaluate.batch_size, params.model.max_seq_length

@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import Report, load_note
-from tests.conftest import RECENT_SAMPLE, dvc, make_project
+from arxiv_embed.workspace import dvc, make_project
+from tests.conftest import RECENT_SAMPLE
 
 TARGET_S = 15 * 60
 # Fine-tuning "beats base" on these (dotted keys of metrics/evaluate.json); title->abstract may lose up to 0.01.

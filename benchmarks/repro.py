@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import Report, load_note
-from tests.conftest import TINY_PARAMS, deep_update, dvc, make_project, ran_stages
+from arxiv_embed.workspace import deep_update, dvc, make_project, ran_stages
+from tests.conftest import TINY_PARAMS
 
 EVALUATE_ONLY_CHANGE = ("evaluate", "batch_size", 16)  # changes how evaluate batches, not what the DAG upstream does
 # A few training steps do not beat the base model: open push's quality gate, which is not what is timed here.

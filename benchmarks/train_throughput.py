@@ -1,7 +1,7 @@
 """train: training samples/s of finetune's setup (params.yaml's defaults) vs a bare
 SentenceTransformerTrainer loop on the same data, model, loss and batch size.
 
-"This project" is the stage's wiring from stages/lib/training.py: the NO_DUPLICATES sampler,
+"This project" is the stage's wiring from arxiv_embed/training.py: the NO_DUPLICATES sampler,
 multi-dataset batches, loss and learning rate logged to MLflow every step. The baseline is the
 trainer with default arguments (plain batch sampler, no logging callback). Evaluation and
 checkpointing are timed once and amortised over finetune.eval_steps, as the stage does them.
@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> Report:
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-    from stages.lib import training
-    from stages.lib.models import load_model
-    from stages.lib.params import load_params, parse_params
+    from arxiv_embed.training import losses, trainer
+    from arxiv_embed.training import data as training_data
+    from arxiv_embed.models import load_model
+    from arxiv_embed.params import load_params, parse_params
 
     raw = load_params(ROOT / "params.yaml").model_dump()
     raw["model"]["max_seq_length"] = args.max_seq_length or raw["model"]["max_seq_length"]
@@ -60,15 +61,15 @@ def run(args: argparse.Namespace) -> Report:
     report = Report("train")
     with tempfile.TemporaryDirectory() as tmp:
         data_root = args.data
-        if not all(p.exists() for p in (Path(data_root) / f for f in sum(training.data_files(ft), []))):
+        if not all(p.exists() for p in (Path(data_root) / f for f in sum(training_data.data_files(ft), []))):
             data_root = Path(tmp) / "data-root"
             _tiny_data(data_root)
             report.notes.append("no data/triplets in the project: used tiny files built from the 2007 sample")
         cwd = os.getcwd()
         os.chdir(data_root)
         try:
-            dataset = training.train_dataset(ft)
-            evaluator = training.build_evaluator(ft, ft.batch_size)
+            dataset = training_data.train_dataset(ft)
+            evaluator = trainer.build_evaluator(ft, ft.batch_size)
         finally:
             os.chdir(cwd)
         samples = args.steps * ft.batch_size
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> Report:
                 output_dir=f"{tmp}/bare", max_steps=steps, per_device_train_batch_size=ft.batch_size,
                 report_to="none", save_strategy="no", eval_strategy="no", seed=params.shared.seed, disable_tqdm=True,
             )
-            return SentenceTransformerTrainer(model=model, args=bare_args, train_dataset=dataset, loss=training.build_loss(model, ft))
+            return SentenceTransformerTrainer(model=model, args=bare_args, train_dataset=dataset, loss=losses.build_loss(model, ft))
 
         # Untimed warm-up: torch's first steps build kernels and allocate; whichever setup ran first paid for it.
         _train(bare_trainer(2))
@@ -89,13 +90,13 @@ def run(args: argparse.Namespace) -> Report:
         # This project: the stage's arguments and callback, logging into an MLflow run.
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         model = load_model(params.model.base, params.model.max_seq_length, device="cpu")
-        stage_args = training.training_arguments(
+        stage_args = trainer.training_arguments(
             params, Path(tmp) / "stage", "fp32", "cpu", max_steps=args.steps, eval_strategy="no", save_strategy="no",
             load_best_model_at_end=False, disable_tqdm=True,
         )
         stage = SentenceTransformerTrainer(
-            model=model, args=stage_args, train_dataset=dataset, loss=training.build_loss(model, ft),
-            evaluator=evaluator, callbacks=[training.mlflow_callback()],
+            model=model, args=stage_args, train_dataset=dataset, loss=losses.build_loss(model, ft),
+            evaluator=evaluator, callbacks=[trainer.mlflow_callback()],
         )
         with mlflow.start_run():
             stage_s = _train(stage)

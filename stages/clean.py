@@ -17,16 +17,17 @@ from typing import TextIO
 
 import polars as pl
 
-from stages.lib import paths
-from stages.lib.io import atomic_path, write_json
-from stages.lib.params import load_params
-from stages.lib.records import PAPER_COLUMNS, REASONS, line_batches, parse_batch, tidy, with_raw
+from arxiv_embed import paths
+from arxiv_embed.files import atomic_path, write_json
+from arxiv_embed.params import load_params
+from arxiv_embed.data.records import PAPER_COLUMNS, REASONS, line_batches, parse_batch, tidy, with_raw
+from arxiv_embed.errors import UserError, run
 
 
 KEYS_PER_BUCKET = 250_000  # records de-duplicated at a time (~100 MB); the full snapshot takes ~11 buckets
 
 
-class CleanError(SystemExit):
+class CleanError(UserError):
     """The input cannot be cleaned (empty, truncated, or the wrong file)."""
 
 
@@ -171,4 +172,4 @@ def check_input(records_in: int, malformed: int, first_lines: list[int], max_fra
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "clean")

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-from stages.lib.io import atomic_path
-from stages.lib.params import Download, load_params
-from stages.lib.paths import RAW
-from stages.lib.sources import DownloadError, harvest_oai, json_line, open_records, stream_url_records
+from arxiv_embed.files import atomic_path
+from arxiv_embed.params import Download, load_params
+from arxiv_embed.paths import RAW
+from arxiv_embed.data.sources import DownloadError, harvest_oai, json_line, open_records, stream_url_records
+from arxiv_embed.errors import run
 
 # The full snapshot is 4.6 GB of text: the fastest level still shrinks it ~4x, and mtime=0 keeps
 # the output byte-identical across runs so DVC sees an unchanged file.
@@ -57,13 +58,10 @@ def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, sourc
 def main() -> None:
     params = load_params().download
     started = time.monotonic()
-    try:
-        lines, source = open_source(params)
-        written = write_raw(lines, RAW, params.max_records, source)
-    except DownloadError as exc:
-        raise SystemExit(f"download: {exc}") from None
+    lines, source = open_source(params)
+    written = write_raw(lines, RAW, params.max_records, source)
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "download")

@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from stages.lib import paths
-from stages.lib.evaluation import (
+from arxiv_embed import paths
+from arxiv_embed.evaluation.lenses import (
     ModelEval,
     delta,
     evaluate_model,
@@ -25,9 +25,10 @@ from stages.lib.evaluation import (
     plot_map,
     report_markdown,
 )
-from stages.lib.io import atomic_path, read_json, write_json, write_text
-from stages.lib.models import load_model
-from stages.lib.params import Params, load_params
+from arxiv_embed.files import atomic_path, read_json, write_json, write_text
+from arxiv_embed.models import load_model
+from arxiv_embed.params import Params, load_params
+from arxiv_embed.errors import run
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -76,7 +77,7 @@ def log_to_mlflow(report: dict) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from stages.lib.tracking import TrackingUnavailableError, configure_tracking, metric_key, run_tags, tracked_run
+    from arxiv_embed.tracking import TrackingUnavailableError, configure_tracking, metric_key, run_tags, tracked_run
 
     run_info = paths.FINETUNED / "mlflow_run.json"
     finetune_run = read_json(run_info).get("run_id") if run_info.exists() else None
@@ -117,4 +118,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "evaluate")

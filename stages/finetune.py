@@ -16,11 +16,14 @@ import sys
 import time
 from contextlib import nullcontext
 
-from stages.lib import paths, training
-from stages.lib.io import atomic_path, write_json, write_text
-from stages.lib.models import load_model, pick_device, pick_precision
-from stages.lib.params import flatten, load_params
-from stages.lib.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
+from arxiv_embed import paths
+from arxiv_embed.training import checkpoints, distributed, losses, trainer
+from arxiv_embed.training import data as training_data
+from arxiv_embed.files import atomic_path, write_json, write_text
+from arxiv_embed.models import load_model, pick_device, pick_precision
+from arxiv_embed.params import flatten, load_params
+from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
+from arxiv_embed.errors import run
 
 
 def main() -> None:
@@ -28,11 +31,11 @@ def main() -> None:
     # 1. Params; several processes asked for -> run this module under torchrun instead.
     params = load_params()
     ft = params.finetune
-    if (nproc := training.requested_processes(ft)) > 1 and training.world_size() == 1:
-        sys.exit(training.relaunch_with_torchrun(nproc))
-    training.check_combination(ft)
-    training.raise_on_sigterm()
-    main_process = training.is_main_process()
+    if (nproc := distributed.requested_processes(ft)) > 1 and distributed.world_size() == 1:
+        sys.exit(distributed.relaunch_with_torchrun(nproc))
+    training_data.check_combination(ft)
+    distributed.raise_on_sigterm()
+    main_process = distributed.is_main_process()
 
     # 2. Tracking before anything expensive: a down MLflow server fails here, in seconds.
     if main_process:
@@ -42,41 +45,41 @@ def main() -> None:
     from transformers import EarlyStoppingCallback
 
     # 3. Data, and the checkpoint folder of this exact params+data combination.
-    train_files, eval_files = training.data_files(ft)
-    train_dataset = training.train_dataset(ft)
-    run_key = training.run_key(params, train_files + eval_files)
+    train_files, eval_files = training_data.data_files(ft)
+    train_dataset = training_data.train_dataset(ft)
+    run_key = checkpoints.run_key(params, train_files + eval_files)
     run_dir = paths.CHECKPOINTS / run_key
-    resume_from = training.last_checkpoint(run_dir)
+    resume_from = checkpoints.last_checkpoint(run_dir)
     start_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
     if main_process:
-        training.prune_checkpoint_runs(run_dir)
+        checkpoints.prune_checkpoint_runs(run_dir)
 
     # 4. Model and loss (under DDP each rank loads on the CPU; the trainer moves it to its device).
     device = pick_device()
     model = load_model(
         params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
-        device="cpu" if training.world_size() > 1 else None,
+        device="cpu" if distributed.world_size() > 1 else None,
     )
-    loss = training.build_loss(model, ft)
+    loss = losses.build_loss(model, ft)
 
     # 5. Training arguments.
     precision = pick_precision(ft.precision, device)
-    args = training.training_arguments(params, run_dir, precision, device)
+    args = trainer.training_arguments(params, run_dir, precision, device)
     if main_process:
-        print(f"finetune: {device} x{training.world_size()}, {precision}", flush=True)
+        print(f"finetune: {device} x{distributed.world_size()}, {precision}", flush=True)
 
     # 6. Evaluator (triplet accuracy, title->abstract retrieval) and callbacks.
-    evaluator = training.build_evaluator(ft, ft.batch_size)
-    callbacks = [training.mlflow_callback()]
+    evaluator = trainer.build_evaluator(ft, ft.batch_size)
+    callbacks = [trainer.mlflow_callback()]
     if ft.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience))
-    trainer = SentenceTransformerTrainer(
+    st_trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
 
     # 7. Train inside an MLflow run that always ends (FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED).
     tags = {**run_tags(*train_files), "stage": "finetune", "run_key": run_key, "device": device, "precision": precision}
-    run = tracked_run(training.saved_run_id(run_dir) if resume_from else None, run_key, tags) if main_process else nullcontext()
+    run = tracked_run(checkpoints.saved_run_id(run_dir) if resume_from else None, run_key, tags) if main_process else nullcontext()
     with run as run_id:
         if main_process:
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
@@ -84,26 +87,26 @@ def main() -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
         # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
-        baseline = trainer.evaluate()
+        baseline = st_trainer.evaluate()
         if main_process:
-            training.check_metric(ft.metric_for_best_model, baseline)
+            trainer.check_metric(ft.metric_for_best_model, baseline)
         if resume_from:
             print(f"finetune: resumed from step {start_step} ({resume_from})", flush=True)
             if main_process:
                 mlflow.set_tag("resumed_from_step", start_step)
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        result = st_trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
         # 8. Save (rank 0): the best model, its summary and loss curve; then log the model.
         if not main_process:
             return
-        state = trainer.state
-        curve = training.loss_curve(state.log_history)
-        samples_per_step = ft.batch_size * ft.gradient_accumulation_steps * training.world_size()
+        state = st_trainer.state
+        curve = checkpoints.loss_curve(state.log_history)
+        samples_per_step = ft.batch_size * ft.gradient_accumulation_steps * distributed.world_size()
         runtime = result.metrics["train_runtime"]
         summary = {
             "global_step": result.global_step,
             "epochs": round(state.epoch or 0.0, 4),
-            "train_samples": training.dataset_size(train_dataset),
+            "train_samples": training_data.dataset_size(train_dataset),
             "samples_per_second": round((result.global_step - start_step) * samples_per_step / runtime, 3) if runtime else 0.0,
             "wall_time_s": round(time.monotonic() - started, 1),
             "best_metric": state.best_metric,
@@ -118,7 +121,7 @@ def main() -> None:
         write_json(paths.metrics_file("finetune"), summary)
         write_text(paths.METRICS_DIR / "finetune_loss.csv", "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if v is not None})
-        how = training.log_model(model, paths.FINETUNED)
+        how = trainer.log_model(model, paths.FINETUNED)
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints' only use (resume) is gone
     print(
         f"finetune: {summary['global_step']} steps ({summary['epochs']} epochs), {summary['samples_per_second']} samples/s, "
@@ -130,6 +133,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     try:
-        main()
+        run(main, "finetune")
     finally:
-        training.end_distributed()
+        distributed.end_distributed()

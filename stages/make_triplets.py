@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from stages.lib import paths
-from stages.lib.io import atomic_path, write_json
-from stages.lib.params import load_params
+from arxiv_embed import paths
+from arxiv_embed.files import atomic_path, write_json
+from arxiv_embed.params import load_params
+from arxiv_embed.errors import run
 
 SPLIT_SEED = {split: i for i, split in enumerate(paths.SPLITS)}
 PAIR_SCHEMA = {"anchor": pl.String, "positive": pl.String, "anchor_id": pl.String, "positive_id": pl.String, "label": pl.String}
@@ -130,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "make_triplets")

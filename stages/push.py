@@ -6,19 +6,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from stages.lib.io import atomic_path, read_json, write_json
-from stages.lib.model_card import MODELS, CardFacts, flatten_metrics, gather_facts, render_card
-from stages.lib.params import Gate, Hub, load_params
-from stages.lib.paths import FINETUNED, TRIPLETS_DIR, metrics_file
-from stages.lib.tracking import RUN_INFO, configure_tracking
+from arxiv_embed.files import atomic_path, read_json, write_json
+from arxiv_embed.model_card import MODELS, CardFacts, flatten_metrics, gather_facts, render_card
+from arxiv_embed.params import Gate, Hub, load_params
+from arxiv_embed.paths import FINETUNED, TRIPLETS_DIR, metrics_file
+from arxiv_embed.tracking import RUN_INFO, configure_tracking
+from arxiv_embed.errors import UserError, run
 
 EVALUATE = metrics_file("evaluate")
 
 
-class PushError(RuntimeError):
+class PushError(UserError):
     """The stage refuses to push; the message says why and what to change."""
 
 
@@ -149,7 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except PushError as exc:
-        sys.exit(f"push: {exc}")
+    run(main, "push")

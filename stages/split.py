@@ -12,9 +12,10 @@ import hashlib
 
 import polars as pl
 
-from stages.lib import paths
-from stages.lib.io import atomic_path, write_json
-from stages.lib.params import Split, load_params
+from arxiv_embed import paths
+from arxiv_embed.files import atomic_path, write_json
+from arxiv_embed.params import Split, load_params
+from arxiv_embed.errors import UserError, run
 
 OTHER = "other"
 DATE_COLUMNS = {"first_version": "first_version_date", "update_date": "update_date"}
@@ -63,7 +64,7 @@ def main() -> None:
     papers = pl.scan_parquet(paths.PAPERS)
     keys = papers.select("id", pl.col(label).alias("label"), primary, fallback).collect()
     if keys.is_empty():
-        raise SystemExit(f"split: {paths.PAPERS} has no papers; check the clean stage's metrics/clean.json")
+        raise UserError(f"{paths.PAPERS} has no papers; check the clean stage's metrics/clean.json")
     keys = keys.with_columns(stable_order(keys["id"], params.shared.seed), date=pl.coalesce(primary, fallback))
 
     # 1. Labels too small to split: merge into "other" or drop, and say which.
@@ -73,7 +74,7 @@ def main() -> None:
     dropped = keys.filter(is_rare) if cfg.rare_labels == "drop" else keys.clear()
     keys = keys.filter(~is_rare) if cfg.rare_labels == "drop" else keys.with_columns(label=pl.when(is_rare).then(pl.lit(OTHER)).otherwise("label"))
     if keys.is_empty():
-        raise SystemExit(f"split: every label has fewer than split.min_papers_per_label={cfg.min_papers_per_label} papers; lower it")
+        raise UserError(f"every label has fewer than split.min_papers_per_label={cfg.min_papers_per_label} papers; lower it")
 
     # 2. Assign every paper to exactly one split.
     keys = stratified(keys, cfg) if cfg.method == "stratified" else by_time(keys, cfg)
@@ -122,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "split")

@@ -12,7 +12,7 @@ import pytest
 from benchmarks.clean_scale import pandas_clean
 from benchmarks.common import Report, format_table, measure
 from benchmarks.synthetic import load_vocabulary, write_snapshot
-from stages.lib import paths
+from arxiv_embed import paths
 from tests.conftest import make_project, run
 
 KAGGLE_FIELDS = ["id", "submitter", "authors", "title", "comments", "journal-ref", "doi", "report-no", "categories",
@@ -92,7 +92,7 @@ def test_int8_backend_quantises_every_linear_layer_and_keeps_embeddings_close(ba
     import numpy as np
     import torch
 
-    from stages.lib.models import encode, load_model, quantize_int8
+    from arxiv_embed.models import encode, load_model, quantize_int8
 
     with gzip.open(kaggle_sample, "rt", encoding="utf-8") as lines:
         texts = [" ".join(json.loads(next(lines))["abstract"].split()) for _ in range(16)]

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from stages import clean
-from stages.lib import records
+from arxiv_embed.errors import UserError
+from arxiv_embed.data import records
 from tests.conftest import ROOT, deep_update
 
 CONTRACT = {
@@ -264,7 +265,7 @@ def test_plain_json_lines_without_gzip(project: Path) -> None:
 def test_empty_input_fails_clearly(project: Path, content: bytes) -> None:
     (project / "data/raw").mkdir(parents=True)
     (project / "data/raw/arxiv.jsonl.gz").write_bytes(gzip.compress(content))
-    with pytest.raises(SystemExit, match=r"data/raw/arxiv.jsonl.gz holds no records"):
+    with pytest.raises(UserError, match=r"data/raw/arxiv.jsonl.gz holds no records"):
         clean.main()
     assert not (project / "data/clean/papers.parquet").exists()
 
@@ -272,7 +273,7 @@ def test_empty_input_fails_clearly(project: Path, content: bytes) -> None:
 def test_truncated_gzip_fails_clearly(project: Path) -> None:
     path = write_input(project, [paper(f"0704.{i:04d}") for i in range(1, 300)])
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(SystemExit, match=r"arxiv.jsonl.gz is truncated or corrupt .*download"):
+    with pytest.raises(UserError, match=r"arxiv.jsonl.gz is truncated or corrupt .*download"):
         clean.main()
     assert not (project / "data/clean/papers.parquet").exists()
 
@@ -280,7 +281,7 @@ def test_truncated_gzip_fails_clearly(project: Path) -> None:
 def test_malformed_fraction_threshold(project: Path) -> None:
     write_input(project, [*(paper(f"0704.{i:04d}") for i in range(1, 10)), "not json at all"])
     set_params(project, max_malformed_fraction=0.05)
-    with pytest.raises(SystemExit, match=r"1 of 10 lines of data/raw/arxiv.jsonl.gz .*clean.max_malformed_fraction=0.05.*lines 10"):
+    with pytest.raises(UserError, match=r"1 of 10 lines of data/raw/arxiv.jsonl.gz .*clean.max_malformed_fraction=0.05.*lines 10"):
         clean.main()
     set_params(project, max_malformed_fraction=0.1)
     papers, rejects, _ = run_clean(project)
@@ -289,5 +290,5 @@ def test_malformed_fraction_threshold(project: Path) -> None:
 
 def test_nothing_usable_fails_clearly(project: Path) -> None:
     write_input(project, [paper("0704.0001", abstract="withdrawn by the author")])
-    with pytest.raises(SystemExit, match="no paper .* survived"):
+    with pytest.raises(UserError, match="no paper .* survived"):
         clean.main()

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from stages import download
-from stages.lib.sources import DownloadError, NoNetworkError, harvest_oai, json_line, open_records, stream_url_records
+from arxiv_embed.errors import UserError
+from arxiv_embed.data.sources import DownloadError, NoNetworkError, harvest_oai, json_line, open_records, stream_url_records
 
 from .conftest import ROOT, deep_update
 
@@ -312,7 +313,7 @@ def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, mon
 def test_main_without_network_exits_with_the_offline_recipe(closed_port: int, tmp_path: Path, monkeypatch):
     write_params(tmp_path, {"source": "kaggle", "path": None, "kaggle_url": f"http://127.0.0.1:{closed_port}/dl"})
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="(?s)download: no network.*download.source=file"):
+    with pytest.raises(UserError, match="(?s)no network.*download.source=file"):
         download.main()
     assert not (tmp_path / "data/raw/arxiv.jsonl.gz").exists()
 

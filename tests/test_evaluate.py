@@ -105,7 +105,7 @@ def save_perturbed_copy(model_dir: Path, dest: Path) -> None:
 def start_finetune_run(project: Path) -> str:
     """A run in the project's MLflow store standing in for the one finetune logs into."""
     code = (
-        "import mlflow; from stages.lib.tracking import configure_tracking; configure_tracking(); "
+        "import mlflow; from arxiv_embed.tracking import configure_tracking; configure_tracking(); "
         "run = mlflow.start_run(run_name='finetune'); mlflow.end_run(); print(run.info.run_id)"
     )
     return run([sys.executable, "-c", code], project).stdout.strip().splitlines()[-1]

@@ -1,4 +1,4 @@
-"""The metric functions of stages/lib/evaluation.py against hand-computed values, and the retrieval
+"""The metric functions of arxiv_embed/evaluation/lenses.py against hand-computed values, and the retrieval
 metrics against sentence-transformers' InformationRetrievalEvaluator on real papers."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from stages.lib import evaluation as ev
-from stages.lib.params import Evaluate
+from arxiv_embed.evaluation import lenses as ev
+from arxiv_embed.params import Evaluate
 
 
 def sample_papers(path: Path, per_label: int, n_labels: int) -> pl.DataFrame:

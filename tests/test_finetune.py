@@ -106,7 +106,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 def test_trains_saves_and_tracks_everything(trained: tuple[Path, str]) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from stages.lib.models import resolve_model
+    from arxiv_embed.models import resolve_model
 
     project, output = trained
     model_dir = project / "models/finetuned"

@@ -1,4 +1,4 @@
-"""Model resolution (stages/lib/models.py): every way `model.base` can be wrong fails in seconds
+"""Model resolution (arxiv_embed/models.py): every way `model.base` can be wrong fails in seconds
 with a message that says what to do, never after the Hub client's ~80 s of retries."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.lib.models import ModelNotFoundError, pick_precision, resolve_model
+from arxiv_embed.models import ModelNotFoundError, pick_precision, resolve_model
 
 
 @pytest.fixture

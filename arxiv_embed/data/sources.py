@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+from arxiv_embed.errors import UserError
 
 USER_AGENT = "arxiv-embed/0.1 (DVC pipeline fine-tuning sentence embeddings on arXiv metadata; Python urllib)"
 OFFLINE_HINT = (
@@ -43,7 +44,7 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but a broken header must not park the stage for hours
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A source cannot be read; the message names it and says what to do."""
 
 

@@ -9,7 +9,7 @@ Layout of an index folder:
 The binary index keeps the float32 embeddings on disk too: the Hamming search runs over the 32x
 smaller bits in memory and only the few top candidates' float rows are read back for rescoring, so
 rescoring costs a handful of disk reads instead of re-encoding abstracts with the model.
-The folder is replaced in one rename (stages.lib.io.atomic_path), so an interrupted build leaves the
+The folder is replaced in one rename (arxiv_embed.files.atomic_path), so an interrupted build leaves the
 previous index as it was.
 """
 
@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import polars as pl
 
-from stages.lib.io import atomic_path
-from stages.lib.models import encode, resolve_model
+from arxiv_embed.files import atomic_path
+from arxiv_embed.models import encode, resolve_model
+from arxiv_embed.errors import UserError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -39,7 +40,7 @@ MAX_QUERY_CHARS = 2000
 WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError):
     """Bad input to build or query; the message names the file/flag and what to do."""
 
 
@@ -116,7 +117,7 @@ class SearchIndex:
         path = Path(path)
         if not (path / "index.json").exists():
             raise SearchError(f"--index {path}: no search index there; build one with "
-                              f"`python -m stages.search build --papers PAPERS --index {path}`")
+                              f"`python -m arxiv_embed.search build --papers PAPERS --index {path}`")
         meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
         bits = np.load(path / "binary.npy") if meta["precision"] == "binary" else None
         return cls(path, meta, pl.read_parquet(path / "papers.parquet"),

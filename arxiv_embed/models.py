@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
+from arxiv_embed.errors import UserError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(UserError):
     """model.base names nothing that can be loaded here."""
 
 

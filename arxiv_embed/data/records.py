@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
+from arxiv_embed.errors import UserError
 
 RAW_SCHEMA = {
     "id": pl.String,
@@ -45,7 +46,7 @@ WHITESPACE = [c for c in map(chr, range(0x3001)) if c.isspace() and c != " "]  #
 RFC2822 = "%a, %d %b %Y %H:%M:%S GMT"  # versions[].created, e.g. "Mon, 2 Apr 2007 19:18:42 GMT"
 
 
-class InputError(SystemExit):
+class InputError(UserError):
     """The input file cannot be read as arXiv JSON lines; the message says what to do."""
 
 

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from stages.lib import paths
-from stages.lib.io import atomic_path
-from stages.lib.models import encode
+from arxiv_embed import paths
+from arxiv_embed.files import atomic_path
+from arxiv_embed.models import encode
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from stages.lib.params import Evaluate
+    from arxiv_embed.params import Evaluate
 
 # The retrieval metrics reported for each retrieval lens: name -> (kind, cutoff).
 RETRIEVAL_METRICS = {

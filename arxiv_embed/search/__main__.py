@@ -1,8 +1,8 @@
 """Semantic search over papers with the released model.
 
-    python -m stages.search build --papers data/split/test.parquet --index search-index [--precision binary]
-    python -m stages.search query "graph neural networks for molecules" --index search-index -k 10 [--json]
-    python -m stages.search serve --index search-index --port 8000     # GET /search?q=...&k=10
+    python -m arxiv_embed.search build --papers data/split/test.parquet --index search-index [--precision binary]
+    python -m arxiv_embed.search query "graph neural networks for molecules" --index search-index -k 10 [--json]
+    python -m arxiv_embed.search serve --index search-index --port 8000     # GET /search?q=...&k=10
 
 `--backend int8` (build, query, serve) encodes with dynamic int8 Linear layers: ~1.5x faster on a CPU.
 """
@@ -19,12 +19,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from stages.lib.models import ModelNotFoundError
-from stages.lib.search_index import MAX_K, MAX_QUERY_CHARS, SearchError, SearchIndex, build_index, model_identity, read_papers
+from arxiv_embed.models import ModelNotFoundError
+from arxiv_embed.search.index import MAX_K, MAX_QUERY_CHARS, SearchError, SearchIndex, build_index, model_identity, read_papers
 
 
 def default_model() -> str:
-    from stages.lib.params import ParamsError, load_params
+    from arxiv_embed.params import ParamsError, load_params
 
     try:
         release = Path(load_params().push.release_dir)
@@ -51,7 +51,7 @@ class Searcher:
     """An index plus the model it was built with; validates queries for the CLI and the HTTP API alike."""
 
     def __init__(self, index: Path, model_ref: str | None = None, rescore_multiplier: int = 4, backend: str = "torch") -> None:
-        from stages.lib.models import encode, load_model
+        from arxiv_embed.models import encode, load_model
 
         self.index = SearchIndex.load(index)
         self.model_ref = model_ref or self.index.meta["model"]
@@ -62,7 +62,7 @@ class Searcher:
         self._lock = threading.Lock()  # one encode at a time: the model is shared by server threads
 
     def search(self, query: str, k: int) -> dict:
-        from stages.lib.models import encode
+        from arxiv_embed.models import encode
 
         query = validate_query(query, k)
         start = time.perf_counter()
@@ -119,7 +119,7 @@ def print_results(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.search", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m arxiv_embed.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="add papers to an index (encodes only new or changed ones)")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        from stages.lib.models import load_model
+        from arxiv_embed.models import load_model
 
         model_ref = args.model or default_model()
         papers = read_papers(args.papers)

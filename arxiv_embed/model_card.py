@@ -14,10 +14,10 @@ from typing import Any
 import polars as pl
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from stages.lib.io import read_json
-from stages.lib.params import Download, Params, flatten
-from stages.lib.paths import SPLITS, TRIPLETS_DIR, metrics_file, split_file
-from stages.lib.tracking import file_fingerprint, git_commit
+from arxiv_embed.files import read_json
+from arxiv_embed.params import Download, Params, flatten
+from arxiv_embed.paths import SPLITS, TRIPLETS_DIR, metrics_file, split_file
+from arxiv_embed.tracking import file_fingerprint, git_commit
 
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "arxiv"]
 MODELS = ("base", "finetuned")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
+from arxiv_embed.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACTS = Path("mlruns")
@@ -22,7 +23,7 @@ EXPERIMENT = "arxiv-embed"
 RUN_INFO = "mlflow_run.json"  # written into models/finetuned: the finetune run evaluate and push log into
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError):
     """The configured MLflow tracking server does not answer."""
 
 

@@ -1,0 +1,149 @@
+"""The trainer's wiring: evaluators, training arguments, the MLflow callback and model logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from arxiv_embed.params import Finetune, Params
+from arxiv_embed.tracking import metric_key
+from arxiv_embed.training.data import TEXT_COLUMNS, data_files, read_texts
+from arxiv_embed.training.distributed import world_size
+from arxiv_embed.errors import TrainingSetupError
+from arxiv_embed.training.losses import batch_sampler
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.evaluation import BaseEvaluator
+    from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+TRIPLET_EVALUATOR = "triplet"  # -> eval_triplet_cosine_accuracy
+RETRIEVAL_EVALUATOR = "title_abstract"  # -> eval_title_abstract_cosine_ndcg@10, ...
+
+
+def build_evaluator(finetune: Finetune, batch_size: int) -> BaseEvaluator:
+    """Eval-split triplet accuracy (cosine), plus title->abstract retrieval when finetune.eval_retrieval."""
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+        SequentialEvaluator,
+        TripletEvaluator,
+    )
+
+    _, eval_files = data_files(finetune)
+    triplets = read_texts(eval_files[0], TEXT_COLUMNS["triplets"])
+    evaluators = [
+        TripletEvaluator(
+            triplets["anchor"].to_list(), triplets["positive"].to_list(), triplets["negative"].to_list(),
+            name=TRIPLET_EVALUATOR, similarity_fn_names=["cosine"], batch_size=batch_size, write_csv=False,
+        )
+    ]
+    if finetune.eval_retrieval:
+        pairs = read_texts(eval_files[1], ["id", "anchor", "positive"])
+        evaluators.append(
+            InformationRetrievalEvaluator(
+                queries=dict(zip(pairs["id"], pairs["anchor"])),
+                corpus=dict(zip(pairs["id"], pairs["positive"])),
+                relevant_docs={paper: {paper} for paper in pairs["id"]},
+                name=RETRIEVAL_EVALUATOR, batch_size=batch_size, write_csv=False,
+            )
+        )
+    return SequentialEvaluator(evaluators)
+
+
+def check_metric(metric: str, metrics: dict[str, float]) -> str:
+    """finetune.metric_for_best_model must be a key the evaluation produced (with or without `eval_`)."""
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    if key not in metrics:
+        choices = ", ".join(sorted(k for k in metrics if k not in {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"}))
+        raise TrainingSetupError(f"finetune.metric_for_best_model={metric!r} is not a metric the evaluators produce; choose one of: {choices}")
+    return key
+
+
+def training_arguments(params: Params, output_dir: Path, precision: str, device: str, **overrides: object):
+    """SentenceTransformerTrainingArguments from params (overrides: for benchmarks and tests)."""
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    ft = params.finetune
+    distributed = world_size() > 1
+    settings: dict[str, object] = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=ft.epochs,
+        max_steps=ft.max_steps,
+        per_device_train_batch_size=ft.batch_size,
+        per_device_eval_batch_size=ft.batch_size,
+        gradient_accumulation_steps=ft.gradient_accumulation_steps,
+        learning_rate=ft.learning_rate,
+        warmup_steps=ft.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        lr_scheduler_type=ft.lr_scheduler,
+        weight_decay=ft.weight_decay,
+        batch_sampler=batch_sampler(ft),
+        multi_dataset_batch_sampler=ft.multi_dataset_sampler,
+        eval_strategy="steps",
+        eval_steps=ft.eval_steps,
+        save_strategy="steps",
+        save_steps=ft.save_steps,
+        save_total_limit=ft.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=ft.metric_for_best_model,
+        logging_steps=ft.logging_steps,
+        seed=params.shared.seed,
+        data_seed=params.shared.seed,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        # We log to MLflow ourselves (MlflowCallback below): transformers' integration would dump
+        # ~150 TrainingArguments as params and end the run itself, before the model is logged.
+        report_to="none",
+        # Worker processes only compete with the compute threads on a CPU; a GPU waits on tokenising.
+        dataloader_num_workers=0 if device == "cpu" else min(4, (os.cpu_count() or 2) // 2),
+        dataloader_persistent_workers=device != "cpu",
+        dataloader_pin_memory=device == "cuda",
+        # use_cpu: without it accelerate never sets up multi-process (gloo) training on a CPU-only host.
+        use_cpu=device == "cpu",
+        ddp_backend=("nccl" if device == "cuda" else "gloo") if distributed else None,
+        run_name=output_dir.name,
+    )
+    settings.update(overrides)
+    return SentenceTransformerTrainingArguments(**settings)
+
+
+def mlflow_callback() -> TrainerCallback:
+    """A TrainerCallback logging every trainer log (loss, learning_rate, grad_norm, eval_*) to the
+    active MLflow run at the trainer's global step, from the main process only."""
+    import mlflow
+    from transformers import TrainerCallback
+
+    class MlflowCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+            if not state.is_world_process_zero or not logs:
+                return
+            metrics = {metric_key(k): float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            # Asynchronous: a remote tracking server's latency must not slow every training step.
+            mlflow.log_metrics(metrics, step=state.global_step, synchronous=False)
+
+    return MlflowCallback()
+
+
+def log_model(model: SentenceTransformer, model_dir: Path) -> str:
+    """Log the model with the sentence_transformers flavor; fall back to model_dir's files as artifacts."""
+    import mlflow
+    import mlflow.sentence_transformers
+
+    try:
+        # Explicit requirements: MLflow's inference re-imports the model in a subprocess (~20 s).
+        mlflow.sentence_transformers.log_model(model, name="model", pip_requirements=_requirements())
+        return "mlflow.sentence_transformers"
+    except Exception as exc:  # noqa: BLE001 (any flavor failure: keep the model as files instead)
+        log.warning("mlflow.sentence_transformers.log_model failed (%s): logging the folder as artifacts", exc)
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        return "artifacts"
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    # Local version labels (torch's "+cpu") are not installable from PyPI.
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("sentence-transformers", "transformers", "torch")]

@@ -1,0 +1,76 @@
+"""A throw-away copy of the project (git + DVC) to run the real DAG in: for tests, benchmarks and
+the fault-injection script, which must never touch the user's own workspace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a project copy needs to run the DAG: code, pipeline, params and DVC's config.
+PROJECT_FILES = ("stages", "arxiv_embed", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore")
+
+
+def deep_update(base: dict, overrides: dict) -> dict:
+    """Merge `overrides` into `base` (nested sections merged key by key); returns `base`."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def stage_env(project: Path) -> dict[str, str]:
+    """Environment for stages run by DVC: this interpreter's venv first, nothing online, the copy's
+    own code first on the import path (never an editable install of another checkout)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", PYTHONPATH=str(project))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DVC_EXP_NAME", None)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess:
+    """Run `cmd` in `cwd` with stage_env; on failure raise with the tail of its output."""
+    result = subprocess.run(cmd, cwd=cwd, env=kwargs.pop("env", stage_env(cwd)), capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def make_project(dest: Path, params: dict | None = None) -> Path:
+    """A git+DVC repo at `dest` holding this project's code and params (with `params` merged in)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, target)
+    merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), params or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "project copy"], dest)
+    return dest
+
+
+def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run this venv's `dvc` in `project`."""
+    return run([str(Path(sys.executable).parent / "dvc"), *args], project, check=check)
+
+
+def ran_stages(result: subprocess.CompletedProcess) -> list[str]:
+    """Stage names `dvc repro` actually ran, from its output."""
+    return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")]

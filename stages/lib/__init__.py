@@ -1,1 +1,0 @@
-"""Logic shared by the stage scripts: params, paths, atomic I/O, model resolution."""
