@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -37,11 +40,37 @@ def test_bad_params_name_the_key(section, key, value, expected):
     assert expected in str(excinfo.value)
 
 
-def test_cross_field_rules():
-    raw = committed_params()
-    raw["download"].update(source="file", path=None)
-    with pytest.raises(ParamsError, match="download.path"):
-        parse_params(raw)
+CROSS_FIELD_RULES = [
+    # (overrides that break the rule, the same at the boundary the rule still allows, message)
+    ({"download": {"source": "file", "path": None}}, {"download": {"source": "file", "path": "x.jsonl"}}, "download.path"),
+    ({"download": {"oai": {"from_date": "2024-01-02", "until_date": "2024-01-01"}}},
+     {"download": {"oai": {"from_date": "2024-01-01", "until_date": "2024-01-01"}}}, "download.oai.from_date must be <="),
+    ({"clean": {"min_abstract_words": 31, "max_abstract_words": 30}},
+     {"clean": {"min_abstract_words": 30, "max_abstract_words": 30}}, "clean.min_abstract_words must be <="),
+    ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}},
+     {"split": {"eval_fraction": 0.5, "test_fraction": 0.25}}, "split.eval_fraction + split.test_fraction must be < 1"),
+    ({"finetune": {"eval_steps": 4, "save_steps": 6}}, {"finetune": {"eval_steps": 3, "save_steps": 6}},
+     "finetune.save_steps must be a multiple of finetune.eval_steps"),
+    ({"push": {"hub": {"enabled": True, "repo_id": None}}}, {"push": {"hub": {"enabled": True, "repo_id": "u/m"}}},
+     "push.hub.repo_id is empty"),
+]
+
+
+@pytest.mark.parametrize(("broken", "allowed", "message"), CROSS_FIELD_RULES, ids=[m.split()[0] for _, _, m in CROSS_FIELD_RULES])
+def test_cross_field_rules(broken: dict, allowed: dict, message: str) -> None:
+    """Every model_validator in arxiv_embed/params.py: refused past its boundary, accepted at it."""
+    from arxiv_embed.workspace import deep_update
+
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse_params(deep_update(committed_params(), broken))
+    parse_params(deep_update(committed_params(), allowed))
+
+
+def test_every_cross_field_rule_is_tested() -> None:
+    import arxiv_embed.params as module
+
+    source = Path(module.__file__).read_text()
+    assert source.count("@model_validator") == len(CROSS_FIELD_RULES)
 
 
 def test_missing_file_says_where(tmp_path):
