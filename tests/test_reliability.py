@@ -167,6 +167,10 @@ def main():
     elif fault == "not_a_folder":
         Path("metrics").write_text("a file where a folder belongs")
         (Path("metrics") / "evaluate.json").write_text("{}")
+    elif fault == "file_in_the_way":
+        from arxiv_embed.files import write_json
+        Path("metrics").write_text("a file where a folder belongs")
+        write_json("metrics/evaluate.json", {})
     elif fault == "sleep":
         print("started", flush=True)
         time.sleep(60)
@@ -177,6 +181,7 @@ run(main, "stage")
 @pytest.mark.parametrize(("fault", "message"), [
     ("permission", "stage: error: permission denied on ro/out.json"),
     ("not_a_folder", "stage: error: metrics/evaluate.json: a part of this path is a file where a folder is expected"),
+    ("file_in_the_way", "stage: error: metrics is a file where a folder is expected; move that file aside"),
 ])
 def test_a_file_system_fault_is_one_message_naming_the_path(tmp_path: Path, fault: str, message: str) -> None:
     result = subprocess.run([sys.executable, "-c", STAGE, fault], cwd=tmp_path, env=PYTHON_ENV, capture_output=True, text=True)

@@ -5,6 +5,7 @@ success path and its failure paths."""
 from __future__ import annotations
 
 import base64
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def every_file(*folders: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_no_secret_in_any_output_cache_store_or_log(tmp_path: Path, kaggle_sample: Path, mlflow_server: str, fake_hub) -> None:  # noqa: F811
-    params = deep_update({k: v for k, v in TINY_PARAMS.items()}, {"push": {"hub": {"enabled": True, "repo_id": REPO_ID}}})
+    params = deep_update(copy.deepcopy(TINY_PARAMS), {"push": {"hub": {"enabled": True, "repo_id": REPO_ID}}})
     project = make_project(tmp_path / "project", params)
     caches = {"HF_HOME": tmp_path / "hf-home", "DVC_SITE_CACHE_DIR": tmp_path / "dvc-site", "MPLCONFIGDIR": tmp_path / "mpl"}
     env = stage_env(project)
@@ -69,9 +70,9 @@ def test_no_secret_in_any_output_cache_store_or_log(tmp_path: Path, kaggle_sampl
 
     # Everywhere: the project (outputs, metrics, models/finetuned, release, .dvc/cache, .dvc/tmp,
     # mlflow store and artifacts), the tracking server's store, the HF and DVC caches, and every log.
-    server_root = next(Path(p) for p in tmp_path.parent.parent.glob("*/mlflow-server*") if p.is_dir()) \
-        if list(tmp_path.parent.parent.glob("*/mlflow-server*")) else None
-    searched = every_file(project, *caches.values(), *([server_root] if server_root else []))
+    server_store = sorted(tmp_path.parent.glob("mlflow-server*"))  # the mlflow_server fixture's folder
+    assert server_store
+    searched = every_file(project, *caches.values(), *server_store)
     assert any("/.dvc/cache/" in p for p in searched) and any("/.dvc/tmp/" in p for p in searched)
     assert any("/models/finetuned/" in p for p in searched) and any("/metrics/" in p for p in searched)
     searched.update({f"log of {name}": (r.stdout + r.stderr).encode() for name, r in logs.items()})
