@@ -166,7 +166,9 @@ def outputs(project: Path, stage: str) -> dict[str, object]:
     for name in names:
         path = project / name
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if file.is_file() and file.name != "mlflow_run.json":  # the run id: a resumed run keeps its own
+            # Set aside: the MLflow run id (a resumed run keeps its own), and sentence-transformers'
+            # README in models/finetuned (training time in seconds; push writes the release's own card).
+            if file.is_file() and file.name not in ("mlflow_run.json", "README.md" if stage == "finetune" else ""):
                 found[file.relative_to(project).as_posix()] = comparable(file)
     return found
 
