@@ -32,6 +32,7 @@ def training_file(split: str, kind: str) -> Path:
 MODELS_DIR = Path("models")
 FINETUNED = MODELS_DIR / "finetuned"
 CHECKPOINTS = MODELS_DIR / "checkpoints"  # persisted between runs for resume; not a DVC out
+RELEASE = MODELS_DIR / "release"  # push: the self-describing folder users load and upload
 
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = METRICS_DIR / "plots"

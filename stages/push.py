@@ -11,7 +11,7 @@ from pathlib import Path
 from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, flatten_metrics, gather_facts, render_card
 from arxiv_embed.params import Gate, Hub, load_params
-from arxiv_embed.paths import FINETUNED, TRIPLETS_DIR, metrics_file
+from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
 from arxiv_embed.tracking import RUN_INFO, configure_tracking
 from arxiv_embed.errors import UserError, run
 
@@ -121,7 +121,7 @@ def main() -> None:
     run_info = read_json(FINETUNED / RUN_INFO)
     facts = gather_facts(params, evaluation, gate, run_info)
 
-    release = Path(cfg.release_dir)
+    release = RELEASE
     with atomic_path(release) as tmp:
         # sentence-transformers' own README is replaced by the card generated from the DAG's outputs.
         shutil.copytree(FINETUNED, tmp, ignore=shutil.ignore_patterns(RUN_INFO, "README.md"))

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from arxiv_embed.evaluation import lenses as ev
-from arxiv_embed.params import Evaluate
+from arxiv_embed.workspace import params_with
 
 
 def sample_papers(path: Path, per_label: int, n_labels: int) -> pl.DataFrame:
@@ -257,7 +257,7 @@ def test_evaluate_model_encodes_each_text_once(base_model, real_papers, monkeypa
         {"anchor": test["abstract"][:4], "positive": test["abstract"][1:5], "negative": test["abstract"][5:9],
          "negative_type": ["random", "hard"] * 2}
     )
-    result = ev.evaluate_model(base_model, ev.EvalData(test, train, triplets), Evaluate(learning_curve_sizes=[1, 2]), seed=0)
+    result = ev.evaluate_model(base_model, ev.EvalData(test, train, triplets), params_with({"evaluate": {"learning_curve_sizes": [1, 2]}}).evaluate, seed=0)
     assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) == 2 * test.height + train.height
     assert result.learning_curve["train_per_label"].to_list() == [1, 2, 3]
     assert {"triplet_accuracy_random", "triplet_accuracy_hard"} <= result.metrics.keys()

@@ -3,7 +3,7 @@ import yaml
 
 from arxiv_embed.params import ParamsError, flatten, load_params, parse_params
 
-from .conftest import ROOT
+from .conftest import ROOT, deep_update
 
 
 def committed_params() -> dict:
@@ -12,11 +12,21 @@ def committed_params() -> dict:
 
 def test_committed_params_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.shared.label in {"primary_category", "archive"}
-    # Outside the harvest window, a key left out of params.yaml means what params.yaml documents.
-    defaults = flatten(parse_params({}))
-    differ = {key: value for key, value in flatten(params).items() if value != defaults[key] and not key.startswith("download.")}
-    assert differ == {}
+    assert flatten(params) == flatten(parse_params(committed_params()))
+
+
+@pytest.mark.parametrize("key", ["finetune.learning_rate", "download.oai.sets", "push.gate"])
+def test_a_missing_key_is_an_error_naming_it(key):
+    # No defaults in the schema: a key deleted from params.yaml must not silently take a value
+    # that `dvc params diff` cannot see.
+    raw = committed_params()
+    *parents, leaf = key.split(".")
+    section = raw
+    for part in parents:
+        section = section[part]
+    del section[leaf]
+    with pytest.raises(ParamsError, match=rf"{key}: missing"):
+        parse_params(raw)
 
 
 @pytest.mark.parametrize(
@@ -37,10 +47,21 @@ def test_bad_params_name_the_key(section, key, value, expected):
     assert expected in str(excinfo.value)
 
 
-def test_cross_field_rules():
-    raw = committed_params()
-    raw["download"].update(source="file", path=None)
-    with pytest.raises(ParamsError, match="download.path"):
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"download": {"source": "file", "path": None}}, "download.path is empty"),
+        ({"download": {"oai": {"from_date": "2026-10-08", "until_date": "2026-10-01"}}}, "from_date must be <= download.oai.until_date"),
+        ({"clean": {"min_abstract_words": 700, "max_abstract_words": 600}}, "min_abstract_words must be <="),
+        ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}}, "eval_fraction \\+ split.test_fraction must be < 1"),
+        ({"finetune": {"eval_steps": 32, "save_steps": 48}}, "save_steps must be a multiple of finetune.eval_steps"),
+        ({"push": {"hub": {"enabled": True, "repo_id": None}}}, "push.hub.repo_id is empty"),
+    ],
+)
+def test_cross_field_rules(changes, expected):
+    raw = deep_update(committed_params(), changes)
+    parse_params(deep_update(committed_params(), {section: {} for section in changes}))  # the committed values pass
+    with pytest.raises(ParamsError, match=expected):
         parse_params(raw)
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from .conftest import dvc, make_project, ran_stages, run, stage_env
+from arxiv_embed.workspace import params_with
+
+from .conftest import make_project, ran_stages, run, stage_env
 
 FAKE_TOKEN = "hf_fake_TOKEN_abc123XYZdoNotLeak"
 REPO_ID = "tester/arxiv-embed-test"
@@ -256,8 +258,10 @@ def test_gate_refuses_a_worse_model(tmp_path, papers, base_model, monkeypatch):
 
 
 def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
-    from arxiv_embed.params import Gate
     from stages.push import PushError, check_gate
+
+    def Gate(**gate: object):  # noqa: N802 (reads like the schema class it builds)
+        return params_with({"push": {"gate": gate}}).push.gate
 
     report = evaluation(0.50, 0.495)
     assert check_gate(report, Gate(tolerance=0.01))["finetuned"] == 0.495
@@ -269,8 +273,10 @@ def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
 
 
 def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
-    from arxiv_embed.params import Hub
     from stages.push import PushError, hub_token, push_to_hub
+
+    def Hub(**hub: object):  # noqa: N802
+        return params_with({"push": {"hub": hub}}).push.hub
 
     hub = Hub(enabled=True, repo_id=REPO_ID)
     monkeypatch.delenv("HF_TOKEN", raising=False)
