@@ -153,6 +153,7 @@ class Evaluate(Section):
     max_train_papers: PositiveInt
     learning_curve_sizes: list[PositiveInt]
     binary_rescore_multiplier: PositiveInt
+    min_label_support: PositiveInt
     map_2d: Literal["pca", "tsne"]
     backend: Literal["torch", "int8"]
 
@@ -244,21 +245,6 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
-
-
-def flatten(params: Params) -> dict[str, object]:
-    """Dotted keys -> values, for MLflow params and model cards."""
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, sub)
-        else:
-            flat[prefix] = value
-
-    walk("", params.model_dump())
-    return flat
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from pathlib import Path
 from arxiv_embed.files import atomic_path
 from arxiv_embed.params import Download, load_params
 from arxiv_embed.paths import RAW
-from arxiv_embed.data.sources import DownloadError, harvest_oai, json_line, open_records, stream_url_records
+from arxiv_embed.data.oai import harvest_oai, json_line
+from arxiv_embed.data.sources import DownloadError, open_records, stream_url_records
 from arxiv_embed.errors import run
 
 # The full snapshot is 4.6 GB of text: the fastest level still shrinks it ~4x, and mtime=0 keeps

@@ -1,7 +1,11 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from arxiv_embed.params import ParamsError, flatten, load_params, parse_params
+from arxiv_embed.params import ParamsError, load_params, parse_params
 
 from .conftest import ROOT, deep_update
 
@@ -12,7 +16,7 @@ def committed_params() -> dict:
 
 def test_committed_params_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert flatten(params) == flatten(parse_params(committed_params()))
+    assert params == parse_params(committed_params())
 
 
 @pytest.mark.parametrize("key", ["finetune.learning_rate", "download.oai.sets", "push.gate"])
@@ -79,3 +83,15 @@ def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
     params = load_params(tmp_path / "params.yaml")
     assert params.finetune.learning_rate == 2e-5
     assert params.shared.seed == 42 and isinstance(params.shared.seed, int)
+
+
+def test_a_stage_with_bad_params_prints_one_message_and_no_traceback(tmp_path):
+    """Every stage goes through arxiv_embed.errors.run: a user error is one line naming the key, exit 1."""
+    raw = committed_params()
+    raw["split"]["method"] = "random"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "stages.split"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1
+    assert result.stderr.startswith("split: error: params.yaml is invalid:\n  split.method: Input should be 'stratified' or 'time'")
+    assert "Traceback" not in result.stderr
