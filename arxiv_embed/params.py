@@ -58,6 +58,9 @@ class Oai(Section):
 
 
 class Download(Section):
+    # The keys of arxiv_embed.data.sources.SOURCES (tests/test_params.py checks they agree). Named
+    # here, not imported: every stage validates params, so importing the readers would make every
+    # stage depend on them in dvc.yaml and a reader's change would rerun the whole DAG.
     source: Literal["oai", "kaggle", "file"]
     path: str | None
     max_records: PositiveInt | None

@@ -41,6 +41,7 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("finetune", "batch_size", "32", "finetune.batch_size: Input should be a valid integer"),
         ("split", "test_fraction", 1.5, "split.test_fraction"),
         ("finetune", "loss", "cosine", "'triplet', 'mnrl', 'cached_mnrl' or 'batch_hard'"),
+        ("download", "source", "ftp", "download.source: Input should be 'oai', 'kaggle' or 'file'"),  # SOURCES' keys
     ],
 )
 def test_bad_params_name_the_key(section, key, value, expected):
@@ -95,3 +96,12 @@ def test_a_stage_with_bad_params_prints_one_message_and_no_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("split: error: params.yaml is invalid:\n  split.method: Input should be 'stratified' or 'time'")
     assert "Traceback" not in result.stderr
+
+
+def test_the_schema_offers_exactly_the_sources_the_table_has():
+    from typing import get_args
+
+    from arxiv_embed.data.sources import SOURCES
+    from arxiv_embed.params import Download
+
+    assert set(get_args(Download.model_fields["source"].annotation)) == set(SOURCES)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
-from arxiv_embed.data.sources import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url
+from arxiv_embed.data.http import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url
 
 OAI, ARXIV = "{http://www.openarchives.org/OAI/2.0/}", "{http://arxiv.org/OAI/arXiv/}"
 RETRY_STATUS = {429, 500, 502, 503, 504}

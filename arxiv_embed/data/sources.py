@@ -1,4 +1,5 @@
-"""Where the download stage reads arXiv metadata from.
+"""Where the download stage reads arXiv metadata from: `SOURCES`, one entry per `download.source`
+(adding a source is one function and one entry; the params schema takes its choices from here).
 
 Every reader is a generator of JSON lines (bytes, Kaggle snapshot schema) that reads only as far as
 its consumer asks, so `download.max_records` stops a multi-GB file or a harvest early:
@@ -19,31 +20,21 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
-from arxiv_embed.errors import UserError
+from typing import IO, TYPE_CHECKING, Any
 
-USER_AGENT = "arxiv-embed/0.1 (DVC pipeline fine-tuning sentence embeddings on arXiv metadata; Python urllib)"
-OFFLINE_HINT = (
-    "Without network, point the stage at a local JSON-lines file (plain, .gz or Kaggle's .zip):\n"
-    "  dvc exp run -S download.source=file -S download.path=/path/to/arxiv.jsonl.gz"
-)
+from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url
+from arxiv_embed.data.oai import harvest_oai, json_line
+
+if TYPE_CHECKING:
+    from arxiv_embed.params import Download
+
 GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
 KAGGLE_MEMBER = "arxiv-metadata-oai-snapshot.json"
 JSON_SUFFIXES = (".json", ".jsonl")
 CHUNK = 1 << 20
 
-
-class DownloadError(UserError):
-    """A source cannot be read; the message names it and says what to do."""
-
-
-class NoNetworkError(DownloadError):
-    """The host cannot be reached at all (DNS, refused, timeout)."""
-
-
-# ---------------------------------------------------------------- local files and URLs
 
 def open_records(path: Path | str) -> Iterator[bytes]:
     """Yield the non-blank lines of a local JSON-lines file (plain, gzip or zip), verbatim."""
@@ -181,12 +172,28 @@ class _ZipStreamMember(io.RawIOBase):
         return size
 
 
-def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
-    """urlopen, with every way of not reaching the host turned into one clear NoNetworkError."""
-    try:
-        return urllib.request.urlopen(request, timeout=timeout_s)
-    except urllib.error.HTTPError:
-        raise
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise NoNetworkError(f"no network: cannot reach {request.full_url} ({reason}).\n{OFFLINE_HINT}") from None
+# ---------------------------------------------------------------- the sources download.source names
+
+
+def _oai(params: Download) -> tuple[Iterator[bytes], str]:
+    oai = params.oai
+    records = harvest_oai(
+        oai.endpoint, oai.sets, oai.from_date, oai.until_date, params.max_records,
+        max_retries=oai.max_retries, request_interval_s=oai.request_interval_s, timeout_s=params.timeout_s,
+    )
+    window = f"{oai.from_date or 'start'}..{oai.until_date or 'now'}"
+    return (json_line(record) for record in records), f"oai {oai.endpoint} (sets {', '.join(oai.sets)}; {window})"
+
+
+def _kaggle(params: Download) -> tuple[Iterator[bytes], str]:
+    if params.path:
+        return open_records(params.path), f"kaggle {params.path}"
+    return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {params.kaggle_url}"
+
+
+def _file(params: Download) -> tuple[Iterator[bytes], str]:
+    return open_records(params.path), f"file {params.path}"
+
+
+# download.source -> (the source's JSON lines, a short name for messages)
+SOURCES: dict[str, Callable[[Download], tuple[Iterator[bytes], str]]] = {"oai": _oai, "kaggle": _kaggle, "file": _file}

@@ -72,12 +72,6 @@ def per_query(
     return {name: _METRIC_FUNCTIONS[kind](hits, n_relevant, k) for name, (kind, k) in metrics.items()}
 
 
-def retrieval_metrics(
-    ranked: np.ndarray,
-    query_keys: np.ndarray,
-    corpus_keys: np.ndarray,
-    exclude_self: bool = False,
-    metrics: dict[str, tuple[str, int]] = RETRIEVAL_METRICS,
-) -> dict[str, float]:
-    """The mean of per_query: MRR, NDCG, recall and MAP at cutoffs."""
-    return {name: float(np.mean(values)) for name, values in per_query(ranked, query_keys, corpus_keys, exclude_self, metrics).items()}
+def retrieval_metrics(*args: object, **kwargs: object) -> dict[str, float]:
+    """The mean over queries of per_query (same arguments): MRR, NDCG, recall and MAP at cutoffs."""
+    return {name: float(np.mean(values)) for name, values in per_query(*args, **kwargs).items()}
