@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 from arxiv_embed import files
-from arxiv_embed.params import parse_params
+from arxiv_embed.workspace import params_with
 from arxiv_embed.training import checkpoints
 from tests.conftest import ROOT, dvc, make_project, stage_env
 
@@ -236,13 +236,13 @@ def _parent_pid(proc: Path) -> int | None:
 def test_run_key_follows_file_contents_seed_and_world_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "train.parquet"
     pl.DataFrame({"anchor": ["a", "b"], "positive": ["c", "d"]}).write_parquet(data)
-    params = parse_params({})
+    params = params_with()
     base = checkpoints.run_key(params, [data])
     assert checkpoints.run_key(params, [data]) == base
     pl.DataFrame({"anchor": ["a", "B"], "positive": ["c", "d"]}).write_parquet(data)  # same path, new contents
     changed = checkpoints.run_key(params, [data])
     assert changed != base
-    assert checkpoints.run_key(parse_params({"shared": {"seed": 7}}), [data]) != changed
+    assert checkpoints.run_key(params_with({"shared": {"seed": params.shared.seed + 1}}), [data]) != changed
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert checkpoints.run_key(params, [data]) != changed
 

@@ -101,7 +101,7 @@ def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_p
 def test_a_model_that_does_not_match_the_index_is_refused(tmp_path, indexes, records, base_model):
     from safetensors.torch import load_file, save_file
 
-    from arxiv_embed.search import Searcher
+    from arxiv_embed.search.__main__ import Searcher
 
     other = tmp_path / "other-model"
     base_model.save(str(other))
@@ -125,7 +125,7 @@ def test_bad_papers_file_is_named(tmp_path):
 
 
 def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, capsys):
-    from arxiv_embed.search import main
+    from arxiv_embed.search.__main__ import main
 
     paper_id, text = phrase(records[8])
     main(["query", text, "--index", str(indexes["binary"]), "-k", "3", "--json"])
@@ -147,7 +147,7 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
 
 
 def test_http_api_validates_input(indexes, records):
-    from arxiv_embed.search import Searcher, make_server
+    from arxiv_embed.search.__main__ import Searcher, make_server
 
     server = make_server(Searcher(indexes["float32"]), port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
