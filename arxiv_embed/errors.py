@@ -106,6 +106,8 @@ def describe_os_error(error: OSError) -> str | None:
     if isinstance(error, IsADirectoryError):
         return f"{where} is a folder where a file is expected; move that folder aside (or delete it) and rerun"
     if isinstance(error, FileExistsError):
+        if error.filename and Path(error.filename).is_file():
+            return f"{where} is a file where a folder is expected; move that file aside (or delete it) and rerun"
         return f"{where} already exists and is in the way; move it aside (or delete it) and rerun"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left writing {where}: free disk space (or the quota) and rerun"
