@@ -97,8 +97,10 @@ def copy_project(reference: Path, dest: Path) -> Path:
 
 
 def start(project: Path, stage: str) -> subprocess.Popen:
-    return subprocess.Popen([DVC, "repro", "-f", "-s", stage], cwd=project, env=stage_env(project), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output to a file, not a pipe: an orphaned stage would hold a pipe open after `dvc` is gone.
+    with open(project.parent / f"{project.name}.log", "a") as log:
+        return subprocess.Popen([DVC, "repro", "-f", "-s", stage], cwd=project, env=stage_env(project), start_new_session=True,
+                                stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def stage_processes(project: Path) -> list[int]:
@@ -128,24 +130,19 @@ def inject(project: Path, fault: Fault) -> str:
         process.send_signal(fault.signal)
     else:
         os.killpg(process.pid, fault.signal)
-    process.communicate(timeout=120)
+    process.wait(timeout=120)
     if not fault.dvc_only:
         return "killed"
-    # The orphaned stage must notice, stop on its own and end its MLflow run KILLED; a rerun
-    # meanwhile is refused by the run folder's lock (checked here, while the orphan still runs).
+    # The orphaned stage must notice, stop on its own and end its MLflow run KILLED.
     orphans, started = stage_processes(project), time.monotonic()
-    refused = ""
-    if orphans:
-        second = subprocess.run([DVC, "repro", "-f", "-s", fault.stage], cwd=project, env=stage_env(project),
-                                capture_output=True, text=True, timeout=300)
-        in_use = re.search(r"in use by another finetune \(PID (\d+)", second.stdout + second.stderr)
-        refused = f"; a rerun meanwhile was refused naming PID {in_use[1]}" if in_use else (
-            "; a rerun meanwhile was NOT refused" if second.returncode == 0 else "; a rerun meanwhile failed otherwise")
     while any(process_alive(pid) for pid in orphans) and time.monotonic() - started < 120:
-        time.sleep(0.2)
-    alive = [pid for pid in orphans if process_alive(pid)]
-    return (f"orphan stage {'STILL RUNNING ' + str(alive) if alive else f'stopped by itself in {time.monotonic() - started:.1f} s'}"
-            f"{refused}")
+        time.sleep(0.1)
+    if alive := [pid for pid in orphans if process_alive(pid)]:
+        return f"orphan stage STILL RUNNING after 120 s: {alive}"
+    run_id = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
+    with sqlite3.connect(project / "mlflow.db") as db:
+        status = db.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
+    return f"{len(orphans)} orphan process(es) stopped by themselves in {time.monotonic() - started:.1f} s, MLflow run {status}"
 
 
 def comparable(path: Path) -> object:
