@@ -74,11 +74,13 @@ def supervisors() -> list[int]:
 
 
 def stop_with_parent(interval_s: float = 1.0) -> None:
-    """SIGTERM this process when its parent or supervising `dvc` dies (killed -9, or SIGTERMed
-    alone as CI cancelling and schedulers do): an orphaned stage would otherwise keep training and
+    """Under `dvc repro` (which sets DVC_STAGE), SIGTERM this process when its parent or supervising
+    `dvc` dies (killed -9, or SIGTERMed alone as CI cancelling and schedulers do): an orphaned stage would otherwise keep training and
     race a rerun. The SIGTERM takes the stage's usual interrupt path (MLflow run KILLED)."""
     from arxiv_embed.files import process_alive
 
+    if not os.environ.get("DVC_STAGE"):
+        return  # not run by `dvc repro`: a stage started by hand (say under nohup) may outlive its shell
     parent, watched = os.getppid(), supervisors()
     if parent <= 1:
         return  # started by init or a container's PID 1: no parent to outlive

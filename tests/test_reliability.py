@@ -203,8 +203,9 @@ def test_a_stage_stops_when_its_parent_dies_even_through_a_shell(tmp_path: Path)
     """As `dvc` runs it: dvc -> $SHELL -c cmd -> stage. Killing the `dvc` stand-in alone must stop the stage."""
     (tmp_path / "stage.py").write_text(STAGE)
     parent = python(f"""
-        import subprocess, sys, time
-        stage = subprocess.Popen(["/bin/sh", "-c", "{sys.executable} stage.py sleep; echo shell-done"], cwd={str(tmp_path)!r})
+        import os, subprocess, sys, time
+        stage = subprocess.Popen(["/bin/sh", "-c", "{sys.executable} stage.py sleep; echo shell-done"], cwd={str(tmp_path)!r},
+                                 env={{**os.environ, "DVC_STAGE": "tiny"}})  # as dvc sets it
         print(stage.pid, flush=True)
         time.sleep(120)
     """)
