@@ -64,7 +64,9 @@ def test_no_secret_in_any_output_cache_store_or_log(tmp_path: Path, kaggle_sampl
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("tolerance: 1.0", "tolerance: -1.0"))
     logs["push, bad params"] = run([sys.executable, "-m", "stages.push"], project, check=False, env=env)
     for name, result in list(logs.items())[1:]:
-        assert result.returncode != 0 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        # evaluate keeps its metrics when the server is down (it says so and exits 0); the others refuse.
+        assert result.returncode != 0 or name.startswith("evaluate"), (name, result.stderr[-2000:])
     assert "does not answer" in logs["finetune, server down"].stderr and "127.0.0.1" in logs["finetune, server down"].stderr
     assert "cannot reach the Hugging Face Hub" in logs["push, Hub down"].stderr
 
