@@ -48,6 +48,9 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     mlflow.set_tracking_uri(uri)
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: with user:password@ in it.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     scheme = urlparse(uri).scheme
     if scheme in {"http", "https"}:
         import requests
