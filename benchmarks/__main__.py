@@ -3,6 +3,7 @@ write benchmarks/results/<name>.json. No name runs them all (end_to_end last: it
 
     python -m benchmarks clean_scale --quick       # 20 MB and 80 MB instead of 0.5 GB and 2 GB
     python -m benchmarks encoding repro
+    python -m benchmarks faults                    # kill the tiny DAG at named points, rerun, compare
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 
 from benchmarks.common import save
 
-MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "end_to_end": "end_to_end"}
+MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "faults": "faults",
+           "end_to_end": "end_to_end"}
 
 
 def main(argv: list[str] | None = None) -> None:
