@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from arxiv_embed.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a project copy needs to run the DAG: code, pipeline, params and DVC's config.
-PROJECT_FILES = ("stages", "arxiv_embed", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore")
+# What a project copy needs to run the DAG: code, pipeline, params, DVC's config and the default data.
+PROJECT_FILES = ("stages", "arxiv_embed", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore", "data/sample")
 
 
 def deep_update(base: dict, overrides: dict) -> dict:
