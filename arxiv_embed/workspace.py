@@ -36,8 +36,8 @@ def stage_env(project: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", PYTHONPATH=str(project))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_EXP_NAME", None)
+    for name in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT"):
+        env.pop(name, None)  # the copy's own store and no experiment, whatever ran this
     return env
 
 
