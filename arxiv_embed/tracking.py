@@ -50,8 +50,9 @@ def project_root() -> Path:
     """
     root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
     parts = root.parts
-    if ".dvc" in parts:
-        root = Path(*parts[: parts.index(".dvc")])
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
     return root
 
 

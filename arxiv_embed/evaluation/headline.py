@@ -2,7 +2,7 @@
 
 metrics/headline.json is the only file dvc.yaml declares under `metrics`, so `dvc metrics show/diff`
 and `dvc exp show` print these and nothing else; the full report stays in metrics/evaluate.json and
-metrics/evaluate.md (plain outputs: `dvc metrics show --targets metrics/evaluate.json` reads it).
+metrics/evaluate.md (plain outputs: `dvc metrics show metrics/evaluate.json` reads it).
 
     {"base":  {"triplet_acc": .., "category_ndcg": .., "macro_f1": .., "title_ndcg": ..},
      "delta": {...the same keys: fine-tuned - base...},
