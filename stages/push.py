@@ -13,7 +13,7 @@ from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card
 from arxiv_embed.params import Gate, Hub, load_params
 from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
-from arxiv_embed.tracking import RUN_INFO, configure_tracking
+from arxiv_embed.tracking import RUN_INFO, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
 
 EVALUATE = metrics_file("evaluate")
@@ -101,7 +101,7 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts) -> tuple[s
         client.create_registered_model(name, description="arXiv abstract embeddings fine-tuned by arxiv-embed")
     tags = {f"{model}.{key}".replace("@", "_at_"): f"{value:.6f}"
             for model in (*MODELS, "delta") for key, value in facts.evaluation[model].items()}
-    tags.update(gate_metric=facts.gate["metric"], git_commit=facts.provenance["git commit"], **{RELEASE_TAG: digest})
+    tags.update(gate_metric=facts.gate["metric"], git_commit=facts.provenance["git commit"], **{RELEASE_TAG: digest}, **dvc_tags())
     version = client.create_model_version(
         name, source=logged[0].model_uri, run_id=run_id, model_id=logged[0].model_id, tags=tags,
         description=f"base {facts.base_model}; {facts.gate['metric']}: base {facts.gate['base']:.4f}, "

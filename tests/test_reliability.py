@@ -6,7 +6,6 @@ MLflow runs closed, and a DVC cache that edited outputs cannot reach."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 from arxiv_embed import files
 from arxiv_embed.workspace import params_with
 from arxiv_embed.training import checkpoints
-from tests.conftest import ROOT, dvc, make_project, stage_env
+from tests.conftest import ROOT, dvc, make_project
 
 PYTHON_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
