@@ -96,12 +96,14 @@ class Searcher:
             self.model_ref, self._identity = model_ref, identity
         self.index, self._stamp = index, stamp
 
+    def build_command(self) -> str:
+        return f"python -m arxiv_embed.search build --papers data/split/test.parquet --model models/release --index {self.path}"
+
     def require(self) -> SearchIndex:
         index = self.refresh()
         if index is None:
-            raise NoIndexError(
-                f"no search index is loaded: {self.path} holds none. Build it with `python -m arxiv_embed.search build "
-                f"--papers data/split/test.parquet --model models/release --index {self.path}`; this page picks it up when done")
+            raise NoIndexError(f"no search index is loaded: {self.path} holds none. Build it with `{self.build_command()}`; "
+                               "the server loads it as soon as the build finishes")
         return index
 
     def search(self, query: str, k: int = 10, category: str | None = None) -> dict:
@@ -184,8 +186,9 @@ def create_app(searcher: Searcher) -> FastAPI:
     def health() -> dict:
         try:
             index = searcher.require()
-        except NoIndexError as exc:
-            return {"status": "no index", "message": str(exc)}
+        except NoIndexError:
+            return {"status": "no index", "message": f"{searcher.path} holds no search index yet.",
+                    "build_command": searcher.build_command()}
         return {"status": "ok", "model": searcher.model_ref, "precision": index.meta["precision"], **index.sizes()}
 
     @app.get("/search", response_model=SearchOut, responses=ERRORS)

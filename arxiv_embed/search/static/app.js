@@ -88,21 +88,38 @@ function refresh() {
 }
 
 function fail(error) {
-  if (error.status === 503) showNoIndex(error.message);
+  if (error.status === 503) waitForIndex();
   setStatus(error.message, true);
 }
 
-function showNoIndex(message) {
+function showNoIndex(health) {
   notice.hidden = false;
-  notice.replaceChildren(element("strong", {}, "No search index is loaded. "), message.replace(/`[^`]+`/g, ""), " ",
-    element("br"), "Run: ", element("code", {}, (message.match(/`([^`]+)`/) || [, ""])[1]));
+  notice.replaceChildren(element("strong", {}, "No search index is loaded. "), health.message, " Build one with:",
+    element("pre", {}, element("code", {}, health.build_command)),
+    "The server loads it as soon as the build finishes; this page checks every few seconds.");
+}
+
+let waiting = null;
+function waitForIndex() {
+  // Poll /health until an index appears, then set the page up as on a fresh load.
+  if (waiting) return;
+  waiting = setInterval(async () => {
+    const health = await getJSON("/health").catch(() => null);
+    if (health && health.status === "ok") { clearInterval(waiting); waiting = null; notice.hidden = true; start(); }
+  }, 3000);
 }
 
 async function start() {
   try {
     const health = await getJSON("/health");
-    if (health.status !== "ok") { showNoIndex(health.message); setStatus("Build an index, then reload this page.", true); return; }
+    if (health.status !== "ok") {
+      showNoIndex(health);
+      setStatus("Waiting for a search index…", true);
+      waitForIndex();
+      return;
+    }
     const { categories } = await getJSON("/categories");
+    categoryBox.replaceChildren(new Option("All categories", ""));
     const names = Object.keys(categories);
     const archives = names.filter((name) => !name.includes(".")), subjects = names.filter((name) => name.includes("."));
     for (const [label, group] of [["Archives", archives], ["Categories", subjects]]) {
