@@ -1,7 +1,7 @@
 """Encoding many abstracts for an index: in chunks saved as they finish, so an interrupted build resumes.
 
-Each finished chunk of `chunk_size` texts is written to `work_dir/chunk-NNNNNN.npy`; a rerun with the
-same texts and model (the `key`) loads those and encodes only the rest. The model runs on the GPU
+Each finished chunk of `chunk_size` texts is written to `work_dir/chunk-<hash of its texts and the
+model>.npy`; a rerun loads those and encodes only the rest. The model runs on the GPU
 when load_model found one, and on several processes (sentence-transformers' multi-process pool) when
 there are several GPUs or `processes` asks for them.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def texts_key(model_sha256: str, texts: list[str]) -> str:
-    """What a chunk folder is valid for: these texts, in this order, encoded by this model."""
+    """What an embedding is valid for: these texts, in this order, encoded by this model."""
     digest = hashlib.sha256(model_sha256.encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
@@ -52,20 +51,18 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)  # a chunk file either is complete or is not there
 
 
-def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Path, key: str, batch_size: int = 64,
+def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Path, model_sha256: str, batch_size: int = 64,
                      chunk_size: int = 4096, processes: int | None = None, progress: bool = True) -> np.ndarray:
-    """L2-normalised float32 embeddings of `texts`, reusing chunks a previous (interrupted) run saved."""
+    """L2-normalised float32 embeddings of `texts`, reusing chunks a previous (interrupted) run saved.
+
+    A chunk file is named after its texts and the model (texts_key), so a rerun over the same list, or
+    a list that starts the same way, reuses it; anything else in work_dir is simply not read.
+    """
     work_dir = Path(work_dir)
-    if (work_dir / "key").exists() and (work_dir / "key").read_text() != key:
-        shutil.rmtree(work_dir)  # chunks of other texts or another model: useless here
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "key").write_text(key)
     starts = range(0, len(texts), chunk_size)
-    chunks: list[np.ndarray | None] = [None] * len(starts)
-    for i, start in enumerate(starts):
-        path = work_dir / f"chunk-{i:06d}.npy"
-        if path.exists():
-            chunks[i] = np.load(path)
+    paths = [work_dir / f"chunk-{texts_key(model_sha256, texts[start:start + chunk_size])[:24]}.npy" for start in starts]
+    chunks: list[np.ndarray | None] = [np.load(path) if path.exists() else None for path in paths]
     done = sum(len(c) for c in chunks if c is not None)
     if done:
         print(f"search: resuming: {done} of {len(texts)} texts already encoded in {work_dir}", file=sys.stderr)
@@ -82,16 +79,16 @@ def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Pat
                                                     convert_to_numpy=True), dtype=np.float32)
             else:
                 chunks[i] = encode(model, part, batch_size=batch_size, progress=False)
-            _save(work_dir / f"chunk-{i:06d}.npy", chunks[i])
+            _save(paths[i], chunks[i])
             encoded += len(part)
             done += len(part)
             if progress:
                 rate = encoded / (time.perf_counter() - start_time)
                 left = (len(texts) - done) / rate if rate else float("nan")
-                print(f"search: encoded {done}/{len(texts)} texts ({rate:.0f}/s on {devices or model.device}, "
+                print(f"search: encoded {done}/{len(texts)} texts ({rate:.1f}/s on {devices or model.device}, "
                       f"~{left / 60:.1f} min left)", file=sys.stderr, flush=True)
     finally:
         if pool is not None:
             model.stop_multi_process_pool(pool)
     dimension = model.get_embedding_dimension()
-    return np.concatenate([np.empty((0, dimension), dtype=np.float32), *chunks]) if chunks else np.empty((0, dimension), np.float32)
+    return np.concatenate([np.empty((0, dimension), dtype=np.float32), *chunks])

@@ -42,12 +42,10 @@ def make_index(embeddings: np.ndarray, precision: Precision):
     """A FAISS index over `embeddings` (n x d float32): 1-bit flat or float inner-product flat."""
     faiss = _faiss()
     dimension = embeddings.shape[1]
-    if precision == "binary":
-        index = faiss.IndexBinaryFlat(dimension)
-        index.add(quantize(embeddings))
-    else:
-        index = faiss.IndexFlatIP(dimension)
-        index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    index = faiss.IndexBinaryFlat(dimension) if precision == "binary" else faiss.IndexFlatIP(dimension)
+    for start in range(0, len(embeddings), 65536):  # in slices: a memory-mapped input is never all in memory
+        part = np.asarray(embeddings[start:start + 65536], dtype=np.float32)
+        index.add(quantize(part) if precision == "binary" else np.ascontiguousarray(part))
     return index
 
 

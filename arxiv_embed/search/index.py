@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
-from arxiv_embed.search.encoding import encode_resumable, texts_key
+from arxiv_embed.search.encoding import encode_resumable
 from arxiv_embed.search.engine import Precision, make_index, rescore, search_index
 from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
 
@@ -200,23 +201,27 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
     kept = old_papers.with_row_index("row").join(todo.select("id"), on="id", how="anti")
     texts = todo["abstract"].to_list()
     work_dir = path.parent / f".{path.name}.encoding"  # outside the atomic temp folder: survives an interruption
-    new_embeddings = encode_resumable(model, texts, work_dir, texts_key(identity, texts), batch_size, processes=processes)
+    new_embeddings = encode_resumable(model, texts, work_dir, identity, batch_size, processes=processes)
     embeddings = np.concatenate([np.asarray(old_embeddings[kept["row"].to_numpy()]), new_embeddings]).astype(np.float32)
     all_papers = pl.concat([kept.select(_empty_papers().columns), todo.select(_empty_papers().columns)], how="vertical_relaxed")
+    write_index(path, all_papers, embeddings, precision, str(model_ref), identity)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height, seconds=time.perf_counter() - start)
+
+
+def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precision: Precision, model_ref: str, model_sha256: str) -> None:
+    """Write an index folder (papers row i = embeddings row i) in one atomic replacement of `path`."""
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
         _write_faiss(make_index(embeddings, precision), tmp / "index.faiss")
-        with pa.ipc.new_file(str(tmp / "papers.arrow"), all_papers.to_arrow().schema) as writer:
-            writer.write_table(all_papers.to_arrow(), max_chunksize=65536)
-        meta = {"format": 2, "model": str(model_ref), "model_sha256": identity, "precision": precision,
-                "dimension": int(embeddings.shape[1]), "count": all_papers.height, "text": "abstract",
+        table = papers.select(_empty_papers().columns).to_arrow()
+        with pa.ipc.new_file(str(tmp / "papers.arrow"), table.schema) as writer:
+            writer.write_table(table, max_chunksize=65536)
+        meta = {"format": 2, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
+                "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
                 "faiss": "IndexBinaryFlat" if precision == "binary" else "IndexFlatIP"}
         (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    import shutil
-
-    shutil.rmtree(work_dir, ignore_errors=True)
-    return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height, seconds=time.perf_counter() - start)
 
 
 def _write_faiss(index, path: Path) -> None:
