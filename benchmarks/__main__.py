@@ -13,7 +13,8 @@ import os
 
 from benchmarks.common import save
 
-MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "end_to_end": "end_to_end"}
+MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput",
+           "search_scale": "search_scale", "search_load": "search_load", "end_to_end": "end_to_end"}
 
 
 def main(argv: list[str] | None = None) -> None:

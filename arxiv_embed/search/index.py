@@ -114,29 +114,29 @@ class SearchIndex:
 
     def categories(self) -> dict[str, int]:
         """Paper counts per category and per archive (cs.LG and cs), the values a search can filter on."""
-        return {name: int(rows.sum()) for name, rows in sorted(self._category_masks().items())}
+        return {name: len(rows) for name, rows in sorted(self._category_rows().items())}
 
-    def _category_masks(self) -> dict[str, np.ndarray]:
+    def _category_rows(self) -> dict[str, np.ndarray]:
+        """Row numbers (int32) per category and archive: ~4 bytes per listing, not a mask per category."""
         if self._filters is None:
             listed = (pl.from_arrow(self.papers.select(["categories"])).with_row_index("row")
                       .explode("categories").drop_nulls("categories"))
-            listed = pl.concat([listed, listed.with_columns(pl.col("categories").map_elements(archive_of, return_dtype=pl.String))]).unique()
-            masks = {}
-            for (name,), group in listed.group_by("categories"):
-                mask = np.zeros(self.count, dtype=bool)
-                mask[group["row"].to_numpy()] = True
-                masks[name] = mask
-            self._filters = masks
+            archives = listed.with_columns(pl.col("categories").map_elements(archive_of, return_dtype=pl.String))
+            listed = pl.concat([listed, archives]).unique(maintain_order=True)
+            self._filters = {name: group["row"].to_numpy().astype(np.int32)
+                             for (name,), group in listed.group_by("categories")}
         return self._filters
 
     def _allowed(self, category: str | None) -> np.ndarray | None:
         if not category:
             return None
-        masks = self._category_masks()
-        if category not in masks:
-            known = ", ".join(sorted(name for name in masks if "." not in name)[:20])
+        rows = self._category_rows()
+        if category not in rows:
+            known = ", ".join(sorted(name for name in rows if "." not in name)[:20])
             raise SearchError(f"category {category!r} has no papers in this index; archives here: {known}")
-        return masks[category]
+        mask = np.zeros(self.count, dtype=bool)  # per query: ~1 ms for 2.7M papers
+        mask[rows[category]] = True
+        return mask
 
     def row_of(self, paper_id: str) -> int:
         import pyarrow.compute as pc
