@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arxiv_embed.search.engine import binary_search, make_index, quantize, rescore, search_index
+from arxiv_embed.search.engine import binary_search, fit_rotation, make_index, quantize, rescore, search_index
 
 
 def reference(queries: np.ndarray, corpus: np.ndarray, k: int, multiplier: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Hamming distance over sign bits (ties: lower row first), then float cosine over those candidates."""
-    distances = (np.sign(queries)[:, None, :] != np.sign(corpus)[None, :, :]).sum(-1).astype(float)
+    """Hamming distance over the signs after the corpus's ITQ rotation (ties: lower row first), then
+    float cosine over those candidates."""
+    rotation = fit_rotation(corpus)
+    distances = (np.sign(queries @ rotation)[:, None, :] != np.sign(corpus @ rotation)[None, :, :]).sum(-1).astype(float)
     if exclude_self:
         np.fill_diagonal(distances, np.inf)
     candidates = np.argsort(distances, axis=1, kind="stable")[:, : k * multiplier]
@@ -36,8 +38,9 @@ def test_binary_search_matches_the_reference(clustered, exclude_self):
     assert hamming.shape == rescored.shape == (50, 10) and hamming.dtype == rescored.dtype == np.int64
     want_hamming, want_rescored = reference(queries, clustered, 10, 4, exclude_self)
     # Equal Hamming distances may come back in another order: compare the distances, then the sets.
-    bits = np.unpackbits(quantize(clustered), axis=1)
-    query_bits = np.unpackbits(quantize(queries), axis=1)
+    rotation = fit_rotation(clustered)
+    bits = np.unpackbits(quantize(clustered @ rotation), axis=1)
+    query_bits = np.unpackbits(quantize(queries @ rotation), axis=1)
     distance = lambda ranked: (bits[ranked] != query_bits[:, None, :]).sum(-1)  # noqa: E731
     assert (distance(hamming) == distance(want_hamming)).all()
     assert (np.diff(distance(hamming), axis=1) >= 0).all()
@@ -59,6 +62,20 @@ def test_rescoring_reorders_by_float_cosine_and_beats_hamming(clustered):
     assert recall(rescored) > recall(hamming) and recall(rescored) > 0.9
     scores = np.take_along_axis(queries @ clustered.T, rescored, axis=1)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def test_the_itq_rotation_is_orthogonal_and_brings_rows_closer_to_their_signs(clustered):
+    rotation = fit_rotation(clustered)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(64), atol=1e-4)
+    np.testing.assert_allclose(clustered @ rotation @ (clustered @ rotation).T, clustered @ clustered.T, atol=1e-4)  # cosines kept
+
+    def loss(rotated: np.ndarray) -> float:  # ITQ's objective, scale-free: |sign(v) - v * best scale|
+        scale = np.abs(rotated).sum() / (rotated**2).sum()
+        return float(((np.sign(rotated) - scale * rotated) ** 2).sum())
+
+    start = np.linalg.qr(np.random.default_rng(0).standard_normal((64, 64)))[0]  # fit_rotation's seeded start
+    assert loss(clustered @ rotation) < 0.9 * loss(clustered @ start)
+    assert (fit_rotation(clustered) == rotation).all()  # seeded: a rebuild gets the same codes
 
 
 def test_k_shrinks_to_the_corpus_and_multiplier_one_keeps_the_hamming_set(clustered):

@@ -2,7 +2,10 @@
 
 Two kinds of index, both FAISS:
 - binary (default): 1 bit per dimension (`IndexBinaryFlat`, exact Hamming scan), whose top
-  k * rescore_multiplier candidates are re-ranked by the float32 dot product with the query.
+  k * rescore_multiplier candidates are re-ranked by the float32 cosine with the query. The bits are
+  the signs of the embeddings after a learned rotation (ITQ, `fit_rotation`): an orthogonal map keeps
+  every cosine as it was, but puts the variance where one sign bit captures it (recall@10 at x4 on
+  1,024 real abstracts: 0.93 -> 0.98; see benchmarks/search_scale.py).
   The bits are 32x smaller than the floats and are all that is searched in memory; the float rows of
   the few candidates are read from a memory-mapped file.
 - float32: exact inner product (`IndexFlatIP`) over L2-normalised embeddings, i.e. cosine.
@@ -38,14 +41,31 @@ def quantize(embeddings: np.ndarray) -> np.ndarray:
     return np.packbits(embeddings > 0, axis=-1)
 
 
-def make_index(embeddings: np.ndarray, precision: Precision):
-    """A FAISS index over `embeddings` (n x d float32): 1-bit flat or float inner-product flat."""
+def fit_rotation(embeddings: np.ndarray, sample: int = 10_000, iterations: int = 40, seed: int = 0) -> np.ndarray:
+    """ITQ (Gong & Lazebnik, 2011), without centring: an orthogonal R for which sign(x @ R) is as close
+    to x @ R as it gets, so 1-bit codes lose less of each embedding. Fitted on a seeded sample of rows."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(embeddings), min(sample, len(embeddings)), replace=False))
+    x = np.asarray(embeddings[rows], dtype=np.float64)
+    rotation = np.linalg.qr(rng.standard_normal((x.shape[1], x.shape[1])))[0]
+    for _ in range(iterations):
+        # Fix the codes B = sign(xR); the orthogonal R minimising |B - xR| is V U^T for x^T B = V S U^T.
+        u, _, vt = np.linalg.svd(np.sign(x @ rotation).T @ x)
+        rotation = (u @ vt).T
+    return rotation.astype(np.float32)
+
+
+def make_index(embeddings: np.ndarray, precision: Precision, rotation: np.ndarray | None = None):
+    """A FAISS index over `embeddings` (n x d float32): 1-bit flat over sign(x @ rotation), or float inner-product flat."""
     faiss = _faiss()
     dimension = embeddings.shape[1]
     index = faiss.IndexBinaryFlat(dimension) if precision == "binary" else faiss.IndexFlatIP(dimension)
     for start in range(0, len(embeddings), 65536):  # in slices: a memory-mapped input is never all in memory
         part = np.asarray(embeddings[start:start + 65536], dtype=np.float32)
-        index.add(quantize(part) if precision == "binary" else np.ascontiguousarray(part))
+        if precision == "binary":
+            index.add(quantize(part if rotation is None else part @ rotation))
+        else:
+            index.add(np.ascontiguousarray(part))
     return index
 
 
@@ -89,7 +109,7 @@ def rescore(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray, k: 
 
 
 def search_index(index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
-                 exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 exclude: np.ndarray | None = None, rotation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the top k per query from a FAISS index, best first; `exclude[i]` is never returned.
 
     Binary indexes rank by Hamming distance; their scores are the negated distances, so that for
@@ -97,7 +117,9 @@ def search_index(index, queries: np.ndarray, k: int, allowed: np.ndarray | None 
     """
     faiss = _faiss()
     binary = isinstance(index, faiss.IndexBinary)
-    queries = quantize(queries) if binary else np.ascontiguousarray(queries, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    if binary:
+        queries = quantize(queries if rotation is None else queries @ rotation)
     asked = min(index.ntotal, k + (exclude is not None))
     if asked <= 0 or k <= 0:
         return np.empty((len(queries), 0), dtype=np.float32), np.empty((len(queries), 0), dtype=np.int64)
@@ -111,12 +133,14 @@ def binary_search(queries: np.ndarray, corpus: np.ndarray, k: int, rescore_multi
                   exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(hamming_ranked, rescored_ranked) corpus rows per query, best first, each (n_queries, k) int64.
 
-    The shipped 1-bit search as a pure function: a FAISS `IndexBinaryFlat` over the corpus signs gives
-    the k * rescore_multiplier nearest rows by Hamming distance; those are re-ranked by the cosine of
-    the float32 query and the float32 corpus rows. exclude_self: query i is corpus row i and is never
-    returned. k shrinks to what the corpus holds.
+    The shipped 1-bit search as a pure function: the ITQ rotation is fitted on the corpus (as a build
+    does), a FAISS `IndexBinaryFlat` over the rotated signs gives the k * rescore_multiplier nearest
+    rows by Hamming distance, and those are re-ranked by the cosine of the float32 query and the
+    float32 corpus rows. exclude_self: query i is corpus row i and is never returned. k shrinks to
+    what the corpus holds.
     """
     exclude = np.arange(len(queries)) if exclude_self else None
-    index = make_index(np.asarray(corpus, dtype=np.float32), "binary")
-    _, candidates = search_index(index, queries, k * max(rescore_multiplier, 1), exclude=exclude)
+    rotation = fit_rotation(corpus)
+    index = make_index(np.asarray(corpus, dtype=np.float32), "binary", rotation)
+    _, candidates = search_index(index, queries, k * max(rescore_multiplier, 1), exclude=exclude, rotation=rotation)
     return candidates[:, :k], rescore(queries, corpus, candidates, k)

@@ -3,6 +3,7 @@
 Layout of an index folder:
     index.json       model identity (sha256 of its weights), precision, dimension, count, FAISS index kind
     index.faiss      the FAISS index: IndexBinaryFlat over the sign bits (binary) or IndexFlatIP (float32)
+    rotation.npy     binary: the ITQ rotation (d x d) applied to embeddings and queries before the signs
     embeddings.npy   float32 L2-normalised embeddings, memory-mapped: binary rescoring reads the
                      candidates' rows only, "similar papers" reads the paper's own row (no re-encoding)
     papers.arrow     id, title, authors, categories, year, abstract, text_sha256 (row i = vector i),
@@ -29,7 +30,7 @@ import pyarrow as pa
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
 from arxiv_embed.search.encoding import encode_resumable
-from arxiv_embed.search.engine import Precision, make_index, rescore, search_index
+from arxiv_embed.search.engine import Precision, fit_rotation, make_index, rescore, search_index
 from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class SearchIndex:
     papers: pa.Table
     embeddings: np.ndarray
     index: object
+    rotation: np.ndarray | None = None  # binary: the ITQ rotation applied before taking signs
     _filters: dict[str, np.ndarray] | None = None
 
     @classmethod
@@ -94,7 +96,8 @@ class SearchIndex:
         binary = meta["precision"] == "binary"
         index = (faiss.read_index_binary if binary else faiss.read_index)(str(path / "index.faiss"))
         papers = pa.ipc.open_file(pa.memory_map(str(path / "papers.arrow"))).read_all()
-        return cls(path, meta, papers, np.load(path / "embeddings.npy", mmap_mode="r"), index)
+        rotation = np.load(path / "rotation.npy") if (path / "rotation.npy").exists() else None
+        return cls(path, meta, papers, np.load(path / "embeddings.npy", mmap_mode="r"), index, rotation)
 
     @property
     def count(self) -> int:
@@ -153,7 +156,7 @@ class SearchIndex:
         exclude = None if exclude_row is None else np.array([exclude_row])
         allowed = self._allowed(category)
         if self.meta["precision"] == "binary":
-            _, candidates = search_index(self.index, query, k * rescore_multiplier, allowed, exclude)
+            _, candidates = search_index(self.index, query, k * rescore_multiplier, allowed, exclude, self.rotation)
             rows = rescore(query, self.embeddings, candidates, k)[0]
         else:
             rows = search_index(self.index, query, k, allowed, exclude)[1][0]
@@ -214,13 +217,17 @@ def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precis
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
-        _write_faiss(make_index(embeddings, precision), tmp / "index.faiss")
+        rotation = fit_rotation(embeddings) if precision == "binary" and len(embeddings) else None
+        if rotation is not None:
+            np.save(tmp / "rotation.npy", rotation)
+        _write_faiss(make_index(embeddings, precision, rotation), tmp / "index.faiss")
         table = papers.select(_empty_papers().columns).to_arrow()
         with pa.ipc.new_file(str(tmp / "papers.arrow"), table.schema) as writer:
             writer.write_table(table, max_chunksize=65536)
         meta = {"format": 2, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
                 "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
-                "faiss": "IndexBinaryFlat" if precision == "binary" else "IndexFlatIP"}
+                "faiss": "IndexBinaryFlat" if precision == "binary" else "IndexFlatIP",
+                "rotation": "ITQ" if rotation is not None else None}
         (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
