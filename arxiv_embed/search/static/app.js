@@ -131,6 +131,7 @@ async function start() {
   } catch (error) { fail(error); return; }
   const initial = new URLSearchParams(location.search);
   if (initial.get("q")) queryBox.value = initial.get("q");
+  if ([...kBox.options].some((option) => option.value === initial.get("k"))) kBox.value = initial.get("k");
   if (initial.get("category")) filterBy(initial.get("category")); else refresh();
 }
 
