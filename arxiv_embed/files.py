@@ -1,4 +1,5 @@
-"""Atomic writes: a stage that dies half-way never leaves a half-written output behind."""
+"""Stage file I/O: atomic writes (a stage that dies half-way never leaves a half-written output
+behind) and checked reads of the tables earlier stages wrote."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @contextmanager
@@ -42,3 +46,26 @@ def write_text(path: Path | str, text: str) -> None:
 
 def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_table(path: Path | str, columns: list[str], produced_by: str) -> pl.DataFrame:
+    """The named columns of a parquet file a stage wrote, refusing a missing file or column, null or
+    empty texts and an empty table, each with the stage to rerun."""
+    import polars as pl
+
+    from arxiv_embed.errors import UserError
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} is missing: run `dvc repro {produced_by}` first")
+    schema = pl.read_parquet_schema(path)
+    if missing := [name for name in columns if name not in schema]:
+        raise UserError(f"{path} lacks column(s) {missing} (has {list(schema)}): rerun `dvc repro {produced_by}`")
+    table = pl.read_parquet(path, columns=columns)
+    if table.is_empty():
+        raise UserError(f"{path} has no rows: check the {produced_by} params")
+    blank = {name: int((table[name].str.strip_chars() == "").sum()) for name in columns if table.schema[name] == pl.String}
+    bad = {name: n for name in columns if (n := table[name].null_count() + blank.get(name, 0))}
+    if bad:
+        raise UserError(f"{path} has null or empty values {bad}: rerun `dvc repro {produced_by}`")
+    return table

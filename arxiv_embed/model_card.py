@@ -15,7 +15,8 @@ import polars as pl
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from arxiv_embed.files import read_json
-from arxiv_embed.params import Download, Params, flatten
+from arxiv_embed.flat import flatten
+from arxiv_embed.params import Download, Params
 from arxiv_embed.paths import SPLITS, TRIPLETS_DIR, metrics_file, split_file
 from arxiv_embed.tracking import file_fingerprint, git_commit
 
@@ -23,16 +24,9 @@ TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "a
 MODELS = ("base", "finetuned")
 
 
-def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """{"a": {"b": 0.5}} -> {"a.b": 0.5}: the numeric leaves of one model's evaluate dict."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(flatten_metrics(value, name))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
+def numeric_leaves(nested: dict[str, Any]) -> dict[str, float]:
+    """{"a": {"b": 0.5}} -> {"a.b": 0.5}: the numeric leaves only."""
+    return {k: float(v) for k, v in flatten(nested).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 @dataclass
@@ -70,7 +64,7 @@ def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -
     examples = {path.stem: pl.scan_parquet(path).select(pl.len()).collect().item()
                 for path in sorted(TRIPLETS_DIR.glob("train_*.parquet"))}
     clean = metrics_file("clean")
-    flat_params = flatten(params)
+    flat_params = flatten(params.model_dump())
     return CardFacts(
         model_name=params.push.registry_model_name,
         base_model=params.model.base,
@@ -81,8 +75,8 @@ def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -
         n_labels=pl.concat(splits.values())["label"].n_unique(),
         training_examples=examples,
         training_params={k: v for k, v in flat_params.items() if k.startswith(("model.", "finetune.", "shared."))},
-        finetune_metrics=flatten_metrics(read_json(metrics_file("finetune"))),
-        evaluation={name: flatten_metrics(evaluation.get(name, {})) for name in (*MODELS, "delta")},
+        finetune_metrics=numeric_leaves(read_json(metrics_file("finetune"))),
+        evaluation={name: numeric_leaves(evaluation.get(name, {})) for name in (*MODELS, "delta")},
         gate=gate,
         provenance={"git commit": git_commit(), "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
                     "MLflow run": run_info["run_id"], "training data sha256": file_fingerprint(TRIPLETS_DIR)},
@@ -178,7 +172,8 @@ Results of the run (`metrics/finetune.json`):
 {_table(["metric", "base", "fine-tuned", "delta"], eval_rows)}
 
 Quality gate: `{facts.gate["metric"]}` fine-tuned {_fmt(facts.gate["finetuned"])} vs base
-{_fmt(facts.gate["base"])}, tolerance {_fmt(facts.gate["tolerance"])}: passed.
+{_fmt(facts.gate["base"])}, delta 95% interval [{facts.gate["delta_ci95"][0]:+.4f}, {facts.gate["delta_ci95"][1]:+.4f}]
+(lower end at least -{facts.gate["tolerance"]}): passed.
 
 ## Provenance
 

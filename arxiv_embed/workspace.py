@@ -8,8 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from arxiv_embed.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a project copy needs to run the DAG: code, pipeline, params and DVC's config.
@@ -74,3 +78,11 @@ def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 def ran_stages(result: subprocess.CompletedProcess) -> list[str]:
     """Stage names `dvc repro` actually ran, from its output."""
     return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")]
+
+
+def params_with(overrides: dict | None = None, root: Path = ROOT) -> Params:
+    """The committed params.yaml with `overrides` merged in, validated (for tests and benchmarks)."""
+    from arxiv_embed.params import parse_params
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    return parse_params(deep_update(raw, overrides or {}))

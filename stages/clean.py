@@ -20,7 +20,8 @@ import polars as pl
 from arxiv_embed import paths
 from arxiv_embed.files import atomic_path, write_json
 from arxiv_embed.params import load_params
-from arxiv_embed.data.records import PAPER_COLUMNS, REASONS, line_batches, parse_batch, tidy, with_raw
+from arxiv_embed.data.columns import PAPER_COLUMNS
+from arxiv_embed.data.records import REASONS, line_batches, parse_batch, tidy, with_raw
 from arxiv_embed.errors import UserError, run
 
 

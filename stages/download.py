@@ -15,29 +15,15 @@ from contextlib import closing
 from pathlib import Path
 
 from arxiv_embed.files import atomic_path
-from arxiv_embed.params import Download, load_params
+from arxiv_embed.params import load_params
 from arxiv_embed.paths import RAW
-from arxiv_embed.data.sources import DownloadError, harvest_oai, json_line, open_records, stream_url_records
+from arxiv_embed.data.http import DownloadError
+from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.errors import run
 
 # The full snapshot is 4.6 GB of text: the fastest level still shrinks it ~4x, and mtime=0 keeps
 # the output byte-identical across runs so DVC sees an unchanged file.
 COMPRESSLEVEL = 1
-
-
-def open_source(params: Download) -> tuple[Iterator[bytes], str]:
-    """The JSON lines of the configured source, and a short name for messages."""
-    if params.source == "oai":
-        oai = params.oai
-        records = harvest_oai(
-            oai.endpoint, oai.sets, oai.from_date, oai.until_date, params.max_records,
-            max_retries=oai.max_retries, request_interval_s=oai.request_interval_s, timeout_s=params.timeout_s,
-        )
-        window = f"{oai.from_date or 'start'}..{oai.until_date or 'now'}"
-        return (json_line(record) for record in records), f"oai {oai.endpoint} (sets {', '.join(oai.sets)}; {window})"
-    if params.path:
-        return open_records(params.path), f"{params.source} {params.path}"
-    return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {params.kaggle_url}"
 
 
 def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, source: str) -> int:
@@ -58,7 +44,7 @@ def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, sourc
 def main() -> None:
     params = load_params().download
     started = time.monotonic()
-    lines, source = open_source(params)
+    lines, source = SOURCES[params.source](params)
     written = write_raw(lines, RAW, params.max_records, source)
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")
 

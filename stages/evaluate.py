@@ -3,8 +3,8 @@
 `--model base` scores params.model.base into data/eval/base (a separate DVC stage, so a finetune
 change never re-encodes with the base model). `--model finetuned` scores models/finetuned into
 data/eval/finetuned, then writes the side-by-side report: metrics/evaluate.json {base, finetuned,
-delta}, metrics/evaluate.md, the learning-curve and confusion CSVs, PNGs under metrics/plots, and
-logs them to the finetune run in MLflow.
+delta, delta_ci95}, metrics/evaluate.md, the learning-curve and confusion CSVs, PNGs under
+metrics/plots, and logs them to the finetune run in MLflow.
 """
 
 from __future__ import annotations
@@ -14,31 +14,21 @@ import sys
 from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
-from arxiv_embed.evaluation.lenses import (
-    ModelEval,
-    delta,
-    evaluate_model,
-    flatten_metrics,
-    load_eval_data,
-    plot_confusion,
-    plot_learning_curve,
-    plot_map,
-    report_markdown,
-)
+from arxiv_embed.errors import run
+from arxiv_embed.evaluation.data import load_eval_data
+from arxiv_embed.evaluation.lenses import evaluate_model
+from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
+from arxiv_embed.evaluation.report import ModelEval, compare, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
+from arxiv_embed.flat import flatten
 from arxiv_embed.models import load_model
 from arxiv_embed.params import Params, load_params
-from arxiv_embed.errors import run
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-REPORT = paths.METRICS_DIR / "evaluate.md"
-LEARNING_CURVE = paths.METRICS_DIR / "learning_curve.csv"
-CONFUSION = paths.METRICS_DIR / "confusion.csv"
 
-
-def load(which: str, params: Params) -> SentenceTransformer:
+def load_model_to_score(which: str, params: Params) -> SentenceTransformer:
     backend = params.evaluate.backend
     if which == "base":
         return load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=backend)
@@ -46,25 +36,24 @@ def load(which: str, params: Params) -> SentenceTransformer:
     return load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
 
 
-def write_report(base: ModelEval, finetuned: ModelEval, summary: dict[str, int]) -> dict:
-    report = {"base": base.metrics, "finetuned": finetuned.metrics, "delta": delta(finetuned.metrics, base.metrics)}
-    write_json(paths.metrics_file("evaluate"), report)
-    write_text(REPORT, report_markdown(report, summary))
+def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summary: dict[str, int]) -> None:
+    """metrics/evaluate.json and .md, the learning-curve and confusion CSVs, and the PNGs."""
+    write_json(paths.EVALUATE_REPORT, report)
+    write_text(paths.EVALUATE_MARKDOWN, report_markdown(report, summary))
     # Wide (one column per model) so `dvc plots` draws one line per model from one file.
-    curves = base.learning_curve.rename({"macro_f1": "base"}).join(
-        finetuned.learning_curve.rename({"macro_f1": "finetuned"}), on="train_per_label", how="full", coalesce=True
+    curves = base.tables["learning_curve"].rename({"macro_f1": "base"}).join(
+        finetuned.tables["learning_curve"].rename({"macro_f1": "finetuned"}), on="train_per_label", how="full", coalesce=True
     ).sort("train_per_label")
-    with atomic_path(LEARNING_CURVE) as tmp:
+    with atomic_path(paths.LEARNING_CURVE) as tmp:
         curves.write_csv(tmp)
-    with atomic_path(CONFUSION) as tmp:
-        finetuned.predictions.write_csv(tmp)
+    with atomic_path(paths.CONFUSION) as tmp:
+        finetuned.tables["predictions"].write_csv(tmp)
     with atomic_path(paths.PLOTS_DIR) as tmp:
         tmp.mkdir()
         plot_learning_curve(curves, tmp / "learning_curve.png")
-        plot_confusion(finetuned.predictions, tmp / "confusion_matrix.png", "Fine-tuned model: test-paper labels (row-normalised)")
-        plot_map(base.coordinates, tmp / "embeddings_base.png", "Base model: test abstracts")
-        plot_map(finetuned.coordinates, tmp / "embeddings_finetuned.png", "Fine-tuned model: test abstracts")
-    return report
+        plot_confusion(finetuned.tables["predictions"], tmp / "confusion_matrix.png", "Fine-tuned model: test-paper labels (row-normalised)")
+        plot_map(base.tables["map_2d"], tmp / "embeddings_base.png", "Base model: test abstracts")
+        plot_map(finetuned.tables["map_2d"], tmp / "embeddings_finetuned.png", "Fine-tuned model: test abstracts")
 
 
 def log_to_mlflow(report: dict) -> None:
@@ -77,18 +66,19 @@ def log_to_mlflow(report: dict) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from arxiv_embed.tracking import TrackingUnavailableError, configure_tracking, metric_key, run_tags, tracked_run
+    from arxiv_embed.tracking import RUN_INFO, TrackingUnavailableError, configure_tracking, metric_key, run_tags, tracked_run
 
-    run_info = paths.FINETUNED / "mlflow_run.json"
+    run_info = paths.FINETUNED / RUN_INFO
     finetune_run = read_json(run_info).get("run_id") if run_info.exists() else None
     try:
         configure_tracking()
         with tracked_run(finetune_run, run_name="evaluate") as run_id:
             if run_id != finetune_run:
                 mlflow.set_tags({**run_tags(paths.SPLIT_DIR, paths.TRIPLETS_DIR), "finetune_run_id": str(finetune_run)})
-            flat = {f"eval.{side}.{name}": value for side in report for name, value in flatten_metrics(report[side]).items()}
+            flat = {f"eval.{side}.{name}": value for side in ("base", "finetuned", "delta") for name, value in flatten(report[side]).items()}
+            flat |= {f"eval.delta_ci95_{end}.{name}": bounds[i] for name, bounds in report["delta_ci95"].items() for i, end in enumerate(("low", "high"))}
             mlflow.log_metrics({metric_key(name): value for name, value in flat.items()})
-            for artifact in (paths.metrics_file("evaluate"), REPORT, LEARNING_CURVE):
+            for artifact in (paths.EVALUATE_REPORT, paths.EVALUATE_MARKDOWN, paths.LEARNING_CURVE):
                 mlflow.log_artifact(str(artifact), artifact_path="evaluate")
             mlflow.log_artifacts(str(paths.PLOTS_DIR), artifact_path="evaluate/plots")
         print(f"logged to MLflow run {run_id}" + ("" if run_id == finetune_run else f" (finetune run {finetune_run} not found)"))
@@ -102,18 +92,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=["base", "finetuned"], required=True)
     which = parser.parse_args(argv).model
 
+    # 1. Params and the held-out data.
     params = load_params()
     data = load_eval_data(params.evaluate.max_train_papers, params.shared.seed)
     print(f"evaluate {which} ({params.evaluate.backend} backend): "
           + ", ".join(f"{count} {name}" for name, count in data.summary().items()))
-    result = evaluate_model(load(which, params), data, params.evaluate, params.shared.seed)
+
+    # 2. This model through every lens; saved for the other stage (base) or the report (fine-tuned).
+    result = evaluate_model(load_model_to_score(which, params), data, params.evaluate, params.shared.seed)
     result.save(paths.eval_dir(which))
-    print("\n".join(f"{name}: {value:.4f}" for name, value in flatten_metrics(result.metrics).items()))
+    print("\n".join(f"{name}: {value:.4f}" for name, value in flatten(result.metrics).items()))
     if which == "base":
         return
 
-    report = write_report(ModelEval.load(paths.eval_dir("base")), result, data.summary())
-    print(REPORT.read_text(encoding="utf-8"))
+    # 3. Base vs fine-tuned on the same items, with paired intervals; then MLflow.
+    base = ModelEval.load(paths.eval_dir("base"))
+    report = compare(base, result, params.shared.seed)
+    write_report_files(base, result, report, data.summary())
+    print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
     log_to_mlflow(report)
 
 

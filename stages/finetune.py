@@ -21,7 +21,8 @@ from arxiv_embed.training import checkpoints, distributed, losses, trainer
 from arxiv_embed.training import data as training_data
 from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
-from arxiv_embed.params import flatten, load_params
+from arxiv_embed.flat import flatten
+from arxiv_embed.params import load_params
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
 
@@ -83,7 +84,7 @@ def main() -> None:
     with run as run_id:
         if main_process:
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
-            mlflow.log_params({k: v for k, v in flatten(params).items() if k not in logged})
+            mlflow.log_params({k: v for k, v in flatten(params.model_dump()).items() if k not in logged})
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
         # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
@@ -119,7 +120,7 @@ def main() -> None:
             (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
             (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_json(paths.metrics_file("finetune"), summary)
-        write_text(paths.METRICS_DIR / "finetune_loss.csv", "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
+        write_text(paths.FINETUNE_LOSS, "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if v is not None})
         how = trainer.log_model(model, paths.FINETUNED)
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints' only use (resume) is gone

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from arxiv_embed.files import atomic_path, read_json, write_json
-from arxiv_embed.model_card import MODELS, CardFacts, flatten_metrics, gather_facts, render_card
+from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card
 from arxiv_embed.params import Gate, Hub, load_params
-from arxiv_embed.paths import FINETUNED, TRIPLETS_DIR, metrics_file
+from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
 from arxiv_embed.tracking import RUN_INFO, configure_tracking
 from arxiv_embed.errors import UserError, run
 
@@ -23,21 +23,24 @@ class PushError(UserError):
 
 
 def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
-    """Fail when the fine-tuned model is worse than base on push.gate.metric by more than the tolerance."""
+    """Pass only when the lower end of the paired-bootstrap 95% interval of push.gate.metric's delta
+    (fine-tuned - base) clears -push.gate.tolerance: a gain inside the noise is no gain."""
     if not all(isinstance(evaluation.get(model), dict) for model in MODELS):
         raise PushError(f"{EVALUATE} has no 'base' and 'finetuned' metrics: re-run `dvc repro evaluate`")
-    flat = {model: flatten_metrics(evaluation[model]) for model in MODELS}
-    if gate.metric not in flat["finetuned"] or gate.metric not in flat["base"]:
-        valid = ", ".join(sorted(flat["finetuned"].keys() & flat["base"].keys()))
-        raise PushError(f"push.gate.metric={gate.metric!r} is not a metric in {EVALUATE}; valid keys: {valid}")
+    flat = {model: numeric_leaves(evaluation[model]) for model in MODELS}
+    intervals = evaluation.get("delta_ci95", {})
+    if gate.metric not in intervals or gate.metric not in flat["base"] or gate.metric not in flat["finetuned"]:
+        valid = ", ".join(sorted(intervals.keys() & flat["finetuned"].keys() & flat["base"].keys()))
+        raise PushError(f"push.gate.metric={gate.metric!r} is not a metric with a delta interval in {EVALUATE}; valid keys: {valid}")
     base, tuned = flat["base"][gate.metric], flat["finetuned"][gate.metric]
-    if tuned < base - gate.tolerance:
+    low, high = intervals[gate.metric]
+    if low < -gate.tolerance:
         raise PushError(
-            f"quality gate failed: {gate.metric} fine-tuned {tuned:.4f} < base {base:.4f} - "
-            f"tolerance {gate.tolerance} (push.gate.metric, push.gate.tolerance in params.yaml); "
-            "the fine-tuned model is not pushed"
+            f"quality gate failed: {gate.metric} fine-tuned {tuned:.4f} vs base {base:.4f}, delta {tuned - base:+.4f} "
+            f"with 95% interval [{low:+.4f}, {high:+.4f}]; its lower end is below minus the tolerance {gate.tolerance} "
+            "(push.gate.metric, push.gate.tolerance in params.yaml); the fine-tuned model is not pushed"
         )
-    return {"metric": gate.metric, "base": base, "finetuned": tuned, "tolerance": gate.tolerance}
+    return {"metric": gate.metric, "base": base, "finetuned": tuned, "delta_ci95": [low, high], "tolerance": gate.tolerance}
 
 
 def hub_token(hub: Hub) -> str | None:
@@ -121,7 +124,7 @@ def main() -> None:
     run_info = read_json(FINETUNED / RUN_INFO)
     facts = gather_facts(params, evaluation, gate, run_info)
 
-    release = Path(cfg.release_dir)
+    release = RELEASE
     with atomic_path(release) as tmp:
         # sentence-transformers' own README is replaced by the card generated from the DAG's outputs.
         shutil.copytree(FINETUNED, tmp, ignore=shutil.ignore_patterns(RUN_INFO, "README.md"))

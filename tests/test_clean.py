@@ -14,19 +14,10 @@ import yaml
 from stages import clean
 from arxiv_embed.errors import UserError
 from arxiv_embed.data import records
+from arxiv_embed.data.columns import PAPER_SCHEMA
 from tests.conftest import ROOT, deep_update
 
-CONTRACT = {
-    "id": pl.String,
-    "title": pl.String,
-    "abstract": pl.String,
-    "authors": pl.String,
-    "categories": pl.List(pl.String),
-    "primary_category": pl.String,
-    "archive": pl.String,
-    "first_version_date": pl.Date,
-    "update_date": pl.Date,
-}
+CONTRACT = PAPER_SCHEMA  # the contract clean, split and make_triplets agree on
 
 
 def paper(paper_id: str, **fields: object) -> dict:

@@ -19,7 +19,9 @@ import yaml
 
 from stages import download
 from arxiv_embed.errors import UserError
-from arxiv_embed.data.sources import DownloadError, NoNetworkError, harvest_oai, json_line, open_records, stream_url_records
+from arxiv_embed.data.oai import harvest_oai, json_line
+from arxiv_embed.data.http import DownloadError, NoNetworkError
+from arxiv_embed.data.sources import open_records, stream_url_records
 
 from .conftest import ROOT, deep_update
 

@@ -16,43 +16,42 @@ import pytest
 import yaml
 
 from .conftest import ROOT, dvc, make_project, ran_stages, run
-from .test_evaluation import sample_papers
+from .test_lenses import sample_papers
 
 RETRIEVAL_KEYS = {"mrr@1", "mrr@10", "ndcg@1", "ndcg@10", "recall@1", "recall@10", "map@100"}
 MODEL_KEYS = {
-    "triplet_accuracy": None,
-    "triplet_accuracy_random": None,
-    "triplet_accuracy_hard": None,
+    "triplet": {"accuracy", "accuracy_random", "accuracy_hard"},
     "title_to_abstract": RETRIEVAL_KEYS,
     "category_retrieval": RETRIEVAL_KEYS,
-    "classification": {"accuracy", "macro_f1", "weighted_f1"},
+    "classification": {"accuracy", "macro_f1", "macro_f1_supported", "weighted_f1", "supported_labels"},
     "clustering": {"v_measure", "ari", "nmi"},
-    "binary": {
-        "title_to_abstract_ndcg@10",
-        "category_retrieval_ndcg@10",
-        "title_to_abstract_ndcg@10_rescored",
-        "category_retrieval_ndcg@10_rescored",
-        "storage_ratio",
-    },
+    "binary": {"title_ndcg@10", "category_ndcg@10", "title_rescored_ndcg@10", "category_rescored_ndcg@10", "storage_ratio"},
 }
 PLOTS = {"learning_curve.png", "confusion_matrix.png", "embeddings_base.png", "embeddings_finetuned.png"}
 EVAL_PARAMS = {
     "model": {"max_seq_length": 48},
-    "evaluate": {"batch_size": 32, "max_train_papers": 40, "learning_curve_sizes": [2, 4]},
+    "evaluate": {"batch_size": 32, "max_train_papers": 40, "learning_curve_sizes": [2, 4], "min_label_support": 5},
 }
 
 
 def assert_report_shape(report: dict) -> None:
-    assert set(report) == {"base", "finetuned", "delta"}
+    assert set(report) == {"base", "finetuned", "delta", "delta_ci95"}
     for side in ("base", "finetuned", "delta"):
         assert set(report[side]) == set(MODEL_KEYS), side
         for section, keys in MODEL_KEYS.items():
-            if keys is not None:
-                assert set(report[side][section]) == keys, (side, section)
+            assert set(report[side][section]) == keys, (side, section)
+    # Every metric that is a mean over items (or macro-F1 over papers) has a paired interval around its delta.
+    assert set(report["delta_ci95"]) == set(flat(report["delta"])) - {"binary.storage_ratio", "classification.weighted_f1",
+                                                                        "classification.supported_labels", "clustering.v_measure",
+                                                                        "clustering.ari", "clustering.nmi"}
+    for name, (low, high) in report["delta_ci95"].items():
+        assert low <= flat(report["delta"])[name] + 1e-9 and flat(report["delta"])[name] <= high + 1e-9, name
     for side in ("base", "finetuned"):
         for name, value in flat(report[side]).items():
             if name == "binary.storage_ratio":
                 assert value == 32
+            elif name == "classification.supported_labels":
+                assert value >= 1
             else:
                 assert 0.0 <= value <= 1.0 or (name == "clustering.ari" and -0.5 <= value <= 1.0), (side, name, value)
     base, finetuned = flat(report["base"]), flat(report["finetuned"])
@@ -133,7 +132,7 @@ def test_evaluate_writes_the_report(evaluated):
     assert report["base"]["title_to_abstract"]["ndcg@10"] > 0.8  # titles find their own abstract
 
     table = (evaluated / "metrics/evaluate.md").read_text()
-    assert "| category_retrieval.ndcg@10 |" in table and "| binary.storage_ratio | 32.0000 | 32.0000 | +0.0000 |" in table
+    assert "| category_retrieval.ndcg@10 |" in table and "| binary.storage_ratio | 32.0000 | 32.0000 | +0.0000 |  |" in table
 
     curve = pl.read_csv(evaluated / "metrics/learning_curve.csv")
     assert curve.columns == ["train_per_label", "base", "finetuned"]
@@ -179,7 +178,7 @@ def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, m
         runs = client.search_runs(
             [client.get_experiment_by_name("arxiv-embed").experiment_id], f"tags.finetune_run_id = '{'0' * 32}'"
         )
-        assert len(runs) == 1 and runs[0].data.metrics["eval.base.triplet_accuracy"] == report["base"]["triplet_accuracy"]
+        assert len(runs) == 1 and runs[0].data.metrics["eval.base.triplet.accuracy"] == report["base"]["triplet"]["accuracy"]
         assert runs[0].data.tags["mlflow.runName"] == "evaluate"
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing answers

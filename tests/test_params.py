@@ -1,9 +1,13 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from arxiv_embed.params import ParamsError, flatten, load_params, parse_params
+from arxiv_embed.params import ParamsError, load_params, parse_params
 
-from .conftest import ROOT
+from .conftest import ROOT, deep_update
 
 
 def committed_params() -> dict:
@@ -12,11 +16,21 @@ def committed_params() -> dict:
 
 def test_committed_params_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.shared.label in {"primary_category", "archive"}
-    # Outside the harvest window, a key left out of params.yaml means what params.yaml documents.
-    defaults = flatten(parse_params({}))
-    differ = {key: value for key, value in flatten(params).items() if value != defaults[key] and not key.startswith("download.")}
-    assert differ == {}
+    assert params == parse_params(committed_params())
+
+
+@pytest.mark.parametrize("key", ["finetune.learning_rate", "download.oai.sets", "push.gate"])
+def test_a_missing_key_is_an_error_naming_it(key):
+    # No defaults in the schema: a key deleted from params.yaml must not silently take a value
+    # that `dvc params diff` cannot see.
+    raw = committed_params()
+    *parents, leaf = key.split(".")
+    section = raw
+    for part in parents:
+        section = section[part]
+    del section[leaf]
+    with pytest.raises(ParamsError, match=rf"{key}: missing"):
+        parse_params(raw)
 
 
 @pytest.mark.parametrize(
@@ -27,6 +41,7 @@ def test_committed_params_are_valid():
         ("finetune", "batch_size", "32", "finetune.batch_size: Input should be a valid integer"),
         ("split", "test_fraction", 1.5, "split.test_fraction"),
         ("finetune", "loss", "cosine", "'triplet', 'mnrl', 'cached_mnrl' or 'batch_hard'"),
+        ("download", "source", "ftp", "download.source: Input should be 'oai', 'kaggle' or 'file'"),  # SOURCES' keys
     ],
 )
 def test_bad_params_name_the_key(section, key, value, expected):
@@ -37,10 +52,21 @@ def test_bad_params_name_the_key(section, key, value, expected):
     assert expected in str(excinfo.value)
 
 
-def test_cross_field_rules():
-    raw = committed_params()
-    raw["download"].update(source="file", path=None)
-    with pytest.raises(ParamsError, match="download.path"):
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"download": {"source": "file", "path": None}}, "download.path is empty"),
+        ({"download": {"oai": {"from_date": "2026-10-08", "until_date": "2026-10-01"}}}, "from_date must be <= download.oai.until_date"),
+        ({"clean": {"min_abstract_words": 700, "max_abstract_words": 600}}, "min_abstract_words must be <="),
+        ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}}, "eval_fraction \\+ split.test_fraction must be < 1"),
+        ({"finetune": {"eval_steps": 32, "save_steps": 48}}, "save_steps must be a multiple of finetune.eval_steps"),
+        ({"push": {"hub": {"enabled": True, "repo_id": None}}}, "push.hub.repo_id is empty"),
+    ],
+)
+def test_cross_field_rules(changes, expected):
+    raw = deep_update(committed_params(), changes)
+    parse_params(deep_update(committed_params(), {section: {} for section in changes}))  # the committed values pass
+    with pytest.raises(ParamsError, match=expected):
         parse_params(raw)
 
 
@@ -58,3 +84,24 @@ def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
     params = load_params(tmp_path / "params.yaml")
     assert params.finetune.learning_rate == 2e-5
     assert params.shared.seed == 42 and isinstance(params.shared.seed, int)
+
+
+def test_a_stage_with_bad_params_prints_one_message_and_no_traceback(tmp_path):
+    """Every stage goes through arxiv_embed.errors.run: a user error is one line naming the key, exit 1."""
+    raw = committed_params()
+    raw["split"]["method"] = "random"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "stages.split"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1
+    assert result.stderr.startswith("split: error: params.yaml is invalid:\n  split.method: Input should be 'stratified' or 'time'")
+    assert "Traceback" not in result.stderr
+
+
+def test_the_schema_offers_exactly_the_sources_the_table_has():
+    from typing import get_args
+
+    from arxiv_embed.data.sources import SOURCES
+    from arxiv_embed.params import Download
+
+    assert set(get_args(Download.model_fields["source"].annotation)) == set(SOURCES)

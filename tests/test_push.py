@@ -24,7 +24,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from .conftest import dvc, make_project, ran_stages, run, stage_env
+from arxiv_embed.workspace import params_with
+
+from .conftest import make_project, ran_stages, run, stage_env
 
 FAKE_TOKEN = "hf_fake_TOKEN_abc123XYZdoNotLeak"
 REPO_ID = "tester/arxiv-embed-test"
@@ -100,7 +102,7 @@ def evaluation(base: float, finetuned: float) -> dict:
     def model(shift: float) -> dict:
         retrieval = {k: round(0.3 + shift + i / 100, 4) for i, k in enumerate(["mrr@1", "mrr@10", "ndcg@1", "ndcg@10", "recall@1", "recall@10", "map@100"])}
         return {
-            "triplet_accuracy": round(0.7 + shift, 4),
+            "triplet": {"accuracy": round(0.7 + shift, 4)},
             "title_to_abstract": retrieval,
             "category_retrieval": {**retrieval, "ndcg@10": shift},
             "classification": {"accuracy": 0.5 + shift, "macro_f1": 0.4 + shift, "weighted_f1": 0.45 + shift},
@@ -108,6 +110,9 @@ def evaluation(base: float, finetuned: float) -> dict:
         }
     report = {"base": model(base), "finetuned": model(finetuned)}
     report["delta"] = {"category_retrieval": {"ndcg@10": round(finetuned - base, 6)}}
+    # A paired-bootstrap interval of +-0.01 around each delta.
+    report["delta_ci95"] = {name: [round(finetuned - base - 0.01, 6), round(finetuned - base + 0.01, 6)]
+                            for name in ("category_retrieval.ndcg@10", "triplet.accuracy", "classification.macro_f1")}
     return report
 
 
@@ -256,21 +261,33 @@ def test_gate_refuses_a_worse_model(tmp_path, papers, base_model, monkeypatch):
 
 
 def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
-    from arxiv_embed.params import Gate
     from stages.push import PushError, check_gate
 
+    def Gate(**gate: object):  # noqa: N802 (reads like the schema class it builds)
+        return params_with({"push": {"gate": gate}}).push.gate
+
     report = evaluation(0.50, 0.495)
-    assert check_gate(report, Gate(tolerance=0.01))["finetuned"] == 0.495
+    report["delta_ci95"]["category_retrieval.ndcg@10"] = [-0.0125, 0.0025]
+    # The boundary: the interval's lower end exactly at -tolerance passes; a hair less fails.
+    assert check_gate(report, Gate(tolerance=0.0125))["finetuned"] == 0.495
+    with pytest.raises(PushError, match=r"quality gate failed: .*\[-0.0125, \+0.0025\]"):
+        check_gate(report, Gate(tolerance=0.0124))
+    # A positive point delta inside the noise is not a gain.
+    gain_in_noise = evaluation(0.50, 0.505)
+    assert gain_in_noise["delta_ci95"]["category_retrieval.ndcg@10"][0] < 0
     with pytest.raises(PushError, match="quality gate failed"):
-        check_gate(report, Gate(tolerance=0.0))
+        check_gate(gain_in_noise, Gate(tolerance=0.0))
+    assert check_gate(evaluation(0.50, 0.52), Gate(tolerance=0.0))["delta_ci95"] == [0.01, 0.03]
     with pytest.raises(PushError) as unknown:
         check_gate(report, Gate(metric="category_retrieval.ndcg@100"))
-    assert "category_retrieval.ndcg@10," in str(unknown.value) and "clustering.v_measure" in str(unknown.value)
+    assert "category_retrieval.ndcg@10," in str(unknown.value) and "triplet.accuracy" in str(unknown.value)
 
 
 def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
-    from arxiv_embed.params import Hub
     from stages.push import PushError, hub_token, push_to_hub
+
+    def Hub(**hub: object):  # noqa: N802
+        return params_with({"push": {"hub": hub}}).push.hub
 
     hub = Hub(enabled=True, repo_id=REPO_ID)
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -296,7 +313,7 @@ def test_stage_exits_non_zero_with_the_reason(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stages.push"], cwd=project, env=stage_env(project),
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert "push: push.gate.metric='no.such_metric' is not a metric" in result.stderr
+    assert "push: error: push.gate.metric='no.such_metric' is not a metric" in result.stderr
     assert "Traceback" not in result.stderr
 
 

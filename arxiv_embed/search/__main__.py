@@ -17,19 +17,15 @@ import json
 import sys
 from pathlib import Path
 
+from arxiv_embed import paths
 from arxiv_embed.errors import UserError
 from arxiv_embed.search.papers import SearchError, read_papers
 
 
 def default_model() -> str:
-    from arxiv_embed.params import ParamsError, load_params
-
-    try:
-        release = Path(load_params().push.release_dir)
-    except ParamsError:
-        raise SearchError("no params.yaml here to find the release: pass --model PATH") from None
+    release = paths.RELEASE
     if not release.exists():
-        raise SearchError(f"{release} (push.release_dir) does not exist: run `dvc repro push` or pass --model PATH")
+        raise SearchError(f"{release} does not exist: run `dvc repro push` or pass --model PATH")
     return str(release)
 
 
@@ -62,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     for sub in (build, query, serve):
         sub.add_argument("--index", type=Path, required=True, help="index folder")
-        sub.add_argument("--model", help="model folder or name (build: push.release_dir; else the index's own)")
+        sub.add_argument("--model", help="model folder or name (build: models/release; else the index's own)")
         sub.add_argument("--backend", choices=["torch", "int8"], default="torch",
                          help="int8: dynamic int8 Linear layers on CPU, ~1.5x faster encoding, NDCG@10 within 1%%")
     for sub in (query, serve):

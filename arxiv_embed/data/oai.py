@@ -1,0 +1,187 @@
+"""arXiv's OAI-PMH API (`ListRecords`, metadataPrefix=arXiv) as a source of Kaggle-schema records:
+polite pacing, resumption tokens, 503/Retry-After retries, records converted field by field."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from datetime import date
+from typing import Any
+
+from arxiv_embed.data.http import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url
+
+OAI, ARXIV = "{http://www.openarchives.org/OAI/2.0/}", "{http://arxiv.org/OAI/arXiv/}"
+RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 600.0  # honour Retry-After, but a broken header must not park the stage for hours
+
+
+def harvest_oai(
+    endpoint: str,
+    sets: list[str],
+    from_date: str | None = None,
+    until_date: str | None = None,
+    max_records: int | None = None,
+    *,
+    max_retries: int = 5,
+    request_interval_s: float = 3.0,
+    timeout_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[dict[str, Any]]:
+    """Yield Kaggle-schema records set by set, each set capped at its share of what is left of
+    max_records (so every archive is represented); stops requesting as soon as the cap is met."""
+    client = _OaiClient(endpoint, max_retries, request_interval_s, timeout_s, sleep)
+    seen: set[str] = set()
+    for index, set_spec in enumerate(sets):
+        quota = None if max_records is None else math.ceil((max_records - len(seen)) / (len(sets) - index))
+        taken = 0
+        if quota != 0:
+            for record in client.list_records(set_spec, from_date, until_date):
+                if record["id"] in seen:  # a cross-listed paper is in several sets
+                    continue
+                seen.add(record["id"])
+                taken += 1
+                yield record
+                if taken == quota:
+                    break
+        print(f"download: OAI set {set_spec}: {taken} records")
+
+
+class _OaiClient:
+    """One polite OAI-PMH conversation: a request every request_interval_s, 503s retried."""
+
+    def __init__(self, endpoint: str, max_retries: int, interval_s: float, timeout_s: float, sleep: Callable) -> None:
+        self.endpoint, self.max_retries, self.interval_s, self.timeout_s = endpoint, max_retries, interval_s, timeout_s
+        self.sleep = sleep
+        self._last_request = -math.inf
+
+    def list_records(self, set_spec: str, from_date: str | None, until_date: str | None) -> Iterator[dict[str, Any]]:
+        query = {"verb": "ListRecords", "metadataPrefix": "arXiv", "set": set_spec, "from": from_date, "until": until_date}
+        query = {key: value for key, value in query.items() if value}
+        while True:
+            root = self.get(query)
+            error = root.find(f"{OAI}error")
+            if error is not None:
+                if error.get("code") == "noRecordsMatch":  # an empty set or window, not a failure
+                    return
+                raise DownloadError(
+                    f"{self.endpoint}: OAI-PMH error {error.get('code')} for set {set_spec!r}: {(error.text or '').strip()}; "
+                    f"check download.oai.sets, from_date and until_date"
+                )
+            listing = root.find(f"{OAI}ListRecords")
+            if listing is None:
+                raise DownloadError(f"{self.endpoint}: the answer has no ListRecords; is download.oai.endpoint an OAI-PMH endpoint?")
+            for record in listing.iterfind(f"{OAI}record"):
+                # Deleted records have a header and no metadata: nothing to convert.
+                if record.find(f"{OAI}metadata/{ARXIV}arXiv") is not None:
+                    yield to_kaggle(record)
+            token = (listing.findtext(f"{OAI}resumptionToken") or "").strip()
+            if not token:
+                return
+            query = {"verb": "ListRecords", "resumptionToken": token}
+
+    def get(self, query: dict[str, str]) -> ET.Element:
+        url = f"{self.endpoint}?{urllib.parse.urlencode(query)}"
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        for attempt in range(self.max_retries + 1):
+            self.sleep(max(0.0, self._last_request + self.interval_s - time.monotonic()))
+            self._last_request = time.monotonic()
+            try:
+                with open_url(request, self.timeout_s) as response:
+                    return _parse_xml(response.read(), url)
+            except urllib.error.HTTPError as exc:
+                if exc.code not in RETRY_STATUS or attempt == self.max_retries:
+                    raise DownloadError(
+                        f"{url}: HTTP {exc.code} {exc.reason} after {attempt} retries; try again later, or raise "
+                        f"download.oai.max_retries; check download.oai.endpoint"
+                    ) from None
+                wait = _retry_after(exc.headers.get("Retry-After"), default=10.0 * (attempt + 1))
+                print(f"download: OAI-PMH answered {exc.code}; retry {attempt + 1}/{self.max_retries} in {wait:.0f} s")
+                self.sleep(wait)
+            except (TimeoutError, ConnectionError) as exc:  # the host answered, then stalled
+                raise NoNetworkError(f"no network: {url} stopped answering ({exc}).\n{OFFLINE_HINT}") from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _parse_xml(body: bytes, url: str) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise DownloadError(f"{url}: the answer is not OAI-PMH XML ({exc}); check download.oai.endpoint") from None
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return default
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+# ---------------------------------------------------------------- arXiv format -> Kaggle schema
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def to_kaggle(record: ET.Element) -> dict[str, Any]:
+    """One OAI `record` (arXiv metadata format) as a Kaggle snapshot record, fields in Kaggle's order.
+
+    The arXiv format has no submitter and no version history: `submitter` is null and `versions`
+    holds v1 dated by `created`. `update_date` is the record's datestamp, as in the snapshot.
+    """
+    header, meta = record.find(f"{OAI}header"), record.find(f"{OAI}metadata/{ARXIV}arXiv")
+
+    def text(tag: str) -> str | None:
+        value = meta.findtext(f"{ARXIV}{tag}")
+        return value if value and value.strip() else None
+
+    parsed = [
+        [author.findtext(f"{ARXIV}{part}") or "" for part in ("keyname", "forenames", "suffix")]
+        for author in meta.iterfind(f"{ARXIV}authors/{ARXIV}author")
+    ]
+    names = [" ".join(part for part in (forenames, keyname, suffix) if part) for keyname, forenames, suffix in parsed]
+    created = text("created")
+    datestamp = header.findtext(f"{OAI}datestamp") or text("updated") or created
+    return {
+        "id": text("id"),
+        "submitter": None,
+        "authors": (", ".join(names[:-1]) + " and " + names[-1]) if len(names) > 1 else (names[0] if names else None),
+        "title": text("title"),
+        "comments": text("comments"),
+        "journal-ref": text("journal-ref"),
+        "doi": text("doi"),
+        "report-no": text("report-no"),
+        "categories": " ".join((text("categories") or "").split()) or None,
+        "license": text("license"),
+        "abstract": text("abstract"),
+        "versions": [{"version": "v1", "created": _rfc2822(created)}] if created else [],
+        "update_date": datestamp[:10] if datestamp else None,
+        "authors_parsed": parsed,
+    }
+
+
+def _rfc2822(day: str) -> str:
+    """'2026-10-01' -> 'Thu, 1 Oct 2026 00:00:00 GMT', the snapshot's style (locale-independent)."""
+    try:
+        parsed = date.fromisoformat(day.strip()[:10])
+    except ValueError:
+        return day  # clean decides what an unparseable date is worth
+    return f"{_DAYS[parsed.weekday()]}, {parsed.day} {_MONTHS[parsed.month - 1]} {parsed.year} 00:00:00 GMT"
+
+
+def json_line(record: dict[str, Any]) -> bytes:
+    """A record as one snapshot-style line (compact, ASCII-escaped like Kaggle's)."""
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,131 @@
+"""One model's evaluation (saved by evaluate_base / evaluate), and the side-by-side report:
+base, fine-tuned, delta and a paired bootstrap 95% interval for each delta."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from arxiv_embed.errors import UserError
+from arxiv_embed.files import atomic_path
+from arxiv_embed.flat import flatten
+
+if TYPE_CHECKING:
+    from arxiv_embed.evaluation.lenses import LensResult
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def macro_f1(pairs: np.ndarray) -> float:
+    """Macro-F1 of (actual, predicted) label-id rows over every label id >= 0 that occurs."""
+    from sklearn.metrics import f1_score
+
+    labels = sorted(set(pairs.ravel().tolist()) - {-1})
+    return float(f1_score(pairs[:, 0], pairs[:, 1], labels=labels, average="macro", zero_division=0)) if labels else 0.0
+
+
+def statistic(items: np.ndarray) -> float:
+    """The metric a per-item array stands for: its mean, or macro-F1 for (actual, predicted) rows."""
+    return macro_f1(items) if items.ndim == 2 else float(np.mean(items))
+
+
+@dataclass
+class ModelEval:
+    metrics: dict[str, dict[str, float]]  # lens -> metric -> value
+    items: dict[str, np.ndarray]  # "lens.metric" -> per-item values (for paired intervals)
+    tables: dict[str, pl.DataFrame]  # learning_curve, predictions, map_2d, ...
+
+    @classmethod
+    def of(cls, results: dict[str, LensResult]) -> ModelEval:
+        tables: dict[str, pl.DataFrame] = {}
+        for result in results.values():
+            if clash := tables.keys() & result.tables.keys():
+                raise ValueError(f"two lenses return a table named {sorted(clash)}")
+            tables |= result.tables
+        return cls(
+            metrics={name: result.metrics for name, result in results.items() if result.metrics},
+            items={f"{name}.{metric}": values for name, result in results.items() for metric, values in result.items.items()},
+            tables=tables,
+        )
+
+    def save(self, directory: Path) -> None:
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n", encoding="utf-8")
+            np.savez_compressed(tmp / "items.npz", **self.items)
+            for name, table in self.tables.items():
+                table.write_parquet(tmp / f"{name}.parquet")
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelEval:
+        if not (directory / "metrics.json").exists():
+            raise UserError(f"{directory}/metrics.json is missing: run `dvc repro evaluate_base` first")
+        with np.load(directory / "items.npz") as items:
+            return cls(
+                json.loads((directory / "metrics.json").read_text(encoding="utf-8")),
+                {name: items[name] for name in items.files},
+                {path.stem: pl.read_parquet(path) for path in sorted(directory.glob("*.parquet"))},
+            )
+
+
+def delta(finetuned: dict, base: dict) -> dict:
+    """finetuned - base for every number, same nesting."""
+    return {
+        key: delta(value, base[key]) if isinstance(value, dict) else value - base[key]
+        for key, value in finetuned.items()
+        if key in base
+    }
+
+
+def paired_intervals(base: ModelEval, finetuned: ModelEval, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, list[float]]:
+    """"lens.metric" -> [low, high]: the 95% percentile interval of finetuned - base over paired
+    bootstrap resamples of the same items (queries, triplets, test papers) for both models."""
+    rng = np.random.default_rng(seed)
+    intervals = {}
+    for name, tuned in finetuned.items.items():
+        if (untuned := base.items.get(name)) is None or len(untuned) != len(tuned) or not len(tuned):
+            continue
+        draws = rng.integers(0, len(tuned), size=(resamples, len(tuned)))
+        if tuned.ndim == 1:
+            deltas = (tuned[draws] - untuned[draws]).mean(axis=1)
+        else:
+            deltas = np.array([macro_f1(tuned[rows]) - macro_f1(untuned[rows]) for rows in draws])
+        intervals[name] = [float(v) for v in np.percentile(deltas, [2.5, 97.5])]
+    return intervals
+
+
+def compare(base: ModelEval, finetuned: ModelEval, seed: int) -> dict:
+    """The report: base, fine-tuned, delta (nested by lens) and delta_ci95 ("lens.metric" -> [low, high])."""
+    return {
+        "base": base.metrics,
+        "finetuned": finetuned.metrics,
+        "delta": delta(finetuned.metrics, base.metrics),
+        "delta_ci95": paired_intervals(base, finetuned, seed),
+    }
+
+
+def report_markdown(report: dict, summary: dict[str, int]) -> str:
+    base, finetuned, change = (flatten(report[side]) for side in ("base", "finetuned", "delta"))
+    intervals = report.get("delta_ci95", {})
+
+    def interval(name: str) -> str:
+        low_high = intervals.get(name)
+        return f"[{low_high[0]:+.4f}, {low_high[1]:+.4f}]" if low_high else ""
+
+    lines = [
+        "# Evaluation: base vs fine-tuned",
+        "",
+        ", ".join(f"{name.replace('_', ' ')}: {count:,}" for name, count in summary.items()),
+        "",
+        "A delta is real only when its paired-bootstrap 95% interval excludes 0.",
+        "",
+        "| metric | base | fine-tuned | delta | delta 95% interval |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {name} | {base[name]:.4f} | {finetuned[name]:.4f} | {change[name]:+.4f} | {interval(name)} |" for name in change]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,323 @@
+"""The lenses and metric functions of arxiv_embed/evaluation against hand-computed values, and the retrieval
+metrics against sentence-transformers' InformationRetrievalEvaluator on real papers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from math import log2
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from arxiv_embed.evaluation import lenses as ev
+from arxiv_embed.errors import UserError
+from arxiv_embed.evaluation import vectors
+from arxiv_embed.evaluation.data import EvalData, balanced_sample
+from arxiv_embed.evaluation.lenses import LENSES, LensInput, LensResult, label_pairs, learning_curve_sizes, lens
+from arxiv_embed.evaluation.report import ModelEval, compare, delta, macro_f1, paired_intervals, report_markdown, statistic
+from arxiv_embed.evaluation.retrieval import MAX_K, RETRIEVAL_METRICS, retrieval_metrics
+from arxiv_embed.evaluation.vectors import Embeddings, binary_search, embed_texts, search
+from arxiv_embed.workspace import params_with
+
+
+def sample_papers(path: Path, per_label: int, n_labels: int) -> pl.DataFrame:
+    """The first `per_label` papers of the `n_labels` largest archives of a real Kaggle-schema sample."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    papers = pl.DataFrame(
+        {
+            "id": [r["id"] for r in records],
+            "title": [" ".join(r["title"].split()) for r in records],
+            "abstract": [" ".join(r["abstract"].split()) for r in records],
+            "label": [r["categories"].split()[0].split(".")[0] for r in records],
+        }
+    )
+    largest = papers["label"].value_counts().sort(["count", "label"], descending=[True, False])["label"][:n_labels]
+    return papers.filter(pl.col("label").is_in(largest.implode())).group_by("label", maintain_order=True).head(per_label)
+
+
+# --- retrieval metrics, by hand -----------------------------------------------------------------
+
+
+def test_mrr_when_the_answer_is_at_rank_2():
+    ranked = np.array([[0, 1, 2]])  # corpus rows, best first
+    metrics = retrieval_metrics(ranked, query_keys=np.array([7]), corpus_keys=np.array([3, 7, 5]))
+    assert metrics["mrr@1"] == 0.0
+    assert metrics["mrr@10"] == pytest.approx(0.5)
+    assert metrics["recall@1"] == 0.0
+    assert metrics["recall@10"] == 1.0
+    assert metrics["ndcg@1"] == 0.0
+    assert metrics["ndcg@10"] == pytest.approx(1 / log2(3))
+    assert metrics["map@100"] == pytest.approx(0.5)
+
+
+def test_ndcg_and_map_with_two_relevant_documents():
+    # Relevant documents (label "a") at ranks 1 and 3; a third "a" is the query itself, excluded.
+    ranked = np.array([[1, 2, 3]])
+    metrics = retrieval_metrics(ranked, np.array(["a", "a", "b", "a"])[[0]], np.array(["a", "a", "b", "a"]), exclude_self=True)
+    ideal = 1 + 1 / log2(3)
+    assert metrics["ndcg@10"] == pytest.approx((1 + 1 / log2(4)) / ideal)
+    assert metrics["ndcg@1"] == 1.0
+    assert metrics["recall@1"] == pytest.approx(0.5)
+    assert metrics["map@100"] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert metrics["mrr@10"] == 1.0
+
+
+def test_queries_without_relevant_documents_are_left_out():
+    # Query 1's label has no other paper: only query 0 counts, as in InformationRetrievalEvaluator.
+    keys = np.array(["a", "b", "a"])
+    metrics = retrieval_metrics(np.array([[1, 2], [0, 2]]), keys[:2], keys, exclude_self=True)
+    assert metrics["mrr@10"] == pytest.approx(0.5)
+    with pytest.raises(UserError, match="no query has a relevant document"):
+        retrieval_metrics(np.array([[1]]), np.array(["b"]), np.array(["a", "b"]), exclude_self=True)
+
+
+def test_search_ranks_by_cosine_and_breaks_ties_by_lower_index():
+    corpus = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 2.0], [1.0, 0.0]])  # rows 1 and 2: same direction
+    ranked = search(np.array([[1.0, 0.9]]), corpus, k=10)
+    assert ranked.tolist() == [[1, 2, 3, 0]]
+    assert search(corpus, corpus, k=10, exclude_self=True)[1].tolist() == [2, 0, 3]
+
+
+# --- lenses on hand-made embeddings ---------------------------------------------------------------
+
+
+def lens_input(test: pl.DataFrame, vectors: dict[str, list[float]], train: pl.DataFrame | None = None,
+               triplets: pl.DataFrame | None = None, **evaluate: object) -> LensInput:
+    """A LensInput whose embeddings are the given vectors (text -> vector)."""
+    texts = list(vectors)
+    embed = Embeddings(texts, np.array([vectors[text] for text in texts], dtype=np.float32))
+    empty_triplets = pl.DataFrame(schema={"anchor": pl.String, "positive": pl.String, "negative": pl.String, "negative_type": pl.String})
+    data = EvalData(test, train if train is not None else test.select("abstract", "label").with_columns(rank=0),
+                    triplets if triplets is not None else empty_triplets)
+    return LensInput(embed, data, params_with({"evaluate": evaluate}).evaluate, seed=0)
+
+
+def test_binary_search_ties_go_to_the_lower_index_self_is_excluded_and_rescoring_uses_float32():
+    corpus = np.array([[1, 0.1, -1, -1], [1, 1, -1, 0.9], [1, 1, -1, -1], [-1, -1, 1, 1]], dtype=np.float32)
+    query = np.array([[1, 1, -1, -1]], dtype=np.float32)
+    hamming, rescored = binary_search(query, corpus, k=3, rescore_multiplier=1)
+    # Bits: rows 0 and 2 equal the query's, row 1 is 1 bit away: the Hamming tie goes to the lower index.
+    assert hamming.tolist() == [[0, 2, 1]]
+    # float32 rescoring (what the shipped search does) separates the tie: row 2 is the query itself.
+    assert rescored.tolist() == [[2, 0, 1]]
+    hamming, rescored = binary_search(corpus, corpus, k=3, rescore_multiplier=2, exclude_self=True)
+    assert all(i not in row for i, row in enumerate(hamming.tolist())) and all(i not in row for i, row in enumerate(rescored.tolist()))
+
+
+def test_binary_lens_storage_ratio_and_ranges():
+    rng = np.random.default_rng(0)
+    abstracts = rng.normal(size=(40, 64)).astype(np.float32)
+    titles = abstracts + 0.3 * rng.normal(size=abstracts.shape).astype(np.float32)
+    test = pl.DataFrame({"title": [f"t{i}" for i in range(40)], "abstract": [f"a{i}" for i in range(40)],
+                         "label": np.repeat(np.array(["a", "b", "c", "d"]), 10)})
+    vectors = {f"a{i}": abstracts[i] for i in range(40)} | {f"t{i}": titles[i] for i in range(40)}
+    result = LENSES["binary"](lens_input(test, vectors, binary_rescore_multiplier=3))
+    assert result.metrics["storage_ratio"] == 32
+    assert set(result.metrics) == {"title_ndcg@10", "title_rescored_ndcg@10", "category_ndcg@10", "category_rescored_ndcg@10", "storage_ratio"}
+    assert result.metrics["title_ndcg@10"] > 0.8  # titles are noisy copies: 1-bit still finds them
+    assert result.metrics["title_rescored_ndcg@10"] >= result.metrics["title_ndcg@10"]
+    assert len(result.items["title_ndcg@10"]) == 40
+
+
+def test_triplet_lens_is_a_strict_cosine_comparison_per_negative_kind():
+    test = pl.DataFrame({"title": ["t"], "abstract": ["a"], "label": ["x"]})
+    triplets = pl.DataFrame({"anchor": ["q", "q", "q", "q"], "positive": ["p1", "p2", "p3", "p1"],
+                             "negative": ["n1", "n2", "n3", "n2"], "negative_type": ["random", "hard", "random", "hard"]})
+    vectors = {"t": [0, 1], "a": [0, 1], "q": [1, 0], "p1": [2, 0.1], "n1": [0, 1], "p2": [0, 1], "n2": [5, 0],
+               "p3": [1, 1], "n3": [2, 2]}  # p3/n3: a tie, which does not count
+    result = LENSES["triplet"](lens_input(test, vectors, triplets=triplets))
+    assert result.metrics == pytest.approx({"accuracy": 1 / 4, "accuracy_random": 1 / 2, "accuracy_hard": 0.0})
+
+
+def test_balanced_sample_keeps_small_labels_and_nests_ranks():
+    papers = pl.DataFrame({"abstract": [f"p{i}" for i in range(12)], "label": ["big"] * 10 + ["small"] * 2})
+    sample = balanced_sample(papers, max_papers=6, seed=1)
+    assert sample["label"].value_counts().sort("label").rows() == [("big", 4), ("small", 2)]
+    assert sorted(sample.filter(pl.col("label") == "big")["rank"]) == [0, 1, 2, 3]
+    assert sample.equals(balanced_sample(papers, max_papers=6, seed=1))
+    assert not balanced_sample(papers, 12, seed=1).equals(balanced_sample(papers, 12, seed=2))
+
+
+def test_learning_curve_sizes_end_with_all():
+    assert learning_curve_sizes(np.array([0, 1, 2, 3, 4, 0, 1]), [2, 8, 4, 2]) == [2, 4, 5]
+
+
+def test_macro_f1_by_hand_and_without_rare_labels():
+    actual, predicted = np.array(["a", "a", "a", "b", "c"]), np.array(["a", "a", "b", "b", "a"])
+    f1_a, f1_b = 2 * (2 / 3 * 2 / 3) / (4 / 3), 2 / 3  # a: P=2/3 R=2/3; b: P=1/2 R=1; c: 0
+    assert macro_f1(label_pairs(actual, predicted)) == pytest.approx((f1_a + f1_b + 0) / 3)
+    # Without label c (too few test papers), its paper still counts as a wrong "a" prediction.
+    assert macro_f1(label_pairs(actual, predicted, ignore={"c"})) == pytest.approx((f1_a + f1_b) / 2)
+
+
+def test_clustering_finds_separated_groups():
+    rng = np.random.default_rng(0)
+    centres = np.array([[10.0, 0], [0, 10.0], [-10.0, -10.0]])
+    points = np.concatenate([centre + rng.normal(size=(15, 2)) for centre in centres])
+    labels = np.repeat(np.array(["x", "y", "z"]), 15)
+    test = pl.DataFrame({"title": [f"t{i}" for i in range(45)], "abstract": [f"a{i}" for i in range(45)], "label": labels})
+    vectors = {f"a{i}": points[i] for i in range(45)}
+    assert LENSES["clustering"](lens_input(test, vectors)).metrics == pytest.approx({"v_measure": 1.0, "ari": 1.0, "nmi": 1.0})
+    shuffled = lens_input(test.with_columns(label=rng.permutation(labels)), vectors)
+    assert LENSES["clustering"](shuffled).metrics["ari"] < 0.2
+
+
+# --- the report: delta, paired intervals, a new lens picked up everywhere ---------------------------
+
+
+def test_delta_keeps_the_nesting():
+    base = {"triplet": {"accuracy": 0.5}, "binary": {"storage_ratio": 32.0, "x@10": 0.25}}
+    finetuned = {"triplet": {"accuracy": 0.75}, "binary": {"storage_ratio": 32.0, "x@10": 0.5}}
+    assert delta(finetuned, base) == {"triplet": {"accuracy": 0.25}, "binary": {"storage_ratio": 0.0, "x@10": 0.25}}
+
+
+def evaluation(items: dict[str, np.ndarray]) -> ModelEval:
+    return ModelEval.of({"lens": LensResult({name: statistic(v) for name, v in items.items()}, items)})
+
+
+def test_paired_intervals_separate_a_real_gain_from_noise():
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    gain, noise = base + 0.05, base + rng.normal(0, 0.05, 400)
+    intervals = paired_intervals(evaluation({"gain": base, "noise": base}), evaluation({"gain": gain, "noise": noise}), seed=0)
+    assert intervals["lens.gain"] == pytest.approx([0.05, 0.05])  # every item moved by 0.05: no spread
+    low, high = intervals["lens.noise"]
+    assert low < 0 < high and high - low < 0.03  # a zero-mean change: the interval straddles 0
+    same = paired_intervals(evaluation({"gain": base}), evaluation({"gain": base}), seed=0)
+    assert same["lens.gain"] == [0.0, 0.0]
+
+
+def test_paired_interval_of_macro_f1_resamples_papers():
+    actual = np.array(["a", "b"] * 50)
+    right, wrong = label_pairs(actual, actual), label_pairs(actual, np.array(["a", "a"] * 50))
+    (low, high), = paired_intervals(evaluation({"f1": wrong}), evaluation({"f1": right}), seed=0).values()
+    assert 0.6 < low <= 2 / 3 <= high < 0.75  # macro-F1 1.0 vs 1/3
+
+
+def test_a_new_lens_reaches_the_report_and_the_gate(monkeypatch, tmp_path):
+    """Adding a lens is one function: the report, its intervals and the push gate pick it up."""
+    from stages.push import check_gate
+
+    @lens
+    def novelty(x: LensInput) -> LensResult:
+        return LensResult.of_means({"score@5": np.full(len(x.labels), 0.5 if x.seed else 0.25)})
+
+    monkeypatch.setitem(LENSES, "novelty", novelty)
+    test = pl.DataFrame({"title": ["t1", "t2"], "abstract": ["a1", "a2"], "label": ["x", "x"]})
+    x = lens_input(test, {"t1": [1, 0], "t2": [0, 1], "a1": [1, 0], "a2": [0, 1]})
+    base = ModelEval.of({"novelty": LENSES["novelty"](x)})
+    tuned = ModelEval.of({"novelty": LENSES["novelty"](LensInput(x.embed, x.data, x.settings, seed=1))})
+    report = compare(base, tuned, seed=0)
+    assert report["delta"] == {"novelty": {"score@5": 0.25}} and report["delta_ci95"] == {"novelty.score@5": [0.25, 0.25]}
+    assert "| novelty.score@5 | 0.2500 | 0.5000 | +0.2500 | [+0.2500, +0.2500] |" in report_markdown(report, {"test_papers": 2})
+    gate = params_with({"push": {"gate": {"metric": "novelty.score@5", "tolerance": 0.0}}}).push.gate
+    assert check_gate(report, gate)["delta_ci95"] == [0.25, 0.25]
+    tuned.save(tmp_path / "tuned")
+    assert ModelEval.load(tmp_path / "tuned").items["novelty.score@5"].tolist() == [0.5, 0.5]
+
+
+
+# --- equivalence with sentence-transformers' evaluator, on real papers ----------------------------
+
+
+@pytest.fixture(scope="module")
+def real_papers(kaggle_sample) -> pl.DataFrame:
+    return sample_papers(kaggle_sample, per_label=8, n_labels=3)
+
+
+@pytest.fixture(scope="module")
+def real_embeddings(base_model, real_papers):
+    embed = embed_texts(base_model, real_papers["abstract"].to_list() + real_papers["title"].to_list(), 32, progress=False)
+    return embed(real_papers["title"]), embed(real_papers["abstract"])
+
+
+def ir_evaluator(queries: dict, corpus: dict, relevant: dict):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    return InformationRetrievalEvaluator(
+        queries, corpus, relevant, mrr_at_k=[1, 10], ndcg_at_k=[1, 10], precision_recall_at_k=[1, 10],
+        accuracy_at_k=[1], map_at_k=[100], write_csv=False,
+    )
+
+
+def evaluator_keys(scores: dict) -> dict[str, float]:
+    return {name: scores[f"cosine_{name}"] for name in RETRIEVAL_METRICS}
+
+
+def test_title_to_abstract_matches_information_retrieval_evaluator(base_model, real_papers, real_embeddings):
+    titles, abstracts = real_embeddings
+    ids = [f"p{i:03d}" for i in range(real_papers.height)]  # ids sort like positions: same tie order
+    evaluator = ir_evaluator(
+        dict(zip(ids, real_papers["title"])), dict(zip(ids, real_papers["abstract"])), {i: {i} for i in ids}
+    )
+    papers = np.arange(real_papers.height)
+    ours = retrieval_metrics(search(titles, abstracts, MAX_K), papers, papers)
+    assert ours == pytest.approx(evaluator_keys(evaluator(base_model)), abs=1e-6)
+    assert 0 < ours["mrr@10"] < 1  # not a trivial case: some titles miss their abstract at rank 1
+
+
+class Precomputed:
+    """The model as the evaluator sees it, answering with embeddings already computed (one encode
+    call instead of one per query; the evaluator's own encoding is covered by the title test)."""
+
+    similarity_fn_name = "cosine"
+
+    def __init__(self, model, texts: list[str], embeddings: np.ndarray) -> None:
+        self.similarity, self.model_card_data = model.similarity, model.model_card_data
+        self.lookup = dict(zip(texts, embeddings))
+
+    def encode_query(self, sentences: list[str], **kwargs):
+        import torch
+
+        return torch.from_numpy(np.stack([self.lookup[text] for text in sentences]))
+
+
+def test_category_retrieval_matches_information_retrieval_evaluator(base_model, real_papers, real_embeddings):
+    """The evaluator cannot drop the query from the corpus, so each query gets its own evaluator
+    over the other papers; their mean is the whole set's metric."""
+    import torch
+
+    _, abstracts = real_embeddings
+    model = Precomputed(base_model, real_papers["abstract"].to_list(), abstracts)
+    labels = real_papers["label"].to_numpy()
+    ids = [f"p{i:03d}" for i in range(real_papers.height)]
+    per_query = []
+    for q in range(real_papers.height):
+        others = [i for i in range(real_papers.height) if i != q]
+        evaluator = ir_evaluator(
+            {ids[q]: real_papers["abstract"][q]},
+            {ids[i]: real_papers["abstract"][i] for i in others},
+            {ids[q]: {ids[i] for i in others if labels[i] == labels[q]}},
+        )
+        per_query.append(evaluator_keys(evaluator(model, corpus_embeddings=torch.from_numpy(abstracts[others]))))
+    expected = {name: float(np.mean([scores[name] for scores in per_query])) for name in RETRIEVAL_METRICS}
+    ours = retrieval_metrics(search(abstracts, abstracts, MAX_K, exclude_self=True), labels, labels, exclude_self=True)
+    assert ours == pytest.approx(expected, abs=1e-6)
+    assert 0 < ours["ndcg@10"] < 1
+
+
+def test_evaluate_model_encodes_each_text_once(base_model, real_papers, monkeypatch):
+    calls = []
+
+    def counting_encode(model, texts, batch_size=64, progress=True):
+        calls.append(list(texts))
+        return original(model, texts, batch_size=batch_size, progress=False)
+
+    original = vectors.encode
+    monkeypatch.setattr(vectors, "encode", counting_encode)
+    test = real_papers.filter(pl.int_range(pl.len()).over("label") < 5)
+    train = balanced_sample(real_papers.filter(pl.int_range(pl.len()).over("label") >= 5), 100, seed=0)
+    triplets = pl.DataFrame(
+        {"anchor": test["abstract"][:4], "positive": test["abstract"][1:5], "negative": test["abstract"][5:9],
+         "negative_type": ["random", "hard"] * 2}
+    )
+    result = ev.evaluate_model(base_model, EvalData(test, train, triplets), params_with({"evaluate": {"learning_curve_sizes": [1, 2]}}).evaluate, seed=0)
+    assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) == 2 * test.height + train.height
+    assert result.tables["learning_curve"]["train_per_label"].to_list() == [1, 2, 3]
+    assert {"accuracy", "accuracy_random", "accuracy_hard"} == result.metrics["triplet"].keys()
+    assert result.tables["predictions"].height == result.tables["map_2d"].height == test.height
+    assert set(result.metrics) == set(LENSES) - {"embedding_map"}  # every lens with metrics reports
