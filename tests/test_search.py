@@ -216,3 +216,11 @@ def test_pipeline_search_finds_a_test_paper_by_its_abstract(pipeline):
     result = run([sys.executable, "-m", "arxiv_embed.search", "query", text, "--index", "search-index", "-k", "5", "--json"], pipeline)
     answer = json.loads(result.stdout)
     assert answer["results"][0]["id"] == paper["id"] and answer["index"]["papers"] == len(test)
+
+
+def test_encoding_on_several_processes_gives_the_same_embeddings(tmp_path, records, base_model):
+    """The multi-process pool (used for several GPUs or --processes) agrees with one process, chunk by chunk."""
+    texts = [json.loads(r)["title"] for r in records[:10]]
+    pooled = encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=4, processes=2, progress=False)
+    np.testing.assert_allclose(pooled, encode(base_model, texts, progress=False), atol=1e-5)
+    assert len(list((tmp_path / "work").glob("chunk-*.npy"))) == 3
