@@ -19,6 +19,7 @@ from pathlib import Path
 
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError
+from arxiv_embed.search.engine import RESCORE_MULTIPLIER
 from arxiv_embed.search.papers import SearchError, read_papers
 
 
@@ -62,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--backend", choices=["torch", "int8"], default="torch",
                          help="int8: dynamic int8 Linear layers on CPU, ~1.5x faster encoding, NDCG@10 within 1%%")
     for sub in (query, serve):
-        sub.add_argument("--rescore-multiplier", type=int, default=4, help="binary: float-rescore k*this candidates")
+        sub.add_argument("--rescore-multiplier", type=int, default=RESCORE_MULTIPLIER,
+                         help="binary: float-rescore k*this Hamming candidates (default %(default)s)")
     return parser
 
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
 from arxiv_embed.search.encoding import encode_resumable
-from arxiv_embed.search.engine import Precision, fit_rotation, make_index, rescore, search_index
+from arxiv_embed.search.engine import RESCORE_MULTIPLIER, Precision, fit_rotation, make_index, rescore, search_index
 from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class SearchIndex:
             raise UnknownPaperError(f"no paper with id {paper_id!r} in the index {self.path}")
         return row
 
-    def search(self, query: np.ndarray, k: int, category: str | None = None, rescore_multiplier: int = 4,
+    def search(self, query: np.ndarray, k: int, category: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER,
                exclude_row: int | None = None) -> list[Hit]:
         """Top-k papers by cosine; binary: Hamming top k * rescore_multiplier, re-ranked by float cosine."""
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
@@ -180,7 +180,7 @@ class SearchIndex:
         return [Hit(p["id"], p["title"], p["authors"] or "", list(p["categories"] or []), p["year"], _snippet(p["abstract"]),
                     round(float(score), 4), f"https://arxiv.org/abs/{p['id']}") for p, score in zip(papers, scores)]
 
-    def similar(self, paper_id: str, k: int, category: str | None = None, rescore_multiplier: int = 4) -> tuple[Hit, list[Hit]]:
+    def similar(self, paper_id: str, k: int, category: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER) -> tuple[Hit, list[Hit]]:
         """The paper and its k nearest other papers, from its stored embedding."""
         row = self.row_of(paper_id)
         vector = np.asarray(self.embeddings[row], dtype=np.float32)

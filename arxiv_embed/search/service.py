@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from arxiv_embed.search.engine import RESCORE_MULTIPLIER
 from arxiv_embed.search.index import SearchIndex, model_identity
 from arxiv_embed.search.papers import SearchError, UnknownPaperError
 
@@ -55,7 +56,7 @@ class Searcher:
     already uses every core for one batch), FAISS searches and memory-mapped reads run concurrently.
     """
 
-    def __init__(self, index: Path | str, model_ref: str | None = None, rescore_multiplier: int = 4, backend: str = "torch") -> None:
+    def __init__(self, index: Path | str, model_ref: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER, backend: str = "torch") -> None:
         self.path, self.requested_model, self.backend = Path(index), model_ref, backend
         self.rescore_multiplier = rescore_multiplier
         self.index: SearchIndex | None = None
