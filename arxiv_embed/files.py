@@ -1,10 +1,23 @@
 """Stage file I/O: atomic writes (a stage that dies half-way never leaves a half-written output
-behind) and checked reads of the tables earlier stages wrote."""
+behind) and checked reads of the tables earlier stages wrote.
+
+A new output is written beside the old one under a temporary name, then swapped in by renames:
+
+    .<name>.tmp-<pid>-<random>/<name>   the new output, being written
+    .<name>.old-<pid>-<random>/<name>   the old output, renamed aside for the instant of the swap
+
+A file is replaced in one rename. A folder cannot be renamed over a non-empty folder, so the old one
+is first renamed aside, then the new one renamed in: a kill at any instant leaves a complete old or
+a complete new folder. The next `atomic_path` on the same output (that is, the stage's rerun) puts
+an old folder back if the kill came between the two renames, and deletes temporaries whose process
+is gone. The pattern `.*.tmp-*` / `.*.old-*` is git-ignored.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,23 +28,102 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import polars as pl
 
+TEMP_KINDS = ("tmp", "old")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^.]+$")
+
+
+def process_alive(pid: int) -> bool:
+    """True when `pid` is a running process (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the kill(0) answer stands
+
+
+def temp_sibling(path: Path, kind: str = "tmp") -> Path:
+    """A new empty folder `.<name>.<kind>-<pid>-<random>` beside `path`, owned by this process."""
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+
+
+def recover(path: Path | str) -> list[Path]:
+    """Repair what a killed writer left beside `path`; returns the temporaries removed.
+
+    A folder renamed aside by a writer that died before renaming its new folder in goes back to
+    `path`; every other temporary of a dead process (half-written new outputs, old folders already
+    replaced) is deleted. Temporaries of live processes are left alone (a concurrent writer).
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in sorted(path.parent.iterdir()):
+        match = _TEMP.match(entry.name)
+        if not match or match["name"] != path.name or process_alive(int(match["pid"])):
+            continue
+        if match["kind"] == "old" and not os.path.lexists(path) and os.path.lexists(entry / path.name):
+            os.rename(entry / path.name, path)  # killed between the two renames: the old output is back
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def sweep(folder: Path | str) -> list[Path]:
+    """`recover` every output in `folder` that has temporaries there (for scratch space with no output name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = {match["name"] for entry in folder.iterdir() if (match := _TEMP.match(entry.name))}
+    return [removed for name in sorted(names) for removed in recover(folder / name)]
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Put `new` at `path`: one rename for a file; for a folder, old aside, then new in, then old deleted."""
+    if not (path.is_dir() and not path.is_symlink()):
+        os.replace(new, path)
+        return
+    aside = temp_sibling(path, "old")
+    os.rename(path, aside / path.name)
+    # A kill here leaves the old folder complete under `aside`; recover() moves it back.
+    os.rename(new, path)
+    shutil.rmtree(aside, ignore_errors=True)
+
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; on success it replaces `path` in one rename.
+    """Yield a temporary sibling of `path`; on success it replaces `path` (see the module docstring).
 
     Works for files and directories (write the directory's content under the yielded path).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    recover(path)
+    tmp = temp_sibling(path) / path.name
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+@contextmanager
+def scratch_dir(path: Path | str) -> Iterator[Path]:
+    """A temporary folder named after `path` (`.<name>.tmp-<pid>-*`), deleted on exit; a killed
+    process's leftover is deleted at the next start, like atomic_path's."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
+    folder = temp_sibling(path)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_json(path: Path | str, data: Any) -> None:

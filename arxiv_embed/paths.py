@@ -39,6 +39,11 @@ METRICS_DIR = Path("metrics")
 PLOTS_DIR = METRICS_DIR / "plots"
 
 
+# The few numbers that decide whether a run is better: dvc.yaml's only declared metric (what
+# `dvc metrics show/diff` and `dvc exp show` print); every other JSON here is a plain output.
+HEADLINE = METRICS_DIR / "headline.json"
+
+
 def metrics_file(stage: str) -> Path:
     return METRICS_DIR / f"{stage}.json"
 

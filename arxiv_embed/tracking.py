@@ -1,7 +1,9 @@
 """MLflow set-up shared by finetune, evaluate and push.
 
-Default: a store inside the project (`sqlite:///mlflow.db`, artifacts under `mlruns/`) that needs no
-server. `MLFLOW_TRACKING_URI` points it at a server; credentials stay in the environment
+Default: one store for the whole project (`sqlite:///<project root>/mlflow.db`, artifacts under
+`<project root>/mlruns/`) that needs no server, whichever way a stage runs: `dvc repro`, `dvc exp run`,
+`--temp` and queued experiments (which run in `<root>/.dvc/tmp/exps/...` and would otherwise log into
+a folder DVC deletes). `MLFLOW_TRACKING_URI` points it at a server; credentials stay in the environment
 (`MLFLOW_TRACKING_USERNAME`/`PASSWORD`/`TOKEN`) and are never logged.
 """
 
@@ -17,8 +19,9 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 from arxiv_embed.errors import UserError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the project root (see tracking_uri)
 DEFAULT_ARTIFACTS = Path("mlruns")
+STORE_LOCK = "mlflow.db.lock"  # serialises creating the local store and experiment across processes
 EXPERIMENT = "arxiv-embed"
 RUN_INFO = "mlflow_run.json"  # written into models/finetuned: the finetune run evaluate and push log into
 
@@ -38,6 +41,48 @@ def redact(uri: str) -> str:
     return uri
 
 
+def project_root() -> Path:
+    """The project's own root, also from inside a DVC experiment's temporary workspace.
+
+    DVC sets DVC_ROOT for every stage command, to the parent repository for `--temp` and queued
+    experiments (dvc/repo/experiments/queue/base.py); without it (a stage run by hand) the working
+    directory is the root. A path inside `<root>/.dvc/tmp/exps/` is resolved to `<root>` either way.
+    """
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the project's local store by absolute path."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def _prepare_local_store(uri: str) -> None:
+    """Create the SQLite store and the experiment under a file lock, in WAL mode.
+
+    Two queued experiments (`dvc queue start -j 2`) start at once: without the lock both would
+    run MLflow's schema migrations on a new file. WAL lets readers and one writer work side by
+    side; MLflow's own busy timeout (20 s a session) makes concurrent writers wait, not fail.
+    """
+    import sqlite3
+
+    import mlflow
+    from filelock import FileLock
+
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / STORE_LOCK), timeout=120):
+        with sqlite3.connect(path, timeout=60) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        connection.close()
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=(project_root() / DEFAULT_ARTIFACTS).as_uri())
+
+
 def configure_tracking(timeout_s: float = 5.0) -> str:
     """Point MLflow at the configured store and check it answers, before any expensive work.
 
@@ -46,7 +91,7 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
     """
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     scheme = urlparse(uri).scheme
     if scheme in {"http", "https"}:
@@ -61,10 +106,11 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
                 f"{type(exc).__name__}. Start it, fix the URI, or unset MLFLOW_TRACKING_URI to use "
                 f"the local store {DEFAULT_TRACKING_URI}."
             ) from None
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
+    if scheme == "sqlite" and not uri.startswith("sqlite:///:memory:"):
+        _prepare_local_store(uri)
+    elif mlflow.get_experiment_by_name(EXPERIMENT) is None:
         # Local store: keep artifacts inside the project, not in a cwd-dependent default.
-        location = DEFAULT_ARTIFACTS.resolve().as_uri() if scheme in {"", "sqlite", "file"} else None
+        location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if scheme in {"", "file"} else None
         mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     mlflow.set_experiment(EXPERIMENT)
     return redact(uri)
@@ -92,12 +138,23 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_tags(*data_paths: Path) -> dict[str, str]:
-    """Tags every run carries: git commit, DVC experiment name, data fingerprint."""
-    tags = {"git_commit": git_commit(), "data_fingerprint": file_fingerprint(*data_paths)}
+def dvc_tags() -> dict[str, str]:
+    """The DVC experiment a stage runs in, so MLflow runs match `dvc exp show` rows one for one.
+
+    DVC sets DVC_EXP_NAME and DVC_EXP_BASELINE_REV for `dvc exp run` (workspace, --temp, --queue);
+    a plain `dvc repro` sets neither, and its runs carry no experiment tag.
+    """
+    tags = {}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
+
+
+def run_tags(*data_paths: Path) -> dict[str, str]:
+    """Tags every run carries: git commit, DVC experiment name and baseline commit, data fingerprint."""
+    return {"git_commit": git_commit(), "data_fingerprint": file_fingerprint(*data_paths), **dvc_tags()}
 
 
 def metric_key(name: str) -> str:

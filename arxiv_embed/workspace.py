@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from arxiv_embed.params import Params
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a project copy needs to run the DAG: code, pipeline, params and DVC's config.
-PROJECT_FILES = ("stages", "arxiv_embed", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore")
+# What a project copy needs to run the DAG: code, pipeline, params, DVC's config and the default data.
+PROJECT_FILES = ("stages", "arxiv_embed", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore", "data/sample")
 
 
 def deep_update(base: dict, overrides: dict) -> dict:
@@ -36,8 +36,8 @@ def stage_env(project: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", PYTHONPATH=str(project))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_EXP_NAME", None)
+    for name in ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT"):
+        env.pop(name, None)  # the copy's own store and no experiment, whatever ran this
     return env
 
 

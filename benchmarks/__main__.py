@@ -3,6 +3,7 @@ write benchmarks/results/<name>.json. No name runs them all (end_to_end last: it
 
     python -m benchmarks clean_scale --quick       # 20 MB and 80 MB instead of 0.5 GB and 2 GB
     python -m benchmarks encoding repro
+    python -m benchmarks faults                    # kill the tiny DAG at named points, rerun, compare
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+from pathlib import Path
 
-from benchmarks.common import save
+from benchmarks.common import SAMPLE_HELP, save
 
-MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput",
+MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "faults": "faults",
            "search_scale": "search_scale", "search_load": "search_load", "end_to_end": "end_to_end"}
 
 
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", metavar="name", help=f"any of {', '.join(MODULES)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes, to try a benchmark in a minute or two")
+    parser.add_argument("--sample", type=Path, default=None, help=SAMPLE_HELP)
     modules = {name: importlib.import_module(f"benchmarks.{module}") for name, module in MODULES.items()}
     for module in modules.values():
         module.add_arguments(parser)

@@ -15,6 +15,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+# The team's larger real samples, beside the project when it is checked out next to them; a user's
+# clone has none, and the benchmarks then read the sample shipped in the repository.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "data" / "sample" / "arxiv-sample.jsonl.gz"
+SAMPLE_HELP = ("Kaggle-schema JSON-lines file for end_to_end and encoding (default: ../shared/data/arxiv-recent-sample.jsonl.gz "
+               "when it exists, else data/sample/arxiv-sample.jsonl.gz, the sample shipped in the repository)")
+
+
+def benchmark_sample(given: Path | None) -> Path:
+    """--sample when given, else the 12k recent cs sample from ../shared/data, else the shipped sample."""
+    if given is not None:
+        if not given.is_file():
+            raise SystemExit(f"--sample {given}: no such file; pass a Kaggle-schema JSON-lines file (.jsonl/.gz/.zip)")
+        return given
+    recent = SHARED_DATA / "arxiv-recent-sample.jsonl.gz"
+    return recent if recent.is_file() else SAMPLE
+
+
+def shared_or(name: str, fallback: Path) -> Path:
+    """../shared/data/`name` when it is there, else `fallback` (a file inside the repository)."""
+    path = SHARED_DATA / name
+    return path if path.is_file() else fallback
 
 
 @dataclass

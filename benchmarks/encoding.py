@@ -20,9 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, Report, load_note, measure
+from benchmarks.common import ROOT, Report, benchmark_sample, load_note, measure, shared_or
 from arxiv_embed.workspace import dvc, make_project, stage_env
-from tests.conftest import KAGGLE_SAMPLE, RECENT_SAMPLE
+from tests.conftest import KAGGLE_SAMPLE
+
+# The 1,000 records of 2007 from ../shared/data when there, else the tests' first 500 of them.
+SAMPLE_2007 = shared_or("arxiv-sample.jsonl.gz", KAGGLE_SAMPLE)
 
 QUICK = {"texts": 96, "papers": 200, "share": False}
 
@@ -80,9 +83,9 @@ def texts_per_second(model, texts: list[str], batch_size: int, repeats: int = 3)
     return len(texts) / best
 
 
-def evaluate_share(workdir: Path) -> dict:
-    """Run `stages.evaluate --model base` on the 12k recent sample (default params) under the probe."""
-    project = make_project(workdir / "project", {"download": {"source": "file", "path": str(RECENT_SAMPLE), "max_records": None}})
+def evaluate_share(workdir: Path, sample: Path) -> dict:
+    """Run `stages.evaluate --model base` on `sample` (default params) under the probe."""
+    project = make_project(workdir / "project", {"download": {"source": "file", "path": str(sample), "max_records": None}})
     dvc(project, "repro", "make_triplets")
     result = measure([sys.executable, "-m", "benchmarks.encoding", "--model", "base"], project,
                      env={**stage_env(project), "PYTHONPATH": str(ROOT)})
@@ -124,20 +127,22 @@ def run(args: argparse.Namespace) -> Report:
     report = Report("encoding")
     model = load_model(params.model.base, max_seq_length=max_len, device="cpu")
     int8 = quantize_int8(model)
-    texts = [p["abstract"] for p in read_papers(RECENT_SAMPLE, args.texts, seed=1)]
+    sample = benchmark_sample(getattr(args, "sample", None))
+    report.notes.append(f"recent data: {sample}; 2007 data: {SAMPLE_2007}")
+    texts = [p["abstract"] for p in read_papers(sample, args.texts, seed=1)]
     torch_rate, int8_rate = texts_per_second(model, texts, batch_size), texts_per_second(int8, texts, batch_size)
     report.add(f"abstracts/s, {max_len} tokens, batch {batch_size}: int8 vs torch", round(int8_rate, 1), round(torch_rate, 1),
                note=f"{len(texts)} recent abstracts, best of 3 passes, {os.cpu_count()} CPU threads")
-    for name, sample in (("2007", KAGGLE_SAMPLE), ("recent", RECENT_SAMPLE)) if args.papers else ():
-        papers = read_papers(sample, args.papers)
+    for name, path in (("2007", SAMPLE_2007), ("recent", sample)) if args.papers else ():
+        papers = read_papers(path, args.papers)
         base, quant = ndcg_at_10(model, papers, batch_size), ndcg_at_10(int8, papers, batch_size)
         for task in base:
             report.add(f"{name} sample ({len(papers)}): {task} NDCG@10, int8 vs torch", round(quant[task], 4), round(base[task], 4),
                        note="adopt if ratio >= 0.99")
     if args.share:
         with tempfile.TemporaryDirectory(prefix="bench-encoding-") as workdir:
-            share = evaluate_share(Path(workdir))
-        report.add("evaluate --model base: wall time (s)", round(share["wall_s"], 1), note="12k recent sample, default params")
+            share = evaluate_share(Path(workdir), sample)
+        report.add("evaluate --model base: wall time (s)", round(share["wall_s"], 1), note=f"{sample.name}, default params")
         report.add("evaluate --model base: share spent encoding", round(share["encode_s"] / share["wall_s"], 3))
         report.add("evaluate --model base: texts encoded / encoded twice", f"{share['texts_encoded']} / {share['texts_encoded_twice']}",
                    note="target: 0 twice")

@@ -1,5 +1,8 @@
-"""end_to_end: the whole default DAG on the 12k recent sample, stage by stage (`dvc repro -s`),
-with the evaluate headline metrics of the fine-tuned model vs its base. Target: < 15 minutes."""
+"""end_to_end: the whole default DAG, stage by stage (`dvc repro -s`), with the evaluate headline
+metrics of the fine-tuned model vs its base. Target: < 15 minutes.
+
+Data: `--sample` (default: ../shared/data/arxiv-recent-sample.jsonl.gz, 12k cs records, when it
+exists; else the 4,830-record sample shipped in data/sample, i.e. exactly `make repro`)."""
 
 from __future__ import annotations
 
@@ -11,10 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import Report, load_note
+from benchmarks.common import ROOT, Report, benchmark_sample, load_note
 from arxiv_embed.flat import flatten as flat
 from arxiv_embed.workspace import dvc, make_project
-from tests.conftest import RECENT_SAMPLE
 
 TARGET_S = 15 * 60
 # Fine-tuning "beats base" on these (dotted keys of metrics/evaluate.json); title->abstract may lose up to 0.01.
@@ -24,14 +26,17 @@ QUICK: dict = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-records", type=int, default=None, help="end_to_end: read only this many records (default: all 12,000)")
+    parser.add_argument("--max-records", type=int, default=None, help="end_to_end: read only this many records (default: all)")
 
 
 def run(args: argparse.Namespace) -> Report:
     report = Report("end_to_end")
+    sample = benchmark_sample(getattr(args, "sample", None))
+    report.notes.append(f"data: {sample.relative_to(ROOT.parent) if sample.is_relative_to(ROOT.parent) else sample}"
+                        + (f", first {args.max_records} records" if args.max_records else ""))
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as workdir:
         project = make_project(Path(workdir) / "project",
-                               {"download": {"source": "file", "path": str(RECENT_SAMPLE), "max_records": args.max_records}})
+                               {"download": {"source": "file", "path": str(sample), "max_records": args.max_records}})
         stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])  # dvc.yaml lists them in DAG order
         total = 0.0
         for stage in stages:

@@ -46,6 +46,9 @@ def real_embeddings(n_papers: int = 0, batch_size: int = 64) -> dict[str, np.nda
     from arxiv_embed.search.encoding import encode_resumable
     from arxiv_embed.search.index import model_identity
 
+    if not SAMPLE.is_file():
+        raise SystemExit(f"search_scale: recall needs real abstracts: {SAMPLE} is missing (the team's shared data; any "
+                         "Kaggle-schema sample of several thousand papers works there)")
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as lines:
         records = [json.loads(line) for line in lines]
     papers = [r for r in records if r.get("title") and r.get("abstract")]

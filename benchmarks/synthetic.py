@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-VOCAB_SOURCE = ROOT.parent / "shared" / "data" / "arxiv-sample.jsonl.gz"
+# The 2007 Kaggle block (../shared/data when there, else the tests' first 500 lines of it).
+_SHARED_2007 = ROOT.parent / "shared" / "data" / "arxiv-sample.jsonl.gz"
+VOCAB_SOURCE = _SHARED_2007 if _SHARED_2007.is_file() else ROOT / "tests" / "fixtures" / "arxiv-2007.jsonl.gz"
 CATEGORIES = (
     "cs.CV cs.CL cs.LG cs.AI math.CO math.PR math.AP hep-th hep-ph astro-ph.GA astro-ph.CO "
     "cond-mat.str-el cond-mat.mes-hall quant-ph gr-qc physics.optics q-bio.NC stat.ML nucl-th"

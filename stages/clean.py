@@ -10,7 +10,6 @@ its line number and reason.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import TextIO
@@ -18,7 +17,7 @@ from typing import TextIO
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.files import atomic_path, write_json
+from arxiv_embed.files import atomic_path, scratch_dir, write_json
 from arxiv_embed.params import load_params
 from arxiv_embed.data.columns import PAPER_COLUMNS
 from arxiv_embed.data.records import REASONS, line_batches, parse_batch, tidy, with_raw
@@ -97,7 +96,7 @@ def main() -> None:
     records_in = n_parts = 0
     paths.CLEAN_DIR.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(dir=paths.CLEAN_DIR, prefix=".parts.") as parts_dir,
+        scratch_dir(paths.CLEAN_DIR / "parts") as parts_dir,
         atomic_path(paths.REJECTS) as rejects_path,
         rejects_path.open("w", encoding="utf-8") as rejects,
     ):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from arxiv_embed import paths
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
+from arxiv_embed.evaluation.headline import headline
 from arxiv_embed.evaluation.lenses import evaluate_model
 from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
 from arxiv_embed.evaluation.report import ModelEval, compare, report_markdown
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     base = ModelEval.load(paths.eval_dir("base"))
     report = compare(base, result, params.shared.seed)
     write_report_files(base, result, report, data.summary())
+    write_json(paths.HEADLINE, headline(report, paths.FINETUNED))
     print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
     log_to_mlflow(report)
 

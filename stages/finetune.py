@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 from arxiv_embed import paths
 from arxiv_embed.training import checkpoints, distributed, losses, trainer
@@ -22,7 +24,7 @@ from arxiv_embed.training import data as training_data
 from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
 from arxiv_embed.flat import flatten
-from arxiv_embed.params import load_params
+from arxiv_embed.params import Params, load_params
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
 
@@ -35,23 +37,35 @@ def main() -> None:
     if (nproc := distributed.requested_processes(ft)) > 1 and distributed.world_size() == 1:
         sys.exit(distributed.relaunch_with_torchrun(nproc))
     training_data.check_combination(ft)
-    distributed.raise_on_sigterm()
     main_process = distributed.is_main_process()
 
     # 2. Tracking before anything expensive: a down MLflow server fails here, in seconds.
     if main_process:
         print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
+
+    # 3. The checkpoint folder of this exact params+data combination, held by this run alone
+    #    (rank 0 holds it for all ranks): a second finetune on it fails here, naming this PID.
+    train_files, eval_files = training_data.data_files(ft)
+    run_key = checkpoints.run_key(params, train_files + eval_files)
+    run_dir = paths.CHECKPOINTS / run_key
+    with checkpoints.locked(run_dir) if main_process else nullcontext():
+        train(params, run_key, run_dir, train_files, started)
+        if main_process:
+            shutil.rmtree(run_dir, ignore_errors=True)  # finished: resume is the checkpoints' only use
+
+
+def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], started: float) -> None:
     import mlflow
     from sentence_transformers import SentenceTransformerTrainer
     from transformers import EarlyStoppingCallback
+    from transformers.trainer_utils import TrainOutput
 
-    # 3. Data, and the checkpoint folder of this exact params+data combination.
-    train_files, eval_files = training_data.data_files(ft)
+    ft = params.finetune
+    main_process = distributed.is_main_process()
     train_dataset = training_data.train_dataset(ft)
-    run_key = checkpoints.run_key(params, train_files + eval_files)
-    run_dir = paths.CHECKPOINTS / run_key
     resume_from = checkpoints.last_checkpoint(run_dir)
-    start_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
+    # Killed after the final save: training is done, only the saving below is left.
+    finished = checkpoints.finished_state(resume_from)
     if main_process:
         checkpoints.prune_checkpoint_runs(run_dir)
 
@@ -71,7 +85,14 @@ def main() -> None:
 
     # 6. Evaluator (triplet accuracy, title->abstract retrieval) and callbacks.
     evaluator = trainer.build_evaluator(ft, ft.batch_size)
-    callbacks = [trainer.mlflow_callback()]
+
+    def resumed(step: int) -> None:  # called once the trainer has really loaded the checkpoint
+        if main_process:
+            print(f"finetune: resumed from step {step} ({resume_from})", flush=True)
+            mlflow.set_tag("resumed_from_step", step)
+
+    probe = trainer.resume_probe(resumed)
+    callbacks = [probe]
     if ft.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience))
     st_trainer = SentenceTransformerTrainer(
@@ -79,26 +100,34 @@ def main() -> None:
     )
 
     # 7. Train inside an MLflow run that always ends (FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED).
-    tags = {**run_tags(*train_files), "stage": "finetune", "run_key": run_key, "device": device, "precision": precision}
+    #    A resumed attempt continues its run and logs only the steps it did not log before.
+    tags = {**run_tags(*train_files), "stage": "finetune", "run_key": run_key, "host": socket.gethostname(),
+            "device": device, "precision": precision}
     run = tracked_run(checkpoints.saved_run_id(run_dir) if resume_from else None, run_key, tags) if main_process else nullcontext()
     with run as run_id:
         if main_process:
+            checkpoints.close_stale_runs(run_key, keep=run_id)  # attempts killed -9 before their first checkpoint
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
             mlflow.log_params({k: v for k, v in flatten(params.model_dump()).items() if k not in logged})
-            run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
+        st_trainer.add_callback(trainer.mlflow_callback(trainer.logged_steps(run_id) if main_process and resume_from else None))
         # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
         baseline = st_trainer.evaluate()
         if main_process:
             trainer.check_metric(ft.metric_for_best_model, baseline)
-        if resume_from:
-            print(f"finetune: resumed from step {start_step} ({resume_from})", flush=True)
-            if main_process:
-                mlflow.set_tag("resumed_from_step", start_step)
-        result = st_trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if finished:
+            st_trainer.state = finished
+            if finished.best_model_checkpoint:
+                st_trainer._load_best_model()  # what train() ends with (load_best_model_at_end)
+            resumed(finished.global_step)
+            result, start_step = TrainOutput(finished.global_step, 0.0, {"train_runtime": 0.0}), finished.global_step
+        else:
+            result = st_trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            start_step = probe.start_step
 
         # 8. Save (rank 0): the best model, its summary and loss curve; then log the model.
         if not main_process:
+            print(f"finetune: rank {distributed.rank()} of {distributed.world_size()} ran {probe.steps_run} steps", flush=True)
             return
         state = st_trainer.state
         curve = checkpoints.loss_curve(state.log_history)
@@ -108,6 +137,9 @@ def main() -> None:
             "global_step": result.global_step,
             "epochs": round(state.epoch or 0.0, 4),
             "train_samples": training_data.dataset_size(train_dataset),
+            "world_size": distributed.world_size(),
+            "effective_batch_size": samples_per_step,
+            "resumed_from_step": start_step,
             "samples_per_second": round((result.global_step - start_step) * samples_per_step / runtime, 3) if runtime else 0.0,
             "wall_time_s": round(time.monotonic() - started, 1),
             "best_metric": state.best_metric,
@@ -123,11 +155,10 @@ def main() -> None:
         write_text(paths.FINETUNE_LOSS, "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if v is not None})
         how = trainer.log_model(model, paths.FINETUNED)
-    shutil.rmtree(run_dir, ignore_errors=True)  # finished: the checkpoints' only use (resume) is gone
     print(
-        f"finetune: {summary['global_step']} steps ({summary['epochs']} epochs), {summary['samples_per_second']} samples/s, "
-        f"{summary['wall_time_s']} s wall; best {ft.metric_for_best_model}={summary['best_metric']} at step "
-        f"{summary['best_checkpoint_step']}; model logged to MLflow as {how}",
+        f"finetune: {summary['global_step']} steps ({summary['epochs']} epochs, {probe.steps_run} run now), "
+        f"{summary['samples_per_second']} samples/s, {summary['wall_time_s']} s wall; best {ft.metric_for_best_model}="
+        f"{summary['best_metric']} at step {summary['best_checkpoint_step']}; model logged to MLflow as {how}",
         flush=True,
     )
 

@@ -4,6 +4,7 @@ the MLflow Model Registry and, when enabled, upload it to the Hugging Face Hub."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -12,10 +13,11 @@ from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card
 from arxiv_embed.params import Gate, Hub, load_params
 from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
-from arxiv_embed.tracking import RUN_INFO, configure_tracking
+from arxiv_embed.tracking import RUN_INFO, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
 
 EVALUATE = metrics_file("evaluate")
+RELEASE_TAG = "release_sha256"  # on each registry version: which release it is (see release_hash)
 
 
 class PushError(UserError):
@@ -58,8 +60,15 @@ def sha256_files(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def register(name: str, run_id: str, release: Path, facts: CardFacts) -> str:
-    """A new Model Registry version linked to the finetune run, with the evaluate metrics as tags."""
+def release_hash(release: Path) -> str:
+    """One sha256 over every file of the release (names and contents): the same release, the same hash."""
+    return hashlib.sha256(json.dumps(sha256_files(release), sort_keys=True).encode()).hexdigest()
+
+
+def register(name: str, run_id: str, release: Path, facts: CardFacts) -> tuple[str, bool]:
+    """The Model Registry version of this finetune run and release, with the evaluate metrics as
+    tags: (version, True) when created now, (version, False) when a rerun (say, after a kill
+    between the registry call and DVC's lock file) finds it already registered."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -70,6 +79,11 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts) -> str:
     except MlflowException:
         raise PushError(f"{FINETUNED / RUN_INFO} names MLflow run {run_id}, which {uri} does not have: "
                         "re-run finetune, or point MLFLOW_TRACKING_URI at the store it logged to") from None
+    digest = release_hash(release)
+    if client.search_registered_models(filter_string=f"name = '{name}'"):
+        for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            if existing.tags.get(RELEASE_TAG) == digest:
+                return existing.version, False
     logged = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
         order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list")
@@ -87,12 +101,12 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts) -> str:
         client.create_registered_model(name, description="arXiv abstract embeddings fine-tuned by arxiv-embed")
     tags = {f"{model}.{key}".replace("@", "_at_"): f"{value:.6f}"
             for model in (*MODELS, "delta") for key, value in facts.evaluation[model].items()}
-    tags.update(gate_metric=facts.gate["metric"], git_commit=facts.provenance["git commit"])
+    tags.update(gate_metric=facts.gate["metric"], git_commit=facts.provenance["git commit"], **{RELEASE_TAG: digest}, **dvc_tags())
     version = client.create_model_version(
         name, source=logged[0].model_uri, run_id=run_id, model_id=logged[0].model_id, tags=tags,
         description=f"base {facts.base_model}; {facts.gate['metric']}: base {facts.gate['base']:.4f}, "
                     f"fine-tuned {facts.gate['finetuned']:.4f}")
-    return version.version
+    return version.version, True
 
 
 def push_to_hub(hub: Hub, release: Path, token: str) -> None:
@@ -143,8 +157,9 @@ def main() -> None:
         })
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
 
-    version = register(cfg.registry_model_name, run_info["run_id"], release, facts)
-    print(f"push: registered {cfg.registry_model_name} version {version} (MLflow run {run_info['run_id']})")
+    version, created = register(cfg.registry_model_name, run_info["run_id"], release, facts)
+    how = "registered" if created else "already registered (same run and release):"
+    print(f"push: {how} {cfg.registry_model_name} version {version} (MLflow run {run_info['run_id']})")
     if token is None:
         print("push: Hugging Face Hub upload skipped (push.hub.enabled is false)")
     else:

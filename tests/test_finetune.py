@@ -177,38 +177,72 @@ def test_bad_loss_and_data_combination_is_refused(tmp_path: Path, kaggle_sample:
     assert result.returncode != 0 and "finetune.loss=triplet" in result.stdout and "finetune.train_data" in result.stdout
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(trained: tuple[Path, str], tmp_path: Path, kaggle_sample: Path) -> None:
-    reference, _ = trained
-    project = new_project(tmp_path / "project", kaggle_sample)
+def kill_at(project: Path, pattern: str, sig: int) -> tuple[subprocess.Popen, str]:
+    """Start finetune, send `sig` as soon as a file matching `pattern` exists; returns (process, output)."""
     process = start_stage(project)
     deadline = time.monotonic() + 300
-    while not list(project.glob("models/checkpoints/*/checkpoint-*/trainer_state.json")):
-        assert process.poll() is None, f"finetune ended before its first checkpoint:\n{process.stdout.read()[-4000:]}"
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # as DVC/CI cancelling would; handled like Ctrl-C
+    while not list(project.glob(pattern)):
+        assert process.poll() is None, f"finetune ended before {pattern}:\n{process.stdout.read()[-4000:]}"
+        assert time.monotonic() < deadline, f"no {pattern} within 300 s"
+        time.sleep(0.02)
+    process.send_signal(sig)
     output, _ = process.communicate(timeout=120)
     assert process.returncode != 0, f"finetune finished before it could be interrupted:\n{output[-3000:]}"
-    run_id = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
-    client = mlflow_client(project)
-    assert client.get_run(run_id).info.status == "KILLED"
-    assert not (project / "models/finetuned").exists()
+    return process, output
 
-    result = run_stage(project)
-    resumed = [line for line in result.stdout.splitlines() if line.startswith("finetune: resumed from step")]
-    assert resumed, result.stdout[-3000:]
-    step = int(resumed[0].split()[4])
-    assert 2 <= step < EXPECTED_STEPS
+
+def newest_checkpoint_step(project: Path) -> int:
+    return max(int(p.parent.name.split("-")[1]) for p in project.glob("models/checkpoints/*/checkpoint-*/trainer_state.json"))
+
+
+def assert_resumed_exactly(project: Path, reference: Path, output: str, run_id: str, step: int) -> None:
+    """The rerun really started at `step` (read from the trainer once it loaded the checkpoint, not
+    from the folder name), never trained past max_steps, logged each step once, in the same MLflow
+    run, and ends with the uninterrupted run's weights."""
+    assert f"finetune: resumed from step {step} (" in output, output[-3000:]
     summary = json.loads((project / "metrics/finetune.json").read_text())
-    assert summary["global_step"] == EXPECTED_STEPS
-    # The interrupted run continues: same MLflow run, finished, with the whole loss curve.
+    assert summary["resumed_from_step"] == step and summary["global_step"] == EXPECTED_STEPS
+    curve = (project / "metrics/finetune_loss.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in curve] == list(range(1, EXPECTED_STEPS + 1))
     assert json.loads((project / "models/finetuned/mlflow_run.json").read_text())["run_id"] == run_id
-    assert client.get_run(run_id).info.status == "FINISHED"
-    assert client.get_run(run_id).data.tags["resumed_from_step"] == str(step)
-    assert len((project / "metrics/finetune_loss.csv").read_text().splitlines()) == EXPECTED_STEPS + 1
+    client = mlflow_client(project)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_from_step"] == str(step)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(1, EXPECTED_STEPS + 1))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "eval_triplet_cosine_accuracy")) == [0, 2, 4]
+    assert [r.info.status for r in client.search_runs([run.info.experiment_id])] == ["FINISHED"]
     # Optimizer, scheduler, RNG and sampler state come back: identical to the uninterrupted run.
     first, second = weights(reference / "models/finetuned"), weights(project / "models/finetuned")
     assert all(first[k].equal(second[k]) for k in first)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(trained: tuple[Path, str], tmp_path: Path, kaggle_sample: Path) -> None:
+    reference, _ = trained
+    project = new_project(tmp_path / "project", kaggle_sample)
+    # SIGTERM, as DVC/CI cancelling would; handled like Ctrl-C: one message, the run ended KILLED.
+    _, output = kill_at(project, "models/checkpoints/*/checkpoint-*/trainer_state.json", signal.SIGTERM)
+    assert "finetune: interrupted (signal SIGTERM)" in output and "Traceback" not in output
+    run_id = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
+    assert mlflow_client(project).get_run(run_id).info.status == "KILLED"
+    assert not (project / "models/finetuned").exists()
+    step = newest_checkpoint_step(project)
+    assert 2 <= step < EXPECTED_STEPS
+
+    assert_resumed_exactly(project, reference, run_stage(project).stdout, run_id, step)
+
+
+def test_killed_after_the_final_save_never_trains_past_max_steps(trained: tuple[Path, str], tmp_path: Path, kaggle_sample: Path) -> None:
+    """kill -9 once the last checkpoint is saved, before the model is: the rerun only saves."""
+    reference, _ = trained
+    project = new_project(tmp_path / "project", kaggle_sample)
+    kill_at(project, f"models/checkpoints/*/checkpoint-{EXPECTED_STEPS}/trainer_state.json", signal.SIGKILL)
+    assert not (project / "models/finetuned").exists()
+    run_id = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
+    assert mlflow_client(project).get_run(run_id).info.status == "RUNNING"  # kill -9: nobody ended it
+
+    result = run_stage(project)
+    assert ", 0 run now)" in result.stdout
+    assert_resumed_exactly(project, reference, result.stdout, run_id, EXPECTED_STEPS)
 
 
 def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:
@@ -219,7 +253,11 @@ def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:
     result = run_stage(project, FINETUNE_NPROC_PER_NODE="2")
     assert "starting 2 processes" in result.stdout
     summary = json.loads((project / "metrics/finetune.json").read_text())
-    assert summary["global_step"] == 2
+    assert summary["global_step"] == 2 and summary["world_size"] == 2 and summary["effective_batch_size"] == 16
+    # Rank 1 trained: it ran every step itself, and the sampler split the data over 2 ranks
+    # (2 steps of 2 x 8 of the 80 training samples = 0.4 epochs; one process would be at 0.2).
+    assert "finetune: rank 1 of 2 ran 2 steps" in result.stdout
+    assert summary["epochs"] == pytest.approx(2 * 16 / summary["train_samples"])
     assert result.stdout.count("finetune: 2 steps") == 1  # one summary line: rank 0 only
     runs = mlflow_client(project).search_runs(experiment_ids=[json.loads((project / "models/finetuned/mlflow_run.json").read_text())["experiment_id"]])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -1,4 +1,4 @@
-"""The data half of the real DAG: `dvc repro make_triplets` on the 1,000 real 2007 records."""
+"""The data half of the real DAG: `dvc repro make_triplets` on the first 1,000 records of the default sample."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ DATA_STAGES = ["download", "clean", "split", "make_triplets"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, kaggle_sample: Path) -> Iterator[Path]:
+def project(tmp_path_factory: pytest.TempPathFactory, sample: Path) -> Iterator[Path]:
     params = {key: TINY_PARAMS[key] for key in ("download", "split", "make_triplets")}
     project = make_project(tmp_path_factory.mktemp("data") / "project", params)
     result = dvc(project, "repro", "make_triplets")

@@ -283,6 +283,24 @@ def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
     assert "category_retrieval.ndcg@10," in str(unknown.value) and "triplet.accuracy" in str(unknown.value)
 
 
+def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_model, monkeypatch, capsys):
+    """A kill between the registry call and DVC's lock file reruns push: it must not register the
+    same run and release again; a changed release is a new version."""
+    project = make_project(tmp_path / "project")
+    run_id = write_inputs(project, papers, base_model)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run_push_in_process(project, monkeypatch)
+    run_push_in_process(project, monkeypatch)
+    output = capsys.readouterr().out
+    assert "registered arxiv-embed version 1" in output and "already registered (same run and release): arxiv-embed version 1" in output
+    [version] = registry_versions(project)
+    assert version.run_id == run_id and len(version.tags["release_sha256"]) == 64
+    metrics = json.loads((project / "metrics/finetune.json").read_text())
+    (project / "metrics/finetune.json").write_text(json.dumps({**metrics, "loss": 0.1234}))  # another card
+    run_push_in_process(project, monkeypatch)
+    assert sorted(int(v.version) for v in registry_versions(project)) == [1, 2]
+
+
 def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
     from stages.push import PushError, hub_token, push_to_hub
 

@@ -1,22 +1,37 @@
-"""Checkpoints for resume: one folder per run key under models/checkpoints/."""
+"""Checkpoints for resume: one folder per run key under models/checkpoints/, held by one finetune at a time."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from arxiv_embed.errors import UserError
 from arxiv_embed.params import Params
-from arxiv_embed.tracking import RUN_INFO, file_fingerprint
+from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
 from arxiv_embed.training.distributed import world_size
 
+if TYPE_CHECKING:
+    from transformers import TrainerState
+
 OTHER_CHECKPOINT_RUNS_KEPT = 2  # checkpoint folders of other params kept, so flipping a param back still resumes
+LOCK = "finetune.lock"  # in the run folder: flock()ed by the finetune using it, holds its PID
+
+
+class RunFolderBusy(UserError):
+    """Another finetune holds this checkpoint folder."""
 
 
 def run_key(params: Params, files: list[Path]) -> str:
     """Hash of everything that shapes the training trajectory: model+finetune params, seed, world
-    size and the data. Same key -> the checkpoints can be resumed; any change -> a fresh start."""
+    size and the data files' contents. Same key -> the checkpoints can be resumed; any change -> a fresh start."""
     payload = {
         "model": params.model.model_dump(),
         "finetune": params.finetune.model_dump(),
@@ -27,6 +42,44 @@ def run_key(params: Params, files: list[Path]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` exclusively (an flock on its LOCK file, released when the process ends, even
+    by kill -9). A second finetune on the same folder fails at once, naming the holder's PID."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunFolderBusy(
+                f"{run_dir} is in use by another finetune (PID {holder}, {LOCK}) with the same params and data; "
+                f"wait for it to end, or stop it (kill {holder}) and rerun"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def in_use(run_dir: Path) -> bool:
+    """True while a finetune holds `run_dir` (see `locked`)."""
+    try:
+        with open(run_dir / LOCK, encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except FileNotFoundError:
+        return False
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (trainer_state.json is written last, so a kill mid-save is skipped)."""
     if not run_dir.is_dir():
@@ -35,19 +88,56 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def finished_state(checkpoint: Path | None) -> TrainerState | None:
+    """The trainer state of `checkpoint` when it is the run's last step (killed after the final save).
+
+    Resuming from it would train one step past max_steps (the trainer's loop takes a step before
+    it checks the limit), so finetune takes the state as is instead.
+    """
+    if checkpoint is None:
+        return None
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return state if state.max_steps and state.global_step >= state.max_steps else None
+
+
 def prune_checkpoint_runs(keep: Path, others: int = OTHER_CHECKPOINT_RUNS_KEPT) -> None:
-    """Delete checkpoint folders of other params, except the `others` most recent."""
+    """Delete checkpoint folders of other params, except the `others` most recent and those in use."""
     if not keep.parent.is_dir():
         return
     runs = sorted((p for p in keep.parent.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in runs[others:]:
-        shutil.rmtree(stale, ignore_errors=True)
+        if not in_use(stale):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def saved_run_id(run_dir: Path) -> str | None:
     """The MLflow run an interrupted attempt of this run key logged into (continued on resume)."""
     info = run_dir / RUN_INFO
     return json.loads(info.read_text())["run_id"] if info.exists() else None
+
+
+def close_stale_runs(run_key: str, keep: str | None) -> list[str]:
+    """End as KILLED the RUNNING MLflow runs of `run_key` started on this host, except `keep`.
+
+    Called while holding the run folder's lock, so no live finetune of this key on this host owns
+    them: they are attempts killed with -9 (or a lost machine) that never ended their run.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.run_key = '{run_key}' and tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'",
+    )
+    closed = [run.info.run_id for run in runs if run.info.run_id != keep]
+    for run_id in closed:
+        client.set_terminated(run_id, status="KILLED")
+    return closed
 
 
 def loss_curve(log_history: list[dict]) -> list[tuple[int, float]]:

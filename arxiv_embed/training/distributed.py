@@ -1,4 +1,4 @@
-"""Processes and signals: torchrun (DDP) relaunch, ranks, SIGTERM handling."""
+"""Processes: torchrun (DDP) relaunch and ranks. (SIGTERM and parent death: arxiv_embed.errors.run.)"""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def end_distributed() -> None:
         dist.destroy_process_group()
 
 
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main_process() -> bool:
     """Rank 0 (torchrun sets RANK); the only process that writes outputs and talks to MLflow."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -32,16 +36,6 @@ def is_main_process() -> bool:
 
 def requested_processes(finetune: Finetune) -> int:
     return int(os.environ.get(NPROC_ENV) or finetune.nproc_per_node)
-
-
-def raise_on_sigterm() -> None:
-    """SIGTERM (kill, DVC/CI cancelling, torchrun stopping workers) -> KeyboardInterrupt, so the
-    cleanup paths run (MLflow run ended KILLED) as on Ctrl-C."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def check_process_count(nproc: int) -> None:
@@ -64,5 +58,8 @@ def relaunch_with_torchrun(nproc: int, module: str = "stages.finetune") -> int:
     try:
         return process.wait()
     except KeyboardInterrupt:
+        # SIGTERM/Ctrl-C here, or this process's parent (dvc) died: torchrun stops the ranks, whose
+        # own SIGTERM handling ends the MLflow run KILLED.
         process.send_signal(signal.SIGTERM)
-        return process.wait()
+        process.wait()
+        raise

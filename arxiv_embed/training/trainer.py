@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from arxiv_embed.params import Finetune, Params
@@ -110,21 +111,58 @@ def training_arguments(params: Params, output_dir: Path, precision: str, device:
     return SentenceTransformerTrainingArguments(**settings)
 
 
-def mlflow_callback() -> TrainerCallback:
+def mlflow_callback(logged_through: dict[str, int] | None = None) -> TrainerCallback:
     """A TrainerCallback logging every trainer log (loss, learning_rate, grad_norm, eval_*) to the
-    active MLflow run at the trainer's global step, from the main process only."""
+    active MLflow run at the trainer's global step, from the main process only.
+
+    `logged_through` (metric -> last step an interrupted attempt of this run logged, see
+    `logged_steps`): those steps are not logged again, so a resumed run's history has each step once.
+    """
     import mlflow
     from transformers import TrainerCallback
+
+    done = dict(logged_through or {})
 
     class MlflowCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
             if not state.is_world_process_zero or not logs:
                 return
             metrics = {metric_key(k): float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            # Asynchronous: a remote tracking server's latency must not slow every training step.
-            mlflow.log_metrics(metrics, step=state.global_step, synchronous=False)
+            metrics = {k: v for k, v in metrics.items() if state.global_step > done.get(k, -1)}
+            if metrics:
+                # Asynchronous: a remote tracking server's latency must not slow every training step.
+                mlflow.log_metrics(metrics, step=state.global_step, synchronous=False)
 
     return MlflowCallback()
+
+
+def logged_steps(run_id: str) -> dict[str, int]:
+    """Metric -> the last step `run_id` logged it at (what an interrupted attempt already logged)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in client.get_run(run_id).data.metrics}
+
+
+def resume_probe(on_resume: Callable[[int], None]) -> TrainerCallback:
+    """A TrainerCallback that records the step training really starts from (`.start_step`, read
+    from the trainer's state once it has loaded any checkpoint; `on_resume(step)` is called when
+    > 0) and how many optimizer steps this process ran (`.steps_run`)."""
+    from transformers import TrainerCallback
+
+    class ResumeProbe(TrainerCallback):
+        start_step = 0
+        steps_run = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 (transformers' signature)
+            self.start_step = state.global_step
+            if self.start_step:
+                on_resume(self.start_step)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.steps_run += 1
+
+    return ResumeProbe()
 
 
 def log_model(model: SentenceTransformer, model_dir: Path) -> str:

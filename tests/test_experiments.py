@@ -1,0 +1,154 @@
+"""Experiments as users run them: the headline metrics DVC prints, one MLflow store for every way a
+stage runs (queued experiments in parallel included), and a DVC remote shared by two clones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from arxiv_embed import tracking
+from arxiv_embed.evaluation.headline import METRICS, headline
+
+from .conftest import dvc, run
+
+# --- the headline -------------------------------------------------------------------------------
+
+
+def report(base: float, tuned: float) -> dict:
+    def side(value: float) -> dict:
+        return {"triplet": {"accuracy": value, "accuracy_hard": value - 0.1}, "category_retrieval": {"ndcg@10": value, "mrr@10": 0.9},
+                "classification": {"macro_f1_supported": value / 2, "macro_f1": 0.1}, "title_to_abstract": {"ndcg@10": value + 0.1}}
+    return {"base": side(base), "finetuned": side(tuned), "delta": {}}
+
+
+def test_headline_holds_base_delta_and_finetune_time_only(tmp_path: Path) -> None:
+    (tmp_path / "training_summary.json").write_text(json.dumps({"wall_time_s": 261.94, "global_step": 63}))
+    out = headline(report(0.6, 0.65), tmp_path)
+    assert out == {
+        "base": {"triplet_acc": 0.6, "category_ndcg": 0.6, "macro_f1": 0.3, "title_ndcg": 0.7},
+        "delta": {"triplet_acc": 0.05, "category_ndcg": 0.05, "macro_f1": 0.025, "title_ndcg": 0.05},
+        "finetune_s": 261.9,
+    }
+    values = [v for side in ("base", "delta") for v in out[side].values()] + [out["finetune_s"]]
+    assert len(values) <= 12
+
+
+def test_headline_leaves_out_what_is_missing(tmp_path: Path) -> None:
+    partial = report(0.6, 0.5)
+    del partial["finetuned"]["classification"]["macro_f1_supported"]
+    out = headline(partial, tmp_path)  # no training_summary.json here
+    assert set(out) == {"base", "delta"} and set(out["delta"]) == set(METRICS) - {"macro_f1"}
+    assert out["delta"]["category_ndcg"] == pytest.approx(-0.1)
+
+
+# --- one tracking store ---------------------------------------------------------------------------
+
+
+def test_the_store_is_the_project_roots_from_a_dvc_temp_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking.project_root() == (tmp_path / "project").resolve()  # found from the path alone
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "elsewhere"))  # what DVC sets for every stage
+    assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'elsewhere').resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_runs_are_tagged_with_the_dvc_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    assert tracking.dvc_tags() == {}  # plain `dvc repro`
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-2e-5")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "a" * 40)
+    assert tracking.dvc_tags() == {"dvc_experiment": "lr-2e-5", "dvc_baseline_rev": "a" * 40}
+
+
+# --- the real DAG: experiments, queue, remote ---------------------------------------------------------
+
+
+def committed_copy(pipeline: Path, dest: Path) -> Path:
+    """A copy of the tiny DAG's project with its run committed as the baseline (dvc.lock, metrics),
+    as a user's repository holds it; a fresh tracking store."""
+    shutil.copytree(pipeline, dest, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*", "mlruns", "search-index"))
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "baseline run"], dest)
+    return dest
+
+
+@pytest.mark.slow
+def test_metrics_show_prints_the_headline_only(pipeline: Path) -> None:
+    shown = json.loads(dvc(pipeline, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert list(files) == ["metrics/headline.json"]
+    assert files["metrics/headline.json"]["data"] == json.loads((pipeline / "metrics/headline.json").read_text())
+
+
+def wait_for_queue(project: Path, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        tasks = [line for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
+        if tasks and not any(word in line for line in tasks for word in ("Queued", "Running")):
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queue still busy after {timeout_s} s:\n{status}")
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    project = committed_copy(pipeline, tmp_path / "project")
+    baseline = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    rates = {"tiny-a": 2e-5, "tiny-b": 3e-5}
+    for name, rate in rates.items():
+        dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"finetune.learning_rate={rate}")
+    try:
+        dvc(project, "queue", "start", "-j", "2")
+        status = wait_for_queue(project, timeout_s=1200)
+    finally:
+        dvc(project, "queue", "stop", check=False)
+    assert status.count("Success") == 2, status + "\n" + dvc(project, "queue", "logs", "tiny-a", check=False).stdout[-3000:]
+
+    store = project / "mlflow.db"
+    assert store.exists() and not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+    client = MlflowClient(f"sqlite:///{store}", registry_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    runs = {r.data.tags.get("dvc_experiment"): r for r in client.search_runs([experiment.experiment_id])}
+    assert {"tiny-a", "tiny-b"} <= runs.keys()
+    for name, rate in rates.items():
+        tagged = runs[name]
+        assert tagged.info.status == "FINISHED" and tagged.data.tags["dvc_baseline_rev"] == baseline
+        assert float(tagged.data.params["finetune.learning_rate"]) == rate  # finetune logged here...
+        assert "eval.finetuned.category_retrieval.ndcg_at_10" in tagged.data.metrics  # ...and evaluate into the same run
+    versions = client.search_model_versions("name = 'arxiv-embed'")
+    assert sorted(v.tags.get("dvc_experiment") for v in versions) == ["tiny-a", "tiny-b"]  # push registered both
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    names = {exp.get("name") for row in shown for group in row.get("experiments") or [] for exp in group.get("revs", [])}
+    assert {"tiny-a", "tiny-b"} <= names
+    # The headline of a sweep on one screen: a pipe gets the table at its natural width, uncut.
+    table = dvc(project, "exp", "show", "--only-changed").stdout
+    assert "delta.category_ndcg" in table and "finetune.learning_rate" in table
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 160, table
+
+
+@pytest.mark.slow
+def test_a_local_remote_carries_the_run_to_a_second_clone(pipeline: Path, tmp_path: Path) -> None:
+    first = committed_copy(pipeline, tmp_path / "first")
+    dvc(first, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    run(["git", "commit", "-qam", "DVC remote"], first)
+    dvc(first, "push")
+    run(["git", "clone", "-q", str(first), str(tmp_path / "second")], tmp_path)
+    second = tmp_path / "second"
+    assert not (second / "models" / "finetuned").exists()
+    dvc(second, "pull")
+    assert (second / "models" / "release" / "manifest.json").exists()
+    assert "Data and pipelines are up to date" in dvc(second, "status").stdout
+    assert "Running stage" not in dvc(second, "repro", "--dry").stdout

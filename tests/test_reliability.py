@@ -1,0 +1,302 @@
+"""Faults, and the guarantees that hold through them: atomic folder swaps under a kill at any
+instant, stale temporaries cleaned, one finetune per checkpoint folder, a stage that stops with its
+parent, one message (no traceback) per fault, a run key that follows the data's contents, stale
+MLflow runs closed, and a DVC cache that edited outputs cannot reach."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from arxiv_embed import files
+from arxiv_embed.workspace import params_with
+from arxiv_embed.training import checkpoints
+from tests.conftest import ROOT, dvc, make_project
+
+PYTHON_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def python(code: str, **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=PYTHON_ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+# ------------------------------------------------------------------ atomic folders
+
+
+# Replaces `out` with a new folder through atomic_path; the fs call number KILL_AT (rename, replace
+# or rmtree) kills the process with SIGKILL just before it runs.
+SWAP = """
+import os, shutil, signal, sys
+from pathlib import Path
+from arxiv_embed import files
+
+kill_at, calls = int(sys.argv[1]), [0]
+def killing(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+for module, name in ((os, "rename"), (os, "replace"), (shutil, "rmtree")):
+    setattr(module, name, killing(getattr(module, name)))
+with files.atomic_path(Path(sys.argv[2])) as tmp:
+    tmp.mkdir()
+    for i in range(3):
+        (tmp / f"part-{i}").write_text(f"new {i}")
+"""
+
+
+def test_a_kill_at_any_instant_of_a_folder_swap_leaves_a_complete_folder(tmp_path: Path) -> None:
+    """Kill before each rename/rmtree of the swap in turn (one of them: between the two renames):
+    the next start must find a complete old or new folder at the path, and no temporaries."""
+    old = {f"part-{i}": f"old {i}" for i in range(3)}
+    new = {f"part-{i}": f"new {i}" for i in range(3)}
+    outcomes = []
+    for kill_at in range(1, 10):
+        out = tmp_path / f"kill-{kill_at}" / "out"
+        out.mkdir(parents=True)
+        for name, text in old.items():
+            (out / name).write_text(text)
+        child = subprocess.run([sys.executable, "-c", SWAP, str(kill_at), str(out)], env=PYTHON_ENV, capture_output=True, text=True)
+        killed = child.returncode == -signal.SIGKILL
+        assert killed or child.returncode == 0, child.stderr
+        if not killed:
+            assert tree(out) == new and sorted(p.name for p in out.parent.iterdir()) == ["out"]
+            break
+        # What a reader sees right after the kill: the old folder, the new one, or the old one renamed aside.
+        aside = [p / "out" for p in out.parent.glob(".out.old-*") if (p / "out").is_dir()]
+        visible = [tree(folder) for folder in [out, *aside] if folder.is_dir()]
+        assert old in visible or new in visible, (kill_at, visible)
+        files.recover(out)  # what the next atomic_path on `out` starts with
+        assert tree(out) in (old, new), kill_at
+        assert sorted(p.name for p in out.parent.iterdir()) == ["out"], kill_at
+        outcomes.append("aside" if aside else ("new" if tree(out) == new else "old"))
+    else:
+        pytest.fail("the swap never completed")
+    assert "aside" in outcomes, outcomes  # one kill came between the two renames
+
+
+def test_temporaries_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    out.mkdir()
+    (out / "keep").write_text("current")
+    dead = [tmp_path / f".index.tmp-{dead_pid()}-abc", tmp_path / f".index.old-{dead_pid()}-def"]
+    live = tmp_path / f".index.tmp-{os.getpid()}-ghi"
+    other = tmp_path / f".other.tmp-{dead_pid()}-jkl"
+    for folder in (*dead, live, other):
+        (folder / "index").mkdir(parents=True)
+    assert sorted(files.recover(out)) == sorted(dead)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["index", live.name, other.name])
+    assert tree(out) == {"keep": "current"}  # an old folder is put back only when the output is missing
+    assert files.sweep(tmp_path) == [other]
+
+
+@pytest.mark.parametrize("temporary", ["models/.finetuned.tmp-123-x1y2/finetuned/model.safetensors",
+                                       "models/.release.old-99-abc/release/README.md", "data/clean/.parts.tmp-7-q/part-000001.parquet",
+                                       "metrics/.plots.tmp-5-zz/plots/a.png"])
+def test_temporaries_are_git_ignored(temporary: str) -> None:
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", temporary], cwd=ROOT).returncode == 0
+
+
+# ------------------------------------------------------------------ one finetune per run folder
+
+
+def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path: Path) -> None:
+    run_dir = tmp_path / "checkpoints" / "abc123"
+    holder = python(f"""
+        import time
+        from pathlib import Path
+        from arxiv_embed.training import checkpoints
+        with checkpoints.locked(Path({str(run_dir)!r})):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        start = time.monotonic()
+        with pytest.raises(checkpoints.RunFolderBusy, match=f"PID {holder.pid}") as busy, checkpoints.locked(run_dir):
+            pass
+        assert time.monotonic() - start < 1 and f"kill {holder.pid}" in str(busy.value)
+        assert checkpoints.in_use(run_dir)
+        (tmp_path / "checkpoints" / "older").mkdir()
+        checkpoints.prune_checkpoint_runs(tmp_path / "checkpoints" / "older", others=0)
+        assert run_dir.is_dir()  # in use: never pruned
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not checkpoints.in_use(run_dir)  # a kill -9 releases it
+    with checkpoints.locked(run_dir):
+        assert (run_dir / checkpoints.LOCK).read_text().strip() == str(os.getpid())
+
+
+# ------------------------------------------------------------------ messages and signals
+
+
+STAGE = """
+import os, sys, time
+from pathlib import Path
+from arxiv_embed.errors import run
+def main():
+    fault = sys.argv[1]
+    if fault == "permission":
+        Path("ro").mkdir(); os.chmod("ro", 0o500)
+        os.setuid(65534) if os.getuid() == 0 else None  # root writes anywhere: drop to nobody
+        Path("ro/out.json").write_text("{}")
+    elif fault == "not_a_folder":
+        Path("metrics").write_text("a file where a folder belongs")
+        (Path("metrics") / "evaluate.json").write_text("{}")
+    elif fault == "file_in_the_way":
+        from arxiv_embed.files import write_json
+        Path("metrics").write_text("a file where a folder belongs")
+        write_json("metrics/evaluate.json", {})
+    elif fault == "sleep":
+        print("started", flush=True)
+        time.sleep(60)
+run(main, "stage")
+"""
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("permission", "stage: error: permission denied on ro/out.json"),
+    ("not_a_folder", "stage: error: metrics/evaluate.json: a part of this path is a file where a folder is expected"),
+    ("file_in_the_way", "stage: error: metrics is a file where a folder is expected; move that file aside"),
+])
+def test_a_file_system_fault_is_one_message_naming_the_path(tmp_path: Path, fault: str, message: str) -> None:
+    result = subprocess.run([sys.executable, "-c", STAGE, fault], cwd=tmp_path, env=PYTHON_ENV, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith(message), result.stderr
+
+
+def test_sigterm_is_one_message_and_exit_130(tmp_path: Path) -> None:
+    stage = subprocess.Popen([sys.executable, "-c", STAGE, "sleep"], cwd=tmp_path, env=PYTHON_ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert stage.stdout.readline().strip() == "started"
+    stage.send_signal(signal.SIGTERM)
+    _, stderr = stage.communicate(timeout=30)
+    assert stage.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip() == "stage: interrupted (signal SIGTERM); outputs left as they were, rerun to continue"
+
+
+def test_a_stage_stops_when_its_parent_dies_even_through_a_shell(tmp_path: Path) -> None:
+    """As `dvc` runs it: dvc -> $SHELL -c cmd -> stage. Killing the `dvc` stand-in alone must stop the stage."""
+    (tmp_path / "stage.py").write_text(STAGE)
+    parent = python(f"""
+        import os, subprocess, sys, time
+        stage = subprocess.Popen(["/bin/sh", "-c", "{sys.executable} stage.py sleep; echo shell-done"], cwd={str(tmp_path)!r},
+                                 env={{**os.environ, "DVC_STAGE": "tiny"}})  # as dvc sets it
+        print(stage.pid, flush=True)
+        time.sleep(120)
+    """)
+    shell_pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not (stage := [p for p in Path("/proc").glob("[0-9]*") if _parent_pid(p) == shell_pid]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stage_pid = int(stage[0].name)
+    time.sleep(2)  # the stage is up and watching
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while files.process_alive(stage_pid):
+        assert time.monotonic() < deadline, "the stage outlived its parent"
+        time.sleep(0.2)
+
+
+def _parent_pid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# ------------------------------------------------------------------ run key and stale MLflow runs
+
+
+def test_run_key_follows_file_contents_seed_and_world_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "train.parquet"
+    pl.DataFrame({"anchor": ["a", "b"], "positive": ["c", "d"]}).write_parquet(data)
+    params = params_with()
+    base = checkpoints.run_key(params, [data])
+    assert checkpoints.run_key(params, [data]) == base
+    pl.DataFrame({"anchor": ["a", "B"], "positive": ["c", "d"]}).write_parquet(data)  # same path, new contents
+    changed = checkpoints.run_key(params, [data])
+    assert changed != base
+    assert checkpoints.run_key(params_with({"shared": {"seed": params.shared.seed + 1}}), [data]) != changed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert checkpoints.run_key(params, [data]) != changed
+
+
+def test_stale_running_runs_of_the_run_key_are_closed_as_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import mlflow
+
+    from arxiv_embed.tracking import configure_tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    configure_tracking()
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name("arxiv-embed").experiment_id
+    host = socket.gethostname()
+    runs = {name: client.create_run(experiment, tags={"run_key": key, "host": where}).info.run_id
+            for name, key, where in [("stale", "k1", host), ("current", "k1", host), ("other_key", "k2", host),
+                                     ("other_host", "k1", "elsewhere")]}
+    assert checkpoints.close_stale_runs("k1", keep=runs["current"]) == [runs["stale"]]
+    assert {name: client.get_run(run).info.status for name, run in runs.items()} == {
+        "stale": "KILLED", "current": "RUNNING", "other_key": "RUNNING", "other_host": "RUNNING"}
+
+
+# ------------------------------------------------------------------ the DVC cache
+
+
+def cache_files(project: Path) -> list[Path]:
+    return [p for p in (project / ".dvc/cache/files/md5").rglob("*") if p.is_file() and not p.name.endswith(".dir")]
+
+
+def test_an_output_edited_in_place_cannot_damage_the_cache(tmp_path: Path) -> None:
+    """The issue's scenario: an output restored by DVC, then truncated in place. DVC must see the
+    change and recompute, and every cache file must still hash to its name."""
+    project = make_project(tmp_path / "project")
+    write = "python -c \"open('out.bin', 'wb').write(bytes(range(256)) * 4000)\""
+    dvc(project, "stage", "add", "-n", "tiny", "-o", "out.bin", write)
+    out = project / "out.bin"
+    dvc(project, "repro", "tiny")
+    original = out.read_bytes()
+    for _ in range(2):  # the first repro restores the file from the cache (a hardlink, with the old config)
+        os.chmod(out, 0o644)  # what root, or a tool that chmods, can do anyway
+        os.truncate(out, 1000)
+        for cached in cache_files(project):
+            digest = hashlib.md5(cached.read_bytes()).hexdigest()
+            assert cached.parent.name + cached.name == digest, f"{cached} was damaged through the workspace"
+        status = dvc(project, "status", "tiny").stdout
+        assert "modified" in status and "out.bin" in status, status
+        dvc(project, "repro", "tiny")
+        assert out.read_bytes() == original
+    assert "up to date" in dvc(project, "status", "tiny").stdout
+
+
+def test_dvc_config_uses_copies_not_links() -> None:
+    config = (ROOT / ".dvc/config").read_text()
+    assert 'type = "reflink,copy"' in config and "hardlink,symlink" in config  # the opt-in is documented

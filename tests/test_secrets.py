@@ -1,0 +1,91 @@
+"""Secrets stay in the environment: the Hub token (HF_TOKEN) and MLflow credentials in the
+tracking URI (`user:password@`) appear in no output, cache, store or log of the whole DAG, on its
+success path and its failure paths."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arxiv_embed.tracking import redact
+from arxiv_embed.workspace import deep_update
+from tests.conftest import TINY_PARAMS, make_project, run, stage_env
+from tests.test_finetune import free_port, mlflow_server  # noqa: F401 (fixture)
+from tests.test_push import FAKE_TOKEN, REPO_ID, fake_hub  # noqa: F401 (fixture)
+
+USER, PASSWORD = "alice", "pw-S3cret-doNotLeak"
+SECRETS = [FAKE_TOKEN, PASSWORD, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()]  # the last: a Basic auth header
+
+
+def with_credentials(uri: str) -> str:
+    return uri.replace("http://", f"http://{USER}:{PASSWORD}@")
+
+
+def test_redact_drops_user_and_password_and_keeps_the_rest() -> None:
+    assert redact(f"http://{USER}:{PASSWORD}@mlflow.example.com:5000/path?x=1") == "http://mlflow.example.com:5000/path?x=1"
+    assert redact(f"https://{USER}@host/") == "https://host/"
+    assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+
+
+def leaks(texts: dict[str, bytes]) -> list[str]:
+    return [f"{where}: {secret[:6]}..." for where, data in texts.items() for secret in SECRETS if secret.encode() in data]
+
+
+def every_file(*folders: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for folder in folders if folder.exists() for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.slow
+def test_no_secret_in_any_output_cache_store_or_log(tmp_path: Path, kaggle_sample: Path, mlflow_server: str, fake_hub) -> None:  # noqa: F811
+    params = deep_update(copy.deepcopy(TINY_PARAMS), {"push": {"hub": {"enabled": True, "repo_id": REPO_ID}}})
+    project = make_project(tmp_path / "project", params)
+    caches = {"HF_HOME": tmp_path / "hf-home", "DVC_SITE_CACHE_DIR": tmp_path / "dvc-site", "MPLCONFIGDIR": tmp_path / "mpl"}
+    env = stage_env(project)
+    env.pop("HF_HUB_OFFLINE")  # push talks to the fake Hub on 127.0.0.1
+    env.update({name: str(path) for name, path in caches.items()},
+               HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=fake_hub.endpoint, MLFLOW_TRACKING_URI=with_credentials(mlflow_server))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    logs = {"dvc repro": run([dvc, "repro"], project, env=env)}
+    assert any(auth == f"Bearer {FAKE_TOKEN}" for _, _, auth in fake_hub.requests)  # the token was used
+    assert "uploaded to the Hub" in logs["dvc repro"].stdout
+
+    # Failure paths: a down tracking server, an unreachable Hub, a refused gate, each with the secrets set.
+    down = {**env, "MLFLOW_TRACKING_URI": with_credentials(f"http://127.0.0.1:{free_port()}")}
+    logs["finetune, server down"] = run([sys.executable, "-m", "stages.finetune"], project, check=False, env=down)
+    logs["evaluate, server down"] = run([sys.executable, "-m", "stages.evaluate", "--model", "finetuned"], project, check=False, env=down)
+    logs["push, server down"] = run([sys.executable, "-m", "stages.push"], project, check=False, env=down)
+    logs["push, Hub down"] = run([sys.executable, "-m", "stages.push"], project, check=False,
+                                 env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("tolerance: 1.0", "tolerance: -1.0"))
+    logs["push, bad params"] = run([sys.executable, "-m", "stages.push"], project, check=False, env=env)
+    for name, result in list(logs.items())[1:]:
+        assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        # evaluate keeps its metrics when the server is down (it says so and exits 0); the others refuse.
+        assert result.returncode != 0 or name.startswith("evaluate"), (name, result.stderr[-2000:])
+    assert "does not answer" in logs["finetune, server down"].stderr and "127.0.0.1" in logs["finetune, server down"].stderr
+    assert "cannot reach the Hugging Face Hub" in logs["push, Hub down"].stderr
+
+    # Everywhere: the project (outputs, metrics, models/finetuned, release, .dvc/cache, .dvc/tmp,
+    # mlflow store and artifacts), the tracking server's store, the HF and DVC caches, and every log.
+    server_store = sorted(tmp_path.parent.glob("mlflow-server*"))  # the mlflow_server fixture's folder
+    assert server_store
+    searched = every_file(project, *caches.values(), *server_store)
+    assert any("/.dvc/cache/" in p for p in searched) and any("/.dvc/tmp/" in p for p in searched)
+    assert any("/models/finetuned/" in p for p in searched) and any("/metrics/" in p for p in searched)
+    searched.update({f"log of {name}": (r.stdout + r.stderr).encode() for name, r in logs.items()})
+    assert not leaks(searched), leaks(searched)
+
+
+def test_a_down_server_message_names_it_without_the_credentials(tmp_path: Path) -> None:
+    """The cheap failure path alone (the slow test above covers every path)."""
+    project = make_project(tmp_path / "project")
+    env = {**stage_env(project), "MLFLOW_TRACKING_URI": with_credentials(f"http://127.0.0.1:{free_port()}"), "HF_TOKEN": FAKE_TOKEN}
+    result = subprocess.run([sys.executable, "-c", "from arxiv_embed.errors import run; from arxiv_embed.tracking import "
+                             "configure_tracking; run(configure_tracking, 'finetune')"], cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "finetune: error: MLflow tracking server http://127.0.0.1:" in result.stderr
+    assert not leaks({"stderr": result.stderr.encode()})
