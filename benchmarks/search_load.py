@@ -32,7 +32,7 @@ QUICK = {"load_papers": 512, "requests": 40, "concurrency": 4}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--load-papers", type=int, default=9728, help="search_load: papers in the served index")
+    parser.add_argument("--load-papers", type=int, default=5120, help="search_load: papers in the served index")
     parser.add_argument("--requests", type=int, default=200, help="search_load: requests per endpoint and concurrency")
     parser.add_argument("--concurrency", type=int, default=4, help="search_load: parallel clients (also run at 1)")
 

@@ -171,7 +171,7 @@ def scale(report: Report, n: int, n_queries: int, hnsw: bool) -> dict:
                "1-bit codes; +1536 B/vector float rows on disk for rescoring")
     report.add(f"{label} vectors: peak RSS of the build (MB)", ours["build_rss_mb"], exact["build_rss_mb"], False)
     report.add(f"{label} vectors: peak RSS serving queries (MB)", ours["serve_rss_mb"], exact["serve_rss_mb"], False,
-               "float rows memory-mapped, only candidates read")
+               "counts the pages of the memory-mapped float rows it touched (page cache)")
     report.add(f"{label}, k=10: p50 latency, 1-bit + rescore x8 (ms)", ours["p50_ms"], exact["p50_ms"], False, "vs float exact")
     report.add(f"{label}, k=10: p99 latency, 1-bit + rescore x8 (ms)", ours["p99_ms"], exact["p99_ms"], False, "vs float exact")
     report.add(f"{label}, k=10: p50 latency vs the numpy scan before (ms)", ours["p50_ms"], before["p50_ms"], False)
