@@ -19,7 +19,7 @@ from arxiv_embed.evaluation.data import EvalData, balanced_sample
 from arxiv_embed.evaluation.lenses import LENSES, LensInput, LensResult, label_pairs, learning_curve_sizes, lens
 from arxiv_embed.evaluation.report import ModelEval, compare, delta, macro_f1, paired_intervals, report_markdown, statistic
 from arxiv_embed.evaluation.retrieval import MAX_K, RETRIEVAL_METRICS, retrieval_metrics
-from arxiv_embed.evaluation.vectors import Embeddings, binary_search, embed_texts, search
+from arxiv_embed.evaluation.vectors import Embeddings, embed_texts, search
 from arxiv_embed.workspace import params_with
 
 
@@ -94,18 +94,6 @@ def lens_input(test: pl.DataFrame, vectors: dict[str, list[float]], train: pl.Da
     data = EvalData(test, train if train is not None else test.select("abstract", "label").with_columns(rank=0),
                     triplets if triplets is not None else empty_triplets)
     return LensInput(embed, data, params_with({"evaluate": evaluate}).evaluate, seed=0)
-
-
-def test_binary_search_ties_go_to_the_lower_index_self_is_excluded_and_rescoring_uses_float32():
-    corpus = np.array([[1, 0.1, -1, -1], [1, 1, -1, 0.9], [1, 1, -1, -1], [-1, -1, 1, 1]], dtype=np.float32)
-    query = np.array([[1, 1, -1, -1]], dtype=np.float32)
-    hamming, rescored = binary_search(query, corpus, k=3, rescore_multiplier=1)
-    # Bits: rows 0 and 2 equal the query's, row 1 is 1 bit away: the Hamming tie goes to the lower index.
-    assert hamming.tolist() == [[0, 2, 1]]
-    # float32 rescoring (what the shipped search does) separates the tie: row 2 is the query itself.
-    assert rescored.tolist() == [[2, 0, 1]]
-    hamming, rescored = binary_search(corpus, corpus, k=3, rescore_multiplier=2, exclude_self=True)
-    assert all(i not in row for i, row in enumerate(hamming.tolist())) and all(i not in row for i, row in enumerate(rescored.tolist()))
 
 
 def test_binary_lens_storage_ratio_and_ranges():

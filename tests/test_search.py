@@ -1,4 +1,5 @@
-"""Semantic search: build (incremental, atomic), query (float32 and binary), bad input, the HTTP API.
+"""Semantic search: build (incremental, atomic, resumable encoding), query (binary and float32), the CLI.
+The HTTP service is tested in test_search_service.py, the page in test_search_browser.py.
 
 Real papers: the first records of the 2007 sample in their raw Kaggle JSON-lines form.
 """
@@ -9,16 +10,14 @@ import gzip
 import json
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from arxiv_embed.models import encode
 from arxiv_embed.search.index import SearchError, SearchIndex, build_index, read_papers
+from arxiv_embed.search.encoding import encode_resumable
 
 from .conftest import ROOT, run, stage_env
 
@@ -56,26 +55,50 @@ def indexes(tmp_path_factory, records, base_model) -> dict[str, Path]:
 @pytest.mark.parametrize("precision", ["float32", "binary"])
 def test_a_phrase_from_an_abstract_finds_its_paper_first(indexes, records, base_model, precision):
     index = SearchIndex.load(indexes[precision])
-    assert index.meta["precision"] == precision and index.papers.height == 40
+    assert index.meta["precision"] == precision and index.count == 40
+    assert index.meta["faiss"] == {"binary": "IndexBinaryFlat", "float32": "IndexFlatIP"}[precision]
     for record in records[0:40:8]:
         paper_id, text = phrase(record)
         hits = index.search(encode(base_model, [text], progress=False)[0], k=5)
         assert hits[0].id == paper_id, (text, hits[:2])
         assert len(hits) == 5 and hits[0].score >= hits[1].score and hits[0].categories
+        paper = json.loads(record)
+        assert hits[0].year == 2007 and hits[0].authors.split(",")[0] == " ".join(paper["authors"].split()).split(",")[0]
+        assert hits[0].url == f"https://arxiv.org/abs/{paper_id}" and hits[0].snippet[:40] == " ".join(paper["abstract"].split())[:40]
     sizes = index.sizes()
     expected = 40 * 384 // 8 if precision == "binary" else 40 * 384 * 4
     assert sizes["bytes_searched_in_memory"] == expected
 
 
+def test_similar_papers_and_category_filter(indexes):
+    index = SearchIndex.load(indexes["binary"])
+    first = index.hits([0], [1.0])[0]
+    paper, hits = index.similar(first.id, k=5)
+    assert paper.id == first.id and first.id not in [hit.id for hit in hits] and len(hits) == 5
+    # The nearest other paper by exact cosine over the stored embeddings comes first.
+    scores = np.asarray(index.embeddings) @ np.asarray(index.embeddings[0])
+    scores[0] = -2
+    assert hits[0].id == index.hits([int(scores.argmax())], [0.0])[0].id
+    archive = first.categories[0].split(".")[0]
+    counts = index.categories()
+    assert counts[archive] >= counts.get(first.categories[0], 0) > 0
+    _, filtered = index.similar(first.id, k=40, category=archive)
+    assert len(filtered) == counts[archive] - 1 and all(any(c.split(".")[0] == archive for c in hit.categories) for hit in filtered)
+    with pytest.raises(SearchError, match="category 'no-such' has no papers"):
+        index.similar(first.id, k=5, category="no-such")
+    with pytest.raises(SearchError, match="no paper with id 'nope'"):
+        index.similar("nope", k=5)
+
+
 def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_path, records, base_model, monkeypatch):
-    import arxiv_embed.search.index as search_index
+    import arxiv_embed.search.encoding as encoding
 
     path = tmp_path / "index"
     build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:40])), base_model, MODEL, path, "binary")
     before = SearchIndex.load(path)
     encoded: list[str] = []
-    real_encode = search_index.encode
-    monkeypatch.setattr(search_index, "encode", lambda model, texts, **kw: encoded.extend(texts) or real_encode(model, texts, **kw))
+    real_encode = encoding.encode
+    monkeypatch.setattr(encoding, "encode", lambda model, texts, **kw: encoded.extend(texts) or real_encode(model, texts, **kw))
 
     changed = json.loads(records[3])
     changed["abstract"] += " We also discuss a new appendix."
@@ -84,24 +107,56 @@ def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_p
     assert (report.encoded, report.kept, report.total) == (11, 39, 50)  # 10 new ids + 1 changed abstract
     assert len(encoded) == 11 and " ".join(changed["abstract"].split()) in encoded
     after = SearchIndex.load(path)
-    kept = after.papers.with_row_index().filter(after.papers["id"] == json.loads(records[0])["id"])["index"][0]
+    kept = after.papers.column("id").to_pylist().index(json.loads(records[0])["id"])
     assert (after.embeddings[kept] == before.embeddings[0]).all()  # reused, not re-encoded
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(search_index, "encode", interrupted)
+    monkeypatch.setattr(encoding, "encode", interrupted)
     extra = [json.dumps({**json.loads(r), "id": "x" + json.loads(r)["id"]}) + "\n" for r in records[:5]]
     with pytest.raises(KeyboardInterrupt):
         build_index(read_papers(write_papers(tmp_path / "c.jsonl", more + extra)), base_model, MODEL, path, "binary")
-    assert SearchIndex.load(path).papers.height == 50
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "c.jsonl", "index"]
+    assert SearchIndex.load(path).count == 50
+    # Only the encoding's resume folder is left beside the index; no half-written index folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.encoding", "a.jsonl", "b.jsonl", "c.jsonl", "index"]
+
+
+def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, monkeypatch):
+    import arxiv_embed.search.encoding as encoding
+
+    texts = [json.loads(r)["abstract"] for r in records[:20]]
+    calls: list[int] = []
+    real_encode = encoding.encode
+
+    def fail_on_third_chunk(model, part, **kw):
+        calls.append(len(part))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_encode(model, part, **kw)
+
+    monkeypatch.setattr(encoding, "encode", fail_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=6, progress=False)
+    assert len(list((tmp_path / "work").glob("chunk-*.npy"))) == 2 and not list((tmp_path / "work").glob("*.tmp*"))
+    calls.clear()
+    resumed = encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=6, progress=False)
+    assert calls == [6, 2]  # chunks 0 and 1 were loaded, not re-encoded
+    np.testing.assert_allclose(resumed, real_encode(base_model, texts, progress=False), atol=1e-5)
+    # A list that starts the same way reuses its first chunk; another model reuses nothing.
+    calls.clear()
+    np.testing.assert_array_equal(encode_resumable(base_model, texts[:7], tmp_path / "work", "model-sha", chunk_size=6, progress=False),
+                                  resumed[:7])
+    assert calls == [1]
+    calls.clear()
+    encode_resumable(base_model, texts[:7], tmp_path / "work", "other-model-sha", chunk_size=6, progress=False)
+    assert calls == [6, 1]
 
 
 def test_a_model_that_does_not_match_the_index_is_refused(tmp_path, indexes, records, base_model):
     from safetensors.torch import load_file, save_file
 
-    from arxiv_embed.search.__main__ import Searcher
+    from arxiv_embed.search.service import Searcher
 
     other = tmp_path / "other-model"
     base_model.save(str(other))
@@ -132,47 +187,21 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
     result = json.loads(capsys.readouterr().out)
     assert [hit["id"] for hit in result["results"]][0] == paper_id and len(result["results"]) == 3
     assert result["index"]["papers"] == 40 and result["latency_ms"]["search"] >= 0
+    archive = result["results"][0]["categories"][0].split(".")[0]
+    main(["query", text, "--index", str(indexes["binary"]), "-k", "3", "--json", "--category", archive])
+    assert all(archive in {c.split(".")[0] for c in hit["categories"]} for hit in json.loads(capsys.readouterr().out)["results"])
     # The int8 backend queries the same (float-built) index and still finds the paper first.
     main(["query", text, "--index", str(indexes["float32"]), "-k", "3", "--json", "--backend", "int8"])
     assert json.loads(capsys.readouterr().out)["results"][0]["id"] == paper_id
 
     for args, message in [
         (["query", "   ", "--index", str(indexes["float32"])], "search: the query is empty"),
-        (["query", "spin glasses", "--index", str(tmp_path / "missing")], "no search index there"),
+        (["query", "spin glasses", "--index", str(tmp_path / "missing")], "no search index is loaded"),
         (["query", "spin glasses", "-k", "5000", "--index", str(indexes["float32"])], "k must be between 1 and 1000"),
     ]:
         cli = subprocess.run([sys.executable, "-m", "arxiv_embed.search", *args], cwd=ROOT, env=stage_env(ROOT),
                              capture_output=True, text=True)
         assert cli.returncode == 1 and message in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
-
-
-def test_http_api_validates_input(indexes, records):
-    from arxiv_embed.search.__main__ import Searcher, make_server
-
-    server = make_server(Searcher(indexes["float32"]), port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-
-    def get(path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(base + path, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    try:
-        paper_id, text = phrase(records[16])
-        status, body = get("/search?" + urllib.parse.urlencode({"q": text, "k": 2}))
-        assert status == 200 and body["results"][0]["id"] == paper_id and len(body["results"]) == 2
-        assert get("/health")[1]["papers"] == 40
-        for query, reason in [({"q": " "}, "empty"), ({"q": "x", "k": 5000}, "between 1 and 1000"),
-                              ({"q": "x", "k": "ten"}, "integer"), ({"q": "x" * 5000}, "limit is 2000")]:
-            status, body = get("/search?" + urllib.parse.urlencode(query))
-            assert status == 400 and reason in body["error"], (query, body)
-        assert get("/nowhere")[0] == 404
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.slow
@@ -187,3 +216,11 @@ def test_pipeline_search_finds_a_test_paper_by_its_abstract(pipeline):
     result = run([sys.executable, "-m", "arxiv_embed.search", "query", text, "--index", "search-index", "-k", "5", "--json"], pipeline)
     answer = json.loads(result.stdout)
     assert answer["results"][0]["id"] == paper["id"] and answer["index"]["papers"] == len(test)
+
+
+def test_encoding_on_several_processes_gives_the_same_embeddings(tmp_path, records, base_model):
+    """The multi-process pool (used for several GPUs or --processes) agrees with one process, chunk by chunk."""
+    texts = [json.loads(r)["title"] for r in records[:10]]
+    pooled = encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=4, processes=2, progress=False)
+    np.testing.assert_allclose(pooled, encode(base_model, texts, progress=False), atol=1e-5)
+    assert len(list((tmp_path / "work").glob("chunk-*.npy"))) == 3

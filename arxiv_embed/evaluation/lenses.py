@@ -21,7 +21,8 @@ from arxiv_embed.errors import UserError
 from arxiv_embed.evaluation.data import EvalData
 from arxiv_embed.evaluation.report import ModelEval, macro_f1
 from arxiv_embed.evaluation.retrieval import MAX_K, per_query
-from arxiv_embed.evaluation.vectors import Embeddings, binary_search, embed_texts, normalise, search
+from arxiv_embed.evaluation.vectors import Embeddings, embed_texts, normalise, search
+from arxiv_embed.search.engine import binary_search
 
 
 if TYPE_CHECKING:
@@ -156,8 +157,9 @@ def clustering(x: LensInput) -> LensResult:
 
 @lens
 def binary(x: LensInput) -> LensResult:
-    """Both retrieval lenses on 1-bit embeddings through the shipped search's own path (Hamming
-    candidates, then float32 rescoring of evaluate.binary_rescore_multiplier x k of them)."""
+    """Both retrieval lenses on 1-bit embeddings through the shipped search's own code
+    (arxiv_embed.search.engine: ITQ-rotated signs, FAISS Hamming candidates, float32 rescoring of
+    evaluate.binary_rescore_multiplier x k of them)."""
     papers = np.arange(x.data.test.height)
     ndcg = {"ndcg@10": ("ndcg", BINARY_K)}
     items = {}

@@ -68,23 +68,3 @@ def search(queries: np.ndarray, corpus: np.ndarray, k: int, exclude_self: bool =
         ranked.append(top_k(drop_self(scores, rows, -np.inf) if exclude_self else scores, k))
     return np.concatenate(ranked)
 
-
-def binary_search(queries: np.ndarray, corpus: np.ndarray, k: int, rescore_multiplier: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(Hamming top-k, float32-rescored top-k) corpus rows per query over 1-bit corpus codes: the
-    shipped search's path. Rescoring reorders rescore_multiplier x k Hamming candidates by cosine."""
-    from sentence_transformers.util.quantization import quantize_embeddings
-
-    queries, corpus = normalise(queries), normalise(corpus)
-    corpus_bits = quantize_embeddings(corpus, precision="ubinary")
-    query_bits = quantize_embeddings(queries, precision="ubinary")
-    n_candidates = min(k * rescore_multiplier, len(corpus) - exclude_self)
-    candidates = [np.empty((0, n_candidates), dtype=np.int64)]
-    for rows in blocks(len(query_bits), len(corpus_bits) * corpus_bits.shape[1]):
-        distances = np.bitwise_count(query_bits[rows, None, :] ^ corpus_bits[None, :, :]).sum(-1, dtype=np.int32)
-        if exclude_self:
-            drop_self(distances, rows, np.iinfo(np.int32).max)
-        candidates.append(top_k(-distances.astype(np.int64), n_candidates))
-    candidates = np.concatenate(candidates)
-    scores = np.einsum("qd,qcd->qc", queries, corpus[candidates])
-    rescored = np.take_along_axis(candidates, top_k(scores, k), axis=1)
-    return candidates[:, :k], rescored

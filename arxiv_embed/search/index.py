@@ -1,47 +1,43 @@
-"""A small on-disk semantic-search index over papers, with float32 or 1-bit (binary) search.
+"""A kept on-disk semantic-search index over papers (FAISS), built incrementally and replaced atomically.
 
 Layout of an index folder:
-    index.json       model identity (sha256 of its weights), precision, dimension, count
-    papers.parquet   id, title, categories, text_sha256 (one row per embedding, same order)
-    embeddings.npy   float32 L2-normalised embeddings (memory-mapped at query time)
-    binary.npy       packed sign bits (precision binary only; the part searched in memory)
+    index.json       model identity (sha256 of its weights), precision, dimension, count, FAISS index kind
+    index.faiss      the FAISS index: IndexBinaryFlat over the sign bits (binary) or IndexFlatIP (float32)
+    rotation.npy     binary: the ITQ rotation (d x d) applied to embeddings and queries before the signs
+    embeddings.npy   float32 L2-normalised embeddings, memory-mapped: binary rescoring reads the
+                     candidates' rows only, "similar papers" reads the paper's own row (no re-encoding)
+    papers.arrow     id, title, authors, categories, year, abstract, text_sha256 (row i = vector i),
+                     Arrow IPC memory-mapped, so 2.7M abstracts cost disk, not memory
 
-The binary index keeps the float32 embeddings on disk too: the Hamming search runs over the 32x
-smaller bits in memory and only the few top candidates' float rows are read back for rescoring, so
-rescoring costs a handful of disk reads instead of re-encoding abstracts with the model.
 The folder is replaced in one rename (arxiv_embed.files.atomic_path), so an interrupted build leaves the
-previous index as it was.
+previous index as it was; the encoding itself is saved in chunks beside it and resumes.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from arxiv_embed.files import atomic_path
-from arxiv_embed.models import encode, resolve_model
-from arxiv_embed.errors import UserError
+from arxiv_embed.models import resolve_model
+from arxiv_embed.search.encoding import encode_resumable
+from arxiv_embed.search.engine import RESCORE_MULTIPLIER, Precision, fit_rotation, make_index, rescore, search_index
+from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-Precision = Literal["float32", "binary"]
-MAX_K = 1000
-MAX_QUERY_CHARS = 2000
 WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
-
-
-class SearchError(UserError):
-    """Bad input to build or query; the message names the file/flag and what to do."""
+SNIPPET_CHARS = 320
 
 
 def model_identity(model_ref: str | Path) -> str:
@@ -57,71 +53,66 @@ def model_identity(model_ref: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_papers(path: Path) -> pl.DataFrame:
-    """id, title, categories (list), abstract from a papers parquet or Kaggle-schema JSON lines (.gz ok).
-
-    Records without an id or abstract are reported and left out; a repeated id keeps its first record.
-    """
-    if not path.exists():
-        raise SearchError(f"--papers {path}: no such file")
-    if path.suffix == ".parquet":
-        frame = pl.read_parquet(path)
-    else:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-        try:
-            frame = pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
-        except pl.exceptions.PolarsError as exc:
-            raise SearchError(f"--papers {path}: not JSON lines ({exc})") from None
-    missing = {"id", "title", "abstract", "categories"} - set(frame.columns)
-    if missing:
-        raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need id, title, abstract, categories")
-    categories = pl.col("categories")
-    if frame.schema["categories"] == pl.String:  # Kaggle schema: one space-separated string
-        categories = categories.str.split(" ")
-    frame = frame.select(
-        pl.col("id").cast(pl.String),
-        pl.col("title").str.replace_all(r"\s+", " ").str.strip_chars(),
-        categories.alias("categories"),
-        pl.col("abstract").str.replace_all(r"\s+", " ").str.strip_chars(),
-    )
-    invalid = frame.filter(pl.col("id").is_null() | (pl.col("abstract").fill_null("") == ""))
-    if invalid.height:
-        print(f"search: left out {invalid.height} record(s) of {path} without id or abstract: {invalid['id'].head(5).to_list()}")
-    frame = frame.filter(pl.col("id").is_not_null() & (pl.col("abstract").fill_null("") != ""))
-    if frame["id"].is_duplicated().any():
-        print(f"search: {path} repeats {frame.height - frame['id'].n_unique()} id(s); keeping each id's first record")
-        frame = frame.unique("id", keep="first", maintain_order=True)
-    return frame.with_columns(
-        pl.col("abstract").map_elements(lambda s: hashlib.sha256(s.encode()).hexdigest(), return_dtype=pl.String).alias("text_sha256")
-    )
-
-
 @dataclass
 class Hit:
     id: str
     title: str
-    score: float
+    authors: str
     categories: list[str]
+    year: int | None
+    snippet: str
+    score: float
+    url: str
+
+
+def _snippet(abstract: str) -> str:
+    if len(abstract) <= SNIPPET_CHARS:
+        return abstract
+    return abstract[:SNIPPET_CHARS].rsplit(" ", 1)[0] + " …"
+
+
+def open_rows(path: Path) -> np.ndarray:
+    """A read-only memory map of float rows, read at random: the kernel's read-ahead would otherwise pull
+    ~128 KB around every 1.5 KB row that rescoring or "similar" reads."""
+    import mmap
+
+    rows = np.load(path, mmap_mode="r")
+    if rows.size and hasattr(mmap, "MADV_RANDOM"):
+        rows._mmap.madvise(mmap.MADV_RANDOM)
+    return rows
 
 
 @dataclass
 class SearchIndex:
     path: Path
     meta: dict
-    papers: pl.DataFrame
+    papers: pa.Table
     embeddings: np.ndarray
-    bits: np.ndarray | None
+    index: object
+    rotation: np.ndarray | None = None  # binary: the ITQ rotation applied before taking signs
+    _filters: dict[str, np.ndarray] | None = None
 
     @classmethod
     def load(cls, path: Path | str) -> SearchIndex:
+        import faiss
+
         path = Path(path)
         if not (path / "index.json").exists():
             raise SearchError(f"--index {path}: no search index there; build one with "
                               f"`python -m arxiv_embed.search build --papers PAPERS --index {path}`")
         meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
-        bits = np.load(path / "binary.npy") if meta["precision"] == "binary" else None
-        return cls(path, meta, pl.read_parquet(path / "papers.parquet"),
-                   np.load(path / "embeddings.npy", mmap_mode="r"), bits)
+        if meta.get("format") != 2:
+            raise SearchError(f"--index {path} was built by an older version of this project: rebuild it with "
+                              f"`python -m arxiv_embed.search build --papers PAPERS --index {path}` into a new folder")
+        binary = meta["precision"] == "binary"
+        index = (faiss.read_index_binary if binary else faiss.read_index)(str(path / "index.faiss"))
+        papers = pa.ipc.open_file(pa.memory_map(str(path / "papers.arrow"))).read_all()
+        rotation = np.load(path / "rotation.npy") if (path / "rotation.npy").exists() else None
+        return cls(path, meta, papers, open_rows(path / "embeddings.npy"), index, rotation)
+
+    @property
+    def count(self) -> int:
+        return self.papers.num_rows
 
     def check_model(self, identity: str, model_ref: str) -> None:
         if identity != self.meta["model_sha256"]:
@@ -132,28 +123,68 @@ class SearchIndex:
 
     def sizes(self) -> dict[str, int]:
         on_disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-        searched = self.bits.nbytes if self.bits is not None else self.embeddings.nbytes
-        return {"papers": self.papers.height, "bytes_on_disk": on_disk, "bytes_searched_in_memory": searched}
+        bytes_per_vector = self.meta["dimension"] // 8 if self.meta["precision"] == "binary" else self.meta["dimension"] * 4
+        return {"papers": self.count, "bytes_on_disk": on_disk, "bytes_searched_in_memory": self.count * bytes_per_vector}
 
-    def search(self, query: np.ndarray, k: int, rescore_multiplier: int = 4) -> list[Hit]:
-        """Top-k by cosine; binary: Hamming top k*rescore_multiplier, then float32 rescoring of those."""
-        k = min(k, self.papers.height)
-        if k == 0:
-            return []
-        if self.bits is None:
-            candidates = np.arange(self.papers.height)
+    def categories(self) -> dict[str, int]:
+        """Paper counts per category and per archive (cs.LG and cs), the values a search can filter on."""
+        return {name: len(rows) for name, rows in sorted(self._category_rows().items())}
+
+    def _category_rows(self) -> dict[str, np.ndarray]:
+        """Row numbers (int32) per category and archive: ~4 bytes per listing, not a mask per category."""
+        if self._filters is None:
+            listed = (pl.from_arrow(self.papers.select(["categories"])).with_row_index("row")
+                      .explode("categories").drop_nulls("categories"))
+            archives = listed.with_columns(pl.col("categories").map_elements(archive_of, return_dtype=pl.String))
+            listed = pl.concat([listed, archives]).unique(maintain_order=True)
+            self._filters = {name: group["row"].to_numpy().astype(np.int32)
+                             for (name,), group in listed.group_by("categories")}
+        return self._filters
+
+    def _allowed(self, category: str | None) -> np.ndarray | None:
+        if not category:
+            return None
+        rows = self._category_rows()
+        if category not in rows:
+            known = ", ".join(sorted(name for name in rows if "." not in name)[:20])
+            raise SearchError(f"category {category!r} has no papers in this index; archives here: {known}")
+        mask = np.zeros(self.count, dtype=bool)  # per query: ~1 ms for 2.7M papers
+        mask[rows[category]] = True
+        return mask
+
+    def row_of(self, paper_id: str) -> int:
+        import pyarrow.compute as pc
+
+        row = pc.index(self.papers.column("id"), paper_id).as_py()
+        if row < 0:
+            raise UnknownPaperError(f"no paper with id {paper_id!r} in the index {self.path}")
+        return row
+
+    def search(self, query: np.ndarray, k: int, category: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER,
+               exclude_row: int | None = None) -> list[Hit]:
+        """Top-k papers by cosine; binary: Hamming top k * rescore_multiplier, re-ranked by float cosine."""
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        exclude = None if exclude_row is None else np.array([exclude_row])
+        allowed = self._allowed(category)
+        if self.meta["precision"] == "binary":
+            _, candidates = search_index(self.index, query, k * rescore_multiplier, allowed, exclude, self.rotation)
+            rows = rescore(query, self.embeddings, candidates, k)[0]
         else:
-            from sentence_transformers.util.quantization import quantize_embeddings
+            rows = search_index(self.index, query, k, allowed, exclude)[1][0]
+        scores = np.asarray(self.embeddings[np.sort(rows)], dtype=np.float32) @ query[0]
+        score_of = dict(zip(np.sort(rows).tolist(), scores.tolist()))
+        return self.hits(rows.tolist(), [score_of[row] for row in rows.tolist()])
 
-            query_bits = quantize_embeddings(query.reshape(1, -1), precision="ubinary")
-            distance = np.bitwise_count(np.bitwise_xor(self.bits, query_bits)).sum(axis=1, dtype=np.int32)
-            n = min(self.papers.height, k * rescore_multiplier)
-            candidates = np.sort(np.argpartition(distance, n - 1)[:n])  # sorted: sequential mmap reads
-        scores = np.asarray(self.embeddings[candidates]) @ query.reshape(-1)
-        order = np.argsort(-scores, kind="stable")[:k]
-        rows = self.papers[candidates[order].tolist()]
-        return [Hit(row["id"], row["title"], float(score), list(row["categories"] or []))
-                for row, score in zip(rows.iter_rows(named=True), scores[order])]
+    def hits(self, rows: list[int], scores: list[float]) -> list[Hit]:
+        papers = self.papers.take(pa.array(rows, type=pa.int64())).to_pylist() if rows else []
+        return [Hit(p["id"], p["title"], p["authors"] or "", list(p["categories"] or []), p["year"], _snippet(p["abstract"]),
+                    round(float(score), 4), f"https://arxiv.org/abs/{p['id']}") for p, score in zip(papers, scores)]
+
+    def similar(self, paper_id: str, k: int, category: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER) -> tuple[Hit, list[Hit]]:
+        """The paper and its k nearest other papers, from its stored embedding."""
+        row = self.row_of(paper_id)
+        vector = np.asarray(self.embeddings[row], dtype=np.float32)
+        return self.hits([row], [1.0])[0], self.search(vector, k, category, rescore_multiplier, exclude_row=row)
 
 
 @dataclass
@@ -164,35 +195,54 @@ class BuildReport:
     seconds: float
 
 
-def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
-                batch_size: int = 64) -> BuildReport:
-    """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed."""
-    from sentence_transformers.util.quantization import quantize_embeddings
+def _empty_papers() -> pl.DataFrame:
+    return pl.DataFrame(schema={**COLUMNS, "text_sha256": pl.String})
 
+
+def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
+                batch_size: int = 64, processes: int | None = None) -> BuildReport:
+    """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed."""
     start = time.perf_counter()
+    path = Path(path)
     identity = model_identity(model_ref)
-    old_papers = pl.DataFrame(schema={"id": pl.String, "title": pl.String, "categories": pl.List(pl.String),
-                                      "text_sha256": pl.String})
-    old_embeddings = np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    old_papers, old_embeddings = _empty_papers(), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     if (path / "index.json").exists():
         old = SearchIndex.load(path)
         old.check_model(identity, model_ref)
-        old_papers, old_embeddings = old.papers, np.asarray(old.embeddings)
+        old_papers, old_embeddings = pl.from_arrow(old.papers), old.embeddings
     unchanged = papers.join(old_papers.select("id", "text_sha256"), on=["id", "text_sha256"], how="semi")
     todo = papers.join(unchanged.select("id"), on="id", how="anti")
     kept = old_papers.with_row_index("row").join(todo.select("id"), on="id", how="anti")
-    new_embeddings = encode(model, todo["abstract"].to_list(), batch_size=batch_size) if todo.height else old_embeddings[:0]
-    embeddings = np.concatenate([old_embeddings[kept["row"].to_numpy()], new_embeddings]).astype(np.float32)
-    columns = ["id", "title", "categories", "text_sha256"]
-    all_papers = pl.concat([kept.select(columns), todo.select(columns)], how="vertical_relaxed")
+    texts = todo["abstract"].to_list()
+    work_dir = path.parent / f".{path.name}.encoding"  # outside the atomic temp folder: survives an interruption
+    new_embeddings = encode_resumable(model, texts, work_dir, identity, batch_size, processes=processes)
+    embeddings = np.concatenate([np.asarray(old_embeddings[kept["row"].to_numpy()]), new_embeddings]).astype(np.float32)
+    all_papers = pl.concat([kept.select(_empty_papers().columns), todo.select(_empty_papers().columns)], how="vertical_relaxed")
+    write_index(path, all_papers, embeddings, precision, str(model_ref), identity)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height, seconds=time.perf_counter() - start)
+
+
+def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precision: Precision, model_ref: str, model_sha256: str) -> None:
+    """Write an index folder (papers row i = embeddings row i) in one atomic replacement of `path`."""
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
-        if precision == "binary":
-            np.save(tmp / "binary.npy", quantize_embeddings(embeddings, precision="ubinary"))
-        all_papers.write_parquet(tmp / "papers.parquet")
-        meta = {"model": str(model_ref), "model_sha256": identity, "precision": precision,
-                "dimension": int(embeddings.shape[1]), "count": all_papers.height, "text": "abstract"}
+        rotation = fit_rotation(embeddings) if precision == "binary" and len(embeddings) else None
+        if rotation is not None:
+            np.save(tmp / "rotation.npy", rotation)
+        _write_faiss(make_index(embeddings, precision, rotation), tmp / "index.faiss")
+        table = papers.select(_empty_papers().columns).to_arrow()
+        with pa.ipc.new_file(str(tmp / "papers.arrow"), table.schema) as writer:
+            writer.write_table(table, max_chunksize=65536)
+        meta = {"format": 2, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
+                "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
+                "faiss": "IndexBinaryFlat" if precision == "binary" else "IndexFlatIP",
+                "rotation": "ITQ" if rotation is not None else None}
         (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height,
-                       seconds=time.perf_counter() - start)
+
+
+def _write_faiss(index, path: Path) -> None:
+    import faiss
+
+    (faiss.write_index_binary if isinstance(index, faiss.IndexBinary) else faiss.write_index)(index, str(path))

