@@ -93,6 +93,9 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: with user:password@ in it.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     scheme = urlparse(uri).scheme
     if scheme in {"http", "https"}:
         import requests

@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> Report:
             notes = [what]
             if fault.stage == "push":
                 notes.append(f"{versions(project)} registry version(s)")
-            if resumed := re.search(r"resumed from step (\d+).*?\n.*?\((\d+) run now\)", rerun.stdout, re.S):
+            if resumed := re.search(r"resumed from step (\d+).*? (\d+) run now\)", rerun.stdout, re.S):
                 notes.append(f"rerun resumed from step {resumed[1]} and ran {resumed[2]} step(s)")
             elif fault.stage == "finetune":
                 notes.append("rerun started from step 0")

@@ -89,3 +89,14 @@ def test_a_down_server_message_names_it_without_the_credentials(tmp_path: Path) 
                              "configure_tracking; run(configure_tracking, 'finetune')"], cwd=project, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "finetune: error: MLflow tracking server http://127.0.0.1:" in result.stderr
     assert not leaks({"stderr": result.stderr.encode()})
+
+
+def test_a_run_on_a_server_prints_no_credentials(tmp_path: Path, mlflow_server: str) -> None:  # noqa: F811
+    """MLflow prints a "View run ... at: <tracking URI>" line when a run ends: not with the password."""
+    code = ("from arxiv_embed.tracking import configure_tracking, tracked_run\n"
+            "configure_tracking()\n"
+            "with tracked_run(run_name='r', tags={'stage': 'test'}): pass\n")
+    env = {**stage_env(tmp_path), "MLFLOW_TRACKING_URI": with_credentials(mlflow_server), "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not leaks({"output": (result.stdout + result.stderr).encode()}), result.stdout
