@@ -12,9 +12,9 @@ import pytest
 
 from arxiv_embed import errors
 from arxiv_embed.params import DataKind, LossName, ParamsError
-from arxiv_embed.workspace import params_with
 from arxiv_embed.training import adapter, losses
 from arxiv_embed.training import data as training_data
+from arxiv_embed.workspace import params_with
 from tests.test_training import write_tiny_data
 
 
@@ -26,6 +26,8 @@ def tiny_model():
 
 
 def finetune(**settings: object):
+    if settings.get("mode") == "full":
+        settings = {"retain_distill": 0.0, **settings}  # distillation is an adapter-mode term
     return params_with({"finetune": settings}).finetune
 
 

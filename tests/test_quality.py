@@ -11,8 +11,8 @@ from benchmarks import quality
 def test_subsample_is_seeded_random_and_keeps_whole_records(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text("".join(f'{{"id": "{i}"}}\n' for i in range(100)))
-    first = gzip.open(quality.subsample(source, 10, tmp_path / "a.jsonl.gz"), "rt").read().splitlines()
-    again = gzip.open(quality.subsample(source, 10, tmp_path / "b.jsonl.gz"), "rt").read().splitlines()
+    first, again = (gzip.decompress(quality.subsample(source, 10, tmp_path / name).read_bytes()).decode().splitlines()
+                    for name in ("a.jsonl.gz", "b.jsonl.gz"))
     assert first == again and len(first) == 10 and len(set(first)) == 10
     assert first != [f'{{"id": "{i}"}}' for i in range(10)]  # not the file's first records (sorted by id: the oldest)
 
@@ -37,5 +37,5 @@ def test_candidates_are_valid_params() -> None:
     from arxiv_embed.training import losses
     from arxiv_embed.workspace import params_with
 
-    for name, overrides in quality.CANDIDATES.items():
+    for overrides in quality.CANDIDATES.values():
         losses.check_combination(params_with(overrides).finetune)  # raises naming the param

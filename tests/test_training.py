@@ -59,7 +59,8 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
 
 def finetune_params(**finetune: object):
     # The trainer's path (mode=full), one dataset unless a test asks for the retained title->abstract pairs.
-    settings = {"mode": "full", "loss": "mnrl", "train_data": ["same_label"], "retain_title_abstract": 0.0, "batch_size": 8}
+    settings = {"mode": "full", "loss": "mnrl", "train_data": ["same_label"], "retain_title_abstract": 0.0, "retain_distill": 0.0,
+                "batch_size": 8}
     if finetune.get("loss", "").startswith("batch_"):
         settings["train_data"] = ["labels"]
     return params_with({"model": {"max_seq_length": 32}, "finetune": {**settings, **finetune}})

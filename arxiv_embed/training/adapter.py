@@ -65,7 +65,7 @@ class AdapterStack:
             features = module(features)
         return F.normalize(features["sentence_embedding"], dim=-1)
 
-    def parameters(self):  # noqa: ANN201
+    def parameters(self):
         return self.net.parameters()
 
 
@@ -119,13 +119,13 @@ class AdapterRun:
     train_seconds: float  # the adapter's own training, after the one encoding pass
 
 
-def _columns(frame, text_columns: list[str], index: dict[str, int]):  # noqa: ANN001, ANN202 (polars frame -> tensors)
+def _columns(frame, text_columns: list[str], index: dict[str, int]):
     import torch
 
     return [torch.tensor(frame[c].replace_strict(index, return_dtype=None).to_numpy()) for c in text_columns]
 
 
-def text_columns(frame) -> list[str]:  # noqa: ANN001
+def text_columns(frame) -> list[str]:
     import polars as pl
 
     return [c for c in frame.columns if frame[c].dtype == pl.String]
@@ -141,7 +141,7 @@ def embed_once(model: SentenceTransformer, frames: dict, batch_size: int = 64) -
     return {text: i for i, text in enumerate(texts)}, encode(model, texts, batch_size=batch_size, progress=False)
 
 
-def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np.ndarray) -> AdapterRun:  # noqa: ANN001
+def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
     """Train an identity adapter on the cached base vectors with finetune.loss (the loss table's
     row, through the library loss's compute_loss_from_embeddings) plus the no-forgetting terms:
     title->abstract MNRL (finetune.retain_title_abstract) and squared error to the base embeddings
@@ -165,7 +165,9 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
     loss_fn = build_loss(None, ft)
     mnrl = None
     if ft.retain_title_abstract:
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer.losses import (
+            MultipleNegativesRankingLoss,
+        )
 
         mnrl = MultipleNegativesRankingLoss(None)
     main = [(frame, text_columns(frame)) for kind, frame in frames.items() if kind in ft.train_data]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.params import Finetune
 from arxiv_embed.errors import TrainingSetupError
+from arxiv_embed.params import Finetune
 from arxiv_embed.training import losses
 from arxiv_embed.training.losses import RETAIN
 

@@ -40,7 +40,9 @@ def _library(name: str, **kwargs: Any) -> Callable[[Any, Finetune], nn.Module]:
 
 
 def _cosine() -> Callable:
-    from sentence_transformers.sentence_transformer.losses import BatchHardTripletLossDistanceFunction
+    from sentence_transformers.sentence_transformer.losses import (
+        BatchHardTripletLossDistanceFunction,
+    )
 
     return BatchHardTripletLossDistanceFunction.cosine_distance
 
@@ -143,7 +145,6 @@ def build_training_loss(model: SentenceTransformer, ft: Finetune) -> nn.Module |
     """What the trainer gets (mode=full): the loss, or with several datasets one loss per dataset
     name (training.data.train_dataset): each train_data kind gets finetune.loss, and the retained
     title->abstract pairs get MNRL scaled by finetune.retain_title_abstract."""
-    from torch import nn
 
     loss = build_loss(model, ft)
     kinds = list(ft.train_data)
@@ -156,7 +157,7 @@ def build_training_loss(model: SentenceTransformer, ft: Finetune) -> nn.Module |
     return losses_by_name
 
 
-def _Scaled(loss: nn.Module, weight: float) -> nn.Module:  # noqa: N802 (a class made on demand: torch stays a lazy import)
+def _Scaled(loss: nn.Module, weight: float) -> nn.Module:
     from torch import nn
 
     class Scaled(nn.Module):
@@ -165,7 +166,7 @@ def _Scaled(loss: nn.Module, weight: float) -> nn.Module:  # noqa: N802 (a class
             self.loss, self.weight = loss, weight
             self.model = loss.model
 
-        def forward(self, features, labels):  # noqa: ANN001, ANN202 (the library's loss signature)
+        def forward(self, features, labels):
             return self.weight * self.loss(features, labels)
 
     return Scaled()
