@@ -175,31 +175,38 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
                  for frame, cols in main]
     retained = _columns(frames["title_abstract"], ["anchor", "positive"], index) if mnrl is not None else None
 
-    curve, step, t0 = [], 0, time.monotonic()
-    for _ in range(ft.adapter.epochs):
-        for columns, labels in main_rows:
-            grouped = Batches(labels.numpy() if "labels" in ft.train_data else None, ft.batch_size, rng, ft.adapter.per_label)
-            plain = Batches(None, ft.batch_size, rng)
-            retain_batches = plain.epoch(len(retained[0])) if retained is not None else None
-            for rows in grouped.epoch(len(columns[0])):
-                rows = torch.as_tensor(rows)
-                embeddings = [stack(vectors[column[rows]]) for column in columns]
-                loss = loss_fn.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
-                if retained is not None:
-                    pairs = next(retain_batches, None)
-                    if pairs is None:
-                        retain_batches = plain.epoch(len(retained[0]))
-                        pairs = next(retain_batches)
-                    pairs = torch.as_tensor(pairs)
-                    query, doc = (stack(vectors[column[pairs]]) for column in retained)
-                    loss = loss + ft.retain_title_abstract * mnrl.compute_loss_from_embeddings([query, doc], None)
-                if ft.retain_distill:
-                    base = vectors[columns[0][rows]]
-                    # The library's MSELoss objective (mean squared error to the base embedding), per dimension summed.
-                    loss = loss + ft.retain_distill * F.mse_loss(embeddings[0], base, reduction="sum") / len(rows)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                step += 1
-                curve.append((step, loss.item()))
+    # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
+    # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        curve, step, t0 = [], 0, time.monotonic()
+        for _ in range(ft.adapter.epochs):
+            for columns, labels in main_rows:
+                grouped = Batches(labels.numpy() if "labels" in ft.train_data else None, ft.batch_size, rng, ft.adapter.per_label)
+                plain = Batches(None, ft.batch_size, rng)
+                retain_batches = plain.epoch(len(retained[0])) if retained is not None else None
+                for rows in grouped.epoch(len(columns[0])):
+                    rows = torch.as_tensor(rows)
+                    embeddings = [stack(vectors[column[rows]]) for column in columns]
+                    loss = loss_fn.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
+                    if retained is not None:
+                        pairs = next(retain_batches, None)
+                        if pairs is None:
+                            retain_batches = plain.epoch(len(retained[0]))
+                            pairs = next(retain_batches)
+                        pairs = torch.as_tensor(pairs)
+                        query, doc = (stack(vectors[column[pairs]]) for column in retained)
+                        loss = loss + ft.retain_title_abstract * mnrl.compute_loss_from_embeddings([query, doc], None)
+                    if ft.retain_distill:
+                        base = vectors[columns[0][rows]]
+                        # The library's MSELoss objective (mean squared error to the base embedding), per dimension summed.
+                        loss = loss + ft.retain_distill * F.mse_loss(embeddings[0], base, reduction="sum") / len(rows)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    curve.append((step, loss.item()))
+    finally:
+        torch.set_num_threads(threads)
     return AdapterRun(list(stack.net), curve, step, time.monotonic() - t0)
