@@ -14,8 +14,9 @@ NDCG@10; plus finetune's wall time (metrics/finetune.json).
     python -m benchmarks quality --quality-files my.jsonl.gz       # any arXiv JSON-lines (Kaggle schema)
 
 Without ../shared/data (a user's clone), pass --quality-files with one or more local arXiv
-JSON-lines files (.jsonl or .jsonl.gz, Kaggle snapshot schema): e.g. a file you would give
-`download.source=file`, or the download stage's output data/raw/arxiv.jsonl.gz.
+JSON-lines files (.jsonl or .jsonl.gz, Kaggle snapshot schema), e.g. the sample shipped in the
+repository: `--quality-files data/sample/arxiv-sample.jsonl.gz` (4,830 records, 18 archives), a
+file you would give `download.source=file`, or the download stage's output data/raw/arxiv.jsonl.gz.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> Report:
     files = args.quality_files or DEV_FILES
     if missing := [str(f) for f in files if not Path(f).exists()]:
         raise SystemExit(f"quality: {', '.join(missing)} not found. Without ../shared/data, pass --quality-files with local "
-                         "arXiv JSON-lines files (Kaggle schema, .jsonl or .jsonl.gz), e.g. data/raw/arxiv.jsonl.gz")
+                         "arXiv JSON-lines files (Kaggle schema, .jsonl or .jsonl.gz), e.g. --quality-files data/sample/arxiv-sample.jsonl.gz")
     report = Report("quality")
     for source in files:
         with tempfile.TemporaryDirectory(prefix="bench-quality-") as workdir:
