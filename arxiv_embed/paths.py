@@ -22,8 +22,8 @@ def split_file(split: str) -> Path:
 
 TRIPLETS_DIR = Path("data/triplets")
 # Kinds written by make_triplets, per split: (anchor, positive, negative) triplets,
-# title->abstract pairs of one paper, and abstract->abstract pairs of one label.
-TRAINING_KINDS = ("triplets", "title_abstract", "same_label")
+# title->abstract pairs of one paper, abstract->abstract pairs of one label, and graded pairs.
+TRAINING_KINDS = ("triplets", "title_abstract", "same_label", "graded_pairs")
 
 
 def training_file(split: str, kind: str) -> Path:

@@ -4,6 +4,7 @@ write benchmarks/results/<name>.json. No name runs them all (end_to_end last: it
     python -m benchmarks clean_scale --quick       # 20 MB and 80 MB instead of 0.5 GB and 2 GB
     python -m benchmarks encoding repro
     python -m benchmarks faults                    # kill the tiny DAG at named points, rerun, compare
+    python -m benchmarks quality                   # base vs fine-tuned with 95% intervals, both dev files
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from benchmarks.common import SAMPLE_HELP, save
 
 MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "faults": "faults",
-           "search_scale": "search_scale", "search_load": "search_load", "end_to_end": "end_to_end"}
+           "search_scale": "search_scale", "search_load": "search_load", "quality": "quality", "end_to_end": "end_to_end"}
 
 
 def main(argv: list[str] | None = None) -> None:

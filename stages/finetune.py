@@ -1,6 +1,8 @@
 """finetune: fine-tune the base model on make_triplets' data with sentence-transformers' trainer.
 
-Reads data/triplets/{train,eval}_*.parquet (loss batch_hard: data/split/train.parquet). Writes
+Reads the finetune.train_data kinds (data/triplets/train_*.parquet; kind `labels`: data/split/train.parquet)
+and data/triplets/eval_triplets.parquet. finetune.mode=adapter freezes the encoder and trains a small
+adapter on embeddings computed once (no checkpoints: it trains in seconds). Writes
 models/finetuned/ (the best checkpoint's model, mlflow_run.json, training_summary.json),
 metrics/finetune.json and metrics/finetune_loss.csv. Every run is an MLflow run. Checkpoints go to
 models/checkpoints/<run key>/, so a rerun with the same params and data resumes where an
@@ -19,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from arxiv_embed import paths
-from arxiv_embed.training import checkpoints, distributed, losses, trainer
+from arxiv_embed.training import adapter, checkpoints, distributed, losses, trainer
 from arxiv_embed.training import data as training_data
 from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
@@ -34,6 +36,8 @@ def main() -> None:
     # 1. Params; several processes asked for -> run this module under torchrun instead.
     params = load_params()
     ft = params.finetune
+    if ft.mode == "adapter":
+        return adapter_main(params, started)
     if (nproc := distributed.requested_processes(ft)) > 1 and distributed.world_size() == 1:
         sys.exit(distributed.relaunch_with_torchrun(nproc))
     training_data.check_combination(ft)
@@ -75,7 +79,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
         device="cpu" if distributed.world_size() > 1 else None,
     )
-    loss = losses.build_loss(model, ft)
+    loss = losses.build_training_loss(model, ft)
 
     # 5. Training arguments.
     precision = pick_precision(ft.precision, device)
@@ -161,6 +165,48 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         f"{summary['best_metric']} at step {summary['best_checkpoint_step']}; model logged to MLflow as {how}",
         flush=True,
     )
+
+
+def adapter_main(params: Params, started: float) -> None:
+    """finetune.mode=adapter (training/adapter.py): one encoding pass, then seconds of adapter training."""
+    ft = params.finetune
+    training_data.check_combination(ft)
+    print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
+    import mlflow
+
+    train_files, _ = training_data.data_files(ft)
+    frames = {kind: training_data.kind_frame(kind) for kind in ft.train_data}
+    if ft.retain_title_abstract:
+        frames.setdefault("title_abstract", training_data.kind_frame("title_abstract"))
+    model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
+    tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device)}
+    with tracked_run(None, "finetune-adapter", tags) as run_id:
+        mlflow.log_params(flatten(params.model_dump()))
+        encode_started = time.monotonic()
+        index, cached = adapter.embed_once(model, frames)
+        encode_seconds = time.monotonic() - encode_started
+        result = adapter.train_adapter(ft, params.shared.seed, frames, index, cached)
+        for step, value in result.curve[:: max(1, ft.logging_steps)]:
+            mlflow.log_metric("loss", value, step=step, synchronous=False)
+        tuned = adapter.attach(model, result.modules)
+        summary = {
+            "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": len(index),
+            "encode_seconds": round(encode_seconds, 1), "adapter_train_seconds": round(result.train_seconds, 1),
+            "wall_time_s": round(time.monotonic() - started, 1),
+            "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
+        }
+        run_info = {"run_id": run_id, "experiment_id": mlflow.get_run(run_id).info.experiment_id}
+        with atomic_path(paths.FINETUNED) as tmp:
+            tuned.save(str(tmp))
+            (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
+            (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(paths.metrics_file("finetune"), summary)
+        write_text(paths.METRICS_DIR / "finetune_loss.csv", "step,loss\n" + "".join(f"{s},{v}\n" for s, v in result.curve))
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+        how = trainer.log_model(tuned, paths.FINETUNED)
+    print(f"finetune (adapter {ft.adapter.kind}): {len(index)} texts encoded in {summary['encode_seconds']} s, "
+          f"{result.steps} adapter steps in {summary['adapter_train_seconds']} s, {summary['wall_time_s']} s wall; "
+          f"model logged to MLflow as {how}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ Per split (seeded by shared.seed and the split's name, so one split's counts nev
   negative has another one: `hard` (same archive, other primary category) for a
   make_triplets.hard_negative_fraction share where such a paper exists, else `random`;
 - title_abstract: every paper's title -> its own abstract;
-- same_label: abstract -> abstract of another paper with the same label.
+- same_label: abstract -> abstract of another paper with the same label;
+- graded_pairs: abstract pairs scored by arXiv's structure: same label 1.0 > a shared (cross-list)
+  category 0.67 > same archive 0.33 > other 0.0 (grades drawn evenly; a grade without a candidate
+  falls to the next lower one), and `same_label` 1/0, for CoSENT/AnglE/OnlineContrastive.
 Anchor labels are taken round-robin (balanced across labels, not proportional to their size).
 """
 
@@ -69,7 +72,48 @@ def negatives(papers: pl.DataFrame, anchors: np.ndarray, hard_fraction: float, r
     return chosen, list(kinds)
 
 
-def build(papers: pl.DataFrame, n_triplets: int, n_pairs: int, hard_fraction: float, rng: np.random.Generator) -> dict[str, pl.DataFrame]:
+GRADE_SCORES = (0.0, 0.33, 0.67, 1.0)  # other, same archive, shared category, same label
+GRADED_SCHEMA = {"anchor": pl.String, "positive": pl.String, "anchor_id": pl.String, "positive_id": pl.String,
+                 "score": pl.Float64, "same_label": pl.Int64}
+
+
+def graded_partners(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n (anchor row, partner row, grade 0-3) with grades drawn evenly; no partner is its anchor."""
+    if n == 0 or papers.height < 2:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    rows = papers.with_row_index("row")
+    by = {key: {k: np.asarray(v) for k, v in rows.group_by(key).agg("row").iter_rows()} for key in ("label", "archive")}
+    by_category = {k: np.asarray(v) for k, v in rows.select("row", "categories").explode("categories").group_by("categories").agg("row").iter_rows()}
+    label, archive, categories = papers["label"].to_list(), papers["archive"].to_list(), papers["categories"].to_list()
+    archive_codes = papers["archive"].rank("dense").to_numpy()
+    anchors, grades = rng.integers(papers.height, size=n), rng.integers(4, size=n)
+    partners = np.full(n, -1, dtype=np.int64)
+    for i, (a, grade) in enumerate(zip(anchors, grades)):
+        for g in range(grade, -1, -1):
+            if g == 3:
+                pool = by["label"][label[a]]
+            elif g == 2:
+                pool = np.concatenate([by_category[c] for c in categories[a]])
+            elif g == 1:
+                pool = by["archive"][archive[a]]
+            else:
+                pool = np.flatnonzero(archive_codes != archive_codes[a])
+            # Take a few draws and keep the first that has exactly grade g (cheap even for big pools).
+            for candidate in rng.choice(pool, size=min(len(pool), 16), replace=False):
+                same_label, same_archive = label[candidate] == label[a], archive[candidate] == archive[a]
+                shared = bool(set(categories[candidate]) & set(categories[a]))
+                actual = 3 if same_label else 2 if shared else 1 if same_archive else 0
+                if candidate != a and actual == g:
+                    partners[i], grades[i] = candidate, g
+                    break
+            if partners[i] >= 0:
+                break
+    keep = partners >= 0
+    return anchors[keep], partners[keep], grades[keep]
+
+
+def build(papers: pl.DataFrame, n_triplets: int, n_pairs: int, hard_fraction: float, rng: np.random.Generator,
+          n_graded: int = 0) -> dict[str, pl.DataFrame]:
     """All three kinds for one split."""
     anchor, positive = anchor_positive_pairs(papers, n_triplets, rng)
     negative, kinds = negatives(papers, anchor, hard_fraction, rng)
@@ -93,7 +137,13 @@ def build(papers: pl.DataFrame, n_triplets: int, n_pairs: int, hard_fraction: fl
         schema=PAIR_SCHEMA,
     )  # fmt: skip
     title_abstract = papers.select(anchor="title", positive="abstract", id="id", label="label")
-    return {"triplets": triplets, "title_abstract": title_abstract, "same_label": same_label}
+    a, p, grade = graded_partners(papers, n_graded, rng)
+    graded = pl.DataFrame(
+        {"anchor": take["abstract"].gather(a), "positive": take["abstract"].gather(p), "anchor_id": take["id"].gather(a),
+         "positive_id": take["id"].gather(p), "score": np.asarray(GRADE_SCORES)[grade], "same_label": (grade == 3).astype(np.int64)},
+        schema=GRADED_SCHEMA,
+    )  # fmt: skip
+    return {"triplets": triplets, "title_abstract": title_abstract, "same_label": same_label, "graded_pairs": graded}
 
 
 def main() -> None:
@@ -103,11 +153,12 @@ def main() -> None:
     with atomic_path(paths.TRIPLETS_DIR) as out:
         out.mkdir()
         for split in paths.SPLITS:
-            columns = ["id", "title", "abstract", "label", "archive", "primary_category"]
+            columns = ["id", "title", "abstract", "label", "archive", "primary_category", "categories"]
             papers = pl.read_parquet(paths.split_file(split), columns=columns)
             rng = np.random.default_rng([params.shared.seed, SPLIT_SEED[split]])
             n_triplets = getattr(cfg.triplets_per_split, split)
-            kinds = build(papers, n_triplets, getattr(cfg.same_label_pairs_per_split, split), cfg.hard_negative_fraction, rng)
+            kinds = build(papers, n_triplets, getattr(cfg.same_label_pairs_per_split, split), cfg.hard_negative_fraction, rng,
+                          getattr(cfg.graded_pairs_per_split, split))
             for kind, frame in kinds.items():
                 frame.write_parquet(out / paths.training_file(split, kind).name)
             sizes = papers["label"].value_counts()

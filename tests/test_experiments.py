@@ -107,9 +107,10 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
 
     project = committed_copy(pipeline, tmp_path / "project")
     baseline = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    rates = {"tiny-a": 2e-5, "tiny-b": 3e-5}
+    # A param the default finetune (mode=adapter) trains with, so each experiment's metrics differ.
+    rates = {"tiny-a": 0.2, "tiny-b": 0.4}
     for name, rate in rates.items():
-        dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"finetune.learning_rate={rate}")
+        dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"finetune.margin={rate}")
     try:
         dvc(project, "queue", "start", "-j", "2")
         status = wait_for_queue(project, timeout_s=1200)
@@ -126,7 +127,7 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     for name, rate in rates.items():
         tagged = runs[name]
         assert tagged.info.status == "FINISHED" and tagged.data.tags["dvc_baseline_rev"] == baseline
-        assert float(tagged.data.params["finetune.learning_rate"]) == rate  # finetune logged here...
+        assert float(tagged.data.params["finetune.margin"]) == rate  # finetune logged here...
         assert "eval.finetuned.category_retrieval.ndcg_at_10" in tagged.data.metrics  # ...and evaluate into the same run
     versions = client.search_model_versions("name = 'arxiv-embed'")
     assert sorted(v.tags.get("dvc_experiment") for v in versions) == ["tiny-a", "tiny-b"]  # push registered both
@@ -135,7 +136,7 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     assert {"tiny-a", "tiny-b"} <= names
     # The headline of a sweep on one screen: a pipe gets the table at its natural width, uncut.
     table = dvc(project, "exp", "show", "--only-changed").stdout
-    assert "delta.category_ndcg" in table and "finetune.learning_rate" in table
+    assert "delta.category_ndcg" in table and "finetune.margin" in table
     assert max(len(line.rstrip()) for line in table.splitlines()) <= 160, table
 
 

@@ -22,7 +22,8 @@ from tests.test_training import write_tiny_data
 TINY = {
     "model": {"max_seq_length": 32},
     # Two kinds of data (multi-dataset batches) and the retrieval evaluator: the stage's widest path.
-    "finetune": {"max_steps": 4, "batch_size": 8, "eval_steps": 2, "save_steps": 2,
+    "finetune": {"mode": "full", "loss": "mnrl", "retain_title_abstract": 0.0, "retain_distill": 0.0,  # the trainer's path
+                 "max_steps": 4, "batch_size": 8, "eval_steps": 2, "save_steps": 2,
                  "train_data": ["triplets", "title_abstract"], "eval_retrieval": True},
 }
 EXPECTED_STEPS = 4

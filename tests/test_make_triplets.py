@@ -48,13 +48,14 @@ def run(root: Path, label: str = "primary_category", **params: object) -> tuple[
 
 def test_files_and_columns(project: Path) -> None:
     frames, _ = run(project)
-    assert sorted(frames) == sorted(f"{s}_{k}" for s in SPLITS for k in ("triplets", "title_abstract", "same_label"))
+    assert sorted(frames) == sorted(f"{s}_{k}" for s in SPLITS for k in ("triplets", "title_abstract", "same_label", "graded_pairs"))
     assert frames["train_triplets"].columns == [
         "anchor", "positive", "negative", "anchor_id", "positive_id", "negative_id", "label", "negative_label", "negative_type",
     ]  # fmt: skip
     assert frames["train_title_abstract"].columns == ["anchor", "positive", "id", "label"]
     assert frames["train_same_label"].columns == ["anchor", "positive", "anchor_id", "positive_id", "label"]
-    assert all(dtype == pl.String for frame in frames.values() for dtype in frame.dtypes)
+    assert frames["train_graded_pairs"].columns == ["anchor", "positive", "anchor_id", "positive_id", "score", "same_label"]
+    assert all(dtype == pl.String for name, frame in frames.items() if "graded" not in name for dtype in frame.dtypes)
 
 
 @pytest.mark.parametrize("name", list(SPLITS))
@@ -140,3 +141,24 @@ def test_a_split_with_one_label_gives_no_triplets(project: Path) -> None:
     test_triplets = pl.read_parquet(project / "data/triplets/test_triplets.parquet")
     assert test_triplets.is_empty() and test_triplets.columns == frames["test_triplets"].columns
     assert pl.read_parquet(project / "data/triplets/test_same_label.parquet").height == COUNTS["same_label_pairs_per_split"]["test"]
+
+
+def test_graded_pairs_follow_arxiv_structure() -> None:
+    """Each pair's score is its real relation: same label 1.0 > shared cross-list category 0.67 >
+    same archive 0.33 > other 0.0; every grade occurs, and a paper is never paired with itself."""
+    import numpy as np
+
+    rows = []
+    for i in range(60):
+        primary = ["cs.CL", "cs.LG", "cs.CV", "math.ST", "stat.ML", "hep-th"][i % 6]
+        cross = {"cs.CL": ["cs.LG"], "math.ST": ["stat.ML"], "stat.ML": ["cs.LG"]}.get(primary, [])
+        rows.append({"id": str(i), "abstract": f"abstract {i}", "label": primary, "archive": primary.split(".")[0],
+                     "categories": [primary, *cross]})
+    papers = pl.DataFrame(rows)
+    anchors, partners, grades = make_triplets.graded_partners(papers, 400, np.random.default_rng(0))
+    assert len(anchors) == 400 and (anchors != partners).all() and set(grades) == {0, 1, 2, 3}
+    label, archive, categories = papers["label"].to_list(), papers["archive"].to_list(), papers["categories"].to_list()
+    for a, b, grade in zip(anchors, partners, grades):
+        shared = bool(set(categories[a]) & set(categories[b]))
+        expected = 3 if label[a] == label[b] else 2 if shared else 1 if archive[a] == archive[b] else 0
+        assert grade == expected, (categories[a], categories[b])

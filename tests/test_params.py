@@ -40,7 +40,7 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("split", "method", "random", "split.method: Input should be 'stratified' or 'time'"),
         ("finetune", "batch_size", "32", "finetune.batch_size: Input should be a valid integer"),
         ("split", "test_fraction", 1.5, "split.test_fraction"),
-        ("finetune", "loss", "cosine", "'triplet', 'mnrl', 'cached_mnrl' or 'batch_hard'"),
+        ("finetune", "loss", "cosine", "'mnrl', 'cached_mnrl', 'triplet', 'batch_all'"),
         ("download", "source", "ftp", "download.source: Input should be 'oai', 'kaggle' or 'file'"),  # SOURCES' keys
     ],
 )

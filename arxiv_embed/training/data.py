@@ -5,53 +5,58 @@ The losses' data kinds and their checks live in losses.py; this module turns fil
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.params import Finetune
 from arxiv_embed.errors import TrainingSetupError
+from arxiv_embed.params import Finetune
+from arxiv_embed.training import losses
+from arxiv_embed.training.losses import RETAIN
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-# The text columns of each make_triplets kind, in the order the losses read them
-# (anchor, positive[, negative]); the id/label columns stay out of the batches.
-TEXT_COLUMNS = {
-    "triplets": ("anchor", "positive", "negative"),
-    "title_abstract": ("anchor", "positive"),
-    "same_label": ("anchor", "positive"),
+@dataclass(frozen=True)
+class Kind:
+    """One finetune.train_data kind: the make_triplets (or split) file it comes from, per split, and
+    dataset column -> file column, in the order the losses read them (anchor, positive[, negative],
+    then the label/score column the collator passes to the loss)."""
+
+    file: Callable[[str], Path]
+    columns: dict[str, str]
+
+
+# Adding a data kind is one row here (plus the make_triplets code that writes its file).
+KINDS: dict[str, Kind] = {
+    "triplets": Kind(lambda split: paths.training_file(split, "triplets"), {"anchor": "anchor", "positive": "positive", "negative": "negative"}),
+    "title_abstract": Kind(lambda split: paths.training_file(split, "title_abstract"), {"anchor": "anchor", "positive": "positive"}),
+    "same_label": Kind(lambda split: paths.training_file(split, "same_label"), {"anchor": "anchor", "positive": "positive"}),
+    # Each training paper's abstract and its label (an int id): the label-grouped batch losses.
+    "labels": Kind(paths.split_file, {"text": "abstract", "label": "label"}),
+    # Pairs scored by arXiv's structure (make_triplets.graded_pairs): same primary category 1.0 >
+    # shared cross-list category > same archive > other 0.0; `same_label` is the 1/0 version.
+    "graded_pairs": Kind(lambda split: paths.training_file(split, "graded_pairs"), {"anchor": "anchor", "positive": "positive", "score": "score"}),
+    "binary_pairs": Kind(lambda split: paths.training_file(split, "graded_pairs"), {"anchor": "anchor", "positive": "positive", "label": "same_label"}),
 }
+TEXT_COLUMNS = {name: tuple(kind.columns.values()) for name, kind in KINDS.items()}
 
 
 def check_combination(finetune: Finetune) -> None:
-    """Reject loss/data/batch combinations the library would fail on later (or silently mis-train)."""
-    if len(set(finetune.train_data)) != len(finetune.train_data):
-        raise TrainingSetupError(f"finetune.train_data={finetune.train_data} lists a kind twice")
-    if finetune.loss == "triplet" and finetune.train_data != ["triplets"]:
-        raise TrainingSetupError(
-            f"finetune.loss=triplet needs (anchor, positive, negative) rows, but finetune.train_data="
-            f"{finetune.train_data} has pair kinds: set finetune.train_data to [triplets], or use loss mnrl/cached_mnrl for pairs"
-        )
-    if finetune.loss == "batch_hard" and (finetune.batch_size < 4 or finetune.batch_size % 2):
-        raise TrainingSetupError(
-            f"finetune.loss=batch_hard groups 2 papers per label in a batch: finetune.batch_size must be even and >= 4 (got {finetune.batch_size})"
-        )
-    if finetune.loss == "cached_mnrl" and finetune.mini_batch_size > finetune.batch_size:
-        raise TrainingSetupError(
-            f"finetune.mini_batch_size={finetune.mini_batch_size} > finetune.batch_size={finetune.batch_size}: "
-            "cached_mnrl splits each batch into mini-batches, so the mini-batch must be smaller"
-        )
+    """The loss table's checks (kept here too: finetune and the benchmarks call it by this name)."""
+    losses.check_combination(finetune)
 
 
 def data_files(finetune: Finetune) -> tuple[list[Path], list[Path]]:
     """(training files, evaluation files) this configuration reads."""
-    if finetune.loss == "batch_hard":
-        train = [paths.split_file("train")]
-    else:
-        train = [paths.training_file("train", kind) for kind in finetune.train_data]
+    losses.check_combination(finetune)
+    train = [KINDS[kind].file("train") for kind in finetune.train_data]
+    if finetune.retain_title_abstract and "title_abstract" not in finetune.train_data:
+        train.append(KINDS["title_abstract"].file("train"))
     evaluation = [paths.training_file("eval", "triplets")]
     if finetune.eval_retrieval:
         evaluation.append(paths.training_file("eval", "title_abstract"))
@@ -75,28 +80,34 @@ def read_texts(path: Path, columns: tuple[str, ...] | list[str]) -> pl.DataFrame
     return frame
 
 
-def label_dataset(path: Path) -> Dataset:
-    """(text, label) rows for batch-hard losses: each training paper's abstract and its label as an int id."""
-    from datasets import Dataset
-
-    frame = read_texts(path, ["abstract", "label"])
-    labels = sorted(frame["label"].unique().to_list())
-    ids = frame["label"].replace_strict(labels, list(range(len(labels))), return_dtype=pl.Int64)
-    return Dataset.from_dict({"text": frame["abstract"].to_list(), "label": ids.to_list()})
+def kind_frame(kind: str, split: str = "train") -> pl.DataFrame:
+    """One data kind as a frame with the dataset's column names; labels become int ids (sorted label order)."""
+    spec = KINDS[kind]
+    frame = read_texts(spec.file(split), list(spec.columns.values())).select(
+        pl.col(source).alias(name) for name, source in spec.columns.items()
+    )
+    if kind == "labels":
+        labels = sorted(frame["label"].unique().to_list())
+        frame = frame.with_columns(pl.col("label").replace_strict(labels, list(range(len(labels))), return_dtype=pl.Int64))
+    return frame
 
 
 def train_dataset(finetune: Finetune) -> Dataset | DatasetDict:
     """The training data for finetune.loss: one Dataset, or a DatasetDict of kinds (multi-dataset
-    training: each batch comes from one kind, so pairs and triplets never share a batch)."""
+    training: each batch comes from one kind, so pairs and triplets never share a batch). With
+    finetune.retain_title_abstract, title->abstract pairs join as their own dataset (RETAIN)."""
     from datasets import Dataset, DatasetDict
 
-    train_files, _ = data_files(finetune)
-    if finetune.loss == "batch_hard":
-        return label_dataset(train_files[0])
-    sets = {
-        kind: Dataset.from_dict(read_texts(path, TEXT_COLUMNS[kind]).to_dict(as_series=False))
-        for kind, path in zip(finetune.train_data, train_files)
-    }
+    losses.check_combination(finetune)
+    sets = {kind: Dataset.from_dict(kind_frame(kind).to_dict(as_series=False)) for kind in finetune.train_data}
+    if finetune.retain_title_abstract and "title_abstract" not in finetune.train_data:
+        retain = kind_frame("title_abstract")
+        if losses.batch_sampler(finetune) == "group_by_label":
+            # The trainer's one sampler groups every dataset by label: these pairs carry their paper's
+            # label (MNRL ignores it), so their in-batch negatives are same-field abstracts.
+            labels = read_texts(KINDS["title_abstract"].file("train"), ["label"])["label"]
+            retain = retain.with_columns(label=labels.rank("dense").cast(pl.Int64))
+        sets[RETAIN] = Dataset.from_dict(retain.to_dict(as_series=False))
     return next(iter(sets.values())) if len(sets) == 1 else DatasetDict(sets)
 
 

@@ -1,46 +1,178 @@
-"""The losses finetune can train with, and the batch sampler each needs."""
+"""The losses finetune can train with: ONE table, LOSSES. Adding a loss is adding one row.
+
+A row names the library loss (its factory), the batch sampler the trainer must use with it, the
+make_triplets data kinds it can read (their columns are in data.KINDS) and its own checks. The
+params schema takes finetune.loss's choices from this table's keys, so an unknown name fails
+validation; check_combination, data_files, train_dataset, build_loss and batch_sampler all read it.
+
+This module is imported by the params schema (every stage), so it stays light: the library is
+imported inside the factories only.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from arxiv_embed.params import Finetune
 from arxiv_embed.errors import TrainingSetupError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from torch import nn
 
+    from arxiv_embed.params import Finetune
 
-def build_loss(model: SentenceTransformer, finetune: Finetune) -> nn.Module:
+RETAIN = "retain_title_abstract"  # the dataset name of the no-forgetting title->abstract pairs (mode=full)
+Check = Callable[["Finetune"], "str | None"]  # a finetune section -> what is wrong with it, or None
+
+
+def _library(name: str, **kwargs: Any) -> Callable[[Any, Finetune], nn.Module]:
+    """A factory for sentence-transformers' loss class `name`; callable kwargs are read from finetune."""
+
+    def build(model: Any, ft: Finetune) -> nn.Module:
+        from sentence_transformers.sentence_transformer import losses
+
+        return getattr(losses, name)(model, **{k: v(ft) if callable(v) else v for k, v in kwargs.items()})
+
+    build.library_name = name  # type: ignore[attr-defined]
+    return build
+
+
+def _cosine() -> Callable:
+    from sentence_transformers.sentence_transformer.losses import (
+        BatchHardTripletLossDistanceFunction,
+    )
+
+    return BatchHardTripletLossDistanceFunction.cosine_distance
+
+
+def _triplet_cosine(ft: Finetune) -> Any:
+    from sentence_transformers.sentence_transformer.losses import TripletDistanceMetric
+
+    return TripletDistanceMetric.COSINE
+
+
+def _even_batch(ft: Finetune) -> str | None:
+    if ft.batch_size < 4 or ft.batch_size % 2:
+        return (f"finetune.loss={ft.loss} groups several papers per label in a batch: finetune.batch_size must be even "
+                f"and >= 4 (got {ft.batch_size})")
+    return None
+
+
+def _mini_batch(ft: Finetune) -> str | None:
+    if ft.mini_batch_size > ft.batch_size:
+        return (f"finetune.mini_batch_size={ft.mini_batch_size} > finetune.batch_size={ft.batch_size}: "
+                "cached_mnrl splits each batch into mini-batches, so the mini-batch must be smaller")
+    return None
+
+
+def _full_only(ft: Finetune) -> str | None:
+    if ft.mode == "adapter":
+        return f"finetune.loss={ft.loss} caches activations of the encoder, which mode=adapter freezes: use mode=full or loss mnrl"
+    return None
+
+
+@dataclass(frozen=True)
+class LossRow:
+    build: Callable[[Any, Finetune], nn.Module]  # (model, finetune) -> the library loss
+    sampler: str  # sentence-transformers BatchSamplers value
+    kinds: tuple[str, ...]  # finetune.train_data kinds it reads (columns: data.KINDS)
+    checks: tuple[Check, ...] = ()
+    about: str = ""
+
+
+# Margins are for cosine distance (1 - cos) of normalised embeddings, which lies in [0, 2]: the
+# library's Euclidean defaults (5 for batch-all) would never be satisfied and train on everything.
+_LABEL_KINDS = ("labels",)
+_TEXT_KINDS = ("same_label", "title_abstract", "triplets")
+LOSSES: dict[str, LossRow] = {
+    "mnrl": LossRow(_library("MultipleNegativesRankingLoss"), "no_duplicates", _TEXT_KINDS,
+                    about="in-batch negatives; a triplets kind adds one hard negative per anchor"),
+    "cached_mnrl": LossRow(_library("CachedMultipleNegativesRankingLoss", mini_batch_size=lambda ft: ft.mini_batch_size),
+                           "no_duplicates", _TEXT_KINDS, (_mini_batch, _full_only), "MNRL with GradCache: big batches in little memory (GPU profile)"),
+    "triplet": LossRow(_library("TripletLoss", distance_metric=_triplet_cosine, triplet_margin=lambda ft: ft.margin),
+                       "batch_sampler", ("triplets",), about="(anchor, positive, negative) rows, cosine margin"),
+    "batch_all": LossRow(_library("BatchAllTripletLoss", distance_metric=lambda ft: _cosine(), margin=lambda ft: ft.margin),
+                         "group_by_label", _LABEL_KINDS, (_even_batch,), "every valid triplet in a label-grouped batch; never a same-label negative"),
+    "batch_semi_hard": LossRow(_library("BatchSemiHardTripletLoss", distance_metric=lambda ft: _cosine(), margin=lambda ft: ft.margin),
+                               "group_by_label", _LABEL_KINDS, (_even_batch,), "semi-hard negatives of other labels"),
+    "batch_hard": LossRow(_library("BatchHardTripletLoss", distance_metric=lambda ft: _cosine(), margin=lambda ft: ft.margin),
+                          "group_by_label", _LABEL_KINDS, (_even_batch,), "the hardest positive and negative per anchor"),
+    "cosent": LossRow(_library("CoSENTLoss"), "batch_sampler", ("graded_pairs",), about="ranks pairs by their graded score"),
+    "angle": LossRow(_library("AnglELoss"), "batch_sampler", ("graded_pairs",), about="CoSENT on angle differences"),
+    "online_contrastive": LossRow(_library("OnlineContrastiveLoss", margin=lambda ft: ft.margin), "batch_sampler", ("binary_pairs",),
+                                  about="hard positive/negative pairs in the batch (same label = 1)"),
+}
+
+
+def row(ft: Finetune) -> LossRow:
+    return LOSSES[ft.loss]  # the schema only lets table keys through
+
+
+def check_combination(ft: Finetune) -> None:
+    """Reject loss/data/batch combinations the library would fail on later (or silently mis-train)."""
+    spec = row(ft)
+    if len(set(ft.train_data)) != len(ft.train_data):
+        raise TrainingSetupError(f"finetune.train_data={ft.train_data} lists a kind twice")
+    if wrong := [kind for kind in ft.train_data if kind not in spec.kinds]:
+        raise TrainingSetupError(
+            f"finetune.loss={ft.loss} reads {', '.join(spec.kinds)}, but finetune.train_data={ft.train_data} has {wrong}: "
+            f"set finetune.train_data to a subset of [{', '.join(spec.kinds)}], or pick a loss that reads {wrong[0]}"
+        )
+    if ft.retain_distill and ft.mode != "adapter":
+        raise TrainingSetupError("finetune.retain_distill > 0 needs finetune.mode=adapter (it reuses the cached base embeddings): "
+                                 "set it to 0, or use retain_title_abstract in mode=full")
+    for check in spec.checks:
+        if problem := check(ft):
+            raise TrainingSetupError(problem)
+
+
+def build_loss(model: SentenceTransformer | Any, ft: Finetune) -> nn.Module:
     """The library loss for finetune.loss, wrapped in MatryoshkaLoss when finetune.matryoshka_dims is set."""
-    from sentence_transformers.sentence_transformer import losses
+    loss = row(ft).build(model, ft)
+    if ft.matryoshka_dims:
+        from sentence_transformers.sentence_transformer import losses
 
-    if finetune.loss == "triplet":
-        loss = losses.TripletLoss(model)
-    elif finetune.loss == "mnrl":
-        # Pairs: in-batch negatives; triplets: the third column adds one hard negative per anchor.
-        loss = losses.MultipleNegativesRankingLoss(model)
-    elif finetune.loss == "cached_mnrl":
-        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=finetune.mini_batch_size)
-    else:
-        loss = losses.BatchHardTripletLoss(model)
-    if finetune.matryoshka_dims:
         dim = model.get_embedding_dimension()
-        if dim and (too_big := [d for d in finetune.matryoshka_dims if d > dim]):
+        if dim and (too_big := [d for d in ft.matryoshka_dims if d > dim]):
             raise TrainingSetupError(f"finetune.matryoshka_dims {too_big} exceed the model's embedding dimension {dim}")
-        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(finetune.matryoshka_dims), reverse=True))
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(ft.matryoshka_dims), reverse=True))
     return loss
 
 
-def batch_sampler(finetune: Finetune) -> str:
+def build_training_loss(model: SentenceTransformer, ft: Finetune) -> nn.Module | dict[str, nn.Module]:
+    """What the trainer gets (mode=full): the loss, or with several datasets one loss per dataset
+    name (training.data.train_dataset): each train_data kind gets finetune.loss, and the retained
+    title->abstract pairs get MNRL scaled by finetune.retain_title_abstract."""
+
+    loss = build_loss(model, ft)
+    kinds = list(ft.train_data)
+    retain = bool(ft.retain_title_abstract) and "title_abstract" not in kinds
+    if len(kinds) + retain == 1:
+        return loss
+    losses_by_name: dict[str, nn.Module] = dict.fromkeys(kinds, loss)
+    if retain:
+        losses_by_name[RETAIN] = _Scaled(LOSSES["mnrl"].build(model, ft), ft.retain_title_abstract)
+    return losses_by_name
+
+
+def _Scaled(loss: nn.Module, weight: float) -> nn.Module:
+    from torch import nn
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loss, self.weight = loss, weight
+            self.model = loss.model
+
+        def forward(self, features, labels):
+            return self.weight * self.loss(features, labels)
+
+    return Scaled()
+
+
+def batch_sampler(ft: Finetune) -> str:
     """In-batch-negative losses must not see a text twice in a batch (it would be its own negative);
     batch-hard losses need several papers of several labels in every batch."""
-    from sentence_transformers.base.sampler import BatchSamplers
-
-    return {
-        "mnrl": BatchSamplers.NO_DUPLICATES,
-        "cached_mnrl": BatchSamplers.NO_DUPLICATES,
-        "batch_hard": BatchSamplers.GROUP_BY_LABEL,
-        "triplet": BatchSamplers.BATCH_SAMPLER,
-    }[finetune.loss]
+    return row(ft).sampler

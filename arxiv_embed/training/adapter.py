@@ -1,0 +1,212 @@
+"""finetune.mode=adapter: freeze the encoder, embed the training texts once, train a small adapter.
+
+On a CPU, encoding is nearly all of a fine-tuning step's cost. Here the base model encodes each
+training text once; the adapter then trains for many epochs on those cached vectors in seconds.
+The adapter is made of sentence-transformers' own `Dense` modules, appended to the base model's
+modules with a final `Normalize`, so `SentenceTransformer(path)` loads the saved model as usual.
+
+Every adapter starts as the identity (the fine-tuned model equals the base model at step 0):
+- `linear`: x + W x with W = 0 (a residual `Dense`).
+- `mlp`: W2 relu(W1 x) with W1 = [I; -I; 0] and W2 = [I, -I, 0], because relu(x) - relu(-x) = x.
+  The extra hidden units add capacity a linear map lacks (a linear map cannot help the linear
+  classifier of the classification lens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from torch import nn
+
+ADAPTERS = ("linear", "mlp")
+
+
+def identity_adapter(dim: int, kind: str, extra_hidden: int = 384, seed: int = 0) -> list[nn.Module]:
+    """`Dense` modules that start as the identity on `dim`-d embeddings (module docstring)."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    if kind == "linear":
+        return [Dense(dim, dim, bias=True, activation_function=None, use_residual=True,
+                      init_weight=torch.zeros(dim, dim), init_bias=torch.zeros(dim))]
+    if kind != "mlp":
+        raise ValueError(f"unknown adapter {kind!r}: choose one of {ADAPTERS}")
+    eye = torch.eye(dim)
+    # Small random rows for the extra units: they start silent in the output (W2's zero columns)
+    # but get gradients, so the adapter can grow features that no linear map of x has.
+    extra = torch.randn(extra_hidden, dim, generator=torch.Generator().manual_seed(seed)) / dim**0.5
+    first = Dense(dim, 2 * dim + extra_hidden, bias=True, activation_function=torch.nn.ReLU(),
+                  init_weight=torch.cat([eye, -eye, extra]), init_bias=torch.zeros(2 * dim + extra_hidden))
+    second = Dense(2 * dim + extra_hidden, dim, bias=True, activation_function=None,
+                   init_weight=torch.cat([eye, -eye, torch.zeros(dim, extra_hidden)], dim=1), init_bias=torch.zeros(dim))
+    return [first, second]
+
+
+class AdapterStack:
+    """The adapter as a torch module on cached vectors: normalize(adapter(x))."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        import torch
+
+        self.net = torch.nn.ModuleList(modules)
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        features = {"sentence_embedding": vectors}
+        for module in self.net:
+            features = module(features)
+        return F.normalize(features["sentence_embedding"], dim=-1)
+
+    def parameters(self):
+        return self.net.parameters()
+
+
+def attach(model: SentenceTransformer, modules: list[nn.Module]) -> SentenceTransformer:
+    """The base model's modules + the adapter + Normalize: one SentenceTransformer to save and load."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    base = list(model._modules.values())
+    if not any(isinstance(module, Normalize) for module in base[-1:]):
+        base.append(Normalize())  # the adapter was trained on normalised base embeddings
+    return SentenceTransformer(modules=[*base, *modules, Normalize()], device=str(model.device))
+
+
+@dataclass
+class Batches:
+    """Index batches over cached rows: label-grouped (k papers of each of several labels, the
+    GROUP_BY_LABEL idea) or plain shuffled ones, reshuffled every epoch, seeded."""
+
+    labels: np.ndarray | None
+    size: int
+    rng: np.random.Generator
+    per_label: int = 2
+    _groups: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            self._groups = [np.flatnonzero(self.labels == value) for value in np.unique(self.labels)]
+            self._groups = [g for g in self._groups if len(g) >= self.per_label]
+
+    def epoch(self, n_rows: int) -> Iterator[np.ndarray]:
+        if self.labels is None:
+            order = self.rng.permutation(n_rows)
+            yield from (order[i : i + self.size] for i in range(0, n_rows - self.size + 1, self.size))
+            return
+        # Every label's papers in shuffled chunks of exactly per_label (a remainder waits for the next
+        # epoch's shuffle); chunks shuffled and packed into batches, so a batch never holds a lone paper.
+        k = self.per_label
+        chunks = [chunk for g in self._groups for chunk in self.rng.permutation(g)[: len(g) // k * k].reshape(-1, k)]
+        order = self.rng.permutation(len(chunks))
+        per_batch = max(1, self.size // self.per_label)
+        for i in range(0, len(order) - per_batch + 1, per_batch):
+            yield np.concatenate([chunks[j] for j in order[i : i + per_batch]])
+
+
+@dataclass
+class AdapterRun:
+    modules: list  # the trained Dense modules, to attach() to the base model
+    curve: list[tuple[int, float]]  # (step, loss)
+    steps: int
+    train_seconds: float  # the adapter's own training, after the one encoding pass
+
+
+def _columns(frame, text_columns: list[str], index: dict[str, int]):
+    import torch
+
+    return [torch.tensor(frame[c].replace_strict(index, return_dtype=None).to_numpy()) for c in text_columns]
+
+
+def text_columns(frame) -> list[str]:
+    import polars as pl
+
+    return [c for c in frame.columns if frame[c].dtype == pl.String]
+
+
+def embed_once(model: SentenceTransformer, frames: dict, batch_size: int = 64) -> tuple[dict[str, int], np.ndarray]:
+    """Every distinct text of `frames` encoded once by the frozen model: (text -> row, vectors)."""
+    import polars as pl
+
+    from arxiv_embed.models import encode
+
+    texts = pl.concat([frame[c] for frame in frames.values() for c in text_columns(frame)]).unique(maintain_order=True).to_list()
+    return {text: i for i, text in enumerate(texts)}, encode(model, texts, batch_size=batch_size, progress=False)
+
+
+def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
+    """Train an identity adapter on the cached base vectors with finetune.loss (the loss table's
+    row, through the library loss's compute_loss_from_embeddings) plus the no-forgetting terms:
+    title->abstract MNRL (finetune.retain_title_abstract) and squared error to the base embeddings
+    (finetune.retain_distill, the library MSELoss's objective).
+
+    frames: data kind -> frame with the dataset's columns (training.data.kind_frame): the kinds of
+    finetune.train_data, plus "title_abstract" when retained. index/cached: embed_once's result.
+    """
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from arxiv_embed.training.losses import build_loss
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    vectors = torch.as_tensor(cached)
+    stack = AdapterStack(identity_adapter(vectors.shape[1], ft.adapter.kind, seed=seed))
+    optimizer = torch.optim.AdamW(stack.parameters(), lr=ft.adapter.learning_rate, weight_decay=0.0)
+    loss_fn = build_loss(None, ft)
+    mnrl = None
+    if ft.retain_title_abstract:
+        from sentence_transformers.sentence_transformer.losses import (
+            MultipleNegativesRankingLoss,
+        )
+
+        mnrl = MultipleNegativesRankingLoss(None)
+    main = [(frame, text_columns(frame)) for kind, frame in frames.items() if kind in ft.train_data]
+    main_rows = [(_columns(frame, cols, index), torch.tensor(frame[frame.columns[-1]].to_numpy()) if frame.columns[-1] not in cols else None)
+                 for frame, cols in main]
+    retained = _columns(frames["title_abstract"], ["anchor", "positive"], index) if mnrl is not None else None
+
+    # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
+    # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        curve, step, t0 = [], 0, time.monotonic()
+        for _ in range(ft.adapter.epochs):
+            for columns, labels in main_rows:
+                grouped = Batches(labels.numpy() if "labels" in ft.train_data else None, ft.batch_size, rng, ft.adapter.per_label)
+                plain = Batches(None, ft.batch_size, rng)
+                retain_batches = plain.epoch(len(retained[0])) if retained is not None else None
+                for rows in grouped.epoch(len(columns[0])):
+                    rows = torch.as_tensor(rows)
+                    embeddings = [stack(vectors[column[rows]]) for column in columns]
+                    loss = loss_fn.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
+                    if retained is not None:
+                        pairs = next(retain_batches, None)
+                        if pairs is None:
+                            retain_batches = plain.epoch(len(retained[0]))
+                            pairs = next(retain_batches)
+                        pairs = torch.as_tensor(pairs)
+                        query, doc = (stack(vectors[column[pairs]]) for column in retained)
+                        loss = loss + ft.retain_title_abstract * mnrl.compute_loss_from_embeddings([query, doc], None)
+                    if ft.retain_distill:
+                        base = vectors[columns[0][rows]]
+                        # The library's MSELoss objective (mean squared error to the base embedding), per dimension summed.
+                        loss = loss + ft.retain_distill * F.mse_loss(embeddings[0], base, reduction="sum") / len(rows)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    curve.append((step, loss.item()))
+    finally:
+        torch.set_num_threads(threads)
+    return AdapterRun(list(stack.net), curve, step, time.monotonic() - t0)

