@@ -169,7 +169,7 @@ def registry_versions(project: Path, name: str = "arxiv-embed") -> list:
 
 def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, papers, base_model, fake_hub, kaggle_sample):
     project = make_project(tmp_path / "project", {"push": {"hub": {"enabled": True, "repo_id": REPO_ID}},
-                                                  "download": {"source": "file", "path": str(kaggle_sample)}})
+                                                  "download": {"source": "file", "path": str(kaggle_sample), "max_records": 3000}})
     run_id = write_inputs(project, papers, base_model)
     env = stage_env(project)
     env.pop("HF_HUB_OFFLINE")  # the Hub path is under test; it is the fake one on 127.0.0.1
@@ -192,7 +192,7 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     # Only the files the run trained on (labels + retained title->abstract pairs), not every make_triplets file.
     assert "| data/split/train.parquet | 20 |" in card and "| data/triplets/train_title_abstract.parquet | 40 |" in card
     assert "same_label" not in card.split("## Training data")[1].split("## Training")[0]
-    assert "local file `arxiv-sample.jsonl.gz` (Kaggle arXiv snapshot schema, first 3000 records)" in card
+    assert "local file `arxiv-2007.jsonl.gz` (Kaggle arXiv snapshot schema, first 3000 records)" in card
     assert "`primary_category` (20 labels)" in card
 
     manifest = json.loads((release / "manifest.json").read_text())
