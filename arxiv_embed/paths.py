@@ -53,6 +53,7 @@ EVALUATE_MARKDOWN = METRICS_DIR / "evaluate.md"
 LEARNING_CURVE = METRICS_DIR / "learning_curve.csv"  # one macro-F1 column per model, for `dvc plots`
 CONFUSION = METRICS_DIR / "confusion.csv"
 FINETUNE_LOSS = METRICS_DIR / "finetune_loss.csv"
+TRAINING_SUMMARY = "training_summary.json"  # in models/finetuned: finetune's summary (wall time, steps)
 
 
 EVAL_DIR = Path("data/eval")  # per-model results of evaluate_base / evaluate, combined into metrics/evaluate.json

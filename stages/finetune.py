@@ -19,6 +19,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
 from arxiv_embed.training import adapter, checkpoints, distributed, losses, trainer
@@ -29,6 +30,9 @@ from arxiv_embed.flat import flatten
 from arxiv_embed.params import Params, load_params
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 
 def main() -> None:
@@ -150,15 +154,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
             "best_checkpoint_step": state.best_global_step,
             "loss": round(sum(loss for _, loss in curve) / len(curve), 6) if curve else None,
         }
-        run_info = {"run_id": run_id, "experiment_id": mlflow.get_run(run_id).info.experiment_id}
-        with atomic_path(paths.FINETUNED) as tmp:
-            model.save(str(tmp))
-            (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
-            (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        write_json(paths.metrics_file("finetune"), summary)
-        write_text(paths.FINETUNE_LOSS, "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if v is not None})
-        how = trainer.log_model(model, paths.FINETUNED)
+        how = save_outputs(model, run_id, summary, curve)
     print(
         f"finetune: {summary['global_step']} steps ({summary['epochs']} epochs, {probe.steps_run} run now), "
         f"{summary['samples_per_second']} samples/s, {summary['wall_time_s']} s wall; best {ft.metric_for_best_model}="
@@ -195,18 +191,26 @@ def adapter_main(params: Params, started: float) -> None:
             "wall_time_s": round(time.monotonic() - started, 1),
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
         }
-        run_info = {"run_id": run_id, "experiment_id": mlflow.get_run(run_id).info.experiment_id}
-        with atomic_path(paths.FINETUNED) as tmp:
-            tuned.save(str(tmp))
-            (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
-            (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        write_json(paths.metrics_file("finetune"), summary)
-        write_text(paths.METRICS_DIR / "finetune_loss.csv", "step,loss\n" + "".join(f"{s},{v}\n" for s, v in result.curve))
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
-        how = trainer.log_model(tuned, paths.FINETUNED)
+        how = save_outputs(tuned, run_id, summary, result.curve)
     print(f"finetune (adapter {ft.adapter.kind}): {len(index)} texts encoded in {summary['encode_seconds']} s, "
           f"{result.steps} adapter steps in {summary['adapter_train_seconds']} s, {summary['wall_time_s']} s wall; "
           f"model logged to MLflow as {how}", flush=True)
+
+
+def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: list[tuple[int, float]]) -> str:
+    """models/finetuned (the model, its MLflow run, its summary), metrics/finetune.json and the loss
+    curve, each atomically; the summary and the model to the MLflow run. Returns how the model was logged."""
+    import mlflow
+
+    run_info = {"run_id": run_id, "experiment_id": mlflow.get_run(run_id).info.experiment_id}
+    with atomic_path(paths.FINETUNED) as tmp:
+        model.save(str(tmp))
+        (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
+        (tmp / paths.TRAINING_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(paths.metrics_file("finetune"), summary)
+    write_text(paths.FINETUNE_LOSS, "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
+    mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return trainer.log_model(model, paths.FINETUNED)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from arxiv_embed.flat import flatten
+from arxiv_embed.paths import TRAINING_SUMMARY
 
 # headline key -> "lens.metric" key of metrics/evaluate.json
 METRICS = {
@@ -30,7 +31,6 @@ METRICS = {
     "title_ndcg": "title_to_abstract.ndcg@10",  # title -> its own abstract (search)
 }
 DIGITS = 4  # enough to see a 0.001 change; short columns in `dvc exp show`
-SUMMARY = "training_summary.json"  # written by finetune into models/finetuned
 
 
 def headline(report: dict, finetuned_dir: Path | None = None) -> dict:
@@ -49,7 +49,7 @@ def headline(report: dict, finetuned_dir: Path | None = None) -> dict:
         base[name] = round(before, DIGITS)
         delta[name] = round(after - before, DIGITS)
     out: dict = {"base": base, "delta": delta}
-    summary = Path(finetuned_dir) / SUMMARY if finetuned_dir is not None else None
+    summary = Path(finetuned_dir) / TRAINING_SUMMARY if finetuned_dir is not None else None
     if summary is not None and summary.is_file():
         wall = json.loads(summary.read_text(encoding="utf-8")).get("wall_time_s")
         if isinstance(wall, (int, float)):

@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from arxiv_embed.search.engine import RESCORE_MULTIPLIER
-from arxiv_embed.search.index import SearchIndex, model_identity
+from arxiv_embed.search.index import Hit, SearchIndex, model_identity
 from arxiv_embed.search.papers import SearchError, UnknownPaperError
 
 MAX_K = 1000
@@ -128,32 +128,21 @@ class Searcher:
         return {"paper": asdict(paper), "k": k, "category": category or None, "results": [asdict(hit) for hit in hits]}
 
 
-class HitOut(BaseModel):
-    id: str
-    title: str
-    authors: str
-    categories: list[str]
-    year: int | None
-    snippet: str
-    score: float
-    url: str
-
-
 class SearchOut(BaseModel):
     query: str
     k: int
     category: str | None
     precision: str
     index: dict[str, int]
-    results: list[HitOut]
+    results: list[Hit]
     latency_ms: dict[str, float]
 
 
 class SimilarOut(BaseModel):
-    paper: HitOut
+    paper: Hit
     k: int
     category: str | None
-    results: list[HitOut]
+    results: list[Hit]
 
 
 class ErrorOut(BaseModel):
