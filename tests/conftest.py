@@ -1,7 +1,7 @@
 """Shared fixtures: the real arXiv samples inside the repository, a throw-away copy of the project,
 the bundled model.
 
-Tests read only files inside the repository (a clone has no ../shared): the default sample shipped
+Tests read only files inside the repository (a clone has no shared data folder beside it): the default sample shipped
 in data/sample and a small Kaggle-schema fixture under tests/fixtures, both built by
 data/sample/make_sample.py. The expensive things (importing sentence-transformers, loading the
 model, running the DAG) happen once per test session.
