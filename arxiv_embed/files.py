@@ -140,24 +140,28 @@ def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_table(path: Path | str, columns: list[str], produced_by: str) -> pl.DataFrame:
-    """The named columns of a parquet file a stage wrote, refusing a missing file or column, null or
-    empty texts and an empty table, each with the stage to rerun."""
+def read_table(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str,
+               error: type[Exception] | None = None) -> pl.DataFrame:
+    """The named columns of a parquet file a stage wrote, refusing a missing file or column, an
+    empty table and null or blank values, each with the stage to rerun. `error`: the UserError
+    subclass to raise (default UserError)."""
     import polars as pl
 
     from arxiv_embed.errors import UserError
 
-    path = Path(path)
+    error = error or UserError
+    path, columns = Path(path), list(columns)
     if not path.exists():
-        raise UserError(f"{path} is missing: run `dvc repro {produced_by}` first")
+        raise error(f"{path} is missing: run `dvc repro {produced_by}` first")
     schema = pl.read_parquet_schema(path)
     if missing := [name for name in columns if name not in schema]:
-        raise UserError(f"{path} lacks column(s) {missing} (has {list(schema)}): rerun `dvc repro {produced_by}`")
+        raise error(f"{path} has no column(s) {missing} (it has {list(schema)}): rerun `dvc repro {produced_by}`")
     table = pl.read_parquet(path, columns=columns)
     if table.is_empty():
-        raise UserError(f"{path} has no rows: check the {produced_by} params")
-    blank = {name: int((table[name].str.strip_chars() == "").sum()) for name in columns if table.schema[name] == pl.String}
-    bad = {name: n for name in columns if (n := table[name].null_count() + blank.get(name, 0))}
-    if bad:
-        raise UserError(f"{path} has null or empty values {bad}: rerun `dvc repro {produced_by}`")
+        raise error(f"{path} has no rows: check the {produced_by} params")
+    texts = [name for name in columns if table.schema[name] == pl.String]
+    blank = pl.any_horizontal(pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "") if name in texts
+                              else pl.col(name).is_null() for name in columns)
+    if bad := table.select(blank.sum()).item():
+        raise error(f"{path}: {bad} of {table.height} rows have a null or empty value: rerun `dvc repro {produced_by}`")
     return table

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from arxiv_embed import paths
+from arxiv_embed.files import read_table
 from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.params import Finetune
 from arxiv_embed.training import losses
@@ -64,20 +65,8 @@ def data_files(finetune: Finetune) -> tuple[list[Path], list[Path]]:
 
 
 def read_texts(path: Path, columns: tuple[str, ...] | list[str]) -> pl.DataFrame:
-    """The named columns of a parquet file, refusing missing files/columns and empty or null texts."""
-    if not path.exists():
-        raise TrainingSetupError(f"{path} is missing: run `dvc repro make_triplets` (or the stage that writes it) first")
-    schema = pl.read_parquet_schema(path)
-    if missing := [c for c in columns if c not in schema]:
-        raise TrainingSetupError(f"{path} has no column(s) {missing} (it has {list(schema)}): rerun the stage that writes it")
-    frame = pl.read_parquet(path, columns=list(columns))
-    if frame.height == 0:
-        raise TrainingSetupError(f"{path} has no rows: check make_triplets' params (triplets_per_split, same_label_pairs_per_split)")
-    text_columns = [c for c in columns if frame.schema[c] == pl.String]
-    bad = frame.select(pl.any_horizontal(pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "") for c in text_columns).sum()).item()
-    if bad:
-        raise TrainingSetupError(f"{path}: {bad} of {frame.height} rows have a null or empty text: rerun the stage that writes it")
-    return frame
+    """The named columns of a make_triplets (or split) output, checked as every stage checks its inputs."""
+    return read_table(path, columns, "make_triplets", TrainingSetupError)
 
 
 def kind_frame(kind: str, split: str = "train") -> pl.DataFrame:
