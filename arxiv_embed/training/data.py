@@ -10,16 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import polars as pl
-
 from arxiv_embed import paths
-from arxiv_embed.files import read_table
 from arxiv_embed.errors import TrainingSetupError
+from arxiv_embed.files import read_table
 from arxiv_embed.params import Finetune
 from arxiv_embed.training import losses
 from arxiv_embed.training.losses import RETAIN
 
 if TYPE_CHECKING:
+    import polars as pl
     from datasets import Dataset, DatasetDict
 
 @dataclass(frozen=True)
@@ -71,6 +70,8 @@ def read_texts(path: Path, columns: tuple[str, ...] | list[str]) -> pl.DataFrame
 
 def kind_frame(kind: str, split: str = "train") -> pl.DataFrame:
     """One data kind as a frame with the dataset's column names; labels become int ids (sorted label order)."""
+    import polars as pl  # here, not at the top: the trainer's wiring imports this module on GPU images without polars
+
     spec = KINDS[kind]
     frame = read_texts(spec.file(split), list(spec.columns.values())).select(
         pl.col(source).alias(name) for name, source in spec.columns.items()
@@ -85,6 +86,7 @@ def train_dataset(finetune: Finetune) -> Dataset | DatasetDict:
     """The training data for finetune.loss: one Dataset, or a DatasetDict of kinds (multi-dataset
     training: each batch comes from one kind, so pairs and triplets never share a batch). With
     finetune.retain_title_abstract, title->abstract pairs join as their own dataset (RETAIN)."""
+    import polars as pl
     from datasets import Dataset, DatasetDict
 
     losses.check_combination(finetune)

@@ -1,0 +1,408 @@
+"""gpu: the GPU profile on a CUDA machine: training throughput, index encoding speed, and quality.
+
+Built to run on a bare GPU image that has torch, transformers and sentence-transformers but none of
+the DAG's other tools (no DVC, MLflow, polars or FAISS): it uses the project's own training wiring
+(params schema, losses table, trainer arguments, batch samplers) and reads prepared projects'
+parquet files with pyarrow.
+
+- throughput: pairs (or texts) per second of SentenceTransformerTrainer steps at model.max_seq_length,
+  after warm-up steps, for the profile's losses and batch sizes (issue 11: >= 2,000 pairs/s on one H100).
+- encoding: the search index's encoder (search.encoding.encode_resumable) on the projects' abstracts;
+  projected to the 2.7M-paper snapshot.
+- quality: the profile's candidates (GPU_CANDIDATES) trained on each project's training split and
+  scored on its *eval* split (category NDCG@10, title->abstract NDCG@10, triplet accuracy). One
+  candidate is picked over all projects together; its weights are written as an int8 delta from the
+  base model (`--out`), so the project's own evaluate stage scores it on the test split elsewhere
+  (`python -m benchmarks.gpu_profile apply ...` rebuilds the model folder from base + delta).
+
+    python -m benchmarks.gpu_profile run --model DIR --projects P1 P2 --out OUT   # on the GPU machine
+    python -m benchmarks.gpu_profile apply --model DIR --delta OUT/<project> --dest P1/models/finetuned
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from arxiv_embed import paths
+from arxiv_embed.workspace import deep_update
+
+ROOT = Path(__file__).resolve().parents[1]
+# The GPU profile: params overrides on top of params.yaml, the same set the README gives as `dvc exp
+# run -S ...` (tests/test_benchmarks.py keeps the two equal). Full fine-tuning, a label-aware loss
+# that never takes a same-label negative, title->abstract MNRL alongside so search stays sharp.
+GPU_PROFILE: dict[str, Any] = {"finetune": {
+    "mode": "full", "loss": "batch_all", "train_data": ["labels"], "retain_title_abstract": 3.0, "retain_distill": 0.0,
+    "batch_size": 128, "learning_rate": 2.0e-5, "epochs": 3, "precision": "auto",
+}}
+# What the quality part compares around the profile (params overrides on top of GPU_PROFILE).
+GPU_CANDIDATES: dict[str, dict] = {
+    f"lr{lr:g}-retain{retain:g}": {"finetune": {"learning_rate": lr, "retain_title_abstract": retain}}
+    for lr in (1.0e-5, 2.0e-5, 5.0e-5) for retain in (1.0, 3.0)
+}
+# Throughput: name -> (finetune overrides, the data kind its rows are, what one row is).
+_PAIRS = {"retain_title_abstract": 0.0}  # one pair dataset, one loss
+THROUGHPUT: dict[str, tuple[dict, str, str]] = {
+    "mnrl title->abstract, batch 512": ({**_PAIRS, "loss": "mnrl", "train_data": ["title_abstract"], "batch_size": 512}, "title_abstract", "pairs"),
+    "mnrl abstract->abstract, batch 512": ({**_PAIRS, "loss": "mnrl", "train_data": ["same_label"], "batch_size": 512}, "abstract_pairs", "pairs"),
+    "mnrl title->abstract, batch 1024": ({**_PAIRS, "loss": "mnrl", "train_data": ["title_abstract"], "batch_size": 1024}, "title_abstract", "pairs"),
+    "mnrl abstract->abstract, batch 1024": ({**_PAIRS, "loss": "mnrl", "train_data": ["same_label"], "batch_size": 1024}, "abstract_pairs", "pairs"),
+    "cached_mnrl abstract->abstract, batch 2048 (mini 512)": (
+        {**_PAIRS, "loss": "cached_mnrl", "train_data": ["same_label"], "batch_size": 2048, "mini_batch_size": 512}, "abstract_pairs", "pairs"),
+    "GPU profile: batch_all labels + title->abstract MNRL, batch 128": ({}, "profile", "rows"),
+}
+SNAPSHOT_PAPERS = 2_700_000
+SCRATCH = Path(tempfile.gettempdir()) / "arxiv-embed-gpu-profile"  # trainer folders, encoding chunks: never in --out
+
+
+def profile_params(overrides: dict, smoke: bool = False):
+    """params.yaml + GPU_PROFILE + overrides, validated by the project's schema."""
+    from arxiv_embed.params import parse_params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    deep_update(raw, copy.deepcopy(GPU_PROFILE))
+    deep_update(raw, copy.deepcopy(overrides))
+    if smoke:  # a CPU try of the whole script in a minute: short texts, small batches
+        raw["model"]["max_seq_length"] = 32
+        raw["finetune"].update(batch_size=min(raw["finetune"]["batch_size"], 8), mini_batch_size=4, epochs=1)
+    return parse_params(raw)
+
+
+def _table(project: Path, relative: Path, columns: list[str]) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(project / relative, columns=columns).to_pydict()
+
+
+def _label_ids(labels: list[str]) -> list[int]:
+    order = {label: i for i, label in enumerate(sorted(set(labels)))}
+    return [order[label] for label in labels]
+
+
+def train_sets(project: Path, kind: str, limit: int | None = None):
+    """The trainer's datasets, as training.data.train_dataset builds them, read with pyarrow (no polars here)."""
+    from datasets import Dataset, DatasetDict
+
+    split = _table(project, paths.split_file("train"), ["title", "abstract", "label"])
+    pairs = _table(project, paths.training_file("train", "title_abstract"), ["anchor", "positive", "label"])
+    cut = slice(0, limit)
+    if kind == "title_abstract":
+        return Dataset.from_dict({"anchor": pairs["anchor"][cut], "positive": pairs["positive"][cut]})
+    if kind == "abstract_pairs":  # abstract -> next paper's abstract: the cost of 128-token texts on both sides
+        abstracts = split["abstract"][cut]
+        return Dataset.from_dict({"anchor": abstracts, "positive": abstracts[1:] + abstracts[:1]})
+    labels = Dataset.from_dict({"text": split["abstract"][cut], "label": _label_ids(split["label"][cut])})
+    retain = Dataset.from_dict({"anchor": pairs["anchor"][cut], "positive": pairs["positive"][cut], "label": _label_ids(pairs["label"][cut])})
+    from arxiv_embed.training.losses import RETAIN
+
+    return DatasetDict({"labels": labels, RETAIN: retain})
+
+
+class _StepClock:
+    """A TrainerCallback timing steps after `warmup` (CUDA synchronised), for rows/s without start-up cost."""
+
+    def __new__(cls, warmup: int):
+        import torch
+        from transformers import TrainerCallback
+
+        class Clock(TrainerCallback):
+            started = None
+            steps = 0
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                if state.global_step == warmup:
+                    self.started = time.perf_counter()
+                elif state.global_step > warmup:
+                    self.steps += 1
+                    self.seconds = time.perf_counter() - self.started
+
+        return Clock()
+
+
+def _trainer(params, model, dataset, output_dir: Path, device: str, precision: str, **overrides):
+    from sentence_transformers import SentenceTransformerTrainer
+
+    from arxiv_embed.training import losses, trainer
+
+    args = trainer.training_arguments(params, output_dir, precision, device, eval_strategy="no", save_strategy="no",
+                                      load_best_model_at_end=False, disable_tqdm=True, logging_steps=10_000, **overrides)
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=losses.build_training_loss(model, params.finetune))
+
+
+def throughput(model_dir: Path, projects: list[Path], steps: int, warmup: int, smoke: bool, workers: int | None = None) -> dict:
+    from datasets import concatenate_datasets
+
+    from arxiv_embed.models import load_model, pick_device, pick_precision
+
+    results = {}
+    device = pick_device()
+    for name, (overrides, kind, unit) in THROUGHPUT.items():
+        params = profile_params({"finetune": overrides}, smoke)
+        ft = params.finetune
+        precision = pick_precision(ft.precision, device)
+        limit = 64 if smoke else None
+        sets = [train_sets(p, kind, limit) for p in projects]
+        dataset = (concatenate_datasets(sets) if kind != "profile"
+                   else type(sets[0])({key: concatenate_datasets([s[key] for s in sets]) for key in sets[0]}))
+        model = load_model(model_dir, params.model.max_seq_length, device=device)
+        clock = _StepClock(warmup)
+        loader = {} if workers is None else {"dataloader_num_workers": workers}
+        trainer = _trainer(params, model, dataset, SCRATCH / "throughput-run", device, precision, max_steps=warmup + steps, **loader)
+        trainer.add_callback(clock)
+        trainer.train()
+        rows_per_step = ft.batch_size  # the profile's batches hold batch_size rows of one dataset each
+        rate = clock.steps * rows_per_step / clock.seconds
+        results[name] = {"rows_per_s": round(rate, 1), "unit": unit, "batch_size": ft.batch_size, "timed_steps": clock.steps,
+                         "dataloader_workers": trainer.args.dataloader_num_workers,
+                         "max_seq_length": params.model.max_seq_length, "precision": precision, "device": device}
+        print(f"gpu: throughput {name}: {rate:,.0f} {unit}/s ({precision}, {clock.steps} steps after {warmup} warm-up)", flush=True)
+        del trainer, model
+        _free()
+    return results
+
+
+def _free() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def encoding(model_dir: Path, projects: list[Path], out: Path, smoke: bool) -> dict:
+    from arxiv_embed.models import load_model
+    from arxiv_embed.search.encoding import encode_resumable
+
+    texts = [t for p in projects for split in ("train", "eval") for t in _table(p, paths.split_file(split), ["abstract"])["abstract"]]
+    texts = texts[:64] if smoke else texts
+    model = load_model(model_dir, 128 if not smoke else 32)
+    encode_resumable(model, texts[:512], SCRATCH / "encode-warmup", "warmup", batch_size=256, progress=False)
+    results = {}
+    for batch_size in (64, 256):  # 64: the search CLI's default
+        work = SCRATCH / f"encode-{batch_size}"
+        started = time.perf_counter()
+        encode_resumable(model, texts, work, "bench", batch_size=batch_size, progress=False)
+        seconds = time.perf_counter() - started
+        shutil.rmtree(work, ignore_errors=True)
+        rate = len(texts) / seconds
+        results[f"batch {batch_size}"] = {"texts": len(texts), "texts_per_s": round(rate, 1), "device": str(model.device),
+                                          "snapshot_minutes": round(SNAPSHOT_PAPERS / rate / 60, 1)}
+        print(f"gpu: encoding batch {batch_size}: {rate:,.0f} abstracts/s on {model.device}; "
+              f"2.7M papers in {SNAPSHOT_PAPERS / rate / 60:.0f} min", flush=True)
+    shutil.rmtree(SCRATCH / "encode-warmup", ignore_errors=True)
+    return results
+
+
+def eval_scores(model, project: Path) -> dict[str, float]:
+    """The eval split's category NDCG@10 (other eval papers of the same label are relevant), title->abstract
+    NDCG@10 (its own abstract) and triplet accuracy: the selection signal; the test split stays unseen."""
+    from sklearn.metrics import ndcg_score
+
+    from arxiv_embed.models import encode
+
+    papers = _table(project, paths.split_file("eval"), ["title", "abstract", "label"])
+    triplets = _table(project, paths.training_file("eval", "triplets"), ["anchor", "positive", "negative"])
+    abstracts = encode(model, papers["abstract"], batch_size=256, progress=False)
+    titles = encode(model, papers["title"], batch_size=256, progress=False)
+    labels = np.array(papers["label"])
+    n = len(labels)
+    similar = abstracts @ abstracts.T
+    others = ~np.eye(n, dtype=bool)
+    relevant = (labels[:, None] == labels[None, :])[others].reshape(n, n - 1)
+    category = ndcg_score(relevant, similar[others].reshape(n, n - 1), k=10)
+    title_scores = titles @ abstracts.T
+    title_abstract = ndcg_score(np.eye(n), title_scores, k=10)
+    a, p, q = (encode(model, triplets[c], batch_size=256, progress=False) for c in ("anchor", "positive", "negative"))
+    triplet = float(np.mean((a * p).sum(1) > (a * q).sum(1)))
+    return {"category_ndcg@10": float(category), "title_abstract_ndcg@10": float(title_abstract), "triplet_accuracy": triplet}
+
+
+def _delta(base: dict, tuned: dict) -> dict[str, np.ndarray]:
+    """tuned - base per tensor as int8 with one float32 scale per row: 4x smaller than the weights, and
+    its rounding error (half a step of a small difference) is far below bf16 training noise."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, weight in tuned.items():
+        if not weight.is_floating_point():
+            continue
+        diff = (weight.float() - base[name].float()).cpu().numpy()
+        rows = diff.reshape(diff.shape[0], -1) if diff.ndim > 1 else diff.reshape(1, -1)
+        scale = np.abs(rows).max(axis=1, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        arrays[f"{name}::q"] = np.round(rows / scale).astype(np.int8)
+        arrays[f"{name}::scale"] = scale.astype(np.float32)
+    return arrays
+
+
+def write_delta(base: dict, tuned: dict, dest: Path) -> list[Path]:
+    """The delta in files of at most ~15 MB (the transfer limit of the lent GPU machine)."""
+    arrays = _delta(base, tuned)
+    parts, current, size = [], {}, 0
+    for key, value in arrays.items():
+        if size + value.nbytes > 15_000_000 and current:
+            parts.append(current)
+            current, size = {}, 0
+        current[key] = value
+        size += value.nbytes
+    parts.append(current)
+    written = []
+    for i, part in enumerate(parts):
+        path = dest.parent / f"{dest.name}.part{i}.npz"
+        np.savez(path, **part)
+        written.append(path)
+    return written
+
+
+def apply_delta(model_dir: Path, delta_prefix: Path, dest: Path) -> Path:
+    """Rebuild a fine-tuned model folder: base weights (rounded to fp16, as the GPU run loaded them) + delta."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(_weights_file(model_dir)))
+    arrays: dict[str, np.ndarray] = {}
+    for part in sorted(delta_prefix.parent.glob(f"{delta_prefix.name}.part*.npz")):
+        arrays.update(dict(np.load(part)))
+    if not arrays:
+        raise SystemExit(f"{delta_prefix}.part*.npz: no delta files")
+    tuned = {}
+    for name, weight in weights.items():
+        key = _state_key(name, arrays)
+        if key is None:  # not trained (an integer buffer such as position_ids)
+            tuned[name] = weight
+            continue
+        diff = arrays[f"{key}::q"].astype(np.float32) * arrays[f"{key}::scale"]
+        tuned[name] = weight.to(torch.float16).float() + torch.from_numpy(diff.reshape(weight.shape))
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(model_dir, dest)
+    save_file({k: v.contiguous() for k, v in tuned.items()}, str(_weights_file(dest)))
+    return dest
+
+
+def _weights_file(model_dir: Path) -> Path:
+    return next(p for p in (model_dir / "model.safetensors", model_dir / "0_Transformer" / "model.safetensors") if p.exists())
+
+
+def _state_key(file_key: str, arrays: dict) -> str | None:
+    """The safetensors name (`embeddings.word_embeddings.weight`) -> the SentenceTransformer state-dict name."""
+    for key in arrays:
+        name = key.rsplit("::", 1)[0]
+        if name == file_key or name.endswith("." + file_key):
+            return name
+    return None
+
+
+def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool) -> dict:
+    import torch
+
+    from arxiv_embed.models import load_model, pick_device, pick_precision
+
+    device = pick_device()
+    base_model = load_model(model_dir, 128 if not smoke else 32, device=device)
+    base_state = {k: v.detach().clone().cpu() for k, v in base_model.state_dict().items()}
+    scores: dict[str, dict[str, dict]] = {}
+    states: dict[tuple[str, str], dict] = {}
+    for project in projects:
+        base = eval_scores(base_model, project)
+        scores.setdefault("base", {})[project.name] = base
+        print(f"gpu: {project.name} base (eval split): {base}", flush=True)
+        for name, overrides in GPU_CANDIDATES.items():
+            params = profile_params(overrides, smoke)
+            precision = pick_precision(params.finetune.precision, device)
+            torch.manual_seed(params.shared.seed)
+            model = load_model(model_dir, params.model.max_seq_length, device=device)
+            started = time.perf_counter()
+            trainer = _trainer(params, model, train_sets(project, "profile", 64 if smoke else None), SCRATCH / "quality-run", device, precision,
+                               max_steps=2 if smoke else -1)
+            trainer.train()
+            seconds = time.perf_counter() - started
+            result = eval_scores(model, project)
+            result["train_s"] = round(seconds, 1)
+            scores.setdefault(name, {})[project.name] = result
+            states[(name, project.name)] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            print(f"gpu: {project.name} {name}: {result}", flush=True)
+            del trainer, model
+            _free()
+    chosen = pick(scores, [p.name for p in projects])
+    for project in projects:
+        write_delta(base_state, states[(chosen, project.name)], out / project.name)
+    return {"eval_split": scores, "chosen": chosen, "overrides": {**GPU_PROFILE, "candidate": GPU_CANDIDATES[chosen]}}
+
+
+def pick(scores: dict[str, dict[str, dict]], projects: list[str], search_loss: float = 0.005) -> str:
+    """The candidate with the largest mean category gain over the projects among those that lose at most
+    `search_loss` title->abstract NDCG@10 on every project; if none does, the one that loses least."""
+    base = scores["base"]
+
+    def gain(name: str, metric: str) -> list[float]:
+        return [scores[name][p][metric] - base[p][metric] for p in projects]
+
+    names = [n for n in scores if n != "base"]
+    keeps_search = [n for n in names if min(gain(n, "title_abstract_ndcg@10")) >= -search_loss]
+    if keeps_search:
+        return max(keeps_search, key=lambda n: float(np.mean(gain(n, "category_ndcg@10"))))
+    return max(names, key=lambda n: min(gain(n, "title_abstract_ndcg@10")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    go = commands.add_parser("run", help="measure on this machine's GPU")
+    go.add_argument("--model", type=Path, required=True, help="the base model's folder")
+    go.add_argument("--projects", type=Path, nargs="+", required=True, help="project folders holding data/split and data/triplets")
+    go.add_argument("--out", type=Path, required=True)
+    go.add_argument("--parts", nargs="+", default=["throughput", "encoding", "quality"], choices=["throughput", "encoding", "quality"])
+    go.add_argument("--steps", type=int, default=20, help="throughput: timed steps per setup")
+    go.add_argument("--warmup", type=int, default=3)
+    go.add_argument("--dataloader-workers", type=int, default=None, help="throughput: tokenising workers (default: finetune's, min(4, cores/2))")
+    go.add_argument("--smoke", action="store_true", help="tiny sizes: try the script on a CPU")
+    apply = commands.add_parser("apply", help="rebuild a fine-tuned model folder from the base and a delta")
+    apply.add_argument("--model", type=Path, required=True)
+    apply.add_argument("--delta", type=Path, required=True, help="the delta's prefix: OUT/<project name>")
+    apply.add_argument("--dest", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "apply":
+        print(apply_delta(args.model, args.delta, args.dest))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    report_file = args.out / "gpu.json"
+    for part in args.parts:
+        started = time.perf_counter()
+        try:
+            if part == "throughput":
+                report[part] = throughput(args.model, args.projects, 2 if args.smoke else args.steps, 1 if args.smoke else args.warmup, args.smoke,
+                                          args.dataloader_workers)
+            elif part == "encoding":
+                report[part] = encoding(args.model, args.projects, args.out, args.smoke)
+            else:
+                report[part] = quality(args.model, args.projects, args.out, args.smoke)
+        except Exception as exc:  # noqa: BLE001 (one failing part must not cost the others' figures on a lent machine)
+            import traceback
+
+            traceback.print_exc()
+            report[part] = {"error": repr(exc)}
+        report.setdefault("seconds", {})[part] = round(time.perf_counter() - started, 1)
+        report_file.write_text(json.dumps(report, indent=1))
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
