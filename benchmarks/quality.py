@@ -12,6 +12,9 @@ NDCG@10; plus finetune's wall time (metrics/finetune.json).
     python -m benchmarks quality                                   # default params, both dev files
     python -m benchmarks quality --quality-candidates default adapter-linear full-batch-all-retain
     python -m benchmarks quality --quality-files my.jsonl.gz       # any arXiv JSON-lines (Kaggle schema)
+    python -m benchmarks quality --quality-workdir .quality         # keep the projects: a later run with
+                                                                   # another candidate skips evaluate_base
+    python -m benchmarks quality --quality-candidates gpu-profile   # on a GPU machine (the GPU profile)
 
 Without ../shared/data (a user's clone), pass --quality-files with one or more local arXiv
 JSON-lines files (.jsonl or .jsonl.gz, Kaggle snapshot schema), e.g. the sample shipped in the
@@ -26,7 +29,10 @@ import copy
 import gzip
 import json
 import random
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -34,6 +40,7 @@ import yaml
 from arxiv_embed.flat import flatten
 from arxiv_embed.workspace import ROOT, deep_update, dvc, make_project
 from benchmarks.common import Report, load_note
+from benchmarks.gpu_profile import GPU_PROFILE
 
 SHARED = ROOT.parent / "shared" / "data"
 DEV_FILES = [SHARED / "arxiv-multidomain-sample.jsonl.gz", SHARED / "arxiv-recent-sample.jsonl.gz"]
@@ -52,6 +59,8 @@ CANDIDATES: dict[str, dict] = {
                                           "retain_title_abstract": 0.0, "retain_distill": 0.0}},
     "full-batch-all-retain": {"finetune": {"mode": "full", "loss": "batch_all", "train_data": ["labels"],
                                            "retain_distill": 0.0, "learning_rate": 2.0e-5}},
+    # The GPU profile (benchmarks/gpu_profile.py): full fine-tuning at batch 128; minutes on a CPU, seconds on a GPU.
+    "gpu-profile": GPU_PROFILE,
 }
 QUICK = {"quality_papers": 1500}
 
@@ -62,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality-papers", type=int, default=4000, help="quality: seeded subsample of each file (default 4000)")
     parser.add_argument("--quality-candidates", nargs="+", default=["default"], choices=list(CANDIDATES),
                         help="quality: configurations to compare (default: default)")
+    parser.add_argument("--quality-workdir", type=Path, default=None,
+                        help="quality: keep each file's project in this folder and reuse it on the next run (DVC then reruns "
+                             "only what changed: a new candidate retrains, evaluate_base is not repeated); default: a temporary folder")
 
 
 def subsample(source: Path, n: int, dest: Path, seed: int = 42) -> Path:
@@ -88,6 +100,29 @@ def verdict(key: str, change: float, low: float) -> bool:
     return change >= target and low > 0 if target > 0 else change >= target
 
 
+@contextmanager
+def _workdir(keep: Path | None, source: Path, papers: int) -> Iterator[Path]:
+    """A temporary folder, or keep/<file>-<papers> (created once, reused by later runs)."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+            yield Path(tmp)
+        return
+    folder = keep / f"{source.name.split('.')[0]}-{papers}"
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder
+
+
+def refresh_code(project: Path) -> None:
+    """A kept project gets this checkout's code and pipeline, so DVC reruns the stages whose code changed."""
+    for name in ("stages", "arxiv_embed", "dvc.yaml"):
+        source, target = ROOT / name, project / name
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+
+
 def run(args: argparse.Namespace) -> Report:
     files = args.quality_files or DEV_FILES
     if missing := [str(f) for f in files if not Path(f).exists()]:
@@ -95,11 +130,14 @@ def run(args: argparse.Namespace) -> Report:
                          "arXiv JSON-lines files (Kaggle schema, .jsonl or .jsonl.gz), e.g. --quality-files data/sample/arxiv-sample.jsonl.gz")
     report = Report("quality")
     for source in files:
-        with tempfile.TemporaryDirectory(prefix="bench-quality-") as workdir:
-            sample = subsample(Path(source), args.quality_papers, Path(workdir) / "sample.jsonl.gz")
-            data = {"download": {"source": "file", "path": str(sample), "max_records": None}}
-            project = make_project(Path(workdir) / "project", data)
-            committed = yaml.safe_load((project / "params.yaml").read_text())
+        with _workdir(args.quality_workdir, Path(source), args.quality_papers) as workdir:
+            project = workdir / "project"
+            if (project / "dvc.yaml").exists():
+                refresh_code(project)
+            else:
+                sample = subsample(Path(source), args.quality_papers, workdir / "sample.jsonl.gz")
+                make_project(project, {"download": {"source": "file", "path": str(sample), "max_records": None}})
+            committed = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "download": yaml.safe_load((project / "params.yaml").read_text())["download"]}
             for name in args.quality_candidates:
                 merged = deep_update(copy.deepcopy(committed), CANDIDATES[name])
                 (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
