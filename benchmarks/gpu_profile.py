@@ -9,7 +9,7 @@ parquet files with pyarrow.
   after warm-up steps, for the profile's losses and batch sizes (issue 11: >= 2,000 pairs/s on one H100).
 - encoding: the search index's encoder (search.encoding.encode_resumable) on the projects' abstracts;
   projected to the 2.7M-paper snapshot.
-- quality: the profile's candidates (GPU_CANDIDATES) trained on each project's training split and
+- quality: the profile's candidates (GPU_CANDIDATES, or --candidate) trained on each project's training split and
   scored on its *eval* split (category NDCG@10, title->abstract NDCG@10, triplet accuracy). One
   candidate is picked over all projects together; its weights are written as an int8 delta from the
   base model (`--out`), so the project's own evaluate stage scores it on the test split elsewhere
@@ -306,11 +306,12 @@ def _state_key(file_key: str, arrays: dict) -> str | None:
     return None
 
 
-def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool) -> dict:
+def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candidates: dict[str, dict] | None = None) -> dict:
     import torch
 
     from arxiv_embed.models import load_model, pick_device, pick_precision
 
+    candidates = candidates or GPU_CANDIDATES
     device = pick_device()
     base_model = load_model(model_dir, 128 if not smoke else 32, device=device)
     base_state = {k: v.detach().clone().cpu() for k, v in base_model.state_dict().items()}
@@ -320,7 +321,7 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool) -> di
         base = eval_scores(base_model, project)
         scores.setdefault("base", {})[project.name] = base
         print(f"gpu: {project.name} base (eval split): {base}", flush=True)
-        for name, overrides in GPU_CANDIDATES.items():
+        for name, overrides in candidates.items():
             params = profile_params(overrides, smoke)
             precision = pick_precision(params.finetune.precision, device)
             torch.manual_seed(params.shared.seed)
@@ -340,7 +341,7 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool) -> di
     chosen = pick(scores, [p.name for p in projects])
     for project in projects:
         write_delta(base_state, states[(chosen, project.name)], out / project.name)
-    return {"eval_split": scores, "chosen": chosen, "overrides": {**GPU_PROFILE, "candidate": GPU_CANDIDATES[chosen]}}
+    return {"eval_split": scores, "chosen": chosen, "overrides": {**GPU_PROFILE, "candidate": candidates[chosen]}}
 
 
 def pick(scores: dict[str, dict[str, dict]], projects: list[str], search_loss: float = 0.005) -> str:
@@ -373,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--warmup", type=int, default=3)
     go.add_argument("--dataloader-workers", type=int, default=None, help="throughput: tokenising workers (default: finetune's, min(4, cores/2))")
     go.add_argument("--smoke", action="store_true", help="tiny sizes: try the script on a CPU")
+    go.add_argument("--candidate", action="append", default=[], metavar="NAME=JSON",
+                    help='quality: a candidate instead of the built-in grid, e.g. \'e1={"finetune": {"epochs": 1}}\' (repeatable)')
     apply = commands.add_parser("apply", help="rebuild a fine-tuned model folder from the base and a delta")
     apply.add_argument("--model", type=Path, required=True)
     apply.add_argument("--delta", type=Path, required=True, help="the delta's prefix: OUT/<project name>")
@@ -393,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
             elif part == "encoding":
                 report[part] = encoding(args.model, args.projects, args.out, args.smoke)
             else:
-                report[part] = quality(args.model, args.projects, args.out, args.smoke)
+                given = {name: json.loads(overrides) for name, overrides in (c.split("=", 1) for c in args.candidate)}
+                report[part] = quality(args.model, args.projects, args.out, args.smoke, given)
         except Exception as exc:  # noqa: BLE001 (one failing part must not cost the others' figures on a lent machine)
             import traceback
 
