@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from arxiv_embed import paths
+from arxiv_embed.training.losses import RETAIN
 from arxiv_embed.workspace import deep_update
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,8 +105,6 @@ def train_sets(project: Path, kind: str, limit: int | None = None):
         return Dataset.from_dict({"anchor": abstracts, "positive": abstracts[1:] + abstracts[:1]})
     labels = Dataset.from_dict({"text": split["abstract"][cut], "label": _label_ids(split["label"][cut])})
     retain = Dataset.from_dict({"anchor": pairs["anchor"][cut], "positive": pairs["positive"][cut], "label": _label_ids(pairs["label"][cut])})
-    from arxiv_embed.training.losses import RETAIN
-
     return DatasetDict({"labels": labels, RETAIN: retain})
 
 
