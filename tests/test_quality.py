@@ -91,3 +91,16 @@ def test_a_gpu_run_delta_rebuilds_the_fine_tuned_weights(tmp_path: Path) -> None
     errors = [float((rebuilt[k] - tuned[f"0.model.{k}"]).abs().max()) for k in weights if weights[k].is_floating_point()]
     assert max(errors) < 3e-5  # int8 steps of a ~4e-3 difference
     assert all(torch.equal(rebuilt[k], weights[k]) for k in weights if not weights[k].is_floating_point())  # position_ids
+
+
+def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_path: Path) -> None:
+    with quality._workdir(tmp_path, Path("elsewhere/arxiv-recent-sample.jsonl.gz"), 4000) as folder:
+        assert folder == tmp_path / "arxiv-recent-sample-4000" and folder.is_dir()
+    assert (tmp_path / "arxiv-recent-sample-4000").is_dir()  # kept for the next run
+    project = tmp_path / "project"
+    (project / "arxiv_embed").mkdir(parents=True)
+    (project / "arxiv_embed" / "removed_since.py").write_text("old code\n")
+    quality.refresh_code(project)
+    assert not (project / "arxiv_embed" / "removed_since.py").exists()
+    assert (project / "stages" / "finetune.py").read_text() == (quality.ROOT / "stages" / "finetune.py").read_text()
+    assert (project / "dvc.yaml").read_text() == (quality.ROOT / "dvc.yaml").read_text()
