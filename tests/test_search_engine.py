@@ -127,3 +127,11 @@ def test_filter_and_exclusion_keep_rows_out(clustered, precision):
         assert set(rows[query]) == set(all_rows[query][mask][:8]) or np.isclose(scores[query][-1], all_scores[query][mask][8])
     _, few = search_index(index, clustered[:1], 8, allowed=np.arange(len(clustered)) < 3)
     assert sorted(few[0].tolist()) == [0, 1, 2]  # fewer allowed rows than k: no -1 padding
+
+
+def test_a_search_runs_on_one_openmp_thread(clustered):
+    """One query split across threads costs more in hand-offs than it saves (see engine._faiss)."""
+    index = make_index(clustered, "float32")
+    faiss.omp_set_num_threads(2)
+    search_index(index, clustered[:1], 5)
+    assert faiss.omp_get_max_threads() == 1

@@ -110,6 +110,7 @@ def search_index(index, queries: np.ndarray, k: int, allowed: np.ndarray | None 
     Scores are inner products: exact (float32) or RaBitQ's estimate (binary); higher is nearer.
     `allowed`: a boolean mask of the rows that may be returned.
     """
+    _faiss()  # one OpenMP thread for this thread's searches
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     asked = min(index.ntotal, k + (exclude is not None))
     if asked <= 0 or k <= 0:
