@@ -2,11 +2,12 @@
 
 - 1M synthetic 384-d vectors: build time, index size and peak RSS (each index built in its own
   process), and p50/p99 latency at k=10 of one query at a time, for the shipped 1-bit index with float
-  rescoring (FAISS IndexBinaryFlat + memory-mapped float rows), exact float search (IndexFlatIP),
-  1-bit HNSW (IndexBinaryHNSW), and the numpy scan this project used before (the baseline).
+  rescoring (FAISS IndexRaBitQ + memory-mapped float rows), exact float search (IndexFlatIP), and the
+  1-bit index shipped before it (ITQ-rotated signs in IndexBinaryFlat, Hamming scan; the baseline).
 - recall@10 of the 1-bit index with rescoring against exact float search, on REAL abstract
   embeddings (random vectors have no neighbourhoods): titles as queries (a user's search) and
-  abstracts as queries, self excluded ("similar papers"), at several rescore multipliers.
+  abstracts as queries, self excluded ("similar papers"), at several rescore multipliers, for
+  RaBitQ and for the ITQ + Hamming baseline.
 - Projection to the 2.7M papers of the full snapshot: memory and disk per paper.
 
 The real embeddings (the multi-domain sample, encoded with the base model) are cached in
@@ -37,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", type=int, default=1_000_000, help="search_scale: synthetic vectors")
     parser.add_argument("--recall-papers", type=int, default=0, help="search_scale: real papers for recall (0: the whole sample; encoded once, cached)")
     parser.add_argument("--latency-queries", type=int, default=300, help="search_scale: queries timed per index")
-    parser.add_argument("--hnsw", action="store_true", help="search_scale: also build 1-bit HNSW above 200k vectors (slow on 2 cores)")
 
 
 def real_embeddings(n_papers: int = 0, batch_size: int = 64) -> dict[str, np.ndarray]:
@@ -75,39 +75,67 @@ def write_synthetic(path: Path, n: int, dimension: int = 384, seed: int = 0) -> 
     out.flush()
 
 
+# ---- the 1-bit index shipped before RaBitQ: the baseline ----
+
+def quantize(embeddings: np.ndarray) -> np.ndarray:
+    """1 bit per dimension (positive -> 1), packed 8 to a byte."""
+    return np.packbits(np.asarray(embeddings) > 0, axis=-1)
+
+
+def fit_rotation(embeddings: np.ndarray, sample: int = 4096, iterations: int = 25, seed: int = 0) -> np.ndarray:
+    """ITQ (Gong & Lazebnik, 2011), without centring: an orthogonal R for which sign(x @ R) is as close
+    to x @ R as it gets. Fitted on a seeded sample of rows."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(embeddings), min(sample, len(embeddings)), replace=False))
+    x = np.asarray(embeddings[rows], dtype=np.float32)
+    rotation = np.linalg.qr(rng.standard_normal((x.shape[1], x.shape[1])))[0].astype(np.float32)
+    for _ in range(iterations):
+        u, _, vt = np.linalg.svd(np.sign(x @ rotation).T @ x)
+        rotation = (u @ vt).T
+    return rotation.astype(np.float32)
+
+
+def itq_index(embeddings: np.ndarray, rotation: np.ndarray):
+    import faiss
+
+    index = faiss.IndexBinaryFlat(embeddings.shape[1])
+    for start in range(0, len(embeddings), 65536):
+        index.add(quantize(np.asarray(embeddings[start:start + 65536], dtype=np.float32) @ rotation))
+    return index
+
+
+def itq_candidates(index, rotation: np.ndarray, queries: np.ndarray, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """The n nearest rows by Hamming distance over the rotated signs (exclude[i] left out)."""
+    from arxiv_embed.search.engine import _kept_columns
+
+    _, rows = index.search(quantize(np.asarray(queries, dtype=np.float32) @ rotation), n + (exclude is not None))
+    return np.take_along_axis(rows, _kept_columns(rows, exclude, n), axis=1).astype(np.int64)
+
+
 # ---- run in a child process each (benchmarks.common.measure gives its wall time and peak RSS) ----
 
 def child_build(kind: str, folder: Path) -> dict:
     import faiss
 
-    from arxiv_embed.search.engine import fit_rotation, make_index, quantize
+    from arxiv_embed.search.engine import make_index
 
     vectors = np.load(folder / "vectors.npy", mmap_mode="r")
     start = time.perf_counter()
-    if kind == "numpy":
-        index = np.concatenate([quantize(vectors[i:i + 65536]) for i in range(0, len(vectors), 65536)])
-        np.save(folder / "numpy.npy", index)
-        return {"seconds": time.perf_counter() - start, "bytes": (folder / "numpy.npy").stat().st_size}
-    if kind == "hnsw":  # after the flat binary build: same rotation
-        faiss.omp_set_num_threads(max(1, __import__("os").cpu_count()))
-        rotation = np.load(folder / "rotation.npy")
-        index = faiss.IndexBinaryHNSW(vectors.shape[1], 32)
-        for i in range(0, len(vectors), 65536):
-            index.add(quantize(vectors[i:i + 65536] @ rotation))
+    if kind == "itq":
+        rotation = fit_rotation(vectors)
+        np.save(folder / "rotation.npy", rotation)
+        index = itq_index(vectors, rotation)
     else:
-        rotation = fit_rotation(vectors) if kind == "binary" else None
-        index = make_index(vectors, kind, rotation)
-        if rotation is not None:
-            np.save(folder / "rotation.npy", rotation)
+        index = make_index(vectors, kind)
     seconds = time.perf_counter() - start
-    (faiss.write_index_binary if kind != "float32" else faiss.write_index)(index, str(folder / f"{kind}.faiss"))
+    (faiss.write_index_binary if kind == "itq" else faiss.write_index)(index, str(folder / f"{kind}.faiss"))
     return {"seconds": seconds, "bytes": (folder / f"{kind}.faiss").stat().st_size}
 
 
-def child_query(kind: str, folder: Path, n_queries: int, k: int = 10, multiplier: int = 8) -> dict:
+def child_query(kind: str, folder: Path, n_queries: int, k: int = 10) -> dict:
     import faiss
 
-    from arxiv_embed.search.engine import quantize, rescore, search_index
+    from arxiv_embed.search.engine import RESCORE_MULTIPLIER, _faiss, rescore, search_index
     from arxiv_embed.search.index import open_rows
 
     vectors = open_rows(folder / "vectors.npy")  # as served: float rows read on demand
@@ -115,24 +143,19 @@ def child_query(kind: str, folder: Path, n_queries: int, k: int = 10, multiplier
     rows = rng.choice(len(vectors), n_queries, replace=False)
     queries = np.asarray(vectors[np.sort(rows)]) + 0.3 * rng.standard_normal((n_queries, vectors.shape[1]), dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    if kind == "numpy":
-        bits = np.load(folder / "numpy.npy")
+    if kind == "itq":  # as shipped before, with the multiplier it needed (x8)
+        index, rotation = faiss.read_index_binary(str(folder / "itq.faiss")), np.load(folder / "rotation.npy")
+        _faiss()  # one OpenMP thread, as the service
 
         def one(query):
-            distance = np.bitwise_count(np.bitwise_xor(bits, quantize(query))).sum(axis=1, dtype=np.int32)
-            candidates = np.sort(np.argpartition(distance, k * multiplier - 1)[: k * multiplier])
-            return rescore(query, vectors, candidates[None], k)
+            return rescore(query, vectors, itq_candidates(index, rotation, query, k * 8), k)
     else:
-        index = (faiss.read_index if kind == "float32" else faiss.read_index_binary)(str(folder / f"{kind}.faiss"))
-        if kind == "hnsw":
-            index.hnsw.efSearch = 2 * k * multiplier
-
-        rotation = None if kind == "float32" else np.load(folder / "rotation.npy")
+        index = faiss.read_index(str(folder / f"{kind}.faiss"))
 
         def one(query):
             if kind == "float32":
                 return search_index(index, query, k)[1]
-            return rescore(query, vectors, search_index(index, query, k * multiplier, rotation=rotation)[1], k)
+            return rescore(query, vectors, search_index(index, query, k * RESCORE_MULTIPLIER)[1], k)
 
     for query in queries[:10]:  # warm-up: first searches page in the index
         one(query[None])
@@ -152,64 +175,65 @@ def run_child(*args: str) -> tuple[dict, float]:
 
 # ---- the report ----
 
-def scale(report: Report, n: int, n_queries: int, hnsw: bool) -> dict:
+def scale(report: Report, n: int, n_queries: int) -> dict:
     import tempfile
+
+    from arxiv_embed.search.engine import RESCORE_MULTIPLIER
 
     figures = {}
     with tempfile.TemporaryDirectory(prefix="search-scale-", dir=RESULTS_DIR) as tmp:
         folder = Path(tmp)
         write_synthetic(folder / "vectors.npy", n)
-        for kind in ("binary", "float32", "numpy") + (("hnsw",) if hnsw else ()):
+        for kind in ("binary", "float32", "itq"):
             built, build_rss = run_child("_build", kind, str(folder))
             served, serve_rss = run_child("_query", kind, str(folder), str(n_queries))
             figures[kind] = {**built, **served, "build_rss_mb": build_rss, "serve_rss_mb": serve_rss}
             print(f"search_scale: {kind}: {figures[kind]}", flush=True)
     label = f"{n / 1e6:g}M" if n >= 1e6 else f"{n // 1000}k"
-    ours, exact, before = (figures[kind] for kind in ("binary", "float32", "numpy"))
-    report.add(f"{label} vectors: build time, 1-bit flat (s)", ours["seconds"], exact["seconds"], False, "baseline: float IndexFlatIP")
+    ours, exact, before = (figures[kind] for kind in ("binary", "float32", "itq"))
+    x = f"x{RESCORE_MULTIPLIER}"
+    report.add(f"{label} vectors: build time, 1-bit RaBitQ (s)", ours["seconds"], exact["seconds"], False, "baseline: float IndexFlatIP")
     report.add(f"{label} vectors: index size (MB)", ours["bytes"] / 1e6, exact["bytes"] / 1e6, False,
-               "1-bit codes; +1536 B/vector float rows on disk for rescoring")
+               "RaBitQ codes (d/8 B bits + 2 floats); +1536 B/vector float rows on disk for rescoring")
     report.add(f"{label} vectors: peak RSS of the build (MB)", ours["build_rss_mb"], exact["build_rss_mb"], False)
     report.add(f"{label} vectors: peak RSS serving queries (MB)", ours["serve_rss_mb"], exact["serve_rss_mb"], False,
                "counts the pages of the memory-mapped float rows it touched (page cache)")
-    report.add(f"{label}, k=10: p50 latency, 1-bit + rescore x8 (ms)", ours["p50_ms"], exact["p50_ms"], False, "vs float exact")
-    report.add(f"{label}, k=10: p99 latency, 1-bit + rescore x8 (ms)", ours["p99_ms"], exact["p99_ms"], False, "vs float exact")
-    report.add(f"{label}, k=10: p50 latency vs the numpy scan before (ms)", ours["p50_ms"], before["p50_ms"], False)
-    if hnsw:
-        hnsw = figures["hnsw"]
-        report.add(f"{label}: build time, 1-bit flat vs 1-bit HNSW (s)", ours["seconds"], hnsw["seconds"], False,
-                   "baseline: IndexBinaryHNSW(M=32), same rotation")
-        report.add(f"{label}, k=10: p50 latency, 1-bit flat vs 1-bit HNSW, + rescore (ms)", ours["p50_ms"], hnsw["p50_ms"], False,
-                   f"HNSW p99 {hnsw['p99_ms']:.2f} ms; approximate Hamming, so recall at most flat's")
+    report.add(f"{label}, k=10: p50 latency, RaBitQ + rescore {x} (ms)", ours["p50_ms"], exact["p50_ms"], False, "vs float exact")
+    report.add(f"{label}, k=10: p99 latency, RaBitQ + rescore {x} (ms)", ours["p99_ms"], exact["p99_ms"], False, "vs float exact")
+    report.add(f"{label}, k=10: p50 / p99 latency vs ITQ + Hamming + rescore x8 before (ms)", ours["p50_ms"], before["p50_ms"], False,
+               f"before: p99 {before['p99_ms']:.1f} ms, build {before['seconds']:.1f} s (ITQ fit included), "
+               f"{before['bytes'] / 1e6:.0f} MB")
     return figures
 
 
 def recall(report: Report, n_papers: int) -> dict:
-    """x4: `binary_search` itself (the shipped path); x1/x2/x8 and no-rotation from the same primitives
-    (prefixes of one Hamming ranking), so the rotation is fitted once, not once per figure."""
-    from arxiv_embed.search.engine import binary_search, fit_rotation, make_index, rescore, search_index
+    """x4 (the shipped multiplier): `binary_search` itself (the shipped path); x1/x2/x8 from the same
+    primitives (prefixes of one candidate ranking); the same for the ITQ + Hamming index shipped before."""
+    from arxiv_embed.search.engine import RESCORE_MULTIPLIER, binary_search, make_index, rescore, search_index
 
     real = real_embeddings(n_papers)
     titles, abstracts = real["titles"], real["abstracts"]
-    exact = make_index(abstracts, "float32")
+    exact, rabitq = make_index(abstracts, "float32"), make_index(abstracts, "binary")
     rotation = fit_rotation(abstracts)
-    rotated, raw = make_index(abstracts, "binary", rotation), make_index(abstracts, "binary")
+    itq = itq_index(abstracts, rotation)
     figures = {"papers": len(abstracts)}
     overlap = lambda ranked, truth: float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ranked, truth)]))  # noqa: E731
     for lens, queries, exclude_self in (("title -> abstracts", titles, False), ("abstract -> other abstracts", abstracts, True)):
         exclude = np.arange(len(queries)) if exclude_self else None
         truth = search_index(exact, queries, 10, exclude=exclude)[1]
-        hamming, rescored = binary_search(queries, abstracts, 10, 4, exclude_self)  # the issue's target: >= 0.95 at x4
-        figures[f"{lens} x4"], figures[f"{lens} hamming"] = overlap(rescored, truth), overlap(hamming, truth)
-        candidates = search_index(rotated, queries, 80, exclude=exclude, rotation=rotation)[1]
-        for multiplier in (1, 2, 8):
-            figures[f"{lens} x{multiplier}"] = overlap(rescore(queries, abstracts, candidates[:, :10 * multiplier], 10), truth)
-        unrotated = search_index(raw, queries, 40, exclude=exclude)[1]
-        figures[f"{lens} x4 without rotation"] = overlap(rescore(queries, abstracts, unrotated, 10), truth)
-        report.add(f"recall@10 vs exact float, {lens}, 1-bit + rescore x4", figures[f"{lens} x4"],
-                   figures[f"{lens} x4 without rotation"], note=f"{len(abstracts)} real papers; baseline: plain signs (no ITQ); "
-                   f"x1/x2/x8: {figures[f'{lens} x1']:.3f}/{figures[f'{lens} x2']:.3f}/{figures[f'{lens} x8']:.3f}; "
-                   f"no rescoring: {figures[f'{lens} hamming']:.3f}")
+        estimated, rescored = binary_search(queries, abstracts, 10, RESCORE_MULTIPLIER, exclude_self)
+        figures[f"{lens} x{RESCORE_MULTIPLIER}"], figures[f"{lens} x0"] = overlap(rescored, truth), overlap(estimated, truth)
+        candidates = search_index(rabitq, queries, 80, exclude=exclude)[1]
+        hamming = itq_candidates(itq, rotation, queries, 80, exclude)
+        for multiplier in (1, 2, 4, 8):
+            if multiplier != RESCORE_MULTIPLIER:
+                figures[f"{lens} x{multiplier}"] = overlap(rescore(queries, abstracts, candidates[:, :10 * multiplier], 10), truth)
+            figures[f"{lens} itq x{multiplier}"] = overlap(rescore(queries, abstracts, hamming[:, :10 * multiplier], 10), truth)
+        ours = "/".join(f"{figures[f'{lens} x{m}']:.3f}" for m in (1, 2, 4, 8))
+        before = "/".join(f"{figures[f'{lens} itq x{m}']:.3f}" for m in (1, 2, 4, 8))
+        report.add(f"recall@10 vs exact float, {lens}, RaBitQ + rescore x4", figures[f"{lens} x4"], figures[f"{lens} itq x4"],
+                   note=f"{len(abstracts)} real papers; baseline: ITQ + Hamming (shipped before); x1/x2/x4/x8: RaBitQ "
+                   f"{ours}, ITQ {before}; RaBitQ without rescoring: {figures[f'{lens} x0']:.3f}")
     figures["encode_rate"] = len(abstracts) / real["abstracts_seconds"] if real["abstracts_seconds"] > 5 else None
     return figures
 
@@ -230,13 +254,15 @@ def metadata_bytes_per_paper(n_papers: int) -> float:
 
 
 def project(report: Report, figures: dict, n: int, per_paper_meta: float, encode_rate: float | None) -> None:
+    from arxiv_embed.search.engine import bytes_per_vector
+
     ratio = FULL_SNAPSHOT / n
-    bits, floats = 384 // 8, 384 * 4
-    report.add("2.7M papers: RAM searched, 1-bit (MB)", FULL_SNAPSHOT * bits / 1e6, FULL_SNAPSHOT * floats / 1e6, False,
-               "48 B/paper vs 1536 B/paper for float exact")
+    bits, floats = bytes_per_vector(384, "binary"), bytes_per_vector(384, "float32")
+    report.add("2.7M papers: RAM searched, 1-bit RaBitQ (MB)", FULL_SNAPSHOT * bits / 1e6, FULL_SNAPSHOT * floats / 1e6, False,
+               f"{bits} B/paper (48 B bits + 2 floats) vs {floats} B/paper for float exact")
     report.add("2.7M papers: disk for the index folder (GB)", FULL_SNAPSHOT * (bits + floats + per_paper_meta) / 1e9,
-               note=f"48 B bits + 1536 B float rows + {per_paper_meta:.0f} B metadata per paper (memory-mapped)")
-    report.add("2.7M papers: p50 search latency, 1-bit + rescore (ms, projected)", figures["binary"]["p50_ms"] * ratio,
+               note=f"{bits} B codes + {floats} B float rows + {per_paper_meta:.0f} B metadata per paper (memory-mapped)")
+    report.add("2.7M papers: p50 search latency, RaBitQ + rescore (ms, projected)", figures["binary"]["p50_ms"] * ratio,
                figures["float32"]["p50_ms"] * ratio, False, "flat scans grow linearly with the corpus; one core per query")
     if encode_rate:
         report.add("2.7M papers: encoding on this CPU (hours, projected)", FULL_SNAPSHOT / encode_rate / 3600,
@@ -246,7 +272,7 @@ def project(report: Report, figures: dict, n: int, per_paper_meta: float, encode
 def run(args: argparse.Namespace) -> Report:
     """--vectors 0: only the recall on real papers (report search_scale_recall)."""
     report = Report("search_scale" if args.vectors else "search_scale_recall")
-    figures = scale(report, args.vectors, args.latency_queries, args.hnsw or args.vectors <= 200_000) if args.vectors else None
+    figures = scale(report, args.vectors, args.latency_queries) if args.vectors else None
     real = recall(report, args.recall_papers)
     if figures:
         project(report, figures, args.vectors, metadata_bytes_per_paper(args.recall_papers), real.get("encode_rate"))

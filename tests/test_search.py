@@ -56,7 +56,7 @@ def indexes(tmp_path_factory, records, base_model) -> dict[str, Path]:
 def test_a_phrase_from_an_abstract_finds_its_paper_first(indexes, records, base_model, precision):
     index = SearchIndex.load(indexes[precision])
     assert index.meta["precision"] == precision and index.count == 40
-    assert index.meta["faiss"] == {"binary": "IndexBinaryFlat", "float32": "IndexFlatIP"}[precision]
+    assert index.meta["faiss"] == {"binary": "IndexRaBitQ", "float32": "IndexFlatIP"}[precision]
     for record in records[0:40:8]:
         paper_id, text = phrase(record)
         hits = index.search(encode(base_model, [text], progress=False)[0], k=5)
@@ -66,7 +66,7 @@ def test_a_phrase_from_an_abstract_finds_its_paper_first(indexes, records, base_
         assert hits[0].year == 2007 and hits[0].authors.split(",")[0] == " ".join(paper["authors"].split()).split(",")[0]
         assert hits[0].url == f"https://arxiv.org/abs/{paper_id}" and hits[0].snippet[:40] == " ".join(paper["abstract"].split())[:40]
     sizes = index.sizes()
-    expected = 40 * 384 // 8 if precision == "binary" else 40 * 384 * 4
+    expected = 40 * (384 // 8 + 8) if precision == "binary" else 40 * 384 * 4  # RaBitQ: the bits + 2 floats
     assert sizes["bytes_searched_in_memory"] == expected
 
 
@@ -120,6 +120,35 @@ def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_p
     assert SearchIndex.load(path).count == 50
     # Only the encoding's resume folder is left beside the index; no half-written index folder.
     assert sorted(p.name for p in tmp_path.iterdir()) == [".index.encoding", "a.jsonl", "b.jsonl", "c.jsonl", "index"]
+
+
+def test_an_index_of_the_old_itq_format_asks_for_a_rebuild_which_reuses_its_embeddings(tmp_path, indexes, records, base_model, monkeypatch):
+    """An index folder written before RaBitQ (format 2: IndexBinaryFlat + rotation.npy) is refused with the
+    command that upgrades it, and that build re-encodes nothing."""
+    import shutil
+
+    import faiss
+
+    from arxiv_embed.search import encoding
+    from arxiv_embed.search.service import Searcher
+
+    old = tmp_path / "old-index"
+    shutil.copytree(indexes["binary"], old)
+    meta = json.loads((old / "index.json").read_text())
+    (old / "index.json").write_text(json.dumps({**meta, "format": 2, "faiss": "IndexBinaryFlat", "rotation": "ITQ"}))
+    np.save(old / "rotation.npy", np.eye(384, dtype=np.float32))
+    bits = faiss.IndexBinaryFlat(384)
+    bits.add(np.packbits(np.load(old / "embeddings.npy") > 0, axis=1))
+    faiss.write_index_binary(bits, str(old / "index.faiss"))
+    for load in (lambda: SearchIndex.load(old), lambda: Searcher(old, MODEL)):
+        with pytest.raises(SearchError, match=r"older version .*python -m arxiv_embed\.search build --papers PAPERS --index"):
+            load()
+    monkeypatch.setattr(encoding, "encode", lambda *a, **kw: pytest.fail("the upgrade re-encoded abstracts"))
+    report = build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:40])), base_model, MODEL, old, "binary")
+    assert (report.encoded, report.kept) == (0, 40)
+    upgraded = SearchIndex.load(old)
+    assert upgraded.meta["format"] == 3 and upgraded.meta["faiss"] == "IndexRaBitQ" and not (old / "rotation.npy").exists()
+    assert upgraded.search(np.asarray(upgraded.embeddings[5]), k=1)[0].id == upgraded.hits([5], [1.0])[0].id
 
 
 def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, monkeypatch):

@@ -6,7 +6,7 @@
 
 build encodes only new or changed abstracts, resumes an interrupted encoding, and uses the GPU (or
 several with --processes / all GPUs) when present. `--precision binary` (default) searches 1-bit
-codes with float rescoring (32x less memory); `float32` searches exactly.
+codes (RaBitQ) with float rescoring (27x less memory); `float32` searches exactly.
 `--backend int8` encodes with dynamic int8 Linear layers: ~1.5x faster on a CPU.
 """
 
@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
                          help="int8: dynamic int8 Linear layers on CPU, ~1.5x faster encoding, NDCG@10 within 1%%")
     for sub in (query, serve):
         sub.add_argument("--rescore-multiplier", type=int, default=RESCORE_MULTIPLIER,
-                         help="binary: float-rescore k*this Hamming candidates (default %(default)s)")
+                         help="binary: float-rescore k*this RaBitQ candidates (default %(default)s)")
     return parser
 
 

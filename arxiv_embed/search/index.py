@@ -2,8 +2,7 @@
 
 Layout of an index folder:
     index.json       model identity (sha256 of its weights), precision, dimension, count, FAISS index kind
-    index.faiss      the FAISS index: IndexBinaryFlat over the sign bits (binary) or IndexFlatIP (float32)
-    rotation.npy     binary: the ITQ rotation (d x d) applied to embeddings and queries before the signs
+    index.faiss      the FAISS index: IndexRaBitQ, 1-bit codes (binary), or IndexFlatIP (float32)
     embeddings.npy   float32 L2-normalised embeddings, memory-mapped: binary rescoring reads the
                      candidates' rows only, "similar papers" reads the paper's own row (no re-encoding)
     papers.arrow     id, title, authors, categories, year, abstract, text_sha256 (row i = vector i),
@@ -30,13 +29,16 @@ import pyarrow as pa
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
 from arxiv_embed.search.encoding import encode_resumable
-from arxiv_embed.search.engine import RESCORE_MULTIPLIER, Precision, fit_rotation, make_index, rescore, search_index
+from arxiv_embed.search.engine import RESCORE_MULTIPLIER, Precision, bytes_per_vector, make_index, rescore, search_index
 from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
+# index.json "format": 3 since the 1-bit index is RaBitQ (2: ITQ-rotated signs in IndexBinaryFlat + rotation.npy).
+FORMAT = 3
+FAISS_KIND = {"binary": "IndexRaBitQ", "float32": "IndexFlatIP"}
 SNIPPET_CHARS = 320
 
 
@@ -89,7 +91,6 @@ class SearchIndex:
     papers: pa.Table
     embeddings: np.ndarray
     index: object
-    rotation: np.ndarray | None = None  # binary: the ITQ rotation applied before taking signs
     _filters: dict[str, np.ndarray] | None = None
 
     @classmethod
@@ -100,15 +101,26 @@ class SearchIndex:
         if not (path / "index.json").exists():
             raise SearchError(f"--index {path}: no search index there; build one with "
                               f"`python -m arxiv_embed.search build --papers PAPERS --index {path}`")
-        meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
-        if meta.get("format") != 2:
+        meta = _read_meta(path)
+        # A float32 index of format 2 is the same IndexFlatIP; a binary one holds the old 1-bit index.
+        if meta.get("format") != FORMAT and not (meta.get("format") == 2 and meta.get("precision") == "float32"):
+            if meta.get("format") == 2:
+                raise SearchError(f"--index {path} holds the 1-bit index of an older version (ITQ-rotated signs, since "
+                                  "replaced by RaBitQ): rebuild it with `python -m arxiv_embed.search build --papers "
+                                  f"PAPERS --index {path}`; its stored embeddings are reused, nothing is re-encoded")
             raise SearchError(f"--index {path} was built by an older version of this project: rebuild it with "
                               f"`python -m arxiv_embed.search build --papers PAPERS --index {path}` into a new folder")
-        binary = meta["precision"] == "binary"
-        index = (faiss.read_index_binary if binary else faiss.read_index)(str(path / "index.faiss"))
-        papers = pa.ipc.open_file(pa.memory_map(str(path / "papers.arrow"))).read_all()
-        rotation = np.load(path / "rotation.npy") if (path / "rotation.npy").exists() else None
-        return cls(path, meta, papers, open_rows(path / "embeddings.npy"), index, rotation)
+        index = faiss.read_index(str(path / "index.faiss"))
+        return cls(path, meta, _read_papers(path), open_rows(path / "embeddings.npy"), index)
+
+    @classmethod
+    def load_for_build(cls, path: Path) -> SearchIndex:
+        """The stored papers and embeddings a build reuses, without the FAISS index: an index of format 2
+        (the ITQ 1-bit index) upgrades in place, encoding nothing that is already there."""
+        meta = _read_meta(path)
+        if meta.get("format") not in (2, FORMAT):
+            return cls.load(path)  # raises the rebuild message
+        return cls(path, meta, _read_papers(path), open_rows(path / "embeddings.npy"), None)
 
     @property
     def count(self) -> int:
@@ -123,8 +135,8 @@ class SearchIndex:
 
     def sizes(self) -> dict[str, int]:
         on_disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-        bytes_per_vector = self.meta["dimension"] // 8 if self.meta["precision"] == "binary" else self.meta["dimension"] * 4
-        return {"papers": self.count, "bytes_on_disk": on_disk, "bytes_searched_in_memory": self.count * bytes_per_vector}
+        per_vector = bytes_per_vector(self.meta["dimension"], self.meta["precision"])
+        return {"papers": self.count, "bytes_on_disk": on_disk, "bytes_searched_in_memory": self.count * per_vector}
 
     def categories(self) -> dict[str, int]:
         """Paper counts per category and per archive (cs.LG and cs), the values a search can filter on."""
@@ -162,12 +174,12 @@ class SearchIndex:
 
     def search(self, query: np.ndarray, k: int, category: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER,
                exclude_row: int | None = None) -> list[Hit]:
-        """Top-k papers by cosine; binary: Hamming top k * rescore_multiplier, re-ranked by float cosine."""
+        """Top-k papers by cosine; binary: RaBitQ's top k * rescore_multiplier, re-ranked by float cosine."""
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         exclude = None if exclude_row is None else np.array([exclude_row])
         allowed = self._allowed(category)
         if self.meta["precision"] == "binary":
-            _, candidates = search_index(self.index, query, k * rescore_multiplier, allowed, exclude, self.rotation)
+            _, candidates = search_index(self.index, query, k * rescore_multiplier, allowed, exclude)
             rows = rescore(query, self.embeddings, candidates, k)[0]
         else:
             rows = search_index(self.index, query, k, allowed, exclude)[1][0]
@@ -185,6 +197,14 @@ class SearchIndex:
         row = self.row_of(paper_id)
         vector = np.asarray(self.embeddings[row], dtype=np.float32)
         return self.hits([row], [1.0])[0], self.search(vector, k, category, rescore_multiplier, exclude_row=row)
+
+
+def _read_meta(path: Path) -> dict:
+    return json.loads((path / "index.json").read_text(encoding="utf-8"))
+
+
+def _read_papers(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path / "papers.arrow"))).read_all()
 
 
 @dataclass
@@ -207,7 +227,7 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
     identity = model_identity(model_ref)
     old_papers, old_embeddings = _empty_papers(), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     if (path / "index.json").exists():
-        old = SearchIndex.load(path)
+        old = SearchIndex.load_for_build(path)
         old.check_model(identity, model_ref)
         old_papers, old_embeddings = pl.from_arrow(old.papers), old.embeddings
     unchanged = papers.join(old_papers.select("id", "text_sha256"), on=["id", "text_sha256"], how="semi")
@@ -228,21 +248,13 @@ def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precis
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
-        rotation = fit_rotation(embeddings) if precision == "binary" and len(embeddings) else None
-        if rotation is not None:
-            np.save(tmp / "rotation.npy", rotation)
-        _write_faiss(make_index(embeddings, precision, rotation), tmp / "index.faiss")
+        import faiss
+
+        faiss.write_index(make_index(embeddings, precision), str(tmp / "index.faiss"))
         table = papers.select(_empty_papers().columns).to_arrow()
         with pa.ipc.new_file(str(tmp / "papers.arrow"), table.schema) as writer:
             writer.write_table(table, max_chunksize=65536)
-        meta = {"format": 2, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
+        meta = {"format": FORMAT, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
                 "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
-                "faiss": "IndexBinaryFlat" if precision == "binary" else "IndexFlatIP",
-                "rotation": "ITQ" if rotation is not None else None}
+                "faiss": FAISS_KIND[precision]}
         (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-
-def _write_faiss(index, path: Path) -> None:
-    import faiss
-
-    (faiss.write_index_binary if isinstance(index, faiss.IndexBinary) else faiss.write_index)(index, str(path))
