@@ -61,7 +61,7 @@ CANDIDATES: dict[str, dict] = {
                                            "retain_distill": 0.0, "learning_rate": 2.0e-5}},
     # The GPU profile (benchmarks/gpu_profile.py): full fine-tuning at batch 128; minutes on a CPU, seconds on a GPU.
     "gpu-profile": GPU_PROFILE,
-    # The profile cut to one epoch at lr 1e-4: most of its gain on the GPU (benchmarks/README.md), ~10-12 min on 2 cores.
+    # The profile cut to one epoch at lr 1e-4: most of its gain on a GPU; 27 min on 2 shared cores (benchmarks/README.md).
     "full-1-epoch": deep_update(copy.deepcopy(GPU_PROFILE), {"finetune": {"epochs": 1, "learning_rate": 1.0e-4}}),
 }
 QUICK = {"quality_papers": 1500}
