@@ -108,27 +108,25 @@ def train_sets(project: Path, kind: str, limit: int | None = None):
     return DatasetDict({"labels": labels, RETAIN: retain})
 
 
-class _StepClock:
+def step_clock(warmup: int):
     """A TrainerCallback timing steps after `warmup` (CUDA synchronised), for rows/s without start-up cost."""
+    import torch
+    from transformers import TrainerCallback
 
-    def __new__(cls, warmup: int):
-        import torch
-        from transformers import TrainerCallback
+    class Clock(TrainerCallback):
+        started = None
+        steps = 0
 
-        class Clock(TrainerCallback):
-            started = None
-            steps = 0
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if state.global_step == warmup:
+                self.started = time.perf_counter()
+            elif state.global_step > warmup:
+                self.steps += 1
+                self.seconds = time.perf_counter() - self.started
 
-            def on_step_end(self, args, state, control, **kwargs):
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                if state.global_step == warmup:
-                    self.started = time.perf_counter()
-                elif state.global_step > warmup:
-                    self.steps += 1
-                    self.seconds = time.perf_counter() - self.started
-
-        return Clock()
+    return Clock()
 
 
 def _trainer(params, model, dataset, output_dir: Path, device: str, precision: str, **overrides):
@@ -157,7 +155,7 @@ def throughput(model_dir: Path, projects: list[Path], steps: int, warmup: int, s
         dataset = (concatenate_datasets(sets) if kind != "profile"
                    else type(sets[0])({key: concatenate_datasets([s[key] for s in sets]) for key in sets[0]}))
         model = load_model(model_dir, params.model.max_seq_length, device=device)
-        clock = _StepClock(warmup)
+        clock = step_clock(warmup)
         loader = {} if workers is None else {"dataloader_num_workers": workers}
         trainer = _trainer(params, model, dataset, SCRATCH / "throughput-run", device, precision, max_steps=warmup + steps, **loader)
         trainer.add_callback(clock)
