@@ -138,6 +138,13 @@ class Adapter(Section):
     per_label: Annotated[int, Field(ge=2)]  # papers of one label in a label-grouped batch
 
 
+class HardNegatives(Section):
+    """Triplets whose negative is the base model's nearest abstract of another label (training/mining.py)."""
+
+    weight: Annotated[float, Field(ge=0)]  # weight of their TripletLoss trained alongside finetune.loss; 0 = off
+    candidates: PositiveInt  # nearest abstracts scanned per anchor for one of another label
+
+
 class Finetune(Section):
     mode: Literal["adapter", "full"]
     loss: LossName
@@ -145,6 +152,7 @@ class Finetune(Section):
     margin: Annotated[float, Field(gt=0)]  # triplet-style losses: cosine distance, in [0, 2]
     retain_title_abstract: Annotated[float, Field(ge=0)]  # weight of title->abstract MNRL trained alongside; 0 = off
     retain_distill: Annotated[float, Field(ge=0)]  # weight of squared error to the base embeddings; 0 = off
+    hard_negatives: HardNegatives
     adapter: Adapter
     matryoshka_dims: list[PositiveInt]
     multi_dataset_sampler: Literal["proportional", "round_robin"]
@@ -218,6 +226,13 @@ class Params(Section):
     finetune: Finetune
     evaluate: Evaluate
     push: Push
+
+    @model_validator(mode="after")
+    def _mined_pairs(self) -> Params:
+        if self.finetune.hard_negatives.weight and not self.make_triplets.same_label_pairs_per_split.train:
+            raise ValueError("finetune.hard_negatives.weight > 0 mines negatives for make_triplets' same_label train pairs: "
+                             "set make_triplets.same_label_pairs_per_split.train > 0, or finetune.hard_negatives.weight to 0")
+        return self
 
 
 class ParamsError(UserError):

@@ -52,6 +52,7 @@ CANDIDATES: dict[str, dict] = {
     "default": {},
     "adapter-linear": {"finetune": {"adapter": {"kind": "linear"}}},
     "adapter-no-retain": {"finetune": {"retain_title_abstract": 0.0}},
+    "adapter-no-hard-negatives": {"finetune": {"hard_negatives": {"weight": 0.0}}},
     "adapter-semi-hard": {"finetune": {"loss": "batch_semi_hard"}},
     "adapter-cosent": {"finetune": {"loss": "cosent", "train_data": ["graded_pairs"]}},
     # The trainer's path: the pre-issue-11 default, and the label-aware loss with title->abstract pairs.

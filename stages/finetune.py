@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
-from arxiv_embed.training import adapter, checkpoints, distributed, losses, trainer
+from arxiv_embed.training import adapter, checkpoints, distributed, losses, mining, trainer
 from arxiv_embed.training import data as training_data
 from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
@@ -70,7 +70,6 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
 
     ft = params.finetune
     main_process = distributed.is_main_process()
-    train_dataset = training_data.train_dataset(ft)
     resume_from = checkpoints.last_checkpoint(run_dir)
     # Killed after the final save: training is done, only the saving below is left.
     finished = checkpoints.finished_state(resume_from)
@@ -83,7 +82,12 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
         device="cpu" if distributed.world_size() > 1 else None,
     )
-    loss = losses.build_training_loss(model, ft)
+    # Mined before training, by the base model (under DDP every rank mines the same, on its CPU copy).
+    mined = mining.mine_train_split(model, ft.hard_negatives.candidates, ft.batch_size) if ft.hard_negatives.weight else None
+    if mined is not None and main_process:
+        print(f"finetune: {mined.describe()}", flush=True)
+    train_dataset = training_data.train_dataset(ft, mined.triplets if mined is not None else None)
+    loss = losses.build_training_loss(model, ft, list(train_dataset) if isinstance(train_dataset, dict) else None)
 
     # 5. Training arguments.
     precision = pick_precision(ft.precision, device)
@@ -153,6 +157,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
             "best_metric": state.best_metric,
             "best_checkpoint_step": state.best_global_step,
             "loss": round(sum(loss for _, loss in curve) / len(curve), 6) if curve else None,
+            **(mined.summary() if mined is not None else {}),
         }
         how = save_outputs(model, run_id, summary, curve)
     print(
@@ -174,6 +179,9 @@ def adapter_main(params: Params, started: float) -> None:
     frames = {kind: training_data.kind_frame(kind) for kind in ft.train_data}
     if ft.retain_title_abstract:
         frames.setdefault("title_abstract", training_data.kind_frame("title_abstract"))
+    if ft.hard_negatives.weight:  # embedded with the rest: mining then reads the cached vectors
+        for kind in ("labels", "same_label"):
+            frames.setdefault(kind, training_data.kind_frame(kind))
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
     tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device)}
     with tracked_run(None, "finetune-adapter", tags) as run_id:
@@ -181,6 +189,11 @@ def adapter_main(params: Params, started: float) -> None:
         encode_started = time.monotonic()
         index, cached = adapter.embed_once(model, frames)
         encode_seconds = time.monotonic() - encode_started
+        mined = None
+        if ft.hard_negatives.weight:
+            mined = mining.mine_train_split(mining.CachedEncoder(model, index, cached), ft.hard_negatives.candidates)
+            frames[losses.MINED] = mined.triplets
+            print(f"finetune: {mined.describe()}", flush=True)
         result = adapter.train_adapter(ft, params.shared.seed, frames, index, cached)
         for step, value in result.curve[:: max(1, ft.logging_steps)]:
             mlflow.log_metric("loss", value, step=step, synchronous=False)
@@ -190,6 +203,7 @@ def adapter_main(params: Params, started: float) -> None:
             "encode_seconds": round(encode_seconds, 1), "adapter_train_seconds": round(result.train_seconds, 1),
             "wall_time_s": round(time.monotonic() - started, 1),
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
+            **(mined.summary() if mined is not None else {}),
         }
         how = save_outputs(tuned, run_id, summary, result.curve)
     print(f"finetune (adapter {ft.adapter.kind}): {len(index)} texts encoded in {summary['encode_seconds']} s, "

@@ -21,8 +21,9 @@ from tests.test_training import write_tiny_data
 
 TINY = {
     "model": {"max_seq_length": 32},
-    # Two kinds of data (multi-dataset batches) and the retrieval evaluator: the stage's widest path.
+    # Two kinds of data + mined hard negatives (multi-dataset batches) and the retrieval evaluator: the stage's widest path.
     "finetune": {"mode": "full", "loss": "mnrl", "retain_title_abstract": 0.0, "retain_distill": 0.0,  # the trainer's path
+                 "hard_negatives": {"weight": 0.5, "candidates": 20},
                  "max_steps": 4, "batch_size": 8, "eval_steps": 2, "save_steps": 2,
                  "train_data": ["triplets", "title_abstract"], "eval_retrieval": True},
 }
@@ -119,7 +120,8 @@ def test_trains_saves_and_tracks_everything(trained: tuple[Path, str]) -> None:
     assert model.encode(["a test sentence"]).shape == (1, 384)
     # Metrics, loss curve, summary line.
     summary = json.loads((project / "metrics/finetune.json").read_text())
-    assert summary["global_step"] == EXPECTED_STEPS and summary["train_samples"] == 80
+    assert summary["global_step"] == EXPECTED_STEPS and summary["mined_triplets"] >= 15
+    assert summary["train_samples"] == 80 + summary["mined_triplets"]  # 40 triplets + 40 title->abstract + the mined
     assert summary["samples_per_second"] > 0 and 0 <= summary["best_metric"] <= 1
     assert summary["best_checkpoint_step"] in (2, 4)
     curve = (project / "metrics/finetune_loss.csv").read_text().splitlines()
@@ -249,7 +251,8 @@ def test_killed_after_the_final_save_never_trains_past_max_steps(trained: tuple[
 def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:
     """DISTRIBUTED PATH: finetune re-launches itself under torchrun with 2 CPU (gloo) processes;
     only rank 0 writes the model, the metrics and the one MLflow run."""
-    params = {"finetune": {**TINY["finetune"], "max_steps": 2, "eval_retrieval": False}}
+    # Two datasets of 40 (no mined ones, whose count varies): the epoch arithmetic below stays exact.
+    params = {"finetune": {**TINY["finetune"], "max_steps": 2, "eval_retrieval": False, "hard_negatives": {"weight": 0.0, "candidates": 20}}}
     project = new_project(tmp_path / "project", kaggle_sample, params)
     result = run_stage(project, FINETUNE_NPROC_PER_NODE="2")
     assert "starting 2 processes" in result.stdout

@@ -53,7 +53,13 @@ def test_the_gpu_profile_the_readme_gives_is_the_one_the_benchmarks_run() -> Non
     block = text.split("<!-- gpu-profile -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     command = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("#"))
     # Read as DVC writes -S values into params.yaml and the stages read them back (YAML 1.2: 5e-5 is a float).
-    given = {key: yaml.load(value, Loader=_Yaml12FloatLoader) for key, value in re.findall(r"-S '?finetune\.(\w+)=([^'\s]+)'?", command)}
+    given: dict = {}
+    for key, value in re.findall(r"-S '?finetune\.([\w.]+)=([^'\s]+)'?", command):
+        *sections, name = key.split(".")
+        at = given
+        for section in sections:
+            at = at.setdefault(section, {})
+        at[name] = yaml.load(value, Loader=_Yaml12FloatLoader)
     assert given == GPU_PROFILE["finetune"]
 
 

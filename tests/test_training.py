@@ -28,6 +28,7 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
             "title": [" ".join(r["title"].split()) for r in records],
             "abstract": [" ".join(r["abstract"].split()) for r in records],
             "label": [r["categories"].split()[0].split(".")[0] for r in records],
+            "categories": [r["categories"].split() for r in records],
         }
     )
     top = papers["label"].value_counts().sort(["count", "label"], descending=True)["label"].head(4).to_list()
@@ -60,7 +61,7 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
 def finetune_params(**finetune: object):
     # The trainer's path (mode=full), one dataset unless a test asks for the retained title->abstract pairs.
     settings = {"mode": "full", "loss": "mnrl", "train_data": ["same_label"], "retain_title_abstract": 0.0, "retain_distill": 0.0,
-                "batch_size": 8}
+                "hard_negatives": {"weight": 0.0, "candidates": 20}, "batch_size": 8}
     if finetune.get("loss", "").startswith("batch_"):
         settings["train_data"] = ["labels"]
     return params_with({"model": {"max_seq_length": 32}, "finetune": {**settings, **finetune}})

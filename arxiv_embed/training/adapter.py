@@ -96,6 +96,17 @@ class Batches:
             self._groups = [np.flatnonzero(self.labels == value) for value in np.unique(self.labels)]
             self._groups = [g for g in self._groups if len(g) >= self.per_label]
 
+    def cycle(self, n_rows: int) -> Iterator[np.ndarray]:
+        """Plain batches without end: a new shuffle whenever an epoch runs out (fewer rows than a
+        batch: all of them, each time)."""
+        if n_rows == 0:
+            raise ValueError("no rows to draw batches from")
+        while True:
+            if n_rows < self.size:
+                yield self.rng.permutation(n_rows)
+            else:
+                yield from self.epoch(n_rows)
+
     def epoch(self, n_rows: int) -> Iterator[np.ndarray]:
         if self.labels is None:
             order = self.rng.permutation(n_rows)
@@ -143,19 +154,21 @@ def embed_once(model: SentenceTransformer, frames: dict, batch_size: int = 64) -
 
 def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
     """Train an identity adapter on the cached base vectors with finetune.loss (the loss table's
-    row, through the library loss's compute_loss_from_embeddings) plus the no-forgetting terms:
-    title->abstract MNRL (finetune.retain_title_abstract) and squared error to the base embeddings
-    (finetune.retain_distill, the library MSELoss's objective).
+    row, through the library loss's compute_loss_from_embeddings), TripletLoss on mined hard
+    negatives (finetune.hard_negatives.weight), and the no-forgetting terms: title->abstract MNRL
+    (finetune.retain_title_abstract) and squared error to the base embeddings of the main batch's
+    first column and the retained titles (finetune.retain_distill, the library MSELoss's objective).
 
     frames: data kind -> frame with the dataset's columns (training.data.kind_frame): the kinds of
-    finetune.train_data, plus "title_abstract" when retained. index/cached: embed_once's result.
+    finetune.train_data, plus "title_abstract" when retained and MINED (anchor, positive, negative:
+    training.mining) when finetune.hard_negatives.weight > 0. index/cached: embed_once's result.
     """
     import time
 
     import torch
     import torch.nn.functional as F
 
-    from arxiv_embed.training.losses import build_loss
+    from arxiv_embed.training.losses import MINED, build_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -170,10 +183,21 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
         )
 
         mnrl = MultipleNegativesRankingLoss(None)
+    mined_loss = None
+    if ft.hard_negatives.weight:
+        from sentence_transformers.sentence_transformer.losses import (
+            TripletDistanceMetric,
+            TripletLoss,
+        )
+
+        mined_loss = TripletLoss(None, distance_metric=TripletDistanceMetric.COSINE, triplet_margin=ft.margin)
     main = [(frame, text_columns(frame)) for kind, frame in frames.items() if kind in ft.train_data]
     main_rows = [(_columns(frame, cols, index), torch.tensor(frame[frame.columns[-1]].to_numpy()) if frame.columns[-1] not in cols else None)
                  for frame, cols in main]
     retained = _columns(frames["title_abstract"], ["anchor", "positive"], index) if mnrl is not None else None
+    if mined_loss is not None and MINED not in frames:
+        raise ValueError(f"finetune.hard_negatives.weight > 0 but frames has no {MINED!r} (training.mining.mine_train_split)")
+    mined = _columns(frames[MINED], ["anchor", "positive", "negative"], index) if mined_loss is not None and frames[MINED].height else None
 
     # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
     # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).
@@ -185,19 +209,22 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
             for columns, labels in main_rows:
                 grouped = Batches(labels.numpy() if "labels" in ft.train_data else None, ft.batch_size, rng, ft.adapter.per_label)
                 plain = Batches(None, ft.batch_size, rng)
-                retain_batches = plain.epoch(len(retained[0])) if retained is not None else None
+                retain_batches = plain.cycle(len(retained[0])) if retained is not None else None
+                mined_batches = plain.cycle(len(mined[0])) if mined is not None else None
                 for rows in grouped.epoch(len(columns[0])):
                     rows = torch.as_tensor(rows)
                     embeddings = [stack(vectors[column[rows]]) for column in columns]
                     loss = loss_fn.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
                     if retained is not None:
-                        pairs = next(retain_batches, None)
-                        if pairs is None:
-                            retain_batches = plain.epoch(len(retained[0]))
-                            pairs = next(retain_batches)
-                        pairs = torch.as_tensor(pairs)
+                        pairs = torch.as_tensor(next(retain_batches))
                         query, doc = (stack(vectors[column[pairs]]) for column in retained)
+                        if ft.retain_distill:  # titles too: left free, they drift from their abstracts (measured)
+                            loss = loss + ft.retain_distill * F.mse_loss(query, vectors[retained[0][pairs]], reduction="sum") / len(pairs)
                         loss = loss + ft.retain_title_abstract * mnrl.compute_loss_from_embeddings([query, doc], None)
+                    if mined is not None:
+                        triplets = torch.as_tensor(next(mined_batches))
+                        loss = loss + ft.hard_negatives.weight * mined_loss.compute_loss_from_embeddings(
+                            [stack(vectors[column[triplets]]) for column in mined], None)
                     if ft.retain_distill:
                         base = vectors[columns[0][rows]]
                         # The library's MSELoss objective (mean squared error to the base embedding), per dimension summed.

@@ -15,7 +15,7 @@ from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.files import read_table
 from arxiv_embed.params import Finetune
 from arxiv_embed.training import losses
-from arxiv_embed.training.losses import RETAIN
+from arxiv_embed.training.losses import MINED, RETAIN
 
 if TYPE_CHECKING:
     import polars as pl
@@ -57,6 +57,8 @@ def data_files(finetune: Finetune) -> tuple[list[Path], list[Path]]:
     train = [KINDS[kind].file("train") for kind in finetune.train_data]
     if finetune.retain_title_abstract and "title_abstract" not in finetune.train_data:
         train.append(KINDS["title_abstract"].file("train"))
+    if finetune.hard_negatives.weight:  # mined from same_label pairs over the train split (mining.py)
+        train += [f for f in (KINDS["same_label"].file("train"), paths.split_file("train")) if f not in train]
     evaluation = [paths.training_file("eval", "triplets")]
     if finetune.eval_retrieval:
         evaluation.append(paths.training_file("eval", "title_abstract"))
@@ -82,23 +84,31 @@ def kind_frame(kind: str, split: str = "train") -> pl.DataFrame:
     return frame
 
 
-def train_dataset(finetune: Finetune) -> Dataset | DatasetDict:
+def train_dataset(finetune: Finetune, mined: pl.DataFrame | None = None) -> Dataset | DatasetDict:
     """The training data for finetune.loss: one Dataset, or a DatasetDict of kinds (multi-dataset
     training: each batch comes from one kind, so pairs and triplets never share a batch). With
-    finetune.retain_title_abstract, title->abstract pairs join as their own dataset (RETAIN)."""
+    finetune.retain_title_abstract, title->abstract pairs join as their own dataset (RETAIN); with
+    finetune.hard_negatives.weight, the mined triplets (mining.Mined.triplets) as MINED."""
     import polars as pl
     from datasets import Dataset, DatasetDict
 
     losses.check_combination(finetune)
+    grouped = losses.batch_sampler(finetune) == "group_by_label"
     sets = {kind: Dataset.from_dict(kind_frame(kind).to_dict(as_series=False)) for kind in finetune.train_data}
     if finetune.retain_title_abstract and "title_abstract" not in finetune.train_data:
         retain = kind_frame("title_abstract")
-        if losses.batch_sampler(finetune) == "group_by_label":
+        if grouped:
             # The trainer's one sampler groups every dataset by label: these pairs carry their paper's
             # label (MNRL ignores it), so their in-batch negatives are same-field abstracts.
             labels = read_texts(KINDS["title_abstract"].file("train"), ["label"])["label"]
             retain = retain.with_columns(label=labels.rank("dense").cast(pl.Int64))
         sets[RETAIN] = Dataset.from_dict(retain.to_dict(as_series=False))
+    if finetune.hard_negatives.weight and mined is None:
+        raise ValueError("finetune.hard_negatives.weight > 0: pass the mined triplets (training.mining.mine_train_split)")
+    if finetune.hard_negatives.weight and mined.height:
+        # TripletLoss ignores labels; the label-grouping sampler needs them (as for RETAIN above).
+        mined = mined.with_columns(pl.col("label").rank("dense").cast(pl.Int64)) if grouped else mined.drop("label")
+        sets[MINED] = Dataset.from_dict(mined.to_dict(as_series=False))
     return next(iter(sets.values())) if len(sets) == 1 else DatasetDict(sets)
 
 

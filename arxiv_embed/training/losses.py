@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from arxiv_embed.params import Finetune
 
 RETAIN = "retain_title_abstract"  # the dataset name of the no-forgetting title->abstract pairs (mode=full)
+MINED = "hard_negatives"  # the dataset (mode=full) and frame (mode=adapter) name of the mined triplets (mining.py)
 Check = Callable[["Finetune"], "str | None"]  # a finetune section -> what is wrong with it, or None
 
 
@@ -141,19 +142,22 @@ def build_loss(model: SentenceTransformer | Any, ft: Finetune) -> nn.Module:
     return loss
 
 
-def build_training_loss(model: SentenceTransformer, ft: Finetune) -> nn.Module | dict[str, nn.Module]:
+def build_training_loss(model: SentenceTransformer, ft: Finetune, datasets: list[str] | None = None) -> nn.Module | dict[str, nn.Module]:
     """What the trainer gets (mode=full): the loss, or with several datasets one loss per dataset
-    name (training.data.train_dataset): each train_data kind gets finetune.loss, and the retained
-    title->abstract pairs get MNRL scaled by finetune.retain_title_abstract."""
+    name (training.data.train_dataset; `datasets`: its names): each train_data kind gets finetune.loss,
+    the retained title->abstract pairs MNRL scaled by finetune.retain_title_abstract, and the mined
+    triplets TripletLoss (cosine, finetune.margin) scaled by finetune.hard_negatives.weight."""
 
     loss = build_loss(model, ft)
     kinds = list(ft.train_data)
-    retain = bool(ft.retain_title_abstract) and "title_abstract" not in kinds
-    if len(kinds) + retain == 1:
+    names = datasets if datasets is not None else kinds + ([RETAIN] if ft.retain_title_abstract and "title_abstract" not in kinds else [])
+    if len(names) == 1:
         return loss
     losses_by_name: dict[str, nn.Module] = dict.fromkeys(kinds, loss)
-    if retain:
+    if RETAIN in names:
         losses_by_name[RETAIN] = _Scaled(LOSSES["mnrl"].build(model, ft), ft.retain_title_abstract)
+    if MINED in names:
+        losses_by_name[MINED] = _Scaled(LOSSES["triplet"].build(model, ft), ft.hard_negatives.weight)
     return losses_by_name
 
 
