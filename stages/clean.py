@@ -143,7 +143,7 @@ def main() -> None:
         "rejected_total": sum(rejected.values()),
         "rejected": rejected,
         "primary_categories": len(primary_categories),
-        "archives": dict(archives.most_common()),
+        "archives": dict(sorted(archives.items(), key=lambda item: (-item[1], item[0]))),  # ties by name: same bytes every run
     }
     if records_in != records_out + metrics["rejected_total"]:
         raise RuntimeError(f"clean lost track of records: {metrics}")
