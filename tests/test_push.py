@@ -147,6 +147,10 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     pairs = labelled.select(anchor="title", positive="abstract", id="id", label="label")
     pairs.write_parquet(project / "data/triplets/train_title_abstract.parquet")
     pairs[:5].write_parquet(project / "data/triplets/test_title_abstract.parquet")
+    # Same-label pairs (the mined hard negatives' anchors: trained on) and graded pairs (not trained on).
+    same = labelled.select(anchor="abstract", positive="abstract", label="label")[:10]
+    same.write_parquet(project / "data/triplets/train_same_label.parquet")
+    same.with_columns(score=pl.lit(1.0)).write_parquet(project / "data/triplets/train_graded_pairs.parquet")
     metrics = {"evaluate": evaluation(*gate), "finetune": {"global_step": 6, "loss": 0.4321, "wall_time_s": 12.5},
                "clean": {"records_in": 40, "papers_out": 40, "rejected": 0}}
     for name, data in metrics.items():
@@ -189,9 +193,11 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     assert "| train | 20 |" in card and "| test | 14 |" in card
     assert "| finetune.loss | batch_all |" in card and "| loss | 0.4321 |" in card
     assert "| finetune.learning_rate | 1e-05 |" in card and "0.0000" not in card  # small floats keep their digits
-    # Only the files the run trained on (labels + retained title->abstract pairs), not every make_triplets file.
+    # Only the files the run trained on (labels, retained title->abstract pairs, same-label pairs the hard
+    # negatives were mined for), not every make_triplets file.
     assert "| data/split/train.parquet | 20 |" in card and "| data/triplets/train_title_abstract.parquet | 40 |" in card
-    assert "same_label" not in card.split("## Training data")[1].split("## Training")[0]
+    training_data = card.split("## Training data")[1].split("## Training")[0]
+    assert "| data/triplets/train_same_label.parquet | 10 |" in training_data and "graded_pairs" not in training_data
     assert "local file `arxiv-2007.jsonl.gz` (Kaggle arXiv snapshot schema, first 3000 records)" in card
     assert "`primary_category` (20 labels)" in card
 
