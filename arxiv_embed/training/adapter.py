@@ -168,7 +168,7 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
     import torch
     import torch.nn.functional as F
 
-    from arxiv_embed.training.losses import MINED, build_loss
+    from arxiv_embed.training.losses import LOSSES, MINED, build_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -183,14 +183,7 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
         )
 
         mnrl = MultipleNegativesRankingLoss(None)
-    mined_loss = None
-    if ft.hard_negatives.weight:
-        from sentence_transformers.sentence_transformer.losses import (
-            TripletDistanceMetric,
-            TripletLoss,
-        )
-
-        mined_loss = TripletLoss(None, distance_metric=TripletDistanceMetric.COSINE, triplet_margin=ft.margin)
+    mined_loss = LOSSES["triplet"].build(None, ft) if ft.hard_negatives.weight else None  # as mode=full's
     main = [(frame, text_columns(frame)) for kind, frame in frames.items() if kind in ft.train_data]
     main_rows = [(_columns(frame, cols, index), torch.tensor(frame[frame.columns[-1]].to_numpy()) if frame.columns[-1] not in cols else None)
                  for frame, cols in main]
