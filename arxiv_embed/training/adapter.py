@@ -169,6 +169,7 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
     import torch.nn.functional as F
 
     from arxiv_embed.training.losses import LOSSES, MINED, build_loss
+    from arxiv_embed.training.mining import MINED_COLUMNS
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -190,7 +191,7 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
     retained = _columns(frames["title_abstract"], ["anchor", "positive"], index) if mnrl is not None else None
     if mined_loss is not None and MINED not in frames:
         raise ValueError(f"finetune.hard_negatives.weight > 0 but frames has no {MINED!r} (training.mining.mine_train_split)")
-    mined = _columns(frames[MINED], ["anchor", "positive", "negative"], index) if mined_loss is not None and frames[MINED].height else None
+    mined = _columns(frames[MINED], list(MINED_COLUMNS), index) if mined_loss is not None and frames[MINED].height else None
 
     # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
     # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).
