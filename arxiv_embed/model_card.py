@@ -69,7 +69,8 @@ def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -
     train_files, _ = data_files(params.finetune)
     examples = {str(path): pl.scan_parquet(path).select(pl.len()).collect().item() for path in train_files}
     clean = metrics_file("clean")
-    flat_params = flatten(params.model_dump())
+    # The knobs this run's mode read, not the other mode's (finetune.read_by_mode).
+    flat_params = flatten({"model": params.model.model_dump(), "finetune": params.finetune.read_by_mode(), "shared": params.shared.model_dump()})
     return CardFacts(
         model_name=params.push.registry_model_name,
         base_model=hub_id(params.model.base),
@@ -79,7 +80,7 @@ def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -
         papers_per_split={split: frame.height for split, frame in splits.items()},
         n_labels=pl.concat(splits.values())["label"].n_unique(),
         training_examples=examples,
-        training_params={k: v for k, v in flat_params.items() if k.startswith(("model.", "finetune.", "shared."))},
+        training_params=flat_params,
         finetune_metrics=numeric_leaves(read_json(metrics_file("finetune"))),
         evaluation={name: numeric_leaves(evaluation.get(name, {})) for name in (*MODELS, "delta")},
         gate=gate,

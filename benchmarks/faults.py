@@ -67,8 +67,8 @@ def unregister(project: Path) -> None:
             db.execute(f"delete from {table}")
 
 
-STEPS = TINY_PARAMS["finetune"]["max_steps"]
-SAVE = TINY_PARAMS["finetune"]["save_steps"]
+STEPS = TINY_PARAMS["finetune"]["full"]["max_steps"]
+SAVE = TINY_PARAMS["finetune"]["full"]["save_steps"]
 FAULTS = [
     Fault("kill -9 in clean (parts half written)", "clean", exists("data/clean/.parts.tmp-*/part-*")),
     Fault("kill -9 in finetune before the first checkpoint", "finetune", exists("models/checkpoints/*/mlflow_run.json")),

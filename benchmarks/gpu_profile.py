@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # loss that never takes a same-label negative, title->abstract MNRL alongside so search stays sharp.
 # lr and retain weight: the candidate this benchmark's quality part picked on both dev files (README).
 GPU_PROFILE: dict[str, Any] = {"finetune": {
-    "mode": "full", "loss": "batch_all", "train_data": ["labels"], "retain_title_abstract": 1.0, "retain_distill": 0.0,
-    "hard_negatives": {"weight": 0.0}, "batch_size": 128, "learning_rate": 5.0e-5, "epochs": 3,
+    "mode": "full", "loss": "batch_all", "train_data": ["labels"], "retain_title_abstract": 1.0,
+    "hard_negatives": {"weight": 0.0}, "batch_size": 128, "full": {"learning_rate": 5.0e-5, "epochs": 3},
 }}  # measured without mined hard negatives (they came later: finetune.hard_negatives)
 # What the quality part compares around the profile (params overrides on top of GPU_PROFILE).
 GPU_CANDIDATES: dict[str, dict] = {
-    f"lr{lr:g}-retain{retain:g}": {"finetune": {"learning_rate": lr, "retain_title_abstract": retain}}
+    f"lr{lr:g}-retain{retain:g}": {"finetune": {"full": {"learning_rate": lr}, "retain_title_abstract": retain}}
     for lr in (1.0e-5, 2.0e-5, 5.0e-5) for retain in (1.0, 3.0)
 }
 # Throughput: name -> (finetune overrides, the data kind its rows are, what one row is).
@@ -60,7 +60,7 @@ THROUGHPUT: dict[str, tuple[dict, str, str]] = {
     "mnrl title->abstract, batch 1024": ({**_PAIRS, "loss": "mnrl", "train_data": ["title_abstract"], "batch_size": 1024}, "title_abstract", "pairs"),
     "mnrl abstract->abstract, batch 1024": ({**_PAIRS, "loss": "mnrl", "train_data": ["same_label"], "batch_size": 1024}, "abstract_pairs", "pairs"),
     "cached_mnrl abstract->abstract, batch 2048 (mini 512)": (
-        {**_PAIRS, "loss": "cached_mnrl", "train_data": ["same_label"], "batch_size": 2048, "mini_batch_size": 512}, "abstract_pairs", "pairs"),
+        {**_PAIRS, "loss": "cached_mnrl", "train_data": ["same_label"], "batch_size": 2048, "full": {"mini_batch_size": 512}}, "abstract_pairs", "pairs"),
     "GPU profile: batch_all labels + title->abstract MNRL, batch 128": ({}, "profile", "rows"),
 }
 SNAPSHOT_PAPERS = 2_700_000
@@ -76,7 +76,8 @@ def profile_params(overrides: dict, smoke: bool = False):
     deep_update(raw, copy.deepcopy(overrides))
     if smoke:  # a CPU try of the whole script in a minute: short texts, small batches
         raw["model"]["max_seq_length"] = 32
-        raw["finetune"].update(batch_size=min(raw["finetune"]["batch_size"], 8), mini_batch_size=4, epochs=1)
+        raw["finetune"]["batch_size"] = min(raw["finetune"]["batch_size"], 8)
+        raw["finetune"]["full"].update(mini_batch_size=4, epochs=1)
     return parse_params(raw)
 
 
@@ -149,7 +150,7 @@ def throughput(model_dir: Path, projects: list[Path], steps: int, warmup: int, s
     for name, (overrides, kind, unit) in THROUGHPUT.items():
         params = profile_params({"finetune": overrides}, smoke)
         ft = params.finetune
-        precision = pick_precision(ft.precision, device)
+        precision = pick_precision(ft.full.precision, device)
         limit = 64 if smoke else None
         sets = [train_sets(p, kind, limit) for p in projects]
         dataset = (concatenate_datasets(sets) if kind != "profile"
@@ -320,7 +321,7 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candi
         print(f"gpu: {project.name} base (eval split): {base}", flush=True)
         for name, overrides in candidates.items():
             params = profile_params(overrides, smoke)
-            precision = pick_precision(params.finetune.precision, device)
+            precision = pick_precision(params.finetune.full.precision, device)
             torch.manual_seed(params.shared.seed)
             model = load_model(model_dir, params.model.max_seq_length, device=device)
             started = time.perf_counter()
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--dataloader-workers", type=int, default=None, help="throughput: tokenising workers (default: finetune's, min(4, cores/2))")
     go.add_argument("--smoke", action="store_true", help="tiny sizes: try the script on a CPU")
     go.add_argument("--candidate", action="append", default=[], metavar="NAME=JSON",
-                    help='quality: a candidate instead of the built-in grid, e.g. \'e1={"finetune": {"epochs": 1}}\' (repeatable)')
+                    help='quality: a candidate instead of the built-in grid, e.g. \'e1={"finetune": {"full": {"epochs": 1}}}\' (repeatable)')
     apply = commands.add_parser("apply", help="rebuild a fine-tuned model folder from the base and a delta")
     apply.add_argument("--model", type=Path, required=True)
     apply.add_argument("--delta", type=Path, required=True, help="the delta's prefix: OUT/<project name>")

@@ -57,13 +57,13 @@ CANDIDATES: dict[str, dict] = {
     "adapter-cosent": {"finetune": {"loss": "cosent", "train_data": ["graded_pairs"]}},
     # The trainer's path: the pre-issue-11 default, and the label-aware loss with title->abstract pairs.
     "full-mnrl-same-label": {"finetune": {"mode": "full", "loss": "mnrl", "train_data": ["same_label"],
-                                          "retain_title_abstract": 0.0, "retain_distill": 0.0}},
+                                          "retain_title_abstract": 0.0}},
     "full-batch-all-retain": {"finetune": {"mode": "full", "loss": "batch_all", "train_data": ["labels"],
-                                           "retain_distill": 0.0, "learning_rate": 2.0e-5}},
+                                           "full": {"learning_rate": 2.0e-5}}},
     # The GPU profile (benchmarks/gpu_profile.py): full fine-tuning at batch 128; minutes on a CPU, seconds on a GPU.
     "gpu-profile": GPU_PROFILE,
     # The profile cut to one epoch at lr 1e-4: most of its gain on a GPU; 27 min on 2 shared cores (benchmarks/README.md).
-    "full-1-epoch": deep_update(copy.deepcopy(GPU_PROFILE), {"finetune": {"epochs": 1, "learning_rate": 1.0e-4}}),
+    "full-1-epoch": deep_update(copy.deepcopy(GPU_PROFILE), {"finetune": {"full": {"epochs": 1, "learning_rate": 1.0e-4}}}),
 }
 QUICK = {"quality_papers": 1500}
 

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> Report:
     raw["model"]["max_seq_length"] = args.max_seq_length or raw["model"]["max_seq_length"]
     raw["finetune"]["batch_size"] = args.batch_size or raw["finetune"]["batch_size"]
     # The trainer's throughput on pairs (mode=full, MNRL), whatever finetune's default mode is.
-    raw["finetune"].update(mode="full", loss="mnrl", train_data=["same_label"], retain_title_abstract=0.0, retain_distill=0.0,
+    raw["finetune"].update(mode="full", loss="mnrl", train_data=["same_label"], retain_title_abstract=0.0,
                           hard_negatives={"weight": 0.0, "candidates": 1})
     params = parse_params(raw)
     ft = params.finetune

@@ -90,7 +90,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
     loss = losses.build_training_loss(model, ft, list(train_dataset) if isinstance(train_dataset, dict) else None)
 
     # 5. Training arguments.
-    precision = pick_precision(ft.precision, device)
+    precision = pick_precision(ft.full.precision, device)
     args = trainer.training_arguments(params, run_dir, precision, device)
     if main_process:
         print(f"finetune: {device} x{distributed.world_size()}, {precision}", flush=True)
@@ -105,8 +105,8 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
 
     probe = trainer.resume_probe(resumed)
     callbacks = [probe]
-    if ft.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience))
+    if ft.full.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.full.early_stopping_patience))
     st_trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
@@ -126,7 +126,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
         baseline = st_trainer.evaluate()
         if main_process:
-            trainer.check_metric(ft.metric_for_best_model, baseline)
+            trainer.check_metric(ft.full.metric_for_best_model, baseline)
         if finished:
             st_trainer.state = finished
             if finished.best_model_checkpoint:
@@ -143,7 +143,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
             return
         state = st_trainer.state
         curve = checkpoints.loss_curve(state.log_history)
-        samples_per_step = ft.batch_size * ft.gradient_accumulation_steps * distributed.world_size()
+        samples_per_step = ft.batch_size * ft.full.gradient_accumulation_steps * distributed.world_size()
         runtime = result.metrics["train_runtime"]
         summary = {
             "global_step": result.global_step,
@@ -162,7 +162,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         how = save_outputs(model, run_id, summary, curve)
     print(
         f"finetune: {summary['global_step']} steps ({summary['epochs']} epochs, {probe.steps_run} run now), "
-        f"{summary['samples_per_second']} samples/s, {summary['wall_time_s']} s wall; best {ft.metric_for_best_model}="
+        f"{summary['samples_per_second']} samples/s, {summary['wall_time_s']} s wall; best {ft.full.metric_for_best_model}="
         f"{summary['best_metric']} at step {summary['best_checkpoint_step']}; model logged to MLflow as {how}",
         flush=True,
     )

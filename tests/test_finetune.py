@@ -22,10 +22,10 @@ from tests.test_training import write_tiny_data
 TINY = {
     "model": {"max_seq_length": 32},
     # Two kinds of data + mined hard negatives (multi-dataset batches) and the retrieval evaluator: the stage's widest path.
-    "finetune": {"mode": "full", "loss": "mnrl", "retain_title_abstract": 0.0, "retain_distill": 0.0,  # the trainer's path
-                 "hard_negatives": {"weight": 0.5, "candidates": 20},
-                 "max_steps": 4, "batch_size": 8, "eval_steps": 2, "save_steps": 2,
-                 "train_data": ["triplets", "title_abstract"], "eval_retrieval": True},
+    "finetune": {"mode": "full", "loss": "mnrl", "retain_title_abstract": 0.0,  # the trainer's path
+                 "hard_negatives": {"weight": 0.5, "candidates": 20}, "batch_size": 8,
+                 "full": {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "eval_retrieval": True},
+                 "train_data": ["triplets", "title_abstract"]},
 }
 EXPECTED_STEPS = 4
 
@@ -252,7 +252,8 @@ def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:
     """DISTRIBUTED PATH: finetune re-launches itself under torchrun with 2 CPU (gloo) processes;
     only rank 0 writes the model, the metrics and the one MLflow run."""
     # Two datasets of 40 (no mined ones, whose count varies): the epoch arithmetic below stays exact.
-    params = {"finetune": {**TINY["finetune"], "max_steps": 2, "eval_retrieval": False, "hard_negatives": {"weight": 0.0, "candidates": 20}}}
+    params = {"finetune": {**TINY["finetune"], "full": {**TINY["finetune"]["full"], "max_steps": 2, "eval_retrieval": False},
+                           "hard_negatives": {"weight": 0.0, "candidates": 20}}}
     project = new_project(tmp_path / "project", kaggle_sample, params)
     result = run_stage(project, FINETUNE_NPROC_PER_NODE="2")
     assert "starting 2 processes" in result.stdout

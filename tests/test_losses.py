@@ -26,8 +26,6 @@ def tiny_model():
 
 
 def finetune(**settings: object):
-    if settings.get("mode") == "full":
-        settings = {"retain_distill": 0.0, **settings}  # distillation is an adapter-mode term
     return params_with({"finetune": settings}).finetune
 
 
@@ -58,7 +56,7 @@ def test_every_row_reads_known_kinds_uses_a_library_sampler_and_builds_its_libra
     for name, row in losses.LOSSES.items():
         assert set(row.kinds) <= set(training_data.KINDS), name
         assert row.sampler in {s.value for s in BatchSamplers}, name
-        ft = finetune(mode="full", loss=name, train_data=[row.kinds[0]], batch_size=8, mini_batch_size=4)
+        ft = finetune(mode="full", loss=name, train_data=[row.kinds[0]], batch_size=8, full={"mini_batch_size": 4})
         losses.check_combination(ft)
         assert type(losses.build_loss(tiny_model, ft)).__name__ == row.build.library_name
         assert losses.batch_sampler(ft) == row.sampler
@@ -75,7 +73,6 @@ def test_label_losses_use_cosine_margins_for_normalised_embeddings() -> None:
         ({"loss": "batch_all", "train_data": ["same_label"]}, "finetune.train_data"),
         ({"loss": "cosent", "train_data": ["labels"]}, "graded_pairs"),
         ({"loss": "cached_mnrl", "train_data": ["same_label"]}, "mode=full"),
-        ({"mode": "full", "retain_distill": 0.5}, "finetune.retain_distill"),
     ],
 )
 def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
@@ -177,8 +174,8 @@ def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_pat
 
     from tests.test_finetune import mlflow_client, new_project, run_stage
 
-    settings = {"mode": "adapter", "loss": "batch_all", "train_data": ["labels"], "batch_size": 8, "retain_distill": 1.0,
-                "hard_negatives": {"weight": 1.0, "candidates": 20}, "adapter": {"kind": "linear", "epochs": 2}}
+    settings = {"mode": "adapter", "loss": "batch_all", "train_data": ["labels"], "batch_size": 8,
+                "hard_negatives": {"weight": 1.0, "candidates": 20}, "adapter": {"kind": "linear", "epochs": 2, "retain_distill": 1.0}}
     project = new_project(tmp_path / "project", kaggle_sample, {"finetune": settings})
     output = run_stage(project).stdout
     model = SentenceTransformer(str(project / "models/finetuned"), device="cpu")
@@ -231,8 +228,8 @@ def test_adapter_mined_hard_negative_term_separates_its_triplets(tiny_model, tin
     rows = [torch.as_tensor([index[t] for t in frames[losses.MINED][c]]) for c in mining.MINED_COLUMNS]
 
     def margin(weight: float) -> float:
-        ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=0.0, retain_distill=0.0,
-                      hard_negatives={"weight": weight, "candidates": 20}, adapter={"epochs": 5, "kind": "mlp"})
+        ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=0.0,
+                      hard_negatives={"weight": weight, "candidates": 20}, adapter={"epochs": 5, "kind": "mlp", "retain_distill": 0.0})
         run = adapter.train_adapter(ft, 42, frames, index, cached)
         with torch.no_grad():
             a, p, n = (adapter.AdapterStack(run.modules)(torch.as_tensor(cached)[r]) for r in rows)
@@ -279,8 +276,8 @@ def test_adapter_distillation_keeps_the_retained_titles_near_the_base_model(tiny
     titles = torch.as_tensor(cached[[index[t] for t in frames["title_abstract"]["anchor"]]])
 
     def title_drift(distill: float) -> float:
-        ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=1.0, retain_distill=distill,
-                      hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 5, "kind": "mlp"})
+        ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=1.0,
+                      hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 5, "kind": "mlp", "retain_distill": distill})
         run = adapter.train_adapter(ft, 42, frames, index, cached)
         with torch.no_grad():
             return float(((adapter.AdapterStack(run.modules)(titles) - titles) ** 2).sum(1).mean())

@@ -19,7 +19,7 @@ def test_committed_params_are_valid():
     assert params == parse_params(committed_params())
 
 
-@pytest.mark.parametrize("key", ["finetune.learning_rate", "download.oai.sets", "push.gate"])
+@pytest.mark.parametrize("key", ["finetune.full.learning_rate", "download.oai.sets", "push.gate"])
 def test_a_missing_key_is_an_error_naming_it(key):
     # No defaults in the schema: a key deleted from params.yaml must not silently take a value
     # that `dvc params diff` cannot see.
@@ -59,7 +59,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
         ({"download": {"oai": {"from_date": "2026-10-08", "until_date": "2026-10-01"}}}, "from_date must be <= download.oai.until_date"),
         ({"clean": {"min_abstract_words": 700, "max_abstract_words": 600}}, "min_abstract_words must be <="),
         ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}}, "eval_fraction \\+ split.test_fraction must be < 1"),
-        ({"finetune": {"eval_steps": 32, "save_steps": 48}}, "save_steps must be a multiple of finetune.eval_steps"),
+        ({"finetune": {"full": {"eval_steps": 32, "save_steps": 48}}}, "save_steps must be a multiple of finetune.full.eval_steps"),
         ({"push": {"hub": {"enabled": True, "repo_id": None}}}, "push.hub.repo_id is empty"),
         ({"make_triplets": {"same_label_pairs_per_split": {"train": 0}}}, "hard_negatives.weight > 0 mines negatives"),
     ],
@@ -79,11 +79,11 @@ def test_missing_file_says_where(tmp_path):
 def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
     # PyYAML alone reads `2e-5` as a string; DVC (YAML 1.2) writes and reads it as a float.
     raw = committed_params()
-    raw["finetune"]["learning_rate"] = "LR"
+    raw["finetune"]["full"]["learning_rate"] = "LR"
     text = yaml.safe_dump(raw, sort_keys=False).replace("learning_rate: LR", "learning_rate: 2e-5")
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
-    assert params.finetune.learning_rate == 2e-5
+    assert params.finetune.full.learning_rate == 2e-5
     assert params.shared.seed == 42 and isinstance(params.shared.seed, int)
 
 

@@ -173,6 +173,7 @@ def registry_versions(project: Path, name: str = "arxiv-embed") -> list:
 
 def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, papers, base_model, fake_hub, kaggle_sample):
     project = make_project(tmp_path / "project", {"push": {"hub": {"enabled": True, "repo_id": REPO_ID}},
+                                                  "finetune": {"adapter": {"learning_rate": 1.0e-5}},
                                                   "download": {"source": "file", "path": str(kaggle_sample), "max_records": 3000}})
     run_id = write_inputs(project, papers, base_model)
     env = stage_env(project)
@@ -192,7 +193,8 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     assert "| classification.macro_f1 | 0.8100 | 0.8700 |" in card
     assert "| train | 20 |" in card and "| test | 14 |" in card
     assert "| finetune.loss | batch_all |" in card and "| loss | 0.4321 |" in card
-    assert "| finetune.learning_rate | 1e-05 |" in card and "0.0000" not in card  # small floats keep their digits
+    assert "| finetune.adapter.learning_rate | 1e-05 |" in card and "0.0000" not in card  # small floats keep their digits
+    assert "finetune.full." not in card  # the knobs of the mode that did not run are not the model's recipe
     # Only the files the run trained on (labels, retained title->abstract pairs, same-label pairs the hard
     # negatives were mined for), not every make_triplets file.
     assert "| data/split/train.parquet | 20 |" in card and "| data/triplets/train_title_abstract.parquet | 40 |" in card

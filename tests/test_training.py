@@ -60,7 +60,7 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
 
 def finetune_params(**finetune: object):
     # The trainer's path (mode=full), one dataset unless a test asks for the retained title->abstract pairs.
-    settings = {"mode": "full", "loss": "mnrl", "train_data": ["same_label"], "retain_title_abstract": 0.0, "retain_distill": 0.0,
+    settings = {"mode": "full", "loss": "mnrl", "train_data": ["same_label"], "retain_title_abstract": 0.0,
                 "hard_negatives": {"weight": 0.0, "candidates": 20}, "batch_size": 8}
     if finetune.get("loss", "").startswith("batch_"):
         settings["train_data"] = ["labels"]
@@ -96,7 +96,7 @@ def tiny_model():
         ({"loss": "triplet", "train_data": ["title_abstract"]}, "finetune.loss=triplet"),
         ({"loss": "triplet", "train_data": ["triplets", "same_label"]}, "finetune.train_data"),
         ({"loss": "batch_hard", "batch_size": 6 + 1}, "finetune.batch_size"),
-        ({"loss": "cached_mnrl", "mini_batch_size": 16}, "finetune.mini_batch_size"),
+        ({"loss": "cached_mnrl", "full": {"mini_batch_size": 16}}, "finetune.full.mini_batch_size"),
         ({"train_data": ["triplets", "triplets"]}, "lists a kind twice"),
     ],
 )
@@ -106,7 +106,7 @@ def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
 
 
 def test_good_combinations_pass() -> None:
-    for settings in ({}, {"loss": "triplet", "train_data": ["triplets"]}, {"loss": "batch_hard"}, {"loss": "cached_mnrl", "mini_batch_size": 4}):
+    for settings in ({}, {"loss": "triplet", "train_data": ["triplets"]}, {"loss": "batch_hard"}, {"loss": "cached_mnrl", "full": {"mini_batch_size": 4}}):
         training_data.check_combination(finetune_params(**settings).finetune)
 
 
@@ -128,7 +128,7 @@ def test_more_processes_than_gpus_fails_before_launch(monkeypatch: pytest.Monkey
     [
         ({"loss": "mnrl", "train_data": ["triplets", "title_abstract"]}, "MultipleNegativesRankingLoss", "no_duplicates",
          {"triplets": ["anchor", "positive", "negative"], "title_abstract": ["anchor", "positive"]}),
-        ({"loss": "cached_mnrl", "mini_batch_size": 4, "train_data": ["same_label"]}, "CachedMultipleNegativesRankingLoss",
+        ({"loss": "cached_mnrl", "full": {"mini_batch_size": 4}, "train_data": ["same_label"]}, "CachedMultipleNegativesRankingLoss",
          "no_duplicates", ["anchor", "positive"]),
         ({"loss": "triplet", "train_data": ["triplets"]}, "TripletLoss", "batch_sampler", ["anchor", "positive", "negative"]),
         ({"loss": "batch_hard"}, "BatchHardTripletLoss", "group_by_label", ["text", "label"]),
@@ -170,12 +170,12 @@ def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) ->
 
 
 def test_matryoshka_wraps_the_loss_and_rejects_dims_above_the_model(tiny_model) -> None:
-    wrapped = losses.build_loss(tiny_model, finetune_params(matryoshka_dims=[64, 384, 128]).finetune)
+    wrapped = losses.build_loss(tiny_model, finetune_params(full={"matryoshka_dims": [64, 384, 128]}).finetune)
     assert type(wrapped).__name__ == "MatryoshkaLoss"
     assert list(wrapped.matryoshka_dims) == [384, 128, 64]
     assert type(wrapped.loss).__name__ == "MultipleNegativesRankingLoss"
-    with pytest.raises(errors.TrainingSetupError, match=r"finetune\.matryoshka_dims \[512\]"):
-        losses.build_loss(tiny_model, finetune_params(matryoshka_dims=[512]).finetune)
+    with pytest.raises(errors.TrainingSetupError, match=r"finetune\.full\.matryoshka_dims \[512\]"):
+        losses.build_loss(tiny_model, finetune_params(full={"matryoshka_dims": [512]}).finetune)
 
 
 def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Path) -> None:
@@ -193,12 +193,12 @@ def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Pat
 
 def test_evaluator_keys_match_metric_for_best_model_default(in_data_dir: Path, tiny_model) -> None:
     """The trainer prefixes evaluator keys with `eval_`; params.yaml's default must be one of them."""
-    params = finetune_params(eval_retrieval=True)
+    params = finetune_params(full={"eval_retrieval": True})
     metrics = trainer.build_evaluator(params.finetune, batch_size=16)(tiny_model)
     assert 0.0 <= metrics["triplet_cosine_accuracy"] <= 1.0
     assert "title_abstract_cosine_ndcg@10" in metrics
     trainer_metrics = {f"eval_{k}": v for k, v in metrics.items()}
-    assert trainer.check_metric(params.finetune.metric_for_best_model, trainer_metrics) == "eval_triplet_cosine_accuracy"
+    assert trainer.check_metric(params.finetune.full.metric_for_best_model, trainer_metrics) == "eval_triplet_cosine_accuracy"
     assert trainer.check_metric("title_abstract_cosine_ndcg@10", trainer_metrics) == "eval_title_abstract_cosine_ndcg@10"
     with pytest.raises(errors.TrainingSetupError, match=r"metric_for_best_model='eval_accuracy'.*eval_triplet_cosine_accuracy"):
         trainer.check_metric("eval_accuracy", trainer_metrics)
@@ -219,7 +219,7 @@ def test_run_key_follows_params_and_data(in_data_dir: Path) -> None:
     files = [Path("data/triplets/train_triplets.parquet")]
     base = checkpoints.run_key(finetune_params(), files)
     assert checkpoints.run_key(finetune_params(), files) == base
-    assert checkpoints.run_key(finetune_params(learning_rate=1e-4), files) != base
+    assert checkpoints.run_key(finetune_params(full={"learning_rate": 1e-4}), files) != base
     assert checkpoints.run_key(finetune_params(), [Path("data/triplets/train_same_label.parquet")]) != base
 
 

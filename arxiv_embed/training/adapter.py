@@ -157,7 +157,7 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
     row, through the library loss's compute_loss_from_embeddings), TripletLoss on mined hard
     negatives (finetune.hard_negatives.weight), and the no-forgetting terms: title->abstract MNRL
     (finetune.retain_title_abstract) and squared error to the base embeddings of the main batch's
-    first column and the retained titles (finetune.retain_distill, the library MSELoss's objective).
+    first column and the retained titles (finetune.adapter.retain_distill, the library MSELoss's objective).
 
     frames: data kind -> frame with the dataset's columns (training.data.kind_frame): the kinds of
     finetune.train_data, plus "title_abstract" when retained and MINED (anchor, positive, negative:
@@ -212,17 +212,17 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
                     if retained is not None:
                         pairs = torch.as_tensor(next(retain_batches))
                         query, doc = (stack(vectors[column[pairs]]) for column in retained)
-                        if ft.retain_distill:  # titles too: left free, they drift from their abstracts (measured)
-                            loss = loss + ft.retain_distill * F.mse_loss(query, vectors[retained[0][pairs]], reduction="sum") / len(pairs)
+                        if ft.adapter.retain_distill:  # titles too: left free, they drift from their abstracts (measured)
+                            loss = loss + ft.adapter.retain_distill * F.mse_loss(query, vectors[retained[0][pairs]], reduction="sum") / len(pairs)
                         loss = loss + ft.retain_title_abstract * mnrl.compute_loss_from_embeddings([query, doc], None)
                     if mined is not None:
                         triplets = torch.as_tensor(next(mined_batches))
                         loss = loss + ft.hard_negatives.weight * mined_loss.compute_loss_from_embeddings(
                             [stack(vectors[column[triplets]]) for column in mined], None)
-                    if ft.retain_distill:
+                    if ft.adapter.retain_distill:
                         base = vectors[columns[0][rows]]
                         # The library's MSELoss objective (mean squared error to the base embedding), per dimension summed.
-                        loss = loss + ft.retain_distill * F.mse_loss(embeddings[0], base, reduction="sum") / len(rows)
+                        loss = loss + ft.adapter.retain_distill * F.mse_loss(embeddings[0], base, reduction="sum") / len(rows)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()

@@ -34,7 +34,7 @@ def run_key(params: Params, files: list[Path]) -> str:
     size and the data files' contents. Same key -> the checkpoints can be resumed; any change -> a fresh start."""
     payload = {
         "model": params.model.model_dump(),
-        "finetune": params.finetune.model_dump(),
+        "finetune": params.finetune.read_by_mode(),
         "seed": params.shared.seed,
         "world_size": world_size(),
         "data": file_fingerprint(*files),

@@ -60,7 +60,7 @@ def data_files(finetune: Finetune) -> tuple[list[Path], list[Path]]:
     if finetune.hard_negatives.weight:  # mined from same_label pairs over the train split (mining.py)
         train += [f for f in (KINDS["same_label"].file("train"), paths.split_file("train")) if f not in train]
     evaluation = [paths.training_file("eval", "triplets")]
-    if finetune.eval_retrieval:
+    if finetune.mode == "full" and finetune.full.eval_retrieval:
         evaluation.append(paths.training_file("eval", "title_abstract"))
     return train, evaluation
 

@@ -10,7 +10,7 @@ import sys
 from arxiv_embed.params import Finetune
 from arxiv_embed.errors import TrainingSetupError
 
-NPROC_ENV = "FINETUNE_NPROC_PER_NODE"  # overrides finetune.nproc_per_node (e.g. on a bigger machine)
+NPROC_ENV = "FINETUNE_NPROC_PER_NODE"  # overrides finetune.full.nproc_per_node (e.g. on a bigger machine)
 
 
 def world_size() -> int:
@@ -35,7 +35,7 @@ def is_main_process() -> bool:
 
 
 def requested_processes(finetune: Finetune) -> int:
-    return int(os.environ.get(NPROC_ENV) or finetune.nproc_per_node)
+    return int(os.environ.get(NPROC_ENV) or finetune.full.nproc_per_node)
 
 
 def check_process_count(nproc: int) -> None:
@@ -44,7 +44,7 @@ def check_process_count(nproc: int) -> None:
 
     if torch.cuda.is_available() and nproc > (gpus := torch.cuda.device_count()):
         raise TrainingSetupError(
-            f"finetune.nproc_per_node (or {NPROC_ENV}) asks for {nproc} processes but this machine has {gpus} GPU(s): "
+            f"finetune.full.nproc_per_node (or {NPROC_ENV}) asks for {nproc} processes but this machine has {gpus} GPU(s): "
             f"set it to at most {gpus}"
         )
 

@@ -62,8 +62,8 @@ def _even_batch(ft: Finetune) -> str | None:
 
 
 def _mini_batch(ft: Finetune) -> str | None:
-    if ft.mini_batch_size > ft.batch_size:
-        return (f"finetune.mini_batch_size={ft.mini_batch_size} > finetune.batch_size={ft.batch_size}: "
+    if ft.full.mini_batch_size > ft.batch_size:
+        return (f"finetune.full.mini_batch_size={ft.full.mini_batch_size} > finetune.batch_size={ft.batch_size}: "
                 "cached_mnrl splits each batch into mini-batches, so the mini-batch must be smaller")
     return None
 
@@ -90,7 +90,7 @@ _TEXT_KINDS = ("same_label", "title_abstract", "triplets")
 LOSSES: dict[str, LossRow] = {
     "mnrl": LossRow(_library("MultipleNegativesRankingLoss"), "no_duplicates", _TEXT_KINDS,
                     about="in-batch negatives; a triplets kind adds one hard negative per anchor"),
-    "cached_mnrl": LossRow(_library("CachedMultipleNegativesRankingLoss", mini_batch_size=lambda ft: ft.mini_batch_size),
+    "cached_mnrl": LossRow(_library("CachedMultipleNegativesRankingLoss", mini_batch_size=lambda ft: ft.full.mini_batch_size),
                            "no_duplicates", _TEXT_KINDS, (_mini_batch, _full_only), "MNRL with GradCache: big batches in little memory (GPU profile)"),
     "triplet": LossRow(_library("TripletLoss", distance_metric=_triplet_cosine, triplet_margin=lambda ft: ft.margin),
                        "batch_sampler", ("triplets",), about="(anchor, positive, negative) rows, cosine margin"),
@@ -121,24 +121,21 @@ def check_combination(ft: Finetune) -> None:
             f"finetune.loss={ft.loss} reads {', '.join(spec.kinds)}, but finetune.train_data={ft.train_data} has {wrong}: "
             f"set finetune.train_data to a subset of [{', '.join(spec.kinds)}], or pick a loss that reads {wrong[0]}"
         )
-    if ft.retain_distill and ft.mode != "adapter":
-        raise TrainingSetupError("finetune.retain_distill > 0 needs finetune.mode=adapter (it reuses the cached base embeddings): "
-                                 "set it to 0, or use retain_title_abstract in mode=full")
     for check in spec.checks:
         if problem := check(ft):
             raise TrainingSetupError(problem)
 
 
 def build_loss(model: SentenceTransformer | Any, ft: Finetune) -> nn.Module:
-    """The library loss for finetune.loss, wrapped in MatryoshkaLoss when finetune.matryoshka_dims is set."""
+    """The library loss for finetune.loss, wrapped in MatryoshkaLoss when mode=full and finetune.full.matryoshka_dims is set."""
     loss = row(ft).build(model, ft)
-    if ft.matryoshka_dims:
+    if ft.mode == "full" and ft.full.matryoshka_dims:
         from sentence_transformers.sentence_transformer import losses
 
         dim = model.get_embedding_dimension()
-        if dim and (too_big := [d for d in ft.matryoshka_dims if d > dim]):
-            raise TrainingSetupError(f"finetune.matryoshka_dims {too_big} exceed the model's embedding dimension {dim}")
-        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(ft.matryoshka_dims), reverse=True))
+        if dim and (too_big := [d for d in ft.full.matryoshka_dims if d > dim]):
+            raise TrainingSetupError(f"finetune.full.matryoshka_dims {too_big} exceed the model's embedding dimension {dim}")
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(ft.full.matryoshka_dims), reverse=True))
     return loss
 
 

@@ -27,7 +27,7 @@ RETRIEVAL_EVALUATOR = "title_abstract"  # -> eval_title_abstract_cosine_ndcg@10,
 
 
 def build_evaluator(finetune: Finetune, batch_size: int) -> BaseEvaluator:
-    """Eval-split triplet accuracy (cosine), plus title->abstract retrieval when finetune.eval_retrieval."""
+    """Eval-split triplet accuracy (cosine), plus title->abstract retrieval when finetune.full.eval_retrieval."""
     from sentence_transformers.sentence_transformer.evaluation import (
         InformationRetrievalEvaluator,
         SequentialEvaluator,
@@ -42,7 +42,7 @@ def build_evaluator(finetune: Finetune, batch_size: int) -> BaseEvaluator:
             name=TRIPLET_EVALUATOR, similarity_fn_names=["cosine"], batch_size=batch_size, write_csv=False,
         )
     ]
-    if finetune.eval_retrieval:
+    if finetune.full.eval_retrieval:
         pairs = read_texts(eval_files[1], ["id", "anchor", "positive"])
         evaluators.append(
             InformationRetrievalEvaluator(
@@ -56,11 +56,11 @@ def build_evaluator(finetune: Finetune, batch_size: int) -> BaseEvaluator:
 
 
 def check_metric(metric: str, metrics: dict[str, float]) -> str:
-    """finetune.metric_for_best_model must be a key the evaluation produced (with or without `eval_`)."""
+    """finetune.full.metric_for_best_model must be a key the evaluation produced (with or without `eval_`)."""
     key = metric if metric.startswith("eval_") else f"eval_{metric}"
     if key not in metrics:
         choices = ", ".join(sorted(k for k in metrics if k not in {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"}))
-        raise TrainingSetupError(f"finetune.metric_for_best_model={metric!r} is not a metric the evaluators produce; choose one of: {choices}")
+        raise TrainingSetupError(f"finetune.full.metric_for_best_model={metric!r} is not a metric the evaluators produce; choose one of: {choices}")
     return key
 
 
@@ -68,28 +68,28 @@ def training_arguments(params: Params, output_dir: Path, precision: str, device:
     """SentenceTransformerTrainingArguments from params (overrides: for benchmarks and tests)."""
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-    ft = params.finetune
+    ft, full = params.finetune, params.finetune.full
     distributed = world_size() > 1
     settings: dict[str, object] = dict(
         output_dir=str(output_dir),
-        num_train_epochs=ft.epochs,
-        max_steps=ft.max_steps,
+        num_train_epochs=full.epochs,
+        max_steps=full.max_steps,
         per_device_train_batch_size=ft.batch_size,
         per_device_eval_batch_size=ft.batch_size,
-        gradient_accumulation_steps=ft.gradient_accumulation_steps,
-        learning_rate=ft.learning_rate,
-        warmup_steps=ft.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        lr_scheduler_type=ft.lr_scheduler,
-        weight_decay=ft.weight_decay,
+        gradient_accumulation_steps=full.gradient_accumulation_steps,
+        learning_rate=full.learning_rate,
+        warmup_steps=full.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        lr_scheduler_type=full.lr_scheduler,
+        weight_decay=full.weight_decay,
         batch_sampler=batch_sampler(ft),
-        multi_dataset_batch_sampler=ft.multi_dataset_sampler,
+        multi_dataset_batch_sampler=full.multi_dataset_sampler,
         eval_strategy="steps",
-        eval_steps=ft.eval_steps,
+        eval_steps=full.eval_steps,
         save_strategy="steps",
-        save_steps=ft.save_steps,
-        save_total_limit=ft.save_total_limit,
+        save_steps=full.save_steps,
+        save_total_limit=full.save_total_limit,
         load_best_model_at_end=True,
-        metric_for_best_model=ft.metric_for_best_model,
+        metric_for_best_model=full.metric_for_best_model,
         logging_steps=ft.logging_steps,
         seed=params.shared.seed,
         data_seed=params.shared.seed,
