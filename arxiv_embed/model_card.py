@@ -16,7 +16,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from arxiv_embed.files import read_json
 from arxiv_embed.flat import flatten
-from arxiv_embed.params import Download, Params
+from arxiv_embed.schema.download import Download
+from arxiv_embed.schema.push import PushParams
 from arxiv_embed.paths import SPLITS, metrics_file, split_file
 from arxiv_embed.tracking import file_fingerprint, git_commit
 from arxiv_embed.training.data import data_files
@@ -62,7 +63,7 @@ def describe_source(download: Download) -> str:
     return f"arXiv OAI-PMH {oai.endpoint}, sets {', '.join(oai.sets)}, {oai.from_date} to {oai.until_date}{limit}"
 
 
-def gather_facts(params: Params, evaluation: dict, gate: dict, run_info: dict) -> CardFacts:
+def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dict) -> CardFacts:
     splits = {split: pl.scan_parquet(split_file(split)).select("label").collect() for split in SPLITS}
     # Only the files this run trained on (finetune.train_data and the retained pairs), not every file
     # make_triplets wrote.

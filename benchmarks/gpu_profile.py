@@ -93,7 +93,7 @@ def _label_ids(labels: list[str]) -> list[int]:
 
 
 def train_sets(project: Path, kind: str, limit: int | None = None):
-    """The trainer's datasets, as training.data.train_dataset builds them, read with pyarrow (no polars here)."""
+    """The trainer's datasets, as training.recipe.trainer_inputs builds them, read with pyarrow (no polars here)."""
     from datasets import Dataset, DatasetDict
 
     split = _table(project, paths.split_file("train"), ["title", "abstract", "label"])
@@ -133,11 +133,13 @@ def step_clock(warmup: int):
 def _trainer(params, model, dataset, output_dir: Path, device: str, precision: str, **overrides):
     from sentence_transformers import SentenceTransformerTrainer
 
-    from arxiv_embed.training import losses, trainer
+    from arxiv_embed.training import recipe, trainer
 
     args = trainer.training_arguments(params, output_dir, precision, device, eval_strategy="no", save_strategy="no",
                                       load_best_model_at_end=False, disable_tqdm=True, logging_steps=10_000, **overrides)
-    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=losses.build_training_loss(model, params.finetune))
+    names = list(dataset) if isinstance(dataset, dict) else list(params.finetune.train_data)
+    weighted = {name: chosen for name, chosen in recipe.weighted_losses(model, params.finetune).items() if name in names}
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=recipe.trainer_loss(weighted))
 
 
 def throughput(model_dir: Path, projects: list[Path], steps: int, warmup: int, smoke: bool, workers: int | None = None) -> dict:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> Report:
     from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-    from arxiv_embed.training import losses, trainer
+    from arxiv_embed.training import losses, recipe, trainer
     from arxiv_embed.training import data as training_data
     from arxiv_embed.models import load_model
     from arxiv_embed.params import load_params, parse_params
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> Report:
         cwd = os.getcwd()
         os.chdir(data_root)
         try:
-            dataset = training_data.train_dataset(ft)
+            dataset, _ = recipe.trainer_inputs(recipe.objectives(None, ft), ft)
             evaluator = trainer.build_evaluator(ft, ft.batch_size)
         finally:
             os.chdir(cwd)

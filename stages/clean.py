@@ -18,7 +18,8 @@ import polars as pl
 
 from arxiv_embed import paths
 from arxiv_embed.files import atomic_path, scratch_dir, write_json
-from arxiv_embed.params import load_params
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.clean import CleanParams
 from arxiv_embed.data.columns import PAPER_COLUMNS
 from arxiv_embed.data.records import REASONS, line_batches, parse_batch, tidy, with_raw
 from arxiv_embed.errors import UserError, run
@@ -90,7 +91,7 @@ class ParquetAppender:
 
 
 def main() -> None:
-    params = load_params().clean
+    params = load(CleanParams).clean
     counts: Counter[str] = Counter()
     malformed_lines: list[int] = []
     records_in = n_parts = 0

@@ -15,7 +15,8 @@ from contextlib import closing
 from pathlib import Path
 
 from arxiv_embed.files import atomic_path
-from arxiv_embed.params import load_params
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.download import DownloadParams
 from arxiv_embed.paths import RAW
 from arxiv_embed.data.http import DownloadError
 from arxiv_embed.data.sources import SOURCES
@@ -42,7 +43,7 @@ def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, sourc
 
 
 def main() -> None:
-    params = load_params().download
+    params = load(DownloadParams).download
     started = time.monotonic()
     lines, source = SOURCES[params.source](params)
     written = write_raw(lines, RAW, params.max_records, source)

@@ -23,13 +23,14 @@ from arxiv_embed.evaluation.report import ModelEval, compare, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
 from arxiv_embed.flat import flatten
 from arxiv_embed.models import load_model
-from arxiv_embed.params import Params, load_params
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.evaluate import EvaluateParams
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 
-def load_model_to_score(which: str, params: Params) -> SentenceTransformer:
+def load_model_to_score(which: str, params: EvaluateParams) -> SentenceTransformer:
     backend = params.evaluate.backend
     if which == "base":
         return load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=backend)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     which = parser.parse_args(argv).model
 
     # 1. Params and the held-out data.
-    params = load_params()
+    params = load(EvaluateParams)
     data = load_eval_data(params.evaluate.max_train_papers, params.shared.seed)
     print(f"evaluate {which} ({params.evaluate.backend} backend): "
           + ", ".join(f"{count} {name}" for name, count in data.summary().items()))

@@ -22,29 +22,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
-from arxiv_embed.training import adapter, checkpoints, distributed, losses, mining, trainer
+from arxiv_embed.training import adapter, checkpoints, distributed, losses, mining, recipe, trainer
 from arxiv_embed.training import data as training_data
 from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
 from arxiv_embed.flat import flatten
-from arxiv_embed.params import Params, load_params
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+# metrics/finetune.json: one shape for both modes; a key a mode has no value for is null.
+SUMMARY_KEYS = ("mode", "global_step", "epochs", "train_samples", "loss", "wall_time_s", "samples_per_second",
+                "encoded_texts", "encode_seconds", "train_seconds", "world_size", "effective_batch_size", "resumed_from_step",
+                "best_metric", "best_checkpoint_step", "mined_triplets", "mined_without_negative", "mined_negative_mean_rank")
+
 
 def main() -> None:
     started = time.monotonic()
     # 1. Params; several processes asked for -> run this module under torchrun instead.
-    params = load_params()
+    params = load(FinetuneParams)
     ft = params.finetune
     if ft.mode == "adapter":
         return adapter_main(params, started)
     if (nproc := distributed.requested_processes(ft)) > 1 and distributed.world_size() == 1:
         sys.exit(distributed.relaunch_with_torchrun(nproc))
-    training_data.check_combination(ft)
+    losses.check_combination(ft)
     main_process = distributed.is_main_process()
 
     # 2. Tracking before anything expensive: a down MLflow server fails here, in seconds.
@@ -62,7 +68,7 @@ def main() -> None:
             shutil.rmtree(run_dir, ignore_errors=True)  # finished: resume is the checkpoints' only use
 
 
-def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], started: float) -> None:
+def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list[Path], started: float) -> None:
     import mlflow
     from sentence_transformers import SentenceTransformerTrainer
     from transformers import EarlyStoppingCallback
@@ -86,8 +92,8 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
     mined = mining.mine_train_split(model, ft.hard_negatives.candidates, ft.batch_size) if ft.hard_negatives.weight else None
     if mined is not None and main_process:
         print(f"finetune: {mined.describe()}", flush=True)
-    train_dataset = training_data.train_dataset(ft, mined.triplets if mined is not None else None)
-    loss = losses.build_training_loss(model, ft, list(train_dataset) if isinstance(train_dataset, dict) else None)
+    objectives = recipe.objectives(model, ft, mined=mined.triplets if mined is not None else None)
+    train_dataset, loss = recipe.trainer_inputs(objectives, ft)
 
     # 5. Training arguments.
     precision = pick_precision(ft.full.precision, device)
@@ -120,7 +126,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         if main_process:
             checkpoints.close_stale_runs(run_key, keep=run_id)  # attempts killed -9 before their first checkpoint
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
-            mlflow.log_params({k: v for k, v in flatten(params.model_dump()).items() if k not in logged})
+            mlflow.log_params({k: v for k, v in flatten(recorded(params)).items() if k not in logged})
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
         st_trainer.add_callback(trainer.mlflow_callback(trainer.logged_steps(run_id) if main_process and resume_from else None))
         # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
@@ -146,6 +152,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         samples_per_step = ft.batch_size * ft.full.gradient_accumulation_steps * distributed.world_size()
         runtime = result.metrics["train_runtime"]
         summary = {
+            "mode": "full",
             "global_step": result.global_step,
             "epochs": round(state.epoch or 0.0, 4),
             "train_samples": training_data.dataset_size(train_dataset),
@@ -153,6 +160,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
             "effective_batch_size": samples_per_step,
             "resumed_from_step": start_step,
             "samples_per_second": round((result.global_step - start_step) * samples_per_step / runtime, 3) if runtime else 0.0,
+            "train_seconds": round(runtime, 1),
             "wall_time_s": round(time.monotonic() - started, 1),
             "best_metric": state.best_metric,
             "best_checkpoint_step": state.best_global_step,
@@ -168,53 +176,61 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
     )
 
 
-def adapter_main(params: Params, started: float) -> None:
+def adapter_main(params: FinetuneParams, started: float) -> None:
     """finetune.mode=adapter (training/adapter.py): one encoding pass, then seconds of adapter training."""
     ft = params.finetune
-    training_data.check_combination(ft)
+    losses.check_combination(ft)
     print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
     import mlflow
 
     train_files, _ = training_data.data_files(ft)
-    frames = {kind: training_data.kind_frame(kind) for kind in ft.train_data}
-    if ft.retain_title_abstract:
-        frames.setdefault("title_abstract", training_data.kind_frame("title_abstract"))
-    if ft.hard_negatives.weight:  # embedded with the rest: mining then reads the cached vectors
-        for kind in ("labels", "same_label"):
-            frames.setdefault(kind, training_data.kind_frame(kind))
+    # Every text the recipe and the mining read, embedded once: mining then reads the cached vectors.
+    frames = {kind: training_data.kind_frame(kind) for kind in training_data.train_kinds(ft)}
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
     tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device)}
     with tracked_run(None, "finetune-adapter", tags) as run_id:
-        mlflow.log_params(flatten(params.model_dump()))
+        mlflow.log_params(flatten(recorded(params)))
         encode_started = time.monotonic()
         index, cached = adapter.embed_once(model, frames)
         encode_seconds = time.monotonic() - encode_started
         mined = None
         if ft.hard_negatives.weight:
             mined = mining.mine_train_split(mining.CachedEncoder(model, index, cached), ft.hard_negatives.candidates)
-            frames[losses.MINED] = mined.triplets
             print(f"finetune: {mined.describe()}", flush=True)
-        result = adapter.train_adapter(ft, params.shared.seed, frames, index, cached)
+        objectives = recipe.objectives(None, ft, frames, mined.triplets if mined is not None else None)
+        result = adapter.train_adapter(ft, params.shared.seed, objectives, index, cached)
         for step, value in result.curve[:: max(1, ft.logging_steps)]:
             mlflow.log_metric("loss", value, step=step, synchronous=False)
         tuned = adapter.attach(model, result.modules)
+        samples = sum(o.data.height for o in objectives)
         summary = {
-            "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": len(index),
-            "encode_seconds": round(encode_seconds, 1), "adapter_train_seconds": round(result.train_seconds, 1),
-            "wall_time_s": round(time.monotonic() - started, 1),
+            "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": samples,
+            "encoded_texts": len(index), "encode_seconds": round(encode_seconds, 1), "train_seconds": round(result.train_seconds, 1),
+            # Each step: one batch of the main objective and one of every other objective.
+            "samples_per_second": round(result.steps * ft.batch_size * len(objectives) / result.train_seconds, 3) if result.train_seconds else 0.0,
+            "wall_time_s": round(time.monotonic() - started, 1), "world_size": 1, "effective_batch_size": ft.batch_size,
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
             **(mined.summary() if mined is not None else {}),
         }
         how = save_outputs(tuned, run_id, summary, result.curve)
     print(f"finetune (adapter {ft.adapter.kind}): {len(index)} texts encoded in {summary['encode_seconds']} s, "
-          f"{result.steps} adapter steps in {summary['adapter_train_seconds']} s, {summary['wall_time_s']} s wall; "
+          f"{result.steps} adapter steps in {summary['train_seconds']} s, {summary['wall_time_s']} s wall; "
           f"model logged to MLflow as {how}", flush=True)
+
+
+def recorded(params: FinetuneParams) -> dict:
+    """The params this run read (the other mode's knobs left out), as MLflow records them."""
+    return {**params.model_dump(), "finetune": params.finetune.read_by_mode()}
 
 
 def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: list[tuple[int, float]]) -> str:
     """models/finetuned (the model, its MLflow run, its summary), metrics/finetune.json and the loss
     curve, each atomically; the summary and the model to the MLflow run. Returns how the model was logged."""
     import mlflow
+
+    if unknown := set(summary) - set(SUMMARY_KEYS):
+        raise ValueError(f"finetune summary keys {sorted(unknown)} are not in SUMMARY_KEYS (one shape for both modes)")
+    summary = {key: summary.get(key) for key in SUMMARY_KEYS}
 
     run_info = {"run_id": run_id, "experiment_id": mlflow.get_run(run_id).info.experiment_id}
     with atomic_path(paths.FINETUNED) as tmp:

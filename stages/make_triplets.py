@@ -19,7 +19,8 @@ import polars as pl
 
 from arxiv_embed import paths
 from arxiv_embed.files import atomic_path, write_json
-from arxiv_embed.params import load_params
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.make_triplets import MakeTripletsParams
 from arxiv_embed.errors import run
 
 SPLIT_SEED = {split: i for i, split in enumerate(paths.SPLITS)}
@@ -147,7 +148,7 @@ def build(papers: pl.DataFrame, n_triplets: int, n_pairs: int, hard_fraction: fl
 
 
 def main() -> None:
-    params = load_params()
+    params = load(MakeTripletsParams)
     cfg = params.make_triplets
     metrics: dict[str, object] = {"hard_negative_fraction": cfg.hard_negative_fraction}
     with atomic_path(paths.TRIPLETS_DIR) as out:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card
-from arxiv_embed.params import Gate, Hub, load_params
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
@@ -130,7 +131,7 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
 
 
 def main() -> None:
-    params = load_params()
+    params = load(PushParams)
     cfg = params.push
     evaluation = read_json(EVALUATE)
     gate = check_gate(evaluation, cfg.gate)
@@ -153,7 +154,7 @@ def main() -> None:
             "mlflow_run": run_info,
             "gate": gate,
             "evaluation": evaluation,
-            "params": params.model_dump(),
+            "params": {**params.model_dump(), "finetune": params.finetune.read_by_mode()},
         })
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
 

@@ -14,7 +14,8 @@ import polars as pl
 
 from arxiv_embed import paths
 from arxiv_embed.files import atomic_path, write_json
-from arxiv_embed.params import Split, load_params
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.split import Split, SplitParams
 from arxiv_embed.errors import UserError, run
 
 OTHER = "other"
@@ -57,7 +58,7 @@ def by_time(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
 
 
 def main() -> None:
-    params = load_params()
+    params = load(SplitParams)
     cfg, label = params.split, params.shared.label
     primary = DATE_COLUMNS[cfg.time_field]
     fallback = next(column for column in DATE_COLUMNS.values() if column != primary)

@@ -5,11 +5,14 @@ that use it."""
 from __future__ import annotations
 
 import ast
+import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dvc
 
 PACKAGES = ("arxiv_embed", "stages")
 
@@ -58,3 +61,83 @@ def test_every_stage_depends_on_each_module_it_imports() -> None:
         needed = {str(p.relative_to(ROOT)) for p in closure(module_file(module))}
         declared = {dep for dep in stage["deps"] if dep.endswith(".py")}
         assert declared == needed, f"dvc.yaml stage {name}: missing deps {sorted(needed - declared)}, stale deps {sorted(declared - needed)}"
+
+
+# ------------------------------------------------------------------ params: each tracked knob is read
+
+MODES = ("adapter", "full")
+
+
+def leaves(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of a params mapping's leaves (a list value is one leaf)."""
+    out = []
+    for key, value in tree.items():
+        out += leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return out
+
+
+def tracked(stage: dict, params: dict, mode: str) -> set[str]:
+    """The leaf keys a stage's `params:` names, with finetune.${finetune.mode} resolved as DVC does."""
+    every = leaves(params)
+    keys = set()
+    for entry in stage.get("params", []):
+        entry = entry.replace("${finetune.mode}", mode)
+        keys |= {key for key in every if key == entry or key.startswith(f"{entry}.")}
+    return keys
+
+
+def reads(code: str, key: str) -> bool:
+    """Whether `code` reads params key `key`: as an attribute (`.leaf`, or `.parent.leaf` for a nested
+    key), by split name (`getattr(cfg.parent, split)`), or wholesale (`.<section>.model_dump()`,
+    finetune's `.read_by_mode()`). A static check, so a knob's name must appear where it is read."""
+    parts = key.split(".")
+    if re.search(rf"\.{parts[0]}\.model_dump\(\)", code) or (parts[0] == "finetune" and ".finetune.read_by_mode()" in code):
+        return True
+    if len(parts) > 2 and re.search(rf"getattr\([\w.]*\b{parts[-2]},", code):
+        return True
+    return re.search(rf"\b{parts[-2]}\.{parts[-1]}\b" if len(parts) > 2 else rf"\.{parts[-1]}\b", code) is not None
+
+
+def test_every_tracked_knob_is_read_by_its_stage_and_every_knob_by_some_stage() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    read_somewhere: set[str] = set()
+    for mode in MODES:
+        params["finetune"]["mode"] = mode
+        for name, stage in stages.items():
+            code = "\n".join(p.read_text() for p in closure(module_file(stage["cmd"].split()[2])))
+            keys = tracked(stage, params, mode)
+            unread = sorted(key for key in keys if not reads(code, key))
+            assert not unread, f"dvc.yaml stage {name} (finetune.mode={mode}) tracks {unread}, which its code never reads"
+            other = next(m for m in MODES if m != mode)
+            assert not [k for k in keys if k.startswith(f"finetune.{other}.")], f"stage {name} tracks the other mode's knobs under mode={mode}"
+            read_somewhere |= keys
+    unused = sorted(set(leaves(params)) - read_somewhere)
+    assert not unused, f"params.yaml knobs no stage tracks and reads: {unused}"
+
+
+def test_a_change_reruns_only_the_stages_that_read_it(pipeline: Path) -> None:
+    """On the tiny DAG (mode adapter): the other mode's knob reruns nothing, this mode's reruns
+    finetune (and push, whose card lists it), and a new evaluate key with its schema field only the
+    evaluate stages. Restores the project for the other tests."""
+    params_file, schema = pipeline / "params.yaml", pipeline / "arxiv_embed" / "schema" / "evaluate.py"
+    params_text, schema_text = params_file.read_text(), schema.read_text()
+
+    def changed(edit: Callable[[dict], None]) -> set[str]:
+        raw = yaml.safe_load(params_text)
+        edit(raw)
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return set(json.loads(dvc(pipeline, "status", "--json").stdout or "{}"))
+
+    try:
+        assert changed(lambda raw: None) == set()
+        assert yaml.safe_load(params_text)["finetune"]["mode"] == "adapter"
+        assert changed(lambda raw: raw["finetune"]["full"].update(epochs=7, learning_rate=3e-5)) == set()
+        assert changed(lambda raw: raw["finetune"]["adapter"].update(epochs=2)) == {"finetune", "push"}
+        assert changed(lambda raw: raw["finetune"].update(mode="full")) == {"finetune", "push"}
+        schema.write_text(schema_text.replace("    backend:", "    new_knob: PositiveInt\n    backend:"))
+        assert changed(lambda raw: raw["evaluate"].update(new_knob=3)) == {"evaluate_base", "evaluate"}
+    finally:
+        params_file.write_text(params_text)
+        schema.write_text(schema_text)
+    assert changed(lambda raw: None) == set()

@@ -12,7 +12,7 @@ import pytest
 
 from arxiv_embed import errors
 from arxiv_embed.params import DataKind, LossName, ParamsError
-from arxiv_embed.training import adapter, losses
+from arxiv_embed.training import adapter, losses, recipe
 from arxiv_embed.training import data as training_data
 from arxiv_embed.workspace import params_with
 from tests.test_training import write_tiny_data
@@ -114,7 +114,7 @@ def test_adapter_trains_with_the_table_loss_and_saves_a_loadable_model(tiny_mode
     frames = {"labels": training_data.kind_frame("labels"), "title_abstract": training_data.kind_frame("title_abstract")}
     index, cached = adapter.embed_once(tiny_model, frames)
     assert len(index) == pl.concat([frames["labels"]["text"], frames["title_abstract"]["anchor"], frames["title_abstract"]["positive"]]).n_unique()
-    run = adapter.train_adapter(ft, 42, frames, index, cached)
+    run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
     assert run.steps > 0 and all(np.isfinite(v) for _, v in run.curve)
     tuned = adapter.attach(tiny_model, run.modules)
     texts = frames["labels"]["text"].head(4).to_list()
@@ -137,11 +137,10 @@ def test_label_batches_hold_several_papers_of_each_label() -> None:
 def test_full_mode_retains_title_abstract_as_its_own_scaled_dataset(tiny_model, tiny_data: Path) -> None:
     ft = finetune(mode="full", loss="batch_all", train_data=["labels"], batch_size=8, retain_title_abstract=0.5,
                   hard_negatives={"weight": 0.0, "candidates": 20})
-    dataset = training_data.train_dataset(ft)
+    dataset, built = recipe.trainer_inputs(recipe.objectives(tiny_model, ft), ft)
     assert set(dataset) == {"labels", losses.RETAIN}
     # One sampler (group_by_label) batches both datasets: the retained pairs carry their paper's label.
     assert dataset[losses.RETAIN].column_names == ["anchor", "positive", "label"]
-    built = losses.build_training_loss(tiny_model, ft)
     assert type(built["labels"]).__name__ == "BatchAllTripletLoss" and built[losses.RETAIN].weight == 0.5
     train_files, _ = training_data.data_files(ft)
     assert [p.name for p in train_files] == ["train.parquet", "train_title_abstract.parquet"]
@@ -224,13 +223,13 @@ def test_adapter_mined_hard_negative_term_separates_its_triplets(tiny_model, tin
 
     frames = {"labels": training_data.kind_frame("labels"), "same_label": training_data.kind_frame("same_label")}
     index, cached = adapter.embed_once(tiny_model, frames)
-    frames[losses.MINED] = mining.mine_train_split(mining.CachedEncoder(tiny_model, index, cached), candidates=20).triplets
-    rows = [torch.as_tensor([index[t] for t in frames[losses.MINED][c]]) for c in mining.MINED_COLUMNS]
+    mined = mining.mine_train_split(mining.CachedEncoder(tiny_model, index, cached), candidates=20).triplets
+    rows = [torch.as_tensor([index[t] for t in mined[c]]) for c in mining.MINED_COLUMNS]
 
     def margin(weight: float) -> float:
         ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=0.0,
                       hard_negatives={"weight": weight, "candidates": 20}, adapter={"epochs": 5, "kind": "mlp", "retain_distill": 0.0})
-        run = adapter.train_adapter(ft, 42, frames, index, cached)
+        run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames, mined), index, cached)
         with torch.no_grad():
             a, p, n = (adapter.AdapterStack(run.modules)(torch.as_tensor(cached)[r]) for r in rows)
         return float(((a * p).sum(1) - (a * n).sum(1)).mean())
@@ -249,9 +248,8 @@ def test_full_mode_trains_mined_triplets_as_their_own_scaled_dataset(tiny_model,
     train_files, _ = training_data.data_files(ft)
     assert [p.name for p in train_files] == ["train.parquet", "train_title_abstract.parquet", "train_same_label.parquet"]
     mined = mining.mine_train_split(tiny_model, 20)
-    dataset = training_data.train_dataset(ft, mined.triplets)
+    dataset, built = recipe.trainer_inputs(recipe.objectives(tiny_model, ft, mined=mined.triplets), ft)
     assert set(dataset) == {"labels", losses.RETAIN, losses.MINED} and len(dataset[losses.MINED]) == mined.triplets.height
-    built = losses.build_training_loss(tiny_model, ft, list(dataset))
     assert type(built[losses.MINED].loss).__name__ == "TripletLoss" and built[losses.MINED].weight == 0.5
 
     params = params_with({"model": {"max_seq_length": 32}, "finetune": ft.model_dump()})
@@ -278,7 +276,7 @@ def test_adapter_distillation_keeps_the_retained_titles_near_the_base_model(tiny
     def title_drift(distill: float) -> float:
         ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=1.0,
                       hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 5, "kind": "mlp", "retain_distill": distill})
-        run = adapter.train_adapter(ft, 42, frames, index, cached)
+        run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
         with torch.no_grad():
             return float(((adapter.AdapterStack(run.modules)(titles) - titles) ** 2).sum(1).mean())
 

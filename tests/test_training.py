@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from arxiv_embed import errors, tracking
-from arxiv_embed.training import checkpoints, distributed, losses, trainer
+from arxiv_embed.training import checkpoints, distributed, losses, recipe, trainer
 from arxiv_embed.training import data as training_data
 from arxiv_embed.workspace import params_with
 
@@ -102,12 +102,12 @@ def tiny_model():
 )
 def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
     with pytest.raises(errors.TrainingSetupError, match=message.replace(".", r"\.")):
-        training_data.check_combination(finetune_params(**settings).finetune)
+        losses.check_combination(finetune_params(**settings).finetune)
 
 
 def test_good_combinations_pass() -> None:
     for settings in ({}, {"loss": "triplet", "train_data": ["triplets"]}, {"loss": "batch_hard"}, {"loss": "cached_mnrl", "full": {"mini_batch_size": 4}}):
-        training_data.check_combination(finetune_params(**settings).finetune)
+        losses.check_combination(finetune_params(**settings).finetune)
 
 
 def test_more_processes_than_gpus_fails_before_launch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +142,7 @@ def test_each_loss_gets_its_columns_sampler_and_trains_on_a_batch(
     from sentence_transformers import SentenceTransformerTrainer
 
     params = finetune_params(**settings)
-    dataset = training_data.train_dataset(params.finetune)
+    dataset, _ = recipe.trainer_inputs(recipe.objectives(tiny_model, params.finetune), params.finetune)
     if isinstance(columns, dict):
         assert {kind: d.column_names for kind, d in dataset.items()} == columns
     else:
@@ -162,7 +162,8 @@ def test_each_loss_gets_its_columns_sampler_and_trains_on_a_batch(
 
 
 def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) -> None:
-    dataset = training_data.train_dataset(finetune_params(loss="batch_hard").finetune)
+    ft = finetune_params(loss="batch_hard").finetune
+    dataset, _ = recipe.trainer_inputs(recipe.objectives(None, ft), ft)
     split = pl.read_parquet("data/split/train.parquet")
     assert dataset.column_names == ["text", "label"] and len(dataset) == split.height
     assert sorted(set(dataset["label"])) == list(range(split["label"].n_unique()))

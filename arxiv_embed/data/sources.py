@@ -28,7 +28,7 @@ from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url
 from arxiv_embed.data.oai import harvest_oai, json_line
 
 if TYPE_CHECKING:
-    from arxiv_embed.params import Download
+    from arxiv_embed.schema.download import Download
 
 GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
 KAGGLE_MEMBER = "arxiv-metadata-oai-snapshot.json"

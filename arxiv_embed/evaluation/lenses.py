@@ -28,7 +28,7 @@ from arxiv_embed.search.engine import binary_search, bytes_per_vector
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from arxiv_embed.params import Evaluate
+    from arxiv_embed.schema.evaluate import Evaluate
 
 BINARY_K = 10  # the 1-bit lens reports NDCG@10
 KMEANS_N_INIT = 10

@@ -152,46 +152,38 @@ def embed_once(model: SentenceTransformer, frames: dict, batch_size: int = 64) -
     return {text: i for i, text in enumerate(texts)}, encode(model, texts, batch_size=batch_size, progress=False)
 
 
-def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
-    """Train an identity adapter on the cached base vectors with finetune.loss (the loss table's
-    row, through the library loss's compute_loss_from_embeddings), TripletLoss on mined hard
-    negatives (finetune.hard_negatives.weight), and the no-forgetting terms: title->abstract MNRL
-    (finetune.retain_title_abstract) and squared error to the base embeddings of the main batch's
-    first column and the retained titles (finetune.adapter.retain_distill, the library MSELoss's objective).
+def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
+    """Train an identity adapter on the cached base vectors with the recipe's objectives
+    (training/recipe.py, losses built on None: each library loss's compute_loss_from_embeddings):
+    one epoch walks each main objective (a train_data kind) in batches, label-grouped for `labels`,
+    and adds one batch of every other objective (retained title->abstract pairs, mined triplets)
+    times its weight; plus, adapter only, squared error to the base embeddings of the main batch's
+    first column and of the retained titles (finetune.adapter.retain_distill, the library MSELoss's objective).
 
-    frames: data kind -> frame with the dataset's columns (training.data.kind_frame): the kinds of
-    finetune.train_data, plus "title_abstract" when retained and MINED (anchor, positive, negative:
-    training.mining) when finetune.hard_negatives.weight > 0. index/cached: embed_once's result.
+    index/cached: embed_once's result over every text of the recipe.
     """
     import time
 
     import torch
     import torch.nn.functional as F
 
-    from arxiv_embed.training.losses import LOSSES, MINED, build_loss
-    from arxiv_embed.training.mining import MINED_COLUMNS
+    from arxiv_embed.training.losses import RETAIN
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     vectors = torch.as_tensor(cached)
     stack = AdapterStack(identity_adapter(vectors.shape[1], ft.adapter.kind, seed=seed))
     optimizer = torch.optim.AdamW(stack.parameters(), lr=ft.adapter.learning_rate, weight_decay=0.0)
-    loss_fn = build_loss(None, ft)
-    mnrl = None
-    if ft.retain_title_abstract:
-        from sentence_transformers.sentence_transformer.losses import (
-            MultipleNegativesRankingLoss,
-        )
+    distill = ft.adapter.retain_distill
 
-        mnrl = MultipleNegativesRankingLoss(None)
-    mined_loss = LOSSES["triplet"].build(None, ft) if ft.hard_negatives.weight else None  # as mode=full's
-    main = [(frame, text_columns(frame)) for kind, frame in frames.items() if kind in ft.train_data]
-    main_rows = [(_columns(frame, cols, index), torch.tensor(frame[frame.columns[-1]].to_numpy()) if frame.columns[-1] not in cols else None)
-                 for frame, cols in main]
-    retained = _columns(frames["title_abstract"], ["anchor", "positive"], index) if mnrl is not None else None
-    if mined_loss is not None and MINED not in frames:
-        raise ValueError(f"finetune.hard_negatives.weight > 0 but frames has no {MINED!r} (training.mining.mine_train_split)")
-    mined = _columns(frames[MINED], list(MINED_COLUMNS), index) if mined_loss is not None and frames[MINED].height else None
+    def rows_of(objective) -> tuple[list, torch.Tensor | None]:
+        """Its text columns as row numbers into `cached`, and its label/score column, if any."""
+        texts = text_columns(objective.data)
+        last = objective.data.columns[-1]
+        return _columns(objective.data, texts, index), (torch.tensor(objective.data[last].to_numpy()) if last not in texts else None)
+
+    main = [(o, *rows_of(o)) for o in recipe if o.name in ft.train_data]
+    extra = [(o, *rows_of(o)) for o in recipe if o.name not in ft.train_data]
 
     # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
     # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).
@@ -200,29 +192,23 @@ def train_adapter(ft, seed: int, frames: dict, index: dict[str, int], cached: np
     try:
         curve, step, t0 = [], 0, time.monotonic()
         for _ in range(ft.adapter.epochs):
-            for columns, labels in main_rows:
-                grouped = Batches(labels.numpy() if "labels" in ft.train_data else None, ft.batch_size, rng, ft.adapter.per_label)
+            for objective, columns, labels in main:
+                grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label)
                 plain = Batches(None, ft.batch_size, rng)
-                retain_batches = plain.cycle(len(retained[0])) if retained is not None else None
-                mined_batches = plain.cycle(len(mined[0])) if mined is not None else None
+                others = [(o, cols, plain.cycle(len(cols[0]))) for o, cols, _ in extra]
                 for rows in grouped.epoch(len(columns[0])):
                     rows = torch.as_tensor(rows)
                     embeddings = [stack(vectors[column[rows]]) for column in columns]
-                    loss = loss_fn.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
-                    if retained is not None:
-                        pairs = torch.as_tensor(next(retain_batches))
-                        query, doc = (stack(vectors[column[pairs]]) for column in retained)
-                        if ft.adapter.retain_distill:  # titles too: left free, they drift from their abstracts (measured)
-                            loss = loss + ft.adapter.retain_distill * F.mse_loss(query, vectors[retained[0][pairs]], reduction="sum") / len(pairs)
-                        loss = loss + ft.retain_title_abstract * mnrl.compute_loss_from_embeddings([query, doc], None)
-                    if mined is not None:
-                        triplets = torch.as_tensor(next(mined_batches))
-                        loss = loss + ft.hard_negatives.weight * mined_loss.compute_loss_from_embeddings(
-                            [stack(vectors[column[triplets]]) for column in mined], None)
-                    if ft.adapter.retain_distill:
-                        base = vectors[columns[0][rows]]
+                    loss = objective.weight * objective.loss.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
+                    for other, cols, batches in others:
+                        picked = torch.as_tensor(next(batches))
+                        embedded = [stack(vectors[column[picked]]) for column in cols]
+                        if other.name == RETAIN and distill:  # titles too: left free, they drift from their abstracts (measured)
+                            loss = loss + distill * F.mse_loss(embedded[0], vectors[cols[0][picked]], reduction="sum") / len(picked)
+                        loss = loss + other.weight * other.loss.compute_loss_from_embeddings(embedded, None)
+                    if distill:
                         # The library's MSELoss objective (mean squared error to the base embedding), per dimension summed.
-                        loss = loss + ft.adapter.retain_distill * F.mse_loss(embeddings[0], base, reduction="sum") / len(rows)
+                        loss = loss + distill * F.mse_loss(embeddings[0], vectors[columns[0][rows]], reduction="sum") / len(rows)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arxiv_embed.errors import UserError
-from arxiv_embed.params import Params
+from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
 from arxiv_embed.training.distributed import world_size
 
@@ -29,7 +29,7 @@ class RunFolderBusy(UserError):
     """Another finetune holds this checkpoint folder."""
 
 
-def run_key(params: Params, files: list[Path]) -> str:
+def run_key(params: FinetuneParams, files: list[Path]) -> str:
     """Hash of everything that shapes the training trajectory: model+finetune params, seed, world
     size and the data files' contents. Same key -> the checkpoints can be resumed; any change -> a fresh start."""
     payload = {

@@ -1,6 +1,7 @@
-"""The training data finetune reads: which files, and as which datasets.
+"""The training data finetune reads: which files, and as which frames.
 
-The losses' data kinds and their checks live in losses.py; this module turns files into datasets.
+The losses' data kinds and their checks live in losses.py; training/recipe.py turns these frames
+into the objectives both modes train.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import TYPE_CHECKING
 from arxiv_embed import paths
 from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.files import read_table
-from arxiv_embed.params import Finetune
+from arxiv_embed.schema.finetune import Finetune
 from arxiv_embed.training import losses
-from arxiv_embed.training.losses import MINED, RETAIN
 
 if TYPE_CHECKING:
     import polars as pl
@@ -46,19 +46,21 @@ KINDS: dict[str, Kind] = {
 TEXT_COLUMNS = {name: tuple(kind.columns.values()) for name, kind in KINDS.items()}
 
 
-def check_combination(finetune: Finetune) -> None:
-    """The loss table's checks (kept here too: finetune and the benchmarks call it by this name)."""
-    losses.check_combination(finetune)
+def train_kinds(finetune: Finetune) -> list[str]:
+    """The kinds the recipe (training/recipe.py) and the mining read, each once: finetune.train_data,
+    title_abstract when retained, labels and same_label when hard negatives are mined from them."""
+    kinds = list(finetune.train_data)
+    if finetune.retain_title_abstract:
+        kinds.append("title_abstract")
+    if finetune.hard_negatives.weight:  # mined from same_label pairs over the train split (mining.py)
+        kinds += ["labels", "same_label"]
+    return list(dict.fromkeys(kinds))
 
 
 def data_files(finetune: Finetune) -> tuple[list[Path], list[Path]]:
     """(training files, evaluation files) this configuration reads."""
     losses.check_combination(finetune)
-    train = [KINDS[kind].file("train") for kind in finetune.train_data]
-    if finetune.retain_title_abstract and "title_abstract" not in finetune.train_data:
-        train.append(KINDS["title_abstract"].file("train"))
-    if finetune.hard_negatives.weight:  # mined from same_label pairs over the train split (mining.py)
-        train += [f for f in (KINDS["same_label"].file("train"), paths.split_file("train")) if f not in train]
+    train = [KINDS[kind].file("train") for kind in train_kinds(finetune)]
     evaluation = [paths.training_file("eval", "triplets")]
     if finetune.mode == "full" and finetune.full.eval_retrieval:
         evaluation.append(paths.training_file("eval", "title_abstract"))
@@ -82,34 +84,6 @@ def kind_frame(kind: str, split: str = "train") -> pl.DataFrame:
         labels = sorted(frame["label"].unique().to_list())
         frame = frame.with_columns(pl.col("label").replace_strict(labels, list(range(len(labels))), return_dtype=pl.Int64))
     return frame
-
-
-def train_dataset(finetune: Finetune, mined: pl.DataFrame | None = None) -> Dataset | DatasetDict:
-    """The training data for finetune.loss: one Dataset, or a DatasetDict of kinds (multi-dataset
-    training: each batch comes from one kind, so pairs and triplets never share a batch). With
-    finetune.retain_title_abstract, title->abstract pairs join as their own dataset (RETAIN); with
-    finetune.hard_negatives.weight, the mined triplets (mining.Mined.triplets) as MINED."""
-    import polars as pl
-    from datasets import Dataset, DatasetDict
-
-    losses.check_combination(finetune)
-    grouped = losses.batch_sampler(finetune) == "group_by_label"
-    sets = {kind: Dataset.from_dict(kind_frame(kind).to_dict(as_series=False)) for kind in finetune.train_data}
-    if finetune.retain_title_abstract and "title_abstract" not in finetune.train_data:
-        retain = kind_frame("title_abstract")
-        if grouped:
-            # The trainer's one sampler groups every dataset by label: these pairs carry their paper's
-            # label (MNRL ignores it), so their in-batch negatives are same-field abstracts.
-            labels = read_texts(KINDS["title_abstract"].file("train"), ["label"])["label"]
-            retain = retain.with_columns(label=labels.rank("dense").cast(pl.Int64))
-        sets[RETAIN] = Dataset.from_dict(retain.to_dict(as_series=False))
-    if finetune.hard_negatives.weight and mined is None:
-        raise ValueError("finetune.hard_negatives.weight > 0: pass the mined triplets (training.mining.mine_train_split)")
-    if finetune.hard_negatives.weight and mined.height:
-        # TripletLoss ignores labels; the label-grouping sampler needs them (as for RETAIN above).
-        mined = mined.with_columns(pl.col("label").rank("dense").cast(pl.Int64)) if grouped else mined.drop("label")
-        sets[MINED] = Dataset.from_dict(mined.to_dict(as_series=False))
-    return next(iter(sets.values())) if len(sets) == 1 else DatasetDict(sets)
 
 
 def dataset_size(dataset: Dataset | DatasetDict) -> int:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from arxiv_embed.params import Finetune
+from arxiv_embed.schema.finetune import Finetune
 from arxiv_embed.errors import TrainingSetupError
 
 NPROC_ENV = "FINETUNE_NPROC_PER_NODE"  # overrides finetune.full.nproc_per_node (e.g. on a bigger machine)

@@ -2,11 +2,10 @@
 
 A row names the library loss (its factory), the batch sampler the trainer must use with it, the
 make_triplets data kinds it can read (their columns are in data.KINDS) and its own checks. The
-params schema takes finetune.loss's choices from this table's keys, so an unknown name fails
-validation; check_combination, data_files, train_dataset, build_loss and batch_sampler all read it.
+finetune schema (schema/finetune.py) takes finetune.loss's choices from this table's keys, so an
+unknown name fails validation; check_combination, data_files, recipe, build_loss and batch_sampler read it.
 
-This module is imported by the params schema (every stage), so it stays light: the library is
-imported inside the factories only.
+The schema imports this module, so it stays light: the library is imported inside the factories only.
 """
 
 from __future__ import annotations
@@ -21,10 +20,10 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from torch import nn
 
-    from arxiv_embed.params import Finetune
+    from arxiv_embed.schema.finetune import Finetune
 
-RETAIN = "retain_title_abstract"  # the dataset name of the no-forgetting title->abstract pairs (mode=full)
-MINED = "hard_negatives"  # the dataset (mode=full) and frame (mode=adapter) name of the mined triplets (mining.py)
+RETAIN = "retain_title_abstract"  # the objective (recipe.py) of the no-forgetting title->abstract pairs
+MINED = "hard_negatives"  # the objective (recipe.py) of the mined triplets (mining.py)
 Check = Callable[["Finetune"], "str | None"]  # a finetune section -> what is wrong with it, or None
 
 
@@ -137,40 +136,6 @@ def build_loss(model: SentenceTransformer | Any, ft: Finetune) -> nn.Module:
             raise TrainingSetupError(f"finetune.full.matryoshka_dims {too_big} exceed the model's embedding dimension {dim}")
         loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(ft.full.matryoshka_dims), reverse=True))
     return loss
-
-
-def build_training_loss(model: SentenceTransformer, ft: Finetune, datasets: list[str] | None = None) -> nn.Module | dict[str, nn.Module]:
-    """What the trainer gets (mode=full): the loss, or with several datasets one loss per dataset
-    name (training.data.train_dataset; `datasets`: its names): each train_data kind gets finetune.loss,
-    the retained title->abstract pairs MNRL scaled by finetune.retain_title_abstract, and the mined
-    triplets TripletLoss (cosine, finetune.margin) scaled by finetune.hard_negatives.weight."""
-
-    loss = build_loss(model, ft)
-    kinds = list(ft.train_data)
-    names = datasets if datasets is not None else kinds + ([RETAIN] if ft.retain_title_abstract and "title_abstract" not in kinds else [])
-    if len(names) == 1:
-        return loss
-    losses_by_name: dict[str, nn.Module] = dict.fromkeys(kinds, loss)
-    if RETAIN in names:
-        losses_by_name[RETAIN] = _Scaled(LOSSES["mnrl"].build(model, ft), ft.retain_title_abstract)
-    if MINED in names:
-        losses_by_name[MINED] = _Scaled(LOSSES["triplet"].build(model, ft), ft.hard_negatives.weight)
-    return losses_by_name
-
-
-def _Scaled(loss: nn.Module, weight: float) -> nn.Module:
-    from torch import nn
-
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.loss, self.weight = loss, weight
-            self.model = loss.model
-
-        def forward(self, features, labels):
-            return self.weight * self.loss(features, labels)
-
-    return Scaled()
 
 
 def batch_sampler(ft: Finetune) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from arxiv_embed.params import Finetune, Params
+from arxiv_embed.schema.finetune import Finetune, FinetuneParams
 from arxiv_embed.tracking import metric_key
 from arxiv_embed.training.data import TEXT_COLUMNS, data_files, read_texts
 from arxiv_embed.training.distributed import world_size
@@ -64,7 +64,7 @@ def check_metric(metric: str, metrics: dict[str, float]) -> str:
     return key
 
 
-def training_arguments(params: Params, output_dir: Path, precision: str, device: str, **overrides: object):
+def training_arguments(params: FinetuneParams, output_dir: Path, precision: str, device: str, **overrides: object):
     """SentenceTransformerTrainingArguments from params (overrides: for benchmarks and tests)."""
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 

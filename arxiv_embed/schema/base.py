@@ -1,0 +1,98 @@
+"""What every schema part shares: the strict Section, common field types, and reading params.yaml.
+
+Every section forbids unknown keys, so a typo (`learning_rte`) fails loudly instead of being
+ignored, and the error names the key, what was given and what is allowed. The schema has no
+defaults: params.yaml is the one source of values (what `dvc params diff` sees), so a key missing
+from it is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from arxiv_embed.errors import UserError
+
+PARAMS_FILE = Path("params.yaml")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+# `dvc exp run -S download.oai.from_date=2026-10-01` writes an unquoted YAML date: accept it as text.
+IsoDate = Annotated[
+    str,
+    BeforeValidator(lambda value: value.isoformat() if isinstance(value, date) else value),
+    Field(pattern=r"^\d{4}-\d{2}-\d{2}$"),
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ParamsError(UserError):
+    """params.yaml is missing, unreadable or does not match the schema."""
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling against params.yaml's documented keys)"
+    if error["type"] == "missing":
+        return f"{key}: missing (params.yaml is the one source of values: add the key, as documented in the committed params.yaml)"
+    given = error.get("input")
+    given = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{key}: {error['msg']}{given}"
+
+
+Schema = TypeVar("Schema", bound=Section)
+
+
+def validate(schema: type[Schema], raw: object, source: str = str(PARAMS_FILE), whole: bool = False) -> Schema:
+    """Validate the sections `schema` names (all of raw when `whole`); raise ParamsError naming each bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    if not whole:  # a stage's part: the other sections are other stages' business
+        raw = {name: raw[name] for name in schema.model_fields if name in raw}
+    try:
+        # Strict: "32" is not an int. Strict mode still takes `epochs: 1` for a float field.
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ParamsError(f"{source} is invalid:\n  {lines}") from None
+
+
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """PyYAML reads `2e-5` as a string (YAML 1.1); DVC and YAML 1.2 read it as a float. Read it as
+    DVC does, so `learning_rate: 2e-5` in params.yaml means the same to the stages as to `dvc exp run -S`."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(path: Path | str = PARAMS_FILE) -> object:
+    """params.yaml as DVC reads it (YAML 1.2 floats)."""
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12FloatLoader)  # noqa: S506 (a SafeLoader)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run the stage from the project root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load(schema: type[Schema], path: Path | str = PARAMS_FILE) -> Schema:
+    """The sections of params.yaml a stage reads, validated (every stage calls this first)."""
+    return validate(schema, read_yaml(path), str(path))

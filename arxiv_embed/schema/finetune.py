@@ -1,0 +1,89 @@
+"""params.yaml `finetune` (the finetune stage, with model and shared.seed; push reads it for the card)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from arxiv_embed.schema.base import PositiveInt, Section
+from arxiv_embed.training.losses import LOSSES
+from arxiv_embed.schema.model import Model
+from arxiv_embed.schema.shared import Shared
+
+# finetune.loss's choices are the LOSSES table's keys, so a new row is a new valid name. The data kinds
+# are named here (tests/test_losses.py checks they equal training.data.KINDS): data.py reads this schema.
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+DataKind = Literal["same_label", "title_abstract", "triplets", "labels", "graded_pairs", "binary_pairs"]
+
+
+class Adapter(Section):
+    """finetune.adapter (mode adapter only): a small identity-initialised adapter on the frozen encoder's cached embeddings."""
+
+    kind: Literal["linear", "mlp"]
+    epochs: PositiveInt
+    learning_rate: Annotated[float, Field(gt=0)]
+    per_label: Annotated[int, Field(ge=2)]  # papers of one label in a label-grouped batch
+    retain_distill: Annotated[float, Field(ge=0)]  # weight of squared error to the base embeddings; 0 = off
+
+
+class Full(Section):
+    """finetune.full (mode full only): sentence-transformers' trainer."""
+
+    epochs: Annotated[float, Field(gt=0)]
+    max_steps: int
+    learning_rate: Annotated[float, Field(gt=0)]
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)]
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"]
+    weight_decay: Annotated[float, Field(ge=0)]
+    gradient_accumulation_steps: PositiveInt
+    mini_batch_size: PositiveInt
+    matryoshka_dims: list[PositiveInt]
+    multi_dataset_sampler: Literal["proportional", "round_robin"]
+    eval_steps: PositiveInt
+    save_steps: PositiveInt
+    save_total_limit: PositiveInt
+    early_stopping_patience: PositiveInt | None
+    metric_for_best_model: str
+    eval_retrieval: bool
+    precision: Literal["auto", "fp32", "fp16", "bf16"]
+    nproc_per_node: PositiveInt
+
+    @model_validator(mode="after")
+    def _steps(self) -> Full:
+        if self.save_steps % self.eval_steps:
+            raise ValueError("finetune.full.save_steps must be a multiple of finetune.full.eval_steps (the best checkpoint is chosen at evaluations)")
+        return self
+
+
+class HardNegatives(Section):
+    """Triplets whose negative is the base model's nearest abstract of another label (training/mining.py)."""
+
+    weight: Annotated[float, Field(ge=0)]  # weight of their TripletLoss trained alongside finetune.loss; 0 = off
+    candidates: PositiveInt  # nearest abstracts scanned per anchor for one of another label
+
+
+class Finetune(Section):
+    """The keys directly here are the one recipe both modes read; `adapter` and `full` are read by their mode only."""
+
+    mode: Literal["adapter", "full"]
+    loss: LossName
+    train_data: Annotated[list[DataKind], Field(min_length=1)]
+    margin: Annotated[float, Field(gt=0)]  # triplet-style losses: cosine distance, in [0, 2]
+    batch_size: PositiveInt
+    retain_title_abstract: Annotated[float, Field(ge=0)]  # weight of title->abstract MNRL trained alongside; 0 = off
+    hard_negatives: HardNegatives
+    logging_steps: PositiveInt
+    adapter: Adapter
+    full: Full
+
+    def read_by_mode(self) -> dict:
+        """The knobs this mode reads: the shared ones and its own section (what dvc.yaml tracks)."""
+        other = "full" if self.mode == "adapter" else "adapter"
+        return self.model_dump(exclude={other})
+
+
+class FinetuneParams(Section):
+    shared: Shared
+    model: Model
+    finetune: Finetune
