@@ -110,17 +110,29 @@ class Split(Section):
         return self
 
 
+# How many of a kind a split gets: an integer is a count; a decimal number (0.5, 1.2) is that many per
+# paper of the split (of the train sample, for train), so the data grows with the papers; "all" = one per paper.
+Count = NonNegativeInt | Annotated[float, Field(ge=0.0)] | Literal["all"]
+
+
 class PerSplit(Section):
-    train: NonNegativeInt
-    eval: NonNegativeInt
-    test: NonNegativeInt
+    train: Count
+    eval: Count
+    test: Count
 
 
 class MakeTriplets(Section):
+    max_train_papers: PositiveInt | None  # stratified, seeded sample of the train split; null = every train paper
     triplets_per_split: PerSplit
     hard_negative_fraction: Fraction
     same_label_pairs_per_split: PerSplit
     graded_pairs_per_split: PerSplit
+
+
+class EmbedBase(Section):
+    batch_size: PositiveInt
+    chunk_size: PositiveInt  # texts per resumable chunk file
+    backend: Literal["torch", "int8"]
 
 
 class Model(Section):
@@ -184,6 +196,7 @@ class Finetune(Section):
 
 class Evaluate(Section):
     batch_size: PositiveInt
+    max_test_papers: PositiveInt  # stratified, seeded sample of the test split that every lens scores
     max_train_papers: PositiveInt
     learning_curve_sizes: list[PositiveInt]
     binary_rescore_multiplier: PositiveInt
@@ -223,6 +236,7 @@ class Params(Section):
     split: Split
     make_triplets: MakeTriplets
     model: Model
+    embed_base: EmbedBase
     finetune: Finetune
     evaluate: Evaluate
     push: Push

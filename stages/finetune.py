@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from arxiv_embed import paths
 from arxiv_embed.training import adapter, checkpoints, distributed, losses, mining, trainer
 from arxiv_embed.training import data as training_data
+from arxiv_embed.embeddings import TextVectors, distinct_texts
 from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
 from arxiv_embed.flat import flatten
@@ -82,8 +83,8 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
         params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
         device="cpu" if distributed.world_size() > 1 else None,
     )
-    # Mined before training, by the base model (under DDP every rank mines the same, on its CPU copy).
-    mined = mining.mine_train_split(model, ft.hard_negatives.candidates, ft.batch_size) if ft.hard_negatives.weight else None
+    # Mined before training from the base model's cached vectors (under DDP every rank mines the same).
+    mined = mining.mine_train_split(TextVectors.load(paths.BASE_EMBEDDINGS), ft.hard_negatives.candidates) if ft.hard_negatives.weight else None
     if mined is not None and main_process:
         print(f"finetune: {mined.describe()}", flush=True)
     train_dataset = training_data.train_dataset(ft, mined.triplets if mined is not None else None)
@@ -169,7 +170,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
 
 
 def adapter_main(params: Params, started: float) -> None:
-    """finetune.mode=adapter (training/adapter.py): one encoding pass, then seconds of adapter training."""
+    """finetune.mode=adapter (training/adapter.py): the adapter trains on embed_base's cached base vectors."""
     ft = params.finetune
     training_data.check_combination(ft)
     print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
@@ -179,34 +180,34 @@ def adapter_main(params: Params, started: float) -> None:
     frames = {kind: training_data.kind_frame(kind) for kind in ft.train_data}
     if ft.retain_title_abstract:
         frames.setdefault("title_abstract", training_data.kind_frame("title_abstract"))
-    if ft.hard_negatives.weight:  # embedded with the rest: mining then reads the cached vectors
-        for kind in ("labels", "same_label"):
-            frames.setdefault(kind, training_data.kind_frame(kind))
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
     tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device)}
     with tracked_run(None, "finetune-adapter", tags) as run_id:
         mlflow.log_params(flatten(params.model_dump()))
-        encode_started = time.monotonic()
-        index, cached = adapter.embed_once(model, frames)
-        encode_seconds = time.monotonic() - encode_started
+        load_started = time.monotonic()
+        base = TextVectors.load(paths.BASE_EMBEDDINGS)
+        columns = [frame[column] for frame in frames.values() for column in adapter.text_columns(frame)]
         mined = None
         if ft.hard_negatives.weight:
-            mined = mining.mine_train_split(mining.CachedEncoder(model, index, cached), ft.hard_negatives.candidates)
+            mined = mining.mine_train_split(base, ft.hard_negatives.candidates)
             frames[losses.MINED] = mined.triplets
+            columns += [mined.triplets[column] for column in mining.MINED_COLUMNS]
             print(f"finetune: {mined.describe()}", flush=True)
-        result = adapter.train_adapter(ft, params.shared.seed, frames, index, cached)
+        cached = base.subset(distinct_texts(columns))  # in memory: only the texts this training reads
+        load_seconds = time.monotonic() - load_started
+        result = adapter.train_adapter(ft, params.shared.seed, frames, cached.index, cached.vectors)
         for step, value in result.curve[:: max(1, ft.logging_steps)]:
             mlflow.log_metric("loss", value, step=step, synchronous=False)
         tuned = adapter.attach(model, result.modules)
         summary = {
-            "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": len(index),
-            "encode_seconds": round(encode_seconds, 1), "adapter_train_seconds": round(result.train_seconds, 1),
+            "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": len(cached),
+            "vectors_seconds": round(load_seconds, 1), "adapter_train_seconds": round(result.train_seconds, 1),
             "wall_time_s": round(time.monotonic() - started, 1),
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
             **(mined.summary() if mined is not None else {}),
         }
         how = save_outputs(tuned, run_id, summary, result.curve)
-    print(f"finetune (adapter {ft.adapter.kind}): {len(index)} texts encoded in {summary['encode_seconds']} s, "
+    print(f"finetune (adapter {ft.adapter.kind}): {len(cached)} cached texts (nothing encoded; mined in {summary['vectors_seconds']} s), "
           f"{result.steps} adapter steps in {summary['adapter_train_seconds']} s, {summary['wall_time_s']} s wall; "
           f"model logged to MLflow as {how}", flush=True)
 

@@ -36,8 +36,9 @@ KINDS: dict[str, Kind] = {
     "triplets": Kind(lambda split: paths.training_file(split, "triplets"), {"anchor": "anchor", "positive": "positive", "negative": "negative"}),
     "title_abstract": Kind(lambda split: paths.training_file(split, "title_abstract"), {"anchor": "anchor", "positive": "positive"}),
     "same_label": Kind(lambda split: paths.training_file(split, "same_label"), {"anchor": "anchor", "positive": "positive"}),
-    # Each training paper's abstract and its label (an int id): the label-grouped batch losses.
-    "labels": Kind(paths.split_file, {"text": "abstract", "label": "label"}),
+    # Each training paper's abstract and its label (an int id): the label-grouped batch losses. Train:
+    # make_triplets' stratified train sample (paths.TRAIN_SAMPLE), the papers embed_base encoded.
+    "labels": Kind(lambda split: paths.TRAIN_SAMPLE if split == "train" else paths.split_file(split), {"text": "abstract", "label": "label"}),
     # Pairs scored by arXiv's structure (make_triplets.graded_pairs): same primary category 1.0 >
     # shared cross-list category > same archive > other 0.0; `same_label` is the 1/0 version.
     "graded_pairs": Kind(lambda split: paths.training_file(split, "graded_pairs"), {"anchor": "anchor", "positive": "positive", "score": "score"}),
@@ -58,7 +59,7 @@ def data_files(finetune: Finetune) -> tuple[list[Path], list[Path]]:
     if finetune.retain_title_abstract and "title_abstract" not in finetune.train_data:
         train.append(KINDS["title_abstract"].file("train"))
     if finetune.hard_negatives.weight:  # mined from same_label pairs over the train split (mining.py)
-        train += [f for f in (KINDS["same_label"].file("train"), paths.split_file("train")) if f not in train]
+        train += [f for f in (KINDS["same_label"].file("train"), paths.TRAIN_SAMPLE) if f not in train]
     evaluation = [paths.training_file("eval", "triplets")]
     if finetune.eval_retrieval:
         evaluation.append(paths.training_file("eval", "title_abstract"))
