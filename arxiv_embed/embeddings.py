@@ -59,8 +59,61 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)  # a chunk file either is complete or is not there
 
 
+def token_batches(texts: list[str], max_tokens: int, token_budget: int) -> list[np.ndarray]:
+    """Rows of `texts`, longest first, in batches of about `token_budget` (padded) tokens: short texts
+    go in large batches, long ones in small, so a GPU's batches cost alike. ~4 characters a token."""
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = min(max_tokens, len(texts[order[start]]) // 4 + 2)
+        size = max(1, token_budget // longest)
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def encode_token_batches(model: SentenceTransformer, texts: list[str], token_budget: int = 65536,
+                         meter: Progress | None = None) -> np.ndarray:
+    """The GPU encode path: token-budget batches, bf16/fp16 autocast picked by the device
+    (models.pick_precision), and the next batch tokenized on a thread while the GPU runs this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    import torch.nn.functional as F
+
+    from arxiv_embed.models import pick_precision
+
+    device = model.device.type
+    precision = pick_precision("auto", device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    batches = token_batches(texts, model.max_seq_length, token_budget)
+    vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    if not batches:
+        return vectors
+
+    def tokenize(rows: np.ndarray) -> dict:
+        return model.preprocess([texts[row] for row in rows])
+
+    model.eval()
+    with ThreadPoolExecutor(max_workers=1) as tokenizer, torch.inference_mode():
+        pending = tokenizer.submit(tokenize, batches[0])
+        for i, rows in enumerate(batches):
+            features = pending.result()
+            if i + 1 < len(batches):
+                pending = tokenizer.submit(tokenize, batches[i + 1])  # overlaps this batch's forward pass
+            features = {key: value.to(model.device, non_blocking=True) if hasattr(value, "to") else value for key, value in features.items()}
+            with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+                embedding = model(features)["sentence_embedding"]
+            vectors[rows] = F.normalize(embedding.float(), dim=-1).cpu().numpy()
+            if meter is not None:
+                meter.update(len(rows))
+    return vectors
+
+
 def _encode_chunk(model: SentenceTransformer, texts: list[str], batch_size: int, pool: object, meter: Progress) -> np.ndarray:
     """One chunk, longest texts first (batches of similar length pad little), in slices so progress can be told."""
+    if pool is None and model.device.type == "cuda":
+        return encode_token_batches(model, texts, meter=meter)
     if pool is not None:
         vectors = np.asarray(model.encode(texts, pool=pool, batch_size=batch_size, normalize_embeddings=True,
                                           convert_to_numpy=True), dtype=np.float32)

@@ -57,3 +57,25 @@ def progress(items: Iterable[T], what: str, total: int | None = None, unit: str 
         yield item
         meter.update()
     meter.done()
+
+
+def trainer_callback(what: str, interval_s: float = INTERVAL_S):
+    """A transformers TrainerCallback printing Progress lines for training steps (pass
+    disable_tqdm=True to the arguments: its bar is carriage returns, one huge line in DVC's log)."""
+    from transformers import TrainerCallback
+
+    class StepProgress(TrainerCallback):
+        meter: Progress | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            self.meter = Progress(what, state.max_steps - state.global_step, "steps", interval_s)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            if self.meter is not None:
+                self.meter.update()
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            if self.meter is not None:
+                self.meter.done()
+
+    return StepProgress()

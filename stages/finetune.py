@@ -29,6 +29,7 @@ from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
 from arxiv_embed.flat import flatten
 from arxiv_embed.params import Params, load_params
+from arxiv_embed.progress import trainer_callback
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
 
@@ -92,7 +93,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
 
     # 5. Training arguments.
     precision = pick_precision(ft.precision, device)
-    args = trainer.training_arguments(params, run_dir, precision, device)
+    args = trainer.training_arguments(params, run_dir, precision, device, disable_tqdm=True)  # progress: one line per ~15 s
     if main_process:
         print(f"finetune: {device} x{distributed.world_size()}, {precision}", flush=True)
 
@@ -105,7 +106,7 @@ def train(params: Params, run_key: str, run_dir: Path, train_files: list[Path], 
             mlflow.set_tag("resumed_from_step", step)
 
     probe = trainer.resume_probe(resumed)
-    callbacks = [probe]
+    callbacks = [probe, trainer_callback("finetune: trained")]
     if ft.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.early_stopping_patience))
     st_trainer = SentenceTransformerTrainer(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,18 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     evaluate.main(["--model", "finetuned"])
     assert not set(encoded) & set(cached.texts) and len(encoded) < 20
     assert json.loads(Path("metrics/evaluate.json").read_text())["finetuned"] != first  # the change did reach the scores
+
+
+def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample: Path) -> None:
+    """The GPU encode path (token-budget batches, tokenized on a thread) gives the plain encoder's
+    vectors; short texts share large batches, long ones small ones."""
+    from arxiv_embed.embeddings import encode_token_batches, token_batches
+    from arxiv_embed.models import encode
+
+    with gzip.open(kaggle_sample, "rt", encoding="utf-8") as handle:
+        texts = [json.loads(line)["abstract"] for line in islice(handle, 40)] + ["A short title", "x"]
+    batches = token_batches(texts, 256, 1024)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(texts)))
+    assert len(batches[0]) == 1024 // 256 and max(len(b) for b in batches) > 2 * len(batches[0])
+    np.testing.assert_allclose(encode_token_batches(base_model, texts, token_budget=1024),
+                               encode(base_model, texts, 16, progress=False), atol=1e-5)

@@ -9,6 +9,7 @@ adding one function here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -79,7 +80,12 @@ def lens(function: Callable[[LensInput], LensResult]) -> Callable[[LensInput], L
 def evaluate_vectors(vectors: TextVectors, data: EvalData, settings: Evaluate, seed: int) -> ModelEval:
     """One model's vectors of data.texts() (each text encoded once: arxiv_embed/embeddings.py) through every lens."""
     x = LensInput(vectors, data, settings, seed)
-    return ModelEval.of({name: function(x) for name, function in LENSES.items()})
+    results = {}
+    for name, function in LENSES.items():
+        started = time.monotonic()
+        results[name] = function(x)
+        print(f"evaluate: lens {name} in {time.monotonic() - started:.1f} s", flush=True)  # the slow ones show in the log
+    return ModelEval.of(results)
 
 
 @lens
