@@ -12,6 +12,7 @@ from pydantic import model_validator
 from arxiv_embed.schema.base import PARAMS_FILE, ParamsError, Section, _Yaml12FloatLoader, read_yaml, validate  # noqa: F401 (re-exported)
 from arxiv_embed.schema.clean import Clean
 from arxiv_embed.schema.download import Download, Oai  # noqa: F401 (re-exported)
+from arxiv_embed.schema.embed_base import EmbedBase
 from arxiv_embed.schema.evaluate import Evaluate
 from arxiv_embed.schema.finetune import Adapter, DataKind, Finetune, Full, LossName  # noqa: F401 (re-exported)
 from arxiv_embed.schema.make_triplets import MakeTriplets
@@ -28,6 +29,7 @@ class Params(Section):
     split: Split
     make_triplets: MakeTriplets
     model: Model
+    embed_base: EmbedBase
     finetune: Finetune
     evaluate: Evaluate
     push: Push

@@ -30,6 +30,16 @@ def training_file(split: str, kind: str) -> Path:
     return TRIPLETS_DIR / f"{split}_{kind}.parquet"
 
 
+# make_triplets' stratified, seeded sample of the train split (make_triplets.max_train_papers): every
+# train kind, the adapter's labels, mining's corpus and the classifier's train slice come from it.
+TRAIN_SAMPLE = TRIPLETS_DIR / "train_papers.parquet"
+
+# embed_base: the base model's vectors of every text the later stages read (arxiv_embed/embeddings.py).
+EMBEDDINGS_DIR = Path("data/embeddings")
+BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
+EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out
+
+
 MODELS_DIR = Path("models")
 FINETUNED = MODELS_DIR / "finetuned"
 CHECKPOINTS = MODELS_DIR / "checkpoints"  # persisted between runs for resume; not a DVC out

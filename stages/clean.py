@@ -20,6 +20,7 @@ from arxiv_embed import paths
 from arxiv_embed.files import atomic_path, scratch_dir, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.clean import CleanParams
+from arxiv_embed.progress import Progress
 from arxiv_embed.data.columns import PAPER_COLUMNS
 from arxiv_embed.data.records import REASONS, line_batches, parse_batch, tidy, with_raw
 from arxiv_embed.errors import UserError, run
@@ -102,9 +103,11 @@ def main() -> None:
         rejects_path.open("w", encoding="utf-8") as rejects,
     ):
         # 1. Parse batch by batch; unusable records are rejected here, with their raw line.
+        meter = Progress("clean: read", unit="records")
         for first_line, chunk in line_batches(paths.RAW):
             batch, malformed = parse_batch(chunk, first_line)
             records_in += batch.height + len(malformed)
+            meter.update(batch.height + len(malformed))
             malformed_lines += [row["line"] for row in malformed[: 5 - len(malformed_lines)]]
             batch = tidy(batch, params.min_abstract_words, params.max_abstract_words)
             unusable = batch.filter(pl.col("unusable").is_not_null()).select("line", reason="unusable", id="id").to_dicts()
@@ -114,6 +117,7 @@ def main() -> None:
             if batch.height:
                 batch.write_parquet(Path(parts_dir) / f"part-{n_parts:06d}.parquet", compression="lz4")
                 n_parts += 1
+        meter.done()
         check_input(records_in, counts["malformed_json"], malformed_lines, params.max_malformed_fraction)
         if not n_parts:
             raise CleanError(f"clean: no record of {paths.RAW} is usable ({dict(counts)}); check the input file")

@@ -1,7 +1,9 @@
 """Stages evaluate_base and evaluate: score a model on the held-out test papers through every lens.
 
-`--model base` scores params.model.base into data/eval/base (a separate DVC stage, so a finetune
-change never re-encodes with the base model). `--model finetuned` scores models/finetuned into
+`--model base` scores params.model.base's vectors from embed_base into data/eval/base (a separate
+DVC stage, so a finetune change never re-encodes with the base model). `--model finetuned` applies
+the adapter to those cached vectors in finetune.mode=adapter (nothing is encoded), and encodes with
+the fine-tuned model in mode=full. `--model finetuned` scores models/finetuned into
 data/eval/finetuned, then writes the side-by-side report: metrics/evaluate.json {base, finetuned,
 delta, delta_ci95}, metrics/evaluate.md, the learning-curve and confusion CSVs, PNGs under
 metrics/plots, and logs them to the finetune run in MLflow.
@@ -11,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.evaluation.headline import headline
-from arxiv_embed.evaluation.lenses import evaluate_model
+from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, embed_texts
+from arxiv_embed.evaluation.lenses import evaluate_vectors
 from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
 from arxiv_embed.evaluation.report import ModelEval, compare, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
@@ -25,23 +27,29 @@ from arxiv_embed.flat import flatten
 from arxiv_embed.models import load_model
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.evaluate import EvaluateParams
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
+from arxiv_embed.tracking import RUN_INFO
 
 
-def load_model_to_score(which: str, params: EvaluateParams) -> SentenceTransformer:
-    backend = params.evaluate.backend
-    if which == "base":
-        return load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=backend)
-    # The fine-tuned folder carries the max_seq_length it was trained with.
-    return load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
+def vectors_to_score(which: str, params: EvaluateParams, texts: list[str]) -> TextVectors:
+    """The scored model's vectors of `texts`: cached base ones (with the adapter applied, in adapter
+    mode), or the fine-tuned model's own encoding (mode=full)."""
+    if which == "base" or params.finetune.mode == "adapter":
+        base = TextVectors.load(paths.BASE_EMBEDDINGS).subset(texts)
+        if which == "base":
+            return base
+        # The fine-tuned folder is the base model + the adapter: only the adapter runs, on cached vectors.
+        model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, device="cpu")
+        return apply_adapter(adapter_modules(model), base)
+    model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=params.evaluate.backend)
+    run_id = read_json(paths.FINETUNED / RUN_INFO)["run_id"]  # names this model's chunks: a new run never reads old ones
+    return embed_texts(model, texts, paths.EMBED_WORK / "finetuned", f"finetuned|{run_id}|{params.evaluate.backend}",
+                       params.evaluate.batch_size, what="evaluate")
 
 
-def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summary: dict[str, int]) -> None:
+def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summary: dict[str, int], note: str = "") -> None:
     """metrics/evaluate.json and .md, the learning-curve and confusion CSVs, and the PNGs."""
     write_json(paths.EVALUATE_REPORT, report)
-    write_text(paths.EVALUATE_MARKDOWN, report_markdown(report, summary))
+    write_text(paths.EVALUATE_MARKDOWN, report_markdown(report, summary, note))
     # Wide (one column per model) so `dvc plots` draws one line per model from one file.
     curves = base.tables["learning_curve"].rename({"macro_f1": "base"}).join(
         finetuned.tables["learning_curve"].rename({"macro_f1": "finetuned"}), on="train_per_label", how="full", coalesce=True
@@ -96,12 +104,11 @@ def main(argv: list[str] | None = None) -> None:
 
     # 1. Params and the held-out data.
     params = load(EvaluateParams)
-    data = load_eval_data(params.evaluate.max_train_papers, params.shared.seed)
-    print(f"evaluate {which} ({params.evaluate.backend} backend): "
-          + ", ".join(f"{count} {name}" for name, count in data.summary().items()))
+    data = load_eval_data(params.evaluate.max_test_papers, params.evaluate.max_train_papers, params.shared.seed)
+    print(f"evaluate {which}: " + ", ".join(f"{count} {name}" for name, count in data.summary().items()), flush=True)
 
     # 2. This model through every lens; saved for the other stage (base) or the report (fine-tuned).
-    result = evaluate_model(load_model_to_score(which, params), data, params.evaluate, params.shared.seed)
+    result = evaluate_vectors(vectors_to_score(which, params, data.texts()), data, params.evaluate, params.shared.seed)
     result.save(paths.eval_dir(which))
     print("\n".join(f"{name}: {value:.4f}" for name, value in flatten(result.metrics).items()))
     if which == "base":
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     # 3. Base vs fine-tuned on the same items, with paired intervals; then MLflow.
     base = ModelEval.load(paths.eval_dir("base"))
     report = compare(base, result, params.shared.seed)
-    write_report_files(base, result, report, data.summary())
+    write_report_files(base, result, report, data.summary(), data.describe_sample())
     write_json(paths.HEADLINE, headline(report, paths.FINETUNED))
     print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
     log_to_mlflow(report)

@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING
 from arxiv_embed import paths
 from arxiv_embed.training import adapter, checkpoints, distributed, losses, mining, recipe, trainer
 from arxiv_embed.training import data as training_data
+from arxiv_embed.embeddings import TextVectors, distinct_texts
 from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision
 from arxiv_embed.flat import flatten
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.finetune import FinetuneParams
+from arxiv_embed.progress import trainer_callback
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
 
@@ -88,8 +90,8 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
         params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
         device="cpu" if distributed.world_size() > 1 else None,
     )
-    # Mined before training, by the base model (under DDP every rank mines the same, on its CPU copy).
-    mined = mining.mine_train_split(model, ft.hard_negatives.candidates, ft.batch_size) if ft.hard_negatives.weight else None
+    # Mined before training from the base model's cached vectors (under DDP every rank mines the same).
+    mined = mining.mine_train_split(TextVectors.load(paths.BASE_EMBEDDINGS), ft.hard_negatives.candidates) if ft.hard_negatives.weight else None
     if mined is not None and main_process:
         print(f"finetune: {mined.describe()}", flush=True)
     objectives = recipe.objectives(model, ft, mined=mined.triplets if mined is not None else None)
@@ -97,7 +99,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
 
     # 5. Training arguments.
     precision = pick_precision(ft.full.precision, device)
-    args = trainer.training_arguments(params, run_dir, precision, device)
+    args = trainer.training_arguments(params, run_dir, precision, device, disable_tqdm=True)  # progress: one line per ~15 s
     if main_process:
         print(f"finetune: {device} x{distributed.world_size()}, {precision}", flush=True)
 
@@ -110,7 +112,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
             mlflow.set_tag("resumed_from_step", step)
 
     probe = trainer.resume_probe(resumed)
-    callbacks = [probe]
+    callbacks = [probe, trainer_callback("finetune: trained")]
     if ft.full.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.full.early_stopping_patience))
     st_trainer = SentenceTransformerTrainer(
@@ -177,35 +179,37 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
 
 
 def adapter_main(params: FinetuneParams, started: float) -> None:
-    """finetune.mode=adapter (training/adapter.py): one encoding pass, then seconds of adapter training."""
+    """finetune.mode=adapter (training/adapter.py): the adapter trains on embed_base's cached base vectors."""
     ft = params.finetune
     losses.check_combination(ft)
     print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
     import mlflow
 
     train_files, _ = training_data.data_files(ft)
-    # Every text the recipe and the mining read, embedded once: mining then reads the cached vectors.
     frames = {kind: training_data.kind_frame(kind) for kind in training_data.train_kinds(ft)}
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
     tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device)}
     with tracked_run(None, "finetune-adapter", tags) as run_id:
         mlflow.log_params(flatten(recorded(params)))
-        encode_started = time.monotonic()
-        index, cached = adapter.embed_once(model, frames)
-        encode_seconds = time.monotonic() - encode_started
+        load_started = time.monotonic()
+        base = TextVectors.load(paths.BASE_EMBEDDINGS)
+        columns = [frame[column] for frame in frames.values() for column in adapter.text_columns(frame)]
         mined = None
         if ft.hard_negatives.weight:
-            mined = mining.mine_train_split(mining.CachedEncoder(model, index, cached), ft.hard_negatives.candidates)
+            mined = mining.mine_train_split(base, ft.hard_negatives.candidates)
+            columns += [mined.triplets[column] for column in mining.MINED_COLUMNS]
             print(f"finetune: {mined.describe()}", flush=True)
+        cached = base.subset(distinct_texts(columns))  # in memory: only the texts this training reads
+        load_seconds = time.monotonic() - load_started
         objectives = recipe.objectives(None, ft, frames, mined.triplets if mined is not None else None)
-        result = adapter.train_adapter(ft, params.shared.seed, objectives, index, cached)
+        result = adapter.train_adapter(ft, params.shared.seed, objectives, cached.index, cached.vectors)
         for step, value in result.curve[:: max(1, ft.logging_steps)]:
             mlflow.log_metric("loss", value, step=step, synchronous=False)
         tuned = adapter.attach(model, result.modules)
         samples = sum(o.data.height for o in objectives)
         summary = {
             "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": samples,
-            "encoded_texts": len(index), "encode_seconds": round(encode_seconds, 1), "train_seconds": round(result.train_seconds, 1),
+            "cached_texts": len(cached), "vectors_seconds": round(load_seconds, 1), "train_seconds": round(result.train_seconds, 1),
             # Each step: one batch of the main objective and one of every other objective.
             "samples_per_second": round(result.steps * ft.batch_size * len(objectives) / result.train_seconds, 3) if result.train_seconds else 0.0,
             "wall_time_s": round(time.monotonic() - started, 1), "world_size": 1, "effective_batch_size": ft.batch_size,
@@ -213,7 +217,7 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
             **(mined.summary() if mined is not None else {}),
         }
         how = save_outputs(tuned, run_id, summary, result.curve)
-    print(f"finetune (adapter {ft.adapter.kind}): {len(index)} texts encoded in {summary['encode_seconds']} s, "
+    print(f"finetune (adapter {ft.adapter.kind}): {len(cached)} cached texts (nothing encoded; read and mined in {summary['vectors_seconds']} s), "
           f"{result.steps} adapter steps in {summary['train_seconds']} s, {summary['wall_time_s']} s wall; "
           f"model logged to MLflow as {how}", flush=True)
 

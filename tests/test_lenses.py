@@ -14,12 +14,13 @@ import pytest
 
 from arxiv_embed.evaluation import lenses as ev
 from arxiv_embed.errors import UserError
-from arxiv_embed.evaluation import vectors
+from arxiv_embed.embeddings import TextVectors
 from arxiv_embed.evaluation.data import EvalData, balanced_sample
 from arxiv_embed.evaluation.lenses import LENSES, LensInput, LensResult, label_pairs, learning_curve_sizes, lens
 from arxiv_embed.evaluation.report import ModelEval, compare, delta, macro_f1, paired_intervals, report_markdown, statistic
 from arxiv_embed.evaluation.retrieval import MAX_K, RETRIEVAL_METRICS, retrieval_metrics
-from arxiv_embed.evaluation.vectors import Embeddings, embed_texts, search
+from arxiv_embed.evaluation.vectors import search
+from arxiv_embed.models import encode
 from arxiv_embed.workspace import params_with
 
 
@@ -89,10 +90,10 @@ def lens_input(test: pl.DataFrame, vectors: dict[str, list[float]], train: pl.Da
                triplets: pl.DataFrame | None = None, **evaluate: object) -> LensInput:
     """A LensInput whose embeddings are the given vectors (text -> vector)."""
     texts = list(vectors)
-    embed = Embeddings(texts, np.array([vectors[text] for text in texts], dtype=np.float32))
+    embed = TextVectors(texts, np.array([vectors[text] for text in texts], dtype=np.float32))
     empty_triplets = pl.DataFrame(schema={"anchor": pl.String, "positive": pl.String, "negative": pl.String, "negative_type": pl.String})
     data = EvalData(test, train if train is not None else test.select("abstract", "label").with_columns(rank=0),
-                    triplets if triplets is not None else empty_triplets)
+                    triplets if triplets is not None else empty_triplets, test.height)
     return LensInput(embed, data, params_with({"evaluate": evaluate}).evaluate, seed=0)
 
 
@@ -219,7 +220,8 @@ def real_papers(kaggle_sample) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def real_embeddings(base_model, real_papers):
-    embed = embed_texts(base_model, real_papers["abstract"].to_list() + real_papers["title"].to_list(), 32, progress=False)
+    texts = real_papers["abstract"].to_list() + real_papers["title"].to_list()
+    embed = TextVectors(texts, encode(base_model, texts, 32, progress=False))
     return embed(real_papers["title"]), embed(real_papers["abstract"])
 
 
@@ -288,23 +290,18 @@ def test_category_retrieval_matches_information_retrieval_evaluator(base_model, 
     assert 0 < ours["ndcg@10"] < 1
 
 
-def test_evaluate_model_encodes_each_text_once(base_model, real_papers, monkeypatch):
-    calls = []
-
-    def counting_encode(model, texts, batch_size=64, progress=True):
-        calls.append(list(texts))
-        return original(model, texts, batch_size=batch_size, progress=False)
-
-    original = vectors.encode
-    monkeypatch.setattr(vectors, "encode", counting_encode)
+def test_evaluate_vectors_runs_every_lens_on_one_lookup_table(base_model, real_papers):
     test = real_papers.filter(pl.int_range(pl.len()).over("label") < 5)
     train = balanced_sample(real_papers.filter(pl.int_range(pl.len()).over("label") >= 5), 100, seed=0)
     triplets = pl.DataFrame(
         {"anchor": test["abstract"][:4], "positive": test["abstract"][1:5], "negative": test["abstract"][5:9],
          "negative_type": ["random", "hard"] * 2}
     )
-    result = ev.evaluate_model(base_model, EvalData(test, train, triplets), params_with({"evaluate": {"learning_curve_sizes": [1, 2]}}).evaluate, seed=0)
-    assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) == 2 * test.height + train.height
+    data = EvalData(test, train, triplets, test.height)
+    texts = data.texts()
+    assert len(texts) == len(set(texts)) == 2 * test.height + train.height
+    vectors = TextVectors(texts, encode(base_model, texts, 32, progress=False))
+    result = ev.evaluate_vectors(vectors, data, params_with({"evaluate": {"learning_curve_sizes": [1, 2]}}).evaluate, seed=0)
     assert result.tables["learning_curve"]["train_per_label"].to_list() == [1, 2, 3]
     assert {"accuracy", "accuracy_random", "accuracy_hard"} == result.metrics["triplet"].keys()
     assert result.tables["predictions"].height == result.tables["map_2d"].height == test.height

@@ -18,6 +18,23 @@ from arxiv_embed.workspace import params_with
 from tests.test_training import write_tiny_data
 
 
+def cached_vectors(model, frames: dict) -> tuple[dict[str, int], np.ndarray]:
+    """Every distinct text of `frames` encoded once (what embed_base caches): (text -> row, vectors)."""
+    from arxiv_embed.embeddings import TextVectors, distinct_texts
+    from arxiv_embed.models import encode
+
+    texts = distinct_texts(frame[c] for frame in frames.values() for c in adapter.text_columns(frame))
+    cache = TextVectors(texts, encode(model, texts, 64, progress=False))
+    return cache.index, cache.vectors
+
+
+def base_cache():
+    from arxiv_embed import paths
+    from arxiv_embed.embeddings import TextVectors
+
+    return TextVectors.load(paths.BASE_EMBEDDINGS)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     from arxiv_embed.models import load_model
@@ -112,7 +129,7 @@ def test_adapter_trains_with_the_table_loss_and_saves_a_loadable_model(tiny_mode
     ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, hard_negatives={"weight": 0.0, "candidates": 20},
                   adapter={"epochs": 3, "kind": "mlp"})
     frames = {"labels": training_data.kind_frame("labels"), "title_abstract": training_data.kind_frame("title_abstract")}
-    index, cached = adapter.embed_once(tiny_model, frames)
+    index, cached = cached_vectors(tiny_model, frames)
     assert len(index) == pl.concat([frames["labels"]["text"], frames["title_abstract"]["anchor"], frames["title_abstract"]["positive"]]).n_unique()
     run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
     assert run.steps > 0 and all(np.isfinite(v) for _, v in run.curve)
@@ -143,7 +160,7 @@ def test_full_mode_retains_title_abstract_as_its_own_scaled_dataset(tiny_model, 
     assert dataset[losses.RETAIN].column_names == ["anchor", "positive", "label"]
     assert type(built["labels"]).__name__ == "BatchAllTripletLoss" and built[losses.RETAIN].weight == 0.5
     train_files, _ = training_data.data_files(ft)
-    assert [p.name for p in train_files] == ["train.parquet", "train_title_abstract.parquet"]
+    assert [p.name for p in train_files] == ["train_papers.parquet", "train_title_abstract.parquet"]
 
     # The trainer routes each dataset's batches to its own loss, and both give finite values.
     import torch
@@ -190,15 +207,14 @@ def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_pat
 
 
 def test_mined_negatives_are_the_nearest_papers_of_another_label_from_cached_vectors(tiny_model, tiny_data: Path) -> None:
-    """mine_hard_negatives through CachedEncoder gives what the model itself gives, and each negative is
-    the nearest train abstract (by the base model) that is neither of the anchor's label nor cross-listed in it."""
+    """Each negative is the nearest train-sample abstract (by the base model's cached vectors, FAISS
+    exact search) that is neither of the anchor's label nor cross-listed in it; nothing is encoded."""
     from arxiv_embed.training import mining
 
-    frames = {"labels": training_data.kind_frame("labels"), "same_label": training_data.kind_frame("same_label")}
-    index, cached = adapter.embed_once(tiny_model, frames)
-    mined = mining.mine_train_split(mining.CachedEncoder(tiny_model, index, cached), candidates=20)
-    direct = mining.mine_train_split(tiny_model, candidates=20)
-    assert mined.triplets.equals(direct.triplets) and mined.triplets.height >= 15
+    cache = base_cache()
+    index, cached = cache.index, np.asarray(cache.vectors)
+    mined = mining.mine_train_split(cache, candidates=20)
+    assert mined.triplets.height >= 15
     assert mined.triplets.height + mined.without_negative == mined.anchors
 
     papers = pl.read_parquet("data/split/train.parquet")
@@ -222,8 +238,8 @@ def test_adapter_mined_hard_negative_term_separates_its_triplets(tiny_model, tin
     from arxiv_embed.training import mining
 
     frames = {"labels": training_data.kind_frame("labels"), "same_label": training_data.kind_frame("same_label")}
-    index, cached = adapter.embed_once(tiny_model, frames)
-    mined = mining.mine_train_split(mining.CachedEncoder(tiny_model, index, cached), candidates=20).triplets
+    index, cached = cached_vectors(tiny_model, frames)
+    mined = mining.mine_train_split(base_cache(), candidates=20).triplets
     rows = [torch.as_tensor([index[t] for t in mined[c]]) for c in mining.MINED_COLUMNS]
 
     def margin(weight: float) -> float:
@@ -246,8 +262,8 @@ def test_full_mode_trains_mined_triplets_as_their_own_scaled_dataset(tiny_model,
 
     ft = finetune(mode="full", loss="batch_all", train_data=["labels"], batch_size=8, hard_negatives={"weight": 0.5, "candidates": 20})
     train_files, _ = training_data.data_files(ft)
-    assert [p.name for p in train_files] == ["train.parquet", "train_title_abstract.parquet", "train_same_label.parquet"]
-    mined = mining.mine_train_split(tiny_model, 20)
+    assert [p.name for p in train_files] == ["train_papers.parquet", "train_title_abstract.parquet", "train_same_label.parquet"]
+    mined = mining.mine_train_split(base_cache(), 20)
     dataset, built = recipe.trainer_inputs(recipe.objectives(tiny_model, ft, mined=mined.triplets), ft)
     assert set(dataset) == {"labels", losses.RETAIN, losses.MINED} and len(dataset[losses.MINED]) == mined.triplets.height
     assert type(built[losses.MINED].loss).__name__ == "TripletLoss" and built[losses.MINED].weight == 0.5
@@ -270,7 +286,7 @@ def test_adapter_distillation_keeps_the_retained_titles_near_the_base_model(tiny
     import torch
 
     frames = {"labels": training_data.kind_frame("labels"), "title_abstract": training_data.kind_frame("title_abstract")}
-    index, cached = adapter.embed_once(tiny_model, frames)
+    index, cached = cached_vectors(tiny_model, frames)
     titles = torch.as_tensor(cached[[index[t] for t in frames["title_abstract"]["anchor"]]])
 
     def title_drift(distill: float) -> float:

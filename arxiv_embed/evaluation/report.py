@@ -109,7 +109,7 @@ def compare(base: ModelEval, finetuned: ModelEval, seed: int) -> dict:
     }
 
 
-def report_markdown(report: dict, summary: dict[str, int]) -> str:
+def report_markdown(report: dict, summary: dict[str, int], note: str = "") -> str:
     base, finetuned, change = (flatten(report[side]) for side in ("base", "finetuned", "delta"))
     intervals = report.get("delta_ci95", {})
 
@@ -122,6 +122,7 @@ def report_markdown(report: dict, summary: dict[str, int]) -> str:
         "",
         ", ".join(f"{name.replace('_', ' ')}: {count:,}" for name, count in summary.items()),
         "",
+        *([note, ""] if note else []),
         "A delta is real only when its paired-bootstrap 95% interval excludes 0.",
         "",
         "| metric | base | fine-tuned | delta | delta 95% interval |",

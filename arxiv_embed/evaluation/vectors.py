@@ -1,37 +1,14 @@
-"""Embeddings computed once per model and run, and exact cosine search over them.
+"""Exact cosine top-k search for the ranking lenses: FAISS IndexFlatIP, never an all-pairs score matrix.
 
-Rankings break score ties by the lower corpus index, which is the order
-InformationRetrievalEvaluator uses when corpus ids sort like their positions.
+FAISS scores the queries against the corpus in blocks and keeps a k-heap per query, so memory is
+Q x k whatever the corpus size. On small data this equals ranking every pair (tests/test_scale.py). Equal scores
+go to the lower corpus index, the order InformationRetrievalEvaluator uses when corpus ids sort like
+their positions (within the k returned: a tie across the k-th place is as FAISS leaves it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-from arxiv_embed.models import encode
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
-BLOCK_ELEMENTS = 1 << 24  # query rows are scored in blocks of about this many cells (64 MiB of float32)
-
-
-class Embeddings:
-    """Vectors of distinct texts, looked up by text: each text is encoded once however many lenses use it."""
-
-    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
-        self.index = {text: row for row, text in enumerate(texts)}
-        self.vectors = vectors
-
-    def __call__(self, texts: Iterable[str]) -> np.ndarray:
-        return self.vectors[[self.index[text] for text in texts]]
-
-
-def embed_texts(model: SentenceTransformer, texts: list[str], batch_size: int, progress: bool = True) -> Embeddings:
-    return Embeddings(texts, encode(model, texts, batch_size=batch_size, progress=progress))
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -40,31 +17,23 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's k highest scores, best first; equal scores go to the lower index."""
-    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
-
-
-def blocks(n_rows: int, cells_per_row: int) -> Iterator[slice]:
-    step = max(1, BLOCK_ELEMENTS // max(cells_per_row, 1))
-    for start in range(0, n_rows, step):
-        yield slice(start, min(start + step, n_rows))
-
-
-def drop_self(block: np.ndarray, rows: slice, worst: float | int) -> np.ndarray:
-    """Queries are corpus rows `rows`: give each its own column the worst score so it is never retrieved."""
-    positions = np.arange(rows.stop - rows.start)
-    block[positions, positions + rows.start] = worst
-    return block
-
-
 def search(queries: np.ndarray, corpus: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
-    """Top-k corpus rows per query by cosine similarity (Q x k). exclude_self: query i is corpus row i."""
+    """Top-k corpus rows per query by cosine similarity (Q x k), best first. exclude_self: query i
+    is corpus row i and is never retrieved for itself."""
+    import faiss
+
     queries, corpus = normalise(queries), normalise(corpus)
     k = min(k, len(corpus) - exclude_self)
-    ranked = [np.empty((0, k), dtype=np.int64)]
-    for rows in blocks(len(queries), len(corpus)):
-        scores = queries[rows] @ corpus.T
-        ranked.append(top_k(drop_self(scores, rows, -np.inf) if exclude_self else scores, k))
-    return np.concatenate(ranked)
-
+    if k <= 0 or not len(queries):
+        return np.empty((len(queries), max(k, 0)), dtype=np.int64)
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    index.add(corpus)
+    scores, ranked = index.search(queries, k + exclude_self)
+    order = np.lexsort((ranked, -scores), axis=1)  # by score, then by index: FAISS leaves ties unordered
+    ranked = np.take_along_axis(ranked, order, axis=1).astype(np.int64)
+    if not exclude_self:
+        return ranked
+    own = ranked == np.arange(len(queries))[:, None]
+    # Each row drops its own column, or its last one when a tie pushed itself out of the k + 1.
+    own[~own.any(1), -1] = True
+    return ranked[~own].reshape(len(queries), k)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import ConfigDict
+
 from arxiv_embed.schema.base import PositiveInt, Section
 from arxiv_embed.schema.model import Model
 from arxiv_embed.schema.shared import Shared
@@ -11,6 +13,7 @@ from arxiv_embed.schema.shared import Shared
 
 class Evaluate(Section):
     batch_size: PositiveInt
+    max_test_papers: PositiveInt  # stratified, seeded sample of the test split that every lens scores
     max_train_papers: PositiveInt
     learning_curve_sizes: list[PositiveInt]
     binary_rescore_multiplier: PositiveInt
@@ -19,7 +22,16 @@ class Evaluate(Section):
     backend: Literal["torch", "int8"]
 
 
+class FinetuneMode(Section):
+    """finetune.mode alone: in adapter mode evaluate applies the adapter to embed_base's cached vectors
+    (the rest of `finetune` is the finetune stage's business, so its knobs do not rerun evaluate)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+    mode: Literal["adapter", "full"]
+
+
 class EvaluateParams(Section):
     shared: Shared
     model: Model
     evaluate: Evaluate
+    finetune: FinetuneMode

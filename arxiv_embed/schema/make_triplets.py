@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from arxiv_embed.schema.base import Fraction, NonNegativeInt, Section
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from arxiv_embed.schema.base import Fraction, NonNegativeInt, PositiveInt, Section
 from arxiv_embed.schema.shared import Shared
+
+# How many of a kind a split gets: an integer is a count; a decimal number (0.5, 1.2) is that many per
+# paper of the split (of the train sample, for train), so the data grows with the papers; "all" = one per paper.
+Count = NonNegativeInt | Annotated[float, Field(ge=0.0)] | Literal["all"]
 
 
 class PerSplit(Section):
-    train: NonNegativeInt
-    eval: NonNegativeInt
-    test: NonNegativeInt
+    train: Count
+    eval: Count
+    test: Count
 
 
 class MakeTriplets(Section):
+    max_train_papers: PositiveInt | None  # stratified, seeded sample of the train split; null = every train paper
     triplets_per_split: PerSplit
     hard_negative_fraction: Fraction
     same_label_pairs_per_split: PerSplit

@@ -1,7 +1,7 @@
-"""finetune.mode=adapter: freeze the encoder, embed the training texts once, train a small adapter.
+"""finetune.mode=adapter: freeze the encoder, train a small adapter on the cached base vectors.
 
-On a CPU, encoding is nearly all of a fine-tuning step's cost. Here the base model encodes each
-training text once; the adapter then trains for many epochs on those cached vectors in seconds.
+On a CPU, encoding is nearly all of a fine-tuning step's cost. Here the base model's vectors of the
+training texts come from embed_base (arxiv_embed/embeddings.py), encoded once per data version; the adapter then trains for many epochs on those cached vectors in seconds.
 The adapter is made of sentence-transformers' own `Dense` modules, appended to the base model's
 modules with a final `Normalize`, so `SentenceTransformer(path)` loads the saved model as usual.
 
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from arxiv_embed.progress import Progress
 
 if TYPE_CHECKING:
     import torch
@@ -142,16 +144,6 @@ def text_columns(frame) -> list[str]:
     return [c for c in frame.columns if frame[c].dtype == pl.String]
 
 
-def embed_once(model: SentenceTransformer, frames: dict, batch_size: int = 64) -> tuple[dict[str, int], np.ndarray]:
-    """Every distinct text of `frames` encoded once by the frozen model: (text -> row, vectors)."""
-    import polars as pl
-
-    from arxiv_embed.models import encode
-
-    texts = pl.concat([frame[c] for frame in frames.values() for c in text_columns(frame)]).unique(maintain_order=True).to_list()
-    return {text: i for i, text in enumerate(texts)}, encode(model, texts, batch_size=batch_size, progress=False)
-
-
 def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
     """Train an identity adapter on the cached base vectors with the recipe's objectives
     (training/recipe.py, losses built on None: each library loss's compute_loss_from_embeddings):
@@ -160,7 +152,7 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     times its weight; plus, adapter only, squared error to the base embeddings of the main batch's
     first column and of the retained titles (finetune.adapter.retain_distill, the library MSELoss's objective).
 
-    index/cached: embed_once's result over every text of the recipe.
+    index/cached: TextVectors' index and vectors (embed_base's cache) over every text of the recipe.
     """
     import time
 
@@ -191,6 +183,7 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     torch.set_num_threads(1)
     try:
         curve, step, t0 = [], 0, time.monotonic()
+        meter = Progress("finetune: adapter steps", ft.adapter.epochs * sum(len(c[0]) // ft.batch_size for _, c, _ in main), "steps")
         for _ in range(ft.adapter.epochs):
             for objective, columns, labels in main:
                 grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label)
@@ -214,6 +207,8 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
                     optimizer.step()
                     step += 1
                     curve.append((step, loss.item()))
+                    meter.update()
+        meter.done()
     finally:
         torch.set_num_threads(threads)
     return AdapterRun(list(stack.net), curve, step, time.monotonic() - t0)

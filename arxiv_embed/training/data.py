@@ -36,8 +36,9 @@ KINDS: dict[str, Kind] = {
     "triplets": Kind(lambda split: paths.training_file(split, "triplets"), {"anchor": "anchor", "positive": "positive", "negative": "negative"}),
     "title_abstract": Kind(lambda split: paths.training_file(split, "title_abstract"), {"anchor": "anchor", "positive": "positive"}),
     "same_label": Kind(lambda split: paths.training_file(split, "same_label"), {"anchor": "anchor", "positive": "positive"}),
-    # Each training paper's abstract and its label (an int id): the label-grouped batch losses.
-    "labels": Kind(paths.split_file, {"text": "abstract", "label": "label"}),
+    # Each training paper's abstract and its label (an int id): the label-grouped batch losses. Train:
+    # make_triplets' stratified train sample (paths.TRAIN_SAMPLE), the papers embed_base encoded.
+    "labels": Kind(lambda split: paths.TRAIN_SAMPLE if split == "train" else paths.split_file(split), {"text": "abstract", "label": "label"}),
     # Pairs scored by arXiv's structure (make_triplets.graded_pairs): same primary category 1.0 >
     # shared cross-list category > same archive > other 0.0; `same_label` is the 1/0 version.
     "graded_pairs": Kind(lambda split: paths.training_file(split, "graded_pairs"), {"anchor": "anchor", "positive": "positive", "score": "score"}),

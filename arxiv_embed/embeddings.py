@@ -1,0 +1,250 @@
+"""The one vector layer: texts encoded once, in chunks that survive a kill, looked up by text.
+
+embed_base writes the base model's vectors of every text the later stages read (the train sample's
+and the test sample's titles and abstracts, the test triplets) to data/embeddings/base; finetune
+(adapter training and hard-negative mining), evaluate_base and, in adapter mode, evaluate read them
+instead of encoding again. The search build writes its index through the same chunk writer.
+
+Chunks: each finished chunk of `chunk_size` texts is saved to `work_dir/chunk-<hash>.npy`, the hash
+of its texts and the model (texts_key); a rerun loads those and encodes only the rest. The model runs
+on the GPU when load_model found one, and on several processes (sentence-transformers' pool) when
+there are several GPUs or `processes` asks for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from arxiv_embed.models import encode
+from arxiv_embed.progress import Progress
+
+if TYPE_CHECKING:
+    import polars as pl
+    from sentence_transformers import SentenceTransformer
+
+TEXTS_FILE, VECTORS_FILE = "texts.parquet", "vectors.npy"
+SLICE = 512  # texts per encode call inside a chunk: a progress line can come between them
+
+
+def texts_key(model_sha256: str, texts: list[str]) -> str:
+    """What an embedding is valid for: these texts, in this order, encoded by this model."""
+    digest = hashlib.sha256(model_sha256.encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()
+
+
+def pool_devices(model: SentenceTransformer, processes: int | None) -> list[str] | None:
+    """Devices for a multi-process pool, or None for one process: all GPUs if >1, else `processes` CPUs."""
+    import torch
+
+    if processes is None and torch.cuda.device_count() > 1:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if processes and processes > 1:
+        if model.device.type == "cuda":
+            return [f"cuda:{i % torch.cuda.device_count()}" for i in range(processes)]
+        return ["cpu"] * processes
+    return None
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)  # a chunk file either is complete or is not there
+
+
+def token_batches(texts: list[str], max_tokens: int, token_budget: int) -> list[np.ndarray]:
+    """Rows of `texts`, longest first, in batches of about `token_budget` (padded) tokens: short texts
+    go in large batches, long ones in small, so a GPU's batches cost alike. ~4 characters a token."""
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        longest = min(max_tokens, len(texts[order[start]]) // 4 + 2)
+        size = max(1, token_budget // longest)
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def encode_token_batches(model: SentenceTransformer, texts: list[str], token_budget: int = 65536,
+                         meter: Progress | None = None) -> np.ndarray:
+    """The GPU encode path: token-budget batches, bf16/fp16 autocast picked by the device
+    (models.pick_precision), and the next batch tokenized on a thread while the GPU runs this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    import torch.nn.functional as F
+
+    from arxiv_embed.models import pick_precision
+
+    device = model.device.type
+    precision = pick_precision("auto", device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    batches = token_batches(texts, model.max_seq_length, token_budget)
+    vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    if not batches:
+        return vectors
+
+    def tokenize(rows: np.ndarray) -> dict:
+        return model.preprocess([texts[row] for row in rows])
+
+    model.eval()
+    with ThreadPoolExecutor(max_workers=1) as tokenizer, torch.inference_mode():
+        pending = tokenizer.submit(tokenize, batches[0])
+        for i, rows in enumerate(batches):
+            features = pending.result()
+            if i + 1 < len(batches):
+                pending = tokenizer.submit(tokenize, batches[i + 1])  # overlaps this batch's forward pass
+            features = {key: value.to(model.device, non_blocking=True) if hasattr(value, "to") else value for key, value in features.items()}
+            with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+                embedding = model(features)["sentence_embedding"]
+            vectors[rows] = F.normalize(embedding.float(), dim=-1).cpu().numpy()
+            if meter is not None:
+                meter.update(len(rows))
+    return vectors
+
+
+def _encode_chunk(model: SentenceTransformer, texts: list[str], batch_size: int, pool: object, meter: Progress) -> np.ndarray:
+    """One chunk, longest texts first (batches of similar length pad little), in slices so progress can be told."""
+    if pool is None and model.device.type == "cuda":
+        return encode_token_batches(model, texts, meter=meter)
+    if pool is not None:
+        vectors = np.asarray(model.encode(texts, pool=pool, batch_size=batch_size, normalize_embeddings=True,
+                                          convert_to_numpy=True), dtype=np.float32)
+        meter.update(len(texts))
+        return vectors
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    for start in range(0, len(texts), SLICE):
+        rows = order[start:start + SLICE]
+        vectors[rows] = encode(model, [texts[i] for i in rows], batch_size=batch_size, progress=False)
+        meter.update(len(rows))
+    return vectors
+
+
+def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Path, model_sha256: str, batch_size: int = 64,
+                     chunk_size: int = 4096, processes: int | None = None, progress: bool = True,
+                     what: str = "encode") -> np.ndarray:
+    """L2-normalised float32 embeddings of `texts`, reusing chunks a previous (interrupted) run saved.
+
+    A chunk file is named after its texts and the model (texts_key), so a rerun over the same list, or
+    a list that starts the same way, reuses it; anything else in work_dir is simply not read.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(texts), chunk_size)
+    paths = [work_dir / f"chunk-{texts_key(model_sha256, texts[start:start + chunk_size])[:24]}.npy" for start in starts]
+    chunks: list[np.ndarray | None] = [np.load(path) if path.exists() else None for path in paths]
+    done = sum(len(c) for c in chunks if c is not None)
+    meter = Progress(f"{what}: encoded", len(texts) - done, "texts", interval_s=15.0 if progress else float("inf"))
+    if done and progress:
+        print(f"{what}: resuming: {done:,} of {len(texts):,} texts already encoded in {work_dir}", flush=True)
+    devices = pool_devices(model, processes) if done < len(texts) else None
+    pool = model.start_multi_process_pool(devices) if devices else None
+    try:
+        for i, start in enumerate(starts):
+            if chunks[i] is None:
+                chunks[i] = _encode_chunk(model, texts[start:start + chunk_size], batch_size, pool, meter)
+                _save(paths[i], chunks[i])
+    finally:
+        if pool is not None:
+            model.stop_multi_process_pool(pool)
+    if progress and meter.count:
+        meter.done()
+    dimension = model.get_embedding_dimension()
+    return np.concatenate([np.empty((0, dimension), dtype=np.float32), *chunks])
+
+
+class TextVectors:
+    """Vectors of distinct texts, looked up by text: each text is encoded once however many readers use it."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
+        if len(texts) != len(vectors):
+            raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
+        self.texts, self.vectors = texts, vectors
+        self.index = {text: row for row, text in enumerate(texts)}
+
+    def rows(self, texts: Iterable[str]) -> np.ndarray:
+        try:
+            return np.fromiter((self.index[text] for text in texts), dtype=np.int64)
+        except KeyError as missing:
+            raise KeyError(f"text not among the {len(self.texts):,} cached ones (rerun embed_base): "
+                           f"{str(missing)[:80]}") from None
+
+    def __call__(self, texts: Iterable[str]) -> np.ndarray:
+        return np.asarray(self.vectors[self.rows(texts)], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, texts: list[str]) -> TextVectors:
+        """Only `texts` (an in-memory copy): what one reader needs of a large cache."""
+        return TextVectors(texts, self(texts))
+
+    def mapped(self, function: Callable[[np.ndarray], np.ndarray], batch: int = 65536) -> TextVectors:
+        """The same texts, each vector passed through `function` (an adapter), in batches."""
+        parts = [function(np.asarray(self.vectors[start:start + batch])) for start in range(0, len(self.texts), batch)]
+        return TextVectors(self.texts, np.concatenate(parts) if parts else self.vectors)
+
+    def save(self, folder: Path) -> None:
+        import polars as pl
+
+        folder.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"text": self.texts}, schema={"text": pl.String}).write_parquet(folder / TEXTS_FILE)
+        np.save(folder / VECTORS_FILE, np.ascontiguousarray(self.vectors, dtype=np.float32))
+
+    @classmethod
+    def load(cls, folder: Path) -> TextVectors:
+        """Memory-mapped: a reader touches only the rows it looks up."""
+        from arxiv_embed.errors import UserError
+        import polars as pl
+
+        if not (folder / VECTORS_FILE).exists():
+            raise UserError(f"{folder / VECTORS_FILE} is missing: run the stage that writes it (`dvc repro embed_base`)")
+        return cls(pl.read_parquet(folder / TEXTS_FILE)["text"].to_list(), np.load(folder / VECTORS_FILE, mmap_mode="r"))
+
+
+def distinct_texts(columns: Iterable[pl.Series]) -> list[str]:
+    """Every distinct text of `columns`, in first-seen order."""
+    import polars as pl
+
+    parts = [column.cast(pl.String).alias("text") for column in columns]
+    return pl.concat(parts).unique(maintain_order=True).to_list() if parts else []
+
+
+def embed_texts(model: SentenceTransformer, texts: list[str], work_dir: Path, model_key: str, batch_size: int = 64,
+                chunk_size: int = 4096, what: str = "encode") -> TextVectors:
+    """`texts` encoded once each (resumable chunks in work_dir), as a lookup table."""
+    return TextVectors(texts, encode_resumable(model, texts, work_dir, model_key, batch_size, chunk_size, what=what))
+
+
+def adapter_modules(model: SentenceTransformer) -> list:
+    """The adapter of a model finetune.mode=adapter saved (training/adapter.py attach): the modules
+    after the base model's Normalize (its Dense layers and final Normalize)."""
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    modules = list(model._modules.values())
+    first = next((i for i, module in enumerate(modules) if isinstance(module, Normalize)), len(modules))
+    if first >= len(modules) - 1:
+        raise ValueError("this model has no adapter after its encoder (not saved by finetune.mode=adapter)")
+    return modules[first + 1:]
+
+
+def apply_adapter(modules: list, vectors: TextVectors) -> TextVectors:
+    """The fine-tuned model's vectors from the base model's: its adapter modules run on the cached vectors."""
+    import torch
+
+    def run(block: np.ndarray) -> np.ndarray:
+        features = {"sentence_embedding": torch.as_tensor(block)}
+        with torch.no_grad():
+            for module in modules:
+                features = module(features)
+        return features["sentence_embedding"].numpy()
+
+    return vectors.mapped(run)

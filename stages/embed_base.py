@@ -1,0 +1,53 @@
+"""embed_base: the base model's vectors of every text the later stages read, each encoded once.
+
+Texts: make_triplets' train sample (titles and abstracts: every train kind, mining's corpus and the
+classifier's slice come from it), evaluate's stratified test sample (titles and abstracts) and the
+test triplets. Writes data/embeddings/base (texts.parquet + vectors.npy, a DVC-cached output) and
+metrics/embed_base.json. finetune (adapter training, hard-negative mining), evaluate_base and, in
+adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
+in data/embeddings/chunks until the stage completes: a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from arxiv_embed import paths
+from arxiv_embed.embeddings import distinct_texts, embed_texts
+from arxiv_embed.errors import run
+from arxiv_embed.evaluation.data import load_eval_data
+from arxiv_embed.files import atomic_path, read_table, write_json
+from arxiv_embed.models import load_model
+from arxiv_embed.schema.base import load
+from arxiv_embed.schema.embed_base import EmbedBaseParams
+
+
+def main() -> None:
+    # 1. Params, and the texts: the train sample's and evaluate's.
+    params = load(EmbedBaseParams)
+    cfg = params.embed_base
+    train = read_table(paths.TRAIN_SAMPLE, ["title", "abstract"], "make_triplets")
+    data = load_eval_data(params.evaluate.max_test_papers, params.evaluate.max_train_papers, params.shared.seed)
+    texts = distinct_texts([train["abstract"], train["title"], *data.columns()])
+    print(f"embed_base: {len(texts):,} distinct texts ({train.height:,} train sample papers, "
+          f"{data.test.height:,} test sample papers, {data.triplets.height:,} test triplets)", flush=True)
+
+    # 2. Encode in resumable chunks (the model and its settings name them), then write the output.
+    model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=cfg.backend)
+    key = f"{params.model.base}|{params.model.max_seq_length}|{cfg.backend}"
+    started = time.monotonic()
+    vectors = embed_texts(model, texts, paths.EMBED_WORK, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
+    seconds = time.monotonic() - started
+    with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
+        vectors.save(tmp)
+    shutil.rmtree(paths.EMBED_WORK, ignore_errors=True)  # complete: the chunks' only use was resuming
+    write_json(paths.metrics_file("embed_base"), {
+        "texts": len(texts), "train_sample_papers": train.height, "test_sample_papers": data.test.height,
+        "encode_seconds": round(seconds, 1), "texts_per_second": round(len(texts) / seconds, 1) if seconds else None,
+        "device": str(model.device), "backend": cfg.backend,
+    })
+
+
+if __name__ == "__main__":
+    run(main, "embed_base")

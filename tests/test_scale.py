@@ -1,0 +1,146 @@
+"""What keeps the DAG bounded at the snapshot's size: stratified, seeded samples; ranking by FAISS
+top-k equal to ranking every pair; and the one vector layer (each text encoded once, a finetune-only
+change encoding nothing)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from arxiv_embed.data.sampling import stratified_sample
+from arxiv_embed.evaluation import lenses as ev
+from arxiv_embed.evaluation.data import EvalData
+from arxiv_embed.evaluation.retrieval import MAX_K, per_query
+from arxiv_embed.evaluation.vectors import normalise, search
+from arxiv_embed.workspace import params_with
+from tests.conftest import TINY_PARAMS, deep_update, dvc, make_project
+
+
+@pytest.fixture(scope="module")
+def real_papers(sample: Path) -> pl.DataFrame:
+    with gzip.open(sample, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    return pl.DataFrame({"id": [r["id"] for r in records], "label": [r["categories"].split()[0] for r in records]})
+
+
+def test_stratified_sample_keeps_each_labels_share_and_is_seeded(real_papers: pl.DataFrame) -> None:
+    # Unequal labels: drop a seeded share of each so proportional and equal allocation differ.
+    rng = np.random.default_rng(0)
+    papers = real_papers.filter(pl.Series(rng.random(real_papers.height)) < pl.col("label").rank("dense") / 80)
+    sample = stratified_sample(papers, 500, seed=1)
+    assert sample.height == 500 and sample["id"].is_in(papers["id"].implode()).all() and sample["id"].is_unique().all()
+    share = papers["label"].value_counts().join(sample["label"].value_counts(), on="label", how="left", suffix="_sample")
+    expected = share["count"] * 500 / papers.height
+    assert (abs(share["count_sample"].fill_null(0) - expected) < 1).all()  # each label's share, to the paper
+    assert sample.equals(stratified_sample(papers, 500, seed=1))
+    assert not sample.equals(stratified_sample(papers, 500, seed=2))
+    assert stratified_sample(papers, papers.height + 1, seed=1).equals(papers)
+
+
+def all_pairs(queries: np.ndarray, corpus: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every query x corpus score, sorted (ranked rows, the score matrix): what the ranking lenses must equal."""
+    scores = normalise(queries) @ normalise(corpus).T
+    if exclude_self:
+        np.fill_diagonal(scores, -np.inf)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k], scores
+
+
+def same_ranking(ranked: np.ndarray, expected: np.ndarray, scores: np.ndarray) -> bool:
+    """Equal, except where two scores differ only in float32's last bits (FAISS and numpy sum in another order)."""
+    rows = np.arange(len(ranked))[:, None]
+    return bool(np.all((ranked == expected) | (np.abs(scores[rows, ranked] - scores[rows, expected]) < 1e-6)))
+
+
+def test_ranking_lenses_equal_the_all_pairs_result_on_small_data() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array([f"l{i}" for i in range(12)]), 40)
+    centres = {label: rng.normal(size=48) for label in sorted(set(labels))}
+    abstracts = np.stack([centres[label] + 3.0 * rng.normal(size=48) for label in labels]).astype(np.float32)
+    titles = (abstracts + 8.0 * rng.normal(size=abstracts.shape)).astype(np.float32)
+    by_title, title_scores = all_pairs(titles, abstracts, MAX_K)
+    by_abstract, abstract_scores = all_pairs(abstracts, abstracts, MAX_K, exclude_self=True)
+    assert same_ranking(search(titles, abstracts, MAX_K), by_title, title_scores)
+    assert same_ranking(search(abstracts, abstracts, MAX_K, exclude_self=True), by_abstract, abstract_scores)
+
+    from arxiv_embed.embeddings import TextVectors
+
+    test = pl.DataFrame({"title": [f"t{i}" for i in range(len(labels))], "abstract": [f"a{i}" for i in range(len(labels))], "label": labels})
+    vectors = TextVectors([*test["abstract"], *test["title"]], np.concatenate([abstracts, titles]))
+    empty = pl.DataFrame(schema={"anchor": pl.String, "positive": pl.String, "negative": pl.String, "negative_type": pl.String})
+    x = ev.LensInput(vectors, EvalData(test, test.select("abstract", "label").with_columns(rank=0), empty, test.height),
+                     params_with().evaluate, seed=0)
+    papers = np.arange(len(labels))
+    title_metrics = per_query(by_title, papers, papers)
+    category_metrics = per_query(by_abstract, labels, labels, exclude_self=True)
+    for result, expected in ((ev.title_to_abstract(x), title_metrics), (ev.category_retrieval(x), category_metrics)):
+        assert result.metrics == pytest.approx({name: float(np.mean(v)) for name, v in expected.items()}, abs=1e-3)  # a last-bit swap moves one query's rank by one
+        assert 0.05 < result.metrics["ndcg@10"] < 0.95  # neither trivial nor hopeless
+
+
+def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """embed_base encodes every text finetune and evaluate read, each once; evaluate_base, finetune
+    (adapter, with mined negatives) and evaluate then encode nothing, and neither does a rerun of
+    finetune and evaluate with another finetune.margin."""
+    from sentence_transformers import SentenceTransformer
+
+    from arxiv_embed import paths
+    from arxiv_embed.embeddings import TextVectors
+
+    settings = deep_update(TINY_PARAMS, {"finetune": {"mode": "adapter", "adapter": {"epochs": 1}}, "evaluate": {"max_test_papers": 150}})
+    project = make_project(tmp_path / "project", settings)
+    dvc(project, "repro", "make_triplets")
+    monkeypatch.chdir(project)
+    encoded: list[str] = []
+    original = SentenceTransformer.encode
+
+    def counting(self, sentences, *args, **kwargs):
+        encoded.extend([sentences] if isinstance(sentences, str) else sentences)
+        return original(self, sentences, *args, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", counting)
+    from stages import embed_base, evaluate, finetune
+
+    embed_base.main()
+    cached = TextVectors.load(paths.BASE_EMBEDDINGS)
+    assert Counter(encoded).most_common(1)[0][1] == 1 and sorted(encoded) == sorted(cached.texts)
+    assert json.loads(Path("metrics/embed_base.json").read_text())["test_sample_papers"] == 150
+    encoded.clear()
+    evaluate.main(["--model", "base"])
+    assert encoded == []
+    finetune.main()
+    evaluate.main(["--model", "finetuned"])
+    # Only MLflow's model signature example (a few fixed sentences) is encoded after embed_base.
+    assert not set(encoded) & set(cached.texts) and len(encoded) < 10
+    assert "Test papers: 150, a sample of the test split's" in Path("metrics/evaluate.md").read_text()
+    first = json.loads(Path("metrics/evaluate.json").read_text())["finetuned"]
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["finetune"]["margin"] = 0.2
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    finetune.main()
+    evaluate.main(["--model", "finetuned"])
+    assert not set(encoded) & set(cached.texts) and len(encoded) < 20
+    assert json.loads(Path("metrics/evaluate.json").read_text())["finetuned"] != first  # the change did reach the scores
+
+
+def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample: Path) -> None:
+    """The GPU encode path (token-budget batches, tokenized on a thread) gives the plain encoder's
+    vectors; short texts share large batches, long ones small ones."""
+    from arxiv_embed.embeddings import encode_token_batches, token_batches
+    from arxiv_embed.models import encode
+
+    with gzip.open(kaggle_sample, "rt", encoding="utf-8") as handle:
+        texts = [json.loads(line)["abstract"] for line in islice(handle, 40)] + ["A short title", "x"]
+    batches = token_batches(texts, 256, 1024)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(texts)))
+    assert len(batches[0]) == 1024 // 256 and max(len(b) for b in batches) > 2 * len(batches[0])
+    np.testing.assert_allclose(encode_token_batches(base_model, texts, token_budget=1024),
+                               encode(base_model, texts, 16, progress=False), atol=1e-5)
