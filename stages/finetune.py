@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # metrics/finetune.json: one shape for both modes; a key a mode has no value for is null.
 SUMMARY_KEYS = ("mode", "global_step", "epochs", "train_samples", "loss", "wall_time_s", "samples_per_second",
-                "encoded_texts", "encode_seconds", "train_seconds", "world_size", "effective_batch_size", "resumed_from_step",
+                "cached_texts", "vectors_seconds", "train_seconds", "world_size", "effective_batch_size", "resumed_from_step",
                 "best_metric", "best_checkpoint_step", "mined_triplets", "mined_without_negative", "mined_negative_mean_rank")
 
 

@@ -37,8 +37,9 @@ def main() -> None:
                 papers = stratified_sample(papers, cfg.max_train_papers, params.shared.seed)
                 papers.write_parquet(out / paths.TRAIN_SAMPLE.name)
             rng = np.random.default_rng([params.shared.seed, SPLIT_SEED[split]])
-            n_triplets, n_pairs, n_graded = (resolve_count(getattr(counts, split), papers.height) for counts in (
-                cfg.triplets_per_split, cfg.same_label_pairs_per_split, cfg.graded_pairs_per_split))
+            n_triplets = resolve_count(getattr(cfg.triplets_per_split, split), papers.height)
+            n_pairs = resolve_count(getattr(cfg.same_label_pairs_per_split, split), papers.height)
+            n_graded = resolve_count(getattr(cfg.graded_pairs_per_split, split), papers.height)
             kinds = build(papers, n_triplets, n_pairs, cfg.hard_negative_fraction, rng, n_graded)
             for kind, frame in kinds.items():
                 frame.write_parquet(out / paths.training_file(split, kind).name)

@@ -134,7 +134,8 @@ def test_a_change_reruns_only_the_stages_that_read_it(pipeline: Path) -> None:
         assert yaml.safe_load(params_text)["finetune"]["mode"] == "adapter"
         assert changed(lambda raw: raw["finetune"]["full"].update(epochs=7, learning_rate=3e-5)) == set()
         assert changed(lambda raw: raw["finetune"]["adapter"].update(epochs=2)) == {"finetune", "push"}
-        assert changed(lambda raw: raw["finetune"].update(mode="full")) == {"finetune", "push"}
+        # evaluate reads the mode too: adapter mode scores the adapter on embed_base's vectors, full mode encodes
+        assert changed(lambda raw: raw["finetune"].update(mode="full")) == {"finetune", "evaluate", "push"}
         schema.write_text(schema_text.replace("    backend:", "    new_knob: PositiveInt\n    backend:"))
         assert changed(lambda raw: raw["evaluate"].update(new_knob=3)) == {"evaluate_base", "evaluate"}
     finally:
