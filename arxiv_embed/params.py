@@ -22,7 +22,7 @@ from arxiv_embed.errors import UserError
 # download.source is: every stage validates params, so importing the table would make every stage
 # depend on it in dvc.yaml and a loss's change would rerun the whole DAG.
 LossName = Literal["mnrl", "cached_mnrl", "triplet", "batch_all", "batch_semi_hard", "batch_hard", "cosent", "angle",
-                   "online_contrastive"]
+                   "online_contrastive", "supcon"]
 DataKind = Literal["same_label", "title_abstract", "triplets", "labels", "graded_pairs", "binary_pairs"]
 
 PARAMS_FILE = Path("params.yaml")
@@ -150,6 +150,7 @@ class Finetune(Section):
     loss: LossName
     train_data: Annotated[list[DataKind], Field(min_length=1)]
     margin: Annotated[float, Field(gt=0)]  # triplet-style losses: cosine distance, in [0, 2]
+    temperature: Annotated[float, Field(gt=0)]  # supcon: softmax temperature over cosine similarities
     retain_title_abstract: Annotated[float, Field(ge=0)]  # weight of title->abstract MNRL trained alongside; 0 = off
     retain_distill: Annotated[float, Field(ge=0)]  # weight of squared error to the base embeddings; 0 = off
     hard_negatives: HardNegatives
@@ -195,6 +196,7 @@ class Evaluate(Section):
 class Gate(Section):
     metric: str
     tolerance: Annotated[float, Field(ge=0)]
+    headline_tolerances: dict[str, Annotated[float, Field(ge=0)]]  # "lens.metric" -> tolerance (push checks the keys)
 
 
 class Hub(Section):

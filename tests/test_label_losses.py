@@ -1,0 +1,61 @@
+"""The label-aware losses this project writes (training/label_losses.py): the supervised contrastive
+loss against its definition computed by hand, what it rewards, and its row in the loss table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from arxiv_embed.training import losses
+from arxiv_embed.training.label_losses import SupervisedContrastiveLoss
+from arxiv_embed.workspace import params_with
+
+
+def by_definition(x: np.ndarray, labels: list[int], temperature: float) -> float:
+    """Khosla et al.'s L_out, one anchor at a time, as the paper writes it."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    per_anchor = []
+    for i in range(len(x)):
+        others = [a for a in range(len(x)) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if not positives:
+            continue
+        denominator = sum(math.exp(x[i] @ x[a] / temperature) for a in others)
+        per_anchor.append(-sum(math.log(math.exp(x[i] @ x[p] / temperature) / denominator) for p in positives) / len(positives))
+    return float(np.mean(per_anchor))
+
+
+def test_supcon_matches_its_definition_and_skips_lone_anchors():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5))
+    labels = [0, 0, 1, 1, 1, 2, 3]  # labels 2 and 3 have no partner: not anchors, only negatives
+    loss = SupervisedContrastiveLoss(None, temperature=0.1)
+    got = loss.compute_loss_from_embeddings([torch.tensor(x)], torch.tensor(labels)).item()
+    assert got == pytest.approx(by_definition(x, labels, 0.1), rel=1e-6)
+    # A batch of singletons has nothing to pull together: zero, with a gradient graph (no NaN).
+    lone = torch.tensor(x, requires_grad=True)
+    value = loss.compute_loss_from_embeddings([lone], torch.arange(7))
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(lone.grad).all()
+
+
+def test_supcon_prefers_labels_that_cluster():
+    """Same embeddings, labels that match their clusters or cut across them: the loss says which."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 16)) * 3
+    x = torch.tensor(np.repeat(centres, 4, axis=0) + rng.normal(size=(12, 16)) * 0.3)
+    loss = SupervisedContrastiveLoss(None, temperature=0.1)
+    clustered = loss.compute_loss_from_embeddings([x], torch.tensor(np.repeat([0, 1, 2], 4)))
+    crossing = loss.compute_loss_from_embeddings([x], torch.tensor(np.tile([0, 1, 2], 4)))
+    assert clustered.item() < crossing.item() - 1.0
+
+
+def test_supcon_is_a_loss_table_row_reading_labels():
+    ft = params_with({"finetune": {"loss": "supcon", "temperature": 0.05}}).finetune
+    built = losses.build_loss(None, ft)
+    assert isinstance(built, SupervisedContrastiveLoss) and built.temperature == 0.05
+    assert losses.batch_sampler(ft) == "group_by_label" and losses.LOSSES["supcon"].kinds == ("labels",)
+    losses.check_combination(ft)  # labels is its kind
