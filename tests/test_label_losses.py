@@ -59,3 +59,26 @@ def test_supcon_is_a_loss_table_row_reading_labels():
     assert isinstance(built, SupervisedContrastiveLoss) and built.temperature == 0.05
     assert losses.batch_sampler(ft) == "group_by_label" and losses.LOSSES["supcon"].kinds == ("labels",)
     losses.check_combination(ft)  # labels is its kind
+
+
+def test_prototype_head_is_cross_entropy_to_every_seen_labels_moving_average():
+    rng = np.random.default_rng(2)
+    first, second = rng.normal(size=(6, 4)), rng.normal(size=(4, 4))
+    loss = SupervisedContrastiveLoss(None, temperature=0.5, prototype_weight=2.0)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+
+    def cross_entropy(x, labels, prototypes):
+        logits = unit(x) @ unit(prototypes).T / 0.5
+        return float(np.mean([np.log(np.exp(row).sum()) - row[y] for row, y in zip(logits, labels)]))
+
+    labels = [0, 0, 1, 1, 2, 2]
+    got = loss.compute_loss_from_embeddings([torch.tensor(first)], torch.tensor(labels)).item()
+    means = np.stack([unit(first)[np.array(labels) == k].mean(0) for k in range(3)])  # first sight: the batch means
+    assert got == pytest.approx(by_definition(first, labels, 0.5) + 2.0 * cross_entropy(first, labels, means), rel=1e-6)
+    # Label 2 is absent from the next batch but stays a class of the head; 0 and 1 move 10% toward their new means.
+    labels = [0, 0, 1, 1]
+    got = loss.compute_loss_from_embeddings([torch.tensor(second)], torch.tensor(labels)).item()
+    assert got == pytest.approx(by_definition(second, labels, 0.5) + 2.0 * cross_entropy(second, labels, means), rel=1e-6)
+    moved = means.copy()
+    moved[:2] = 0.9 * means[:2] + 0.1 * np.stack([unit(second)[np.array(labels) == k].mean(0) for k in range(2)])
+    np.testing.assert_allclose(loss.prototypes.numpy(), moved, rtol=1e-6)
