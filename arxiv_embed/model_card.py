@@ -110,6 +110,16 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def headline_table(headline: dict[str, dict]) -> str:
+    """Every headline delta with its paired-bootstrap 95% interval, as the gate read it (stages/push.check_headline)."""
+    if not headline:
+        return ""
+    rows = [[key, row["base"], row["finetuned"], f"{row['delta']:+.4f}", f"[{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]",
+             f"-{row['tolerance']}"] for key, row in headline.items()]
+    return ("Every headline delta (no interval may lie wholly below minus its tolerance, `push.gate.headline_tolerances`):\n\n"
+            + _table(["headline metric", "base", "fine-tuned", "delta", "95% interval", "floor"], rows))
+
+
 def card_data(facts: CardFacts) -> ModelCardData:
     """Front matter: base model, license, tags, datasets and the fine-tuned model's test metrics."""
     dataset = f"arXiv metadata ({facts.data_source})"
@@ -188,6 +198,8 @@ Results of the run (`metrics/finetune.json`):
 Quality gate: `{facts.gate["metric"]}` fine-tuned {_fmt(facts.gate["finetuned"])} vs base
 {_fmt(facts.gate["base"])}, delta 95% interval [{facts.gate["delta_ci95"][0]:+.4f}, {facts.gate["delta_ci95"][1]:+.4f}]
 (lower end at least -{facts.gate["tolerance"]}): passed.
+
+{headline_table(facts.gate.get("headline", {}))}
 
 ## Provenance
 

@@ -16,6 +16,7 @@ from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
+from arxiv_embed.evaluation.headline import METRICS as HEADLINE
 
 EVALUATE = metrics_file("evaluate")
 RELEASE_TAG = "release_sha256"  # on each registry version: which release it is (see release_hash)
@@ -26,14 +27,16 @@ class PushError(UserError):
 
 
 def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
-    """Pass only when the lower end of the paired-bootstrap 95% interval of push.gate.metric's delta
-    (fine-tuned - base) clears -push.gate.tolerance: a gain inside the noise is no gain."""
+    """Pass only when (1) the lower end of the paired-bootstrap 95% interval of push.gate.metric's delta
+    (fine-tuned - base) clears -push.gate.tolerance: a gain inside the noise is no gain; and (2) no
+    headline delta (evaluation/headline.py) has its whole interval below minus its own tolerance
+    (push.gate.headline_tolerances): a gain on one lens must not hide a loss on another."""
     if not all(isinstance(evaluation.get(model), dict) for model in MODELS):
         raise PushError(f"{EVALUATE} has no 'base' and 'finetuned' metrics: re-run `dvc repro evaluate`")
     flat = {model: numeric_leaves(evaluation[model]) for model in MODELS}
     intervals = evaluation.get("delta_ci95", {})
+    valid = ", ".join(sorted(intervals.keys() & flat["finetuned"].keys() & flat["base"].keys()))
     if gate.metric not in intervals or gate.metric not in flat["base"] or gate.metric not in flat["finetuned"]:
-        valid = ", ".join(sorted(intervals.keys() & flat["finetuned"].keys() & flat["base"].keys()))
         raise PushError(f"push.gate.metric={gate.metric!r} is not a metric with a delta interval in {EVALUATE}; valid keys: {valid}")
     base, tuned = flat["base"][gate.metric], flat["finetuned"][gate.metric]
     low, high = intervals[gate.metric]
@@ -43,7 +46,30 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
             f"with 95% interval [{low:+.4f}, {high:+.4f}]; its lower end is below minus the tolerance {gate.tolerance} "
             "(push.gate.metric, push.gate.tolerance in params.yaml); the fine-tuned model is not pushed"
         )
-    return {"metric": gate.metric, "base": base, "finetuned": tuned, "delta_ci95": [low, high], "tolerance": gate.tolerance}
+    return {"metric": gate.metric, "base": base, "finetuned": tuned, "delta_ci95": [low, high], "tolerance": gate.tolerance,
+            "headline": check_headline(flat, intervals, gate.headline_tolerances, valid)}
+
+
+def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerances: dict[str, float], valid: str) -> dict[str, dict]:
+    """headline metric -> {base, finetuned, delta, delta_ci95, tolerance}; refuses (naming every
+    failing metric and its interval) when a delta's whole 95% interval lies below -its tolerance."""
+    if missing := [key for key in HEADLINE.values() if key not in tolerances]:
+        raise PushError(f"push.gate.headline_tolerances has no tolerance for {', '.join(missing)}: add one per headline metric "
+                        f"({', '.join(HEADLINE.values())}; 0.0 = any loss outside the noise refuses)")
+    rows, failed = {}, []
+    for key, tolerance in tolerances.items():
+        if key not in intervals or key not in flat["base"] or key not in flat["finetuned"]:
+            raise PushError(f"push.gate.headline_tolerances names {key!r}, which has no delta interval in {EVALUATE}: "
+                            f"re-run `dvc repro evaluate`, or use one of: {valid}")
+        base, tuned = flat["base"][key], flat["finetuned"][key]
+        low, high = intervals[key]
+        rows[key] = {"base": base, "finetuned": tuned, "delta": tuned - base, "delta_ci95": [low, high], "tolerance": tolerance}
+        if high < -tolerance:
+            failed.append(f"{key} delta {tuned - base:+.4f} with 95% interval [{low:+.4f}, {high:+.4f}] lies wholly below -{tolerance}")
+    if failed:
+        raise PushError(f"quality gate failed: {'; '.join(failed)} (push.gate.headline_tolerances in params.yaml); "
+                        "the fine-tuned model is not pushed")
+    return rows
 
 
 def hub_token(hub: Hub) -> str | None:
@@ -102,11 +128,15 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts) -> tuple[s
         client.create_registered_model(name, description="arXiv abstract embeddings fine-tuned by arxiv-embed")
     tags = {f"{model}.{key}".replace("@", "_at_"): f"{value:.6f}"
             for model in (*MODELS, "delta") for key, value in facts.evaluation[model].items()}
+    for key, row in facts.gate.get("headline", {}).items():  # every headline delta's interval, as the gate read it
+        tags[f"delta_ci95.{key}".replace("@", "_at_")] = f"[{row['delta_ci95'][0]:.6f}, {row['delta_ci95'][1]:.6f}]"
     tags.update(gate_metric=facts.gate["metric"], git_commit=facts.provenance["git commit"], **{RELEASE_TAG: digest}, **dvc_tags())
     version = client.create_model_version(
         name, source=logged[0].model_uri, run_id=run_id, model_id=logged[0].model_id, tags=tags,
         description=f"base {facts.base_model}; {facts.gate['metric']}: base {facts.gate['base']:.4f}, "
-                    f"fine-tuned {facts.gate['finetuned']:.4f}")
+                    f"fine-tuned {facts.gate['finetuned']:.4f}; headline deltas (95% interval): "
+                    + ", ".join(f"{key} {row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]"
+                                for key, row in facts.gate.get("headline", {}).items()))
     return version.version, True
 
 

@@ -105,14 +105,15 @@ def evaluation(base: float, finetuned: float) -> dict:
             "triplet": {"accuracy": round(0.7 + shift, 4)},
             "title_to_abstract": retrieval,
             "category_retrieval": {**retrieval, "ndcg@10": shift},
-            "classification": {"accuracy": 0.5 + shift, "macro_f1": 0.4 + shift, "weighted_f1": 0.45 + shift},
+            "classification": {"accuracy": 0.5 + shift, "macro_f1": 0.4 + shift, "macro_f1_supported": 0.42 + shift, "weighted_f1": 0.45 + shift},
             "clustering": {"v_measure": 0.3 + shift, "ari": 0.1 + shift, "nmi": 0.3 + shift},
         }
     report = {"base": model(base), "finetuned": model(finetuned)}
     report["delta"] = {"category_retrieval": {"ndcg@10": round(finetuned - base, 6)}}
     # A paired-bootstrap interval of +-0.01 around each delta.
     report["delta_ci95"] = {name: [round(finetuned - base - 0.01, 6), round(finetuned - base + 0.01, 6)]
-                            for name in ("category_retrieval.ndcg@10", "triplet.accuracy", "classification.macro_f1")}
+                            for name in ("category_retrieval.ndcg@10", "triplet.accuracy", "classification.macro_f1",
+                                         "classification.macro_f1_supported", "title_to_abstract.ndcg@10")}
     return report
 
 
@@ -191,6 +192,10 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
         assert line in front, line
     assert "| category_retrieval.ndcg@10 | 0.4100 | 0.4700 | 0.0600 |" in card
     assert "| classification.macro_f1 | 0.8100 | 0.8700 |" in card
+    # Every headline delta with its interval and floor, as the gate read it.
+    for line in ("| classification.macro_f1_supported | 0.8300 | 0.8900 | +0.0600 | [+0.0500, +0.0700] | -0.0 |",
+                 "| title_to_abstract.ndcg@10 | 0.7400 | 0.8000 | +0.0600 | [+0.0500, +0.0700] | -0.005 |"):
+        assert line in card, line
     assert "| train | 20 |" in card and "| test | 14 |" in card
     assert "| finetune.loss | batch_all |" in card and "| loss | 0.4321 |" in card
     assert "| finetune.adapter.learning_rate | 1e-05 |" in card and "0.0000" not in card  # small floats keep their digits
@@ -215,6 +220,9 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     [version] = registry_versions(project)
     assert int(version.version) == 1 and version.run_id == run_id
     assert version.tags["finetuned.category_retrieval.ndcg_at_10"] == "0.470000"
+    assert version.tags["delta_ci95.classification.macro_f1_supported"] == "[0.050000, 0.070000]"
+    assert version.tags["delta_ci95.title_to_abstract.ndcg_at_10"] == "[0.050000, 0.070000]"
+    assert "classification.macro_f1_supported +0.0600 [+0.0500, +0.0700]" in version.description
 
     assert fake_hub.repos[REPO_ID]["visibility"] == "private"
     assert fake_hub.files["README.md"].decode() == card
@@ -270,6 +278,45 @@ def test_gate_refuses_a_worse_model(tmp_path, papers, base_model, monkeypatch):
         assert part in message
     assert not (project / "models/release").exists()
     assert registry_versions(project) == []
+
+
+def test_gate_refuses_a_category_gain_that_costs_macro_f1(tmp_path, papers, base_model, monkeypatch):
+    """Category NDCG clears its bar, but macro-F1's whole interval lies below zero: refused, naming F1."""
+    from stages.push import PushError
+
+    project = make_project(tmp_path / "project")
+    write_inputs(project, papers, base_model, gate=(0.41, 0.47), log_model=False)
+    report = evaluation(0.41, 0.47)
+    report["finetuned"]["classification"]["macro_f1_supported"] = report["base"]["classification"]["macro_f1_supported"] - 0.029
+    report["delta_ci95"]["classification.macro_f1_supported"] = [-0.057, -0.003]
+    (project / "metrics/evaluate.json").write_text(json.dumps(report))
+    with pytest.raises(PushError) as refused:
+        run_push_in_process(project, monkeypatch)
+    message = str(refused.value)
+    assert "classification.macro_f1_supported delta -0.0290 with 95% interval [-0.0570, -0.0030]" in message
+    assert "push.gate.headline_tolerances" in message and "category_retrieval" not in message
+    assert not (project / "models/release").exists()
+    assert registry_versions(project) == []
+
+
+def test_headline_tolerances_bound_each_metric():
+    from stages.push import PushError, check_gate
+
+    def Gate(**tolerances: float):  # noqa: N802
+        return params_with({"push": {"gate": {"headline_tolerances": tolerances}}}).push.gate
+
+    report = evaluation(0.50, 0.52)
+    report["delta_ci95"]["title_to_abstract.ndcg@10"] = [-0.009, -0.004]  # a small loss of search, outside the noise
+    assert check_gate(report, Gate(**{"title_to_abstract.ndcg@10": 0.005}))["headline"]["title_to_abstract.ndcg@10"]["delta_ci95"] == [-0.009, -0.004]
+    with pytest.raises(PushError, match=r"title_to_abstract.ndcg@10 .*\[-0.0090, -0.0040\] lies wholly below -0.003"):
+        check_gate(report, Gate(**{"title_to_abstract.ndcg@10": 0.003}))
+    # A headline metric without a tolerance, or a tolerance for a metric evaluate did not write: named.
+    gate = params_with().push.gate
+    fewer = {k: v for k, v in gate.headline_tolerances.items() if k != "triplet.accuracy"}
+    with pytest.raises(PushError, match="no tolerance for triplet.accuracy"):
+        check_gate(report, gate.model_copy(update={"headline_tolerances": fewer}))
+    with pytest.raises(PushError, match="names 'no.such'"):
+        check_gate(report, Gate(**{"no.such": 0.0}))
 
 
 def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():

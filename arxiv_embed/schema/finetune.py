@@ -71,6 +71,8 @@ class Finetune(Section):
     train_data: Annotated[list[DataKind], Field(min_length=1)]
     margin: Annotated[float, Field(gt=0)]  # triplet-style losses: cosine distance, in [0, 2]
     batch_size: PositiveInt
+    temperature: Annotated[float, Field(gt=0)]  # supcon: softmax temperature over cosine similarities
+    prototype_weight: Annotated[float, Field(ge=0)]  # supcon: weight of the label-prototype cross-entropy; 0 = off
     retain_title_abstract: Annotated[float, Field(ge=0)]  # weight of title->abstract MNRL trained alongside; 0 = off
     hard_negatives: HardNegatives
     logging_steps: PositiveInt

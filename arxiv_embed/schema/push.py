@@ -16,6 +16,7 @@ from arxiv_embed.schema.shared import Shared
 class Gate(Section):
     metric: str
     tolerance: Annotated[float, Field(ge=0)]
+    headline_tolerances: dict[str, Annotated[float, Field(ge=0)]]  # "lens.metric" -> tolerance (push checks the keys)
 
 
 class Hub(Section):

@@ -39,6 +39,18 @@ def _library(name: str, **kwargs: Any) -> Callable[[Any, Finetune], nn.Module]:
     return build
 
 
+def _own(name: str, **kwargs: Any) -> Callable[[Any, Finetune], nn.Module]:
+    """As _library, for a loss of training/label_losses.py (same interface as the library's)."""
+
+    def build(model: Any, ft: Finetune) -> nn.Module:
+        from arxiv_embed.training import label_losses
+
+        return getattr(label_losses, name)(model, **{k: v(ft) if callable(v) else v for k, v in kwargs.items()})
+
+    build.library_name = name  # type: ignore[attr-defined]
+    return build
+
+
 def _cosine() -> Callable:
     from sentence_transformers.sentence_transformer.losses import (
         BatchHardTripletLossDistanceFunction,
@@ -103,6 +115,10 @@ LOSSES: dict[str, LossRow] = {
     "angle": LossRow(_library("AnglELoss"), "batch_sampler", ("graded_pairs",), about="CoSENT on angle differences"),
     "online_contrastive": LossRow(_library("OnlineContrastiveLoss", margin=lambda ft: ft.margin), "batch_sampler", ("binary_pairs",),
                                   about="hard positive/negative pairs in the batch (same label = 1)"),
+    # Label-aware rows this project writes (training/label_losses.py: the library has no supervised contrastive loss).
+    "supcon": LossRow(_own("SupervisedContrastiveLoss", temperature=lambda ft: ft.temperature, prototype_weight=lambda ft: ft.prototype_weight),
+                      "group_by_label", _LABEL_KINDS, (_even_batch,),
+                      "multi-positive InfoNCE over a batch's same-label abstracts (finetune.temperature), plus a label-prototype head (finetune.prototype_weight)"),
 }
 
 

@@ -1,0 +1,241 @@
+"""objectives: choose the adapter's training objective on cached vectors, and the learning curve.
+
+benchmarks/dev_vectors.py runs each dev file's 8,000-paper subsample through the real DAG up to
+make_triplets and encodes its titles and abstracts ONCE with the base model (the expensive part).
+Every candidate here then trains the adapter (training/adapter.train_adapter, the stage's own code)
+on those vectors in seconds and is scored by the project's own lenses (evaluation/lenses.py) with
+evaluate's paired-bootstrap intervals (evaluation/report.compare):
+
+- `--objectives-split eval`: candidates compared on the EVAL split of each file (choosing);
+- `--objectives-split test`: the chosen ones reported on the TEST split, with a seed spread;
+- `--objectives-curve [N ...]`: the learning curve, deltas with intervals vs train papers (nested
+  prefixes of a seeded shuffle of the train split), written to benchmarks/learning_curve/<file>.csv
+  (dvc.yaml's `dev_learning_curve` plot: `dvc plots show`).
+
+    python -m benchmarks objectives --objectives-prepare            # DAG to make_triplets + encode, once
+    python -m benchmarks objectives --objectives-candidates default supcon supcon-proto1
+    python -m benchmarks objectives --objectives-split test --objectives-candidates supcon --objectives-seeds 42 1 2
+    python -m benchmarks objectives --objectives-split test --objectives-curve 500 1000 2000 --objectives-candidates supcon
+
+Rows are appended to benchmarks/results/objectives-<split>[-curve].jsonl (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR
+from benchmarks.dev_vectors import DEV_FILES, cached_vectors, encode_files, workdir
+from benchmarks.quality import TARGETS  # the issue's targets, per headline key
+
+# Candidates: name -> finetune overrides (merged into params.yaml's finetune section). `default` is params.yaml.
+NO_MINED = {"hard_negatives": {"weight": 0.0}}
+CANDIDATES: dict[str, dict] = {
+    "default": {},
+    "batch_all": {"loss": "batch_all", "hard_negatives": {"weight": 1.0}},  # issue 11's objective
+    "supcon": {"loss": "supcon", **NO_MINED},
+    "supcon+mined": {"loss": "supcon", "hard_negatives": {"weight": 1.0}},
+    "supcon-t0.05": {"loss": "supcon", "temperature": 0.05, **NO_MINED},
+    "supcon-t0.2": {"loss": "supcon", "temperature": 0.2, **NO_MINED},
+    "supcon-b128": {"loss": "supcon", "batch_size": 128, **NO_MINED},  # the issue's probe: batch 128, 4 per label
+    "supcon-b128-pl8": {"loss": "supcon", "batch_size": 128, "adapter": {"per_label": 8}, **NO_MINED},
+    "supcon-10ep": {"loss": "supcon", "adapter": {"epochs": 10}, **NO_MINED},
+    "supcon-linear": {"loss": "supcon", "adapter": {"kind": "linear"}, **NO_MINED},
+    "supcon-proto0.5": {"loss": "supcon", "prototype_weight": 0.5, **NO_MINED},
+    "supcon-proto1": {"loss": "supcon", "prototype_weight": 1.0, **NO_MINED},
+    "supcon-proto1-mined": {"loss": "supcon", "prototype_weight": 1.0, "hard_negatives": {"weight": 1.0}},
+}
+LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
+
+
+def finetune_params(name: str):
+    from arxiv_embed.workspace import params_with
+
+    return params_with({"finetune": CANDIDATES[name]})
+
+
+def frames_for(project: Path, ft, train_ids: set[str], encoder) -> dict:
+    """The adapter's training frames as finetune builds them (training.data.kind_frame), restricted to
+    the train papers in `train_ids` (the learning curve), with hard negatives mined on them."""
+    import polars as pl
+
+    from arxiv_embed.training import data as training_data
+    from arxiv_embed.training import losses, mining
+
+    cwd = Path.cwd()
+    os.chdir(project)  # kind_frame and mining read the project's relative paths, as in the stage
+    try:
+        papers = pl.read_parquet("data/split/train.parquet", columns=["id", "abstract", "label", "categories"])
+        keep = papers.filter(pl.col("id").is_in(list(train_ids)))
+        abstracts = keep["abstract"].implode()
+        kinds = {*ft.train_data, *(["title_abstract"] if ft.retain_title_abstract else [])}
+        frames = {}
+        for kind in kinds:
+            frame = training_data.kind_frame(kind)
+            column = "text" if kind == "labels" else "positive"
+            frames[kind] = frame.filter(pl.col(column).is_in(abstracts))
+        if ft.hard_negatives.weight:
+            pairs = pl.read_parquet("data/triplets/train_same_label.parquet", columns=["anchor", "positive", "label"])
+            pairs = pairs.filter(pl.col("anchor").is_in(abstracts) & pl.col("positive").is_in(abstracts))
+            frames[losses.MINED] = mining.mine_label_negatives(encoder, pairs, keep, ft.hard_negatives.candidates).triplets
+    finally:
+        os.chdir(cwd)
+    return frames
+
+
+def eval_data(project: Path, split: str, train, max_train_papers: int, seed: int):
+    """evaluate's EvalData with `split` (eval or test) as the held-out papers and triplets; the
+    classifier's balanced slice comes from `train` (the encoded train papers)."""
+    import polars as pl
+
+    from arxiv_embed.evaluation.data import EvalData, balanced_sample
+
+    read = lambda name, columns: pl.read_parquet(project / name, columns=columns)  # noqa: E731
+    return EvalData(read(f"data/split/{split}.parquet", ["title", "abstract", "label"]),
+                    balanced_sample(train.select("abstract", "label"), max_train_papers, seed),
+                    read(f"data/triplets/{split}_triplets.parquet", ["anchor", "positive", "negative", "negative_type"]))
+
+
+def score(texts: list[str], vectors: np.ndarray, data, params):
+    """The project's own lenses on vectors already computed (evaluation/lenses.py)."""
+    from arxiv_embed.evaluation.lenses import LENSES, LensInput
+    from arxiv_embed.evaluation.report import ModelEval
+    from arxiv_embed.evaluation.vectors import Embeddings
+
+    x = LensInput(Embeddings(texts, vectors), data, params.evaluate, params.shared.seed)
+    return ModelEval.of({name: LENSES[name](x) for name in LENS_NAMES})
+
+
+def adapted(modules: list, vectors: np.ndarray) -> np.ndarray:
+    import torch
+
+    from arxiv_embed.training.adapter import AdapterStack
+
+    with torch.no_grad():
+        return np.concatenate([AdapterStack(modules)(torch.as_tensor(vectors[i:i + 8192])).numpy() for i in range(0, len(vectors), 8192)])
+
+
+def deltas(base, tuned, seed: int) -> dict[str, tuple[float, float, float]]:
+    """headline key -> (delta, 95% low, 95% high): evaluate's compare (paired bootstrap)."""
+    from arxiv_embed.evaluation.report import compare
+    from arxiv_embed.flat import flatten
+
+    report = compare(base, tuned, seed)
+    change = flatten(report["delta"])
+    return {key: (change[key], *report["delta_ci95"][key]) for key in TARGETS}
+
+
+def experiment(source: Path, names: list[str], split: str, seeds: list[int], sizes: list[int | None]) -> list[dict]:
+    """One row per (candidate, seed, train size): headline deltas with intervals, on `split`."""
+    from arxiv_embed.models import load_model
+    from arxiv_embed.training.adapter import train_adapter
+    from arxiv_embed.training.mining import CachedEncoder
+
+    texts, vectors = cached_vectors(source)
+    project = workdir(source) / "project"
+    index = {text: i for i, text in enumerate(texts)}
+    params = finetune_params("default")
+    import polars as pl
+
+    # The train papers whose abstract and title are encoded, in encoding order (a seeded shuffle):
+    # the learning curve's subsets are prefixes of it, so they are nested.
+    train = pl.read_parquet(project / "data/split/train.parquet", columns=["id", "abstract", "title", "label"])
+    train = train.filter(pl.col("abstract").is_in(list(index)) & pl.col("title").is_in(list(index)))
+    train = train.with_columns(row=pl.col("abstract").replace_strict(index, return_dtype=pl.Int64)).sort("row")
+    order = train["id"].to_list()
+    data = eval_data(project, split, train, params.evaluate.max_train_papers, params.shared.seed)
+    base = score(texts, vectors, data, params)
+    encoder = CachedEncoder(load_model(params.model.base, params.model.max_seq_length, device="cpu"), index, vectors)
+    print(f"objectives: {source.name}: {len(order)} train papers encoded; scoring on {split} ({data.test.height} papers)", flush=True)
+    rows = []
+    for size in sizes:
+        chosen = set(order if size is None or size >= len(order) else order[:size])
+        for name in names:
+            ft = finetune_params(name).finetune
+            frames = frames_for(project, ft, chosen, encoder)
+            for seed in seeds:
+                started = time.monotonic()
+                run = train_adapter(ft, seed, frames, index, vectors)
+                tuned = score(texts, adapted(run.modules, vectors), data, params)
+                row = {"file": source.name.split(".")[0], "split": split, "candidate": name, "seed": seed,
+                       "train_papers": len(chosen), "train_s": round(time.monotonic() - started, 1),
+                       **{key: [round(v, 4) for v in value] for key, value in deltas(base, tuned, params.shared.seed).items()}}
+                rows.append(row)
+                print("objectives: " + json.dumps(row), flush=True)
+    return rows
+
+
+CURVE_DIR = Path(__file__).resolve().parent / "learning_curve"  # committed: dvc.yaml's top-level plots read it
+SHORT = {"category_retrieval.ndcg@10": "category_ndcg", "classification.macro_f1_supported": "macro_f1",
+         "triplet.accuracy_random": "triplet_random", "triplet.accuracy_hard": "triplet_hard", "title_to_abstract.ndcg@10": "title_ndcg"}
+
+
+def write_curve(rows: list[dict]) -> list[Path]:
+    """One CSV per dev file: train_papers, each headline delta and its 95% interval (the first seed's),
+    mean over seeds of the delta when several ran."""
+    import polars as pl
+
+    CURVE_DIR.mkdir(exist_ok=True)
+    written = []
+    for file in sorted({row["file"] for row in rows}):
+        points = []
+        for size in sorted({row["train_papers"] for row in rows if row["file"] == file}):
+            runs = [row for row in rows if row["file"] == file and row["train_papers"] == size]
+            point = {"train_papers": size, "candidate": runs[0]["candidate"], "seeds": len(runs)}
+            for key, short in SHORT.items():
+                point[short] = round(float(np.mean([r[key][0] for r in runs])), 4)
+                point[f"{short}_low"], point[f"{short}_high"] = runs[0][key][1], runs[0][key][2]
+            points.append(point)
+        path = CURVE_DIR / f"{file}.csv"
+        pl.DataFrame(points).write_csv(path)
+        written.append(path)
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--objectives-files", nargs="+", type=Path, default=None, help="objectives: dev files (default: ../shared/data's two)")
+    parser.add_argument("--objectives-prepare", action="store_true", help="objectives: only run the DAG to make_triplets and encode")
+    parser.add_argument("--objectives-train-first", type=int, default=4,
+                        help="objectives --objectives-prepare: chunks of train texts (1024: ~512 papers) per file before the test split's")
+    parser.add_argument("--objectives-candidates", nargs="+", default=["default"], choices=list(CANDIDATES), help="objectives: candidates")
+    parser.add_argument("--objectives-split", choices=["eval", "test"], default="eval", help="objectives: eval (choose) or test (report)")
+    parser.add_argument("--objectives-seeds", nargs="+", type=int, default=[42], help="objectives: adapter training seeds")
+    parser.add_argument("--objectives-curve", nargs="*", type=int, default=None,
+                        help="objectives: learning curve at these train-paper counts (no value: 2000 5000 10000 and all)")
+
+
+QUICK: dict = {}
+
+
+def run(args: argparse.Namespace):
+    from benchmarks.common import Report
+
+    files = args.objectives_files or DEV_FILES
+    report = Report("objectives")
+    if args.objectives_prepare:
+        encode_files([Path(f) for f in files], args.objectives_train_first)
+        for source in files:
+            report.add(f"{Path(source).name} texts cached", len(cached_vectors(Path(source))[0]))
+        return report
+    curve = args.objectives_curve
+    sizes = [None] if curve is None else [*(curve or [2000, 5000, 10000]), None]
+    rows = [row for source in files for row in experiment(Path(source), args.objectives_candidates, args.objectives_split,
+                                                           args.objectives_seeds, sizes)]
+    results = RESULTS_DIR / f"objectives-{args.objectives_split}{'-curve' if curve is not None else ''}.jsonl"
+    with results.open("a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    for row in rows:
+        label = f"{row['file']} [{row['candidate']}, seed {row['seed']}, {row['train_papers']} train, {args.objectives_split}]"
+        for key in TARGETS:
+            d, low, high = row[key]
+            report.add(f"{label} {key}", d, note=f"[95% {low:+.4f}, {high:+.4f}]")
+    report.notes.append(f"rows appended to {results}")
+    if curve is not None:
+        report.notes += [f"learning curve: {path.relative_to(RESULTS_DIR.parents[1])}" for path in write_curve(rows)]
+    return report

@@ -1,0 +1,84 @@
+"""The label-aware losses this project writes (training/label_losses.py): the supervised contrastive
+loss against its definition computed by hand, what it rewards, and its row in the loss table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from arxiv_embed.training import losses
+from arxiv_embed.training.label_losses import SupervisedContrastiveLoss
+from arxiv_embed.workspace import params_with
+
+
+def by_definition(x: np.ndarray, labels: list[int], temperature: float) -> float:
+    """Khosla et al.'s L_out, one anchor at a time, as the paper writes it."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    per_anchor = []
+    for i in range(len(x)):
+        others = [a for a in range(len(x)) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if not positives:
+            continue
+        denominator = sum(math.exp(x[i] @ x[a] / temperature) for a in others)
+        per_anchor.append(-sum(math.log(math.exp(x[i] @ x[p] / temperature) / denominator) for p in positives) / len(positives))
+    return float(np.mean(per_anchor))
+
+
+def test_supcon_matches_its_definition_and_skips_lone_anchors():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5))
+    labels = [0, 0, 1, 1, 1, 2, 3]  # labels 2 and 3 have no partner: not anchors, only negatives
+    loss = SupervisedContrastiveLoss(None, temperature=0.1)
+    got = loss.compute_loss_from_embeddings([torch.tensor(x)], torch.tensor(labels)).item()
+    assert got == pytest.approx(by_definition(x, labels, 0.1), rel=1e-6)
+    # A batch of singletons has nothing to pull together: zero, with a gradient graph (no NaN).
+    lone = torch.tensor(x, requires_grad=True)
+    value = loss.compute_loss_from_embeddings([lone], torch.arange(7))
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(lone.grad).all()
+
+
+def test_supcon_prefers_labels_that_cluster():
+    """Same embeddings, labels that match their clusters or cut across them: the loss says which."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 16)) * 3
+    x = torch.tensor(np.repeat(centres, 4, axis=0) + rng.normal(size=(12, 16)) * 0.3)
+    loss = SupervisedContrastiveLoss(None, temperature=0.1)
+    clustered = loss.compute_loss_from_embeddings([x], torch.tensor(np.repeat([0, 1, 2], 4)))
+    crossing = loss.compute_loss_from_embeddings([x], torch.tensor(np.tile([0, 1, 2], 4)))
+    assert clustered.item() < crossing.item() - 1.0
+
+
+def test_supcon_is_a_loss_table_row_reading_labels():
+    ft = params_with({"finetune": {"loss": "supcon", "temperature": 0.05}}).finetune
+    built = losses.build_loss(None, ft)
+    assert isinstance(built, SupervisedContrastiveLoss) and built.temperature == 0.05
+    assert losses.batch_sampler(ft) == "group_by_label" and losses.LOSSES["supcon"].kinds == ("labels",)
+    losses.check_combination(ft)  # labels is its kind
+
+
+def test_prototype_head_is_cross_entropy_to_every_seen_labels_moving_average():
+    rng = np.random.default_rng(2)
+    first, second = rng.normal(size=(6, 4)), rng.normal(size=(4, 4))
+    loss = SupervisedContrastiveLoss(None, temperature=0.5, prototype_weight=2.0)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+
+    def cross_entropy(x, labels, prototypes):
+        logits = unit(x) @ unit(prototypes).T / 0.5
+        return float(np.mean([np.log(np.exp(row).sum()) - row[y] for row, y in zip(logits, labels)]))
+
+    labels = [0, 0, 1, 1, 2, 2]
+    got = loss.compute_loss_from_embeddings([torch.tensor(first)], torch.tensor(labels)).item()
+    means = np.stack([unit(first)[np.array(labels) == k].mean(0) for k in range(3)])  # first sight: the batch means
+    assert got == pytest.approx(by_definition(first, labels, 0.5) + 2.0 * cross_entropy(first, labels, means), rel=1e-6)
+    # Label 2 is absent from the next batch but stays a class of the head; 0 and 1 move 10% toward their new means.
+    labels = [0, 0, 1, 1]
+    got = loss.compute_loss_from_embeddings([torch.tensor(second)], torch.tensor(labels)).item()
+    assert got == pytest.approx(by_definition(second, labels, 0.5) + 2.0 * cross_entropy(second, labels, means), rel=1e-6)
+    moved = means.copy()
+    moved[:2] = 0.9 * means[:2] + 0.1 * np.stack([unit(second)[np.array(labels) == k].mean(0) for k in range(2)])
+    np.testing.assert_allclose(loss.prototypes.numpy(), moved, rtol=1e-6)
