@@ -180,6 +180,9 @@ def test_a_selective_filter_on_a_partitioned_index_still_returns_k_exact_rows(pa
                        "categories": [["far.XX"] if allowed[i] else ["near.XX"] for i in range(len(corpus))],
                        "year": [2020] * len(corpus), "abstract": ["a"] * len(corpus)})
     searchable = SearchIndex(tmp_path, {"precision": "binary", "dimension": 64}, papers, corpus, index)
-    hits = searchable.search(query[0], k=10, category="far")
     exact = far[np.argsort(-(corpus[far] @ query[0]), kind="stable")[:10]]
-    assert [hit.id for hit in hits] == [str(row) for row in exact]
+    # 25 rows: at most EXACT_FILTER_ROWS, scanned exactly at once; with that off, the fallback after the lists.
+    for exact_rows in (partitioned.EXACT_FILTER_ROWS, 0):
+        monkeypatch.setattr(partitioned, "EXACT_FILTER_ROWS", exact_rows)
+        hits = searchable.search(query[0], k=10, category="far")
+        assert [hit.id for hit in hits] == [str(row) for row in exact]

@@ -45,7 +45,10 @@ IVF_MIN_ROWS = 100_000
 # Lists probed per query. 16 of ~1024 (1M) or ~2048 (2.7M) lists keeps recall@10 >= 0.95 after the x4 rescoring on
 # clustered vectors (benchmarks/search_scale.py); each probed list costs a query quantisation (~20 us) plus its codes.
 NPROBE = 16
-MAX_NPROBE = 256  # a selective filter probes more lists, up to this; past it an exact scan of its rows is cheaper
+MAX_NPROBE = 256  # a filter probes proportionally more lists, up to this
+# A filter letting at most this many rows through is searched by an exact float scan of those rows (~15 MB of
+# memory-mapped rows, a few ms): fewer than the codes the lists holding them would cost, and exact.
+EXACT_FILTER_ROWS = 10_000
 TRAIN_PER_LIST = 64  # k-means training rows per list (evenly spaced rows of the corpus)
 
 

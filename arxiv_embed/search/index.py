@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
+from arxiv_embed.search import engine
 from arxiv_embed.search.encoding import encode_resumable, saved_count
 from arxiv_embed.search.engine import (RESCORE_MULTIPLIER, Precision, index_bytes_per_vector, is_ivf, is_ivf_size, make_index,
                                       rescore, scan_rows, search_index)
@@ -161,7 +162,8 @@ class SearchIndex:
             return None
         return {name.lower(): name for name in self._category_rows()}.get(category.strip().lower(), category)
 
-    def _allowed(self, category: str | None) -> np.ndarray | None:
+    def _filter_rows(self, category: str | None) -> np.ndarray | None:
+        """The rows a category filter lets through (None: no filter)."""
         if not category:
             return None
         rows = self._category_rows()
@@ -169,8 +171,13 @@ class SearchIndex:
         if category not in rows:
             known = ", ".join(sorted(name for name in rows if "." not in name)[:20])
             raise SearchError(f"category {category!r} has no papers in this index; archives here: {known}")
+        return rows[category]
+
+    def _allowed(self, rows: np.ndarray | None) -> np.ndarray | None:
+        if rows is None:
+            return None
         mask = np.zeros(self.count, dtype=bool)  # per query: ~1 ms for 2.7M papers
-        mask[rows[category]] = True
+        mask[rows] = True
         return mask
 
     def row_of(self, paper_id: str) -> int:
@@ -192,16 +199,20 @@ class SearchIndex:
         rescore_multiplier = rescore_multiplier or self.rescore_multiplier
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         exclude = None if exclude_row is None else np.array([exclude_row])
-        allowed = self._allowed(category)
-        if self.meta["precision"] == "binary":
+        filtered = self._filter_rows(category)
+        if self.meta["precision"] == "binary" and filtered is not None and len(filtered) <= engine.EXACT_FILTER_ROWS:
+            # A selective filter: its few float rows cost less to scan than the index's lists holding them.
+            rows = scan_rows(query, self.embeddings, np.sort(filtered), k, exclude_row)[0]
+        elif self.meta["precision"] == "binary":
+            allowed = self._allowed(filtered)
             wanted = k * rescore_multiplier
             _, candidates = search_index(self.index, query, wanted, allowed, exclude)
-            if allowed is not None and candidates.shape[1] < min(wanted, int(allowed.sum()) - bool(exclude_row is not None and allowed[exclude_row])):
-                # The lists a partitioned index probed held too few of a selective filter's rows: scan those rows exactly.
-                candidates = scan_rows(query, self.embeddings, np.flatnonzero(allowed), wanted, exclude_row)
+            if allowed is not None and candidates.shape[1] < min(wanted, len(filtered) - bool(exclude_row is not None and allowed[exclude_row])):
+                # The lists a partitioned index probed held too few of the filter's rows: scan those rows exactly.
+                candidates = scan_rows(query, self.embeddings, np.sort(filtered), wanted, exclude_row)
             rows = rescore(query, self.embeddings, candidates, k)[0]
         else:
-            rows = search_index(self.index, query, k, allowed, exclude)[1][0]
+            rows = search_index(self.index, query, k, self._allowed(filtered), exclude)[1][0]
         scores = np.asarray(self.embeddings[np.sort(rows)], dtype=np.float32) @ query[0]
         score_of = dict(zip(np.sort(rows).tolist(), scores.tolist()))
         return self.hits(rows.tolist(), [score_of[row] for row in rows.tolist()])
