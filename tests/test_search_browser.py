@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -30,9 +31,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+LATEX_TITLE = r"Representations of $\text{GL}_n$ over $\mathbb{F}_q$ and $\alpha$-stable laws"
+MANY_AUTHORS = ", ".join(f"Author{i} Surname{i}" for i in range(1, 50)) + " and Author50 Surname50"
+
+
 @pytest.fixture(scope="module")
 def records(kaggle_sample: Path) -> list[dict]:
-    return [json.loads(line) for line in gzip.open(kaggle_sample, "rt").readlines()[:40]]
+    """40 real papers; one given a LaTeX title and 50 authors, as arXiv has (issue 22)."""
+    papers = [json.loads(line) for line in gzip.open(kaggle_sample, "rt").readlines()[:40]]
+    papers[30] = {**papers[30], "title": LATEX_TITLE, "authors": MANY_AUTHORS}
+    return papers
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +173,123 @@ def test_the_page_says_what_to_do_without_an_index_and_loads_one_when_built(brow
     finally:
         server.should_exit = True
         server.thread.join(10)
+
+
+def results_heading(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.ID, "heading").text
+
+
+def delay_requests(driver, prefix: str, ms: int) -> None:
+    """Hold every fetch of a URL starting with `prefix` for `ms` before it is sent: a slow server, seen from the page."""
+    driver.execute_script("""
+        const [prefix, ms] = arguments;
+        window.__fetch = window.__fetch || window.fetch;
+        window.fetch = (url, options) => String(url).startsWith(prefix)
+            ? new Promise((resolve) => setTimeout(resolve, ms)).then(() => window.__fetch(url, options))
+            : window.__fetch(url, options);""", prefix, ms)
+
+
+def test_every_view_is_a_url_with_history_and_starts_at_the_top(browser, site, records):
+    """Issue 22 (2, 3): "Similar papers" far down the list scrolls to the top; Back and Forward move between the
+    views; the similar view's URL opens that view."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1280, 700)
+    try:
+        browser.get(site + "/?" + urllib.parse.urlencode({"q": "measurements and models", "k": 50}))
+        wait_for(browser, lambda d: results_heading(d) == "Results for “measurements and models”" and len(shown(d)) == 40)
+        search_url = browser.current_url
+        browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        wait_for(browser, lambda d: d.execute_script("return window.scrollY") > 1000)
+        last = browser.find_elements(By.CSS_SELECTOR, "#results .result")[-1]
+        last_id = last.get_attribute("data-id")
+        last.find_element(By.CSS_SELECTOR, "button.similar").click()
+        wait_for(browser, lambda d: results_heading(d).startswith("Papers similar to"))
+        assert browser.execute_script("return window.scrollY") == 0
+        similar_url = browser.current_url
+        assert urllib.parse.parse_qs(urllib.parse.urlsplit(similar_url).query) == {"similar": [last_id], "k": ["50"]}
+
+        browser.back()
+        wait_for(browser, lambda d: results_heading(d) == "Results for “measurements and models”")
+        assert browser.current_url == search_url and last_id in [r["id"] for r in shown(browser)]
+        browser.forward()
+        wait_for(browser, lambda d: results_heading(d).startswith("Papers similar to"))
+        assert browser.current_url == similar_url and last_id not in [r["id"] for r in shown(browser)]
+        browser.get(site + "/")  # a shared link opens the same view
+        browser.get(similar_url)
+        wait_for(browser, lambda d: results_heading(d).startswith("Papers similar to") and len(shown(d)) == 39)
+    finally:
+        browser.set_window_size(1280, 1000)
+
+
+def test_a_stale_response_is_dropped_and_the_button_waits_for_the_answer(browser, site, records):
+    """Issue 22 (4) and the loading state: a search still on its way when "Similar papers" is clicked must not
+    replace the similar list when it lands, and a later filter change stays on the similar view."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    paper = records[24]
+    browser.get(site + "/?" + urllib.parse.urlencode({"q": " ".join(paper["title"].split())}))
+    wait_for(browser, lambda d: results_heading(d).startswith("Results for") and shown(d))
+    button = browser.find_element(By.ID, "search-button")
+    assert button.is_enabled()
+    delay_requests(browser, "/search", 2500)
+    box = browser.find_element(By.ID, "query")
+    box.clear()
+    box.send_keys("a slow search" + Keys.ENTER)
+    wait_for(browser, lambda d: not button.is_enabled(), timeout=2)  # loading: the button waits
+    assert browser.find_element(By.ID, "status").text == "Searching…"
+    item = browser.find_element(By.CSS_SELECTOR, f'#results .result[data-id="{paper["id"]}"]')
+    item.find_element(By.CSS_SELECTOR, "button.similar").click()
+    wait_for(browser, lambda d: results_heading(d).startswith("Papers similar to"))
+    time.sleep(3.5)  # the slow search answers meanwhile
+    assert results_heading(browser).startswith("Papers similar to") and button.is_enabled()
+    assert paper["id"] not in [r["id"] for r in shown(browser)]
+    archive = paper["categories"].split()[0].split(".")[0]
+    Select(browser.find_element(By.ID, "category")).select_by_value(archive)
+    wait_for(browser, lambda d: results_heading(d).startswith("Papers similar to") and results_heading(d).endswith(f"in {archive}"))
+    time.sleep(1)
+    assert results_heading(browser).startswith("Papers similar to")
+
+
+def test_titles_authors_counts_and_a_down_server_read_well(browser, site, records):
+    """Issue 22 (8): LaTeX de-LaTeXed, 50 authors shortened, "1 paper", and a readable message for a server that is down."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    remembered = " ".join(records[30]["abstract"].split()[4:24])  # the index holds abstracts
+    browser.get(site + "/?" + urllib.parse.urlencode({"q": remembered, "k": 5}))
+    wait_for(browser, lambda d: shown(d) and results_heading(d).startswith("Results for"))
+    hit = next(r for r in shown(browser) if r["id"] == records[30]["id"])
+    assert hit["title"] == "Representations of GLₙ over F_q and α-stable laws", hit["title"]
+    assert hit["authors"] == "Author1 Surname1, Author2 Surname2, Author3 Surname3 et al. (50 authors)"
+
+    counts: dict[str, int] = {}
+    for record in records:
+        for category in record["categories"].split():
+            counts[category] = counts.get(category, 0) + 1
+    single = next(name for name, count in sorted(counts.items()) if count == 1)
+    browser.get(site + "/?" + urllib.parse.urlencode({"q": "anything at all", "category": single}))
+    wait_for(browser, lambda d: results_heading(d).endswith(f"in {single}"))
+    assert browser.find_element(By.ID, "status").text.startswith("1 paper of 40 ·")
+
+    browser.execute_script("window.fetch = () => Promise.reject(new TypeError('Failed to fetch'))")
+    box = browser.find_element(By.ID, "query")
+    box.clear()
+    box.send_keys("spin glasses" + Keys.ENTER)
+    wait_for(browser, lambda d: "not answering" in d.find_element(By.ID, "status").text)
+    assert "Failed to fetch" not in browser.find_element(By.ID, "status").text
+    assert browser.find_element(By.ID, "search-button").is_enabled()
+
+
+def test_api_docs_work_offline(browser, site):
+    """Issue 22 (5): Swagger UI's assets come from this server (the test machine has no internet)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "/docs")
+    title = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"), timeout=60)[0]
+    assert title.text.startswith("arxiv-embed search")
+    assert browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/search']")

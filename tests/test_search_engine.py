@@ -135,3 +135,54 @@ def test_a_search_runs_on_one_openmp_thread(clustered):
     faiss.omp_set_num_threads(2)
     search_index(index, clustered[:1], 5)
     assert faiss.omp_get_max_threads() == 1
+
+
+@pytest.fixture
+def partitioned(monkeypatch):
+    """make_index partitions from 1000 rows on (IVF_MIN_ROWS is 100k in use), so small data takes the IVF path."""
+    from arxiv_embed.search import engine
+
+    monkeypatch.setattr(engine, "IVF_MIN_ROWS", 1000)
+    return engine
+
+
+def test_a_partitioned_index_finds_the_exact_neighbours_after_rescoring(partitioned):
+    """Issue 22: IVF + RaBitQ, NPROBE lists of ~sqrt(n), rescored x4: recall@10 >= 0.95 against exact float search."""
+    corpus = clusters(4000, 128, 200, 0.5, 0.5, seed=3)
+    queries = clusters(4000, 128, 200, 0.5, 0.5, seed=3)[:100] + 0.02  # near the corpus' own points, as a search is
+    index = partitioned.make_index(corpus, "binary")
+    assert faiss.downcast_index(index).__class__.__name__ == "IndexIVFRaBitQ" and index.nlist == 64 and index.nprobe == 16
+    truth = search_index(make_index(corpus, "float32"), queries, 10)[1]
+    candidates = search_index(index, queries, 40)[1]
+    assert recall(rescore(queries, corpus, candidates, 10), truth) >= 0.95
+    small = partitioned.make_index(corpus[:999], "binary")
+    assert faiss.downcast_index(small).__class__.__name__ == "IndexRaBitQ"  # a small corpus keeps the flat scan
+
+
+def test_a_selective_filter_on_a_partitioned_index_still_returns_k_exact_rows(partitioned, monkeypatch, tmp_path):
+    """When the lists probed hold fewer than k rows of a filter, SearchIndex scans the filter's rows exactly."""
+    import pyarrow as pa
+
+    from arxiv_embed.search.index import SearchIndex
+
+    corpus = clusters(3000, 64, 30, 0.4, 0.0, seed=5)
+    monkeypatch.setattr(partitioned, "NPROBE", 1)
+    monkeypatch.setattr(partitioned, "MAX_NPROBE", 1)
+    index = partitioned.make_index(corpus, "binary")
+    index.nprobe = 1
+    query = corpus[:1]
+    lists = faiss.extract_index_ivf(index).quantizer.search(query, index.nlist)[1][0]
+    far = np.flatnonzero(faiss.extract_index_ivf(index).quantizer.search(corpus, 1)[1][:, 0] == lists[-1])[:25]
+    allowed = np.zeros(len(corpus), dtype=bool)
+    allowed[far] = True
+    assert search_index(index, query, 40, allowed)[1].shape[1] < 25  # the one list probed holds none of them
+    papers = pa.table({"id": [str(i) for i in range(len(corpus))], "title": ["t"] * len(corpus), "authors": [""] * len(corpus),
+                       "categories": [["far.XX"] if allowed[i] else ["near.XX"] for i in range(len(corpus))],
+                       "year": [2020] * len(corpus), "abstract": ["a"] * len(corpus)})
+    searchable = SearchIndex(tmp_path, {"precision": "binary", "dimension": 64}, papers, corpus, index)
+    exact = far[np.argsort(-(corpus[far] @ query[0]), kind="stable")[:10]]
+    # 25 rows: at most EXACT_FILTER_ROWS, scanned exactly at once; with that off, the fallback after the lists.
+    for exact_rows in (partitioned.EXACT_FILTER_ROWS, 0):
+        monkeypatch.setattr(partitioned, "EXACT_FILTER_ROWS", exact_rows)
+        hits = searchable.search(query[0], k=10, category="far")
+        assert [hit.id for hit in hits] == [str(row) for row in exact]

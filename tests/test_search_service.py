@@ -91,6 +91,10 @@ def test_search_similar_categories_and_health(service, records):
     ("/search?q=spin&category=no-such", 400, "category 'no-such' has no papers"),
     ("/papers/9999.99999/similar", 404, "no paper with id '9999.99999'"),
     ("/papers/0704.0001/similar?k=-1", 400, "k must be between 1 and 1000"),
+    # Issue 22 (8): invisible-only and NUL queries, routing errors in the same {"error": ...} shape.
+    ("/search?q=%E2%80%8B%E2%80%8B%E2%81%A0", 400, "the query is empty"),
+    ("/search?q=spin%00glass", 400, "NUL character"),
+    ("/no-such-route", 404, "Not Found: GET /no-such-route"),
 ])
 def test_bad_input_gets_a_4xx_with_the_reason(service, path, status, reason):
     got, body = get(service + path)
@@ -114,7 +118,7 @@ def test_a_server_without_an_index_says_how_to_build_one_and_picks_it_up(tmp_pat
     server, base = start_server(create_app(Searcher(index)))
     try:
         status, health = get(f"{base}/health")
-        assert status == 200 and health["status"] == "no index"
+        assert status == 503 and health["status"] == "no index"  # a readiness probe must not pass this server
         assert health["build_command"] == f"python -m arxiv_embed.search build --papers data/split/test.parquet --model models/release --index {index}"
         status, body = get(f"{base}/search?q=spin")
         assert status == 503 and "no search index is loaded" in body["error"]
@@ -124,3 +128,42 @@ def test_a_server_without_an_index_says_how_to_build_one_and_picks_it_up(tmp_pat
     finally:
         server.should_exit = True
         server.thread.join(10)
+
+
+def test_method_not_allowed_category_case_favicon_and_docs_offline(service, records):
+    """Issue 22 (5, 8): 405 as {"error"}, cs.lg means cs.LG, a favicon, and /docs with no asset from outside."""
+    import re
+
+    request = urllib.request.Request(f"{service}/search?q=spin", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 405 and "Method Not Allowed" in json.loads(refused.value.read())["error"]
+
+    category = next(c for r in records for c in r["categories"].split() if "." in c and c != c.lower())
+    url = f"{service}/search?" + urllib.parse.urlencode({"q": "quantum", "k": 5, "category": category})
+    lowered = f"{service}/search?" + urllib.parse.urlencode({"q": "quantum", "k": 5, "category": category.lower()})
+    (status, body), (lower_status, lower_body) = get(url), get(lowered)
+    assert status == lower_status == 200 and lower_body["category"] == category and lower_body["results"] == body["results"]
+
+    with urllib.request.urlopen(f"{service}/favicon.ico", timeout=30) as icon:
+        assert icon.status == 200 and icon.read().startswith(b"<svg")
+    with urllib.request.urlopen(f"{service}/docs", timeout=30) as docs:
+        html = docs.read().decode()
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert assets and not [a for a in assets if "//" in a], assets  # nothing from a CDN
+    for asset in assets:
+        with urllib.request.urlopen(service + asset, timeout=30) as response:
+            assert response.status == 200 and len(response.read()) > 100, asset
+
+
+def test_cli_query_asks_a_running_server_without_loading_the_model(service, records, monkeypatch, capsys):
+    import arxiv_embed.models
+    from arxiv_embed.search.__main__ import main
+
+    monkeypatch.setattr(arxiv_embed.models, "load_model", lambda *a, **kw: pytest.fail("the CLI loaded the model"))
+    paper = records[16]
+    main(["query", phrase(paper), "--server", service, "-k", "3", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert [hit["id"] for hit in result["results"]][0] == paper["id"] and len(result["results"]) == 3
+    with pytest.raises(Exception, match="--server http://127.0.0.1:9 is not answering"):
+        main(["query", "spin", "--server", "http://127.0.0.1:9"])

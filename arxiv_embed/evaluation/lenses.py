@@ -170,8 +170,8 @@ def binary(x: LensInput) -> LensResult:
     ndcg = {"ndcg@10": ("ndcg", BINARY_K)}
     items = {}
     for name, queries, keys, exclude_self in (("title", x.titles, papers, False), ("category", x.abstracts, x.labels, True)):
-        hamming, rescored = binary_search(queries, x.abstracts, BINARY_K, x.settings.binary_rescore_multiplier, exclude_self)
-        items[f"{name}_ndcg@10"] = per_query(hamming, keys, keys, exclude_self, ndcg)["ndcg@10"]
+        estimated, rescored = binary_search(queries, x.abstracts, BINARY_K, x.settings.binary_rescore_multiplier, exclude_self)
+        items[f"{name}_ndcg@10"] = per_query(estimated, keys, keys, exclude_self, ndcg)["ndcg@10"]
         items[f"{name}_rescored_ndcg@10"] = per_query(rescored, keys, keys, exclude_self, ndcg)["ndcg@10"]
     result = LensResult.of_means(items)
     dimension = x.abstracts.shape[1]

@@ -45,6 +45,23 @@ def pool_devices(model: SentenceTransformer, processes: int | None) -> list[str]
     return None
 
 
+CHUNK_SIZE = 4096  # texts per saved chunk: what an interruption can lose
+PROGRESS_SECONDS = 15.0  # at most one progress line per this many seconds (a 3.8k build must not be silent)
+
+
+def chunk_paths(texts: list[str], work_dir: Path, model_sha256: str, chunk_size: int) -> list[Path]:
+    """The file each chunk of `texts` is saved to, named after its texts and the model (texts_key)."""
+    return [Path(work_dir) / f"chunk-{texts_key(model_sha256, texts[start:start + chunk_size])[:24]}.npy"
+            for start in range(0, len(texts), chunk_size)]
+
+
+def saved_count(texts: list[str], work_dir: Path, model_sha256: str, chunk_size: int | None = None) -> int:
+    """How many of `texts` an earlier, interrupted run already encoded and saved in work_dir."""
+    chunk_size = chunk_size or CHUNK_SIZE
+    return sum(len(texts[i * chunk_size:(i + 1) * chunk_size])
+               for i, path in enumerate(chunk_paths(texts, work_dir, model_sha256, chunk_size)) if path.exists())
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, array)
@@ -52,23 +69,35 @@ def _save(path: Path, array: np.ndarray) -> None:
 
 
 def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Path, model_sha256: str, batch_size: int = 64,
-                     chunk_size: int = 4096, processes: int | None = None, progress: bool = True) -> np.ndarray:
+                     chunk_size: int | None = None, processes: int | None = None, progress: bool = True) -> np.ndarray:
     """L2-normalised float32 embeddings of `texts`, reusing chunks a previous (interrupted) run saved.
 
     A chunk file is named after its texts and the model (texts_key), so a rerun over the same list, or
     a list that starts the same way, reuses it; anything else in work_dir is simply not read.
     """
-    work_dir = Path(work_dir)
+    work_dir, chunk_size = Path(work_dir), chunk_size or CHUNK_SIZE
     work_dir.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(texts), chunk_size)
-    paths = [work_dir / f"chunk-{texts_key(model_sha256, texts[start:start + chunk_size])[:24]}.npy" for start in starts]
+    paths = chunk_paths(texts, work_dir, model_sha256, chunk_size)
     chunks: list[np.ndarray | None] = [np.load(path) if path.exists() else None for path in paths]
     done = sum(len(c) for c in chunks if c is not None)
     if done:
         print(f"search: resuming: {done} of {len(texts)} texts already encoded in {work_dir}", file=sys.stderr)
     devices = pool_devices(model, processes) if done < len(texts) else None
     pool = model.start_multi_process_pool(devices) if devices else None
-    start_time, encoded = time.perf_counter(), 0
+    start_time = last_report = time.perf_counter()
+    encoded = 0
+
+    def report(final: bool = False) -> None:
+        nonlocal last_report
+        now = time.perf_counter()
+        if progress and (final or now - last_report >= PROGRESS_SECONDS):
+            last_report = now
+            rate = encoded / max(now - start_time, 1e-9)
+            left = (len(texts) - done - encoded) / rate if rate else float("nan")
+            print(f"search: encoded {done + encoded}/{len(texts)} texts ({rate:.1f}/s on {devices or model.device}, "
+                  f"~{left / 60:.1f} min left)", file=sys.stderr, flush=True)
+
     try:
         for i, start in enumerate(starts):
             if chunks[i] is not None:
@@ -77,16 +106,18 @@ def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Pat
             if pool is not None:
                 chunks[i] = np.asarray(model.encode(part, pool=pool, batch_size=batch_size, normalize_embeddings=True,
                                                     convert_to_numpy=True), dtype=np.float32)
-            else:
-                chunks[i] = encode(model, part, batch_size=batch_size, progress=False)
+                encoded += len(part)
+            else:  # a few batches per call, so progress can be reported within a chunk
+                pieces = []
+                for offset in range(0, len(part), 4 * batch_size):
+                    pieces.append(encode(model, part[offset:offset + 4 * batch_size], batch_size=batch_size, progress=False))
+                    encoded += len(pieces[-1])
+                    report()
+                chunks[i] = np.concatenate(pieces)
             _save(paths[i], chunks[i])
-            encoded += len(part)
-            done += len(part)
-            if progress:
-                rate = encoded / (time.perf_counter() - start_time)
-                left = (len(texts) - done) / rate if rate else float("nan")
-                print(f"search: encoded {done}/{len(texts)} texts ({rate:.1f}/s on {devices or model.device}, "
-                      f"~{left / 60:.1f} min left)", file=sys.stderr, flush=True)
+            report()
+        if encoded:
+            report(final=True)
     finally:
         if pool is not None:
             model.stop_multi_process_pool(pool)

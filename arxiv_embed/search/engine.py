@@ -11,6 +11,12 @@ Two kinds of index, both FAISS:
   reached 0.83-0.87 (benchmarks/search_scale.py keeps that comparison).
   The codes are ~27x smaller than the floats and are all that is searched in memory; the float rows
   of the few candidates are read from a memory-mapped file.
+  From IVF_MIN_ROWS rows on, the binary index is partitioned (`IndexIVFRaBitQ`, "IVF{nlist},RaBitQ2"):
+  k-means lists over the embeddings, each vector coded as RaBitQ of its residual to its list's centroid
+  with one extra bit per dimension (2 bits: 116 bytes at 384-d, still 13x smaller than the floats); a
+  query scans NPROBE of ~sqrt(n) lists, so its cost grows with sqrt(n), not n. A category filter scans
+  proportionally more lists (up to MAX_NPROBE), and falls back to an exact float scan of the filtered
+  rows when the lists probed still hold too few of them.
 - float32: exact inner product (`IndexFlatIP`) over L2-normalised embeddings, i.e. cosine.
 
 `binary_search` is the same path as a pure function over arrays, so the evaluation measures what
@@ -19,6 +25,7 @@ users get. benchmarks/search_scale.py compares these at 1M vectors.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import numpy as np
@@ -33,6 +40,16 @@ RESCORE_MULTIPLIER = 4
 # vectors: p50 ~40 vs ~27 ms on one loaded core); 0, a float query, scans ~80x slower.
 QUERY_BITS = 8
 TRAIN_ROWS = 65536  # rows the RaBitQ centroid is computed from (evenly spaced): a memory map is never all read
+# Partitioned from here on: a flat 1-bit scan of 100k rows is ~4 ms on one core, and grows linearly past it.
+IVF_MIN_ROWS = 100_000
+# Lists probed per query. 16 of ~1024 (1M) or ~2048 (2.7M) lists keeps recall@10 >= 0.95 after the x4 rescoring on
+# clustered vectors (benchmarks/search_scale.py); each probed list costs a query quantisation (~20 us) plus its codes.
+NPROBE = 16
+MAX_NPROBE = 256  # a filter probes proportionally more lists, up to this
+# A filter letting at most this many rows through is searched by an exact float scan of those rows (~15 MB of
+# memory-mapped rows, a few ms): fewer than the codes the lists holding them would cost, and exact.
+EXACT_FILTER_ROWS = 10_000
+TRAIN_PER_LIST = 64  # k-means training rows per list (evenly spaced rows of the corpus)
 
 
 def _faiss():
@@ -46,15 +63,45 @@ def _faiss():
 
 
 def bytes_per_vector(dimension: int, precision: Precision) -> int:
-    """What one vector costs in the searched index: RaBitQ's code (d/8 bytes of bits + 2 floats) or d floats."""
+    """What one vector costs in the searched flat index: RaBitQ's code (d/8 bytes of bits + 2 floats) or d floats."""
     return _faiss().IndexRaBitQ(dimension, _faiss().METRIC_INNER_PRODUCT).code_size if precision == "binary" else 4 * dimension
 
 
+def index_bytes_per_vector(index) -> int:
+    """What one vector costs in this FAISS index: its code, plus the 8-byte id an inverted list keeps."""
+    index = _faiss().downcast_index(index)
+    if isinstance(index, _faiss().IndexIVF):
+        return index.code_size + 8
+    return index.code_size if hasattr(index, "code_size") and index.code_size else 4 * index.d
+
+
+def ivf_lists(n: int) -> int:
+    """Inverted lists for n vectors: the power of two nearest sqrt(n) (1M: 1024, 2.7M: 2048)."""
+    return max(1, 2 ** round(np.log2(np.sqrt(max(n, 1)))))
+
+
+def is_ivf(index) -> bool:
+    return isinstance(_faiss().downcast_index(index), _faiss().IndexIVF)
+
+
+def is_ivf_size(n: int, precision: Precision) -> bool:
+    """Whether make_index partitions an index of n vectors."""
+    return precision == "binary" and n >= IVF_MIN_ROWS
+
+
 def make_index(embeddings: np.ndarray, precision: Precision):
-    """A FAISS index over `embeddings` (n x d float32, L2-normalised): RaBitQ 1-bit codes, or float inner-product flat."""
+    """A FAISS index over `embeddings` (n x d float32, L2-normalised): RaBitQ codes (partitioned from IVF_MIN_ROWS
+    rows on), or float inner-product flat."""
     faiss = _faiss()
     dimension = embeddings.shape[1]
-    if precision == "binary":
+    if is_ivf_size(len(embeddings), precision):
+        nlist = ivf_lists(len(embeddings))
+        index = faiss.index_factory(dimension, f"IVF{nlist},RaBitQ2", faiss.METRIC_INNER_PRODUCT)  # an IndexIVFRaBitQ
+        index.nprobe, index.qb = NPROBE, QUERY_BITS  # saved with the index
+        step = max(1, len(embeddings) // (TRAIN_PER_LIST * nlist))
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # training and adding use every core (searches set 1 again)
+        index.train(np.ascontiguousarray(embeddings[::step], dtype=np.float32))
+    elif precision == "binary":
         index = faiss.IndexRaBitQ(dimension, faiss.METRIC_INNER_PRODUCT)
         index.qb = QUERY_BITS  # saved with the index
         if len(embeddings):  # training computes the centroid the signs are taken around
@@ -67,14 +114,24 @@ def make_index(embeddings: np.ndarray, precision: Precision):
     return index
 
 
-def _selector(allowed: np.ndarray | None):
-    """FAISS search parameters that only let rows where `allowed` is True through (None: all rows)."""
-    if allowed is None:
-        return None
+def _params(index, allowed: np.ndarray | None):
+    """FAISS search parameters: only rows where `allowed` is True (None: all rows); for a partitioned index,
+    NPROBE lists, more when a filter lets only a fraction of the rows through."""
     faiss = _faiss()
-    bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit i of byte i // 8, lowest first
-    params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bitmap))
-    params._keep = bitmap  # the selector points into this buffer: keep it alive as long as params
+    index = faiss.downcast_index(index)
+    if is_ivf(index):
+        params = faiss.IVFRaBitQSearchParameters()
+        params.qb = index.qb  # the parameters replace the index's own settings: carry them over
+        share = 1.0 if allowed is None else max(int(allowed.sum()), 1) / max(index.ntotal, 1)
+        params.nprobe = int(min(index.nlist, max(index.nprobe, min(MAX_NPROBE, np.ceil(index.nprobe / share)))))
+    elif allowed is None:
+        return None
+    else:
+        params = faiss.SearchParameters()
+    if allowed is not None:
+        bitmap = np.packbits(allowed, bitorder="little")  # FAISS reads bit i of byte i // 8, lowest first
+        params.sel = faiss.IDSelectorBitmap(bitmap)
+        params._keep = bitmap  # the selector points into this buffer: keep it alive as long as params
     return params
 
 
@@ -118,9 +175,21 @@ def search_index(index, queries: np.ndarray, k: int, allowed: np.ndarray | None 
     asked = min(index.ntotal, k + (exclude is not None))
     if asked <= 0 or k <= 0:
         return np.empty((len(queries), 0), dtype=np.float32), np.empty((len(queries), 0), dtype=np.int64)
-    scores, rows = index.search(queries, asked, params=_selector(allowed))
+    scores, rows = index.search(queries, asked, params=_params(index, allowed))
     columns = _kept_columns(rows, exclude, k)
     return np.take_along_axis(scores, columns, axis=1), np.take_along_axis(rows, columns, axis=1).astype(np.int64)
+
+
+def scan_rows(query: np.ndarray, corpus: np.ndarray, rows: np.ndarray, n: int, exclude: int | None = None) -> np.ndarray:
+    """(1, n) int64: the n of `rows` nearest to one query by exact cosine, best first (corpus: unit rows, may be a
+    memory map: only `rows` are read). For a filter too selective for the lists a partitioned index probed."""
+    query = np.asarray(query, dtype=np.float32).reshape(-1)
+    rows = np.asarray(rows, dtype=np.int64)
+    if exclude is not None:
+        rows = rows[rows != exclude]
+    scores = np.concatenate([np.empty(0, dtype=np.float32)] + [np.asarray(corpus[rows[start:start + 65536]], dtype=np.float32) @ query
+                                                              for start in range(0, len(rows), 65536)])
+    return rows[np.argsort(-scores, kind="stable")[:n]][None, :]
 
 
 def binary_search(queries: np.ndarray, corpus: np.ndarray, k: int, rescore_multiplier: int,

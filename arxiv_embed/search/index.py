@@ -2,7 +2,8 @@
 
 Layout of an index folder:
     index.json       model identity (sha256 of its weights), precision, dimension, count, FAISS index kind
-    index.faiss      the FAISS index: IndexRaBitQ, 1-bit codes (binary), or IndexFlatIP (float32)
+    index.faiss      the FAISS index: IndexRaBitQ, 1-bit codes, or from 100k papers IndexIVFRaBitQ (binary);
+                     IndexFlatIP (float32)
     embeddings.npy   float32 L2-normalised embeddings, memory-mapped: binary rescoring reads the
                      candidates' rows only, "similar papers" reads the paper's own row (no re-encoding)
     papers.arrow     id, title, authors, categories, year, abstract, text_sha256 (row i = vector i),
@@ -28,8 +29,10 @@ import pyarrow as pa
 
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
-from arxiv_embed.search.encoding import encode_resumable
-from arxiv_embed.search.engine import RESCORE_MULTIPLIER, Precision, bytes_per_vector, make_index, rescore, search_index
+from arxiv_embed.search import engine
+from arxiv_embed.search.encoding import encode_resumable, saved_count
+from arxiv_embed.search.engine import (RESCORE_MULTIPLIER, Precision, index_bytes_per_vector, is_ivf, is_ivf_size, make_index,
+                                      rescore, scan_rows, search_index)
 from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
 WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
 # index.json "format": 3 since the 1-bit index is RaBitQ (2: ITQ-rotated signs in IndexBinaryFlat + rotation.npy).
 FORMAT = 3
-FAISS_KIND = {"binary": "IndexRaBitQ", "float32": "IndexFlatIP"}
+RETRAIN_GROWTH = 4  # an index grown past 4x the rows it was trained on is rebuilt (its lists would be unbalanced)
 SNIPPET_CHARS = 320
 
 
@@ -135,7 +138,7 @@ class SearchIndex:
 
     def sizes(self) -> dict[str, int]:
         on_disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-        per_vector = bytes_per_vector(self.meta["dimension"], self.meta["precision"])
+        per_vector = index_bytes_per_vector(self.index) if self.index is not None else 0
         return {"papers": self.count, "bytes_on_disk": on_disk, "bytes_searched_in_memory": self.count * per_vector}
 
     def categories(self) -> dict[str, int]:
@@ -153,15 +156,28 @@ class SearchIndex:
                              for (name,), group in listed.group_by("categories")}
         return self._filters
 
-    def _allowed(self, category: str | None) -> np.ndarray | None:
+    def category_name(self, category: str | None) -> str | None:
+        """arXiv's own spelling (cs.LG, hep-th) whatever the case typed: cs.lg and CS.LG mean the same listing."""
+        if not category:
+            return None
+        return {name.lower(): name for name in self._category_rows()}.get(category.strip().lower(), category)
+
+    def _filter_rows(self, category: str | None) -> np.ndarray | None:
+        """The rows a category filter lets through (None: no filter)."""
         if not category:
             return None
         rows = self._category_rows()
+        category = self.category_name(category)
         if category not in rows:
             known = ", ".join(sorted(name for name in rows if "." not in name)[:20])
             raise SearchError(f"category {category!r} has no papers in this index; archives here: {known}")
+        return rows[category]
+
+    def _allowed(self, rows: np.ndarray | None) -> np.ndarray | None:
+        if rows is None:
+            return None
         mask = np.zeros(self.count, dtype=bool)  # per query: ~1 ms for 2.7M papers
-        mask[rows[category]] = True
+        mask[rows] = True
         return mask
 
     def row_of(self, paper_id: str) -> int:
@@ -172,17 +188,31 @@ class SearchIndex:
             raise UnknownPaperError(f"no paper with id {paper_id!r} in the index {self.path}")
         return row
 
-    def search(self, query: np.ndarray, k: int, category: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER,
+    @property
+    def rescore_multiplier(self) -> int:
+        """Candidates rescored per result, as the build chose it (indexes before it was stored: the default)."""
+        return int(self.meta.get("rescore_multiplier", RESCORE_MULTIPLIER))
+
+    def search(self, query: np.ndarray, k: int, category: str | None = None, rescore_multiplier: int | None = None,
                exclude_row: int | None = None) -> list[Hit]:
-        """Top-k papers by cosine; binary: RaBitQ's top k * rescore_multiplier, re-ranked by float cosine."""
+        """Top-k papers by cosine; binary: RaBitQ's top k * rescore_multiplier (default: the index's own), re-ranked by float cosine."""
+        rescore_multiplier = rescore_multiplier or self.rescore_multiplier
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         exclude = None if exclude_row is None else np.array([exclude_row])
-        allowed = self._allowed(category)
-        if self.meta["precision"] == "binary":
-            _, candidates = search_index(self.index, query, k * rescore_multiplier, allowed, exclude)
+        filtered = self._filter_rows(category)
+        if self.meta["precision"] == "binary" and filtered is not None and len(filtered) <= engine.EXACT_FILTER_ROWS:
+            # A selective filter: its few float rows cost less to scan than the index's lists holding them.
+            rows = scan_rows(query, self.embeddings, np.sort(filtered), k, exclude_row)[0]
+        elif self.meta["precision"] == "binary":
+            allowed = self._allowed(filtered)
+            wanted = k * rescore_multiplier
+            _, candidates = search_index(self.index, query, wanted, allowed, exclude)
+            if allowed is not None and candidates.shape[1] < min(wanted, len(filtered) - bool(exclude_row is not None and allowed[exclude_row])):
+                # The lists a partitioned index probed held too few of the filter's rows: scan those rows exactly.
+                candidates = scan_rows(query, self.embeddings, np.sort(filtered), wanted, exclude_row)
             rows = rescore(query, self.embeddings, candidates, k)[0]
         else:
-            rows = search_index(self.index, query, k, allowed, exclude)[1][0]
+            rows = search_index(self.index, query, k, self._allowed(filtered), exclude)[1][0]
         scores = np.asarray(self.embeddings[np.sort(rows)], dtype=np.float32) @ query[0]
         score_of = dict(zip(np.sort(rows).tolist(), scores.tolist()))
         return self.hits(rows.tolist(), [score_of[row] for row in rows.tolist()])
@@ -192,7 +222,7 @@ class SearchIndex:
         return [Hit(p["id"], p["title"], p["authors"] or "", list(p["categories"] or []), p["year"], _snippet(p["abstract"]),
                     round(float(score), 4), f"https://arxiv.org/abs/{p['id']}") for p, score in zip(papers, scores)]
 
-    def similar(self, paper_id: str, k: int, category: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER) -> tuple[Hit, list[Hit]]:
+    def similar(self, paper_id: str, k: int, category: str | None = None, rescore_multiplier: int | None = None) -> tuple[Hit, list[Hit]]:
         """The paper and its k nearest other papers, from its stored embedding."""
         row = self.row_of(paper_id)
         vector = np.asarray(self.embeddings[row], dtype=np.float32)
@@ -209,10 +239,17 @@ def _read_papers(path: Path) -> pa.Table:
 
 @dataclass
 class BuildReport:
-    encoded: int
-    kept: int
+    encoded: int  # new or changed abstracts, encoded now or resumed from an interrupted build's saved chunks
+    kept: int  # unchanged papers whose stored embeddings were reused
     total: int
     seconds: float
+    resumed: int = 0  # of `encoded`: read back from saved chunks, not encoded again
+
+
+def stored_model(model_ref: str | Path) -> str:
+    """What index.json records: a local model folder by absolute path (an index is queried from anywhere), else the name."""
+    local = Path(model_ref).expanduser()
+    return str(local.resolve()) if local.is_dir() else str(model_ref)
 
 
 def _empty_papers() -> pl.DataFrame:
@@ -220,7 +257,7 @@ def _empty_papers() -> pl.DataFrame:
 
 
 def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
-                batch_size: int = 64, processes: int | None = None) -> BuildReport:
+                batch_size: int = 64, processes: int | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER) -> BuildReport:
     """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed."""
     start = time.perf_counter()
     path = Path(path)
@@ -234,27 +271,56 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
     todo = papers.join(unchanged.select("id"), on="id", how="anti")
     kept = old_papers.with_row_index("row").join(todo.select("id"), on="id", how="anti")
     texts = todo["abstract"].to_list()
-    work_dir = path.parent / f".{path.name}.encoding"  # outside the atomic temp folder: survives an interruption
+    work_dir = encoding_dir(path)
+    resumed = saved_count(texts, work_dir, identity)
     new_embeddings = encode_resumable(model, texts, work_dir, identity, batch_size, processes=processes)
     embeddings = np.concatenate([np.asarray(old_embeddings[kept["row"].to_numpy()]), new_embeddings]).astype(np.float32)
     all_papers = pl.concat([kept.select(_empty_papers().columns), todo.select(_empty_papers().columns)], how="vertical_relaxed")
-    write_index(path, all_papers, embeddings, precision, str(model_ref), identity)
+    index, trained_rows = _appendable_index(path, kept, len(old_embeddings), precision, len(embeddings)), len(embeddings)
+    if index is not None:  # only papers were added: the trained index takes the new codes, nothing is rebuilt
+        trained_rows = _read_meta(path).get("trained_rows", len(old_embeddings))
+        for start in range(0, len(new_embeddings), 65536):
+            index.add(np.ascontiguousarray(new_embeddings[start:start + 65536]))
+    write_index(path, all_papers, embeddings, precision, stored_model(model_ref), identity, rescore_multiplier, index, trained_rows)
     shutil.rmtree(work_dir, ignore_errors=True)
-    return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height, seconds=time.perf_counter() - start)
+    return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height, seconds=time.perf_counter() - start,
+                       resumed=resumed)
 
 
-def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precision: Precision, model_ref: str, model_sha256: str) -> None:
+def _appendable_index(path: Path, kept: pl.DataFrame, old_count: int, precision: Precision, new_count: int):
+    """The index at `path`, to add new rows to, when every old row is kept in place and the same kind of index
+    suits the new size; None: build a new one."""
+    import faiss
+
+    if not old_count or kept.height != old_count or not (path / "index.faiss").exists():
+        return None
+    meta = _read_meta(path)
+    if meta.get("format") != FORMAT or meta["precision"] != precision or new_count > RETRAIN_GROWTH * meta.get("trained_rows", old_count):
+        return None
+    index = faiss.read_index(str(path / "index.faiss"))
+    return index if is_ivf(index) == is_ivf_size(new_count, precision) else None
+
+
+def encoding_dir(path: Path) -> Path:
+    """Where a build saves its encoded chunks: outside the atomic temp folder, so it survives an interruption."""
+    return Path(path).parent / f".{Path(path).name}.encoding"
+
+
+def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precision: Precision, model_ref: str, model_sha256: str,
+                rescore_multiplier: int = RESCORE_MULTIPLIER, index=None, trained_rows: int | None = None) -> None:
     """Write an index folder (papers row i = embeddings row i) in one atomic replacement of `path`."""
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
         import faiss
 
-        faiss.write_index(make_index(embeddings, precision), str(tmp / "index.faiss"))
+        index = make_index(embeddings, precision) if index is None else index
+        faiss.write_index(index, str(tmp / "index.faiss"))
         table = papers.select(_empty_papers().columns).to_arrow()
         with pa.ipc.new_file(str(tmp / "papers.arrow"), table.schema) as writer:
             writer.write_table(table, max_chunksize=65536)
         meta = {"format": FORMAT, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
                 "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
-                "faiss": FAISS_KIND[precision]}
+                "faiss": type(faiss.downcast_index(index)).__name__, "rescore_multiplier": rescore_multiplier,
+                "trained_rows": len(embeddings) if trained_rows is None else trained_rows}
         (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -3,24 +3,27 @@
     GET /search?q=&k=&category=     top-k papers for a free-text query (category: cs.LG or a whole archive, cs)
     GET /papers/{id}/similar?k=     "more like this", from the paper's stored embedding (no re-encoding)
     GET /categories                 what the filter accepts, with paper counts
-    GET /health                     index and model; says what to do when no index is loaded
-    GET /                           the page (static HTML/JS/CSS, no CDN)
+    GET /health                     index and model; 503 with what to do while no index is loaded (a readiness probe)
+    GET /                           the page (static HTML/JS/CSS, no CDN); /docs also serves its assets itself
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
-from arxiv_embed.search.engine import RESCORE_MULTIPLIER
+from arxiv_embed.models import ModelNotFoundError
 from arxiv_embed.search.index import Hit, SearchIndex, model_identity
 from arxiv_embed.search.papers import SearchError, UnknownPaperError
 
@@ -34,10 +37,14 @@ class NoIndexError(SearchError):
 
 
 def validate_query(query: str, k: int) -> str:
-    """The stripped query, or SearchError for an empty or overlong query or k out of range."""
-    query = query.strip()
-    if not query:
-        raise SearchError("the query is empty: give some words to search for")
+    """The stripped query, or SearchError for an empty, invisible, overlong or NUL-holding query or k out of range."""
+    if "\x00" in query:
+        raise SearchError("the query contains a NUL character: give plain text")
+    # Zero-width and other format/control characters carry no meaning: a query of only those is empty.
+    query = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in query
+                    if unicodedata.category(ch) not in ("Cf", "Co", "Cn")).strip()
+    if not any(ch.isalnum() for ch in query):
+        raise SearchError("the query is empty (no letters or digits): give some words to search for")
     if len(query) > MAX_QUERY_CHARS:
         raise SearchError(f"the query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
     validate_k(k)
@@ -56,9 +63,9 @@ class Searcher:
     already uses every core for one batch), FAISS searches and memory-mapped reads run concurrently.
     """
 
-    def __init__(self, index: Path | str, model_ref: str | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER, backend: str = "torch") -> None:
+    def __init__(self, index: Path | str, model_ref: str | None = None, rescore_multiplier: int | None = None, backend: str = "torch") -> None:
         self.path, self.requested_model, self.backend = Path(index), model_ref, backend
-        self.rescore_multiplier = rescore_multiplier
+        self.rescore_multiplier = rescore_multiplier  # None: the one the index was built with
         self.index: SearchIndex | None = None
         self.model = self.model_ref = self._identity = self._stamp = None
         self._encode_lock, self._load_lock = threading.Lock(), threading.Lock()
@@ -90,7 +97,14 @@ class Searcher:
         index = SearchIndex.load(self.path)
         model_ref = self.requested_model or index.meta["model"]
         if self.model is None or model_ref != self.model_ref or index.meta["model_sha256"] != self._identity:
-            identity = model_identity(model_ref)
+            try:
+                identity = model_identity(model_ref)
+            except ModelNotFoundError:
+                if self.requested_model:
+                    raise
+                raise SearchError(f"the index {self.path} was built with the model {model_ref} (weights sha256 "
+                                  f"{index.meta['model_sha256'][:12]}), which is not there: pass --model PATH to it "
+                                  "(any copy with the same weights)") from None
             index.check_model(identity, model_ref)
             self.model = load_model(model_ref, backend=self.backend)
             encode(self.model, ["warm-up"], progress=False)  # the first query does not pay torch's start-up
@@ -118,14 +132,15 @@ class Searcher:
         encoded = time.perf_counter()
         hits = index.search(vector, k, category or None, self.rescore_multiplier)
         done = time.perf_counter()
-        return {"query": query, "k": k, "category": category or None, "precision": index.meta["precision"],
+        return {"query": query, "k": k, "category": index.category_name(category), "precision": index.meta["precision"],
                 "index": index.sizes(), "results": [asdict(hit) for hit in hits],
                 "latency_ms": {"encode": round((encoded - start) * 1e3, 2), "search": round((done - encoded) * 1e3, 2)}}
 
     def similar(self, paper_id: str, k: int = 10, category: str | None = None) -> dict:
         validate_k(k)
-        paper, hits = self.require().similar(paper_id, k, category or None, self.rescore_multiplier)
-        return {"paper": asdict(paper), "k": k, "category": category or None, "results": [asdict(hit) for hit in hits]}
+        index = self.require()
+        paper, hits = index.similar(paper_id, k, category or None, self.rescore_multiplier)
+        return {"paper": asdict(paper), "k": k, "category": index.category_name(category), "results": [asdict(hit) for hit in hits]}
 
 
 class SearchOut(BaseModel):
@@ -155,8 +170,25 @@ ERRORS = {400: {"model": ErrorOut, "description": "bad query, k or category"},
 
 
 def create_app(searcher: Searcher) -> FastAPI:
-    app = FastAPI(title="arxiv-embed search", description=__doc__, version="2")
+    from swagger_ui_bundle import swagger_ui_path
+
+    app = FastAPI(title="arxiv-embed search", description=__doc__, version="2", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # Swagger UI from the swagger-ui-bundle package, not a CDN: /docs works on a machine without internet.
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
+
+    @app.exception_handler(HTTPException)
+    async def routing_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # 404 for an unknown path, 405 for a wrong method: the same {"error": ...} shape as every other error.
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(SearchError)
     async def search_error(request: Request, exc: SearchError) -> JSONResponse:
@@ -172,13 +204,17 @@ def create_app(searcher: Searcher) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/health")
-    def health() -> dict:
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    @app.get("/health", responses={503: {"description": "no index loaded yet: not ready"}})
+    def health():
         try:
             index = searcher.require()
         except NoIndexError:
-            return {"status": "no index", "message": f"{searcher.path} holds no search index yet.",
-                    "build_command": searcher.build_command()}
+            return JSONResponse({"status": "no index", "message": f"{searcher.path} holds no search index yet.",
+                                 "build_command": searcher.build_command()}, status_code=503)
         return {"status": "ok", "model": searcher.model_ref, "precision": index.meta["precision"], **index.sizes()}
 
     @app.get("/search", response_model=SearchOut, responses=ERRORS)
