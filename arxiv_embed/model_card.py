@@ -98,7 +98,9 @@ def hub_id(base: str) -> str:
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-3:
+        if value == 0:
+            return "0"  # an "off" weight, not a rounded-away small value
+        if abs(value) < 1e-3:
             return f"{value:.3g}"  # a learning rate of 1e-05 must not print as 0.0000
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return f"`{value}`" if isinstance(value, (list, tuple)) else str(value)

@@ -145,6 +145,7 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     labelled = papers.with_columns(pl.col("categories").str.split(" ").list.first().alias("label"))
     for split, frame in zip(("train", "eval", "test"), (labelled[:20], labelled[20:26], labelled[26:])):
         frame.write_parquet(project / f"data/split/{split}.parquet")
+    labelled[:20].write_parquet(project / "data/triplets/train_papers.parquet")  # make_triplets' train sample (all 20 here)
     pairs = labelled.select(anchor="title", positive="abstract", id="id", label="label")
     pairs.write_parquet(project / "data/triplets/train_title_abstract.parquet")
     pairs[:5].write_parquet(project / "data/triplets/test_title_abstract.parquet")
@@ -202,7 +203,7 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     assert "finetune.full." not in card  # the knobs of the mode that did not run are not the model's recipe
     # Only the files the run trained on (labels, retained title->abstract pairs, same-label pairs the hard
     # negatives were mined for), not every make_triplets file.
-    assert "| data/split/train.parquet | 20 |" in card and "| data/triplets/train_title_abstract.parquet | 40 |" in card
+    assert "| data/triplets/train_papers.parquet | 20 |" in card and "| data/triplets/train_title_abstract.parquet | 40 |" in card
     training_data = card.split("## Training data")[1].split("## Training")[0]
     assert "| data/triplets/train_same_label.parquet | 10 |" in training_data and "graded_pairs" not in training_data
     assert "local file `arxiv-2007.jsonl.gz` (Kaggle arXiv snapshot schema, first 3000 records)" in card
