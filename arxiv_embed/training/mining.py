@@ -106,8 +106,8 @@ def mine_label_negatives(model: SentenceTransformer | CachedEncoder, pairs: pl.D
 def mine_train_split(model: SentenceTransformer | CachedEncoder, candidates: int, batch_size: int = 64) -> Mined:
     """finetune.hard_negatives on the train split: make_triplets' same_label pairs as anchors and
     positives, every train abstract as a candidate negative."""
-    pairs = read_table(paths.training_file("train", "same_label"), ["anchor", "positive", "label"], "make_triplets", TrainingSetupError)
-    papers = read_table(paths.split_file("train"), ["abstract", "label", "categories"], "split", TrainingSetupError)
+    pairs = read_table(paths.training_file("train", "same_label"), ["anchor", "positive", "label"], "make_triplets")
+    papers = read_table(paths.split_file("train"), ["abstract", "label", "categories"], "split")
     if pairs.is_empty():
         raise TrainingSetupError(f"finetune.hard_negatives.weight > 0 mines negatives for make_triplets' same_label pairs, but "
                                  f"{paths.training_file('train', 'same_label')} has none: raise make_triplets.same_label_pairs_per_split.train "
