@@ -1,5 +1,5 @@
 """Stage file I/O: atomic writes (a stage that dies half-way never leaves a half-written output
-behind) and checked reads of the tables earlier stages wrote.
+behind), checked reads of the tables earlier stages wrote, and a frame-by-frame Parquet writer.
 
 A new output is written beside the old one under a temporary name, then swapped in by renames:
 
@@ -147,3 +147,25 @@ def read_table(path: Path | str, columns: list[str] | tuple[str, ...], produced_
     if bad := table.select(blank.sum()).item():
         raise InputError(f"{path}: {bad} of {table.height} rows have a null or empty value: rerun `dvc repro {produced_by}`")
     return table
+
+
+class ParquetAppender:
+    """One Parquet file written frame by frame (polars has no appending writer); zstd, as polars writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.writer = path, None
+
+    def __enter__(self) -> ParquetAppender:
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
