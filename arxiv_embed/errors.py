@@ -18,11 +18,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from arxiv_embed.processes import process_alive
+
 
 class UserError(Exception):
     """A problem the user can fix; the message names the file or param and the fix."""
 
     exit_code = 1
+
+
+class InputError(UserError):
+    """An input file is missing, unreadable or malformed; the message names it and the stage to rerun."""
 
 
 class TrainingSetupError(UserError):
@@ -77,8 +83,6 @@ def stop_with_parent(interval_s: float = 1.0) -> None:
     """Under `dvc repro` (which sets DVC_STAGE), SIGTERM this process when its parent or supervising
     `dvc` dies (killed -9, or SIGTERMed alone as CI cancelling and schedulers do): an orphaned stage would otherwise keep training and
     race a rerun. The SIGTERM takes the stage's usual interrupt path (MLflow run KILLED)."""
-    from arxiv_embed.files import process_alive
-
     if not os.environ.get("DVC_STAGE"):
         return  # not run by `dvc repro`: a stage started by hand (say under nohup) may outlive its shell
     parent, watched = os.getppid(), supervisors()

@@ -1,5 +1,5 @@
 """Stage file I/O: atomic writes (a stage that dies half-way never leaves a half-written output
-behind) and checked reads of the tables earlier stages wrote.
+behind), checked reads of the tables earlier stages wrote, and a frame-by-frame Parquet writer.
 
 A new output is written beside the old one under a temporary name, then swapped in by renames:
 
@@ -25,26 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from arxiv_embed.errors import InputError
+from arxiv_embed.processes import process_alive
+
 if TYPE_CHECKING:
     import polars as pl
 
-TEMP_KINDS = ("tmp", "old")
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^.]+$")
-
-
-def process_alive(pid: int) -> bool:
-    """True when `pid` is a running process (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): the kill(0) answer stands
 
 
 def temp_sibling(path: Path, kind: str = "tmp") -> Path:
@@ -140,28 +127,45 @@ def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_table(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str,
-               error: type[Exception] | None = None) -> pl.DataFrame:
+def read_table(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str) -> pl.DataFrame:
     """The named columns of a parquet file a stage wrote, refusing a missing file or column, an
-    empty table and null or blank values, each with the stage to rerun. `error`: the UserError
-    subclass to raise (default UserError)."""
+    empty table and null or blank values (InputError), each with the stage to rerun."""
     import polars as pl
 
-    from arxiv_embed.errors import UserError
-
-    error = error or UserError
     path, columns = Path(path), list(columns)
     if not path.exists():
-        raise error(f"{path} is missing: run `dvc repro {produced_by}` first")
+        raise InputError(f"{path} is missing: run `dvc repro {produced_by}` first")
     schema = pl.read_parquet_schema(path)
     if missing := [name for name in columns if name not in schema]:
-        raise error(f"{path} has no column(s) {missing} (it has {list(schema)}): rerun `dvc repro {produced_by}`")
+        raise InputError(f"{path} has no column(s) {missing} (it has {list(schema)}): rerun `dvc repro {produced_by}`")
     table = pl.read_parquet(path, columns=columns)
     if table.is_empty():
-        raise error(f"{path} has no rows: check the {produced_by} params")
+        raise InputError(f"{path} has no rows: check the {produced_by} params")
     texts = [name for name in columns if table.schema[name] == pl.String]
     blank = pl.any_horizontal(pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "") if name in texts
                               else pl.col(name).is_null() for name in columns)
     if bad := table.select(blank.sum()).item():
-        raise error(f"{path}: {bad} of {table.height} rows have a null or empty value: rerun `dvc repro {produced_by}`")
+        raise InputError(f"{path}: {bad} of {table.height} rows have a null or empty value: rerun `dvc repro {produced_by}`")
     return table
+
+
+class ParquetAppender:
+    """One Parquet file written frame by frame (polars has no appending writer); zstd, as polars writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.writer = path, None
+
+    def __enter__(self) -> ParquetAppender:
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -16,6 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from arxiv_embed.files import read_json
 from arxiv_embed.flat import flatten
+from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.schema.download import Download
 from arxiv_embed.schema.push import PushParams
 from arxiv_embed.paths import SPLITS, metrics_file, split_file
@@ -54,13 +54,8 @@ class CardFacts:
 
 
 def describe_source(download: Download) -> str:
-    limit = f", first {download.max_records} records" if download.max_records else ""
-    if download.source == "file":
-        return f"local file `{Path(download.path or '').name}` (Kaggle arXiv snapshot schema{limit})"
-    if download.source == "kaggle":
-        return f"Kaggle arXiv metadata snapshot ({download.kaggle_url}{limit})"
-    oai = download.oai
-    return f"arXiv OAI-PMH {oai.endpoint}, sets {', '.join(oai.sets)}, {oai.from_date} to {oai.until_date}{limit}"
+    """Where the data came from, in the source's own words (data.sources.SOURCES)."""
+    return SOURCES[download.source].describe(download, f", first {download.max_records} records" if download.max_records else "")
 
 
 def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dict) -> CardFacts:

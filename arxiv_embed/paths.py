@@ -21,12 +21,10 @@ def split_file(split: str) -> Path:
 
 
 TRIPLETS_DIR = Path("data/triplets")
-# Kinds written by make_triplets, per split: (anchor, positive, negative) triplets,
-# title->abstract pairs of one paper, abstract->abstract pairs of one label, and graded pairs.
-TRAINING_KINDS = ("triplets", "title_abstract", "same_label", "graded_pairs")
 
 
 def training_file(split: str, kind: str) -> Path:
+    """make_triplets' file of one kind (training.data.KINDS) for one split."""
     return TRIPLETS_DIR / f"{split}_{kind}.parquet"
 
 

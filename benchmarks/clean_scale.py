@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.common import ROOT, Report, load_note, measure
 from benchmarks.synthetic import load_vocabulary, write_snapshot
 from arxiv_embed import paths
-from arxiv_embed.workspace import make_project, stage_env
+from tests.harness import make_project, stage_env
 
 WITHDRAWN = r"(?i)this (?:paper|article|submission|manuscript) (?:has been|is) withdrawn"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arxiv_embed.workspace import dvc, make_project
+from tests.harness import dvc, make_project
 from benchmarks.common import RESULTS_DIR, SHARED_DATA
 
 DEV_FILES = [SHARED_DATA / "arxiv-multidomain-sample.jsonl.gz", SHARED_DATA / "arxiv-recent-sample.jsonl.gz"]
@@ -81,7 +81,7 @@ def encode_files(files: list[Path], train_first: int) -> None:
     choosing), `train_first` chunks of train texts, the test split's, then the rest of the train
     texts; progress lines; cached chunks are skipped (an interrupted run resumes)."""
     from arxiv_embed.models import load_model
-    from arxiv_embed.workspace import params_with
+    from tests.harness import params_with
 
     params = params_with()
     model = load_model(params.model.base, max_seq_length=params.model.max_seq_length, device="cpu")

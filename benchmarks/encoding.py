@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ROOT, Report, benchmark_sample, load_note, measure, shared_or
-from arxiv_embed.workspace import dvc, make_project, stage_env
+from tests.harness import dvc, make_project, stage_env
 from tests.conftest import KAGGLE_SAMPLE
 
 # The 1,000 records of 2007 from ../shared/data when there, else the tests' first 500 of them.

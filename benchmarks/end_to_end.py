@@ -16,7 +16,7 @@ import yaml
 
 from benchmarks.common import ROOT, Report, benchmark_sample, load_note
 from arxiv_embed.flat import flatten as flat
-from arxiv_embed.workspace import dvc, make_project
+from tests.harness import dvc, make_project
 
 TARGET_S = 15 * 60
 # Fine-tuning "beats base" on these (dotted keys of metrics/evaluate.json); title->abstract may lose up to 0.01.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arxiv_embed.files import process_alive
-from arxiv_embed.workspace import dvc, make_project, stage_env
+from tests.harness import dvc, make_project, stage_env
 from benchmarks.common import Report, load_note
 from tests.conftest import TINY_PARAMS
 

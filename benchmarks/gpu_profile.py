@@ -36,7 +36,7 @@ import yaml
 
 from arxiv_embed import paths
 from arxiv_embed.training.losses import RETAIN
-from arxiv_embed.workspace import deep_update
+from tests.harness import deep_update
 
 ROOT = Path(__file__).resolve().parents[1]
 # The GPU profile: params overrides on top of params.yaml, the same set benchmarks/README.md gives as

@@ -55,7 +55,7 @@ LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classificat
 
 
 def finetune_params(name: str):
-    from arxiv_embed.workspace import params_with
+    from tests.harness import params_with
 
     return params_with({"finetune": CANDIDATES[name]})
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from arxiv_embed.flat import flatten
-from arxiv_embed.workspace import ROOT, deep_update, dvc, make_project
+from tests.harness import ROOT, deep_update, dvc, make_project
 from benchmarks.common import Report, load_note
 from benchmarks.gpu_profile import GPU_PROFILE
 

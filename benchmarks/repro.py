@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import Report, load_note
-from arxiv_embed.workspace import deep_update, dvc, make_project, ran_stages
+from tests.harness import deep_update, dvc, make_project, ran_stages
 from tests.conftest import TINY_PARAMS
 
 EVALUATE_ONLY_CHANGE = ("evaluate", "batch_size", 16)  # changes how evaluate batches, not what the DAG upstream does

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import ROOT, Report, load_note, measure, shared_or
-from arxiv_embed.workspace import dvc, make_project, stage_env
+from tests.harness import dvc, make_project, stage_env
 
 SNAPSHOT_RECORDS = 2_700_000
 QUICK = {"sizes": "3000,6000", "max_train_papers": 200, "max_test_papers": 200, "test_triplets": 100}

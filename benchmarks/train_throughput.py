@@ -4,7 +4,7 @@ SentenceTransformerTrainer loop on the same data, model, loss and batch size.
 "This project" is the stage's wiring from arxiv_embed/training.py: the NO_DUPLICATES sampler,
 multi-dataset batches, loss and learning rate logged to MLflow every step. The baseline is the
 trainer with default arguments (plain batch sampler, no logging callback). Evaluation and
-checkpointing are timed once and amortised over finetune.eval_steps, as the stage does them.
+checkpointing are timed once and amortised over finetune.full.eval_steps, as the stage does them.
 
     python -m benchmarks.train_throughput            # --steps 8 on the default params
     python -m benchmarks.train_throughput --quick    # 3 steps, max_seq_length 64, batch 16

@@ -17,78 +17,18 @@ from typing import TextIO
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.files import atomic_path, scratch_dir, write_json
+from arxiv_embed.files import ParquetAppender, atomic_path, scratch_dir, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.clean import CleanParams
 from arxiv_embed.progress import Progress
 from arxiv_embed.data.columns import PAPER_COLUMNS
 from arxiv_embed.data.records import REASONS, line_batches, parse_batch, tidy, with_raw
+from arxiv_embed.data.dedup import decide_duplicates
 from arxiv_embed.errors import UserError, run
-
-
-KEYS_PER_BUCKET = 250_000  # records de-duplicated at a time (~100 MB); the full snapshot takes ~11 buckets
 
 
 class CleanError(UserError):
     """The input cannot be cleaned (empty, truncated, or the wrong file)."""
-
-
-def decide_duplicates(parts: pl.LazyFrame) -> pl.DataFrame:
-    """(line, id, reason) of every usable record that is not kept, sorted by line: filtered ones
-    (withdrawn, word counts) and duplicates. One id keeps its latest record (update_date, then
-    version count, then line); one normalised title+abstract keeps its smallest id.
-
-    Each rule runs per hash bucket of its key (id; title hash), read from the Parquet parts, so
-    memory follows the bucket's size, not the input's (grouping all 2.7M snapshot ids at once takes
-    about 1 GB).
-    """
-    n_buckets = max(1, -(-parts.select(pl.len()).collect().item() // KEYS_PER_BUCKET))
-
-    def bucket(key: str, b: int) -> pl.Expr:
-        return pl.col(key).hash(seed=0) % n_buckets == b
-
-    by_age = ["id", "update_date", "n_versions", "line"]
-    duplicate_id = pl.concat(
-        parts.filter(bucket("id", b)).select(by_age).collect(engine="streaming")
-        .sort(by_age).filter(~pl.col("id").is_last_distinct()).select("line")
-        for b in range(n_buckets)
-    )["line"].implode()  # fmt: skip
-    by_text = ["title_hash", "text_hash", "id", "line"]
-    usable = parts.filter(pl.col("reason").is_null() & ~pl.col("line").is_in(duplicate_id))
-    duplicate_text = pl.concat(
-        usable.filter(bucket("title_hash", b)).select(by_text).collect(engine="streaming")
-        .sort(by_text).filter(~pl.struct("title_hash", "text_hash").is_first_distinct()).select("line")
-        for b in range(n_buckets)
-    )["line"].implode()  # fmt: skip
-    reason = (
-        pl.when(pl.col("line").is_in(duplicate_id)).then(pl.lit("duplicate_id"))
-        .when(pl.col("line").is_in(duplicate_text)).then(pl.lit("duplicate_text"))
-        .otherwise("reason")
-    )  # fmt: skip
-    dropped = parts.select("line", "id", reason.alias("reason")).filter(pl.col("reason").is_not_null())
-    return dropped.collect(engine="streaming").sort("line")
-
-
-class ParquetAppender:
-    """One Parquet file written frame by frame (polars has no appending writer); zstd, as polars writes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.writer = path, None
-
-    def __enter__(self) -> ParquetAppender:
-        return self
-
-    def write(self, frame: pl.DataFrame) -> None:
-        import pyarrow.parquet as pq
-
-        table = frame.to_arrow()
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
-        self.writer.write_table(table)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, sourc
 def main() -> None:
     params = load(DownloadParams).download
     started = time.monotonic()
-    lines, source = SOURCES[params.source](params)
+    lines, source = SOURCES[params.source].read(params)
     written = write_raw(lines, RAW, params.max_records, source)
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")
 

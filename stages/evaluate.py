@@ -19,8 +19,7 @@ from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.evaluation.headline import headline
 from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, embed_texts
-from arxiv_embed.evaluation.lenses import evaluate_vectors
-from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
+from arxiv_embed.evaluation.lenses import PLOTS, evaluate_vectors
 from arxiv_embed.evaluation.report import ModelEval, compare, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
 from arxiv_embed.flat import flatten
@@ -28,6 +27,8 @@ from arxiv_embed.models import load_model
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.evaluate import EvaluateParams
 from arxiv_embed.tracking import RUN_INFO
+
+MODEL_NAMES = {"base": "Base", "finetuned": "Fine-tuned"}  # in plot titles
 
 
 def vectors_to_score(which: str, params: EvaluateParams, texts: list[str]) -> TextVectors:
@@ -47,23 +48,18 @@ def vectors_to_score(which: str, params: EvaluateParams, texts: list[str]) -> Te
 
 
 def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summary: dict[str, int], note: str = "") -> None:
-    """metrics/evaluate.json and .md, the learning-curve and confusion CSVs, and the PNGs."""
+    """metrics/evaluate.json and .md, and every lens's declared plots (lenses.PLOTS): CSVs and PNGs."""
     write_json(paths.EVALUATE_REPORT, report)
     write_text(paths.EVALUATE_MARKDOWN, report_markdown(report, summary, note))
-    # Wide (one column per model) so `dvc plots` draws one line per model from one file.
-    curves = base.tables["learning_curve"].rename({"macro_f1": "base"}).join(
-        finetuned.tables["learning_curve"].rename({"macro_f1": "finetuned"}), on="train_per_label", how="full", coalesce=True
-    ).sort("train_per_label")
-    with atomic_path(paths.LEARNING_CURVE) as tmp:
-        curves.write_csv(tmp)
-    with atomic_path(paths.CONFUSION) as tmp:
-        finetuned.tables["predictions"].write_csv(tmp)
+    evals = {"base": base, "finetuned": finetuned}
     with atomic_path(paths.PLOTS_DIR) as tmp:
         tmp.mkdir()
-        plot_learning_curve(curves, tmp / "learning_curve.png")
-        plot_confusion(finetuned.tables["predictions"], tmp / "confusion_matrix.png", "Fine-tuned model: test-paper labels (row-normalised)")
-        plot_map(base.tables["map_2d"], tmp / "embeddings_base.png", "Base model: test abstracts")
-        plot_map(finetuned.tables["map_2d"], tmp / "embeddings_finetuned.png", "Fine-tuned model: test abstracts")
+        for plot in PLOTS:
+            for model, table in plot.tables({name: e.tables for name, e in evals.items()}):
+                plot.draw(table, tmp / plot.png.format(model=model), plot.title.format(model=MODEL_NAMES.get(model, model)))
+                if plot.csv is not None:
+                    with atomic_path(plot.csv) as csv:
+                        table.write_csv(csv)
 
 
 def log_to_mlflow(report: dict) -> None:

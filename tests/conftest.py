@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from arxiv_embed.workspace import ROOT, deep_update, dvc, make_project, ran_stages, run, stage_env  # noqa: F401 (re-exported to the tests)
+from tests.harness import ROOT, deep_update, dvc, make_project, ran_stages, run, stage_env  # noqa: F401 (re-exported to the tests)
 
 # 4,830 records of 2020-26 (mostly 2025-26), 70 per primary category, 69 categories in 18 archives;
 # listing metadata (versions, authors_parsed, ... often null). The default download.path.

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import yaml
 
+from arxiv_embed.data import dedup
 from stages import clean
 from arxiv_embed.errors import UserError
 from arxiv_embed.data import records
@@ -177,10 +178,10 @@ def test_a_batch_larger_than_the_sieve_finds_each_bad_line_and_keeps_the_rest_in
     assert frame["id"].to_list() == [f"2401.{i - 101:05d}" for i in expected]
 
 
-@pytest.mark.parametrize("keys_per_bucket", [clean.KEYS_PER_BUCKET, 2], ids=["one-bucket", "3-buckets"])
+@pytest.mark.parametrize("keys_per_bucket", [dedup.KEYS_PER_BUCKET, 2], ids=["one-bucket", "3-buckets"])
 def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.MonkeyPatch, keys_per_bucket: int) -> None:
     monkeypatch.setattr(records, "BATCH_BYTES", 1500)  # duplicates land in different batches
-    monkeypatch.setattr(clean, "KEYS_PER_BUCKET", keys_per_bucket)
+    monkeypatch.setattr(dedup, "KEYS_PER_BUCKET", keys_per_bucket)
     v1 = [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}]
     v2 = [*v1, {"version": "v2", "created": "Tue, 24 Jul 2007 20:10:27 GMT"}]
     write_input(
@@ -201,9 +202,9 @@ def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.Monkey
     assert metrics["rejected"]["duplicate_id"] == 3
 
 
-@pytest.mark.parametrize("keys_per_bucket", [clean.KEYS_PER_BUCKET, 1], ids=["one-bucket", "3-buckets"])
+@pytest.mark.parametrize("keys_per_bucket", [dedup.KEYS_PER_BUCKET, 1], ids=["one-bucket", "3-buckets"])
 def test_duplicate_text_keeps_the_first_id(project: Path, monkeypatch: pytest.MonkeyPatch, keys_per_bucket: int) -> None:
-    monkeypatch.setattr(clean, "KEYS_PER_BUCKET", keys_per_bucket)
+    monkeypatch.setattr(dedup, "KEYS_PER_BUCKET", keys_per_bucket)
     text = "We prove a theorem " + " ".join(f"lemma{i}" for i in range(30))
     write_input(
         project,

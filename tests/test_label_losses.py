@@ -11,7 +11,7 @@ import torch
 
 from arxiv_embed.training import losses
 from arxiv_embed.training.label_losses import SupervisedContrastiveLoss
-from arxiv_embed.workspace import params_with
+from tests.harness import params_with
 
 
 def by_definition(x: np.ndarray, labels: list[int], temperature: float) -> float:

@@ -21,7 +21,7 @@ from arxiv_embed.evaluation.report import ModelEval, compare, delta, macro_f1, p
 from arxiv_embed.evaluation.retrieval import MAX_K, RETRIEVAL_METRICS, retrieval_metrics
 from arxiv_embed.evaluation.vectors import search
 from arxiv_embed.models import encode
-from arxiv_embed.workspace import params_with
+from tests.harness import params_with
 
 
 def sample_papers(path: Path, per_label: int, n_labels: int) -> pl.DataFrame:
@@ -306,3 +306,32 @@ def test_evaluate_vectors_runs_every_lens_on_one_lookup_table(base_model, real_p
     assert {"accuracy", "accuracy_random", "accuracy_hard"} == result.metrics["triplet"].keys()
     assert result.tables["predictions"].height == result.tables["map_2d"].height == test.height
     assert set(result.metrics) == set(LENSES) - {"embedding_map"}  # every lens with metrics reports
+
+
+def test_a_plotted_lens_declares_its_plots_and_the_stage_draws_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lens with a plot is one decorated function: its Plot reaches the writer's list, per model
+    or joined wide (one column per model), as the learning curve is."""
+    from arxiv_embed.evaluation import lenses
+    from arxiv_embed.evaluation.lenses import PLOTS, Plot
+
+    drawn = []
+    plot = Plot("spread", lambda table, path, title: drawn.append((path.name, title, table.columns)), "spread_{model}.png",
+                "{model} spread", models=("base", "finetuned"))
+    wide = Plot("spread", lambda table, path, title: drawn.append((path.name, title, table.columns)), "spread.png", "both",
+                models=("base", "finetuned"), wide="k")
+
+    @lens(plots=(plot, wide))
+    def spread(x: LensInput) -> LensResult:
+        return LensResult({}, tables={"spread": pl.DataFrame({"k": [1, 2], "value": [0.1, 0.2]})})
+
+    try:
+        assert PLOTS[-2:] == [plot, wide] and lenses.LENSES["spread"] is spread
+        tables = {model: spread(None).tables for model in ("base", "finetuned")}
+        for declared in PLOTS[-2:]:
+            for model, table in declared.tables(tables):
+                declared.draw(table, tmp_path / declared.png.format(model=model), declared.title.format(model=model))
+    finally:
+        del PLOTS[-2:]
+        lenses.LENSES.pop("spread")
+    assert drawn == [("spread_base.png", "base spread", ["k", "value"]), ("spread_finetuned.png", "finetuned spread", ["k", "value"]),
+                     ("spread.png", "both", ["k", "base", "finetuned"])]

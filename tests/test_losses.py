@@ -14,7 +14,7 @@ from arxiv_embed import errors
 from arxiv_embed.params import DataKind, LossName, ParamsError
 from arxiv_embed.training import adapter, losses, recipe
 from arxiv_embed.training import data as training_data
-from arxiv_embed.workspace import params_with
+from tests.harness import params_with
 from tests.test_training import write_tiny_data
 
 

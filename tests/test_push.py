@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from arxiv_embed.workspace import params_with
+from tests.harness import params_with
 
 from .conftest import make_project, ran_stages, run, stage_env
 

@@ -35,7 +35,7 @@ def test_headline_reads_evaluates_intervals_and_verdicts_need_the_interval_above
 
 def test_candidates_are_valid_params() -> None:
     from arxiv_embed.training import losses
-    from arxiv_embed.workspace import params_with
+    from tests.harness import params_with
 
     for overrides in quality.CANDIDATES.values():
         losses.check_combination(params_with(overrides).finetune)  # raises naming the param

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from arxiv_embed import files
-from arxiv_embed.workspace import params_with
+from tests.harness import params_with
 from arxiv_embed.training import checkpoints
 from tests.conftest import ROOT, dvc, make_project
 

@@ -20,7 +20,7 @@ from arxiv_embed.evaluation import lenses as ev
 from arxiv_embed.evaluation.data import EvalData
 from arxiv_embed.evaluation.retrieval import MAX_K, per_query
 from arxiv_embed.evaluation.vectors import normalise, search
-from arxiv_embed.workspace import params_with
+from tests.harness import params_with
 from tests.conftest import TINY_PARAMS, deep_update, dvc, make_project
 
 

@@ -226,7 +226,7 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
     assert json.loads(capsys.readouterr().out)["results"][0]["id"] == paper_id
 
     for args, message in [
-        (["query", "   ", "--index", str(indexes["float32"])], "search: the query is empty"),
+        (["query", "   ", "--index", str(indexes["float32"])], "search: error: the query is empty"),
         (["query", "spin glasses", "--index", str(tmp_path / "missing")], "no search index is loaded"),
         (["query", "spin glasses", "-k", "5000", "--index", str(indexes["float32"])], "k must be between 1 and 1000"),
     ]:

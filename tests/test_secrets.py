@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from arxiv_embed.tracking import redact
-from arxiv_embed.workspace import deep_update
+from tests.harness import deep_update
 from tests.conftest import TINY_PARAMS, make_project, run, stage_env
 from tests.test_finetune import free_port, mlflow_server  # noqa: F401 (fixture)
 from tests.test_push import FAKE_TOKEN, REPO_ID, fake_hub  # noqa: F401 (fixture)

@@ -15,7 +15,7 @@ import pytest
 from arxiv_embed import errors, tracking
 from arxiv_embed.training import checkpoints, distributed, losses, recipe, trainer
 from arxiv_embed.training import data as training_data
-from arxiv_embed.workspace import params_with
+from tests.harness import params_with
 
 
 def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: int = 12) -> None:
@@ -192,12 +192,12 @@ def test_matryoshka_wraps_the_loss_and_rejects_dims_above_the_model(tiny_model) 
 
 
 def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(errors.TrainingSetupError, match=r"nothing\.parquet is missing.*make_triplets"):
+    with pytest.raises(errors.InputError, match=r"nothing\.parquet is missing.*make_triplets"):
         training_data.read_texts(tmp_path / "nothing.parquet", ["anchor"])
     pl.DataFrame({"anchor": ["a", None], "positive": ["b", "c"]}).write_parquet(tmp_path / "nulls.parquet")
-    with pytest.raises(errors.TrainingSetupError, match=r"nulls\.parquet: 1 of 2 rows"):
+    with pytest.raises(errors.InputError, match=r"nulls\.parquet: 1 of 2 rows"):
         training_data.read_texts(tmp_path / "nulls.parquet", ["anchor", "positive"])
-    with pytest.raises(errors.TrainingSetupError, match=r"no column\(s\) \['negative'\]"):
+    with pytest.raises(errors.InputError, match=r"no column\(s\) \['negative'\]"):
         training_data.read_texts(tmp_path / "nulls.parquet", ["anchor", "negative"])
 
 

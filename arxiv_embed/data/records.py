@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
-from arxiv_embed.errors import UserError
+from arxiv_embed.errors import InputError
 
 RAW_SCHEMA = {
     "id": pl.String,
@@ -41,10 +41,6 @@ WITHDRAWN = (
 )
 WHITESPACE = [c for c in map(chr, range(0x3001)) if c.isspace() and c != " "]  # \n, \t, NBSP, thin space...
 RFC2822 = "%a, %d %b %Y %H:%M:%S GMT"  # versions[].created, e.g. "Mon, 2 Apr 2007 19:18:42 GMT"
-
-
-class InputError(UserError):
-    """The input file cannot be read as arXiv JSON lines; the message says what to do."""
 
 
 def line_batches(path: Path, batch_bytes: int | None = None) -> Iterator[tuple[int, bytes]]:

@@ -1,5 +1,5 @@
 """Where the download stage reads arXiv metadata from: `SOURCES`, one entry per `download.source`
-(adding a source is one function and one entry; the params schema takes its choices from here).
+(adding a source is one reader and one entry; the params schema takes its choices from here).
 
 Every reader is a generator of JSON lines (bytes, Kaggle snapshot schema) that reads only as far as
 its consumer asks, so `download.max_records` stops a multi-GB file or a harvest early:
@@ -21,6 +21,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
@@ -195,5 +196,15 @@ def _file(params: Download) -> tuple[Iterator[bytes], str]:
     return open_records(params.path), f"file {params.path}"
 
 
-# download.source -> (the source's JSON lines, a short name for messages)
-SOURCES: dict[str, Callable[[Download], tuple[Iterator[bytes], str]]] = {"oai": _oai, "kaggle": _kaggle, "file": _file}
+@dataclass(frozen=True)
+class Source:
+    read: Callable[[Download], tuple[Iterator[bytes], str]]  # -> (the source's JSON lines, a short name for messages)
+    describe: Callable[[Download, str], str]  # (params, ", first N records" or "") -> the model card's words on the data
+
+
+# download.source -> its reader and its description. Adding a source is one entry (the schema takes its choices from here).
+SOURCES: dict[str, Source] = {
+    "oai": Source(_oai, lambda d, limit: f"arXiv OAI-PMH {d.oai.endpoint}, sets {', '.join(d.oai.sets)}, {d.oai.from_date} to {d.oai.until_date}{limit}"),
+    "kaggle": Source(_kaggle, lambda d, limit: f"Kaggle arXiv metadata snapshot ({d.path or d.kaggle_url}{limit})"),
+    "file": Source(_file, lambda d, limit: f"local file `{Path(d.path or '').name}` (Kaggle arXiv snapshot schema{limit})"),
+}

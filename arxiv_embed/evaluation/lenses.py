@@ -4,7 +4,8 @@ A lens is one function registered with `@lens`: it reads a `LensInput` and retur
 with its metrics (reported as `<lens>.<metric>`, e.g. `category_retrieval.ndcg@10`), optionally the
 per-item values behind a metric (for paired bootstrap intervals) and tables to save and plot. The
 report, MLflow logging, model card and push gate take whatever the lenses return: adding a lens is
-adding one function here.
+adding one function here, and a plotted lens declares its plots in its decorator (`Plot`), which the
+evaluate stage draws without another edit.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
+from arxiv_embed import paths
 from arxiv_embed.errors import UserError
 from arxiv_embed.evaluation.data import EvalData
+from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
 from arxiv_embed.evaluation.report import ModelEval, macro_f1
 from arxiv_embed.evaluation.retrieval import MAX_K, per_query
 from arxiv_embed.evaluation.vectors import normalise, search
@@ -68,13 +72,47 @@ class LensResult:
         return cls({name: float(np.mean(values)) for name, values in items.items()}, items)
 
 
+@dataclass(frozen=True)
+class Plot:
+    """A table a lens returns, drawn by the evaluate stage (and, with `csv`, written for `dvc plots`).
+
+    models: whose table is drawn, one PNG each (`png` may hold `{model}`), or with `wide` one
+    table of all of them: joined on column `wide`, the value column renamed to each model's name."""
+
+    table: str
+    draw: Callable[[pl.DataFrame, Path, str], None]  # plots.py: (table, png path, title)
+    png: str  # under metrics/plots/
+    title: str  # `{model}` is replaced by the model's name
+    models: tuple[str, ...] = ("finetuned",)
+    wide: str | None = None
+    csv: Path | None = None
+
+    def tables(self, by_model: dict[str, dict[str, pl.DataFrame]]) -> list[tuple[str, pl.DataFrame]]:
+        """(model, table) to draw from each model's tables: one per model, or one joined wide ("all")."""
+        tables = {model: by_model[model][self.table] for model in self.models}
+        if self.wide is None:
+            return list(tables.items())
+        wide = None
+        for model, table in tables.items():
+            (value,) = [c for c in table.columns if c != self.wide]
+            table = table.rename({value: model})
+            wide = table if wide is None else wide.join(table, on=self.wide, how="full", coalesce=True)
+        return [("all", wide.sort(self.wide))]
+
+
 LENSES: dict[str, Callable[[LensInput], LensResult]] = {}
+PLOTS: list[Plot] = []  # every registered lens's plots, in registration order
 
 
-def lens(function: Callable[[LensInput], LensResult]) -> Callable[[LensInput], LensResult]:
-    """Register `function` as a lens named after it."""
-    LENSES[function.__name__] = function
-    return function
+def lens(function: Callable[[LensInput], LensResult] | None = None, *, plots: tuple[Plot, ...] = ()) -> Callable:
+    """Register `function` as a lens named after it (`@lens`), with the plots of its tables (`@lens(plots=...)`)."""
+
+    def register(function: Callable[[LensInput], LensResult]) -> Callable[[LensInput], LensResult]:
+        LENSES[function.__name__] = function
+        PLOTS.extend(plots)
+        return function
+
+    return register(function) if function is not None else register
 
 
 def evaluate_vectors(vectors: TextVectors, data: EvalData, settings: Evaluate, seed: int) -> ModelEval:
@@ -116,7 +154,13 @@ def category_retrieval(x: LensInput) -> LensResult:
     return LensResult.of_means(per_query(ranked, x.labels, x.labels, exclude_self=True))
 
 
-@lens
+@lens(plots=(
+    # Wide (one column per model) so `dvc plots` draws one line per model from one file.
+    Plot("learning_curve", plot_learning_curve, "learning_curve.png", "Classification learning curve",
+         models=("base", "finetuned"), wide="train_per_label", csv=paths.LEARNING_CURVE),
+    Plot("predictions", plot_confusion, "confusion_matrix.png", "Fine-tuned model: test-paper labels (row-normalised)",
+         csv=paths.CONFUSION),
+))
 def classification(x: LensInput) -> LensResult:
     """Logistic regression on frozen embeddings, trained on the balanced train slice, over a
     learning curve of papers per label. macro_f1_supported counts only labels with at least
@@ -179,7 +223,7 @@ def binary(x: LensInput) -> LensResult:
     return result
 
 
-@lens
+@lens(plots=(Plot("map_2d", plot_map, "embeddings_{model}.png", "{model} model: test abstracts", models=("base", "finetuned")),))
 def embedding_map(x: LensInput) -> LensResult:
     """A 2-D map of the test abstracts (PCA or t-SNE): a picture, no metric."""
     xy = map_2d(x.abstracts, x.settings.map_2d, x.seed)

@@ -1,4 +1,5 @@
-"""The evaluate stage's PNGs (matplotlib, no pyplot state): learning curve, confusion matrix, 2-D maps."""
+"""The evaluate stage's PNGs (matplotlib, no pyplot state): learning curve, confusion matrix, 2-D maps.
+Each is a `draw(table, png path, title)` a lens names in its `Plot` (lenses.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ def _figure(width: float = 6.4, height: float = 4.8):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def plot_learning_curve(curves: pl.DataFrame, path: Path) -> None:
+def plot_learning_curve(curves: pl.DataFrame, path: Path, title: str) -> None:
     """`curves`: train_per_label plus one macro-F1 column per model."""
     fig = _figure()
     ax = fig.subplots()
     sizes = curves["train_per_label"].to_list()
     for model in curves.columns[1:]:
         ax.plot(sizes, curves[model], marker="o", label=model)
-    ax.set(xscale="log", xlabel="training papers per label", ylabel="macro-F1", title="Classification learning curve")
+    ax.set(xscale="log", xlabel="training papers per label", ylabel="macro-F1", title=title)
     ax.set_xticks(sizes, labels=[*map(str, sizes[:-1]), f"{sizes[-1]} (all)"], minor=False)
     ax.minorticks_off()
     ax.legend()

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.schema.base import HttpUrl, IsoDate, NonNegativeInt, PositiveInt, Section
 
 
@@ -25,10 +26,7 @@ class Oai(Section):
 
 
 class Download(Section):
-    # The keys of arxiv_embed.data.sources.SOURCES (tests/test_params.py checks they agree). Named
-    # here, not imported: push reads this part for the card, and importing the readers would make a
-    # reader's change rerun push.
-    source: Literal["oai", "kaggle", "file"]
+    source: Literal[tuple(SOURCES)]  # type: ignore[valid-type]  # the SOURCES table's keys
     path: str | None
     max_records: PositiveInt | None
     kaggle_url: HttpUrl

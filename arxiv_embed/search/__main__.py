@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from arxiv_embed import paths
-from arxiv_embed.errors import UserError
+from arxiv_embed.errors import run
 from arxiv_embed.search.engine import RESCORE_MULTIPLIER
 from arxiv_embed.search.papers import SearchError, read_papers
 
@@ -156,7 +156,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as exc:
-        sys.exit(f"search: {exc}")
+    run(main, "search")  # a UserError prints as `search: error: <message>`, as the stages' errors do

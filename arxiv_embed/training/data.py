@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
-from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.files import read_table
 from arxiv_embed.schema.finetune import Finetune
 from arxiv_embed.training import losses
@@ -70,7 +69,7 @@ def data_files(finetune: Finetune) -> tuple[list[Path], list[Path]]:
 
 def read_texts(path: Path, columns: tuple[str, ...] | list[str]) -> pl.DataFrame:
     """The named columns of a make_triplets (or split) output, checked as every stage checks its inputs."""
-    return read_table(path, columns, "make_triplets", TrainingSetupError)
+    return read_table(path, columns, "make_triplets")
 
 
 def kind_frame(kind: str, split: str = "train") -> pl.DataFrame:

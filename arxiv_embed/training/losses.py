@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 RETAIN = "retain_title_abstract"  # the objective (recipe.py) of the no-forgetting title->abstract pairs
 MINED = "hard_negatives"  # the objective (recipe.py) of the mined triplets (mining.py)
-Check = Callable[["Finetune"], "str | None"]  # a finetune section -> what is wrong with it, or None
+Check = Callable[["Finetune"], None]  # raises TrainingSetupError naming the params when the row cannot train on them
 
 
 def _library(name: str, **kwargs: Any) -> Callable[[Any, Finetune], nn.Module]:
@@ -65,24 +65,21 @@ def _triplet_cosine(ft: Finetune) -> Any:
     return TripletDistanceMetric.COSINE
 
 
-def _even_batch(ft: Finetune) -> str | None:
+def _even_batch(ft: Finetune) -> None:
     if ft.batch_size < 4 or ft.batch_size % 2:
-        return (f"finetune.loss={ft.loss} groups several papers per label in a batch: finetune.batch_size must be even "
-                f"and >= 4 (got {ft.batch_size})")
-    return None
+        raise TrainingSetupError(f"finetune.loss={ft.loss} groups several papers per label in a batch: finetune.batch_size must be even "
+                                 f"and >= 4 (got {ft.batch_size})")
 
 
-def _mini_batch(ft: Finetune) -> str | None:
+def _mini_batch(ft: Finetune) -> None:
     if ft.full.mini_batch_size > ft.batch_size:
-        return (f"finetune.full.mini_batch_size={ft.full.mini_batch_size} > finetune.batch_size={ft.batch_size}: "
-                "cached_mnrl splits each batch into mini-batches, so the mini-batch must be smaller")
-    return None
+        raise TrainingSetupError(f"finetune.full.mini_batch_size={ft.full.mini_batch_size} > finetune.batch_size={ft.batch_size}: "
+                                 "cached_mnrl splits each batch into mini-batches, so the mini-batch must be smaller")
 
 
-def _full_only(ft: Finetune) -> str | None:
+def _full_only(ft: Finetune) -> None:
     if ft.mode == "adapter":
-        return f"finetune.loss={ft.loss} caches activations of the encoder, which mode=adapter freezes: use mode=full or loss mnrl"
-    return None
+        raise TrainingSetupError(f"finetune.loss={ft.loss} caches activations of the encoder, which mode=adapter freezes: use mode=full or loss mnrl")
 
 
 @dataclass(frozen=True)
@@ -137,8 +134,7 @@ def check_combination(ft: Finetune) -> None:
             f"set finetune.train_data to a subset of [{', '.join(spec.kinds)}], or pick a loss that reads {wrong[0]}"
         )
     for check in spec.checks:
-        if problem := check(ft):
-            raise TrainingSetupError(problem)
+        check(ft)
 
 
 def build_loss(model: SentenceTransformer | Any, ft: Finetune) -> nn.Module:

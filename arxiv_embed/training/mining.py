@@ -94,8 +94,8 @@ def mine_label_negatives(vectors: TextVectors, pairs: pl.DataFrame, papers: pl.D
 def mine_train_split(vectors: TextVectors, candidates: int) -> Mined:
     """finetune.hard_negatives on the train sample: make_triplets' same_label pairs as anchors and
     positives, every sampled train abstract as a candidate negative."""
-    pairs = read_table(paths.training_file("train", "same_label"), ["anchor", "positive", "label"], "make_triplets", TrainingSetupError)
-    papers = read_table(paths.TRAIN_SAMPLE, ["abstract", "label", "categories"], "make_triplets", TrainingSetupError)
+    pairs = read_table(paths.training_file("train", "same_label"), ["anchor", "positive", "label"], "make_triplets")
+    papers = read_table(paths.TRAIN_SAMPLE, ["abstract", "label", "categories"], "make_triplets")
     if pairs.is_empty():
         raise TrainingSetupError(f"finetune.hard_negatives.weight > 0 mines negatives for make_triplets' same_label pairs, but "
                                  f"{paths.training_file('train', 'same_label')} has none: raise make_triplets.same_label_pairs_per_split.train "
