@@ -86,7 +86,7 @@ def texts_per_second(model, texts: list[str], batch_size: int, repeats: int = 3)
 def evaluate_share(workdir: Path, sample: Path) -> dict:
     """Run `stages.evaluate --model base` on `sample` (default params) under the probe."""
     project = make_project(workdir / "project", {"download": {"source": "file", "path": str(sample), "max_records": None}})
-    dvc(project, "repro", "make_triplets")
+    dvc(project, "repro", "embed_base")  # evaluate reads embed_base's vectors: it should encode nothing
     result = measure([sys.executable, "-m", "benchmarks.encoding", "--model", "base"], project,
                      env={**stage_env(project), "PYTHONPATH": str(ROOT)})
     return json.loads(result.stdout.strip().splitlines()[-1])

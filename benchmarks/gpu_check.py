@@ -77,8 +77,10 @@ def training(model_name: str, titles: list[str], abstracts: list[str], batch_siz
     params = profile_params({"model": {"max_seq_length": 128}, "finetune": {
         "loss": "mnrl", "train_data": ["title_abstract"], "retain_title_abstract": 0.0, "batch_size": batch_size}})
     precision = pick_precision("auto", device)
-    repeat = max(1, (warmup + steps) * batch_size // len(titles) + 1)
-    dataset = Dataset.from_dict({"anchor": titles * repeat, "positive": abstracts * repeat})
+    n = (warmup + steps) * batch_size
+    # Distinct pairs (a copy number in each): the no-duplicates batch sampler never has to skip one.
+    dataset = Dataset.from_dict({"anchor": [f"{titles[i % len(titles)]} ({i // len(titles)})" for i in range(n)],
+                                 "positive": [f"{abstracts[i % len(titles)]} ({i // len(titles)})" for i in range(n)]})
     model = load_model(model_name, 128, device=device)
     clock = step_clock(warmup)
     trainer = _trainer(params, model, dataset, scratch / "train", device, precision, max_steps=warmup + steps)

@@ -134,8 +134,14 @@ def project_to_snapshot(runs: dict, sizes: list[int], report: Report, idle_rate:
     train_here = measured.get("make_triplets_metrics", {}).get("train", {}).get("papers", 1)
     test_here = embed.get("test_sample_papers", 1)
     projected = {}
+    small = runs[sizes[0]] if len(sizes) > 1 else None
     for stage in ("download", "clean", "split", "make_triplets"):
-        if stage in measured:
+        if stage not in measured:
+            continue
+        if small and stage in small:  # the marginal rate between the two largest sizes: start-up costs stay fixed
+            per_record = max(0.0, measured[stage]["seconds"] - small[stage]["seconds"]) / (size - sizes[0])
+            projected[stage] = measured[stage]["seconds"] + per_record * (SNAPSHOT_RECORDS - size)
+        else:
             projected[stage] = measured[stage]["seconds"] * scale
     texts = 2 * train_at_scale + 2 * test_at_scale + 3 * 1000  # titles and abstracts of both samples, test triplets
     if embed.get("texts_per_second"):
