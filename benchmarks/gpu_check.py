@@ -62,7 +62,8 @@ def encoding(model_name: str, abstracts: list[str], n_texts: int, baseline_texts
     plain = baseline_texts / (time.perf_counter() - started)
     result = {"abstracts_per_s": round(ours), "plain_fp32_encode_per_s": round(plain), "texts": n_texts,
               "max_seq_length": 256, "precision": pick_precision("auto", device), "device": device}
-    print(f"gpu_check: encoding {ours:,.0f} abstracts/s ({result['precision']}, token-budget batches) vs plain fp32 "
+    path = "token-budget batches" if device == "cuda" else "the CPU path"
+    print(f"gpu_check: encoding {ours:,.0f} abstracts/s ({result['precision']}, {path}) vs plain fp32 "
           f"encode {plain:,.0f}/s; target >= 20,000", flush=True)
     return result
 
