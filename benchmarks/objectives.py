@@ -70,7 +70,9 @@ def finetune_params(name: str):
     from tests.harness import deep_update, params_with
 
     overrides = {} if name == "default" else deep_update(copy.deepcopy(ISSUE_11), CANDIDATES[name])
-    return params_with({"finetune": overrides})
+    # Only the classifier on every sampled train paper (the one reported): each learning-curve point is
+    # another logistic-regression fit over ~100 labels, minutes on shared cores.
+    return params_with({"finetune": overrides, "evaluate": {"learning_curve_sizes": []}})
 
 
 def frames_for(project: Path, ft, train_ids: set[str], encoder) -> dict:

@@ -144,6 +144,7 @@ def test_more_processes_than_gpus_fails_before_launch(monkeypatch: pytest.Monkey
          "no_duplicates", ["anchor", "positive"]),
         ({"loss": "triplet", "train_data": ["triplets"]}, "TripletLoss", "batch_sampler", ["anchor", "positive", "negative"]),
         ({"loss": "batch_hard"}, "BatchHardTripletLoss", "group_by_label", ["text", "label"]),
+        ({"loss": "supcon", "train_data": ["labels"]}, "SupervisedContrastiveLoss", "group_by_label", ["text", "label"]),
     ],
 )
 def test_each_loss_gets_its_columns_sampler_and_trains_on_a_batch(

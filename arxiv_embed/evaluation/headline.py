@@ -12,7 +12,8 @@ Fine-tuned = base + delta. The fine-tuned values themselves are left out on purp
 they move exactly as the deltas do (the base is fixed), and both together do not fit
 `dvc exp show --only-changed` in 160 columns. The delta is what the quality bar reads: >= 0 on the
 first three, >= -0.01 on title_ndcg. category_ndcg is push.gate.metric (the gate reads its delta's 95% interval
-in metrics/evaluate.json).
+in metrics/evaluate.json), and push refuses when any of these METRICS has its whole interval below minus
+its push.gate.headline_tolerances entry.
 """
 
 from __future__ import annotations
