@@ -144,6 +144,9 @@ def test_method_not_allowed_category_case_favicon_and_docs_offline(service, reco
     lowered = f"{service}/search?" + urllib.parse.urlencode({"q": "quantum", "k": 5, "category": category.lower()})
     (status, body), (lower_status, lower_body) = get(url), get(lowered)
     assert status == lower_status == 200 and lower_body["category"] == category and lower_body["results"] == body["results"]
+    # Zero-width characters around the words are dropped, not encoded.
+    status, body = get(f"{service}/search?" + urllib.parse.urlencode({"q": "\u200bspin glasses\u2060", "k": 2}))
+    assert status == 200 and body["query"] == "spin glasses"
 
     with urllib.request.urlopen(f"{service}/favicon.ico", timeout=30) as icon:
         assert icon.status == 200 and icon.read().startswith(b"<svg")

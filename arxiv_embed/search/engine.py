@@ -42,9 +42,10 @@ QUERY_BITS = 8
 TRAIN_ROWS = 65536  # rows the RaBitQ centroid is computed from (evenly spaced): a memory map is never all read
 # Partitioned from here on: a flat 1-bit scan of 100k rows is ~4 ms on one core, and grows linearly past it.
 IVF_MIN_ROWS = 100_000
-# Lists probed per query. 16 of ~1024 (1M) or ~2048 (2.7M) lists keeps recall@10 >= 0.95 after the x4 rescoring on
-# clustered vectors (benchmarks/search_scale.py); each probed list costs a query quantisation (~20 us) plus its codes.
+# Lists probed per query: 16 of 1024 lists at 1M vectors gave recall@10 0.955 after the x4 rescoring on real-like
+# vectors (benchmarks/search_scale.py); each probed list costs a query quantisation (~20 us) plus its codes.
 NPROBE = 16
+# (At 2.7M, 2048 lists, 32 probes gave the same recall@10 as 16, 0.915: what is lost there is in the x4 candidates.)
 MAX_NPROBE = 256  # a filter probes proportionally more lists, up to this
 # A filter letting at most this many rows through is searched by an exact float scan of those rows (~15 MB of
 # memory-mapped rows, a few ms): fewer than the codes the lists holding them would cost, and exact.

@@ -170,11 +170,12 @@ ERRORS = {400: {"model": ErrorOut, "description": "bad query, k or category"},
 
 
 def create_app(searcher: Searcher) -> FastAPI:
-    from swagger_ui_bundle import swagger_ui_path
+    import swagger_ui  # swagger-ui-py: Swagger UI 5 (reads OpenAPI 3.1, which FastAPI writes)
 
+    swagger_ui_path = Path(swagger_ui.__file__).parent / "static"
     app = FastAPI(title="arxiv-embed search", description=__doc__, version="2", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    # Swagger UI from the swagger-ui-bundle package, not a CDN: /docs works on a machine without internet.
+    # Swagger UI from the swagger-ui-py package, not a CDN: /docs works on a machine without internet.
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
