@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 TEXTS_FILE, VECTORS_FILE = "texts.parquet", "vectors.npy"
-SLICE = 512  # texts per encode call inside a chunk: a progress line can come between them
+SLICE = 512  # at most this many texts per encode call inside a chunk: a progress line can come between them
+CHUNK_SIZE = 4096  # texts per saved chunk: what an interruption can lose
+PROGRESS_SECONDS = 15.0  # at most one progress line per this many seconds
 
 
 def texts_key(model_sha256: str, texts: list[str]) -> str:
@@ -51,6 +53,20 @@ def pool_devices(model: SentenceTransformer, processes: int | None) -> list[str]
             return [f"cuda:{i % torch.cuda.device_count()}" for i in range(processes)]
         return ["cpu"] * processes
     return None
+
+
+def chunk_paths(texts: list[str], work_dir: Path, model_sha256: str, chunk_size: int | None = None) -> list[Path]:
+    """The file each chunk of `texts` is saved to, named after its texts and the model (texts_key)."""
+    chunk_size = chunk_size or CHUNK_SIZE
+    return [Path(work_dir) / f"chunk-{texts_key(model_sha256, texts[start:start + chunk_size])[:24]}.npy"
+            for start in range(0, len(texts), chunk_size)]
+
+
+def saved_count(texts: list[str], work_dir: Path, model_sha256: str, chunk_size: int | None = None) -> int:
+    """How many of `texts` an earlier, interrupted run already encoded and saved in work_dir."""
+    chunk_size = chunk_size or CHUNK_SIZE
+    return sum(len(texts[i * chunk_size:(i + 1) * chunk_size])
+               for i, path in enumerate(chunk_paths(texts, work_dir, model_sha256, chunk_size)) if path.exists())
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -121,28 +137,29 @@ def _encode_chunk(model: SentenceTransformer, texts: list[str], batch_size: int,
         return vectors
     order = np.argsort([-len(text) for text in texts], kind="stable")
     vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    for start in range(0, len(texts), SLICE):
-        rows = order[start:start + SLICE]
+    step = min(SLICE, 4 * batch_size)  # a few batches per call: even a small build reports as it goes
+    for start in range(0, len(texts), step):
+        rows = order[start:start + step]
         vectors[rows] = encode(model, [texts[i] for i in rows], batch_size=batch_size, progress=False)
         meter.update(len(rows))
     return vectors
 
 
 def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Path, model_sha256: str, batch_size: int = 64,
-                     chunk_size: int = 4096, processes: int | None = None, progress: bool = True,
+                     chunk_size: int | None = None, processes: int | None = None, progress: bool = True,
                      what: str = "encode") -> np.ndarray:
     """L2-normalised float32 embeddings of `texts`, reusing chunks a previous (interrupted) run saved.
 
     A chunk file is named after its texts and the model (texts_key), so a rerun over the same list, or
     a list that starts the same way, reuses it; anything else in work_dir is simply not read.
     """
-    work_dir = Path(work_dir)
+    work_dir, chunk_size = Path(work_dir), chunk_size or CHUNK_SIZE
     work_dir.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(texts), chunk_size)
-    paths = [work_dir / f"chunk-{texts_key(model_sha256, texts[start:start + chunk_size])[:24]}.npy" for start in starts]
+    paths = chunk_paths(texts, work_dir, model_sha256, chunk_size)
     chunks: list[np.ndarray | None] = [np.load(path) if path.exists() else None for path in paths]
     done = sum(len(c) for c in chunks if c is not None)
-    meter = Progress(f"{what}: encoded", len(texts) - done, "texts", interval_s=15.0 if progress else float("inf"))
+    meter = Progress(f"{what}: encoded", len(texts) - done, "texts", interval_s=PROGRESS_SECONDS if progress else float("inf"))
     if done and progress:
         print(f"{what}: resuming: {done:,} of {len(texts):,} texts already encoded in {work_dir}", flush=True)
     devices = pool_devices(model, processes) if done < len(texts) else None

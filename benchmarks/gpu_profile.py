@@ -7,7 +7,7 @@ parquet files with pyarrow.
 
 - throughput: pairs (or texts) per second of SentenceTransformerTrainer steps at model.max_seq_length,
   after warm-up steps, for the profile's losses and batch sizes (issue 11: >= 2,000 pairs/s on one H100).
-- encoding: the search index's encoder (search.encoding.encode_resumable) on the projects' abstracts;
+- encoding: the search index's encoder (embeddings.encode_resumable) on the projects' abstracts;
   projected to the 2.7M-paper snapshot.
 - quality: the profile's candidates (GPU_CANDIDATES, or --candidate) trained on each project's training split and
   scored on its *eval* split (category NDCG@10, title->abstract NDCG@10, triplet accuracy). One
@@ -186,7 +186,7 @@ def _free() -> None:
 
 def encoding(model_dir: Path, projects: list[Path], out: Path, smoke: bool) -> dict:
     from arxiv_embed.models import load_model
-    from arxiv_embed.search.encoding import encode_resumable
+    from arxiv_embed.embeddings import encode_resumable
 
     texts = [t for p in projects for split in ("train", "eval") for t in _table(p, paths.split_file(split), ["abstract"])["abstract"]]
     texts = texts[:64] if smoke else texts

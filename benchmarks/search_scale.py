@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def real_embeddings(n_papers: int = 0, batch_size: int = 64) -> dict:
     """Titles and abstracts of the multi-domain sample (first n_papers; 0: all), encoded once and cached."""
     from arxiv_embed.models import load_model
-    from arxiv_embed.search.encoding import encode_resumable
+    from arxiv_embed.embeddings import encode_resumable
     from arxiv_embed.search.index import model_identity
 
     if not SAMPLE.is_file():

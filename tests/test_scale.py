@@ -123,7 +123,7 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     first = json.loads(Path("metrics/evaluate.json").read_text())["finetuned"]
 
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["finetune"]["margin"] = 0.2
+    params["finetune"]["temperature"] = 0.2  # a knob of the default loss (supcon): a finetune-only sweep point
     Path("params.yaml").write_text(yaml.safe_dump(params))
     finetune.main()
     evaluate.main(["--model", "finetuned"])

@@ -17,7 +17,7 @@ import pytest
 
 from arxiv_embed.models import encode
 from arxiv_embed.search.index import SearchError, SearchIndex, build_index, read_papers
-from arxiv_embed.search.encoding import encode_resumable
+from arxiv_embed.embeddings import encode_resumable
 
 from .conftest import ROOT, run, stage_env
 
@@ -91,7 +91,7 @@ def test_similar_papers_and_category_filter(indexes):
 
 
 def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_path, records, base_model, monkeypatch):
-    import arxiv_embed.search.encoding as encoding
+    import arxiv_embed.embeddings as encoding
 
     path = tmp_path / "index"
     build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:40])), base_model, MODEL, path, "binary")
@@ -129,7 +129,7 @@ def test_an_index_of_the_old_itq_format_asks_for_a_rebuild_which_reuses_its_embe
 
     import faiss
 
-    from arxiv_embed.search import encoding
+    from arxiv_embed import embeddings as encoding
     from arxiv_embed.search.service import Searcher
 
     old = tmp_path / "old-index"
@@ -152,7 +152,7 @@ def test_an_index_of_the_old_itq_format_asks_for_a_rebuild_which_reuses_its_embe
 
 
 def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, monkeypatch):
-    import arxiv_embed.search.encoding as encoding
+    import arxiv_embed.embeddings as encoding
 
     texts = [json.loads(r)["abstract"] for r in records[:20]]
     calls: list[int] = []
@@ -292,18 +292,18 @@ def test_the_rescore_multiplier_is_stored_with_the_index_and_used_by_its_queries
 
 def test_progress_is_reported_within_a_chunk(tmp_path, records, base_model, monkeypatch, capsys):
     """Issue 22 (7): a build smaller than one chunk still prints progress lines as it goes (here: every batch group)."""
-    from arxiv_embed.search import encoding
+    from arxiv_embed import embeddings as encoding
 
     monkeypatch.setattr(encoding, "PROGRESS_SECONDS", 0.0)
     texts = [json.loads(r)["title"] for r in records[:20]]
-    encode_resumable(base_model, texts, tmp_path / "work", "model-sha", batch_size=2)
+    encode_resumable(base_model, texts, tmp_path / "work", "model-sha", batch_size=2, what="search")
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("search: encoded")]
-    assert len(lines) >= 3 and lines[0].startswith("search: encoded 8/20") and lines[-1].startswith("search: encoded 20/20"), lines
+    assert len(lines) >= 3 and lines[0].startswith("search: encoded: 8/20") and lines[-1].startswith("search: encoded done: 20/20"), lines
 
 
 def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(tmp_path, records, base_model, monkeypatch, capsys):
     """Issue 22 (6): Ctrl-C prints one line with the command that resumes; the resumed build counts its saved chunks."""
-    from arxiv_embed.search import encoding
+    from arxiv_embed import embeddings as encoding
     from arxiv_embed.search.__main__ import main
 
     monkeypatch.setattr(encoding, "CHUNK_SIZE", 6)

@@ -30,7 +30,7 @@ import pyarrow as pa
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
 from arxiv_embed.search import engine
-from arxiv_embed.search.encoding import encode_resumable, saved_count
+from arxiv_embed.embeddings import encode_resumable, saved_count
 from arxiv_embed.search.engine import (RESCORE_MULTIPLIER, Precision, index_bytes_per_vector, is_ivf, is_ivf_size, make_index,
                                       rescore, scan_rows, search_index)
 from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
@@ -273,7 +273,7 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
     texts = todo["abstract"].to_list()
     work_dir = encoding_dir(path)
     resumed = saved_count(texts, work_dir, identity)
-    new_embeddings = encode_resumable(model, texts, work_dir, identity, batch_size, processes=processes)
+    new_embeddings = encode_resumable(model, texts, work_dir, identity, batch_size, processes=processes, what="search")
     embeddings = np.concatenate([np.asarray(old_embeddings[kept["row"].to_numpy()]), new_embeddings]).astype(np.float32)
     all_papers = pl.concat([kept.select(_empty_papers().columns), todo.select(_empty_papers().columns)], how="vertical_relaxed")
     index, trained_rows = _appendable_index(path, kept, len(old_embeddings), precision, len(embeddings)), len(embeddings)
