@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tests.harness import dvc, make_project
 from benchmarks.common import RESULTS_DIR, SHARED_DATA
+
+if TYPE_CHECKING:
+    from arxiv_embed.embeddings import TextVectors
 
 DEV_FILES = [SHARED_DATA / "arxiv-multidomain-sample.jsonl.gz", SHARED_DATA / "arxiv-recent-sample.jsonl.gz"]
 WORK = RESULTS_DIR / "objectives"
@@ -40,6 +44,9 @@ def prepare(source: Path) -> Path:
         workdir(source).mkdir(parents=True, exist_ok=True)
         sample = subsample(source, PAPERS, workdir(source) / "sample.jsonl.gz")
         make_project(project, {"download": {"source": "file", "path": str(sample), "max_records": None}})
+    # download, clean, split, make_triplets: make_triplets also writes the train sample
+    # (data/triplets/train_papers.parquet) the labels kind, mining and the classifier read. embed_base is
+    # not run: the texts are encoded here, in the research's order (encode_files).
     dvc(project, "repro", "make_triplets")
     return project
 
@@ -119,11 +126,14 @@ def held_out_count(source: Path, splits: tuple[str, ...] = ("eval", "test")) -> 
     return pl.concat(columns).n_unique()
 
 
-def cached_vectors(source: Path) -> tuple[list[str], np.ndarray]:
-    """(texts, base-model vectors) of the chunks encoded so far (split_texts' order, gaps skipped)."""
+def cached_vectors(source: Path) -> TextVectors:
+    """The base-model vectors of the chunks encoded so far (split_texts' order, gaps skipped), looked
+    up by text as the stages read embed_base's (arxiv_embed/embeddings.py)."""
+    from arxiv_embed.embeddings import TextVectors
+
     texts = json.loads((workdir(source) / "texts.json").read_text())
     chunks = sorted((workdir(source) / "chunks").glob("0*.npy"))
     if not chunks:
         raise SystemExit(f"objectives: {source.name}: nothing encoded yet: run --objectives-prepare")
     rows = [int(path.stem) for path in chunks]
-    return ([t for i in rows for t in texts[i * CHUNK:(i + 1) * CHUNK]], np.concatenate([np.load(path) for path in chunks]))
+    return TextVectors([t for i in rows for t in texts[i * CHUNK:(i + 1) * CHUNK]], np.concatenate([np.load(path) for path in chunks]))

@@ -2,8 +2,8 @@
 
 benchmarks/dev_vectors.py runs each dev file's 8,000-paper subsample through the real DAG up to
 make_triplets and encodes its titles and abstracts ONCE with the base model (the expensive part).
-Every candidate here then trains the adapter (training/adapter.train_adapter, the stage's own code)
-on those vectors in seconds and is scored by the project's own lenses (evaluation/lenses.py) with
+Every candidate here then trains the adapter on the stage's one recipe (training/recipe.objectives,
+training/adapter.train_adapter: the stage's own code) on those vectors in seconds and is scored by the project's own lenses (evaluation/lenses.py) with
 evaluate's paired-bootstrap intervals (evaluation/report.compare):
 
 - `--objectives-split eval`: candidates compared on the EVAL split of each file (choosing);
@@ -37,8 +37,8 @@ from benchmarks.quality import TARGETS  # the issue's targets, per headline key
 # Candidates: name -> finetune overrides of ISSUE_11 (issue 11's default objective), so a candidate means
 # the same whatever params.yaml holds; `default` is params.yaml as committed.
 ISSUE_11 = {"loss": "batch_all", "batch_size": 32, "temperature": 0.1, "prototype_weight": 0.0, "retain_title_abstract": 2.0,
-            "retain_distill": 2.5, "hard_negatives": {"weight": 1.0, "candidates": 30},
-            "adapter": {"kind": "mlp", "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4}}
+            "hard_negatives": {"weight": 1.0, "candidates": 30},
+            "adapter": {"kind": "mlp", "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5}}
 NO_MINED = {"hard_negatives": {"weight": 0.0}}
 CANDIDATES: dict[str, dict] = {
     "default": {},
@@ -55,11 +55,11 @@ CANDIDATES: dict[str, dict] = {
     "supcon-proto1": {"loss": "supcon", "prototype_weight": 1.0, **NO_MINED},
     "supcon-proto1-mined": {"loss": "supcon", "prototype_weight": 1.0, "hard_negatives": {"weight": 1.0}},
     # More weight on the no-forgetting terms, to hold title->abstract search.
-    "supcon+mined-distill5": {"loss": "supcon", "hard_negatives": {"weight": 1.0}, "retain_distill": 5.0},
+    "supcon+mined-distill5": {"loss": "supcon", "hard_negatives": {"weight": 1.0}, "adapter": {"retain_distill": 5.0}},
     "supcon+mined-retain4": {"loss": "supcon", "hard_negatives": {"weight": 1.0}, "retain_title_abstract": 4.0},
-    "supcon-distill5": {"loss": "supcon", "retain_distill": 5.0, **NO_MINED},
-    "supcon-b128-distill5": {"loss": "supcon", "batch_size": 128, "retain_distill": 5.0, **NO_MINED},
-    "supcon-b128-proto1-distill5": {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "retain_distill": 5.0, **NO_MINED},
+    "supcon-distill5": {"loss": "supcon", "adapter": {"retain_distill": 5.0}, **NO_MINED},
+    "supcon-b128-distill5": {"loss": "supcon", "batch_size": 128, "adapter": {"retain_distill": 5.0}, **NO_MINED},
+    "supcon-b128-proto1-distill5": {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "adapter": {"retain_distill": 5.0}, **NO_MINED},
 }
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 
@@ -75,33 +75,36 @@ def finetune_params(name: str):
     return params_with({"finetune": overrides, "evaluate": {"learning_curve_sizes": []}})
 
 
-def frames_for(project: Path, ft, train_ids: set[str], encoder) -> dict:
-    """The adapter's training frames as finetune builds them (training.data.kind_frame), restricted to
-    the train papers in `train_ids` (the learning curve), with hard negatives mined on them."""
+def recipe_for(project: Path, ft, train_ids: set[str], cached) -> list:
+    """The adapter's objectives as finetune builds them (training.recipe.objectives on the frames of
+    training.data.train_kinds), restricted to the train papers in `train_ids` (the learning curve),
+    with hard negatives mined on them from the cached base vectors (mining.mine_label_negatives, as
+    mining.mine_train_split does over the whole train sample)."""
     import polars as pl
 
+    from arxiv_embed import paths
     from arxiv_embed.training import data as training_data
-    from arxiv_embed.training import losses, mining
+    from arxiv_embed.training import mining, recipe
 
     cwd = Path.cwd()
-    os.chdir(project)  # kind_frame and mining read the project's relative paths, as in the stage
+    os.chdir(project)  # kind_frame, mining and the recipe read the project's relative paths, as in the stage
     try:
-        papers = pl.read_parquet("data/split/train.parquet", columns=["id", "abstract", "label", "categories"])
+        papers = pl.read_parquet(paths.TRAIN_SAMPLE, columns=["id", "abstract", "label", "categories"])
         keep = papers.filter(pl.col("id").is_in(list(train_ids)))
         abstracts = keep["abstract"].implode()
-        kinds = {*ft.train_data, *(["title_abstract"] if ft.retain_title_abstract else [])}
         frames = {}
-        for kind in kinds:
+        for kind in training_data.train_kinds(ft):
             frame = training_data.kind_frame(kind)
             column = "text" if kind == "labels" else "positive"
             frames[kind] = frame.filter(pl.col(column).is_in(abstracts))
+        mined = None
         if ft.hard_negatives.weight:
-            pairs = pl.read_parquet("data/triplets/train_same_label.parquet", columns=["anchor", "positive", "label"])
+            pairs = pl.read_parquet(paths.training_file("train", "same_label"), columns=["anchor", "positive", "label"])
             pairs = pairs.filter(pl.col("anchor").is_in(abstracts) & pl.col("positive").is_in(abstracts))
-            frames[losses.MINED] = mining.mine_label_negatives(encoder, pairs, keep, ft.hard_negatives.candidates).triplets
+            mined = mining.mine_label_negatives(cached, pairs, keep, ft.hard_negatives.candidates).triplets
+        return recipe.objectives(None, ft, frames, mined)
     finally:
         os.chdir(cwd)
-    return frames
 
 
 def eval_data(project: Path, split: str, train, max_train_papers: int, seed: int):
@@ -112,28 +115,34 @@ def eval_data(project: Path, split: str, train, max_train_papers: int, seed: int
     from arxiv_embed.evaluation.data import EvalData, balanced_sample
 
     read = lambda name, columns: pl.read_parquet(project / name, columns=columns)  # noqa: E731
-    return EvalData(read(f"data/split/{split}.parquet", ["title", "abstract", "label"]),
-                    balanced_sample(train.select("abstract", "label"), max_train_papers, seed),
-                    read(f"data/triplets/{split}_triplets.parquet", ["anchor", "positive", "negative", "negative_type"]))
+    test = read(f"data/split/{split}.parquet", ["title", "abstract", "label"])  # the whole split: no test sample
+    return EvalData(test, balanced_sample(train.select("abstract", "label"), max_train_papers, seed),
+                    read(f"data/triplets/{split}_triplets.parquet", ["anchor", "positive", "negative", "negative_type"]), test.height)
 
 
-def score(texts: list[str], vectors: np.ndarray, data, params):
-    """The project's own lenses on vectors already computed (evaluation/lenses.py)."""
+def score(vectors, data, params):
+    """The project's own lenses (evaluation/lenses.py) on vectors already computed (a TextVectors):
+    only the headline lenses (evaluate_vectors would run every one)."""
     from arxiv_embed.evaluation.lenses import LENSES, LensInput
     from arxiv_embed.evaluation.report import ModelEval
-    from arxiv_embed.evaluation.vectors import Embeddings
 
-    x = LensInput(Embeddings(texts, vectors), data, params.evaluate, params.shared.seed)
+    x = LensInput(vectors, data, params.evaluate, params.shared.seed)
     return ModelEval.of({name: LENSES[name](x) for name in LENS_NAMES})
 
 
-def adapted(modules: list, vectors: np.ndarray) -> np.ndarray:
+def adapted(modules: list, vectors):
+    """The fine-tuned vectors: the trained adapter (normalize(adapter(x)), as in training) on the cached base vectors."""
     import torch
 
     from arxiv_embed.training.adapter import AdapterStack
 
-    with torch.no_grad():
-        return np.concatenate([AdapterStack(modules)(torch.as_tensor(vectors[i:i + 8192])).numpy() for i in range(0, len(vectors), 8192)])
+    stack = AdapterStack(modules)
+
+    def run(block: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return stack(torch.as_tensor(block)).numpy()
+
+    return vectors.mapped(run, batch=8192)
 
 
 def deltas(base, tuned, seed: int) -> dict[str, tuple[float, float, float]]:
@@ -148,36 +157,35 @@ def deltas(base, tuned, seed: int) -> dict[str, tuple[float, float, float]]:
 
 def experiment(source: Path, names: list[str], split: str, seeds: list[int], sizes: list[int | None]) -> list[dict]:
     """One row per (candidate, seed, train size): headline deltas with intervals, on `split`."""
-    from arxiv_embed.models import load_model
-    from arxiv_embed.training.adapter import train_adapter
-    from arxiv_embed.training.mining import CachedEncoder
-
-    texts, vectors = cached_vectors(source)
-    project = workdir(source) / "project"
-    index = {text: i for i, text in enumerate(texts)}
-    params = finetune_params("default")
     import polars as pl
 
-    # The train papers whose abstract and title are encoded, in encoding order (a seeded shuffle):
-    # the learning curve's subsets are prefixes of it, so they are nested.
-    train = pl.read_parquet(project / "data/split/train.parquet", columns=["id", "abstract", "title", "label"])
+    from arxiv_embed import paths
+    from arxiv_embed.training.adapter import train_adapter
+
+    cached = cached_vectors(source)
+    project = workdir(source) / "project"
+    index = cached.index
+    params = finetune_params("default")
+
+    # The train papers (make_triplets' train sample, what finetune trains on) whose abstract and title
+    # are encoded, in encoding order (a seeded shuffle): the learning curve's subsets are prefixes of it, so they are nested.
+    train = pl.read_parquet(project / paths.TRAIN_SAMPLE, columns=["id", "abstract", "title", "label"])
     train = train.filter(pl.col("abstract").is_in(list(index)) & pl.col("title").is_in(list(index)))
     train = train.with_columns(row=pl.col("abstract").replace_strict(index, return_dtype=pl.Int64)).sort("row")
     order = train["id"].to_list()
     data = eval_data(project, split, train, params.evaluate.max_train_papers, params.shared.seed)
-    base = score(texts, vectors, data, params)
-    encoder = CachedEncoder(load_model(params.model.base, params.model.max_seq_length, device="cpu"), index, vectors)
+    base = score(cached, data, params)
     print(f"objectives: {source.name}: {len(order)} train papers encoded; scoring on {split} ({data.test.height} papers)", flush=True)
     rows = []
     for size in sizes:
         chosen = set(order if size is None or size >= len(order) else order[:size])
         for name in names:
             ft = finetune_params(name).finetune
-            frames = frames_for(project, ft, chosen, encoder)
+            objectives = recipe_for(project, ft, chosen, cached)
             for seed in seeds:
                 started = time.monotonic()
-                run = train_adapter(ft, seed, frames, index, vectors)
-                tuned = score(texts, adapted(run.modules, vectors), data, params)
+                run = train_adapter(ft, seed, objectives, cached.index, cached.vectors)
+                tuned = score(adapted(run.modules, cached), data, params)
                 row = {"file": source.name.split(".")[0], "split": split, "candidate": name, "seed": seed,
                        "train_papers": len(chosen), "train_s": round(time.monotonic() - started, 1),
                        **{key: [round(v, 4) for v in value] for key, value in deltas(base, tuned, params.shared.seed).items()}}
@@ -236,7 +244,7 @@ def run(args: argparse.Namespace):
     if args.objectives_prepare:
         encode_files([Path(f) for f in files], args.objectives_train_first)
         for source in files:
-            report.add(f"{Path(source).name} texts cached", len(cached_vectors(Path(source))[0]))
+            report.add(f"{Path(source).name} texts cached", len(cached_vectors(Path(source))))
         return report
     curve = args.objectives_curve
     sizes = [None] if curve is None else [*(curve or [2000, 5000, 10000]), None]

@@ -51,8 +51,8 @@ TARGETS = {"category_retrieval.ndcg@10": 0.035, "classification.macro_f1_support
 CANDIDATES: dict[str, dict] = {
     "default": {},
     # Issue 11's default objective (BatchAll + mined triplets), against issue 21's supcon default.
-    "adapter-batch-all": {"finetune": {"loss": "batch_all", "batch_size": 32, "prototype_weight": 0.0, "retain_distill": 2.5,
-                                       "hard_negatives": {"weight": 1.0}}},
+    "adapter-batch-all": {"finetune": {"loss": "batch_all", "batch_size": 32, "prototype_weight": 0.0,
+                                       "hard_negatives": {"weight": 1.0}, "adapter": {"retain_distill": 2.5}}},
     "adapter-linear": {"finetune": {"adapter": {"kind": "linear"}}},
     "adapter-no-retain": {"finetune": {"retain_title_abstract": 0.0}},
     "adapter-no-hard-negatives": {"finetune": {"hard_negatives": {"weight": 0.0}}},
