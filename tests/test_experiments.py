@@ -107,10 +107,10 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
 
     project = committed_copy(pipeline, tmp_path / "project")
     baseline = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    # A param the default finetune (mode=adapter) trains with, so each experiment's metrics differ.
-    rates = {"tiny-a": 0.2, "tiny-b": 0.4}
+    # A param the default finetune (mode=adapter, loss supcon) trains with, so each experiment's metrics differ.
+    rates = {"tiny-a": 0.05, "tiny-b": 0.2}
     for name, rate in rates.items():
-        dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"finetune.margin={rate}")
+        dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"finetune.temperature={rate}")
     try:
         dvc(project, "queue", "start", "-j", "2")
         status = wait_for_queue(project, timeout_s=1200)
@@ -127,7 +127,7 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     for name, rate in rates.items():
         tagged = runs[name]
         assert tagged.info.status == "FINISHED" and tagged.data.tags["dvc_baseline_rev"] == baseline
-        assert float(tagged.data.params["finetune.margin"]) == rate  # finetune logged here...
+        assert float(tagged.data.params["finetune.temperature"]) == rate  # finetune logged here...
         assert "eval.finetuned.category_retrieval.ndcg_at_10" in tagged.data.metrics  # ...and evaluate into the same run
     versions = client.search_model_versions("name = 'arxiv-embed'")
     assert sorted(v.tags.get("dvc_experiment") for v in versions) == ["tiny-a", "tiny-b"]  # push registered both
@@ -140,7 +140,7 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     # only the hashes dropped, four deltas that all change reach 164 columns.
     table = dvc(project, "exp", "show", "--only-changed", "--drop", "^(data|models|metrics)/|^Executor$").stdout
     assert all(f"delta.{name}" in table for name in ("triplet_acc", "category_ndcg", "macro_f1", "title_ndcg"))
-    assert "finetune.margin" in table and "finetune_s" in table and "Executor" not in table
+    assert "finetune.temperature" in table and "finetune_s" in table and "Executor" not in table
     assert max(len(line.rstrip()) for line in table.splitlines()) <= 160, table
 
 

@@ -88,7 +88,7 @@ def test_ranking_lenses_equal_the_all_pairs_result_on_small_data() -> None:
 def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """embed_base encodes every text finetune and evaluate read, each once; evaluate_base, finetune
     (adapter, with mined negatives) and evaluate then encode nothing, and neither does a rerun of
-    finetune and evaluate with another finetune.margin."""
+    finetune and evaluate with another finetune.temperature (a knob the default loss reads)."""
     from sentence_transformers import SentenceTransformer
 
     from arxiv_embed import paths
