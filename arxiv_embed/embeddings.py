@@ -62,13 +62,6 @@ def chunk_paths(texts: list[str], work_dir: Path, model_sha256: str, chunk_size:
             for start in range(0, len(texts), chunk_size)]
 
 
-def saved_count(texts: list[str], work_dir: Path, model_sha256: str, chunk_size: int | None = None) -> int:
-    """How many of `texts` an earlier, interrupted run already encoded and saved in work_dir."""
-    chunk_size = chunk_size or CHUNK_SIZE
-    return sum(len(texts[i * chunk_size:(i + 1) * chunk_size])
-               for i, path in enumerate(chunk_paths(texts, work_dir, model_sha256, chunk_size)) if path.exists())
-
-
 def _save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, array)
@@ -145,37 +138,52 @@ def _encode_chunk(model: SentenceTransformer, texts: list[str], batch_size: int,
     return vectors
 
 
-def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Path, model_sha256: str, batch_size: int = 64,
-                     chunk_size: int | None = None, processes: int | None = None, progress: bool = True,
-                     what: str = "encode") -> np.ndarray:
-    """L2-normalised float32 embeddings of `texts`, reusing chunks a previous (interrupted) run saved.
+def encode_into(model: SentenceTransformer, texts: list[str], out: np.ndarray, work_dir: Path, model_sha256: str,
+                batch_size: int = 64, chunk_size: int | None = None, processes: int | None = None, progress: bool = True,
+                what: str = "encode") -> int:
+    """Write the L2-normalised float32 embeddings of `texts` into `out` (len(texts) rows; a memory-mapped
+    array keeps a 2.7M-paper build off the heap), reusing chunks a previous (interrupted) run saved.
+    Returns how many texts came from saved chunks.
 
     A chunk file is named after its texts and the model (texts_key), so a rerun over the same list, or
     a list that starts the same way, reuses it; anything else in work_dir is simply not read.
     """
     work_dir, chunk_size = Path(work_dir), chunk_size or CHUNK_SIZE
+    if len(out) != len(texts):
+        raise ValueError(f"{len(texts)} texts but room for {len(out)} vectors")
     work_dir.mkdir(parents=True, exist_ok=True)
-    starts = range(0, len(texts), chunk_size)
-    paths = chunk_paths(texts, work_dir, model_sha256, chunk_size)
-    chunks: list[np.ndarray | None] = [np.load(path) if path.exists() else None for path in paths]
-    done = sum(len(c) for c in chunks if c is not None)
-    meter = Progress(f"{what}: encoded", len(texts) - done, "texts", interval_s=PROGRESS_SECONDS if progress else float("inf"))
-    if done and progress:
-        print(f"{what}: resuming: {done:,} of {len(texts):,} texts already encoded in {work_dir}", flush=True)
-    devices = pool_devices(model, processes) if done < len(texts) else None
+    todo = []
+    for start, path in zip(range(0, len(texts), chunk_size), chunk_paths(texts, work_dir, model_sha256, chunk_size)):
+        if path.exists():
+            out[start:start + chunk_size] = np.load(path)
+        else:
+            todo.append((start, path))
+    resumed = len(texts) - sum(len(texts[start:start + chunk_size]) for start, _ in todo)
+    meter = Progress(f"{what}: encoded", len(texts) - resumed, "texts", interval_s=PROGRESS_SECONDS if progress else float("inf"))
+    if resumed and progress:
+        print(f"{what}: resuming: {resumed:,} of {len(texts):,} texts already encoded in {work_dir}", flush=True)
+    devices = pool_devices(model, processes) if todo else None
     pool = model.start_multi_process_pool(devices) if devices else None
     try:
-        for i, start in enumerate(starts):
-            if chunks[i] is None:
-                chunks[i] = _encode_chunk(model, texts[start:start + chunk_size], batch_size, pool, meter)
-                _save(paths[i], chunks[i])
+        for start, path in todo:
+            vectors = _encode_chunk(model, texts[start:start + chunk_size], batch_size, pool, meter)
+            _save(path, vectors)
+            out[start:start + len(vectors)] = vectors
     finally:
         if pool is not None:
             model.stop_multi_process_pool(pool)
     if progress and meter.count:
         meter.done()
-    dimension = model.get_embedding_dimension()
-    return np.concatenate([np.empty((0, dimension), dtype=np.float32), *chunks])
+    return resumed
+
+
+def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Path, model_sha256: str, batch_size: int = 64,
+                     chunk_size: int | None = None, processes: int | None = None, progress: bool = True,
+                     what: str = "encode") -> np.ndarray:
+    """encode_into a new in-memory array: L2-normalised float32 embeddings of `texts`, resumable."""
+    vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    encode_into(model, texts, vectors, work_dir, model_sha256, batch_size, chunk_size, processes, progress, what)
+    return vectors
 
 
 class TextVectors:

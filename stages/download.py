@@ -21,6 +21,7 @@ from arxiv_embed.paths import RAW
 from arxiv_embed.data.http import DownloadError
 from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.errors import run
+from arxiv_embed.progress import progress
 
 # The full snapshot is 4.6 GB of text: the fastest level still shrinks it ~4x, and mtime=0 keeps
 # the output byte-identical across runs so DVC sees an unchanged file.
@@ -32,7 +33,8 @@ def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, sourc
     count = 0
     with closing(lines), atomic_path(path) as tmp, tmp.open("wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESSLEVEL, mtime=0, filename="") as out:
-            for count, line in enumerate(itertools.islice(lines, max_records), start=1):
+            records = progress(itertools.islice(lines, max_records), "download: copied", max_records, "records")
+            for count, line in enumerate(records, start=1):
                 out.write(line)
         if count == 0:
             raise DownloadError(

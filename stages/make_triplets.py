@@ -31,11 +31,15 @@ def main() -> None:
         out.mkdir()
         for split in paths.SPLITS:
             columns = ["id", "title", "abstract", "label", "archive", "primary_category", "categories"]
-            papers = pl.read_parquet(paths.split_file(split), columns=columns)
-            split_papers = papers.height
-            if split == "train":
-                papers = stratified_sample(papers, cfg.max_train_papers, params.shared.seed)
+            source = paths.split_file(split)
+            if split == "train":  # the sample is drawn on ids and labels: 1.9M train abstracts are never all in memory
+                keys = pl.read_parquet(source, columns=["id", "label"])
+                split_papers = keys.height
+                sample = stratified_sample(keys, cfg.max_train_papers, params.shared.seed).select("id")
+                papers = pl.scan_parquet(source).select(columns).join(sample.lazy(), on="id", how="semi", maintain_order="left").collect()
                 papers.write_parquet(out / paths.TRAIN_SAMPLE.name)
+            else:
+                papers = pl.read_parquet(source, columns=columns)
             rng = np.random.default_rng([params.shared.seed, SPLIT_SEED[split]])
             n_triplets = resolve_count(getattr(cfg.triplets_per_split, split), papers.height)
             n_pairs = resolve_count(getattr(cfg.same_label_pairs_per_split, split), papers.height)

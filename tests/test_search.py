@@ -90,30 +90,24 @@ def test_similar_papers_and_category_filter(indexes):
         index.similar("nope", k=5)
 
 
-def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_path, records, base_model, monkeypatch):
-    import arxiv_embed.embeddings as encoding
-
+def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_path, records, base_model, encoder_calls):
     path = tmp_path / "index"
     build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:40])), base_model, MODEL, path, "binary")
     before = SearchIndex.load(path)
-    encoded: list[str] = []
-    real_encode = encoding.encode
-    monkeypatch.setattr(encoding, "encode", lambda model, texts, **kw: encoded.extend(texts) or real_encode(model, texts, **kw))
+    encoder_calls.clear()
 
     changed = json.loads(records[3])
     changed["abstract"] += " We also discuss a new appendix."
     more = records[:3] + [json.dumps(changed) + "\n"] + records[4:50]
     report = build_index(read_papers(write_papers(tmp_path / "b.jsonl", more)), base_model, MODEL, path, "binary")
     assert (report.encoded, report.kept, report.total) == (11, 39, 50)  # 10 new ids + 1 changed abstract
+    encoded = [text for call in encoder_calls for text in call]
     assert len(encoded) == 11 and " ".join(changed["abstract"].split()) in encoded
     after = SearchIndex.load(path)
     kept = after.papers.column("id").to_pylist().index(json.loads(records[0])["id"])
     assert (after.embeddings[kept] == before.embeddings[0]).all()  # reused, not re-encoded
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(encoding, "encode", interrupted)
+    encoder_calls.interrupt_at = len(encoder_calls) + 1
     extra = [json.dumps({**json.loads(r), "id": "x" + json.loads(r)["id"]}) + "\n" for r in records[:5]]
     with pytest.raises(KeyboardInterrupt):
         build_index(read_papers(write_papers(tmp_path / "c.jsonl", more + extra)), base_model, MODEL, path, "binary")
@@ -151,37 +145,30 @@ def test_an_index_of_the_old_itq_format_asks_for_a_rebuild_which_reuses_its_embe
     assert upgraded.search(np.asarray(upgraded.embeddings[5]), k=1)[0].id == upgraded.hits([5], [1.0])[0].id
 
 
-def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, monkeypatch):
-    import arxiv_embed.embeddings as encoding
+def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, encoder_calls):
+    from arxiv_embed.models import encode
 
     texts = [json.loads(r)["abstract"] for r in records[:20]]
-    calls: list[int] = []
-    real_encode = encoding.encode
-
-    def fail_on_third_chunk(model, part, **kw):
-        calls.append(len(part))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_encode(model, part, **kw)
-
-    monkeypatch.setattr(encoding, "encode", fail_on_third_chunk)
+    calls = encoder_calls  # one encode call per chunk of 6 (fewer than a slice)
+    calls.interrupt_at = 3
     with pytest.raises(KeyboardInterrupt):
         encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=6, progress=False)
     assert len(list((tmp_path / "work").glob("chunk-*.npy"))) == 2 and not list((tmp_path / "work").glob("*.tmp*"))
     calls.clear()
+    calls.interrupt_at = None
     resumed = encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=6, progress=False)
-    assert calls == [6, 2]  # chunks 0 and 1 were loaded, not re-encoded
-    np.testing.assert_allclose(resumed, real_encode(base_model, texts, progress=False), atol=1e-5)
+    assert [len(call) for call in calls] == [6, 2]  # chunks 0 and 1 were loaded, not re-encoded
+    np.testing.assert_allclose(resumed, encode(base_model, texts, progress=False), atol=1e-5)
     # A list that starts the same way reuses its first chunk; another model reuses nothing.
     calls.clear()
     prefix = encode_resumable(base_model, texts[:7], tmp_path / "work", "model-sha", chunk_size=6, progress=False)
     np.testing.assert_array_equal(prefix[:6], resumed[:6])  # the saved chunk itself, bit for bit
     # The 7th text is encoded alone here and in a batch of 6 before: batch composition changes the last bits.
     np.testing.assert_allclose(prefix[6:], resumed[6:7], atol=1e-5)
-    assert calls == [1]
+    assert [len(call) for call in calls] == [1]
     calls.clear()
     encode_resumable(base_model, texts[:7], tmp_path / "work", "other-model-sha", chunk_size=6, progress=False)
-    assert calls == [6, 1]
+    assert [len(call) for call in calls] == [6, 1]
 
 
 def test_a_model_that_does_not_match_the_index_is_refused(tmp_path, indexes, records, base_model):
@@ -301,23 +288,15 @@ def test_progress_is_reported_within_a_chunk(tmp_path, records, base_model, monk
     assert len(lines) >= 3 and lines[0].startswith("search: encoded: 8/20") and lines[-1].startswith("search: encoded done: 20/20"), lines
 
 
-def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(tmp_path, records, base_model, monkeypatch, capsys):
+def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(tmp_path, records, base_model, monkeypatch,
+                                                                              capsys, encoder_calls):
     """Issue 22 (6): Ctrl-C prints one line with the command that resumes; the resumed build counts its saved chunks."""
     from arxiv_embed import embeddings as encoding
     from arxiv_embed.search.__main__ import main
 
     monkeypatch.setattr(encoding, "CHUNK_SIZE", 6)
     papers = write_papers(tmp_path / "a.jsonl", records[:20])
-    calls: list[int] = []
-    real_encode = encoding.encode
-
-    def interrupt_third_chunk(model, part, **kw):
-        calls.append(len(part))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_encode(model, part, **kw)
-
-    monkeypatch.setattr(encoding, "encode", interrupt_third_chunk)
+    encoder_calls.interrupt_at = 3
     argv = ["build", "--papers", str(papers), "--model", MODEL, "--index", str(tmp_path / "index"), "--precision", "float32"]
     with pytest.raises(SystemExit) as stopped:
         main(argv)
@@ -325,7 +304,7 @@ def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(t
     err = [line for line in err if line.strip()]
     assert stopped.value.code == 130 and len(err) == 1, err  # one line, no traceback
     assert f"rerun `python -m arxiv_embed.search build --papers {papers}" in err[0] and "to resume" in err[0]
-    monkeypatch.setattr(encoding, "encode", real_encode)
+    encoder_calls.interrupt_at = None
     main(argv)
     out = capsys.readouterr().out
     assert "20 papers (20 new or changed, 12 of them resumed from saved chunks, 0 kept)" in out, out

@@ -30,7 +30,7 @@ import pyarrow as pa
 from arxiv_embed.files import atomic_path
 from arxiv_embed.models import resolve_model
 from arxiv_embed.search import engine
-from arxiv_embed.embeddings import encode_resumable, saved_count
+from arxiv_embed.embeddings import encode_into
 from arxiv_embed.search.engine import (RESCORE_MULTIPLIER, Precision, index_bytes_per_vector, is_ivf, is_ivf_size, make_index,
                                       rescore, scan_rows, search_index)
 from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
@@ -272,16 +272,28 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
     kept = old_papers.with_row_index("row").join(todo.select("id"), on="id", how="anti")
     texts = todo["abstract"].to_list()
     work_dir = encoding_dir(path)
-    resumed = saved_count(texts, work_dir, identity)
-    new_embeddings = encode_resumable(model, texts, work_dir, identity, batch_size, processes=processes, what="search")
-    embeddings = np.concatenate([np.asarray(old_embeddings[kept["row"].to_numpy()]), new_embeddings]).astype(np.float32)
     all_papers = pl.concat([kept.select(_empty_papers().columns), todo.select(_empty_papers().columns)], how="vertical_relaxed")
-    index, trained_rows = _appendable_index(path, kept, len(old_embeddings), precision, len(embeddings)), len(embeddings)
-    if index is not None:  # only papers were added: the trained index takes the new codes, nothing is rebuilt
-        trained_rows = _read_meta(path).get("trained_rows", len(old_embeddings))
-        for start in range(0, len(new_embeddings), 65536):
-            index.add(np.ascontiguousarray(new_embeddings[start:start + 65536]))
-    write_index(path, all_papers, embeddings, precision, stored_model(model_ref), identity, rescore_multiplier, index, trained_rows)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        # Kept rows, then new ones, written straight into the new index's memory-mapped float file: a
+        # 2.7M-paper build never holds its 4 GB of vectors on the heap, let alone twice.
+        embeddings = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32,
+                                               shape=(all_papers.height, model.get_embedding_dimension()))
+        kept_rows = kept["row"].to_numpy()
+        for first in range(0, len(kept_rows), 65536):
+            block = kept_rows[first:first + 65536]
+            embeddings[first:first + len(block)] = old_embeddings[block]
+        new_embeddings = embeddings[kept.height:]
+        resumed = encode_into(model, texts, new_embeddings, work_dir, identity, batch_size, processes=processes, what="search")
+        embeddings.flush()
+        index, trained_rows = _appendable_index(path, kept, len(old_embeddings), precision, len(embeddings)), len(embeddings)
+        if index is not None:  # only papers were added: the trained index takes the new codes, nothing is rebuilt
+            trained_rows = _read_meta(path).get("trained_rows", len(old_embeddings))
+            for first in range(0, len(new_embeddings), 65536):
+                index.add(np.ascontiguousarray(new_embeddings[first:first + 65536]))
+        _write_index_files(tmp, all_papers, embeddings, precision, stored_model(model_ref), identity, rescore_multiplier,
+                           index, trained_rows)
+        del embeddings, new_embeddings  # the memory map closes before the folder is swapped in
     shutil.rmtree(work_dir, ignore_errors=True)
     return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height, seconds=time.perf_counter() - start,
                        resumed=resumed)
@@ -312,15 +324,21 @@ def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precis
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
-        import faiss
+        _write_index_files(tmp, papers, embeddings, precision, model_ref, model_sha256, rescore_multiplier, index, trained_rows)
 
-        index = make_index(embeddings, precision) if index is None else index
-        faiss.write_index(index, str(tmp / "index.faiss"))
-        table = papers.select(_empty_papers().columns).to_arrow()
-        with pa.ipc.new_file(str(tmp / "papers.arrow"), table.schema) as writer:
-            writer.write_table(table, max_chunksize=65536)
-        meta = {"format": FORMAT, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
-                "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
-                "faiss": type(faiss.downcast_index(index)).__name__, "rescore_multiplier": rescore_multiplier,
-                "trained_rows": len(embeddings) if trained_rows is None else trained_rows}
-        (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+def _write_index_files(folder: Path, papers: pl.DataFrame, embeddings: np.ndarray, precision: Precision, model_ref: str,
+                       model_sha256: str, rescore_multiplier: int, index, trained_rows: int | None) -> None:
+    """Everything of an index folder but embeddings.npy (already there): the FAISS index, papers, index.json."""
+    import faiss
+
+    index = make_index(embeddings, precision) if index is None else index
+    faiss.write_index(index, str(folder / "index.faiss"))
+    table = papers.select(_empty_papers().columns).to_arrow()
+    with pa.ipc.new_file(str(folder / "papers.arrow"), table.schema) as writer:
+        writer.write_table(table, max_chunksize=65536)
+    meta = {"format": FORMAT, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
+            "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
+            "faiss": type(faiss.downcast_index(index)).__name__, "rescore_multiplier": rescore_multiplier,
+            "trained_rows": len(embeddings) if trained_rows is None else trained_rows}
+    (folder / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -12,9 +12,10 @@ from __future__ import annotations
 import threading
 import time
 import unicodedata
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -56,11 +57,22 @@ def validate_k(k: int) -> None:
         raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
 
 
+@dataclass
+class _QueryVector:
+    """A query waiting for its vector (Searcher._encode_query)."""
+
+    query: str
+    vector: np.ndarray | None = None
+    error: Exception | None = None
+
+
 class Searcher:
     """An index plus the model it was built with, each loaded once; a rebuilt index folder is picked up.
 
-    Safe to share between server threads: encoding runs one query at a time (one model, and torch
-    already uses every core for one batch), FAISS searches and memory-mapped reads run concurrently.
+    Safe to share between server threads: one encoding runs at a time (one model, and torch already
+    uses every core for one batch), and queries that arrive meanwhile are encoded together in the next
+    batch (a batch of a few short queries costs little more than one); FAISS searches and memory-mapped
+    reads run concurrently.
     """
 
     def __init__(self, index: Path | str, model_ref: str | None = None, rescore_multiplier: int | None = None, backend: str = "torch") -> None:
@@ -68,7 +80,8 @@ class Searcher:
         self.rescore_multiplier = rescore_multiplier  # None: the one the index was built with
         self.index: SearchIndex | None = None
         self.model = self.model_ref = self._identity = self._stamp = None
-        self._encode_lock, self._load_lock = threading.Lock(), threading.Lock()
+        self._encode_lock, self._load_lock, self._pending_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        self._pending: list[_QueryVector] = []
         self.refresh()
 
     def _current_stamp(self) -> tuple[int, int] | None:
@@ -127,14 +140,37 @@ class Searcher:
         query = validate_query(query, k)
         index = self.require()
         start = time.perf_counter()
-        with self._encode_lock:
-            vector = encode(self.model, [query], progress=False)[0]
+        vector = self._encode_query(query)
         encoded = time.perf_counter()
         hits = index.search(vector, k, category or None, self.rescore_multiplier)
         done = time.perf_counter()
         return {"query": query, "k": k, "category": index.category_name(category), "precision": index.meta["precision"],
                 "index": index.sizes(), "results": [asdict(hit) for hit in hits],
                 "latency_ms": {"encode": round((encoded - start) * 1e3, 2), "search": round((done - encoded) * 1e3, 2)}}
+
+    def _encode_query(self, query: str) -> np.ndarray:
+        """The query's vector; while another batch is encoding, queries queue up and the first of them to
+        get the model encodes every one waiting, so at concurrency N a query waits for about one batch, not N-1."""
+        from arxiv_embed.models import encode
+
+        slot = _QueryVector(query)
+        with self._pending_lock:
+            self._pending.append(slot)
+        with self._encode_lock:
+            if slot.vector is None and slot.error is None:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                try:
+                    vectors = encode(self.model, [waiting.query for waiting in batch], batch_size=len(batch), progress=False)
+                except Exception as error:
+                    for waiting in batch:
+                        waiting.error = error
+                else:
+                    for waiting, vector in zip(batch, vectors):
+                        waiting.vector = vector
+        if slot.error is not None:
+            raise slot.error
+        return slot.vector
 
     def similar(self, paper_id: str, k: int = 10, category: str | None = None) -> dict:
         validate_k(k)
