@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", type=int, default=1_000_000, help="search_scale: synthetic vectors (0: real papers only)")
     parser.add_argument("--recall-papers", type=int, default=4096, help="search_scale: real papers of the sample (0: all 18.5k; encoded once, cached)")
     parser.add_argument("--latency-queries", type=int, default=300, help="search_scale: queries timed per setting")
+    parser.add_argument("--rescore", default="4,8", help="search_scale: rescore multipliers to compare (comma-separated; "
+                        "the index stores one, `build --rescore-multiplier`)")
 
 
 def real_embeddings(n_papers: int = 0, batch_size: int = 64) -> dict:
@@ -122,7 +124,7 @@ def exact_top10(vectors: np.ndarray, queries: np.ndarray, masks: dict[str, np.nd
     return {name: rows for name, (_, rows) in best.items()}
 
 
-def child_query(folder: Path, n_queries: int) -> dict:
+def child_query(folder: Path, n_queries: int, multipliers: list[int]) -> dict:
     import faiss
 
     from arxiv_embed.search.index import open_rows
@@ -153,18 +155,19 @@ def child_query(folder: Path, n_queries: int) -> dict:
     truth = exact_top10(vectors, queries, masks)
     out = {"rare_share": counts[rare] / len(vectors)}
     for name, cats in settings.items():
-        for query, category in list(zip(queries, cats))[:10]:  # warm-up: first searches page in the index
-            search.search(query, 10, category)
-        latencies, found = [], []
-        for query, category in zip(queries, cats):
-            start = time.perf_counter()
-            hits = search.search(query, 10, category)
-            latencies.append((time.perf_counter() - start) * 1e3)
-            found.append([int(hit.id) for hit in hits])
-        result = {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
-        if name in truth:
-            result["recall@10"] = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth[name])]))
-        out[name] = result
+        for multiplier in multipliers:
+            for query, category in list(zip(queries, cats))[:10]:  # warm-up: first searches page in the index
+                search.search(query, 10, category, multiplier)
+            latencies, found = [], []
+            for query, category in zip(queries, cats):
+                start = time.perf_counter()
+                hits = search.search(query, 10, category, multiplier)
+                latencies.append((time.perf_counter() - start) * 1e3)
+                found.append([int(hit.id) for hit in hits])
+            result = {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
+            if name in truth:
+                result["recall@10"] = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth[name])]))
+            out[f"{name}, rescore x{multiplier}"] = result
     return out
 
 
@@ -173,7 +176,7 @@ def run_child(*args: str) -> tuple[dict, float]:
     return json.loads(result.stdout.strip().splitlines()[-1]), result.peak_rss_mb
 
 
-def scale(report: Report, n: int, n_queries: int, real: dict) -> dict:
+def scale(report: Report, n: int, n_queries: int, real: dict, multipliers: list[int]) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="search-scale-", dir=RESULTS_DIR) as tmp:
@@ -185,7 +188,7 @@ def scale(report: Report, n: int, n_queries: int, real: dict) -> dict:
         print(f"search_scale: {n} vectors written in {time.perf_counter() - start:.0f} s", flush=True)
         built, build_rss = run_child("_build", str(folder))
         print(f"search_scale: built {built} (peak RSS {build_rss:.0f} MB)", flush=True)
-        served, serve_rss = run_child("_query", str(folder), str(n_queries))
+        served, serve_rss = run_child("_query", str(folder), str(n_queries), ",".join(map(str, multipliers)))
         print(f"search_scale: {served}", flush=True)
     label = f"{n / 1e6:g}M" if n >= 1e6 else f"{n // 1000}k"
     report.add(f"{label} vectors: build time (s), {built['kind']} nlist={built['nlist']}", built["seconds"], note="all cores of this machine")
@@ -200,7 +203,7 @@ def scale(report: Report, n: int, n_queries: int, real: dict) -> dict:
     return {"build": built, "build_rss_mb": build_rss, "serve_rss_mb": serve_rss, **served}
 
 
-def recall(report: Report, real: dict) -> dict:
+def recall(report: Report, real: dict, multipliers: list[int]) -> dict:
     """Titles as queries over the real abstracts: the index shipped at this size, and the partitioned one forced on it."""
     from arxiv_embed.search import engine
 
@@ -214,19 +217,21 @@ def recall(report: Report, real: dict) -> dict:
             index = engine.make_index(abstracts, "binary")
         finally:
             engine.IVF_MIN_ROWS = kept
-        candidates = engine.search_index(index, titles, 10 * engine.RESCORE_MULTIPLIER)[1]
-        figures[name] = overlap(engine.rescore(titles, abstracts, candidates, 10), truth)
-        report.add(f"recall@10 vs exact float, {len(abstracts)} real papers, titles as queries: {name}", figures[name],
-                   note=f"nlist={getattr(index, 'nlist', 0)}, rescore x{engine.RESCORE_MULTIPLIER}")
+        for multiplier in multipliers:
+            candidates = engine.search_index(index, titles, 10 * multiplier)[1]
+            figures[f"{name}, rescore x{multiplier}"] = found = overlap(engine.rescore(titles, abstracts, candidates, 10), truth)
+            report.add(f"recall@10 vs exact float, {len(abstracts)} real papers, titles as queries: {name}, rescore x{multiplier}",
+                       found, note=f"nlist={getattr(index, 'nlist', 0)}")
     return figures
 
 
 def run(args: argparse.Namespace) -> Report:
     report = Report("search_scale" if args.vectors else "search_scale_recall")
     real = real_embeddings(args.recall_papers)
-    recall(report, real)
+    multipliers = [int(m) for m in str(args.rescore).split(",")]
+    recall(report, real, multipliers)
     if args.vectors:
-        scale(report, args.vectors, args.latency_queries, real)
+        scale(report, args.vectors, args.latency_queries, real, multipliers)
     report.notes.append("one query at a time, FAISS on one thread per query as the server runs it; the index is built in a "
                         f"child process (peak RSS from wait4); synthetic vectors: real abstract embeddings of {len(real['abstracts'])} "
                         f"papers plus anisotropic noise (norm {NOISE}), keeping their categories")
@@ -238,7 +243,7 @@ def run(args: argparse.Namespace) -> Report:
 if __name__ == "__main__" and sys.argv[1:2] == ["_build"]:
     print(json.dumps(child_build(Path(sys.argv[2]))))
 elif __name__ == "__main__" and sys.argv[1:2] == ["_query"]:
-    print(json.dumps(child_query(Path(sys.argv[2]), int(sys.argv[3]))))
+    print(json.dumps(child_query(Path(sys.argv[2]), int(sys.argv[3]), [int(m) for m in sys.argv[4].split(",")])))
 elif __name__ == "__main__" and sys.argv[1:2] == ["encode"]:
     embeddings = real_embeddings(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     print({name: getattr(array, "shape", None) for name, array in embeddings.items()})

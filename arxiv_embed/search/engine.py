@@ -6,9 +6,8 @@ Two kinds of index, both FAISS:
   with an asymmetric estimator of the inner product: the query stays (nearly) float, quantised to
   QUERY_BITS bits per dimension, not to signs. The top k * rescore_multiplier candidates by that
   estimate are re-ranked by the float32 cosine with the query. On the 18,505 real papers of the
-  multi-domain sample this reaches recall@10 >= 0.95 against exact float search at x4 (title and
-  abstract queries), where the earlier ITQ-rotated signs with a Hamming scan (IndexBinaryFlat)
-  reached 0.83-0.87 (benchmarks/search_scale.py keeps that comparison).
+  multi-domain sample this reaches recall@10 0.989 against exact float search at x8 (0.953 at x4),
+  where the earlier ITQ-rotated signs with a Hamming scan (IndexBinaryFlat) reached 0.83-0.87 at x4.
   The codes are ~27x smaller than the floats and are all that is searched in memory; the float rows
   of the few candidates are read from a memory-mapped file.
   From IVF_MIN_ROWS rows on, the binary index is partitioned (`IndexIVFRaBitQ`, "IVF{nlist},RaBitQ2"):
@@ -31,10 +30,11 @@ from typing import Literal
 import numpy as np
 
 Precision = Literal["float32", "binary"]
-# Candidates rescored per result. x4 reaches recall@10 >= 0.95 against exact float search on the 18,505 real
-# papers of the multi-domain sample (benchmarks/search_scale.py, README "Semantic search"); the ITQ + Hamming
-# index before needed x8 for that. 40 float rows cost well under a millisecond.
-RESCORE_MULTIPLIER = 4
+# Candidates rescored per result. x8: recall@10 against exact float search 0.989 on the 18,505 real papers of
+# the multi-domain sample (title queries; x4: 0.953, too close to 0.95) and 0.997 on 2.7M real-like vectors
+# (x4: 0.962), for no measurable latency (benchmarks/search_scale.py, 2026-12-03): 80 float rows cost well
+# under a millisecond.
+RESCORE_MULTIPLIER = 8
 # Bits per dimension of the query in RaBitQ's estimator (FAISS `qb`). 8, not FAISS's default 4: title queries
 # over the 18,505 sample abstracts reach recall@10 0.953 at x4 (4 bits: 0.950) for a ~1.5x slower scan (1M
 # vectors: p50 ~40 vs ~27 ms on one loaded core); 0, a float query, scans ~80x slower.
@@ -42,10 +42,10 @@ QUERY_BITS = 8
 TRAIN_ROWS = 65536  # rows the RaBitQ centroid is computed from (evenly spaced): a memory map is never all read
 # Partitioned from here on: a flat 1-bit scan of 100k rows is ~4 ms on one core, and grows linearly past it.
 IVF_MIN_ROWS = 100_000
-# Lists probed per query: 16 of 1024 lists at 1M vectors gave recall@10 0.955 after the x4 rescoring on real-like
-# vectors (benchmarks/search_scale.py); each probed list costs a query quantisation (~20 us) plus its codes.
+# Lists probed per query: 16 (of 1024 at 1M vectors, 2048 at 2.7M) give recall@10 0.998 / 0.997 after x8
+# rescoring on real-like vectors (benchmarks/search_scale.py); each probed list costs a query quantisation
+# (~20 us) plus its codes. 32 probes bought no recall: what x4 lost was in the candidates, not the lists.
 NPROBE = 16
-# (At 2.7M, 2048 lists, 32 probes gave the same recall@10 as 16, 0.915: what is lost there is in the x4 candidates.)
 MAX_NPROBE = 256  # a filter probes proportionally more lists, up to this
 # A filter letting at most this many rows through is searched by an exact float scan of those rows (~15 MB of
 # memory-mapped rows, a few ms): fewer than the codes the lists holding them would cost, and exact.

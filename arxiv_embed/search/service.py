@@ -135,8 +135,6 @@ class Searcher:
         return index
 
     def search(self, query: str, k: int = 10, category: str | None = None) -> dict:
-        from arxiv_embed.models import encode
-
         query = validate_query(query, k)
         index = self.require()
         start = time.perf_counter()
