@@ -40,7 +40,7 @@ QUICK = {"vectors": 200_000, "recall_papers": 1024, "latency_queries": 100}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", type=int, default=1_000_000, help="search_scale: synthetic vectors (0: real papers only)")
-    parser.add_argument("--recall-papers", type=int, default=4096, help="search_scale: real papers of the sample (0: all 18.5k; encoded once, cached)")
+    parser.add_argument("--recall-papers", type=int, default=0, help="search_scale: real papers of the sample, also the seeds of the synthetic vectors (0: all 18.5k; encoded once, cached)")
     parser.add_argument("--latency-queries", type=int, default=300, help="search_scale: queries timed per setting")
     parser.add_argument("--rescore", default="4,8", help="search_scale: rescore multipliers to compare (comma-separated; "
                         "the index stores one, `build --rescore-multiplier`)")

@@ -207,3 +207,9 @@ def test_cli_query_asks_a_running_server_without_loading_the_model(service, reco
     assert [hit["id"] for hit in result["results"]][0] == paper["id"] and len(result["results"]) == 3
     with pytest.raises(Exception, match="--server http://127.0.0.1:9 is not answering"):
         main(["query", "spin", "--server", "http://127.0.0.1:9"])
+
+
+def test_a_server_builds_the_category_filters_when_it_loads_the_index(index_dir):
+    """`serve` pays for the filters (~3 s at 2.7M papers) at load, so no request does; a one-off query does not."""
+    assert Searcher(index_dir, warm_filters=True).index._filters is not None
+    assert Searcher(index_dir).index._filters is None

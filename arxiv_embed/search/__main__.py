@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    searcher = Searcher(args.index, args.model, args.rescore_multiplier, query_backend(args.backend))
+    searcher = Searcher(args.index, args.model, args.rescore_multiplier, query_backend(args.backend), warm_filters=True)
     if searcher.index is None:
         print(f"search: no index at {args.index} yet: the page says how to build one and loads it once it exists",
               file=sys.stderr)
