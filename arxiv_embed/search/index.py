@@ -33,7 +33,7 @@ from arxiv_embed.search import engine
 from arxiv_embed.embeddings import encode_into
 from arxiv_embed.search.engine import (RESCORE_MULTIPLIER, Precision, index_bytes_per_vector, is_ivf, is_ivf_size, make_index,
                                       rescore, scan_rows, search_index)
-from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_of, read_papers  # noqa: F401 (re-exported)
+from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_expr, archive_of, read_papers  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -150,7 +150,7 @@ class SearchIndex:
         if self._filters is None:
             listed = (pl.from_arrow(self.papers.select(["categories"])).with_row_index("row")
                       .explode("categories").drop_nulls("categories"))
-            archives = listed.with_columns(pl.col("categories").str.split_exact(".", 1).struct.field("field_0").alias("categories"))  # archive_of
+            archives = listed.with_columns(archive_expr(pl.col("categories")).alias("categories"))
             listed = pl.concat([listed, archives]).unique(maintain_order=True)
             self._filters = {name: group["row"].to_numpy().astype(np.int32)
                              for (name,), group in listed.group_by("categories")}

@@ -29,6 +29,11 @@ def archive_of(category: str) -> str:
     return category.split(".", 1)[0]
 
 
+def archive_expr(categories: pl.Expr) -> pl.Expr:
+    """archive_of as a polars expression, for a column of millions of categories."""
+    return categories.str.split_exact(".", 1).struct.field("field_0")
+
+
 def read_papers(path: Path) -> pl.DataFrame:
     """id, title, authors, categories (list), year, abstract, text_sha256.
 
