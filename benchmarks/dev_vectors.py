@@ -1,139 +1,123 @@
-"""The dev files' base-model vectors for benchmarks/objectives.py, encoded once and cached.
+"""The dev files' base-model vectors for benchmarks/objectives.py, each text encoded once.
 
-Each dev file's seeded PAPERS-record subsample (quality.subsample) runs the real DAG up to
-make_triplets in a throw-away project under benchmarks/results/objectives/<file>/ (gitignored); then
-every distinct title and abstract of its splits is encoded by the base model, chunk by chunk (saved
-as .npy, so an interrupted run resumes), in the order the research needs them: the eval split's
-texts, some train texts, the test split's, then the rest of the train texts. Encoding is the
-expensive part (tens of minutes on 2 shared cores); everything else in objectives.py takes seconds.
+Each dev file runs the real DAG up to embed_base in the project that `python -m benchmarks quality
+--quality-workdir benchmarks/results/dev` keeps (every record of the file, in a seeded order), so the
+two benchmarks share the encoding: embed_base encodes the train sample and the test split (titles,
+abstracts and triplets; the whole split, as the test sample holds up to evaluate.max_test_papers).
+What the research also reads and no stage encodes (the eval split) is encoded here, in resumable
+chunks beside the project. The pooled file (both dev files as one, for learning-curve points beyond
+one file's train split) runs the DAG to make_triplets only: its texts are the dev files' texts,
+already encoded. Encoding is the expensive part (~15 min per 10k papers on 2 idle cores); everything
+else in objectives.py takes seconds.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import gzip
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tests.harness import dvc, make_project
-from benchmarks.common import RESULTS_DIR, SHARED_DATA
+from benchmarks.common import RESULTS_DIR
+from benchmarks.quality import DEV_FILES, dev_project, kept_folder
+from tests.harness import dvc
 
 if TYPE_CHECKING:
     from arxiv_embed.embeddings import TextVectors
 
-DEV_FILES = [SHARED_DATA / "arxiv-multidomain-sample.jsonl.gz", SHARED_DATA / "arxiv-recent-sample.jsonl.gz"]
-WORK = RESULTS_DIR / "objectives"
-# Papers per dev file: 8000 (5.6k train, 0.8k eval, 1.6k test) keeps the encoding to ~32k texts, about
-# 30-60 min on 2 cores shared with other work; the learning curve stops at the train split's size.
-PAPERS = 8000
-CHUNK = 1024  # texts per encoding chunk: each chunk is saved, so an interrupted encoding resumes
+WORK = RESULTS_DIR / "dev"  # = quality --quality-workdir benchmarks/results/dev
+POOLED = WORK / "arxiv-dev-pooled.jsonl.gz"
+EXTRA_VECTORS = "extra-vectors"  # texts the research reads that embed_base did not encode
+
+__all__ = ["DEV_FILES", "POOLED", "cached_vectors", "encode_files", "pooled_file", "project"]
 
 
-def workdir(source: Path) -> Path:
-    return WORK / source.name.split(".")[0]
+def folder(source: Path) -> Path:
+    return kept_folder(WORK, source, 0)
+
+
+def project(source: Path) -> Path:
+    return folder(source) / "project"
+
+
+def pooled_file() -> Path:
+    """Both dev files as one JSON-lines file (clean drops any paper the two share)."""
+    if not POOLED.exists():
+        POOLED.parent.mkdir(parents=True, exist_ok=True)
+        tmp = POOLED.with_name(f"tmp-{POOLED.name}")
+        with gzip.open(tmp, "wb") as out:
+            for source in DEV_FILES:
+                with gzip.open(source, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        tmp.rename(POOLED)
+    return POOLED
 
 
 def prepare(source: Path) -> Path:
-    """The project of the file's seeded PAPERS-record subsample (quality.subsample), run up to make_triplets (once)."""
-    from benchmarks.quality import subsample
-
-    project = workdir(source) / "project"
-    if not (project / "dvc.yaml").exists():
-        workdir(source).mkdir(parents=True, exist_ok=True)
-        sample = subsample(source, PAPERS, workdir(source) / "sample.jsonl.gz")
-        make_project(project, {"download": {"source": "file", "path": str(sample), "max_records": None}})
-    # download, clean, split, make_triplets: make_triplets also writes the train sample
-    # (data/triplets/train_papers.parquet) the labels kind, mining and the classifier read. embed_base is
-    # not run: the texts are encoded here, in the research's order (encode_files).
-    dvc(project, "repro", "make_triplets")
-    return project
+    """The file's project, run to embed_base (DVC skips what is done; its chunks resume a killed
+    encoding); the pooled file's to make_triplets."""
+    dev_project(folder(source), source, 0)
+    dvc(project(source), "repro", "make_triplets" if source == POOLED else "embed_base")
+    return project(source)
 
 
-def split_texts(project: Path, seed: int = 42) -> list[str]:
-    """Every distinct text the lenses and the adapter read, in an order that is useful at any prefix:
-    the eval and test papers and triplets first, then each train paper's abstract and title in a
-    seeded random paper order (an encoding cut short still covers a random train subset)."""
+def needed_texts(project_dir: Path) -> list[str]:
+    """Every distinct text objectives.py reads: the train sample's, the eval and test splits' papers and triplets."""
     import polars as pl
 
-    read = lambda name, columns: pl.read_parquet(project / "data" / name, columns=columns)  # noqa: E731
-    held_out = []
+    from arxiv_embed import paths
+    from arxiv_embed.embeddings import distinct_texts
+
+    read = lambda name, columns: pl.read_parquet(project_dir / name, columns=columns).get_columns()  # noqa: E731
+    columns = read(paths.TRAIN_SAMPLE, ["abstract", "title"])
     for split in ("eval", "test"):
-        papers = read(f"split/{split}.parquet", ["abstract", "title"])
-        triplets = read(f"triplets/{split}_triplets.parquet", ["anchor", "positive", "negative"])
-        held_out += [papers["abstract"], papers["title"], *(triplets[c] for c in triplets.columns)]
-    train = read("split/train.parquet", ["abstract", "title"]).sample(fraction=1.0, shuffle=True, seed=seed)
-    interleaved = pl.Series([text for pair in zip(train["abstract"], train["title"]) for text in pair])
-    return pl.concat([pl.concat(held_out), interleaved]).unique(maintain_order=True).to_list()
+        columns += read(f"data/split/{split}.parquet", ["abstract", "title"])
+        columns += read(f"data/triplets/{split}_triplets.parquet", ["anchor", "positive", "negative"])
+    return distinct_texts(columns)
 
 
-def encode_chunk(source: Path, texts: list[str], i: int, model) -> bool:
-    """Encode chunk i of the file's texts unless it is cached; False when past the end."""
-    from arxiv_embed.models import encode
+def known_vectors() -> TextVectors:
+    """Every vector encoded so far under WORK (embed_base's of each project, and the extras)."""
+    from arxiv_embed import paths
+    from arxiv_embed.embeddings import VECTORS_FILE, TextVectors
 
-    if i * CHUNK >= len(texts):
-        return False
-    chunk = workdir(source) / "chunks" / f"{i:05d}.npy"
-    if not chunk.exists():
-        chunk.parent.mkdir(parents=True, exist_ok=True)
-        tmp = chunk.with_name(f"tmp-{chunk.name}")
-        np.save(tmp, encode(model, texts[i * CHUNK:(i + 1) * CHUNK], progress=False))
-        tmp.rename(chunk)
-    return True
+    folders = [*WORK.glob(f"*/project/{paths.BASE_EMBEDDINGS}"), *WORK.glob(f"*/{EXTRA_VECTORS}")]
+    parts = [TextVectors.load(path) for path in sorted(folders) if (path / VECTORS_FILE).exists()]
+    if not parts:
+        return TextVectors([], np.zeros((0, 0), dtype=np.float32))
+    return TextVectors([t for part in parts for t in part.texts], np.concatenate([part.vectors for part in parts]))
 
 
-def encode_files(files: list[Path], train_first: int) -> None:
-    """Chunks in the order the research needs them, each file in turn: the eval split's texts (for
-    choosing), `train_first` chunks of train texts, the test split's, then the rest of the train
-    texts; progress lines; cached chunks are skipped (an interrupted run resumes)."""
+def encode_files(files: list[Path]) -> None:
+    """Each file's project prepared, then the texts it needs that nothing under WORK has encoded yet."""
+    from arxiv_embed.embeddings import TextVectors, embed_texts
     from arxiv_embed.models import load_model
     from tests.harness import params_with
 
     params = params_with()
-    model = load_model(params.model.base, max_seq_length=params.model.max_seq_length, device="cpu")
-    texts = {source: split_texts(prepare(source), params.shared.seed) for source in files}
-    for source, items in texts.items():
-        (workdir(source) / "texts.json").write_text(json.dumps(items))
-    bounds = {source: [-(-n // CHUNK) for n in (held_out_count(source, ("eval",)), held_out_count(source), len(texts[source]))]
-              for source in files}
-    phases = [lambda b: range(0, b[0]), lambda b: range(b[1], min(b[1] + train_first, b[2])),
-              lambda b: range(b[0], b[1]), lambda b: range(b[1] + train_first, b[2])]
-    total = sum(len(t) for t in texts.values())
-    started, last = time.monotonic(), 0.0
-    for phase in phases:
-        queues = {source: list(phase(bounds[source])) for source in files}
-        while any(queues.values()):
-            for source in files:
-                if queues[source]:
-                    encode_chunk(source, texts[source], queues[source].pop(0), model)
-            if (elapsed := time.monotonic() - started) - last >= 20:
-                last = elapsed
-                done = sum(len(list((workdir(s) / "chunks").glob("0*.npy"))) for s in files) * CHUNK
-                print(f"objectives: encoded ~{min(done, total)}/{total} texts ({elapsed:.0f} s)", flush=True)
-
-
-def held_out_count(source: Path, splits: tuple[str, ...] = ("eval", "test")) -> int:
-    """Distinct texts of these held-out splits' papers and triplets: split_texts puts them first."""
-    import polars as pl
-
-    project = workdir(source) / "project"
-    columns = []
-    for split in splits:
-        papers = pl.read_parquet(project / f"data/split/{split}.parquet", columns=["abstract", "title"])
-        triplets = pl.read_parquet(project / f"data/triplets/{split}_triplets.parquet", columns=["anchor", "positive", "negative"])
-        columns += [papers["abstract"], papers["title"], *(triplets[c] for c in triplets.columns)]
-    return pl.concat(columns).n_unique()
+    model = None
+    for source in files:
+        if (folder(source) / EXTRA_VECTORS).exists():
+            continue
+        prepared = prepare(source)
+        known = known_vectors()
+        missing = [text for text in needed_texts(prepared) if text not in known.index]
+        print(f"dev_vectors: {source.name}: {len(missing):,} texts to encode (the rest are cached)", flush=True)
+        if not missing:
+            TextVectors([], np.zeros((0, known.vectors.shape[1]), dtype=np.float32)).save(folder(source) / EXTRA_VECTORS)
+            continue
+        model = model or load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
+                                    backend=params.embed_base.backend)
+        key = f"{params.model.base}|{params.model.max_seq_length}|{params.embed_base.backend}"
+        embed_texts(model, missing, folder(source) / "extra-chunks", key, params.embed_base.batch_size,
+                    what="dev_vectors").save(folder(source) / EXTRA_VECTORS)
 
 
 def cached_vectors(source: Path) -> TextVectors:
-    """The base-model vectors of the chunks encoded so far (split_texts' order, gaps skipped), looked
-    up by text as the stages read embed_base's (arxiv_embed/embeddings.py)."""
-    from arxiv_embed.embeddings import TextVectors
-
-    texts = json.loads((workdir(source) / "texts.json").read_text())
-    chunks = sorted((workdir(source) / "chunks").glob("0*.npy"))
-    if not chunks:
-        raise SystemExit(f"objectives: {source.name}: nothing encoded yet: run --objectives-prepare")
-    rows = [int(path.stem) for path in chunks]
-    return TextVectors([t for i in rows for t in texts[i * CHUNK:(i + 1) * CHUNK]], np.concatenate([np.load(path) for path in chunks]))
+    """The vectors of every text the file's research reads, looked up by text as the stages read embed_base's."""
+    if not (folder(source) / EXTRA_VECTORS).exists():
+        raise SystemExit(f"objectives: {source.name}: not encoded yet: run --objectives-prepare")
+    known = known_vectors()
+    return known.subset(needed_texts(project(source)))

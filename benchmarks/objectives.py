@@ -1,7 +1,8 @@
 """objectives: choose the adapter's training objective on cached vectors, and the learning curve.
 
-benchmarks/dev_vectors.py runs each dev file's 8,000-paper subsample through the real DAG up to
-make_triplets and encodes its titles and abstracts ONCE with the base model (the expensive part).
+benchmarks/dev_vectors.py runs each whole dev file through the real DAG up to embed_base (in the
+project `quality --quality-workdir benchmarks/results/dev` keeps) and encodes the eval split's texts
+too: every title and abstract ONCE with the base model (the expensive part).
 Every candidate here then trains the adapter on the stage's one recipe (training/recipe.objectives,
 training/adapter.train_adapter: the stage's own code) on those vectors in seconds and is scored by the project's own lenses (evaluation/lenses.py) with
 evaluate's paired-bootstrap intervals (evaluation/report.compare):
@@ -10,12 +11,13 @@ evaluate's paired-bootstrap intervals (evaluation/report.compare):
 - `--objectives-split test`: the chosen ones reported on the TEST split, with a seed spread;
 - `--objectives-curve [N ...]`: the learning curve, deltas with intervals vs train papers (nested
   prefixes of a seeded shuffle of the train split), written to benchmarks/learning_curve/<file>.csv
-  (dvc.yaml's `dev_learning_curve` plot: `dvc plots show`).
+  (dvc.yaml's `dev_learning_curve` plot: `dvc plots show`);
+- `--objectives-pooled`: also the two dev files pooled as one (21k train papers: the curve's 20k point).
 
-    python -m benchmarks objectives --objectives-prepare            # DAG to make_triplets + encode, once
-    python -m benchmarks objectives --objectives-candidates default supcon supcon-proto1
-    python -m benchmarks objectives --objectives-split test --objectives-candidates supcon --objectives-seeds 42 1 2
-    python -m benchmarks objectives --objectives-split test --objectives-curve 500 1000 2000 --objectives-candidates supcon
+    python -m benchmarks objectives --objectives-prepare --objectives-pooled   # DAG to embed_base + the eval split, once
+    python -m benchmarks objectives --objectives-candidates default default-retain4 default-balanced
+    python -m benchmarks objectives --objectives-split test --objectives-candidates default --objectives-seeds 42 1 2
+    python -m benchmarks objectives --objectives-split test --objectives-curve 500 1000 2000 5000 10000 20000 --objectives-pooled
 
 Rows are appended to benchmarks/results/objectives-<split>[-curve].jsonl (gitignored).
 """
@@ -23,6 +25,7 @@ Rows are appended to benchmarks/results/objectives-<split>[-curve].jsonl (gitign
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -30,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.harness import deep_update
 from benchmarks.common import RESULTS_DIR
-from benchmarks.dev_vectors import DEV_FILES, cached_vectors, encode_files, workdir
+from benchmarks import dev_vectors
+from benchmarks.dev_vectors import DEV_FILES, cached_vectors, encode_files, pooled_file
 from benchmarks.quality import TARGETS  # the issue's targets, per headline key
 
 # Candidates: name -> finetune overrides of ISSUE_11 (issue 11's default objective), so a candidate means
@@ -40,6 +45,7 @@ ISSUE_11 = {"loss": "batch_all", "batch_size": 32, "temperature": 0.1, "prototyp
             "hard_negatives": {"weight": 1.0, "candidates": 30},
             "adapter": {"kind": "mlp", "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5}}
 NO_MINED = {"hard_negatives": {"weight": 0.0}}
+SUPCON_DEFAULT = {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "adapter": {"retain_distill": 5.0}, **NO_MINED}
 CANDIDATES: dict[str, dict] = {
     "default": {},
     "batch_all": {},  # issue 11's objective: BatchAll on label-grouped batches + TripletLoss on mined negatives
@@ -59,15 +65,31 @@ CANDIDATES: dict[str, dict] = {
     "supcon+mined-retain4": {"loss": "supcon", "hard_negatives": {"weight": 1.0}, "retain_title_abstract": 4.0},
     "supcon-distill5": {"loss": "supcon", "adapter": {"retain_distill": 5.0}, **NO_MINED},
     "supcon-b128-distill5": {"loss": "supcon", "batch_size": 128, "adapter": {"retain_distill": 5.0}, **NO_MINED},
-    "supcon-b128-proto1-distill5": {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "adapter": {"retain_distill": 5.0}, **NO_MINED},
+    "supcon-b128-proto1-distill5": SUPCON_DEFAULT,  # issue 21's default, chosen on the 8,000-record subsamples
 }
+# Variants of that default, compared on the whole dev files (4-6x the train papers it was chosen on).
+VARIANTS = {
+    "distill3": {"adapter": {"retain_distill": 3.0}}, "distill8": {"adapter": {"retain_distill": 8.0}},
+    "proto2": {"prototype_weight": 2.0}, "proto0.5": {"prototype_weight": 0.5}, "retain4": {"retain_title_abstract": 4.0},
+    "t0.2": {"temperature": 0.2}, "ep3": {"adapter": {"epochs": 3}}, "ep10": {"adapter": {"epochs": 10}},
+    "pl8": {"adapter": {"per_label": 8}}, "mined": {"hard_negatives": {"weight": 1.0}}, "lr3e-4": {"adapter": {"learning_rate": 3.0e-4}},
+    "sqrt": {"adapter": {"label_sampling": "sqrt"}}, "balanced": {"adapter": {"label_sampling": "balanced"}},
+    # Pairs of the single changes that helped on the eval splits (retain 4: search and cs F1; 10 epochs, prototype 2: category and F1).
+    "retain4-sqrt": {"retain_title_abstract": 4.0, "adapter": {"label_sampling": "sqrt"}},
+    "retain4-balanced": {"retain_title_abstract": 4.0, "adapter": {"label_sampling": "balanced"}},
+    "retain4-ep10": {"retain_title_abstract": 4.0, "adapter": {"epochs": 10}},
+    "retain4-proto2": {"retain_title_abstract": 4.0, "prototype_weight": 2.0},
+    "retain6-ep10": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}},
+    "retain8-ep10": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}},
+    "retain6-ep10-mined": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}, "hard_negatives": {"weight": 1.0}},
+    "retain6-ep10-proto2": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}, "prototype_weight": 2.0},
+}
+CANDIDATES |= {f"default-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 
 
 def finetune_params(name: str):
-    import copy
-
-    from tests.harness import deep_update, params_with
+    from tests.harness import params_with
 
     overrides = {} if name == "default" else deep_update(copy.deepcopy(ISSUE_11), CANDIDATES[name])
     # Only the classifier on every sampled train paper (the one reported): each learning-curve point is
@@ -163,22 +185,22 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
     from arxiv_embed.training.adapter import train_adapter
 
     cached = cached_vectors(source)
-    project = workdir(source) / "project"
-    index = cached.index
+    project = dev_vectors.project(source)
     params = finetune_params("default")
 
-    # The train papers (make_triplets' train sample, what finetune trains on) whose abstract and title
-    # are encoded, in encoding order (a seeded shuffle): the learning curve's subsets are prefixes of it, so they are nested.
+    # The train papers (make_triplets' train sample, what finetune trains on) in a seeded shuffle: the
+    # learning curve's subsets are its prefixes, so they are nested.
     train = pl.read_parquet(project / paths.TRAIN_SAMPLE, columns=["id", "abstract", "title", "label"])
-    train = train.filter(pl.col("abstract").is_in(list(index)) & pl.col("title").is_in(list(index)))
-    train = train.with_columns(row=pl.col("abstract").replace_strict(index, return_dtype=pl.Int64)).sort("row")
+    train = train.sample(fraction=1.0, shuffle=True, seed=params.shared.seed)
     order = train["id"].to_list()
     data = eval_data(project, split, train, params.evaluate.max_train_papers, params.shared.seed)
     base = score(cached, data, params)
-    print(f"objectives: {source.name}: {len(order)} train papers encoded; scoring on {split} ({data.test.height} papers)", flush=True)
+    print(f"objectives: {source.name}: {len(order)} train papers; scoring on {split} ({data.test.height} papers)", flush=True)
     rows = []
     for size in sizes:
-        chosen = set(order if size is None or size >= len(order) else order[:size])
+        if size is not None and size >= len(order):
+            continue  # beyond this file's train split: its last point (every train paper) stands for it
+        chosen = set(order if size is None else order[:size])
         for name in names:
             ft = finetune_params(name).finetune
             objectives = recipe_for(project, ft, chosen, cached)
@@ -223,14 +245,14 @@ def write_curve(rows: list[dict]) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objectives-files", nargs="+", type=Path, default=None, help="objectives: dev files (default: ../shared/data's two)")
-    parser.add_argument("--objectives-prepare", action="store_true", help="objectives: only run the DAG to make_triplets and encode")
-    parser.add_argument("--objectives-train-first", type=int, default=4,
-                        help="objectives --objectives-prepare: chunks of train texts (1024: ~512 papers) per file before the test split's")
+    parser.add_argument("--objectives-pooled", action="store_true",
+                        help="objectives: also the two dev files pooled as one (learning-curve points beyond one file's train split)")
+    parser.add_argument("--objectives-prepare", action="store_true", help="objectives: only run the DAG to embed_base and encode the eval split")
     parser.add_argument("--objectives-candidates", nargs="+", default=["default"], choices=list(CANDIDATES), help="objectives: candidates")
     parser.add_argument("--objectives-split", choices=["eval", "test"], default="eval", help="objectives: eval (choose) or test (report)")
     parser.add_argument("--objectives-seeds", nargs="+", type=int, default=[42], help="objectives: adapter training seeds")
     parser.add_argument("--objectives-curve", nargs="*", type=int, default=None,
-                        help="objectives: learning curve at these train-paper counts (no value: 2000 5000 10000 and all)")
+                        help="objectives: learning curve at these train-paper counts and all (no value: 2000 5000 10000 20000)")
 
 
 QUICK: dict = {}
@@ -239,15 +261,15 @@ QUICK: dict = {}
 def run(args: argparse.Namespace):
     from benchmarks.common import Report
 
-    files = args.objectives_files or DEV_FILES
+    files = [*(args.objectives_files or DEV_FILES), *([pooled_file()] if args.objectives_pooled else [])]
     report = Report("objectives")
     if args.objectives_prepare:
-        encode_files([Path(f) for f in files], args.objectives_train_first)
+        encode_files([Path(f) for f in files])
         for source in files:
             report.add(f"{Path(source).name} texts cached", len(cached_vectors(Path(source))))
         return report
     curve = args.objectives_curve
-    sizes = [None] if curve is None else [*(curve or [2000, 5000, 10000]), None]
+    sizes = [None] if curve is None else [*(curve or [2000, 5000, 10000, 20000]), None]
     rows = [row for source in files for row in experiment(Path(source), args.objectives_candidates, args.objectives_split,
                                                            args.objectives_seeds, sizes)]
     results = RESULTS_DIR / f"objectives-{args.objectives_split}{'-curve' if curve is not None else ''}.jsonl"

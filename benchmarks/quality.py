@@ -74,7 +74,8 @@ QUICK = {"quality_papers": 1500}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality-files", nargs="+", type=Path, default=None,
                         help="quality: arXiv JSON-lines files (default: the two dev files in ../shared/data)")
-    parser.add_argument("--quality-papers", type=int, default=4000, help="quality: seeded subsample of each file (default 4000)")
+    parser.add_argument("--quality-papers", type=int, default=0,
+                        help="quality: seeded subsample of this many records of each file (default 0: every record, in a seeded order)")
     parser.add_argument("--quality-candidates", nargs="+", default=["default"], choices=list(CANDIDATES),
                         help="quality: configurations to compare (default: default)")
     parser.add_argument("--quality-workdir", type=Path, default=None,
@@ -83,13 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def subsample(source: Path, n: int, dest: Path, seed: int = 42) -> Path:
-    """A seeded random n-record subsample (files sorted by id would otherwise give their oldest papers)."""
+    """A seeded random n-record subsample, 0 = every record (files sorted by id would otherwise give their oldest papers)."""
     opener = gzip.open if source.suffix == ".gz" else open
     with opener(source, "rt", encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
     random.Random(seed).shuffle(lines)
     with gzip.open(dest, "wt", encoding="utf-8") as f:
-        f.writelines(lines[:n])
+        f.writelines(lines[:n] if n else lines)
     return dest
 
 
@@ -106,16 +107,21 @@ def verdict(key: str, change: float, low: float) -> bool:
     return change >= target and low > 0 if target > 0 else change >= target
 
 
+def kept_folder(keep: Path, source: Path, papers: int) -> Path:
+    """keep/<file>-<papers> (created once, reused by later runs)."""
+    folder = keep.resolve() / f"{source.name.split('.')[0]}-{papers or 'all'}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextmanager
-def _workdir(keep: Path | None, source: Path, papers: int) -> Iterator[Path]:
-    """A temporary folder, or keep/<file>-<papers> (created once, reused by later runs)."""
+def kept_workdir(keep: Path | None, source: Path, papers: int) -> Iterator[Path]:
+    """A temporary folder, or the kept one."""
     if keep is None:
         with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
             yield Path(tmp)
         return
-    folder = keep / f"{source.name.split('.')[0]}-{papers}"
-    folder.mkdir(parents=True, exist_ok=True)
-    yield folder
+    yield kept_folder(keep, source, papers)
 
 
 def refresh_code(project: Path) -> None:
@@ -129,6 +135,17 @@ def refresh_code(project: Path) -> None:
             shutil.copy2(source, target)
 
 
+def dev_project(workdir: Path, source: Path, papers: int) -> Path:
+    """workdir/project: the DAG's project over the file's seeded subsample (made once; a kept one gets this checkout's code)."""
+    project = workdir / "project"
+    if (project / "dvc.yaml").exists():
+        refresh_code(project)
+    else:
+        sample = subsample(source, papers, workdir / "sample.jsonl.gz")
+        make_project(project, {"download": {"source": "file", "path": str(sample), "max_records": None}})
+    return project
+
+
 def run(args: argparse.Namespace) -> Report:
     files = args.quality_files or DEV_FILES
     if missing := [str(f) for f in files if not Path(f).exists()]:
@@ -136,13 +153,8 @@ def run(args: argparse.Namespace) -> Report:
                          "arXiv JSON-lines files (Kaggle schema, .jsonl or .jsonl.gz), e.g. --quality-files data/sample/arxiv-sample.jsonl.gz")
     report = Report("quality")
     for source in files:
-        with _workdir(args.quality_workdir, Path(source), args.quality_papers) as workdir:
-            project = workdir / "project"
-            if (project / "dvc.yaml").exists():
-                refresh_code(project)
-            else:
-                sample = subsample(Path(source), args.quality_papers, workdir / "sample.jsonl.gz")
-                make_project(project, {"download": {"source": "file", "path": str(sample), "max_records": None}})
+        with kept_workdir(args.quality_workdir, Path(source), args.quality_papers) as workdir:
+            project = dev_project(workdir, Path(source), args.quality_papers)
             committed = {**yaml.safe_load((ROOT / "params.yaml").read_text()), "download": yaml.safe_load((project / "params.yaml").read_text())["download"]}
             for name in args.quality_candidates:
                 merged = deep_update(copy.deepcopy(committed), CANDIDATES[name])

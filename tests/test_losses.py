@@ -151,6 +151,24 @@ def test_label_batches_hold_several_papers_of_each_label() -> None:
     assert len(labels) - 1 not in np.concatenate(seen)  # label 5 has one paper (the last): no positive, never batched
 
 
+def test_balanced_label_sampling_evens_out_labels_with_the_same_epoch_length() -> None:
+    labels = np.repeat(np.arange(4), [64, 16, 8, 4])
+    per_label = {}
+    for sampling in ("proportional", "sqrt", "balanced"):
+        batches = adapter.Batches(labels, 8, np.random.default_rng(0), per_label=2, label_sampling=sampling)
+        rows = np.concatenate(list(batches.epoch(len(labels))))
+        per_label[sampling] = np.bincount(labels[rows], minlength=4)
+        assert abs(len(rows) - len(labels)) <= 8  # an epoch stays about as long
+        for batch in batches.epoch(len(labels)):  # still groups of per_label papers of one label
+            assert all(count >= 2 for count in np.unique(labels[batch], return_counts=True)[1])
+    assert len(set(per_label["proportional"])) == 4 and per_label["proportional"][0] >= 56  # each paper about once
+    assert per_label["balanced"].max() - per_label["balanced"].min() <= 8  # equal shares (up to the last partial batch)
+    assert per_label["proportional"][3] < per_label["sqrt"][3] < per_label["balanced"][3]  # the rare label comes more often
+    assert per_label["balanced"][3] > 4  # more often than it has papers: they repeat, pass by pass
+    label_3 = np.concatenate(list(adapter.Batches(labels, 8, np.random.default_rng(1), 2, "balanced").epoch(len(labels))))
+    assert set(label_3[labels[label_3] == 3]) == set(np.flatnonzero(labels == 3))  # every one of its papers, not one repeated
+
+
 def test_full_mode_retains_title_abstract_as_its_own_scaled_dataset(tiny_model, tiny_data: Path) -> None:
     ft = finetune(mode="full", loss="batch_all", train_data=["labels"], batch_size=8, retain_title_abstract=0.5,
                   hard_negatives={"weight": 0.0, "candidates": 20})

@@ -15,6 +15,8 @@ def test_subsample_is_seeded_random_and_keeps_whole_records(tmp_path: Path) -> N
                     for name in ("a.jsonl.gz", "b.jsonl.gz"))
     assert first == again and len(first) == 10 and len(set(first)) == 10
     assert first != [f'{{"id": "{i}"}}' for i in range(10)]  # not the file's first records (sorted by id: the oldest)
+    every = gzip.decompress(quality.subsample(source, 0, tmp_path / "all.jsonl.gz").read_bytes()).decode().splitlines()
+    assert sorted(every) == sorted(source.read_text().splitlines()) and every[:10] == first  # 0: all, same seeded order
 
 
 def test_headline_reads_evaluates_intervals_and_verdicts_need_the_interval_above_zero() -> None:
@@ -99,10 +101,12 @@ def test_a_gpu_run_delta_rebuilds_the_fine_tuned_weights(tmp_path: Path) -> None
     assert all(torch.equal(rebuilt[k], weights[k]) for k in weights if not weights[k].is_floating_point())  # position_ids
 
 
-def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_path: Path) -> None:
-    with quality._workdir(tmp_path, Path("elsewhere/arxiv-recent-sample.jsonl.gz"), 4000) as folder:
+def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_path: Path, monkeypatch) -> None:
+    with quality.kept_workdir(tmp_path, Path("elsewhere/arxiv-recent-sample.jsonl.gz"), 4000) as folder:
         assert folder == tmp_path / "arxiv-recent-sample-4000" and folder.is_dir()
     assert (tmp_path / "arxiv-recent-sample-4000").is_dir()  # kept for the next run
+    monkeypatch.chdir(tmp_path)  # a relative --quality-workdir: the project's download.path must not depend on the cwd
+    assert quality.kept_folder(Path("keep"), Path("x/arxiv-recent-sample.jsonl.gz"), 0) == tmp_path / "keep" / "arxiv-recent-sample-all"
     project = tmp_path / "project"
     (project / "arxiv_embed").mkdir(parents=True)
     (project / "arxiv_embed" / "removed_since.py").write_text("old code\n")

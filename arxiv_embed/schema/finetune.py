@@ -24,6 +24,7 @@ class Adapter(Section):
     epochs: PositiveInt
     learning_rate: Annotated[float, Field(gt=0)]
     per_label: Annotated[int, Field(ge=2)]  # papers of one label in a label-grouped batch
+    label_sampling: Literal["proportional", "sqrt", "balanced"]  # label-grouped chunks per label an epoch ~ count, sqrt(count), equal
     retain_distill: Annotated[float, Field(ge=0)]  # weight of squared error to the base embeddings; 0 = off
 
 

@@ -91,6 +91,9 @@ class Batches:
     size: int
     rng: np.random.Generator
     per_label: int = 2
+    # How often each label's papers come, an epoch: proportional (each paper once), sqrt or balanced
+    # (chunks per label ~ count^0.5 or equal, the same total: rare labels repeat, frequent ones are subsampled).
+    label_sampling: str = "proportional"
     _groups: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -117,11 +120,24 @@ class Batches:
         # Every label's papers in shuffled chunks of exactly per_label (a remainder waits for the next
         # epoch's shuffle); chunks shuffled and packed into batches, so a batch never holds a lone paper.
         k = self.per_label
-        chunks = [chunk for g in self._groups for chunk in self.rng.permutation(g)[: len(g) // k * k].reshape(-1, k)]
+        chunks = [chunk for g, n in zip(self._groups, self._chunks_per_label()) for chunk in self._draw(g, n * k).reshape(-1, k)]
         order = self.rng.permutation(len(chunks))
         per_batch = max(1, self.size // self.per_label)
         for i in range(0, len(order) - per_batch + 1, per_batch):
             yield np.concatenate([chunks[j] for j in order[i : i + per_batch]])
+
+
+    def _chunks_per_label(self) -> list[int]:
+        full = np.array([len(g) // self.per_label for g in self._groups])
+        if self.label_sampling == "proportional":
+            return full.tolist()
+        weights = np.sqrt(full) if self.label_sampling == "sqrt" else np.ones(len(full))
+        return np.maximum(1, np.round(weights / weights.sum() * full.sum())).astype(int).tolist()
+
+    def _draw(self, group: np.ndarray, n: int) -> np.ndarray:
+        """n of the group's rows: shuffled passes over it, so a row repeats only once every row has come."""
+        passes = -(-n // len(group))
+        return np.concatenate([self.rng.permutation(group) for _ in range(passes)])[:n]
 
 
 @dataclass
@@ -186,7 +202,8 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
         meter = Progress("finetune: adapter steps", ft.adapter.epochs * sum(len(c[0]) // ft.batch_size for _, c, _ in main), "steps")
         for _ in range(ft.adapter.epochs):
             for objective, columns, labels in main:
-                grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label)
+                grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label,
+                                  ft.adapter.label_sampling)
                 plain = Batches(None, ft.batch_size, rng)
                 others = [(o, cols, plain.cycle(len(cols[0]))) for o, cols, _ in extra]
                 for rows in grouped.epoch(len(columns[0])):
