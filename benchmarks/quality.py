@@ -1,7 +1,8 @@
 """quality: base vs fine-tuned on held-out papers of each dev file, with paired-bootstrap 95% intervals.
 
-For each file, a seeded subsample of --quality-papers records runs the real DAG in a throw-away
-project up to `evaluate` (download, clean, split, make_triplets, finetune, evaluate_base, evaluate),
+For each file, every record (or a seeded subsample of --quality-papers records) runs the real DAG in a
+throw-away project up to `evaluate` (download, clean, split, make_triplets, embed_base, finetune,
+evaluate_base, evaluate; the two dev files' encoding takes ~14 min on 2 idle cores, once per kept project),
 once per candidate (--quality-candidates; `default` = params.yaml as committed). Candidates share
 the project, so only finetune and evaluate rerun. The numbers are evaluate's own
 (metrics/evaluate.json: delta and delta_ci95, the paired bootstrap over the same test queries,
@@ -9,7 +10,8 @@ triplets and papers): category-retrieval NDCG@10, macro-F1 over labels with at l
 evaluate.min_label_support test papers, triplet accuracy (random / hard negatives), title->abstract
 NDCG@10; plus finetune's wall time (metrics/finetune.json).
 
-    python -m benchmarks quality                                   # default params, both dev files
+    python -m benchmarks quality                                   # default params, both whole dev files
+    python -m benchmarks quality --quality-workdir benchmarks/results/dev   # the projects objectives.py reuses
     python -m benchmarks quality --quality-candidates default adapter-linear full-batch-all-retain
     python -m benchmarks quality --quality-files my.jsonl.gz       # any arXiv JSON-lines (Kaggle schema)
     python -m benchmarks quality --quality-workdir .quality         # keep the projects: a later run with
