@@ -106,7 +106,7 @@ def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_
         assert folder == tmp_path / "arxiv-recent-sample-4000" and folder.is_dir()
     assert (tmp_path / "arxiv-recent-sample-4000").is_dir()  # kept for the next run
     monkeypatch.chdir(tmp_path)  # a relative --quality-workdir: the project's download.path must not depend on the cwd
-    assert quality.kept_folder(Path("keep"), Path("x/arxiv-recent-sample.jsonl.gz"), 0) == tmp_path / "keep" / "arxiv-recent-sample-all"
+    assert quality.kept_folder(Path("keep"), Path("x/arxiv-recent-sample.jsonl.gz"), 0) == tmp_path.resolve() / "keep" / "arxiv-recent-sample-all"
     project = tmp_path / "project"
     (project / "arxiv_embed").mkdir(parents=True)
     (project / "arxiv_embed" / "removed_since.py").write_text("old code\n")

@@ -126,8 +126,8 @@ class Batches:
         for i in range(0, len(order) - per_batch + 1, per_batch):
             yield np.concatenate([chunks[j] for j in order[i : i + per_batch]])
 
-
     def _chunks_per_label(self) -> list[int]:
+        """Chunks of per_label papers each label gives an epoch, by label_sampling (the same total)."""
         full = np.array([len(g) // self.per_label for g in self._groups])
         if self.label_sampling == "proportional":
             return full.tolist()
