@@ -31,8 +31,6 @@ WORK = RESULTS_DIR / "dev"  # = quality --quality-workdir benchmarks/results/dev
 POOLED = WORK / "arxiv-dev-pooled.jsonl.gz"
 EXTRA_VECTORS = "extra-vectors"  # texts the research reads that embed_base did not encode
 
-__all__ = ["DEV_FILES", "POOLED", "cached_vectors", "encode_files", "pooled_file", "project"]
-
 
 def folder(source: Path) -> Path:
     return kept_folder(WORK, source, 0)

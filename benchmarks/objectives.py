@@ -36,8 +36,7 @@ import numpy as np
 from tests.harness import deep_update
 from benchmarks.common import RESULTS_DIR
 from benchmarks import dev_vectors
-from benchmarks.dev_vectors import DEV_FILES, cached_vectors, encode_files, pooled_file
-from benchmarks.quality import TARGETS  # the issue's targets, per headline key
+from benchmarks.quality import DEV_FILES, TARGETS  # the dev files, and the issue's targets per headline key
 
 # Candidates: name -> finetune overrides of ISSUE_11 (issue 11's default objective), so a candidate means
 # the same whatever params.yaml holds; `default` is params.yaml as committed.
@@ -185,7 +184,7 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
     from arxiv_embed import paths
     from arxiv_embed.training.adapter import train_adapter
 
-    cached = cached_vectors(source)
+    cached = dev_vectors.cached_vectors(source)
     project = dev_vectors.project(source)
     params = finetune_params("default")
 
@@ -262,12 +261,12 @@ QUICK: dict = {}
 def run(args: argparse.Namespace):
     from benchmarks.common import Report
 
-    files = [*(args.objectives_files or DEV_FILES), *([pooled_file()] if args.objectives_pooled else [])]
+    files = [*(args.objectives_files or DEV_FILES), *([dev_vectors.pooled_file()] if args.objectives_pooled else [])]
     report = Report("objectives")
     if args.objectives_prepare:
-        encode_files([Path(f) for f in files])
+        dev_vectors.encode_files([Path(f) for f in files])
         for source in files:
-            report.add(f"{Path(source).name} texts cached", len(cached_vectors(Path(source))))
+            report.add(f"{Path(source).name} texts cached", len(dev_vectors.cached_vectors(Path(source))))
         return report
     curve = args.objectives_curve
     sizes = [None] if curve is None else [*(curve or [2000, 5000, 10000, 20000]), None]
