@@ -82,24 +82,22 @@ VARIANTS = {
     "retain6-ep10": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}},
     "retain8-ep10": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}},
     "retain6-ep10-mined": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}, "hard_negatives": {"weight": 1.0}},
-    # A second search after the done-when measurement, aimed at its misses (cs category, multidomain search):
-    # temperature, prototype weight, epochs and retain weights around the chosen default (benchmarks/README.md).
+    "retain6-ep10-proto2": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}, "prototype_weight": 2.0},
+    # A second search after the done-when measurement, aimed at its misses (cs category, multidomain search).
     "retain10-ep15": {"retain_title_abstract": 10.0, "adapter": {"epochs": 15}},
     "retain12-ep20": {"retain_title_abstract": 12.0, "adapter": {"epochs": 20}},
-    "retain8-ep10-mined": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}, "hard_negatives": {"weight": 1.0}},
     "retain6-ep10-t0.2": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}, "temperature": 0.2},
-    "retain8-ep10-t0.2": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}, "temperature": 0.2},
-    "retain8-ep10-t0.3": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}, "temperature": 0.3},
-    "retain8-ep10-t0.2-mined": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}, "temperature": 0.2, "hard_negatives": {"weight": 1.0}},
-    "retain8-ep10-t0.2-proto1.5": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}, "temperature": 0.2, "prototype_weight": 1.5},
-    "retain8-ep10-t0.2-proto2": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10}, "temperature": 0.2, "prototype_weight": 2.0},
-    "retain8-ep10-t0.2-proto2-distill8": {"retain_title_abstract": 8.0, "adapter": {"epochs": 10, "retain_distill": 8.0}, "temperature": 0.2,
-                                          "prototype_weight": 2.0},
-    "retain12-ep10-t0.2-proto2": {"retain_title_abstract": 12.0, "adapter": {"epochs": 10}, "temperature": 0.2, "prototype_weight": 2.0},
-    "retain12-ep10-t0.2-proto2-distill8": {"retain_title_abstract": 12.0, "adapter": {"epochs": 10, "retain_distill": 8.0}, "temperature": 0.2,
-                                           "prototype_weight": 2.0},
-    "retain6-ep10-proto2": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}, "prototype_weight": 2.0},
 }
+# ...and changes to the chosen default (first-retain8-ep10): temperature, prototype weight, retain weights, mined negatives.
+CHOSEN = VARIANTS["retain8-ep10"]
+VARIANTS |= {f"retain8-ep10-{name}": deep_update(copy.deepcopy(CHOSEN), change) for name, change in {
+    "mined": {"hard_negatives": {"weight": 1.0}}, "t0.2": {"temperature": 0.2}, "t0.3": {"temperature": 0.3},
+    "t0.2-mined": {"temperature": 0.2, "hard_negatives": {"weight": 1.0}},
+    "t0.2-proto1.5": {"temperature": 0.2, "prototype_weight": 1.5}, "t0.2-proto2": {"temperature": 0.2, "prototype_weight": 2.0},
+    "t0.2-proto2-distill8": {"temperature": 0.2, "prototype_weight": 2.0, "adapter": {"retain_distill": 8.0}},
+}.items()}
+VARIANTS |= {f"retain12-ep10-{name}": deep_update(copy.deepcopy(VARIANTS[f"retain8-ep10-{name}"]), {"retain_title_abstract": 12.0})
+             for name in ("t0.2-proto2", "t0.2-proto2-distill8")}
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 
