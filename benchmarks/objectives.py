@@ -42,7 +42,7 @@ from benchmarks.quality import DEV_FILES, TARGETS  # the dev files, and the issu
 # the same whatever params.yaml holds; `default` is params.yaml as committed.
 ISSUE_11 = {"loss": "batch_all", "batch_size": 32, "temperature": 0.1, "prototype_weight": 0.0, "retain_title_abstract": 2.0,
             "hard_negatives": {"weight": 1.0, "candidates": 30},
-            "adapter": {"kind": "mlp", "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5}}
+            "adapter": {"kind": "mlp", "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5, "ema_decay": 0.0}}
 NO_MINED = {"hard_negatives": {"weight": 0.0}}
 SUPCON_DEFAULT = {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "adapter": {"retain_distill": 5.0}, **NO_MINED}
 CANDIDATES: dict[str, dict] = {
@@ -98,6 +98,11 @@ VARIANTS |= {f"retain8-ep10-{name}": deep_update(copy.deepcopy(CHOSEN), change) 
 }.items()}
 VARIANTS |= {f"retain12-ep10-{name}": deep_update(copy.deepcopy(VARIANTS[f"retain8-ep10-{name}"]), {"retain_title_abstract": 12.0})
              for name in ("t0.2-proto2", "t0.2-proto2-distill8")}
+# A third search: the adapter saved as the moving average of its weights (finetune.adapter.ema_decay; the default now).
+VARIANTS |= {f"{base}-ema{decay}": deep_update(copy.deepcopy(VARIANTS[base]), {"adapter": {"ema_decay": decay}})
+             for base, decays in {"retain8-ep10": (0.99, 0.995, 0.998), "retain8-ep10-t0.2": (0.99,), "retain8-ep10-t0.2-proto1.5": (0.99,),
+                                  "retain8-ep10-t0.2-proto2": (0.99,), "retain10-ep15": (0.99,), "retain12-ep20": (0.99,)}.items()
+             for decay in decays}
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 

@@ -316,3 +316,34 @@ def test_adapter_distillation_keeps_the_retained_titles_near_the_base_model(tiny
 
     # Measured: 0.013 vs 0.60 undistilled; 0.11 when only the abstracts are distilled (the shared adapter alone).
     assert title_drift(2.5) < 0.08 * title_drift(0.0)
+
+
+def test_adapter_returns_the_moving_average_of_its_weights(tiny_model, tiny_data: Path, monkeypatch) -> None:
+    """finetune.adapter.ema_decay: the adapter saved is the warmed-up moving average of the weights after
+    every step (computed here by hand from the trajectory), not the last step's weights."""
+    import torch
+
+    steps: list[list[torch.Tensor]] = []
+    step = torch.optim.AdamW.step
+
+    def recorded_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        steps.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recorded_step)
+    frames = {"labels": training_data.kind_frame("labels")}
+    index, cached = cached_vectors(tiny_model, frames)
+    decay = 0.6
+    ft = finetune(loss="supcon", train_data=["labels"], batch_size=8, retain_title_abstract=0.0, hard_negatives={"weight": 0.0, "candidates": 20},
+                  adapter={"epochs": 8, "kind": "mlp", "retain_distill": 1.0, "ema_decay": decay})
+    run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
+    assert len(steps) == run.steps > 13  # long enough for the decay to pass its warm-up, (1 + t) / (10 + t)
+
+    expected = steps[0]
+    for t, weights in enumerate(steps[1:], start=1):
+        weight = min(decay, (1 + t) / (10 + t))
+        expected = [weight * a + (1 - weight) * w for a, w in zip(expected, weights)]
+    saved = list(torch.nn.ModuleList(run.modules).parameters())
+    assert all(torch.allclose(s, e, atol=1e-6) for s, e in zip(saved, expected, strict=True))
+    assert max(float((e - last).abs().max()) for e, last in zip(expected, steps[-1])) > 1e-4  # the average is not the last step

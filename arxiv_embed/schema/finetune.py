@@ -26,6 +26,7 @@ class Adapter(Section):
     per_label: Annotated[int, Field(ge=2)]  # papers of one label in a label-grouped batch
     label_sampling: Literal["proportional", "sqrt", "balanced"]  # label-grouped chunks per label an epoch ~ count, sqrt(count), equal
     retain_distill: Annotated[float, Field(ge=0)]  # weight of squared error to the base embeddings; 0 = off
+    ema_decay: Annotated[float, Field(ge=0, lt=1)]  # the adapter saved: moving average of its weights with this decay per step; 0 = the last step's
 
 
 class Full(Section):
