@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
     from torch import nn
+    from torch.optim.swa_utils import AveragedModel
 
 ADAPTERS = ("linear", "mlp")
 
@@ -73,7 +74,7 @@ class AdapterStack:
         return self.net.parameters()
 
 
-def weight_average(net: nn.Module, decay: float):
+def weight_average(net: nn.Module, decay: float) -> AveragedModel | None:
     """torch's AveragedModel keeping an exponential moving average (Polyak averaging) of `net`'s weights,
     or None when decay is 0. The decay warms up as min(decay, (1 + t) / (10 + t)) at update t, so a short
     run (few steps: small data) is not averaged toward its first steps."""
