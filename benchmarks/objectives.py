@@ -42,7 +42,7 @@ from benchmarks.quality import DEV_FILES, TARGETS  # the dev files, and the issu
 # the same whatever params.yaml holds; `default` is params.yaml as committed.
 ISSUE_11 = {"loss": "batch_all", "batch_size": 32, "temperature": 0.1, "prototype_weight": 0.0, "retain_title_abstract": 2.0,
             "hard_negatives": {"weight": 1.0, "candidates": 30},
-            "adapter": {"kind": "mlp", "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5, "ema_decay": 0.0}}
+            "adapter": {"kind": "mlp", "extra_hidden": 384, "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5, "ema_decay": 0.0}}
 NO_MINED = {"hard_negatives": {"weight": 0.0}}
 SUPCON_DEFAULT = {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "adapter": {"retain_distill": 5.0}, **NO_MINED}
 CANDIDATES: dict[str, dict] = {
@@ -103,6 +103,19 @@ VARIANTS |= {f"{base}-ema{decay}": deep_update(copy.deepcopy(VARIANTS[base]), {"
              for base, decays in {"retain8-ep10": (0.99, 0.995, 0.998), "retain8-ep10-t0.2": (0.99,), "retain8-ep10-t0.2-proto1.5": (0.99,),
                                   "retain8-ep10-t0.2-proto2": (0.99,), "retain10-ep15": (0.99,), "retain12-ep20": (0.99,)}.items()
              for decay in decays}
+# A fourth search: the MLP's capacity (finetune.adapter.extra_hidden) with the weight average.
+VARIANTS |= {f"retain8-ep10-ema0.99-{name}": deep_update(copy.deepcopy(VARIANTS["retain8-ep10-ema0.99"]), change) for name, change in {
+    "h0": {"adapter": {"extra_hidden": 0}}, "h768": {"adapter": {"extra_hidden": 768}}, "h1536": {"adapter": {"extra_hidden": 1536}},
+    "h1536-t0.2": {"adapter": {"extra_hidden": 1536}, "temperature": 0.2},
+    "h1536-t0.2-proto1.5": {"adapter": {"extra_hidden": 1536}, "temperature": 0.2, "prototype_weight": 1.5},
+    "h1536-retain10": {"adapter": {"extra_hidden": 1536}, "retain_title_abstract": 10.0},
+    "h1536-retain10-proto1.5": {"adapter": {"extra_hidden": 1536}, "retain_title_abstract": 10.0, "prototype_weight": 1.5},
+    "h1536-retain10-ep15": {"adapter": {"extra_hidden": 1536, "epochs": 15}, "retain_title_abstract": 10.0},
+    "h1536-retain12": {"adapter": {"extra_hidden": 1536}, "retain_title_abstract": 12.0},
+    "h1536-retain14": {"adapter": {"extra_hidden": 1536}, "retain_title_abstract": 14.0},
+    "h3072": {"adapter": {"extra_hidden": 3072}},
+    "h3072-retain10": {"adapter": {"extra_hidden": 3072}, "retain_title_abstract": 10.0},
+}.items()}
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 

@@ -116,23 +116,28 @@ def tiny_data(tmp_path: Path, kaggle_sample: Path, monkeypatch: pytest.MonkeyPat
     return tmp_path
 
 
-@pytest.mark.parametrize("kind", adapter.ADAPTERS)
-def test_adapter_starts_as_the_identity(tiny_model, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "extra_hidden"), [("linear", 0), ("mlp", 0), ("mlp", 96)])
+def test_adapter_starts_as_the_identity(tiny_model, kind: str, extra_hidden: int) -> None:
     texts = ["Quantum error correction with surface codes.", "A survey of graph neural networks."]
-    tuned = adapter.attach(tiny_model, adapter.identity_adapter(tiny_model.get_embedding_dimension(), kind))
+    dim = tiny_model.get_embedding_dimension()
+    modules = adapter.identity_adapter(dim, kind, extra_hidden)
+    tuned = adapter.attach(tiny_model, modules)
     np.testing.assert_allclose(tuned.encode(texts), tiny_model.encode(texts, normalize_embeddings=True), atol=1e-5)
+    if kind == "mlp":  # finetune.adapter.extra_hidden widens the hidden layer beyond the identity's 2 x dim
+        assert modules[0].linear.out_features == 2 * dim + extra_hidden
 
 
 def test_adapter_trains_with_the_table_loss_and_saves_a_loadable_model(tiny_model, tiny_data: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, hard_negatives={"weight": 0.0, "candidates": 20},
-                  adapter={"epochs": 3, "kind": "mlp"})
+                  adapter={"epochs": 3, "kind": "mlp", "extra_hidden": 32})
     frames = {"labels": training_data.kind_frame("labels"), "title_abstract": training_data.kind_frame("title_abstract")}
     index, cached = cached_vectors(tiny_model, frames)
     assert len(index) == pl.concat([frames["labels"]["text"], frames["title_abstract"]["anchor"], frames["title_abstract"]["positive"]]).n_unique()
     run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
     assert run.steps > 0 and all(np.isfinite(v) for _, v in run.curve)
+    assert run.modules[0].linear.out_features == 2 * cached.shape[1] + 32  # finetune.adapter.extra_hidden
     tuned = adapter.attach(tiny_model, run.modules)
     texts = frames["labels"]["text"].head(4).to_list()
     before, after = tiny_model.encode(texts, normalize_embeddings=True), tuned.encode(texts)

@@ -21,6 +21,7 @@ class Adapter(Section):
     """finetune.adapter (mode adapter only): a small identity-initialised adapter on the frozen encoder's cached embeddings."""
 
     kind: Literal["linear", "mlp"]
+    extra_hidden: Annotated[int, Field(ge=0)]  # mlp: hidden units beyond the 2 x dim that carry the identity
     epochs: PositiveInt
     learning_rate: Annotated[float, Field(gt=0)]
     per_label: Annotated[int, Field(ge=2)]  # papers of one label in a label-grouped batch

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 ADAPTERS = ("linear", "mlp")
 
 
-def identity_adapter(dim: int, kind: str, extra_hidden: int = 384, seed: int = 0) -> list[nn.Module]:
+def identity_adapter(dim: int, kind: str, extra_hidden: int, seed: int = 0) -> list[nn.Module]:
     """`Dense` modules that start as the identity on `dim`-d embeddings (module docstring)."""
     import torch
     from sentence_transformers.sentence_transformer.modules import Dense
@@ -203,7 +203,7 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     vectors = torch.as_tensor(cached)
-    stack = AdapterStack(identity_adapter(vectors.shape[1], ft.adapter.kind, seed=seed))
+    stack = AdapterStack(identity_adapter(vectors.shape[1], ft.adapter.kind, ft.adapter.extra_hidden, seed))
     optimizer = torch.optim.AdamW(stack.parameters(), lr=ft.adapter.learning_rate, weight_decay=0.0)
     distill = ft.adapter.retain_distill
     averaged = weight_average(stack.net, ft.adapter.ema_decay)
