@@ -116,12 +116,18 @@ VARIANTS |= {f"retain8-ep10-ema0.99-{name}": deep_update(copy.deepcopy(VARIANTS[
     "h3072": {"adapter": {"extra_hidden": 3072}},
     "h3072-retain10": {"adapter": {"extra_hidden": 3072}, "retain_title_abstract": 10.0},
 }.items()}
-# A fifth search: the prototype head that lifts cs category, with distillation to hold search, under the weight average.
+# A fifth search: the prototype head that lifts cs category, with distillation or larger batches to hold search, under the weight average.
 VARIANTS |= {f"retain8-ep10-ema0.99-{name}": deep_update(copy.deepcopy(VARIANTS["retain8-ep10-ema0.99"]), change) for name, change in {
     "proto1.5-distill8": {"prototype_weight": 1.5, "adapter": {"retain_distill": 8.0}},
     "t0.2-proto1.5-distill8": {"temperature": 0.2, "prototype_weight": 1.5, "adapter": {"retain_distill": 8.0}},
     "t0.2-proto2-distill8": {"temperature": 0.2, "prototype_weight": 2.0, "adapter": {"retain_distill": 8.0}},
     "t0.2-proto2-distill8-retain12": {"temperature": 0.2, "prototype_weight": 2.0, "adapter": {"retain_distill": 8.0}, "retain_title_abstract": 12.0},
+    "b256": {"batch_size": 256}, "b256-pl8": {"batch_size": 256, "adapter": {"per_label": 8}},
+    "lr2e-3": {"adapter": {"learning_rate": 2.0e-3}}, "b256-lr2e-3": {"batch_size": 256, "adapter": {"learning_rate": 2.0e-3}},
+    "b256-ep20": {"batch_size": 256, "adapter": {"epochs": 20}},
+    "b256-ep20-proto1.5": {"batch_size": 256, "prototype_weight": 1.5, "adapter": {"epochs": 20}},
+    "b256-lr2e-3-proto1.5": {"batch_size": 256, "prototype_weight": 1.5, "adapter": {"learning_rate": 2.0e-3}},
+    "b256-t0.2-proto2": {"batch_size": 256, "temperature": 0.2, "prototype_weight": 2.0},
 }.items()}
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
