@@ -88,14 +88,20 @@ VARIANTS = {
     "retain12-ep20": {"retain_title_abstract": 12.0, "adapter": {"epochs": 20}},
     "retain6-ep10-t0.2": {"retain_title_abstract": 6.0, "adapter": {"epochs": 10}, "temperature": 0.2},
 }
+
+
+def changes_to(base: str, changes: dict[str, dict]) -> dict[str, dict]:
+    """`<base>-<name>`: the variant `base` with each change applied over it."""
+    return {f"{base}-{name}": deep_update(copy.deepcopy(VARIANTS[base]), change) for name, change in changes.items()}
+
+
 # ...and changes to the chosen default (first-retain8-ep10): temperature, prototype weight, retain weights, mined negatives.
-CHOSEN = VARIANTS["retain8-ep10"]
-VARIANTS |= {f"retain8-ep10-{name}": deep_update(copy.deepcopy(CHOSEN), change) for name, change in {
+VARIANTS |= changes_to("retain8-ep10", {
     "mined": {"hard_negatives": {"weight": 1.0}}, "t0.2": {"temperature": 0.2}, "t0.3": {"temperature": 0.3},
     "t0.2-mined": {"temperature": 0.2, "hard_negatives": {"weight": 1.0}},
     "t0.2-proto1.5": {"temperature": 0.2, "prototype_weight": 1.5}, "t0.2-proto2": {"temperature": 0.2, "prototype_weight": 2.0},
     "t0.2-proto2-distill8": {"temperature": 0.2, "prototype_weight": 2.0, "adapter": {"retain_distill": 8.0}},
-}.items()}
+})
 VARIANTS |= {f"retain12-ep10-{name}": deep_update(copy.deepcopy(VARIANTS[f"retain8-ep10-{name}"]), {"retain_title_abstract": 12.0})
              for name in ("t0.2-proto2", "t0.2-proto2-distill8")}
 # A third search: the adapter saved as the moving average of its weights (finetune.adapter.ema_decay; the default now).
@@ -104,7 +110,7 @@ VARIANTS |= {f"{base}-ema{decay}": deep_update(copy.deepcopy(VARIANTS[base]), {"
                                   "retain8-ep10-t0.2-proto2": (0.99,), "retain10-ep15": (0.99,), "retain12-ep20": (0.99,)}.items()
              for decay in decays}
 # A fourth search: the MLP's capacity (finetune.adapter.extra_hidden) with the weight average.
-VARIANTS |= {f"retain8-ep10-ema0.99-{name}": deep_update(copy.deepcopy(VARIANTS["retain8-ep10-ema0.99"]), change) for name, change in {
+VARIANTS |= changes_to("retain8-ep10-ema0.99", {
     "h0": {"adapter": {"extra_hidden": 0}}, "h768": {"adapter": {"extra_hidden": 768}}, "h1536": {"adapter": {"extra_hidden": 1536}},
     "h1536-t0.2": {"adapter": {"extra_hidden": 1536}, "temperature": 0.2},
     "h1536-t0.2-proto1.5": {"adapter": {"extra_hidden": 1536}, "temperature": 0.2, "prototype_weight": 1.5},
@@ -115,9 +121,9 @@ VARIANTS |= {f"retain8-ep10-ema0.99-{name}": deep_update(copy.deepcopy(VARIANTS[
     "h1536-retain14": {"adapter": {"extra_hidden": 1536}, "retain_title_abstract": 14.0},
     "h3072": {"adapter": {"extra_hidden": 3072}},
     "h3072-retain10": {"adapter": {"extra_hidden": 3072}, "retain_title_abstract": 10.0},
-}.items()}
+})
 # A fifth search: the prototype head that lifts cs category, with distillation or larger batches to hold search, under the weight average.
-VARIANTS |= {f"retain8-ep10-ema0.99-{name}": deep_update(copy.deepcopy(VARIANTS["retain8-ep10-ema0.99"]), change) for name, change in {
+VARIANTS |= changes_to("retain8-ep10-ema0.99", {
     "proto1.5-distill8": {"prototype_weight": 1.5, "adapter": {"retain_distill": 8.0}},
     "t0.2-proto1.5-distill8": {"temperature": 0.2, "prototype_weight": 1.5, "adapter": {"retain_distill": 8.0}},
     "t0.2-proto2-distill8": {"temperature": 0.2, "prototype_weight": 2.0, "adapter": {"retain_distill": 8.0}},
@@ -128,7 +134,7 @@ VARIANTS |= {f"retain8-ep10-ema0.99-{name}": deep_update(copy.deepcopy(VARIANTS[
     "b256-ep20-proto1.5": {"batch_size": 256, "prototype_weight": 1.5, "adapter": {"epochs": 20}},
     "b256-lr2e-3-proto1.5": {"batch_size": 256, "prototype_weight": 1.5, "adapter": {"learning_rate": 2.0e-3}},
     "b256-t0.2-proto2": {"batch_size": 256, "temperature": 0.2, "prototype_weight": 2.0},
-}.items()}
+})
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 
