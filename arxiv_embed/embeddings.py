@@ -249,16 +249,21 @@ def embed_texts(model: SentenceTransformer, texts: list[str], work_dir: Path, mo
     return TextVectors(texts, encode_resumable(model, texts, work_dir, model_key, batch_size, chunk_size, what=what))
 
 
-def adapter_modules(model: SentenceTransformer) -> list:
+def adapter_modules(model: SentenceTransformer, task: str = "document") -> list:
     """The adapter of a model finetune.mode=adapter saved (training/adapter.py attach): the modules
-    after the base model's Normalize (its Dense layers and final Normalize)."""
-    from sentence_transformers.sentence_transformer.modules import Normalize
+    after the base model's Normalize (its Dense layers and final Normalize); with a query adapter
+    (a Router), the route `task` (query | document) takes."""
+    from sentence_transformers.sentence_transformer.modules import Normalize, Router
 
     modules = list(model._modules.values())
     first = next((i for i, module in enumerate(modules) if isinstance(module, Normalize)), len(modules))
     if first >= len(modules) - 1:
         raise ValueError("this model has no adapter after its encoder (not saved by finetune.mode=adapter)")
-    return modules[first + 1:]
+    adapter = modules[first + 1:]
+    if len(adapter) == 1 and isinstance(adapter[0], Router):
+        router = adapter[0]
+        return list(router.sub_modules[task if task in router.sub_modules else router.default_route])
+    return adapter
 
 
 def apply_adapter(modules: list, vectors: TextVectors) -> TextVectors:

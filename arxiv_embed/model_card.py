@@ -163,8 +163,12 @@ together. Use it for semantic search, clustering and classification of scientifi
 from sentence_transformers import SentenceTransformer
 
 model = SentenceTransformer("path/or/repo-id/of/this/model")
-embeddings = model.encode(["An abstract of a paper ..."], normalize_embeddings=True)
+abstracts = model.encode_document(["An abstract of a paper ..."], normalize_embeddings=True)
+queries = model.encode_query(["a search query, such as a title"], normalize_embeddings=True)
 ```
+
+Encode search queries with `encode_query`: a model trained with `finetune.adapter.query_adapter` routes
+them through an adapter of their own. `encode` is `encode_document`.
 
 ## Training data
 

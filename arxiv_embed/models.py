@@ -160,9 +160,10 @@ def quantize_int8(model: SentenceTransformer) -> SentenceTransformer:
         return quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
-def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Texts -> L2-normalised float32 embeddings. The single encode step (alternative backends plug in here)."""
-    embeddings = model.encode(
+def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = True, queries: bool = False) -> np.ndarray:
+    """Texts -> L2-normalised float32 embeddings. The single encode step (alternative backends plug in here).
+    queries: search queries, through the model's query route or prompt when it has one (encode_query)."""
+    embeddings = (model.encode_query if queries else model.encode)(
         texts,
         batch_size=batch_size,
         show_progress_bar=progress,

@@ -42,7 +42,8 @@ from benchmarks.quality import DEV_FILES, TARGETS  # the dev files, and the issu
 # the same whatever params.yaml holds; `default` is params.yaml as committed.
 ISSUE_11 = {"loss": "batch_all", "batch_size": 32, "temperature": 0.1, "prototype_weight": 0.0, "retain_title_abstract": 2.0,
             "hard_negatives": {"weight": 1.0, "candidates": 30},
-            "adapter": {"kind": "mlp", "extra_hidden": 384, "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5, "ema_decay": 0.0}}
+            "adapter": {"kind": "mlp", "extra_hidden": 384, "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5, "ema_decay": 0.0,
+                        "query_adapter": False}}
 NO_MINED = {"hard_negatives": {"weight": 0.0}}
 SUPCON_DEFAULT = {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "adapter": {"retain_distill": 5.0}, **NO_MINED}
 CANDIDATES: dict[str, dict] = {
@@ -135,6 +136,14 @@ VARIANTS |= changes_to("retain8-ep10-ema0.99", {
     "b256-lr2e-3-proto1.5": {"batch_size": 256, "prototype_weight": 1.5, "adapter": {"learning_rate": 2.0e-3}},
     "b256-t0.2-proto2": {"batch_size": 256, "temperature": 0.2, "prototype_weight": 2.0},
 })
+# A sixth search: titles (queries) through an adapter of their own (finetune.adapter.query_adapter), so search
+# no longer pins the documents' adapter; with more title->abstract weight or a stronger label head.
+QUERIES = {"adapter": {"query_adapter": True}}
+VARIANTS |= changes_to("retain8-ep10-ema0.99", {
+    "q": QUERIES, **{f"q-retain{w}": {**QUERIES, "retain_title_abstract": float(w)} for w in (10, 12, 16, 20)},
+    "q-retain16-proto1.5": {**QUERIES, "retain_title_abstract": 16.0, "prototype_weight": 1.5},
+    "q-retain16-t0.2-proto1.5": {**QUERIES, "retain_title_abstract": 16.0, "temperature": 0.2, "prototype_weight": 1.5},
+})
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 
@@ -193,13 +202,13 @@ def eval_data(project: Path, split: str, train, max_train_papers: int, seed: int
                     read(f"data/triplets/{split}_triplets.parquet", ["anchor", "positive", "negative", "negative_type"]), test.height)
 
 
-def score(vectors, data, params):
-    """The project's own lenses (evaluation/lenses.py) on vectors already computed (a TextVectors):
-    only the headline lenses (evaluate_vectors would run every one)."""
+def score(vectors, data, params, queries=None):
+    """The project's own lenses (evaluation/lenses.py) on vectors already computed (a TextVectors; queries:
+    the titles' query vectors, with a query adapter): only the headline lenses (evaluate_vectors would run every one)."""
     from arxiv_embed.evaluation.lenses import LENSES, LensInput
     from arxiv_embed.evaluation.report import ModelEval
 
-    x = LensInput(vectors, data, params.evaluate, params.shared.seed)
+    x = LensInput(vectors, data, params.evaluate, params.shared.seed, queries)
     return ModelEval.of({name: LENSES[name](x) for name in LENS_NAMES})
 
 
@@ -233,6 +242,7 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
     import polars as pl
 
     from arxiv_embed import paths
+    from arxiv_embed.embeddings import distinct_texts
     from arxiv_embed.training.adapter import train_adapter
 
     cached = dev_vectors.cached_vectors(source)
@@ -246,6 +256,7 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
     order = train["id"].to_list()
     data = eval_data(project, split, train, params.evaluate.max_train_papers, params.shared.seed)
     base = score(cached, data, params)
+    titles = cached.subset(distinct_texts([data.test["title"]]))  # the title lens's queries
     print(f"objectives: {source.name}: {len(order)} train papers; scoring on {split} ({data.test.height} papers)", flush=True)
     rows = []
     for size in sizes:
@@ -258,7 +269,8 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
             for seed in seeds:
                 started = time.monotonic()
                 run = train_adapter(ft, seed, objectives, cached.index, cached.vectors)
-                tuned = score(adapted(run.modules, cached), data, params)
+                queries = adapted(run.query_modules, titles) if run.query_modules is not None else None
+                tuned = score(adapted(run.modules, cached), data, params, queries)
                 row = {"file": source.name.split(".")[0], "split": split, "candidate": name, "seed": seed,
                        "train_papers": len(chosen), "train_s": round(time.monotonic() - started, 1),
                        **{key: [round(v, 4) for v in value] for key, value in deltas(base, tuned, params.shared.seed).items()}}

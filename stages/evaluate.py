@@ -16,9 +16,9 @@ import sys
 
 from arxiv_embed import paths
 from arxiv_embed.errors import run
-from arxiv_embed.evaluation.data import load_eval_data
+from arxiv_embed.evaluation.data import EvalData, load_eval_data
 from arxiv_embed.evaluation.headline import headline
-from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, embed_texts
+from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, distinct_texts, embed_texts
 from arxiv_embed.evaluation.lenses import PLOTS, evaluate_vectors
 from arxiv_embed.evaluation.report import ModelEval, compare, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
@@ -31,20 +31,24 @@ from arxiv_embed.tracking import RUN_INFO
 MODEL_NAMES = {"base": "Base", "finetuned": "Fine-tuned"}  # in plot titles
 
 
-def vectors_to_score(which: str, params: EvaluateParams, texts: list[str]) -> TextVectors:
-    """The scored model's vectors of `texts`: cached base ones (with the adapter applied, in adapter
-    mode), or the fine-tuned model's own encoding (mode=full)."""
+def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> tuple[TextVectors, TextVectors | None]:
+    """The scored model's vectors of every text the lenses read: cached base ones (with the adapter
+    applied, in adapter mode), or the fine-tuned model's own encoding (mode=full); and, when the model
+    has a query adapter of its own (finetune.adapter.query_adapter), the test titles through it."""
+    texts = data.texts()
     if which == "base" or params.finetune.mode == "adapter":
         base = TextVectors.load(paths.BASE_EMBEDDINGS).subset(texts)
         if which == "base":
-            return base
+            return base, None
         # The fine-tuned folder is the base model + the adapter: only the adapter runs, on cached vectors.
         model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, device="cpu")
-        return apply_adapter(adapter_modules(model), base)
+        documents, queries = adapter_modules(model), adapter_modules(model, "query")
+        titles = base.subset(distinct_texts([data.test["title"]]))
+        return apply_adapter(documents, base), (apply_adapter(queries, titles) if queries != documents else None)
     model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=params.evaluate.backend)
     run_id = read_json(paths.FINETUNED / RUN_INFO)["run_id"]  # names this model's chunks: a new run never reads old ones
     return embed_texts(model, texts, paths.EMBED_WORK / "finetuned", f"finetuned|{run_id}|{params.evaluate.backend}",
-                       params.evaluate.batch_size, what="evaluate")
+                       params.evaluate.batch_size, what="evaluate"), None
 
 
 def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summary: dict[str, int], note: str = "") -> None:
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"evaluate {which}: " + ", ".join(f"{count} {name}" for name, count in data.summary().items()), flush=True)
 
     # 2. This model through every lens; saved for the other stage (base) or the report (fine-tuned).
-    result = evaluate_vectors(vectors_to_score(which, params, data.texts()), data, params.evaluate, params.shared.seed)
+    vectors, queries = vectors_to_score(which, params, data)
+    result = evaluate_vectors(vectors, data, params.evaluate, params.shared.seed, queries)
     result.save(paths.eval_dir(which))
     print("\n".join(f"{name}: {value:.4f}" for name, value in flatten(result.metrics).items()))
     if which == "base":

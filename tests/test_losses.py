@@ -90,6 +90,7 @@ def test_label_losses_use_cosine_margins_for_normalised_embeddings() -> None:
         ({"loss": "batch_all", "train_data": ["same_label"]}, "finetune.train_data"),
         ({"loss": "cosent", "train_data": ["labels"]}, "graded_pairs"),
         ({"loss": "cached_mnrl", "train_data": ["same_label"]}, "mode=full"),
+        ({"retain_title_abstract": 0.0, "adapter": {"query_adapter": True}}, "query_adapter"),  # nothing would train it
     ],
 )
 def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
@@ -144,6 +145,34 @@ def test_adapter_trains_with_the_table_loss_and_saves_a_loadable_model(tiny_mode
     assert not np.allclose(before, after, atol=1e-4)  # it learned something
     tuned.save(str(tiny_data / "model"))
     np.testing.assert_allclose(SentenceTransformer(str(tiny_data / "model"), device="cpu").encode(texts), after, atol=1e-5)
+
+
+def test_a_query_adapter_is_routed_by_encode_query_and_evaluate_applies_each_route(tiny_model, tiny_data: Path) -> None:
+    """finetune.adapter.query_adapter: the titles of title->abstract pairs train an adapter of their own, saved
+    in a Router: encode_query takes it, encode (the search index's) the documents' one; evaluate and
+    the benchmarks apply each route to the cached base vectors (adapter_modules) and get the same vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter
+
+    ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=2.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 3, "query_adapter": True})
+    frames = {"labels": training_data.kind_frame("labels"), "title_abstract": training_data.kind_frame("title_abstract")}
+    index, cached = cached_vectors(tiny_model, frames)
+    run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
+    assert run.query_modules is not None
+    tuned = adapter.attach(tiny_model, run.modules, run.query_modules)
+    titles = frames["title_abstract"]["anchor"].head(4).to_list()
+    queries, documents = tuned.encode_query(titles), tuned.encode_document(titles)
+    before = tiny_model.encode(titles, normalize_embeddings=True)
+    assert not np.allclose(queries, documents, atol=1e-4) and not np.allclose(queries, before, atol=1e-4)  # its own, trained
+    np.testing.assert_allclose(tuned.encode(titles), documents, atol=1e-6)
+    tuned.save(str(tiny_data / "model"))
+    loaded = SentenceTransformer(str(tiny_data / "model"), device="cpu")
+    np.testing.assert_allclose(loaded.encode_query(titles), queries, atol=1e-5)
+    base = TextVectors(titles, before)
+    np.testing.assert_allclose(apply_adapter(adapter_modules(loaded, "query"), base).vectors, queries, atol=1e-5)
+    np.testing.assert_allclose(apply_adapter(adapter_modules(loaded), base).vectors, documents, atol=1e-5)
 
 
 def test_label_batches_hold_several_papers_of_each_label() -> None:

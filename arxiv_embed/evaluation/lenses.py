@@ -46,6 +46,7 @@ class LensInput:
     data: EvalData
     settings: Evaluate
     seed: int
+    queries: TextVectors | None = None  # the titles as queries, when the model encodes queries apart (encode_query)
 
     @cached_property
     def abstracts(self) -> np.ndarray:
@@ -53,7 +54,7 @@ class LensInput:
 
     @cached_property
     def titles(self) -> np.ndarray:
-        return self.embed(self.data.test["title"])
+        return (self.embed if self.queries is None else self.queries)(self.data.test["title"])
 
     @cached_property
     def labels(self) -> np.ndarray:
@@ -115,9 +116,11 @@ def lens(function: Callable[[LensInput], LensResult] | None = None, *, plots: tu
     return register(function) if function is not None else register
 
 
-def evaluate_vectors(vectors: TextVectors, data: EvalData, settings: Evaluate, seed: int) -> ModelEval:
-    """One model's vectors of data.texts() (each text encoded once: arxiv_embed/embeddings.py) through every lens."""
-    x = LensInput(vectors, data, settings, seed)
+def evaluate_vectors(vectors: TextVectors, data: EvalData, settings: Evaluate, seed: int,
+                     queries: TextVectors | None = None) -> ModelEval:
+    """One model's vectors of data.texts() (each text encoded once: arxiv_embed/embeddings.py) through
+    every lens; `queries`: the test titles' query vectors, for a model that encodes queries apart."""
+    x = LensInput(vectors, data, settings, seed, queries)
     results = {}
     for name, function in LENSES.items():
         started = time.monotonic()

@@ -123,7 +123,7 @@ class Searcher:
                                   "(any copy with the same weights)") from None
             index.check_model(identity, model_ref)
             self.model = load_model(model_ref, backend=self.backend)
-            encode(self.model, ["warm-up"], progress=False)  # the first query does not pay torch's start-up
+            encode(self.model, ["warm-up"], progress=False, queries=True)  # the first query does not pay torch's start-up
             self.model_ref, self._identity = model_ref, identity
         if self.warm_filters:
             index.categories()
@@ -164,7 +164,7 @@ class Searcher:
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 try:
-                    vectors = encode(self.model, [waiting.query for waiting in batch], batch_size=len(batch), progress=False)
+                    vectors = encode(self.model, [waiting.query for waiting in batch], batch_size=len(batch), progress=False, queries=True)
                 except Exception as error:
                     for waiting in batch:
                         waiting.error = error

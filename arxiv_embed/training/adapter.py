@@ -12,6 +12,12 @@ Every adapter starts as the identity (the fine-tuned model equals the base model
   classifier of the classification lens).
 The adapter saved is a moving average of the weights over the steps (finetune.adapter.ema_decay):
 on both dev files it keeps the last step's category gains and loses less title->abstract search.
+
+With finetune.adapter.query_adapter, queries (the titles of title->abstract pairs in training; search
+queries and the title lens after) get an adapter of their own, saved in sentence-transformers' `Router`
+(`model.encode_query` routes through it; `encode` and `encode_document` through the documents' one).
+Search then no longer pins the documents' adapter: the titles' map meets the abstracts where the label
+terms move them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from arxiv_embed.progress import Progress
+from arxiv_embed.training.losses import RETAIN
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +38,9 @@ if TYPE_CHECKING:
     from torch.optim.swa_utils import AveragedModel
 
 ADAPTERS = ("linear", "mlp")
+# Objectives whose first column is a query (a title) and the rest documents: with a query adapter, that
+# column goes through it.
+QUERY_FIRST = ("title_abstract", RETAIN)
 
 
 def identity_adapter(dim: int, kind: str, extra_hidden: int, seed: int = 0) -> list[nn.Module]:
@@ -92,15 +102,19 @@ def weight_average(net: nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(net, multi_avg_fn=update)
 
 
-def attach(model: SentenceTransformer, modules: list[nn.Module]) -> SentenceTransformer:
-    """The base model's modules + the adapter + Normalize: one SentenceTransformer to save and load."""
+def attach(model: SentenceTransformer, modules: list[nn.Module], query_modules: list[nn.Module] | None = None) -> SentenceTransformer:
+    """The base model's modules + the adapter + Normalize: one SentenceTransformer to save and load.
+    With query_modules, the two adapters sit in a Router after the shared encoder (documents by default)."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize
+    from sentence_transformers.sentence_transformer.modules import Normalize, Router
 
     base = list(model._modules.values())
     if not any(isinstance(module, Normalize) for module in base[-1:]):
         base.append(Normalize())  # the adapter was trained on normalised base embeddings
-    return SentenceTransformer(modules=[*base, *modules, Normalize()], device=str(model.device))
+    head = [*modules, Normalize()]
+    if query_modules is not None:
+        head = [Router.for_query_document(query_modules=[*query_modules, Normalize()], document_modules=head, default_route="document")]
+    return SentenceTransformer(modules=[*base, *head], device=str(model.device))
 
 
 @dataclass
@@ -164,6 +178,7 @@ class Batches:
 @dataclass
 class AdapterRun:
     modules: list  # the trained Dense modules, to attach() to the base model
+    query_modules: list | None  # the queries' own adapter (finetune.adapter.query_adapter), else None
     curve: list[tuple[int, float]]  # (step, loss)
     steps: int
     train_seconds: float  # the adapter's own training, after the one encoding pass
@@ -189,7 +204,8 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     times its weight; plus, adapter only, squared error to the base embeddings of the main batch's
     first column and of the retained titles (finetune.adapter.retain_distill, the library MSELoss's objective).
     The adapter returned is the moving average of its weights over the steps (finetune.adapter.ema_decay)
-    when that is above 0, else the last step's.
+    when that is above 0, else the last step's. With finetune.adapter.query_adapter the titles of
+    title->abstract pairs go through a second identity adapter (the queries'), trained alongside.
 
     index/cached: TextVectors' index and vectors (embed_base's cache) over every text of the recipe.
     """
@@ -198,15 +214,20 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     import torch
     import torch.nn.functional as F
 
-    from arxiv_embed.training.losses import RETAIN
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     vectors = torch.as_tensor(cached)
-    stack = AdapterStack(identity_adapter(vectors.shape[1], ft.adapter.kind, ft.adapter.extra_hidden, seed))
-    optimizer = torch.optim.AdamW(stack.parameters(), lr=ft.adapter.learning_rate, weight_decay=0.0)
+    dim, kind, extra_hidden = vectors.shape[1], ft.adapter.kind, ft.adapter.extra_hidden
+    stack = AdapterStack(identity_adapter(dim, kind, extra_hidden, seed))
+    query = AdapterStack(identity_adapter(dim, kind, extra_hidden, seed + 1)) if ft.adapter.query_adapter else stack
+    nets = torch.nn.ModuleDict({"document": stack.net, **({"query": query.net} if query is not stack else {})})
+    optimizer = torch.optim.AdamW(nets.parameters(), lr=ft.adapter.learning_rate, weight_decay=0.0)
     distill = ft.adapter.retain_distill
-    averaged = weight_average(stack.net, ft.adapter.ema_decay)
+    averaged = weight_average(nets, ft.adapter.ema_decay)
+
+    def embed(objective, columns: list, rows: torch.Tensor) -> list[torch.Tensor]:
+        """The objective's columns at `rows` through the adapter: a query column through the queries' one."""
+        return [(query if i == 0 and objective.name in QUERY_FIRST else stack)(vectors[column[rows]]) for i, column in enumerate(columns)]
 
     def rows_of(objective) -> tuple[list, torch.Tensor | None]:
         """Its text columns as row numbers into `cached`, and its label/score column, if any."""
@@ -232,11 +253,11 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
                 others = [(o, cols, plain.cycle(len(cols[0]))) for o, cols, _ in extra]
                 for rows in grouped.epoch(len(columns[0])):
                     rows = torch.as_tensor(rows)
-                    embeddings = [stack(vectors[column[rows]]) for column in columns]
+                    embeddings = embed(objective, columns, rows)
                     loss = objective.weight * objective.loss.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
                     for other, cols, batches in others:
                         picked = torch.as_tensor(next(batches))
-                        embedded = [stack(vectors[column[picked]]) for column in cols]
+                        embedded = embed(other, cols, picked)
                         if other.name == RETAIN and distill:  # titles too: left free, they drift from their abstracts (measured)
                             loss = loss + distill * F.mse_loss(embedded[0], vectors[cols[0][picked]], reduction="sum") / len(picked)
                         loss = loss + other.weight * other.loss.compute_loss_from_embeddings(embedded, None)
@@ -247,11 +268,12 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
                     loss.backward()
                     optimizer.step()
                     if averaged is not None:
-                        averaged.update_parameters(stack.net)
+                        averaged.update_parameters(nets)
                     step += 1
                     curve.append((step, loss.item()))
                     meter.update()
         meter.done()
     finally:
         torch.set_num_threads(threads)
-    return AdapterRun(list(averaged.module if averaged is not None else stack.net), curve, step, time.monotonic() - t0)
+    trained = averaged.module if averaged is not None else nets
+    return AdapterRun(list(trained["document"]), list(trained["query"]) if "query" in trained else None, curve, step, time.monotonic() - t0)
