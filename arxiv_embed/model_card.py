@@ -168,7 +168,7 @@ queries = model.encode_query(["a search query, such as a title"], normalize_embe
 ```
 
 Encode search queries with `encode_query`: a model trained with `finetune.adapter.query_adapter` routes
-them through an adapter of their own. `encode` is `encode_document`.
+them through an adapter of their own (`encode`, like `encode_document`, takes the abstracts' route).
 
 ## Training data
 

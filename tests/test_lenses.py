@@ -122,6 +122,15 @@ def test_triplet_lens_is_a_strict_cosine_comparison_per_negative_kind():
     assert result.metrics == pytest.approx({"accuracy": 1 / 4, "accuracy_random": 1 / 2, "accuracy_hard": 0.0})
 
 
+def test_the_title_lens_reads_the_query_vectors_of_a_model_that_encodes_queries_apart():
+    """finetune.adapter.query_adapter: evaluate passes the titles' query vectors; the lens searches with them."""
+    test = pl.DataFrame({"title": ["t0", "t1"], "abstract": ["a0", "a1"], "label": ["x", "y"]})
+    x = lens_input(test, {"t0": [0, 1], "t1": [1, 0], "a0": [1, 0], "a1": [0, 1]})  # as documents, each title finds the other abstract
+    assert LENSES["title_to_abstract"](x).metrics["mrr@10"] == pytest.approx(0.5)
+    queries = TextVectors(["t0", "t1"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    assert LENSES["title_to_abstract"](LensInput(x.embed, x.data, x.settings, 0, queries)).metrics["mrr@10"] == pytest.approx(1.0)
+
+
 def test_balanced_sample_keeps_small_labels_and_nests_ranks():
     papers = pl.DataFrame({"abstract": [f"p{i}" for i in range(12)], "label": ["big"] * 10 + ["small"] * 2})
     sample = balanced_sample(papers, max_papers=6, seed=1)

@@ -90,7 +90,6 @@ def test_label_losses_use_cosine_margins_for_normalised_embeddings() -> None:
         ({"loss": "batch_all", "train_data": ["same_label"]}, "finetune.train_data"),
         ({"loss": "cosent", "train_data": ["labels"]}, "graded_pairs"),
         ({"loss": "cached_mnrl", "train_data": ["same_label"]}, "mode=full"),
-        ({"retain_title_abstract": 0.0, "adapter": {"query_adapter": True}}, "query_adapter"),  # nothing would train it
     ],
 )
 def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
@@ -173,6 +172,15 @@ def test_a_query_adapter_is_routed_by_encode_query_and_evaluate_applies_each_rou
     base = TextVectors(titles, before)
     np.testing.assert_allclose(apply_adapter(adapter_modules(loaded, "query"), base).vectors, queries, atol=1e-5)
     np.testing.assert_allclose(apply_adapter(adapter_modules(loaded), base).vectors, documents, atol=1e-5)
+
+
+def test_without_title_abstract_pairs_queries_share_the_documents_adapter(tiny_model, tiny_data: Path) -> None:
+    """query_adapter with retain_title_abstract 0 (an ablation sweep): nothing would train a queries' adapter."""
+    ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=0.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 1, "query_adapter": True})
+    frames = {"labels": training_data.kind_frame("labels")}
+    index, cached = cached_vectors(tiny_model, frames)
+    assert adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached).query_modules is None
 
 
 def test_label_batches_hold_several_papers_of_each_label() -> None:

@@ -213,3 +213,27 @@ def test_a_server_builds_the_category_filters_when_it_loads_the_index(index_dir)
     """`serve` pays for the filters (~3 s at 2.7M papers) at load, so no request does; a one-off query does not."""
     assert Searcher(index_dir, warm_filters=True).index._filters is not None
     assert Searcher(index_dir).index._filters is None
+
+
+def test_queries_take_the_query_route_of_a_model_with_a_query_adapter(tmp_path, papers_file, records, base_model):
+    """finetune.adapter.query_adapter saves a Router: the index holds the documents' vectors (encode), and
+    the service encodes queries with encode_query, through the queries' adapter."""
+    import numpy as np
+    import torch
+
+    from arxiv_embed.training.adapter import attach, identity_adapter
+
+    dim = base_model.get_embedding_dimension()
+    query_adapter = identity_adapter(dim, "linear", 0)
+    with torch.no_grad():  # a query map far from the documents' (the identity): it reorders the hits
+        query_adapter[0].linear.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    routed = attach(base_model, identity_adapter(dim, "linear", 0), query_adapter)
+    routed.save(str(tmp_path / "routed"))
+    build_index(read_papers(papers_file), routed, str(tmp_path / "routed"), tmp_path / "index", "float32")
+    query = "spin glasses and phase transitions"
+    documents = routed.encode([r["abstract"] for r in records], normalize_embeddings=True)
+    ranked = {route: [records[i]["id"] for i in np.argsort(-(documents @ vector[0]))[:5]]
+              for route, vector in (("query", routed.encode_query([query], normalize_embeddings=True)),
+                                    ("document", routed.encode([query], normalize_embeddings=True)))}
+    assert ranked["query"] != ranked["document"]
+    assert [hit["id"] for hit in Searcher(tmp_path / "index").search(query, k=5)["results"]] == ranked["query"]

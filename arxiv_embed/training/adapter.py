@@ -219,7 +219,12 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     vectors = torch.as_tensor(cached)
     dim, kind, extra_hidden = vectors.shape[1], ft.adapter.kind, ft.adapter.extra_hidden
     stack = AdapterStack(identity_adapter(dim, kind, extra_hidden, seed))
-    query = AdapterStack(identity_adapter(dim, kind, extra_hidden, seed + 1)) if ft.adapter.query_adapter else stack
+    # Only a title->abstract term trains the queries' adapter: without one (retain_title_abstract 0, an
+    # ablation) queries share the documents' adapter and the model has no Router.
+    own_queries = ft.adapter.query_adapter and any(o.name in QUERY_FIRST for o in recipe)
+    if ft.adapter.query_adapter and not own_queries:
+        print("finetune: finetune.adapter.query_adapter without title->abstract pairs to train it: queries share the documents' adapter", flush=True)
+    query = AdapterStack(identity_adapter(dim, kind, extra_hidden, seed + 1)) if own_queries else stack
     nets = torch.nn.ModuleDict({"document": stack.net, **({"query": query.net} if query is not stack else {})})
     optimizer = torch.optim.AdamW(nets.parameters(), lr=ft.adapter.learning_rate, weight_decay=0.0)
     distill = ft.adapter.retain_distill

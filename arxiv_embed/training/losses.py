@@ -135,11 +135,6 @@ def check_combination(ft: Finetune) -> None:
         )
     for check in spec.checks:
         check(ft)
-    if ft.mode == "adapter" and ft.adapter.query_adapter and not (ft.retain_title_abstract or "title_abstract" in ft.train_data):
-        raise TrainingSetupError(
-            "finetune.adapter.query_adapter trains the queries' adapter on title->abstract pairs, but this recipe has none: "
-            "set finetune.retain_title_abstract above 0 (or add title_abstract to finetune.train_data), or query_adapter to false"
-        )
 
 
 def build_loss(model: SentenceTransformer | Any, ft: Finetune) -> nn.Module:
