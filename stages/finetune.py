@@ -205,7 +205,7 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
         result = adapter.train_adapter(ft, params.shared.seed, objectives, cached.index, cached.vectors)
         for step, value in result.curve[:: max(1, ft.logging_steps)]:
             mlflow.log_metric("loss", value, step=step, synchronous=False)
-        tuned = adapter.attach(model, result.modules)
+        tuned = adapter.attach(model, result.modules, result.query_modules)
         samples = sum(o.data.height for o in objectives)
         summary = {
             "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": samples,

@@ -120,6 +120,10 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     # Only MLflow's model signature example (a few fixed sentences) is encoded after embed_base.
     assert not set(encoded) & set(cached.texts) and len(encoded) < 10
     assert "Test papers: 150, a sample of the test split's" in Path("metrics/evaluate.md").read_text()
+    from sentence_transformers.sentence_transformer.modules import Router
+
+    # finetune.adapter.query_adapter (the default): the saved model routes queries through their own adapter.
+    assert isinstance(list(SentenceTransformer(str(paths.FINETUNED), device="cpu")._modules.values())[-1], Router)
     first = json.loads(Path("metrics/evaluate.json").read_text())["finetuned"]
 
     params = yaml.safe_load(Path("params.yaml").read_text())
