@@ -242,8 +242,8 @@ def test_full_mode_retains_title_abstract_as_its_own_scaled_dataset(tiny_model, 
 
 
 def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_path: Path, kaggle_sample: Path) -> None:
-    """`python -m stages.finetune` in mode=adapter: the base model's modules + Dense adapter + Normalize
-    in models/finetuned (loads with SentenceTransformer(path)), its summary, loss curve and MLflow run."""
+    """`python -m stages.finetune` in mode=adapter: the base model's modules + a Router of the queries' and
+    the documents' Dense adapter + Normalize in models/finetuned (loads with SentenceTransformer(path)), its summary, loss curve and MLflow run."""
     import json
 
     from sentence_transformers import SentenceTransformer
@@ -256,7 +256,10 @@ def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_pat
     output = run_stage(project).stdout
     model = SentenceTransformer(str(project / "models/finetuned"), device="cpu")
     names = [type(module).__name__ for module in model]
-    assert names[-2:] == ["Dense", "Normalize"] and names[0] == "Transformer"
+    assert names[0] == "Transformer" and names[-2:] == ["Normalize", "Router"]  # finetune.adapter.query_adapter (the default)
+    router = list(model)[-1]
+    assert {route: [type(m).__name__ for m in router.sub_modules[route]] for route in ("query", "document")} == {
+        "query": ["Dense", "Normalize"], "document": ["Dense", "Normalize"]}
     summary = json.loads((project / "metrics/finetune.json").read_text())
     assert summary["mode"] == "adapter" and summary["global_step"] > 0 and "finetune (adapter linear)" in output
     assert summary["mined_triplets"] >= 15 and f"finetune: mined {summary['mined_triplets']} hard negatives" in output
