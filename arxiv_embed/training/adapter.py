@@ -225,7 +225,7 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     if ft.adapter.query_adapter and not own_queries:
         print("finetune: finetune.adapter.query_adapter without title->abstract pairs to train it: queries share the documents' adapter", flush=True)
     query = AdapterStack(identity_adapter(dim, kind, extra_hidden, seed + 1)) if own_queries else stack
-    nets = torch.nn.ModuleDict({"document": stack.net, **({"query": query.net} if query is not stack else {})})
+    nets = torch.nn.ModuleDict({"document": stack.net, **({"query": query.net} if own_queries else {})})
     optimizer = torch.optim.AdamW(nets.parameters(), lr=ft.adapter.learning_rate, weight_decay=0.0)
     distill = ft.adapter.retain_distill
     averaged = weight_average(nets, ft.adapter.ema_decay)
