@@ -68,7 +68,8 @@ CANDIDATES: dict[str, dict] = {
     "supcon-b128-proto1-distill5": SUPCON_DEFAULT,  # issue 21's first default, chosen on the 8,000-record subsamples
 }
 # first-<variant>: changes to that first default, compared on the whole dev files (4-6x the train papers it
-# was chosen on); first-retain8-ep10 won (with ema 0.99 and the query adapter since: params.yaml's default is first-retain8-ep10-ema0.99-q).
+# was chosen on); first-retain8-ep10 won (with ema 0.99 and the query adapter since: params.yaml's default is
+# first-retain8-ep10-ema0.99-q-retain16-proto1.5).
 VARIANTS = {
     "distill3": {"adapter": {"retain_distill": 3.0}}, "distill8": {"adapter": {"retain_distill": 8.0}},
     "proto2": {"prototype_weight": 2.0}, "proto0.5": {"prototype_weight": 0.5}, "retain4": {"retain_title_abstract": 4.0},
@@ -143,6 +144,14 @@ VARIANTS |= changes_to("retain8-ep10-ema0.99", {
     "q": QUERIES, **{f"q-retain{w}": {**QUERIES, "retain_title_abstract": float(w)} for w in (10, 12, 16, 20)},
     "q-retain16-proto1.5": {**QUERIES, "retain_title_abstract": 16.0, "prototype_weight": 1.5},
     "q-retain16-t0.2-proto1.5": {**QUERIES, "retain_title_abstract": 16.0, "temperature": 0.2, "prototype_weight": 1.5},
+})
+# A seventh search, over q-retain16-proto1.5: the multidomain triplets (mined negatives, capacity, a stronger head).
+VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {
+    "mined": {"hard_negatives": {"weight": 1.0}}, "h1536": {"adapter": {"extra_hidden": 1536}},
+    "retain20-proto2": {"retain_title_abstract": 20.0, "prototype_weight": 2.0},
+    "retain20-proto2-mined": {"retain_title_abstract": 20.0, "prototype_weight": 2.0, "hard_negatives": {"weight": 1.0}},
+    "h1536-retain20-proto2": {"adapter": {"extra_hidden": 1536}, "retain_title_abstract": 20.0, "prototype_weight": 2.0},
+    "h3072": {"adapter": {"extra_hidden": 3072}},
 })
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
