@@ -340,6 +340,10 @@ def run(args: argparse.Namespace):
         for source in files:
             report.add(f"{Path(source).name} texts cached", len(dev_vectors.cached_vectors(Path(source))))
         return report
+    # Checked before any training: a learning curve would otherwise stop at the pooled file after minutes of the others.
+    if unprepared := [Path(f).name for f in files if not (dev_vectors.folder(Path(f)) / dev_vectors.EXTRA_VECTORS).exists()]:
+        raise SystemExit(f"objectives: {', '.join(unprepared)}: not encoded yet: run --objectives-prepare"
+                         f"{' --objectives-pooled' if args.objectives_pooled else ''} first")
     curve = args.objectives_curve
     sizes = [None] if curve is None else [*(curve or [2000, 5000, 10000, 20000]), None]
     rows = [row for source in files for row in experiment(Path(source), args.objectives_candidates, args.objectives_split,

@@ -199,7 +199,7 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
                  "| title_to_abstract.ndcg@10 | 0.7400 | 0.8000 | +0.0600 | [+0.0500, +0.0700] | -0.005 |"):
         assert line in card, line
     assert "| train | 20 |" in card and "| test | 14 |" in card
-    assert "| finetune.loss | supcon |" in card and "| finetune.prototype_weight | 1.0000 |" in card and "| loss | 0.4321 |" in card
+    assert "| finetune.loss | supcon |" in card and "| finetune.prototype_weight | 1.5000 |" in card and "| loss | 0.4321 |" in card
     assert "| finetune.adapter.learning_rate | 1e-05 |" in card and "0.0000" not in card  # small floats keep their digits
     assert "finetune.full." not in card  # the knobs of the mode that did not run are not the model's recipe
     # Only the files the run trained on (labels, retained title->abstract pairs, same-label pairs the hard
