@@ -117,5 +117,15 @@ def cached_vectors(source: Path) -> TextVectors:
     """The vectors of every text the file's research reads, looked up by text as the stages read embed_base's."""
     if not (folder(source) / EXTRA_VECTORS).exists():
         raise SystemExit(f"objectives: {source.name}: not encoded yet: run --objectives-prepare")
+    from arxiv_embed import paths
+
     known = known_vectors()
-    return known.subset(needed_texts(project(source)))
+    needed = needed_texts(project(source))
+    if missing := sum(text not in known.index for text in needed):
+        # DVC deletes embed_base's output when the stage reruns, so a killed `quality` run leaves none behind.
+        lost = [str(lock.parent) for lock in sorted(WORK.glob("*/project/dvc.lock"))
+                if "embed_base:" in lock.read_text() and not (lock.parent / paths.BASE_EMBEDDINGS).exists()]
+        raise SystemExit(f"objectives: {source.name}: {missing:,} of its {len(needed):,} texts have no cached vector; "
+                         f"embed_base's output is missing in {', '.join(lost) or 'no project'}: restore it there with "
+                         "`dvc checkout embed_base` (or rerun `python -m benchmarks quality --quality-workdir benchmarks/results/dev`)")
+    return known.subset(needed)
