@@ -97,7 +97,7 @@ def encode_files(files: list[Path]) -> None:
     params = params_with()
     model = None
     for source in files:
-        if (folder(source) / EXTRA_VECTORS).exists():
+        if prepared(source):
             continue
         prepared = prepare(source)
         known = known_vectors()
@@ -113,9 +113,14 @@ def encode_files(files: list[Path]) -> None:
                     what="dev_vectors").save(folder(source) / EXTRA_VECTORS)
 
 
+def prepared(source: Path) -> bool:
+    """Whether --objectives-prepare has encoded what the file's research reads (it writes the extras last)."""
+    return (folder(source) / EXTRA_VECTORS).exists()
+
+
 def cached_vectors(source: Path) -> TextVectors:
     """The vectors of every text the file's research reads, looked up by text as the stages read embed_base's."""
-    if not (folder(source) / EXTRA_VECTORS).exists():
+    if not prepared(source):
         raise SystemExit(f"objectives: {source.name}: not encoded yet: run --objectives-prepare")
     from arxiv_embed import paths
 

@@ -341,7 +341,7 @@ def run(args: argparse.Namespace):
             report.add(f"{Path(source).name} texts cached", len(dev_vectors.cached_vectors(Path(source))))
         return report
     # Checked before any training: a learning curve would otherwise stop at the pooled file after minutes of the others.
-    if unprepared := [Path(f).name for f in files if not (dev_vectors.folder(Path(f)) / dev_vectors.EXTRA_VECTORS).exists()]:
+    if unprepared := [Path(f).name for f in files if not dev_vectors.prepared(Path(f))]:
         raise SystemExit(f"objectives: {', '.join(unprepared)}: not encoded yet: run --objectives-prepare"
                          f"{' --objectives-pooled' if args.objectives_pooled else ''} first")
     curve = args.objectives_curve
