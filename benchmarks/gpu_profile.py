@@ -9,13 +9,17 @@ parquet files with pyarrow.
   after warm-up steps, for the profile's losses and batch sizes (issue 11: >= 2,000 pairs/s on one H100).
 - encoding: the search index's encoder (embeddings.encode_resumable) on the projects' abstracts;
   projected to the 2.7M-paper snapshot.
-- quality: the profile's candidates (GPU_CANDIDATES, or --candidate) trained on each project's training split and
-  scored on its *eval* split (category NDCG@10, title->abstract NDCG@10, triplet accuracy). One
-  candidate is picked over all projects together; its weights are written as an int8 delta from the
-  base model (`--out`), so the project's own evaluate stage scores it on the test split elsewhere
-  (`python -m benchmarks.gpu_profile apply ...` rebuilds the model folder from base + delta).
+- quality: the candidates of `--grid` (lr: GPU_CANDIDATES; objective: OBJECTIVE_CANDIDATES), or
+  `--candidate`s, trained on each project's train sample and scored on its *eval* split (category
+  NDCG@10, title->abstract NDCG@10, triplet accuracy). One candidate is picked over all projects
+  together; its weights are written as an int8 delta from the base model (`--out`), so the project's
+  own evaluate stage scores it on the test split elsewhere (`apply` rebuilds the model folder).
 
-    python -m benchmarks.gpu_profile run --model DIR --projects P1 P2 --out OUT   # on the GPU machine
+`pack` writes what a run reads (fp16 base model, train samples, eval splits, mined hard negatives)
+into one folder small enough to travel; benchmarks/gpu_lease.sh is the lent machine's whole command.
+
+    python -m benchmarks.gpu_profile pack --model DIR --projects P1 P2 --dest .gpu/pack   # here
+    python -m benchmarks.gpu_profile run --model DIR --projects P1 P2 --out OUT            # on the GPU machine
     python -m benchmarks.gpu_profile apply --model DIR --delta OUT/<project> --dest P1/models/finetuned
 """
 
@@ -35,23 +39,38 @@ import numpy as np
 import yaml
 
 from arxiv_embed import paths
-from arxiv_embed.training.losses import RETAIN
+from arxiv_embed.training.losses import MINED, RETAIN
 from tests.harness import deep_update
 
 ROOT = Path(__file__).resolve().parents[1]
 # The GPU profile: params overrides on top of params.yaml, the same set benchmarks/README.md gives as
 # `dvc exp run -S ...` (tests/test_quality.py keeps the two equal). Full fine-tuning, a label-aware
 # loss that never takes a same-label negative, title->abstract MNRL alongside so search stays sharp.
-# lr and retain weight: the candidate this benchmark's quality part picked on both dev files (README).
+# Loss: supcon and its prototype head (temperature and weight pinned to the values measured), picked
+# over BatchAll and over mined hard negatives on both dev files' eval splits (OBJECTIVE_CANDIDATES,
+# 2026-12-04); lr and retain weight: GPU_CANDIDATES' pick (2026-11-30, under BatchAll). README.
 GPU_PROFILE: dict[str, Any] = {"finetune": {
-    "mode": "full", "loss": "batch_all", "train_data": ["labels"], "retain_title_abstract": 1.0,
-    "hard_negatives": {"weight": 0.0}, "batch_size": 128, "full": {"learning_rate": 5.0e-5, "epochs": 3},
-}}  # measured without mined hard negatives (they came later: finetune.hard_negatives)
+    "mode": "full", "loss": "supcon", "train_data": ["labels"], "temperature": 0.1, "prototype_weight": 1.5,
+    "retain_title_abstract": 1.0, "hard_negatives": {"weight": 0.0}, "batch_size": 128,
+    "full": {"learning_rate": 5.0e-5, "epochs": 3},
+}}
+_BATCH_ALL = {"loss": "batch_all"}  # the profile's loss until 2026-12-04 (issue 11's)
 # What the quality part compares around the profile (params overrides on top of GPU_PROFILE).
-GPU_CANDIDATES: dict[str, dict] = {
-    f"lr{lr:g}-retain{retain:g}": {"finetune": {"full": {"learning_rate": lr}, "retain_title_abstract": retain}}
+GPU_CANDIDATES: dict[str, dict] = {  # measured under BatchAll
+    f"lr{lr:g}-retain{retain:g}": {"finetune": {**_BATCH_ALL, "full": {"learning_rate": lr}, "retain_title_abstract": retain}}
     for lr in (1.0e-5, 2.0e-5, 5.0e-5) for retain in (1.0, 3.0)
 }
+# Issue 21: the CPU default's label-aware loss (supcon and its prototype head) and the base model's mined
+# hard negatives (TripletLoss, weight 1, as `pack` mined them) against BatchAll, on the whole dev files.
+_MINED = {"hard_negatives": {"weight": 1.0}}
+OBJECTIVE_CANDIDATES: dict[str, dict] = {  # in the order a short lease trains them
+    "supcon-mined": {"finetune": _MINED},
+    "batch_all": {"finetune": _BATCH_ALL},
+    "supcon": {},
+    "batch_all-mined": {"finetune": {**_BATCH_ALL, **_MINED}},
+    "supcon-mined-lr2e-5": {"finetune": {**_MINED, "full": {"learning_rate": 2.0e-5}}},
+}
+GRIDS = {"lr": GPU_CANDIDATES, "objective": OBJECTIVE_CANDIDATES}
 # Throughput: name -> (finetune overrides, the data kind its rows are, what one row is).
 _PAIRS = {"retain_title_abstract": 0.0}  # one pair dataset, one loss
 THROUGHPUT: dict[str, tuple[dict, str, str]] = {
@@ -61,9 +80,11 @@ THROUGHPUT: dict[str, tuple[dict, str, str]] = {
     "mnrl abstract->abstract, batch 1024": ({**_PAIRS, "loss": "mnrl", "train_data": ["same_label"], "batch_size": 1024}, "abstract_pairs", "pairs"),
     "cached_mnrl abstract->abstract, batch 2048 (mini 512)": (
         {**_PAIRS, "loss": "cached_mnrl", "train_data": ["same_label"], "batch_size": 2048, "full": {"mini_batch_size": 512}}, "abstract_pairs", "pairs"),
-    "GPU profile: batch_all labels + title->abstract MNRL, batch 128": ({}, "profile", "rows"),
+    "GPU profile: supcon labels + title->abstract MNRL, batch 128": ({}, "profile", "rows"),
 }
 SNAPSHOT_PAPERS = 2_700_000
+# In a packed project (`pack`): the base model's mined hard negatives as row numbers of the train sample.
+MINED_FILE = paths.TRIPLETS_DIR / "train_mined_rows.parquet"
 SCRATCH = Path(tempfile.gettempdir()) / "arxiv-embed-gpu-profile"  # trainer folders, encoding chunks: never in --out
 
 
@@ -92,21 +113,35 @@ def _label_ids(labels: list[str]) -> list[int]:
     return [order[label] for label in labels]
 
 
-def train_sets(project: Path, kind: str, limit: int | None = None):
-    """The trainer's datasets, as training.recipe.trainer_inputs builds them, read with pyarrow (no polars here)."""
+def train_sets(project: Path, kind: str, limit: int | None = None, mined: bool = False):
+    """The trainer's datasets, as training.recipe.trainer_inputs builds them, read with pyarrow (no polars here).
+
+    make_triplets' train sample (train_papers) is where every kind comes from: its title_abstract rows are
+    the sample's (title, abstract) pairs in the same order, so the pairs file need not travel. mined: add
+    the MINED dataset from `pack`'s mined triplets (rows of the train sample)."""
     from datasets import Dataset, DatasetDict
 
-    split = _table(project, paths.split_file("train"), ["title", "abstract", "label"])
-    pairs = _table(project, paths.training_file("train", "title_abstract"), ["anchor", "positive", "label"])
+    papers = _table(project, paths.TRAIN_SAMPLE, ["title", "abstract", "label"])
     cut = slice(0, limit)
+    every_id = _label_ids(papers["label"])
+    titles, abstracts, ids = papers["title"][cut], papers["abstract"][cut], every_id[cut]
     if kind == "title_abstract":
-        return Dataset.from_dict({"anchor": pairs["anchor"][cut], "positive": pairs["positive"][cut]})
+        return Dataset.from_dict({"anchor": titles, "positive": abstracts})
     if kind == "abstract_pairs":  # abstract -> next paper's abstract: the cost of 128-token texts on both sides
-        abstracts = split["abstract"][cut]
         return Dataset.from_dict({"anchor": abstracts, "positive": abstracts[1:] + abstracts[:1]})
-    labels = Dataset.from_dict({"text": split["abstract"][cut], "label": _label_ids(split["label"][cut])})
-    retain = Dataset.from_dict({"anchor": pairs["anchor"][cut], "positive": pairs["positive"][cut], "label": _label_ids(pairs["label"][cut])})
-    return DatasetDict({"labels": labels, RETAIN: retain})
+    sets = {"labels": Dataset.from_dict({"text": abstracts, "label": ids}),
+            RETAIN: Dataset.from_dict({"anchor": titles, "positive": abstracts, "label": ids})}
+    if mined:
+        table = _table(project, MINED_FILE, ["anchor", "positive", "negative"])
+        order = list(range(len(table["anchor"])))
+        if limit is not None:  # --smoke: 4 rows of each label in turn, so label-grouped batches find pairs
+            by_label: dict[int, list[int]] = {}
+            for i in order:
+                by_label.setdefault(every_id[table["anchor"][i]], []).append(i)
+            order = [i for start in range(0, len(order), 4) for rows in by_label.values() for i in rows[start:start + 4]][:limit]
+        sets[MINED] = Dataset.from_dict({column: [papers["abstract"][table[column][i]] for i in order] for column in table}
+                                        | {"label": [every_id[table["anchor"][i]] for i in order]})
+    return DatasetDict(sets)
 
 
 def step_clock(warmup: int):
@@ -188,7 +223,7 @@ def encoding(model_dir: Path, projects: list[Path], out: Path, smoke: bool) -> d
     from arxiv_embed.models import load_model
     from arxiv_embed.embeddings import encode_resumable
 
-    texts = [t for p in projects for split in ("train", "eval") for t in _table(p, paths.split_file(split), ["abstract"])["abstract"]]
+    texts = [t for p in projects for file in (paths.TRAIN_SAMPLE, paths.split_file("eval")) for t in _table(p, file, ["abstract"])["abstract"]]
     texts = texts[:64] if smoke else texts
     model = load_model(model_dir, 128 if not smoke else 32)
     encode_resumable(model, texts[:512], SCRATCH / "encode-warmup", "warmup", batch_size=256, progress=False)
@@ -306,33 +341,100 @@ def _state_key(file_key: str, arrays: dict) -> str | None:
     return None
 
 
-def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candidates: dict[str, dict] | None = None) -> dict:
+def pack(model_dir: Path, projects: list[Path], dest: Path, candidates: int) -> None:
+    """What a GPU run reads, small enough to travel (the lent machine takes 64 MiB): the base model with
+    fp16 weights (`widen` restores fp32 there), and per project the train sample and eval split (title,
+    abstract, label), the eval triplets, and the base model's hard negatives mined here with the DAG's
+    own mining (embed_base's cached vectors, finetune.hard_negatives.candidates) as train-sample rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from arxiv_embed.embeddings import TextVectors
+    from arxiv_embed.training import mining
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(model_dir, dest / "model", ignore=shutil.ignore_patterns("*.safetensors", "README.md", "data_config.json", ".gitattributes", "__pycache__"))
+    weights = load_file(str(_weights_file(model_dir)))
+    target = dest / "model" / _weights_file(model_dir).relative_to(model_dir)
+    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()}, str(target))
+
+    def write(table: dict[str, list], name: str, relative: Path) -> None:
+        (dest / name / relative).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(table), dest / name / relative, compression="zstd", compression_level=19)
+
+    for project in projects:
+        name = project.parent.name if project.name == "project" else project.name  # benchmarks quality's dev projects: <file>-all/project
+        columns = ["title", "abstract", "label"]
+        sample = _table(project, paths.TRAIN_SAMPLE, columns)
+        write(sample, name, paths.TRAIN_SAMPLE)
+        write(_table(project, paths.split_file("eval"), columns), name, paths.split_file("eval"))
+        write(_table(project, paths.training_file("eval", "triplets"), ["anchor", "positive", "negative"]), name, paths.training_file("eval", "triplets"))
+        here = Path.cwd()
+        try:  # mining reads the project's files by their DAG paths
+            os.chdir(project)
+            mined = mining.mine_train_split(TextVectors.load(paths.BASE_EMBEDDINGS), candidates)
+        finally:
+            os.chdir(here)
+        row = {abstract: i for i, abstract in enumerate(sample["abstract"])}
+        triplets = mined.triplets.to_dict(as_series=False)
+        write({column: [row[text] for text in triplets[column]] for column in mining.MINED_COLUMNS}, name, MINED_FILE)
+        print(f"gpu pack: {name}: {len(sample['abstract'])} train papers, {mined.describe()}", flush=True)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"gpu pack: {dest} holds {size / 2**20:.1f} MiB", flush=True)
+
+
+def widen(model_dir: Path, dest: Path) -> Path:
+    """A packed model folder with fp32 weights again: trainers and encoders start from the weights as DAG loads them."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(model_dir, dest)
+    weights = load_file(str(_weights_file(model_dir)))
+    save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, str(_weights_file(dest)))
+    return dest
+
+
+def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candidates: dict[str, dict] | None = None,
+            budget_s: float | None = None) -> dict:
+    """Each candidate trained on every project's train sample and scored on its eval split; the pick's
+    weights written as deltas. budget_s: start no candidate after this many seconds (a lease is short),
+    so every candidate scored has been scored on every project."""
     import torch
 
     from arxiv_embed.models import load_model, pick_device, pick_precision
 
     candidates = candidates or GPU_CANDIDATES
     device = pick_device()
+    began = time.perf_counter()
     base_model = load_model(model_dir, 128 if not smoke else 32, device=device)
     base_state = {k: v.detach().clone().cpu() for k, v in base_model.state_dict().items()}
-    scores: dict[str, dict[str, dict]] = {}
+    scores: dict[str, dict[str, dict]] = {"base": {}}
     states: dict[tuple[str, str], dict] = {}
     for project in projects:
-        base = eval_scores(base_model, project)
-        scores.setdefault("base", {})[project.name] = base
-        print(f"gpu: {project.name} base (eval split): {base}", flush=True)
-        for name, overrides in candidates.items():
-            params = profile_params(overrides, smoke)
-            precision = pick_precision(params.finetune.full.precision, device)
+        scores["base"][project.name] = eval_scores(base_model, project)
+        print(f"gpu: {project.name} base (eval split): {scores['base'][project.name]}", flush=True)
+    for name, overrides in candidates.items():
+        if budget_s is not None and len(scores) > 1 and time.perf_counter() - began > budget_s:  # the first always runs
+            print(f"gpu: quality budget of {budget_s:.0f} s spent: {name} and later candidates not trained", flush=True)
+            break
+        params = profile_params(overrides, smoke)
+        precision = pick_precision(params.finetune.full.precision, device)
+        for project in projects:
             torch.manual_seed(params.shared.seed)
             model = load_model(model_dir, params.model.max_seq_length, device=device)
+            sets = train_sets(project, "profile", 64 if smoke else None, mined=bool(params.finetune.hard_negatives.weight))
             started = time.perf_counter()
-            trainer = _trainer(params, model, train_sets(project, "profile", 64 if smoke else None), SCRATCH / "quality-run", device, precision,
-                               max_steps=2 if smoke else -1)
+            trainer = _trainer(params, model, sets, SCRATCH / "quality-run", device, precision, max_steps=2 if smoke else -1)
             trainer.train()
             seconds = time.perf_counter() - started
             result = eval_scores(model, project)
             result["train_s"] = round(seconds, 1)
+            result["train_rows_per_s"] = round(sum(len(d) for d in sets.values()) * params.finetune.full.epochs / seconds, 1)
             scores.setdefault(name, {})[project.name] = result
             states[(name, project.name)] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             print(f"gpu: {project.name} {name}: {result}", flush=True)
@@ -374,8 +476,18 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--warmup", type=int, default=3)
     go.add_argument("--dataloader-workers", type=int, default=None, help="throughput: tokenising workers (default: finetune's, min(4, cores/2))")
     go.add_argument("--smoke", action="store_true", help="tiny sizes: try the script on a CPU")
+    go.add_argument("--budget-s", type=float, default=None, help="quality: start no candidate after this many seconds")
+    go.add_argument("--grid", choices=sorted(GRIDS), default="lr", help="quality: the candidates compared (lr: GPU_CANDIDATES; objective: OBJECTIVE_CANDIDATES)")
     go.add_argument("--candidate", action="append", default=[], metavar="NAME=JSON",
                     help='quality: a candidate instead of the built-in grid, e.g. \'e1={"finetune": {"full": {"epochs": 1}}}\' (repeatable)')
+    packing = commands.add_parser("pack", help="write what a GPU run reads into one small folder to carry")
+    packing.add_argument("--model", type=Path, required=True, help="the base model's folder")
+    packing.add_argument("--projects", type=Path, nargs="+", required=True, help="prepared dev projects (embed_base run)")
+    packing.add_argument("--dest", type=Path, required=True)
+    packing.add_argument("--candidates", type=int, default=None, help="nearest abstracts scanned per anchor (default: params.yaml's)")
+    widening = commands.add_parser("widen", help="a packed model folder with fp32 weights")
+    widening.add_argument("--model", type=Path, required=True)
+    widening.add_argument("--dest", type=Path, required=True)
     apply = commands.add_parser("apply", help="rebuild a fine-tuned model folder from the base and a delta")
     apply.add_argument("--model", type=Path, required=True)
     apply.add_argument("--delta", type=Path, required=True, help="the delta's prefix: OUT/<project name>")
@@ -383,6 +495,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "apply":
         print(apply_delta(args.model, args.delta, args.dest))
+        return
+    if args.command == "widen":
+        print(widen(args.model, args.dest))
+        return
+    if args.command == "pack":
+        candidates = args.candidates or profile_params({}).finetune.hard_negatives.candidates
+        pack(args.model, [p.resolve() for p in args.projects], args.dest, candidates)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
@@ -397,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
                 report[part] = encoding(args.model, args.projects, args.out, args.smoke)
             else:
                 given = {name: json.loads(overrides) for name, overrides in (c.split("=", 1) for c in args.candidate)}
-                report[part] = quality(args.model, args.projects, args.out, args.smoke, given)
+                report[part] = quality(args.model, args.projects, args.out, args.smoke, given or GRIDS[args.grid], args.budget_s)
         except Exception as exc:  # noqa: BLE001 (one failing part must not cost the others' figures on a lent machine)
             import traceback
 

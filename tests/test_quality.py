@@ -101,6 +101,31 @@ def test_a_gpu_run_delta_rebuilds_the_fine_tuned_weights(tmp_path: Path) -> None
     assert all(torch.equal(rebuilt[k], weights[k]) for k in weights if not weights[k].is_floating_point())  # position_ids
 
 
+def test_a_packed_projects_mined_rows_become_the_trainers_hard_negative_triplets(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from arxiv_embed import paths
+    from benchmarks.gpu_profile import MINED, MINED_FILE, RETAIN, train_sets
+
+    # What `pack` writes: the train sample's texts once, the mined triplets as its row numbers.
+    project = tmp_path / "packed"
+    (project / paths.TRIPLETS_DIR).mkdir(parents=True)
+    papers = {"title": [f"title {i}" for i in range(6)], "abstract": [f"abstract {i}" for i in range(6)],
+              "label": ["math.AG", "cs.LG", "math.AG", "cs.LG", "hep-th", "hep-th"]}
+    pq.write_table(pa.table(papers), project / paths.TRAIN_SAMPLE)
+    pq.write_table(pa.table({"anchor": [0, 1, 4], "positive": [2, 3, 5], "negative": [1, 4, 0]}), project / MINED_FILE)
+
+    sets = train_sets(project, "profile", mined=True)
+    assert sets[RETAIN]["anchor"] == papers["title"] and sets[RETAIN]["positive"] == papers["abstract"]
+    mined = sets[MINED]
+    assert mined["anchor"] == ["abstract 0", "abstract 1", "abstract 4"]
+    assert mined["positive"] == ["abstract 2", "abstract 3", "abstract 5"]
+    assert mined["negative"] == ["abstract 1", "abstract 4", "abstract 0"]
+    assert mined["label"] == [sets["labels"]["label"][i] for i in (0, 1, 4)]  # the anchor's label id, for label-grouped batches
+    assert MINED not in train_sets(project, "profile")  # only when finetune.hard_negatives.weight > 0
+
+
 def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_path: Path, monkeypatch) -> None:
     with quality.kept_workdir(tmp_path, Path("elsewhere/arxiv-recent-sample.jsonl.gz"), 4000) as folder:
         assert folder == tmp_path / "arxiv-recent-sample-4000" and folder.is_dir()
