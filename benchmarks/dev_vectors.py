@@ -99,9 +99,8 @@ def encode_files(files: list[Path]) -> None:
     for source in files:
         if prepared(source):
             continue
-        prepared = prepare(source)
         known = known_vectors()
-        missing = [text for text in needed_texts(prepared) if text not in known.index]
+        missing = [text for text in needed_texts(prepare(source)) if text not in known.index]
         print(f"dev_vectors: {source.name}: {len(missing):,} texts to encode (the rest are cached)", flush=True)
         if not missing:
             TextVectors([], np.zeros((0, known.vectors.shape[1]), dtype=np.float32)).save(folder(source) / EXTRA_VECTORS)

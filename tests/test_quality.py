@@ -169,3 +169,18 @@ def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_
     assert not (project / "arxiv_embed" / "removed_since.py").exists()
     assert (project / "stages" / "finetune.py").read_text() == (quality.ROOT / "stages" / "finetune.py").read_text()
     assert (project / "dvc.yaml").read_text() == (quality.ROOT / "dvc.yaml").read_text()
+
+
+def test_prepare_skips_a_dev_file_already_encoded_and_names_one_that_is_not(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from benchmarks import dev_vectors
+
+    monkeypatch.setattr(dev_vectors, "WORK", tmp_path)
+    done, fresh = Path("arxiv-done.jsonl.gz"), Path("arxiv-fresh.jsonl.gz")
+    (dev_vectors.folder(done) / dev_vectors.EXTRA_VECTORS).mkdir(parents=True)
+    monkeypatch.setattr(dev_vectors, "prepare", lambda source: pytest.fail(f"{source} was prepared again"))
+    dev_vectors.encode_files([done])  # nothing to do: the extras are written last, so their folder means done
+    assert dev_vectors.prepared(done) and not dev_vectors.prepared(fresh)
+    with pytest.raises(SystemExit, match="arxiv-fresh.jsonl.gz: not encoded yet"):
+        dev_vectors.cached_vectors(fresh)
