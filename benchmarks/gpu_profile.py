@@ -349,17 +349,13 @@ def pack(model_dir: Path, projects: list[Path], dest: Path, candidates: int) -> 
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-    from safetensors.torch import load_file, save_file
 
     from arxiv_embed.embeddings import TextVectors
     from arxiv_embed.training import mining
 
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(model_dir, dest / "model", ignore=shutil.ignore_patterns("*.safetensors", "README.md", "data_config.json", ".gitattributes", "__pycache__"))
-    weights = load_file(str(_weights_file(model_dir)))
-    target = dest / "model" / _weights_file(model_dir).relative_to(model_dir)
-    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()}, str(target))
+    cast_model(model_dir, dest / "model", torch.float16, skip=("README.md", "data_config.json", ".gitattributes", "__pycache__"))
 
     def write(table: dict[str, list], name: str, relative: Path) -> None:
         (dest / name / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -389,13 +385,20 @@ def pack(model_dir: Path, projects: list[Path], dest: Path, candidates: int) -> 
 def widen(model_dir: Path, dest: Path) -> Path:
     """A packed model folder with fp32 weights again: trainers and encoders start from the weights as DAG loads them."""
     import torch
+
+    return cast_model(model_dir, dest, torch.float32)
+
+
+def cast_model(model_dir: Path, dest: Path, dtype: Any, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of the model folder (less `skip` patterns) whose floating-point weights are `dtype`."""
     from safetensors.torch import load_file, save_file
 
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(model_dir, dest)
+    shutil.copytree(model_dir, dest, ignore=shutil.ignore_patterns("*.safetensors", *skip))
     weights = load_file(str(_weights_file(model_dir)))
-    save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, str(_weights_file(dest)))
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()},
+              str(dest / _weights_file(model_dir).relative_to(model_dir)))
     return dest
 
 
