@@ -7,10 +7,14 @@
 #   pip download (python 3.12, manylinux x86_64) into .gpu/whl: sentence-transformers, datasets, dill,
 #     multiprocess, pydantic, pydantic_core, annotated-types, typing-inspection, typing_extensions (the .venv's versions)
 #   echo /.gpu/ >> .git/info/exclude      (the folder travels as a carried path: 64 MiB in all)
-# Results land in $OUT: gpu.json and the pick's int8 deltas (quality), gpu_check.json, the logs.
+# Results land in $OUT: gpu.json and the pick's int8 deltas (quality; with --test-vectors each candidate's test-text
+# vectors instead), gpu_check.json, the logs.
 set -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 GRID=${GRID:-objective}
+CHECK=${CHECK:-1}  # 0: no benchmarks.gpu_check (the quality part alone: a seed spread with --test-vectors)
+# Extra arguments for `gpu_profile run`, e.g. a seed spread of the profile, scored here by `gpu_profile score`:
+#   CHECK=0 bash benchmarks/gpu_lease.sh --test-vectors --candidate 's42={}' --candidate 's1={"shared": {"seed": 1}}'
 BUDGET_S=${BUDGET_S:-200}  # no candidate starts after this: the lease is 15 minutes, start-up included
 wheels=(.gpu/whl/sentence_transformers-*.whl)  # the version the tests ran, over the image's own
 python3 -c "import datasets" 2>/dev/null || wheels+=(.gpu/whl/datasets-*.whl .gpu/whl/dill-*.whl .gpu/whl/multiprocess-*.whl)
@@ -21,5 +25,5 @@ python3 -c "import torch, transformers, sentence_transformers, datasets; print(t
 python3 -m benchmarks.gpu_profile widen --model .gpu/pack/model --dest /tmp/model || exit 1
 projects=(.gpu/pack/*-all)
 timeout 420 python3 -m benchmarks.gpu_profile run --model /tmp/model --projects "${projects[@]}" --out "$OUT" --parts quality \
-  --grid "$GRID" --budget-s "$BUDGET_S" 2>&1 | grep -v -i warn | tee "$OUT/quality.log" | grep "gpu:\|Error\|chosen"
-timeout 150 python3 -m benchmarks.gpu_check --model /tmp/model 2>&1 | grep -v -i warn | tee "$OUT/check.log" | grep "gpu_check:\|Error"
+  --grid "$GRID" --budget-s "$BUDGET_S" "$@" 2>&1 | grep -v -i warn | tee "$OUT/quality.log" | grep "gpu:\|Error\|chosen"
+[ "$CHECK" = 0 ] || timeout 150 python3 -m benchmarks.gpu_check --model /tmp/model 2>&1 | grep -v -i warn | tee "$OUT/check.log" | grep "gpu_check:\|Error"

@@ -14,13 +14,17 @@ parquet files with pyarrow.
   NDCG@10, title->abstract NDCG@10, triplet accuracy). One candidate is picked over all projects
   together; its weights are written as an int8 delta from the base model (`--out`), so the project's
   own evaluate stage scores it on the test split elsewhere (`apply` rebuilds the model folder).
+  With `--test-vectors`, every candidate (seeds of one, for a spread) writes instead its vectors of the
+  texts the test split's headline lenses read, and `score` runs those lenses here, against the base
+  model's cached vectors, with evaluate's intervals.
 
-`pack` writes what a run reads (fp16 base model, train samples, eval splits, mined hard negatives)
+`pack` writes what a run reads (fp16 base model, train samples, eval splits, mined hard negatives, test texts)
 into one folder small enough to travel; benchmarks/gpu_lease.sh is the lent machine's whole command.
 
     python -m benchmarks.gpu_profile pack --model DIR --projects P1 P2 --dest .gpu/pack   # here
     python -m benchmarks.gpu_profile run --model DIR --projects P1 P2 --out OUT            # on the GPU machine
     python -m benchmarks.gpu_profile apply --model DIR --delta OUT/<project> --dest P1/models/finetuned
+    python -m benchmarks.gpu_profile score --returned OUT --pack .gpu/pack --projects P1 P2  # after run --test-vectors
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import lzma
 import os
 import shutil
 import tempfile
@@ -85,6 +90,9 @@ THROUGHPUT: dict[str, tuple[dict, str, str]] = {
 SNAPSHOT_PAPERS = 2_700_000
 # In a packed project (`pack`): the base model's mined hard negatives as row numbers of the train sample.
 MINED_FILE = paths.TRIPLETS_DIR / "train_mined_rows.parquet"
+# In a packed project: every distinct text the test split's headline lenses read (benchmarks.objectives.held_out).
+SCORED_TEXTS = Path("data/test_scored_texts.parquet")
+XZ_PRESET = 9  # the packed model's weights: ~30 s here, a second to unpack there
 SCRATCH = Path(tempfile.gettempdir()) / "arxiv-embed-gpu-profile"  # trainer folders, encoding chunks: never in --out
 
 
@@ -344,30 +352,37 @@ def _state_key(file_key: str, arrays: dict) -> str | None:
 def pack(model_dir: Path, projects: list[Path], dest: Path, candidates: int) -> None:
     """What a GPU run reads, small enough to travel (the lent machine takes 64 MiB): the base model with
     fp16 weights (`widen` restores fp32 there), and per project the train sample and eval split (title,
-    abstract, label), the eval triplets, and the base model's hard negatives mined here with the DAG's
-    own mining (embed_base's cached vectors, finetune.hard_negatives.candidates) as train-sample rows."""
+    abstract, label), the eval triplets, the base model's hard negatives mined here with the DAG's
+    own mining (embed_base's cached vectors, finetune.hard_negatives.candidates) as train-sample rows,
+    and the texts the test split's lenses read (run --test-vectors encodes them)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
     from arxiv_embed.embeddings import TextVectors
     from arxiv_embed.training import mining
+    from benchmarks import objectives
 
     if dest.exists():
         shutil.rmtree(dest)
     cast_model(model_dir, dest / "model", torch.float16, skip=("README.md", "data_config.json", ".gitattributes", "__pycache__"))
+    weights = _weights_file(dest / "model")  # xz takes a tenth off fp16 weights: what lets the test texts travel too
+    with weights.open("rb") as plain, lzma.open(weights.with_name(weights.name + ".xz"), "wb", preset=XZ_PRESET) as packed:
+        shutil.copyfileobj(plain, packed)
+    weights.unlink()
 
     def write(table: dict[str, list], name: str, relative: Path) -> None:
         (dest / name / relative).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(table), dest / name / relative, compression="zstd", compression_level=19)
 
     for project in projects:
-        name = project.parent.name if project.name == "project" else project.name  # benchmarks quality's dev projects: <file>-all/project
+        name = packed_name(project)
         columns = ["title", "abstract", "label"]
         sample = _table(project, paths.TRAIN_SAMPLE, columns)
         write(sample, name, paths.TRAIN_SAMPLE)
         write(_table(project, paths.split_file("eval"), columns), name, paths.split_file("eval"))
         write(_table(project, paths.training_file("eval", "triplets"), ["anchor", "positive", "negative"]), name, paths.training_file("eval", "triplets"))
+        write({"text": objectives.held_out(project, "test", objectives.finetune_params("default"))[1].texts()}, name, SCORED_TEXTS)
         here = Path.cwd()
         try:  # mining reads the project's files by their DAG paths
             os.chdir(project)
@@ -382,11 +397,53 @@ def pack(model_dir: Path, projects: list[Path], dest: Path, candidates: int) -> 
     print(f"gpu pack: {dest} holds {size / 2**20:.1f} MiB", flush=True)
 
 
+def packed_name(project: Path) -> str:
+    """A project's folder name in the pack: benchmarks quality's dev projects are <file>-all/project."""
+    return project.parent.name if project.name == "project" else project.name
+
+
+def score_returned(returned: Path, pack_dir: Path, projects: list[Path]) -> list[dict]:
+    """Each `<project>-<candidate>.npy` of a `run --test-vectors` scored here by the project's own lenses
+    on the test split (benchmarks.objectives.score), against the base model's vectors cached by
+    `objectives --objectives-prepare`: headline deltas with evaluate's paired-bootstrap intervals."""
+    from arxiv_embed.embeddings import TextVectors
+    from benchmarks import dev_vectors, objectives
+
+    params = objectives.finetune_params("default")
+    known = dev_vectors.known_vectors()
+    rows = []
+    for project in projects:
+        name = packed_name(project)
+        texts = _table(pack_dir / name, SCORED_TEXTS, ["text"])["text"]
+        data = objectives.held_out(project, "test", params)[1]
+        if data.texts() != texts:
+            raise SystemExit(f"{pack_dir / name}: packed from other data than {project} reads now: pack again and rerun")
+        base = objectives.score(known.subset(texts), data, params)
+        for path in sorted(returned.glob(f"{name}-*.npy")):
+            tuned = objectives.score(TextVectors(texts, np.load(path).astype(np.float32)), data, params)
+            deltas = objectives.deltas(base, tuned, params.shared.seed)
+            rows.append({"file": name, "candidate": path.stem[len(name) + 1:], "split": "test",
+                         **{key: [round(v, 4) for v in value] for key, value in deltas.items()}})
+            print(f"gpu score: {json.dumps(rows[-1])}", flush=True)
+    return rows
+
+
 def widen(model_dir: Path, dest: Path) -> Path:
-    """A packed model folder with fp32 weights again: trainers and encoders start from the weights as DAG loads them."""
+    """A packed model folder with fp32 weights again (its xz-packed weights unpacked): trainers and encoders
+    start from the weights as the DAG loads them."""
     import torch
 
-    return cast_model(model_dir, dest, torch.float32)
+    if (packed := next(model_dir.rglob("*.safetensors.xz"), None)) is not None:
+        unpacked = SCRATCH / "unpacked-model"
+        if unpacked.exists():
+            shutil.rmtree(unpacked)
+        shutil.copytree(model_dir, unpacked, ignore=shutil.ignore_patterns("*.xz"))
+        with lzma.open(packed) as source, (unpacked / packed.relative_to(model_dir).with_suffix("")).open("wb") as plain:
+            shutil.copyfileobj(source, plain)
+        model_dir = unpacked
+    widened = cast_model(model_dir, dest, torch.float32)
+    shutil.rmtree(SCRATCH / "unpacked-model", ignore_errors=True)
+    return widened
 
 
 def cast_model(model_dir: Path, dest: Path, dtype: Any, skip: tuple[str, ...] = ()) -> Path:
@@ -403,13 +460,15 @@ def cast_model(model_dir: Path, dest: Path, dtype: Any, skip: tuple[str, ...] = 
 
 
 def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candidates: dict[str, dict] | None = None,
-            budget_s: float | None = None) -> dict:
+            budget_s: float | None = None, test_vectors: bool = False) -> dict:
     """Each candidate trained on every project's train sample and scored on its eval split; the pick's
-    weights written as deltas. budget_s: start no candidate after this many seconds (a lease is short),
-    so every candidate scored has been scored on every project."""
+    weights written as deltas, or (test_vectors) every candidate's vectors of the packed SCORED_TEXTS
+    (fp16: a seed spread's vectors fit the lent machine's 64 MiB of returned files; deltas would not).
+    budget_s: start no candidate after this many seconds (a lease is short), so every candidate scored
+    has been scored on every project."""
     import torch
 
-    from arxiv_embed.models import load_model, pick_device, pick_precision
+    from arxiv_embed.models import encode, load_model, pick_device, pick_precision
 
     candidates = candidates or GPU_CANDIDATES
     device = pick_device()
@@ -436,15 +495,19 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candi
             trainer.train()
             seconds = time.perf_counter() - started
             result = eval_scores(model, project)
+            if test_vectors:
+                texts = _table(project, SCORED_TEXTS, ["text"])["text"]
+                np.save(out / f"{project.name}-{name}.npy", encode(model, texts, batch_size=256, progress=False).astype(np.float16))
             result["train_s"] = round(seconds, 1)
             result["train_rows_per_s"] = round(sum(len(d) for d in sets.values()) * params.finetune.full.epochs / seconds, 1)
             scores.setdefault(name, {})[project.name] = result
-            states[(name, project.name)] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            if not test_vectors:
+                states[(name, project.name)] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             print(f"gpu: {project.name} {name}: {result}", flush=True)
             del trainer, model
             _free()
     chosen = pick(scores, [p.name for p in projects])
-    for project in projects:
+    for project in projects if not test_vectors else []:
         write_delta(base_state, states[(chosen, project.name)], out / project.name)
     return {"eval_split": scores, "chosen": chosen, "overrides": {**GPU_PROFILE, "candidate": candidates[chosen]}}
 
@@ -483,6 +546,8 @@ def main(argv: list[str] | None = None) -> None:
     go.add_argument("--grid", choices=sorted(GRIDS), default="lr", help="quality: the candidates compared (lr: GPU_CANDIDATES; objective: OBJECTIVE_CANDIDATES)")
     go.add_argument("--candidate", action="append", default=[], metavar="NAME=JSON",
                     help='quality: a candidate instead of the built-in grid, e.g. \'e1={"finetune": {"full": {"epochs": 1}}}\' (repeatable)')
+    go.add_argument("--test-vectors", action="store_true",
+                    help="quality: write every candidate's vectors of the packed test texts (for `score`), not the pick's delta")
     packing = commands.add_parser("pack", help="write what a GPU run reads into one small folder to carry")
     packing.add_argument("--model", type=Path, required=True, help="the base model's folder")
     packing.add_argument("--projects", type=Path, nargs="+", required=True, help="prepared dev projects (embed_base run)")
@@ -495,7 +560,16 @@ def main(argv: list[str] | None = None) -> None:
     apply.add_argument("--model", type=Path, required=True)
     apply.add_argument("--delta", type=Path, required=True, help="the delta's prefix: OUT/<project name>")
     apply.add_argument("--dest", type=Path, required=True)
+    scoring = commands.add_parser("score", help="score a run --test-vectors's vectors on the test split, here")
+    scoring.add_argument("--returned", type=Path, required=True, help="the run's OUT folder")
+    scoring.add_argument("--pack", type=Path, required=True, help="the pack the run read")
+    scoring.add_argument("--projects", type=Path, nargs="+", required=True, help="the dev projects packed")
+    scoring.add_argument("--dest", type=Path, required=True, help="JSON file for the rows")
     args = parser.parse_args(argv)
+    if args.command == "score":
+        rows = score_returned(args.returned, args.pack, [p.resolve() for p in args.projects])
+        args.dest.write_text(json.dumps(rows, indent=1) + "\n")
+        return
     if args.command == "apply":
         print(apply_delta(args.model, args.delta, args.dest))
         return
@@ -519,7 +593,8 @@ def main(argv: list[str] | None = None) -> None:
                 report[part] = encoding(args.model, args.projects, args.out, args.smoke)
             else:
                 given = {name: json.loads(overrides) for name, overrides in (c.split("=", 1) for c in args.candidate)}
-                report[part] = quality(args.model, args.projects, args.out, args.smoke, given or GRIDS[args.grid], args.budget_s)
+                report[part] = quality(args.model, args.projects, args.out, args.smoke, given or GRIDS[args.grid], args.budget_s,
+                                       args.test_vectors)
         except Exception as exc:  # noqa: BLE001 (one failing part must not cost the others' figures on a lent machine)
             import traceback
 

