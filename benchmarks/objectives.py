@@ -157,6 +157,9 @@ VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {
 VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {
     "sqrt": {"adapter": {"label_sampling": "sqrt"}}, "balanced": {"adapter": {"label_sampling": "balanced"}},
     "t0.2": {"temperature": 0.2}, "pl8": {"adapter": {"per_label": 8}}, "pl2": {"adapter": {"per_label": 2}},
+    "t0.2-h1536": {"temperature": 0.2, "adapter": {"extra_hidden": 1536}},
+    "t0.2-h1536-retain20": {"temperature": 0.2, "adapter": {"extra_hidden": 1536}, "retain_title_abstract": 20.0},
+    "t0.2-h1536-retain24": {"temperature": 0.2, "adapter": {"extra_hidden": 1536}, "retain_title_abstract": 24.0},
 })
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
