@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pytest
+
 from benchmarks import quality
 
 
@@ -126,7 +128,7 @@ def test_a_packed_projects_mined_rows_become_the_trainers_hard_negative_triplets
     assert MINED not in train_sets(project, "profile")  # only when finetune.hard_negatives.weight > 0
 
 
-def test_pack_carries_the_dags_mined_negatives_and_an_fp16_model_that_widens_back(tmp_path: Path, kaggle_sample: Path, monkeypatch) -> None:
+def test_pack_carries_mined_negatives_an_fp16_model_and_the_test_texts_that_score_reads_back(tmp_path: Path, kaggle_sample: Path, monkeypatch) -> None:
     import lzma
     import shutil
 
@@ -213,3 +215,30 @@ def test_prepare_skips_a_dev_file_already_encoded_and_names_one_that_is_not(tmp_
     assert dev_vectors.prepared(done) and not dev_vectors.prepared(fresh)
     with pytest.raises(SystemExit, match="arxiv-fresh.jsonl.gz: not encoded yet"):
         dev_vectors.cached_vectors(fresh)
+
+
+def test_all_pairs_triplets_weighs_labels_evenly_and_counts_every_positive_negative_pair() -> None:
+    import numpy as np
+    import polars as pl
+
+    from arxiv_embed.embeddings import TextVectors
+    from benchmarks.objectives import all_pairs_triplets
+
+    # Angles on a circle: a.x's three papers together, a.y (same archive) near them, b.z far; one a.x paper
+    # (x3) sits nearer a.y's first paper than to its own label's others.
+    angles = {"x1": 0.0, "x2": 0.1, "x3": 0.9, "y1": 0.8, "y2": 1.3, "z1": 3.0, "z2": 3.1, "o1": 2.0}
+    labels = {"x": "a.x", "y": "a.y", "z": "b.z", "o": "other"}
+    papers = pl.DataFrame({"abstract": list(angles), "label": [labels[name[0]] for name in angles]})
+    vectors = TextVectors(list(angles), np.array([[np.cos(a), np.sin(a)] for a in angles.values()]))
+    scores = all_pairs_triplets(vectors, papers)
+    # The definition, pair by pair: per anchor the share of (positive, negative) pairs won, averaged per label,
+    # then over labels (a.x has three papers, the others two: a mean over anchors would differ); `other` anchors none.
+    def accuracy(anchor: str, negatives: list[str]) -> float:
+        own = [p for p in angles if labels[p[0]] == labels[anchor[0]] and p != anchor]
+        cos = lambda p: np.cos(angles[anchor] - angles[p])  # noqa: E731
+        return float(np.mean([cos(p) > cos(n) for p in own for n in negatives]))
+    random = {name: accuracy(name, [p for p in angles if labels[p[0]] != labels[name[0]]]) for name in angles if name[0] != "o"}
+    hard = {name: accuracy(name, [p for p in angles if p[0] in "xy" and p[0] != name[0]]) for name in angles if name[0] in "xy"}
+    per_label = lambda table: np.mean([np.mean([v for k, v in table.items() if k[0] == g]) for g in {k[0] for k in table}])  # noqa: E731
+    assert scores["random"] == pytest.approx(per_label(random)) and scores["hard"] == pytest.approx(per_label(hard))
+    assert 0.5 < scores["random"] < 1.0 and scores["hard"] < scores["random"]  # x3 loses to y1: the hard kind feels it most
