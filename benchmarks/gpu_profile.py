@@ -433,17 +433,15 @@ def widen(model_dir: Path, dest: Path) -> Path:
     start from the weights as the DAG loads them."""
     import torch
 
-    if (packed := next(model_dir.rglob("*.safetensors.xz"), None)) is not None:
-        unpacked = SCRATCH / "unpacked-model"
-        if unpacked.exists():
-            shutil.rmtree(unpacked)
+    packed = next(model_dir.rglob("*.safetensors.xz"), None)
+    if packed is None:
+        return cast_model(model_dir, dest, torch.float32)
+    with tempfile.TemporaryDirectory() as scratch:
+        unpacked = Path(scratch) / "model"
         shutil.copytree(model_dir, unpacked, ignore=shutil.ignore_patterns("*.xz"))
         with lzma.open(packed) as source, (unpacked / packed.relative_to(model_dir).with_suffix("")).open("wb") as plain:
             shutil.copyfileobj(source, plain)
-        model_dir = unpacked
-    widened = cast_model(model_dir, dest, torch.float32)
-    shutil.rmtree(SCRATCH / "unpacked-model", ignore_errors=True)
-    return widened
+        return cast_model(unpacked, dest, torch.float32)
 
 
 def cast_model(model_dir: Path, dest: Path, dtype: Any, skip: tuple[str, ...] = ()) -> Path:
@@ -477,6 +475,8 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candi
     base_state = {k: v.detach().clone().cpu() for k, v in base_model.state_dict().items()}
     scores: dict[str, dict[str, dict]] = {"base": {}}
     states: dict[tuple[str, str], dict] = {}
+    # Read once: each candidate encodes the same texts of a project.
+    scored_texts = {p.name: _table(p, SCORED_TEXTS, ["text"])["text"] for p in projects} if test_vectors else {}
     for project in projects:
         scores["base"][project.name] = eval_scores(base_model, project)
         print(f"gpu: {project.name} base (eval split): {scores['base'][project.name]}", flush=True)
@@ -496,8 +496,8 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candi
             seconds = time.perf_counter() - started
             result = eval_scores(model, project)
             if test_vectors:
-                texts = _table(project, SCORED_TEXTS, ["text"])["text"]
-                np.save(out / f"{project.name}-{name}.npy", encode(model, texts, batch_size=256, progress=False).astype(np.float16))
+                vectors = encode(model, scored_texts[project.name], batch_size=256, progress=False)
+                np.save(out / f"{project.name}-{name}.npy", vectors.astype(np.float16))
             result["train_s"] = round(seconds, 1)
             result["train_rows_per_s"] = round(sum(len(d) for d in sets.values()) * params.finetune.full.epochs / seconds, 1)
             scores.setdefault(name, {})[project.name] = result

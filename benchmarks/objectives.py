@@ -247,15 +247,18 @@ def all_pairs_triplets(vectors, papers) -> dict[str, float]:
     labels, as the lens draws its anchors' labels evenly (`other`, the merged rare labels, anchors none).
     The lens's own estimate rests on a draw of 300 (eval) to 1,000 (test) triplets, +-0.02 to 0.04; this
     one has no draw to vary. hard: the negatives of the anchor's archive only, as make_triplets' hard kind."""
+    from arxiv_embed.data.splitting import OTHER
+    from arxiv_embed.search.papers import archive_of
+
     x = vectors(papers["abstract"].to_list())
     labels = papers["label"].to_numpy()
-    archives = np.array([label.split(".")[0] for label in labels])
+    archives = np.array([archive_of(label) for label in labels])
     similar = x @ x.T
     per_label: dict[str, dict[str, list[float]]] = {"random": {}, "hard": {}}
     for i, label in enumerate(labels):
         positives = labels == label
         positives[i] = False
-        if label == "other" or not positives.any():
+        if label == OTHER or not positives.any():
             continue
         others = labels != label
         for kind, negatives in (("random", others), ("hard", others & (archives == archives[i]))):
