@@ -1,8 +1,10 @@
 # Two entry points for a newcomer: `make repro` (whole DAG) and `make test`. Both set up .venv.
 VENV ?= .venv
 PYTHON ?= python3
-# CPU set-up pins the CPU torch build; GPU users with their CUDA torch in .venv pass CONSTRAINTS=
+# CPU set-up pins torch's version (constraints.txt says how to get its CPU build from PyPI's platforms);
+# GPU users with their CUDA torch in .venv pass CONSTRAINTS=
 CONSTRAINTS ?= constraints.txt
+PIP_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -11,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q $(PIP_ARGS) $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import unquote, urlparse, urlunparse
 from arxiv_embed.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the project root (see tracking_uri)
@@ -92,10 +92,15 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
     import mlflow
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
     if redact(uri) != uri:
-        # MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends: with user:password@ in it.
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        # MLflow quotes the tracking URI in its "View run ... at:" line and in every failed request's error:
+        # hand it the credentials through its Basic-auth variables instead, and a URI without them.
+        parts = urlparse(uri)
+        for name, value in (("USERNAME", parts.username), ("PASSWORD", parts.password)):
+            if value is not None:
+                os.environ[f"MLFLOW_TRACKING_{name}"] = unquote(value)
+        os.environ["MLFLOW_TRACKING_URI"] = redact(uri)
+    mlflow.set_tracking_uri(redact(uri))
     scheme = urlparse(uri).scheme
     if scheme in {"http", "https"}:
         import requests

@@ -4,7 +4,7 @@ benchmarks/dev_vectors.py runs each whole dev file through the real DAG up to em
 project `quality --quality-workdir benchmarks/results/dev` keeps) and encodes the eval split's texts
 too: every title and abstract ONCE with the base model (the expensive part).
 Every candidate here then trains the adapter on the stage's one recipe (training/recipe.objectives,
-training/adapter.train_adapter: the stage's own code) on those vectors in seconds and is scored by the project's own lenses (evaluation/lenses.py) with
+training/adapter.train_members: the stage's own code) on those vectors in seconds and is scored by the project's own lenses (evaluation/lenses.py) with
 evaluate's paired-bootstrap intervals (evaluation/report.compare):
 
 - `--objectives-split eval`: candidates compared on the EVAL split of each file (choosing);
@@ -43,7 +43,7 @@ from benchmarks.quality import DEV_FILES, TARGETS  # the dev files, and the issu
 ISSUE_11 = {"loss": "batch_all", "batch_size": 32, "temperature": 0.1, "prototype_weight": 0.0, "retain_title_abstract": 2.0,
             "hard_negatives": {"weight": 1.0, "candidates": 30},
             "adapter": {"kind": "mlp", "extra_hidden": 384, "epochs": 5, "learning_rate": 1.0e-3, "per_label": 4, "retain_distill": 2.5, "ema_decay": 0.0,
-                        "query_adapter": False}}
+                        "query_adapter": False, "members": 1}}
 NO_MINED = {"hard_negatives": {"weight": 0.0}}
 SUPCON_DEFAULT = {"loss": "supcon", "batch_size": 128, "prototype_weight": 1.0, "adapter": {"retain_distill": 5.0}, **NO_MINED}
 CANDIDATES: dict[str, dict] = {
@@ -161,6 +161,8 @@ VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {
     "t0.2-h1536-retain20": {"temperature": 0.2, "adapter": {"extra_hidden": 1536}, "retain_title_abstract": 20.0},
     "t0.2-h1536-retain24": {"temperature": 0.2, "adapter": {"extra_hidden": 1536}, "retain_title_abstract": 24.0},
 })
+# A ninth search, over the default: k adapters of different seeds merged into one that outputs their mean.
+VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {f"members{k}": {"adapter": {"members": k}} for k in (2, 3)})
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 
@@ -296,7 +298,7 @@ def deltas(base, tuned, seed: int) -> dict[str, tuple[float, float, float]]:
 def experiment(source: Path, names: list[str], split: str, seeds: list[int], sizes: list[int | None]) -> list[dict]:
     """One row per (candidate, seed, train size): headline deltas with intervals, on `split`."""
     from arxiv_embed.embeddings import distinct_texts
-    from arxiv_embed.training.adapter import train_adapter
+    from arxiv_embed.training.adapter import train_members
 
     cached = dev_vectors.cached_vectors(source)
     project = dev_vectors.project(source)
@@ -317,7 +319,7 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
             objectives = recipe_for(project, ft, chosen, cached)
             for seed in seeds:
                 started = time.monotonic()
-                run = train_adapter(ft, seed, objectives, cached.index, cached.vectors)
+                run = train_members(ft, seed, objectives, cached.index, cached.vectors)
                 queries = adapted(run.query_modules, titles) if run.query_modules is not None else None
                 documents = adapted(run.modules, cached)
                 tuned = score(documents, data, params, queries)

@@ -45,14 +45,14 @@ def main() -> None:
         # 1. Parse batch by batch; unusable records are rejected here, with their raw line.
         meter = Progress("clean: read", unit="records")
         for first_line, chunk in line_batches(paths.RAW):
-            batch, malformed = parse_batch(chunk, first_line)
-            records_in += batch.height + len(malformed)
-            meter.update(batch.height + len(malformed))
-            malformed_lines += [row["line"] for row in malformed[: 5 - len(malformed_lines)]]
+            batch, refused = parse_batch(chunk, first_line)  # malformed_json and wrong_type lines
+            records_in += batch.height + len(refused)
+            meter.update(batch.height + len(refused))
+            malformed_lines += [row["line"] for row in refused if row["reason"] == "malformed_json"][: 5 - len(malformed_lines)]
             batch = tidy(batch, params.min_abstract_words, params.max_abstract_words)
             unusable = batch.filter(pl.col("unusable").is_not_null()).select("line", reason="unusable", id="id").to_dicts()
             unusable = with_raw(unusable, chunk, first_line)
-            write_rejects(rejects, counts, malformed + unusable)
+            write_rejects(rejects, counts, refused + unusable)
             batch = batch.filter(pl.col("unusable").is_null()).drop("unusable")
             if batch.height:
                 batch.write_parquet(Path(parts_dir) / f"part-{n_parts:06d}.parquet", compression="lz4")

@@ -12,6 +12,7 @@ metrics/plots, and logs them to the finetune run in MLflow.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
 from arxiv_embed import paths
@@ -45,9 +46,10 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> tupl
         documents, queries = adapter_modules(model), adapter_modules(model, "query")
         titles = base.subset(distinct_texts([data.test["title"]]))
         return apply_adapter(documents, base), (apply_adapter(queries, titles) if queries != documents else None)
-    model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=params.evaluate.backend)
+    backend = params.embed_base.backend  # the base's vectors' backend: both models scored alike
+    model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
     run_id = read_json(paths.FINETUNED / RUN_INFO)["run_id"]  # names this model's chunks: a new run never reads old ones
-    return embed_texts(model, texts, paths.EMBED_WORK / "finetuned", f"finetuned|{run_id}|{params.evaluate.backend}",
+    return embed_texts(model, texts, paths.EVALUATE_WORK, f"finetuned|{run_id}|{backend}",
                        params.evaluate.batch_size, what="evaluate"), None
 
 
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     vectors, queries = vectors_to_score(which, params, data)
     result = evaluate_vectors(vectors, data, params.evaluate, params.shared.seed, queries)
     result.save(paths.eval_dir(which))
+    shutil.rmtree(paths.EVALUATE_WORK, ignore_errors=True)  # scored: the chunks' only use was resuming (mode=full)
     print("\n".join(f"{name}: {value:.4f}" for name, value in flatten(result.metrics).items()))
     if which == "base":
         return

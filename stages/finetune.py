@@ -202,7 +202,7 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
         cached = base.subset(distinct_texts(columns))  # in memory: only the texts this training reads
         load_seconds = time.monotonic() - load_started
         objectives = recipe.objectives(None, ft, frames, mined.triplets if mined is not None else None)
-        result = adapter.train_adapter(ft, params.shared.seed, objectives, cached.index, cached.vectors)
+        result = adapter.train_members(ft, params.shared.seed, objectives, cached.index, cached.vectors)
         for step, value in result.curve[:: max(1, ft.logging_steps)]:
             mlflow.log_metric("loss", value, step=step, synchronous=False)
         tuned = adapter.attach(model, result.modules, result.query_modules)

@@ -123,7 +123,7 @@ def test_malformed_and_unusable_lines_are_rejected_with_line_numbers(project: Pa
             paper("0704.0001"),
             '{"id": "0704.0002", "title": "cut off',  # a truncated line
             "[1, 2, 3]",  # JSON, but not a record
-            paper("0704.0003", versions="v1"),  # a field of the wrong type
+            paper("0704.0003", versions="v1"),  # JSON, a field of the wrong type
             "",  # blank lines are not records
             paper("0704.0004", title="  \n "),
             paper("0704.0005", abstract=None),
@@ -139,7 +139,7 @@ def test_malformed_and_unusable_lines_are_rejected_with_line_numbers(project: Pa
     assert reasons(rejects) == {
         2: "malformed_json",
         3: "malformed_json",
-        4: "malformed_json",
+        4: "wrong_type",
         6: "missing_title",
         7: "missing_abstract",
         8: "missing_categories",
@@ -151,14 +151,36 @@ def test_malformed_and_unusable_lines_are_rejected_with_line_numbers(project: Pa
     assert by_line[2]["raw"] == '{"id": "0704.0002", "title": "cut off'
     assert by_line[6]["id"] == "0704.0004" and json.loads(by_line[6]["raw"])["id"] == "0704.0004"
     assert metrics["records_in"] == 11 and metrics["records_out"] == 2 and metrics["rejected_total"] == 9
-    assert metrics["rejected"]["malformed_json"] == 4
+    assert metrics["rejected"]["malformed_json"] == 3 and metrics["rejected"]["wrong_type"] == 1
+
+
+def test_string_fields_of_another_json_type_are_rejected_not_cast(project: Path) -> None:
+    """read_ndjson would cast 704.001 to "704.001" and a list title to its JSON text: such records go
+    to the rejects as wrong_type with their line, and their neighbours (one with "id": 5 only inside
+    its text, one with an unknown nested object holding a number title) are kept."""
+    write_input(
+        project,
+        [
+            paper("0704.0001", title='The "id": 5 trick'),
+            b'{"id":704.001,"title":"Pandas wrote this","abstract":"' + b"word " * 30 + b'","categories":"hep-th"}',
+            paper("0704.0003", title=["Graph", "nets"]),
+            paper("0704.0004", extra={"title": 5}),
+            paper("0704.0005", categories=None, comments=12),
+            paper("0704.0006"),
+        ],
+    )
+    papers, rejects, metrics = run_clean(project)
+    assert papers["id"].to_list() == ["0704.0001", "0704.0004", "0704.0006"]
+    assert reasons(rejects) == {2: "wrong_type", 3: "wrong_type", 5: "wrong_type"}
+    assert json.loads(rejects[0]["raw"])["id"] == 704.001 and json.loads(rejects[1]["raw"])["title"] == ["Graph", "nets"]
+    assert metrics["rejected"]["wrong_type"] == 3 and metrics["rejected_total"] == 3
 
 
 def test_bad_line_in_a_large_batch_keeps_its_neighbours(project: Path) -> None:
     good = [paper(f"0704.{i:04d}") for i in range(1, 200)]
     write_input(project, [*good[:120], paper("0704.9999", versions={"v1": "x"}), *good[120:]])
     papers, rejects, _ = run_clean(project)
-    assert papers.height == 199 and reasons(rejects) == {121: "malformed_json"}
+    assert papers.height == 199 and reasons(rejects) == {121: "wrong_type"}
 
 
 def test_a_batch_larger_than_the_sieve_finds_each_bad_line_and_keeps_the_rest_in_order() -> None:
@@ -170,9 +192,9 @@ def test_a_batch_larger_than_the_sieve_finds_each_bad_line_and_keeps_the_rest_in
     lines[4001] = ""  # blank: not a record
     lines[n - 1] = "[1, 2]"  # JSON, not a record
     lines[20] = f" {lines[20]}\r"  # a valid record that does not look like one at a glance: kept, in order
-    frame, malformed = records.parse_batch(("\n".join(lines) + "\n").encode(), first_line=101)
-    assert [row["line"] for row in malformed] == [111, 4101, 100 + n]
-    assert malformed[0]["raw"] == '{"id": "cut off' and {row["reason"] for row in malformed} == {"malformed_json"}
+    frame, refused = records.parse_batch(("\n".join(lines) + "\n").encode(), first_line=101)
+    assert reasons(refused) == {111: "malformed_json", 4101: "wrong_type", 100 + n: "malformed_json"}
+    assert refused[0]["raw"] == '{"id": "cut off'
     expected = [101 + i for i in range(n) if i not in (10, 4000, 4001, n - 1)]
     assert frame["line"].to_list() == expected
     assert frame["id"].to_list() == [f"2401.{i - 101:05d}" for i in expected]

@@ -199,6 +199,19 @@ def test_oai_failures_are_bounded_and_explained(server: Server, responses: list[
     assert len(server.log) == (3 if "503" in message else 1)  # 1 try + max_retries
 
 
+def test_an_empty_set_spec_is_sent_not_left_out(monkeypatch: pytest.MonkeyPatch):
+    """Left out, an empty set would harvest all of arXiv in the window; sent, the server refuses it."""
+    import xml.etree.ElementTree as ET
+
+    from arxiv_embed.data import oai
+
+    queries: list[dict[str, str]] = []
+    monkeypatch.setattr(oai._OaiClient, "get", lambda self, query: queries.append(query) or ET.fromstring(oai_error("badArgument")[2]))
+    with pytest.raises(DownloadError, match="badArgument for set ''"):
+        list(harvest_oai("http://127.0.0.1:9/oai", [""], request_interval_s=0))
+    assert queries == [{"verb": "ListRecords", "metadataPrefix": "arXiv", "set": ""}]
+
+
 def test_unreachable_host_says_no_network_and_how_to_use_a_file(closed_port: int):
     url = f"http://127.0.0.1:{closed_port}/oai"
     for reader in (lambda: harvest_oai(url, ["cs"], request_interval_s=0, timeout_s=5), lambda: stream_url_records(url, 5)):
@@ -274,6 +287,37 @@ def test_malformed_lines_reach_clean_untouched(tmp_path: Path):
     out = tmp_path / "raw.jsonl.gz"
     assert download.write_raw(open_records(source), out, None, "file") == 3  # the blank line is no record
     assert sample_lines(out) == [b'{"id": "0704.0001", "title": " T "}  \n', b'{"id": "broken"\n', b'  {"id": "last"}\n']
+
+
+def test_a_line_over_the_limit_is_refused_before_it_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A .json holding the snapshot as one JSON array: a clear error naming the file and line, not an out-of-memory."""
+    from arxiv_embed.data import sources
+
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 1000)
+    source = tmp_path / "snapshot.json"
+    records = [{"id": f"0704.{i:04d}", "title": "T" * 50} for i in range(40)]
+    source.write_text(json.dumps(records[0]) + "\n\n" + json.dumps(records) + "\n")
+    reads: list[int] = []
+    real_open = Path.open
+
+    def counting_open(path: Path, *args: object, **kwargs: object):  # how much of the long line is ever read
+        stream = real_open(path, *args, **kwargs)
+        readline = stream.readline
+        stream.readline = lambda limit=-1: reads.append(len(line := readline(limit))) or line  # type: ignore[method-assign]
+        return stream
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    lines = open_records(source)
+    assert next(lines) == json.dumps(records[0]).encode() + b"\n"  # lines under the limit pass as before
+    with pytest.raises(DownloadError, match=r"snapshot\.json: line 3 \(after 1 records\) is over .*not JSON lines.*jq -c"):
+        next(lines)
+    assert max(reads) == 1001 < len(json.dumps(records))
+
+
+def test_download_refuses_lines_clean_would_refuse():
+    from arxiv_embed.data import records, sources
+
+    assert sources.MAX_LINE_BYTES == records.MAX_LINE_BYTES  # one limit, written twice so download needs none of clean's code
 
 
 def test_bad_local_files_name_the_file_and_leave_no_output(kaggle_sample: Path, tmp_path: Path):

@@ -147,6 +147,8 @@ def test_evaluate_writes_the_report(evaluated):
     assert {path.name for path in (evaluated / "metrics/plots").iterdir()} == PLOTS
     for name in PLOTS:
         assert (evaluated / "metrics/plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The fine-tuned model's resumable chunks (mode=full) are gone once scored: each run would leave a set.
+    assert not (evaluated / "data/embeddings/chunks-finetuned").exists() and not (evaluated / "data/embeddings/chunks").exists()
 
 
 def test_evaluate_logs_into_the_finetune_run(evaluated):

@@ -136,7 +136,7 @@ def test_a_change_reruns_only_the_stages_that_read_it(pipeline: Path) -> None:
         assert changed(lambda raw: raw["finetune"]["adapter"].update(epochs=2)) == {"finetune", "push"}
         # evaluate reads the mode too: adapter mode scores the adapter on embed_base's vectors, full mode encodes
         assert changed(lambda raw: raw["finetune"].update(mode="full")) == {"finetune", "evaluate", "push"}
-        schema.write_text(schema_text.replace("    backend:", "    new_knob: PositiveInt\n    backend:"))
+        schema.write_text(schema_text.replace("    map_2d:", "    new_knob: PositiveInt\n    map_2d:"))
         assert changed(lambda raw: raw["evaluate"].update(new_knob=3)) == {"evaluate_base", "evaluate"}
     finally:
         params_file.write_text(params_text)

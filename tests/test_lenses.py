@@ -152,6 +152,28 @@ def test_macro_f1_by_hand_and_without_rare_labels():
     assert macro_f1(label_pairs(actual, predicted, ignore={"c"})) == pytest.approx((f1_a + f1_b) / 2)
 
 
+def test_supported_macro_f1_averages_over_supported_test_labels_only():
+    """A label the classifier learned but no test paper has (its stratified quota was 0) is not a supported
+    label: predicting it must not add an F1 of 0 to the average (sklearn's f1_score with labels= the supported)."""
+    from sklearn.metrics import f1_score
+
+    centres = {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "z": [0.0, 0.0, 1.0]}
+    rng = np.random.default_rng(0)
+    train = pl.DataFrame({"abstract": [f"train {label} {i}" for label in centres for i in range(6)],
+                          "label": [label for label in centres for _ in range(6)], "rank": list(range(6)) * 3})
+    test = pl.DataFrame({"title": [f"t{i}" for i in range(27)], "abstract": [f"a{i}" for i in range(27)],
+                         "label": ["a"] * 12 + ["b"] * 12 + ["c"] * 3})
+    where = [centres["z"]] + [centres["a"]] * 11 + [centres["b"]] * 12 + [centres["a"]] * 3  # a0 lies among the z papers
+    vectors = {text: np.array(centres[label]) + 0.05 * rng.normal(size=3) for text, label in zip(train["abstract"], train["label"])}
+    vectors |= {f"a{i}": np.array(at) + 0.05 * rng.normal(size=3) for i, at in enumerate(where)}
+    result = LENSES["classification"](lens_input(test, vectors, train, min_label_support=10, learning_curve_sizes=[]))
+    predicted = result.tables["predictions"]["predicted"].to_numpy()
+    assert predicted[0] == "z" and "z" not in set(test["label"])
+    assert result.metrics["supported_labels"] == 2  # a and b; c has 3 test papers
+    expected = f1_score(test["label"].to_numpy(), predicted, labels=["a", "b"], average="macro")
+    assert result.metrics["macro_f1_supported"] == pytest.approx(expected)
+
+
 def test_clustering_finds_separated_groups():
     rng = np.random.default_rng(0)
     centres = np.array([[10.0, 0], [0, 10.0], [-10.0, -10.0]])

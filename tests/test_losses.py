@@ -174,6 +174,59 @@ def test_a_query_adapter_is_routed_by_encode_query_and_evaluate_applies_each_rou
     np.testing.assert_allclose(apply_adapter(adapter_modules(loaded), base).vectors, documents, atol=1e-5)
 
 
+def test_a_run_on_a_reused_recipe_starts_afresh(tiny_model, tiny_data: Path) -> None:
+    """The members, and a benchmark's seeds, train on one recipe: supcon's label prototypes (state of the loss)
+    must not carry from one run into the next, so the same seed trains the same adapter twice."""
+    import torch
+
+    ft = finetune(loss="supcon", train_data=["labels"], batch_size=16, prototype_weight=1.5, retain_title_abstract=0.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 2, "per_label": 2, "ema_decay": 0.0})
+    frames = {"labels": training_data.kind_frame("labels")}
+    index, cached = cached_vectors(tiny_model, frames)
+    objectives = recipe.objectives(None, ft, frames)
+    first, second = (adapter.train_adapter(ft, 42, objectives, index, cached) for _ in range(2))
+    x = torch.as_tensor(cached)
+    np.testing.assert_allclose(adapter.AdapterStack(second.modules)(x).detach().numpy(),
+                               adapter.AdapterStack(first.modules)(x).detach().numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_members_merge_into_one_adapter_that_outputs_their_mean(tiny_model, tiny_data: Path, kind: str) -> None:
+    """finetune.adapter.members: k adapters of different seeds, merged into one of the same modules (the MLP k times
+    as wide) whose output is exactly the mean of theirs; the saved model loads and encodes with it."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=2.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20},
+                  adapter={"epochs": 2, "kind": kind, "extra_hidden": 16, "members": 3, "query_adapter": True})
+    frames = {"labels": training_data.kind_frame("labels"), "title_abstract": training_data.kind_frame("title_abstract")}
+    index, cached = cached_vectors(tiny_model, frames)
+    objectives = recipe.objectives(None, ft, frames)
+    members = [adapter.train_adapter(ft, 42 + adapter.MEMBER_SEED_STEP * i, objectives, index, cached) for i in range(3)]
+    merged = adapter.train_members(ft, 42, objectives, index, cached)
+    x = torch.as_tensor(cached)
+
+    def raw(modules: list) -> torch.Tensor:  # the adapter's output before the final normalisation
+        features = {"sentence_embedding": x}
+        for module in modules:
+            features = module(features)
+        return features["sentence_embedding"].detach()
+
+    for route in ("modules", "query_modules"):
+        outputs = [raw(getattr(run, route)) for run in members]
+        assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)  # the seeds differ: members that differ
+        np.testing.assert_allclose(raw(getattr(merged, route)).numpy(), torch.stack(outputs).mean(0).numpy(), atol=1e-5)
+    assert len(merged.modules) == len(members[0].modules)
+    if kind == "mlp":
+        assert merged.modules[0].linear.out_features == 3 * (2 * cached.shape[1] + 16)
+    assert merged.steps == 3 * members[0].steps and len(merged.curve) == len(members[0].curve)
+    tuned = adapter.attach(tiny_model, merged.modules, merged.query_modules)
+    tuned.save(str(tiny_data / "model"))
+    texts = frames["labels"]["text"].head(4).to_list()
+    np.testing.assert_allclose(SentenceTransformer(str(tiny_data / "model"), device="cpu").encode(texts), tuned.encode(texts), atol=1e-5)
+
+
 def test_without_title_abstract_pairs_queries_share_the_documents_adapter(tiny_model, tiny_data: Path) -> None:
     """query_adapter with retain_title_abstract 0 (an ablation sweep): nothing would train a queries' adapter."""
     ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=0.0,

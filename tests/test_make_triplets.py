@@ -13,7 +13,7 @@ import yaml
 from arxiv_embed.data.triplets import graded_partners
 from stages import make_triplets
 from tests.conftest import ROOT, deep_update
-from tests.test_split import papers_table
+from tests.test_split import papers_table, run_stage
 
 # Per split, primary category -> papers. hep-th is alone in its archive (no hard negative exists);
 # cs.LO has a single paper in eval (it can be a negative but never an anchor).
@@ -166,6 +166,38 @@ def test_graded_pairs_follow_arxiv_structure() -> None:
         assert grade == expected, (categories[a], categories[b])
 
 
+def test_graded_pairs_draw_the_rows_the_explicit_pools_give() -> None:
+    """Grade 0's pool (every row of another archive) is no longer built per pair, which made the loop
+    quadratic; the rows drawn must still be those of drawing from that pool, so outputs stay the same."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    archives = rng.choice(["cs", "math", "stat", "hep-th"], size=300, p=[0.5, 0.3, 0.15, 0.05])
+    labels = [f"{a}.{rng.integers(3)}" for a in archives]
+    papers = pl.DataFrame({"label": labels, "archive": archives, "categories": [[lab] for lab in labels]})
+
+    def reference(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        label, archive = papers["label"].to_list(), papers["archive"].to_list()
+        anchors, grades = rng.integers(papers.height, size=n), rng.integers(4, size=n)
+        partners = np.full(n, -1)
+        for i, (a, grade) in enumerate(zip(anchors, grades)):
+            for g in range(grade, -1, -1):
+                same = np.flatnonzero(np.asarray(label) == label[a]) if g >= 2 else np.flatnonzero(np.asarray(archive) == archive[a])
+                pool = same if g >= 1 else np.flatnonzero(np.asarray(archive) != archive[a])
+                for candidate in rng.choice(pool, size=min(len(pool), 16), replace=False):
+                    actual = 3 if label[candidate] == label[a] else 1 if archive[candidate] == archive[a] else 0
+                    if candidate != a and actual == g:
+                        partners[i], grades[i] = candidate, g
+                        break
+                if partners[i] >= 0:
+                    break
+        keep = partners >= 0
+        return anchors[keep], partners[keep], grades[keep]
+
+    got, expected = graded_partners(papers, 500, np.random.default_rng(9)), reference(500, np.random.default_rng(9))
+    assert all((g == e).all() for g, e in zip(got, expected)) and (expected[2] == 0).sum() > 50
+
+
 def test_counts_given_per_paper_grow_with_the_train_sample(project: Path) -> None:
     """Decimal counts are per paper of the (sampled) train split, integers stay counts, "all" is one per
     paper; the train kinds are drawn from make_triplets.max_train_papers papers only, written beside them."""
@@ -177,3 +209,20 @@ def test_counts_given_per_paper_grow_with_the_train_sample(project: Path) -> Non
     assert frames["eval_triplets"].height == 40
     used = set(frames["train_triplets"]["anchor_id"]) | set(frames["train_triplets"]["negative_id"]) | set(frames["train_title_abstract"]["id"])
     assert used <= set(sample["id"])
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_missing_split_file_or_column_is_one_line_naming_the_stage_to_rerun(project: Path, split: str) -> None:
+    run(project)  # a complete run first: its outputs must survive the failed one
+    before = {f.name: f.read_bytes() for f in (project / "data/triplets").iterdir()}
+    (project / f"data/split/{split}.parquet").unlink()
+    result = run_stage("make_triplets", project)
+    assert (result.returncode, result.stderr) == (
+        1, f"make_triplets: error: data/split/{split}.parquet is missing: run `dvc repro split` first\n")
+
+    split_table(split, "primary_category").drop("archive").write_parquet(project / f"data/split/{split}.parquet")
+    result = run_stage("make_triplets", project)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"make_triplets: error: data/split/{split}.parquet has no column(s) ['archive'] (it has [")
+    assert result.stderr.endswith("]): rerun `dvc repro split`\n")
+    assert {f.name: f.read_bytes() for f in (project / "data/triplets").iterdir()} == before

@@ -72,6 +72,23 @@ def test_cross_field_rules(changes, expected):
         parse_params(raw)
 
 
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        ([""], "download.oai.sets.0: String should have at least 1 character (got '')"),
+        (["cs", "cs, math"], "download.oai.sets.1: String should match pattern"),
+        (["physics:"], "download.oai.sets.0: String should match pattern"),
+        (["cs.AI"], "download.oai.sets.0: String should match pattern"),  # arXiv's set for it is cs:cs:AI
+    ],
+)
+def test_oai_sets_are_set_specs_never_empty(sets, expected):
+    # An empty set spec is no filter: it would harvest every arXiv record in the date window.
+    parse_params(deep_update(committed_params(), {"download": {"oai": {"sets": ["cs", "physics:astro-ph", "cs:cs:AI"]}}}))
+    with pytest.raises(ParamsError, match="params.yaml is invalid") as excinfo:
+        parse_params(deep_update(committed_params(), {"download": {"oai": {"sets": sets}}}))
+    assert expected in str(excinfo.value)
+
+
 def test_missing_file_says_where(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "params.yaml")

@@ -8,6 +8,8 @@ import base64
 import copy
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,45 @@ def test_a_down_server_message_names_it_without_the_credentials(tmp_path: Path) 
                              "configure_tracking; run(configure_tracking, 'finetune')"], cwd=project, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "finetune: error: MLflow tracking server http://127.0.0.1:" in result.stderr
     assert not leaks({"stderr": result.stderr.encode()})
+
+
+def test_a_server_failing_after_its_health_check_is_reported_without_the_credentials(tmp_path: Path) -> None:
+    """MLflow quotes the tracking URI in a failed request's error (a server that answered /health, then went
+    down or timed out): that error, traceback and all, must not carry the password. The credentials still
+    reach the server, as Basic auth."""
+    code = ("import requests\n"
+            "requests.get = lambda *args, **kwargs: None  # /health answered; every API call then fails\n"
+            "from arxiv_embed.errors import run\n"
+            "from arxiv_embed.tracking import configure_tracking\n"
+            "run(configure_tracking, 'finetune')\n")
+
+    def run_against(uri: str) -> subprocess.CompletedProcess:
+        env = {**stage_env(tmp_path), "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+               "PYTHONPATH": str(Path(__file__).parents[1])}
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert not leaks({"stderr": result.stderr.encode()}), result.stderr[-2000:]
+        assert result.returncode != 0, result.stderr[-2000:]
+        return result
+
+    down = with_credentials(f"http://127.0.0.1:{free_port()}")
+    assert redact(down) in run_against(down).stderr  # the failed request, named without its credentials
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_error(500)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    seen: list[str | None] = []
+    server = HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        run_against(with_credentials(f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+    assert seen and seen[0] == f"Basic {SECRETS[2]}"
 
 
 def test_a_run_on_a_server_prints_no_credentials(tmp_path: Path, mlflow_server: str) -> None:  # noqa: F811

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -144,5 +147,24 @@ def test_update_date_field(project: Path) -> None:
 
 
 def test_empty_table_fails_clearly(project: Path) -> None:
-    with pytest.raises(UserError, match="has no papers"):
+    with pytest.raises(UserError, match=r"data/clean/papers.parquet has no rows: check the clean params"):
         run_split(project, papers_table().clear())
+
+
+def run_stage(module: str, root: Path) -> subprocess.CompletedProcess:
+    """`python -m stages.<module>` in `root`, as DVC runs it (through arxiv_embed.errors.run)."""
+    return subprocess.run([sys.executable, "-m", f"stages.{module}"], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_missing_input_or_column_is_one_line_naming_the_stage_to_rerun(project: Path) -> None:
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    result = run_stage("split", project)
+    assert (result.returncode, result.stderr) == (1, "split: error: data/clean/papers.parquet is missing: run `dvc repro clean` first\n")
+
+    (project / "data/clean").mkdir(parents=True)
+    papers_table().drop("first_version_date").write_parquet(project / "data/clean/papers.parquet")  # an older clean's table
+    result = run_stage("split", project)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("split: error: data/clean/papers.parquet has no column(s) ['first_version_date'] (it has [")
+    assert result.stderr.endswith("]): rerun `dvc repro clean`\n") and not (project / "data/split").exists()

@@ -63,7 +63,9 @@ class _OaiClient:
 
     def list_records(self, set_spec: str, from_date: str | None, until_date: str | None) -> Iterator[dict[str, Any]]:
         query = {"verb": "ListRecords", "metadataPrefix": "arXiv", "set": set_spec, "from": from_date, "until": until_date}
-        query = {key: value for key, value in query.items() if value}
+        # Only absent dates are left out: an empty set spec sent as is gets an OAI error, where
+        # leaving it out would harvest the whole repository.
+        query = {key: value for key, value in query.items() if value is not None}
         while True:
             root = self.get(query)
             error = root.find(f"{OAI}error")

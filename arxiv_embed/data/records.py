@@ -1,7 +1,8 @@
 """Reading raw arXiv JSON lines (Kaggle snapshot schema) into typed, normalised polars frames.
 
-Used by the clean stage. The schema is explicit so that an id like `0704.0010` stays a string and
-a field of the wrong type makes its line malformed instead of changing the column's type.
+Used by the clean stage. The schema is explicit so that an id like `0704.0010` stays a string, and
+a record with a field of the wrong type (a number id, a list title, a `versions` that is no list of
+objects) is rejected as `wrong_type` instead of changing the column's type or being cast to text.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ RAW_SCHEMA = {
     "versions": pl.List(pl.Struct({"version": pl.String, "created": pl.String})),
     "update_date": pl.String,
 }
+STRING_FIELDS = [name for name, dtype in RAW_SCHEMA.items() if dtype == pl.String]
+# A string field's key followed by anything but a string or null. read_ndjson would cast such a value
+# to its JSON text (704.001 -> "704.001"), so lines matching this are checked with json.loads (a key
+# inside a string is escaped, \"id\", and cannot match; one in a nested object can: hence the check).
+WRONG_TYPE = r'[{,]\s*"(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]'
 # Every reason a record can be rejected for, in the order the checks run.
-UNUSABLE = ["malformed_json", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
+UNUSABLE = ["malformed_json", "wrong_type", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
 FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]
 REASONS = [*UNUSABLE, *FILTERED, "duplicate_id", "duplicate_text"]
 
 BATCH_BYTES = 32 * 2**20  # ~20k snapshot records a batch: bounds memory whatever the file size
+# The longest line: download refuses longer ones with the same limit (sources.MAX_LINE_BYTES, not
+# imported: download must not depend on clean's code; a test keeps the two equal).
+MAX_LINE_BYTES = 16 * BATCH_BYTES
 SIEVE_LINES, FAN_OUT = 512, 16  # parse a batch in 16 pieces; a failing piece splits again until small enough to sieve
 # arXiv category codes: archive (hep-th, cond-mat) optionally dot subject class (cs.CV, cond-mat.mes-hall).
 CATEGORIES = r"^[A-Za-z][A-Za-z0-9-]*(\.[A-Za-z0-9-]+)?( [A-Za-z][A-Za-z0-9-]*(\.[A-Za-z0-9-]+)?)*$"
@@ -67,8 +76,8 @@ def _line_batches(path: Path, batch_bytes: int) -> Iterator[tuple[int, bytes]]:
                 continue
             data = b"".join(parts)
             cut = data.rfind(b"\n") + 1
-            if not cut and size > 16 * batch_bytes:
-                raise InputError(f"{path}: line {first} is over {size >> 20} MB long; this is not a JSON-lines file")
+            if not cut and size > MAX_LINE_BYTES:
+                raise InputError(f"{path}: line {first} is over {MAX_LINE_BYTES >> 20} MB long; this is not a JSON-lines file")
             if cut:
                 yield first, data[:cut]
                 first += data.count(b"\n", 0, cut)
@@ -104,17 +113,19 @@ def _content(path: Path, block_bytes: int) -> Iterator[bytes]:
 
 
 def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]]:
-    """Parse one batch of lines: (records with their `line` number, rejects of malformed lines).
+    """Parse one batch of lines: (records with their `line` number, rejects: malformed_json and wrong_type).
 
     Blank lines are not records and are skipped. Lines that do not even look like one JSON object
-    (cut off by a broken download, blank) are set aside first, so that the rest still parses in one
-    polars call; a bad line that looks whole sends its batch down the slower path of `_read`.
+    (cut off by a broken download, blank) and lines with a string field of the wrong type are set
+    aside first, so that the rest still parses in one polars call; a bad line that looks whole sends
+    its batch down the slower path of `_read`.
     """
     lines = chunk.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
     odd = [i for i, line in enumerate(lines) if line[:1] != b"{" or line[-1:] != b"}"]
-    if not odd:
+    wrong = _wrong_types(lines)
+    if not odd and not wrong:
         try:
             frame = pl.read_ndjson(chunk, schema=RAW_SCHEMA)
             if frame.height == len(lines):
@@ -122,14 +133,39 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
                 return frame.select(line.alias("line"), *RAW_SCHEMA), []
         except pl.exceptions.PolarsError:
             pass
-    odd_lines = set(odd)
-    regular = [(first_line + i, line) for i, line in enumerate(lines) if i not in odd_lines]
-    suspects = [(first_line + i, lines[i]) for i in odd if lines[i].strip()]
-    frames, bad = _read(regular, trusted=False) if odd else _read_pieces(regular, trusted=False)
+    aside = set(odd) | set(wrong)
+    regular = [(first_line + i, line) for i, line in enumerate(lines) if i not in aside]
+    suspects = [(first_line + i, lines[i]) for i in odd if lines[i].strip() and i not in wrong]
+    frames, bad = _read(regular, trusted=False) if aside else _read_pieces(regular, trusted=False)
     suspect_frames, more_bad = _read(suspects, trusted=False)  # e.g. valid objects with a trailing \r
-    malformed = [{"line": n, "reason": "malformed_json", "id": None, "raw": text(line)} for n, line in sorted(bad + more_bad)]
+    # A line polars refuses is wrong_type if it is a JSON object (a `versions` of the wrong shape).
+    refused = [(n, line, "wrong_type" if _is_object(line) else "malformed_json") for n, line in bad + more_bad]
+    refused += [(first_line + i, lines[i], "wrong_type") for i in wrong]
+    rejects = [{"line": n, "reason": reason, "id": None, "raw": text(line)} for n, line, reason in sorted(refused)]
     records = pl.concat(frames + suspect_frames) if frames or suspect_frames else pl.DataFrame(schema={"line": pl.Int64, **RAW_SCHEMA})
-    return records.sort("line") if suspect_frames else records, malformed
+    return records.sort("line") if suspect_frames else records, rejects
+
+
+def _wrong_types(lines: list[bytes]) -> list[int]:
+    """Indices of the lines that are JSON objects with a number, list, object or boolean in a string field.
+
+    The regex runs in polars over the whole batch (~0.03 s a 32 MB batch, a few seconds over the
+    whole snapshot); json.loads only confirms the few lines it flags.
+    """
+    try:
+        texts = pl.Series(lines, dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.ComputeError:  # invalid UTF-8 in some line (malformed_json anyway): decode lossily
+        texts = pl.Series([line.decode("utf-8", errors="replace") for line in lines], dtype=pl.String)
+    flagged = texts.str.contains(WRONG_TYPE)
+    return [i for i in flagged.arg_true().to_list() if _has_wrong_type(lines[i])]
+
+
+def _has_wrong_type(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:  # not JSON at all: malformed_json, found by the parse
+        return False
+    return isinstance(record, dict) and any(not isinstance(record.get(name), (str, type(None))) for name in STRING_FIELDS)
 
 
 def _read(numbered: list[tuple[int, bytes]], trusted: bool) -> tuple[list[pl.DataFrame], list[tuple[int, bytes]]]:

@@ -35,6 +35,10 @@ GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
 KAGGLE_MEMBER = "arxiv-metadata-oai-snapshot.json"
 JSON_SUFFIXES = (".json", ".jsonl")
 CHUNK = 1 << 20
+# The longest line download and clean accept (a snapshot record is ~2 KB): a longer one is no JSON
+# lines, e.g. a JSON array of the whole snapshot, and must not be read into memory whole. The same
+# as clean's records.MAX_LINE_BYTES (not imported: clean's code is no dependency of download's).
+MAX_LINE_BYTES = 512 * 2**20
 
 
 def open_records(path: Path | str) -> Iterator[bytes]:
@@ -87,9 +91,16 @@ def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
 
 
 def _lines(stream: IO[bytes], label: str) -> Iterator[bytes]:
-    count = 0
+    count = number = 0
     try:
-        for line in stream:
+        while line := stream.readline(MAX_LINE_BYTES + 1):  # bounded: never a whole multi-GB line in memory
+            number += 1
+            if len(line) > MAX_LINE_BYTES:
+                raise DownloadError(
+                    f"{label}: line {number} (after {count} records) is over {MAX_LINE_BYTES >> 20} MB long: this is not "
+                    f"JSON lines (one record a line; a JSON array of records, say). Convert it to JSON lines "
+                    f"(`jq -c '.[]' file.json > file.jsonl`) and set download.path to that"
+                )
             if line.strip():  # blank lines are not records; everything else goes to clean as is
                 count += 1
                 yield line if line.endswith(b"\n") else line + b"\n"

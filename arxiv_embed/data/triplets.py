@@ -82,6 +82,13 @@ GRADED_SCHEMA = {"anchor": pl.String, "positive": pl.String, "anchor_id": pl.Str
                  "score": pl.Float64, "same_label": pl.Int64}
 
 
+DRAWS = 16  # candidates drawn per grade and pair
+
+
+def _draw(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(pool, size=min(len(pool), DRAWS), replace=False)
+
+
 def graded_partners(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n (anchor row, partner row, grade 0-3) with grades drawn evenly; no partner is its anchor."""
     if n == 0 or papers.height < 2:
@@ -90,23 +97,28 @@ def graded_partners(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> t
     by = {key: {k: np.asarray(v) for k, v in rows.group_by(key).agg("row").iter_rows()} for key in ("label", "archive")}
     by_category = {k: np.asarray(v) for k, v in rows.select("row", "categories").explode("categories").group_by("categories").agg("row").iter_rows()}
     label, archive, categories = papers["label"].to_list(), papers["archive"].to_list(), papers["categories"].to_list()
-    archive_codes = papers["archive"].rank("dense").to_numpy()
+    # Grade 0's pool (every row outside the anchor's archive) is never built: an array over the whole
+    # split per pair made this loop quadratic. gaps[arc] (the archive's sorted rows minus their rank)
+    # maps a position in that pool to its row, so drawing positions draws the rows the pool would.
+    gaps = {arc: np.sort(members) - np.arange(len(members)) for arc, members in by["archive"].items()}
     anchors, grades = rng.integers(papers.height, size=n), rng.integers(4, size=n)
     partners = np.full(n, -1, dtype=np.int64)
     meter = Progress("make_triplets: graded pairs", n, "pairs")
     for i, (a, grade) in enumerate(zip(anchors, grades)):
         meter.update()
         for g in range(grade, -1, -1):
-            if g == 3:
-                pool = by["label"][label[a]]
-            elif g == 2:
-                pool = np.concatenate([by_category[c] for c in categories[a]])
-            elif g == 1:
-                pool = by["archive"][archive[a]]
-            else:
-                pool = np.flatnonzero(archive_codes != archive_codes[a])
             # Take a few draws and keep the first that has exactly grade g (cheap even for big pools).
-            for candidate in rng.choice(pool, size=min(len(pool), 16), replace=False):
+            if g == 3:
+                draws = _draw(by["label"][label[a]], rng)
+            elif g == 2:
+                draws = _draw(np.concatenate([by_category[c] for c in categories[a]]), rng)
+            elif g == 1:
+                draws = _draw(by["archive"][archive[a]], rng)
+            else:
+                outside = papers.height - len(gaps[archive[a]])
+                at = rng.choice(outside, size=min(outside, DRAWS), replace=False)  # the rng calls _draw would make
+                draws = at + np.searchsorted(gaps[archive[a]], at, side="right")
+            for candidate in draws:
                 same_label, same_archive = label[candidate] == label[a], archive[candidate] == archive[a]
                 shared = bool(set(categories[candidate]) & set(categories[a]))
                 actual = 3 if same_label else 2 if shared else 1 if same_archive else 0

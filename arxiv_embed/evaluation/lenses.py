@@ -177,16 +177,15 @@ def classification(x: LensInput) -> LensResult:
         curve.append({"train_per_label": per_label, "macro_f1": macro_f1(label_pairs(x.labels, predicted))})
     # The last point trained on every sampled train paper: that classifier is the one reported.
     pairs = label_pairs(x.labels, predicted)
-    names, support = np.unique(x.labels, return_counts=True)
-    rare = set(names[support < x.settings.min_label_support])
-    supported = label_pairs(x.labels, predicted, ignore=rare)
+    supported_names = supported_labels(x.labels, x.settings.min_label_support)
+    supported = label_pairs(x.labels, predicted, ignore=(set(x.labels) | set(predicted)) - supported_names)
     items = {"macro_f1": pairs, "macro_f1_supported": supported, "accuracy": (x.labels == predicted).astype(np.float64)}
     metrics = {
         "accuracy": float(np.mean(items["accuracy"])),
         "macro_f1": macro_f1(pairs),
         "macro_f1_supported": macro_f1(supported),
         "weighted_f1": weighted_f1(x.labels, predicted),
-        "supported_labels": float(len(set(x.labels) - set(rare))),
+        "supported_labels": float(len(supported_names)),
     }
     tables = {"learning_curve": pl.DataFrame(curve), "predictions": pl.DataFrame({"actual": x.labels, "predicted": predicted})}
     return LensResult(metrics, items, tables)
@@ -234,6 +233,13 @@ def embedding_map(x: LensInput) -> LensResult:
 
 
 # --------------------------------------------------------------------------- helpers of the lenses
+
+
+def supported_labels(actual: np.ndarray, min_support: int) -> set[str]:
+    """The labels with at least `min_support` test papers: macro_f1_supported averages over these only (a
+    label predicted but absent from the test papers, e.g. one whose stratified quota was 0, is not one)."""
+    names, support = np.unique(actual, return_counts=True)
+    return set(names[support >= min_support].tolist())
 
 
 def label_pairs(actual: np.ndarray, predicted: np.ndarray, ignore: set[str] = frozenset()) -> np.ndarray:

@@ -10,9 +10,14 @@ from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.schema.base import HttpUrl, IsoDate, NonNegativeInt, PositiveInt, Section
 
 
+# An arXiv OAI-PMH set spec: "cs", "physics:astro-ph", "cs:cs:AI". Never empty: an empty set is no
+# filter at all, so OAI-PMH would harvest the whole repository in the date window.
+SetSpec = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+(:[A-Za-z0-9-]+)*$")]
+
+
 class Oai(Section):
     endpoint: HttpUrl
-    sets: Annotated[list[str], Field(min_length=1)]
+    sets: Annotated[list[SetSpec], Field(min_length=1)]
     from_date: IsoDate | None
     until_date: IsoDate | None
     max_retries: NonNegativeInt

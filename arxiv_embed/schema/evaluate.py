@@ -19,7 +19,6 @@ class Evaluate(Section):
     binary_rescore_multiplier: PositiveInt
     min_label_support: PositiveInt
     map_2d: Literal["pca", "tsne"]
-    backend: Literal["torch", "int8"]
 
 
 class FinetuneMode(Section):
@@ -30,8 +29,17 @@ class FinetuneMode(Section):
     mode: Literal["adapter", "full"]
 
 
+class EmbedBaseBackend(Section):
+    """embed_base.backend alone: mode=full encodes the fine-tuned model with the backend the base model's
+    vectors were encoded with, so base and fine-tuned are scored alike (int8 against fp32 would bias every delta)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+    backend: Literal["torch", "int8"]
+
+
 class EvaluateParams(Section):
     shared: Shared
     model: Model
     evaluate: Evaluate
     finetune: FinetuneMode
+    embed_base: EmbedBaseBackend

@@ -29,6 +29,7 @@ class Adapter(Section):
     retain_distill: Annotated[float, Field(ge=0)]  # weight of squared error to the base embeddings; 0 = off
     ema_decay: Annotated[float, Field(ge=0, lt=1)]  # the adapter saved: moving average of its weights with this decay per step; 0 = the last step's
     query_adapter: bool  # queries (titles, search queries) through an adapter of their own: model.encode_query (a Router)
+    members: PositiveInt  # adapters trained with seeds seed, seed + 1000, ... and merged into one (the mean of their outputs)
 
 
 class Full(Section):

@@ -18,6 +18,10 @@ queries and the title lens after) get an adapter of their own, saved in sentence
 (`model.encode_query` routes through it; `encode` and `encode_document` through the documents' one).
 Search then no longer pins the documents' adapter: the titles' map meets the abstracts where the label
 terms move them.
+
+With finetune.adapter.members > 1, that many adapters train with different seeds and are merged into
+one that outputs their mean (merge_members: for the MLP, one MLP k times as wide), so the saved model has
+the same modules; averaging removes part of each run's seed noise (benchmarks/README.md, "A ninth search").
 """
 
 from __future__ import annotations
@@ -61,6 +65,32 @@ def identity_adapter(dim: int, kind: str, extra_hidden: int, seed: int = 0) -> l
                   init_weight=torch.cat([eye, -eye, extra]), init_bias=torch.zeros(2 * dim + extra_hidden))
     second = Dense(2 * dim + extra_hidden, dim, bias=True, activation_function=None,
                    init_weight=torch.cat([eye, -eye, torch.zeros(dim, extra_hidden)], dim=1), init_bias=torch.zeros(dim))
+    return [first, second]
+
+
+def merge_members(members: list[list[nn.Module]]) -> list[nn.Module]:
+    """One adapter computing the mean of the members' outputs (before normalisation): the members are
+    identity adapters of one kind trained with different seeds. Linear: the mean of their weights. MLP: the
+    first layers' units side by side, the second layers' columns side by side, scaled by 1/k, so the saved
+    model keeps its two Dense modules, only wider (k x the hidden units). Exact, not an approximation."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    if len(members) == 1:
+        return members[0]
+    k = len(members)
+    if len(members[0]) == 1:  # linear: x + Wx + b
+        (weights, biases) = zip(*[(m[0].linear.weight, m[0].linear.bias) for m in members])
+        dim = weights[0].shape[0]
+        return [Dense(dim, dim, bias=True, activation_function=None, use_residual=True,
+                      init_weight=torch.stack(weights).mean(0).detach(), init_bias=torch.stack(biases).mean(0).detach())]
+    firsts, seconds = [m[0].linear for m in members], [m[1].linear for m in members]
+    dim, hidden = firsts[0].in_features, sum(f.out_features for f in firsts)
+    first = Dense(dim, hidden, bias=True, activation_function=torch.nn.ReLU(),
+                  init_weight=torch.cat([f.weight for f in firsts]).detach(), init_bias=torch.cat([f.bias for f in firsts]).detach())
+    second = Dense(hidden, dim, bias=True, activation_function=None,
+                   init_weight=torch.cat([s.weight for s in seconds], dim=1).detach() / k,
+                   init_bias=torch.stack([s.bias for s in seconds]).mean(0).detach())
     return [first, second]
 
 
@@ -196,7 +226,25 @@ def text_columns(frame) -> list[str]:
     return [c for c in frame.columns if frame[c].dtype == pl.String]
 
 
-def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
+MEMBER_SEED_STEP = 1000  # member i trains with seed + 1000 i: runs of nearby seeds (1, 2) share no member
+
+
+def train_members(ft, seed: int, recipe: list, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
+    """finetune.adapter.members adapters (train_adapter with seeds seed, seed + 1000, ...) merged into one
+    (merge_members). The curve is the members' mean loss at each step; steps and seconds are their sums."""
+    k = ft.adapter.members
+    runs = [train_adapter(ft, seed + MEMBER_SEED_STEP * i, recipe, index, cached,
+                          what=f"finetune: adapter steps{f' (member {i + 1} of {k})' if k > 1 else ''}") for i in range(k)]
+    if k == 1:
+        return runs[0]
+    curve = [(points[0][0], float(np.mean([loss for _, loss in points]))) for points in zip(*(run.curve for run in runs))]
+    queries = merge_members([run.query_modules for run in runs]) if runs[0].query_modules is not None else None
+    return AdapterRun(merge_members([run.modules for run in runs]), queries, curve,
+                      sum(run.steps for run in runs), sum(run.train_seconds for run in runs))
+
+
+def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np.ndarray,
+                  what: str = "finetune: adapter steps") -> AdapterRun:
     """Train an identity adapter on the cached base vectors with the recipe's objectives
     (training/recipe.py, losses built on None: each library loss's compute_loss_from_embeddings):
     one epoch walks each main objective (a train_data kind) in batches, label-grouped for `labels`,
@@ -216,6 +264,9 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    for objective in recipe:  # a loss with state of its own (supcon's prototypes) starts afresh in every run
+        if callable(reset := getattr(objective.loss, "reset", None)):
+            reset()
     vectors = torch.as_tensor(cached)
     dim, kind, extra_hidden = vectors.shape[1], ft.adapter.kind, ft.adapter.extra_hidden
     stack = AdapterStack(identity_adapter(dim, kind, extra_hidden, seed))
@@ -249,7 +300,7 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     torch.set_num_threads(1)
     try:
         curve, step, t0 = [], 0, time.monotonic()
-        meter = Progress("finetune: adapter steps", ft.adapter.epochs * sum(len(c[0]) // ft.batch_size for _, c, _ in main), "steps")
+        meter = Progress(what, ft.adapter.epochs * sum(len(c[0]) // ft.batch_size for _, c, _ in main), "steps")
         for _ in range(ft.adapter.epochs):
             for objective, columns, labels in main:
                 grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label,

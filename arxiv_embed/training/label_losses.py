@@ -36,6 +36,11 @@ class SupervisedContrastiveLoss(nn.Module):
         self.model = model
         self.temperature = temperature
         self.prototype_weight = prototype_weight
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every prototype: a training run starts with none (the adapter's members and a benchmark's
+        seeds reuse one recipe, and another run's prototypes live in another run's embedding space)."""
         self.register_buffer("prototypes", torch.zeros(0, 0), persistent=False)
         self.register_buffer("seen", torch.zeros(0, dtype=torch.bool), persistent=False)
 
