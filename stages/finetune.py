@@ -210,15 +210,17 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
         summary = {
             "mode": "adapter", "global_step": result.steps, "epochs": ft.adapter.epochs, "train_samples": samples,
             "cached_texts": len(cached), "vectors_seconds": round(load_seconds, 1), "train_seconds": round(result.train_seconds, 1),
-            # Each step: one batch of the main objective and one of every other objective.
-            "samples_per_second": round(result.steps * ft.batch_size * len(objectives) / result.train_seconds, 3) if result.train_seconds else 0.0,
+            # Each step: one batch of the main objective and one of every other objective, in every member.
+            "samples_per_second": round(result.steps * ft.adapter.members * ft.batch_size * len(objectives) / result.train_seconds, 3)
+            if result.train_seconds else 0.0,
             "wall_time_s": round(time.monotonic() - started, 1), "world_size": 1, "effective_batch_size": ft.batch_size,
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
             **(mined.summary() if mined is not None else {}),
         }
         how = save_outputs(tuned, run_id, summary, result.curve)
     print(f"finetune (adapter {ft.adapter.kind}): {len(cached)} cached texts (nothing encoded; read and mined in {summary['vectors_seconds']} s), "
-          f"{result.steps} adapter steps in {summary['train_seconds']} s, {summary['wall_time_s']} s wall; "
+          f"{result.steps} adapter steps{f' x {ft.adapter.members} members' if ft.adapter.members > 1 else ''} in {summary['train_seconds']} s, "
+          f"{summary['wall_time_s']} s wall; "
           f"model logged to MLflow as {how}", flush=True)
 
 

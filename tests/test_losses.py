@@ -220,11 +220,29 @@ def test_members_merge_into_one_adapter_that_outputs_their_mean(tiny_model, tiny
     assert len(merged.modules) == len(members[0].modules)
     if kind == "mlp":
         assert merged.modules[0].linear.out_features == 3 * (2 * cached.shape[1] + 16)
-    assert merged.steps == 3 * members[0].steps and len(merged.curve) == len(members[0].curve)
+    assert merged.steps == members[0].steps == len(merged.curve)
+    np.testing.assert_allclose([loss for _, loss in merged.curve], np.mean([[loss for _, loss in run.curve] for run in members], axis=0))
     tuned = adapter.attach(tiny_model, merged.modules, merged.query_modules)
     tuned.save(str(tiny_data / "model"))
     texts = frames["labels"]["text"].head(4).to_list()
     np.testing.assert_allclose(SentenceTransformer(str(tiny_data / "model"), device="cpu").encode(texts), tuned.encode(texts), atol=1e-5)
+
+
+def test_a_failing_member_stops_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members train side by side: one member's error (or Ctrl-C) must stop the rest at their next step, not
+    after their whole training, and the error must reach the stage."""
+    stopped: list[bool] = []
+
+    def fake_train_adapter(ft, seed, recipe, index, cached, what="", stop=None):
+        if seed == 42 + adapter.MEMBER_SEED_STEP:
+            raise RuntimeError("member 2 failed")
+        stopped.append(stop.wait(timeout=30))  # a real member checks the event at every step
+        raise KeyboardInterrupt("another adapter member stopped")
+
+    monkeypatch.setattr(adapter, "train_adapter", fake_train_adapter)
+    with pytest.raises(RuntimeError, match="member 2 failed"):
+        adapter.train_members(finetune(adapter={"members": 3}), 42, [], {}, np.zeros((1, 4), dtype=np.float32))
+    assert stopped == [True, True]
 
 
 def test_without_title_abstract_pairs_queries_share_the_documents_adapter(tiny_model, tiny_data: Path) -> None:

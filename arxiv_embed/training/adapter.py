@@ -36,6 +36,8 @@ from arxiv_embed.progress import Progress
 from arxiv_embed.training.losses import RETAIN
 
 if TYPE_CHECKING:
+    import threading
+
     import torch
     from sentence_transformers import SentenceTransformer
     from torch import nn
@@ -231,20 +233,51 @@ MEMBER_SEED_STEP = 1000  # member i trains with seed + 1000 i: runs of nearby se
 
 def train_members(ft, seed: int, recipe: list, index: dict[str, int], cached: np.ndarray) -> AdapterRun:
     """finetune.adapter.members adapters (train_adapter with seeds seed, seed + 1000, ...) merged into one
-    (merge_members). The curve is the members' mean loss at each step; steps and seconds are their sums."""
+    (merge_members), trained side by side on the machine's cores. The curve is the members' mean loss at each
+    step, steps are one member's (each member runs as many), seconds the wall time."""
+    import copy
+    import dataclasses
+    import os
+    import threading
+    import time
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    import torch
+
     k = ft.adapter.members
-    runs = [train_adapter(ft, seed + MEMBER_SEED_STEP * i, recipe, index, cached,
-                          what=f"finetune: adapter steps{f' (member {i + 1} of {k})' if k > 1 else ''}") for i in range(k)]
     if k == 1:
-        return runs[0]
+        return train_adapter(ft, seed, recipe, index, cached)
+    stop = threading.Event()
+
+    def member(i: int) -> AdapterRun:
+        # Its own copy of the losses: supcon's prototypes are state, and the members run at the same time.
+        own = [dataclasses.replace(o, loss=copy.deepcopy(o.loss)) for o in recipe]
+        return train_adapter(ft, seed + MEMBER_SEED_STEP * i, own, index, cached, f"finetune: adapter steps (member {i + 1} of {k})", stop)
+
+    # A step's ops are too small to split across threads (train_adapter), but whole members run side by side:
+    # torch releases the GIL inside its kernels. One thread each, set here, so no member's exit resets it for the others.
+    threads, started = torch.get_num_threads(), time.monotonic()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(k, os.cpu_count() or 1), thread_name_prefix="adapter-member") as pool:
+            futures = [pool.submit(member, i) for i in range(k)]
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                if failed := [future.exception() for future in done if future.exception() is not None]:
+                    raise failed[0]
+                runs = [future.result() for future in futures]
+            except BaseException:  # Ctrl-C/SIGTERM (the main thread) or a member's error: stop the others at their next step
+                stop.set()
+                raise
+    finally:
+        torch.set_num_threads(threads)
     curve = [(points[0][0], float(np.mean([loss for _, loss in points]))) for points in zip(*(run.curve for run in runs))]
     queries = merge_members([run.query_modules for run in runs]) if runs[0].query_modules is not None else None
-    return AdapterRun(merge_members([run.modules for run in runs]), queries, curve,
-                      sum(run.steps for run in runs), sum(run.train_seconds for run in runs))
+    return AdapterRun(merge_members([run.modules for run in runs]), queries, curve, runs[0].steps, time.monotonic() - started)
 
 
 def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np.ndarray,
-                  what: str = "finetune: adapter steps") -> AdapterRun:
+                  what: str = "finetune: adapter steps", stop: threading.Event | None = None) -> AdapterRun:
     """Train an identity adapter on the cached base vectors with the recipe's objectives
     (training/recipe.py, losses built on None: each library loss's compute_loss_from_embeddings):
     one epoch walks each main objective (a train_data kind) in batches, label-grouped for `labels`,
@@ -308,6 +341,8 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
                 plain = Batches(None, ft.batch_size, rng)
                 others = [(o, cols, plain.cycle(len(cols[0]))) for o, cols, _ in extra]
                 for rows in grouped.epoch(len(columns[0])):
+                    if stop is not None and stop.is_set():
+                        raise KeyboardInterrupt("another adapter member stopped")
                     rows = torch.as_tensor(rows)
                     embeddings = embed(objective, columns, rows)
                     loss = objective.weight * objective.loss.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
