@@ -31,6 +31,9 @@ from arxiv_embed.processes import process_alive
 if TYPE_CHECKING:
     import polars as pl
 
+# The longest line a JSON-lines input may have, for download and clean alike (a snapshot record is ~2 KB): a
+# longer one is no JSON lines (a JSON array of the whole snapshot, say) and must not be read into memory whole.
+MAX_LINE_BYTES = 512 * 2**20
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^.]+$")
 
 
@@ -127,23 +130,35 @@ def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_table(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str) -> pl.DataFrame:
-    """The named columns of a parquet file a stage wrote, refusing a missing file or column, an
-    empty table and null or blank values (InputError), each with the stage to rerun."""
+def require_columns(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str) -> None:
+    """Refuse a missing parquet file, or one without the named columns (InputError naming the stage to
+    rerun), reading only its schema: for a file read lazily after."""
     import polars as pl
 
-    path, columns = Path(path), list(columns)
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path} is missing: run `dvc repro {produced_by}` first")
     schema = pl.read_parquet_schema(path)
     if missing := [name for name in columns if name not in schema]:
         raise InputError(f"{path} has no column(s) {missing} (it has {list(schema)}): rerun `dvc repro {produced_by}`")
+
+
+def read_table(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str,
+               nullable: tuple[str, ...] = ()) -> pl.DataFrame:
+    """The named columns of a parquet file a stage wrote, refusing a missing file or column, an
+    empty table and null or blank values (InputError), each with the stage to rerun; the `nullable`
+    columns may hold nulls (dates a record lacks)."""
+    import polars as pl
+
+    path, columns = Path(path), list(columns)
+    require_columns(path, columns, produced_by)
     table = pl.read_parquet(path, columns=columns)
     if table.is_empty():
         raise InputError(f"{path} has no rows: check the {produced_by} params")
-    texts = [name for name in columns if table.schema[name] == pl.String]
+    checked = [name for name in columns if name not in nullable]
+    texts = [name for name in checked if table.schema[name] == pl.String]
     blank = pl.any_horizontal(pl.col(name).is_null() | (pl.col(name).str.strip_chars() == "") if name in texts
-                              else pl.col(name).is_null() for name in columns)
+                              else pl.col(name).is_null() for name in checked)
     if bad := table.select(blank.sum()).item():
         raise InputError(f"{path}: {bad} of {table.height} rows have a null or empty value: rerun `dvc repro {produced_by}`")
     return table

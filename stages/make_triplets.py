@@ -15,10 +15,10 @@ import polars as pl
 from arxiv_embed import paths
 from arxiv_embed.data.sampling import stratified_sample
 from arxiv_embed.data.triplets import build, resolve_count
-from arxiv_embed.files import atomic_path, read_table, write_json
+from arxiv_embed.files import atomic_path, read_table, require_columns, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.make_triplets import MakeTripletsParams
-from arxiv_embed.errors import InputError, run
+from arxiv_embed.errors import run
 
 SPLIT_SEED = {split: i for i, split in enumerate(paths.SPLITS)}
 
@@ -33,10 +33,8 @@ def main() -> None:
             columns = ["id", "title", "abstract", "label", "archive", "primary_category", "categories"]
             source = paths.split_file(split)
             if split == "train":  # the sample is drawn on ids and labels: 1.9M train abstracts are never all in memory
+                require_columns(source, columns, "split")  # the other columns are read lazily, for the sample only
                 keys = read_table(source, ["id", "label"], "split")
-                schema = pl.read_parquet_schema(source)  # the other columns are read for the sample only
-                if missing := [name for name in columns if name not in schema]:
-                    raise InputError(f"{source} has no column(s) {missing} (it has {list(schema)}): rerun `dvc repro split`")
                 split_papers = keys.height
                 sample = stratified_sample(keys, cfg.max_train_papers, params.shared.seed).select("id")
                 papers = pl.scan_parquet(source).select(columns).join(sample.lazy(), on="id", how="semi", maintain_order="left").collect()

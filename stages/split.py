@@ -14,20 +14,16 @@ from arxiv_embed.files import atomic_path, read_table, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.data.splitting import DATE_COLUMNS, OTHER, assign_splits, stable_order
 from arxiv_embed.schema.split import SplitParams
-from arxiv_embed.errors import InputError, UserError, run
+from arxiv_embed.errors import UserError, run
 
 def main() -> None:
     params = load(SplitParams)
     cfg, label = params.split, params.shared.label
     primary = DATE_COLUMNS[cfg.time_field]
     fallback = next(column for column in DATE_COLUMNS.values() if column != primary)
-    # A missing file, column or paper is one line naming the stage to rerun (read_table). The dates
-    # may be null, which read_table refuses: only their presence is checked.
-    keys = read_table(paths.PAPERS, ["id", label], "clean").select("id", label=label)
-    schema = pl.read_parquet_schema(paths.PAPERS)
-    if missing := [name for name in (primary, fallback) if name not in schema]:
-        raise InputError(f"{paths.PAPERS} has no column(s) {missing} (it has {list(schema)}): rerun `dvc repro clean`")
-    keys = keys.hstack(pl.read_parquet(paths.PAPERS, columns=[primary, fallback]))
+    # A missing file, column or paper is one line naming the stage to rerun (read_table); a date may be null.
+    keys = read_table(paths.PAPERS, ["id", label, primary, fallback], "clean", nullable=(primary, fallback))
+    keys = keys.select("id", pl.col(label).alias("label"), primary, fallback)
     papers = pl.scan_parquet(paths.PAPERS)
     keys = keys.with_columns(stable_order(keys["id"], params.shared.seed), date=pl.coalesce(primary, fallback))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 from arxiv_embed.errors import InputError
+from arxiv_embed.files import MAX_LINE_BYTES
 
 RAW_SCHEMA = {
     "id": pl.String,
@@ -37,9 +38,6 @@ FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]
 REASONS = [*UNUSABLE, *FILTERED, "duplicate_id", "duplicate_text"]
 
 BATCH_BYTES = 32 * 2**20  # ~20k snapshot records a batch: bounds memory whatever the file size
-# The longest line: download refuses longer ones with the same limit (sources.MAX_LINE_BYTES, not
-# imported: download must not depend on clean's code; a test keeps the two equal).
-MAX_LINE_BYTES = 16 * BATCH_BYTES
 SIEVE_LINES, FAN_OUT = 512, 16  # parse a batch in 16 pieces; a failing piece splits again until small enough to sieve
 # arXiv category codes: archive (hep-th, cond-mat) optionally dot subject class (cs.CV, cond-mat.mes-hall).
 CATEGORIES = r"^[A-Za-z][A-Za-z0-9-]*(\.[A-Za-z0-9-]+)?( [A-Za-z][A-Za-z0-9-]*(\.[A-Za-z0-9-]+)?)*$"

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url
+from arxiv_embed.files import MAX_LINE_BYTES
 from arxiv_embed.data.oai import harvest_oai, json_line
 
 if TYPE_CHECKING:
@@ -35,10 +36,6 @@ GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
 KAGGLE_MEMBER = "arxiv-metadata-oai-snapshot.json"
 JSON_SUFFIXES = (".json", ".jsonl")
 CHUNK = 1 << 20
-# The longest line download and clean accept (a snapshot record is ~2 KB): a longer one is no JSON
-# lines, e.g. a JSON array of the whole snapshot, and must not be read into memory whole. The same
-# as clean's records.MAX_LINE_BYTES (not imported: clean's code is no dependency of download's).
-MAX_LINE_BYTES = 512 * 2**20
 
 
 def open_records(path: Path | str) -> Iterator[bytes]:
