@@ -163,6 +163,10 @@ VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {
 })
 # A ninth search, over the default: k adapters of different seeds merged into one that outputs their mean.
 VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {f"members{k}": {"adapter": {"members": k}} for k in (2, 3)})
+# A tenth search, over the default (two members): the distillation weight, untested since titles have an adapter of their own.
+VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5-members2", {
+    **{f"distill{w}": {"adapter": {"retain_distill": float(w)}} for w in (1, 2, 3, 4, 8)},
+    **{f"distill3-retain{r}": {"adapter": {"retain_distill": 3.0}, "retain_title_abstract": float(r)} for r in (20, 24)}})
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 

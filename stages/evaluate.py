@@ -53,6 +53,15 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> tupl
                        params.evaluate.batch_size, what="evaluate"), None
 
 
+def finetune_run_id() -> str | None:
+    """The MLflow run of the model scored (models/finetuned/mlflow_run.json): push checks that the evaluation it
+    gates on is this model's (a push run alone, after a new finetune, would otherwise gate on the old numbers)."""
+    from arxiv_embed.tracking import RUN_INFO
+
+    run_info = paths.FINETUNED / RUN_INFO
+    return read_json(run_info).get("run_id") if run_info.exists() else None
+
+
 def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summary: dict[str, int], note: str = "") -> None:
     """metrics/evaluate.json and .md, and every lens's declared plots (lenses.PLOTS): CSVs and PNGs."""
     write_json(paths.EVALUATE_REPORT, report)
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     # 3. Base vs fine-tuned on the same items, with paired intervals; then MLflow.
     base = ModelEval.load(paths.eval_dir("base"))
     report = compare(base, result, params.shared.seed)
-    write_report_files(base, result, report, data.summary(), data.describe_sample())
+    write_report_files(base, result, {**report, "finetune_run_id": finetune_run_id()}, data.summary(), data.describe_sample())
     write_json(paths.HEADLINE, headline(report, paths.FINETUNED))
     print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
     log_to_mlflow(report)

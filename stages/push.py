@@ -19,11 +19,22 @@ from arxiv_embed.errors import UserError, run
 from arxiv_embed.evaluation.headline import METRICS as HEADLINE
 
 EVALUATE = metrics_file("evaluate")
+UNTRACKED = {"download": {"timeout_s": True, "oai": {"max_retries", "request_interval_s"}}}  # not in push's dvc.yaml params
 RELEASE_TAG = "release_sha256"  # on each registry version: which release it is (see release_hash)
 
 
 class PushError(UserError):
     """The stage refuses to push; the message says why and what to change."""
+
+
+def check_evaluated_model(evaluation: dict, run_id: str) -> None:
+    """The gate reads an evaluation of THIS model: `dvc repro` keeps them in step, but a push run alone
+    (`dvc repro -s push`, `python -m stages.push`) after a new finetune would gate on the old model's numbers."""
+    scored = evaluation.get("finetune_run_id")
+    if scored != run_id:
+        what = f"scores the model of MLflow run {scored}" if scored else "does not say which model it scores (an older version wrote it)"
+        raise PushError(f"{EVALUATE} {what}, but {FINETUNED} is run {run_id}: run `dvc repro push` (it re-evaluates "
+                        "this model first); the fine-tuned model is not pushed")
 
 
 def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
@@ -164,9 +175,12 @@ def main() -> None:
     params = load(PushParams)
     cfg = params.push
     evaluation = read_json(EVALUATE)
+    if not (FINETUNED / RUN_INFO).exists():
+        raise PushError(f"{FINETUNED / RUN_INFO} is missing: run `dvc repro push` (finetune writes it with the model)")
+    run_info = read_json(FINETUNED / RUN_INFO)
+    check_evaluated_model(evaluation, run_info["run_id"])
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)
-    run_info = read_json(FINETUNED / RUN_INFO)
     facts = gather_facts(params, evaluation, gate, run_info)
 
     release = RELEASE
@@ -184,7 +198,8 @@ def main() -> None:
             "mlflow_run": run_info,
             "gate": gate,
             "evaluation": evaluation,
-            "params": {**params.model_dump(), "finetune": params.finetune.read_by_mode()},
+            # The knobs this stage tracks (dvc.yaml): how patiently download fetched is not what the model is.
+            "params": {**params.model_dump(exclude=UNTRACKED), "finetune": params.finetune.read_by_mode()},
         })
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
 

@@ -172,6 +172,9 @@ def test_supported_macro_f1_averages_over_supported_test_labels_only():
     assert result.metrics["supported_labels"] == 2  # a and b; c has 3 test papers
     expected = f1_score(test["label"].to_numpy(), predicted, labels=["a", "b"], average="macro")
     assert result.metrics["macro_f1_supported"] == pytest.approx(expected)
+    # A support no label reaches would score both models 0 (a gate that cannot fail): refused, naming the knob.
+    with pytest.raises(UserError, match=r"evaluate.min_label_support=13, but no label has that many test papers \(the most: 12\)"):
+        LENSES["classification"](lens_input(test, vectors, train, min_label_support=13, learning_curve_sizes=[]))
 
 
 def test_clustering_finds_separated_groups():
@@ -337,7 +340,8 @@ def test_evaluate_vectors_runs_every_lens_on_one_lookup_table(base_model, real_p
     texts = data.texts()
     assert len(texts) == len(set(texts)) == 2 * test.height + train.height
     vectors = TextVectors(texts, encode(base_model, texts, 32, progress=False))
-    result = ev.evaluate_vectors(vectors, data, params_with({"evaluate": {"learning_curve_sizes": [1, 2]}}).evaluate, seed=0)
+    result = ev.evaluate_vectors(vectors, data, params_with({"evaluate": {"learning_curve_sizes": [1, 2], "min_label_support": 5}}).evaluate,
+                                 seed=0)
     assert result.tables["learning_curve"]["train_per_label"].to_list() == [1, 2, 3]
     assert {"accuracy", "accuracy_random", "accuracy_hard"} == result.metrics["triplet"].keys()
     assert result.tables["predictions"].height == result.tables["map_2d"].height == test.height

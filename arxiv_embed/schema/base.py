@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from arxiv_embed.errors import UserError
 
@@ -25,10 +25,20 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
 # `dvc exp run -S download.oai.from_date=2026-10-01` writes an unquoted YAML date: accept it as text.
+def _calendar_date(value: str) -> str:
+    """YYYY-MM-DD that names a real day (2026-02-30 does not): OAI-PMH servers answer a bad date with an error."""
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date of the calendar (YYYY-MM-DD)") from None
+    return value
+
+
 IsoDate = Annotated[
     str,
     BeforeValidator(lambda value: value.isoformat() if isinstance(value, date) else value),
     Field(pattern=r"^\d{4}-\d{2}-\d{2}$"),
+    AfterValidator(_calendar_date),
 ]
 
 

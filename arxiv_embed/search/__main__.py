@@ -45,6 +45,14 @@ def print_results(result: dict) -> None:
           f"latency: encode {latency['encode']} ms + search {latency['search']} ms")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a count of 1 or more (a batch size or multiplier of 0 or less would answer nothing)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m arxiv_embed.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--papers", type=Path, required=True, help="papers parquet or JSON lines (.gz ok)")
     build.add_argument("--precision", choices=["binary", "float32"], default="binary",
                        help="binary: 1-bit FAISS index + float rescoring (default); float32: exact search")
-    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--batch-size", type=positive_int, default=64)
     build.add_argument("--processes", type=int, help="encoding processes (default: one per GPU when there are several, else 1)")
     query = commands.add_parser("query", help="top-k papers for a free-text query")
     query.add_argument("text")
@@ -70,10 +78,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--backend", choices=["torch", "int8"], default="torch" if sub is build else None,
                          help="int8: dynamic int8 Linear layers on CPU, ~1.5x faster encoding, NDCG@10 within 1%% "
                               "(query/serve default: int8 without a GPU, else torch)")
-    build.add_argument("--rescore-multiplier", type=int, default=RESCORE_MULTIPLIER,
+    build.add_argument("--rescore-multiplier", type=positive_int, default=RESCORE_MULTIPLIER,
                        help="binary: float-rescore k*this RaBitQ candidates, stored with the index (default %(default)s)")
     for sub in (query, serve):
-        sub.add_argument("--rescore-multiplier", type=int,
+        sub.add_argument("--rescore-multiplier", type=positive_int,
                          help="binary: float-rescore k*this RaBitQ candidates (default: the one stored with the index)")
     return parser
 
@@ -112,7 +120,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
     model = load_model(model_ref, backend=args.backend)
     try:
         report = build_index(papers, model, model_ref, args.index, args.precision, args.batch_size, args.processes,
-                             args.rescore_multiplier)
+                             args.rescore_multiplier, args.backend)
     except KeyboardInterrupt:
         # One line, not torch's traceback: what is kept and how to go on.
         print(f"\nsearch: interrupted; the encoded chunks are saved in {encoding_dir(args.index)} and the old index is "

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from arxiv_embed.files import atomic_path
+from arxiv_embed.files import atomic_path, recover
 from arxiv_embed.models import resolve_model
 from arxiv_embed.search import engine
 from arxiv_embed.embeddings import encode_into
@@ -259,19 +259,25 @@ def _empty_papers() -> pl.DataFrame:
 
 
 def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
-                batch_size: int = 64, processes: int | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER) -> BuildReport:
-    """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed."""
+                batch_size: int = 64, processes: int | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER,
+                backend: str = "torch") -> BuildReport:
+    """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed.
+    backend: the one `model` was loaded with; an interrupted build resumes only chunks of the same model and backend."""
     start = time.perf_counter()
     path = Path(path)
     identity = model_identity(model_ref)
     old_papers, old_embeddings = _empty_papers(), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    recover(path)  # a build killed between its two renames left the previous index aside: put it back before reading it
     if (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         old.check_model(identity, model_ref)
         old_papers, old_embeddings = pl.from_arrow(old.papers), old.embeddings
     unchanged = papers.join(old_papers.select("id", "text_sha256"), on=["id", "text_sha256"], how="semi")
     todo = papers.join(unchanged.select("id"), on="id", how="anti")
-    kept = old_papers.with_row_index("row").join(todo.select("id"), on="id", how="anti")
+    # Kept rows stay in the old index's order (row i = stored vector i), with the new file's metadata where it has the
+    # paper: a title, author list or cross-listed category can change while the abstract (all that is encoded) does not.
+    kept = (old_papers.with_row_index("row").join(todo.select("id"), on="id", how="anti", maintain_order="left")
+            .update(unchanged.select(_empty_papers().columns), on="id", include_nulls=True))
     texts = todo["abstract"].to_list()
     work_dir = encoding_dir(path)
     all_papers = pl.concat([kept.select(_empty_papers().columns), todo.select(_empty_papers().columns)], how="vertical_relaxed")
@@ -286,7 +292,8 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
             block = kept_rows[first:first + 65536]
             embeddings[first:first + len(block)] = old_embeddings[block]
         new_embeddings = embeddings[kept.height:]
-        resumed = encode_into(model, texts, new_embeddings, work_dir, identity, batch_size, processes=processes, what="search")
+        resumed = encode_into(model, texts, new_embeddings, work_dir, f"{identity}|{backend}", batch_size, processes=processes,
+                              what="search")
         embeddings.flush()
         index, trained_rows = _appendable_index(path, kept, len(old_embeddings), precision, len(embeddings)), len(embeddings)
         if index is not None:  # only papers were added: the trained index takes the new codes, nothing is rebuilt
@@ -306,7 +313,8 @@ def _appendable_index(path: Path, kept: pl.DataFrame, old_count: int, precision:
     suits the new size; None: build a new one."""
     import faiss
 
-    if not old_count or kept.height != old_count or not (path / "index.faiss").exists():
+    # Every old row kept, in place: the trained index's row i is still paper i.
+    if not old_count or kept.height != old_count or not (path / "index.faiss").exists() or not kept["row"].equals(pl.Series(range(old_count))):
         return None
     meta = _read_meta(path)
     if meta.get("format") != FORMAT or meta["precision"] != precision or new_count > RETRAIN_GROWTH * meta.get("trained_rows", old_count):

@@ -65,7 +65,7 @@ def read_papers(path: Path) -> pl.DataFrame:
     authors = pl.col("authors") if "authors" in frame.columns else pl.lit(None, dtype=pl.String)
     frame = frame.select(
         pl.col("id").cast(pl.String).str.strip_chars(),
-        pl.col("title").str.replace_all(r"\s+", " ").str.strip_chars(),
+        pl.col("title").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null(""),  # untitled: found by its abstract
         authors.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null("").alias("authors"),
         categories.cast(pl.List(pl.String)).alias("categories"),
         pl.coalesce(dated.cast(pl.Int32), from_id).cast(pl.Int16).alias("year"),

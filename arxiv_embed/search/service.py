@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import unicodedata
@@ -24,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from arxiv_embed.files import recover
 from arxiv_embed.models import ModelNotFoundError
 from arxiv_embed.search.index import Hit, SearchIndex, model_identity
 from arxiv_embed.search.papers import SearchError, UnknownPaperError
@@ -33,8 +35,12 @@ MAX_QUERY_CHARS = 2000
 STATIC = Path(__file__).parent / "static"
 
 
-class NoIndexError(SearchError):
-    """No index is loaded (HTTP 503): the message says how to build one."""
+class IndexUnavailableError(SearchError):
+    """The server has no index it can serve (HTTP 503, a server-side state, not the request's fault): the message says why and what to do."""
+
+
+class NoIndexError(IndexUnavailableError):
+    """No index is there yet (HTTP 503): the message says how to build one."""
 
 
 def validate_query(query: str, k: int) -> str:
@@ -59,11 +65,23 @@ def validate_k(k: int) -> None:
 
 @dataclass
 class _QueryVector:
-    """A query waiting for its vector (Searcher._encode_query)."""
+    """A query waiting for its vector (Searcher._encode_query), from the model of the index it will search."""
 
     query: str
+    model: object
     vector: np.ndarray | None = None
     error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An index and the model it was built with, swapped in together: a query is encoded by the model of the
+    index it searches, even while a rebuilt index is being loaded."""
+
+    index: SearchIndex
+    model: object
+    model_ref: str
+    identity: str
 
 
 class Searcher:
@@ -72,7 +90,9 @@ class Searcher:
     Safe to share between server threads: one encoding runs at a time (one model, and torch already
     uses every core for one batch), and queries that arrive meanwhile are encoded together in the next
     batch (a batch of a few short queries costs little more than one); FAISS searches and memory-mapped
-    reads run concurrently.
+    reads run concurrently. A rebuilt folder this server cannot load (another model's index, an old
+    format, a missing model) does not take it down: it keeps serving the index it has, says why on
+    /health, and tries again only when the folder changes.
     """
 
     def __init__(self, index: Path | str, model_ref: str | None = None, rescore_multiplier: int | None = None, backend: str = "torch",
@@ -81,11 +101,21 @@ class Searcher:
         # A server builds the category filters when it loads an index (~3 s at 2.7M papers), not in the first request.
         self.warm_filters = warm_filters
         self.rescore_multiplier = rescore_multiplier  # None: the one the index was built with
-        self.index: SearchIndex | None = None
-        self.model = self.model_ref = self._identity = self._stamp = None
+        self.loaded: Loaded | None = None
+        self.failure: str | None = None  # why the folder's current index could not be loaded (None: it was, or there is none)
+        self._stamp = None
         self._encode_lock, self._load_lock, self._pending_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self._pending: list[_QueryVector] = []
-        self.refresh()
+        with self._load_lock:  # at start an index that cannot be served is an error: the command fails with its reason
+            self._load(self._current_stamp())
+
+    @property
+    def index(self) -> SearchIndex | None:
+        return self.loaded.index if self.loaded else None
+
+    @property
+    def model_ref(self) -> str | None:
+        return self.loaded.model_ref if self.loaded else None
 
     def _current_stamp(self) -> tuple[int, int] | None:
         try:
@@ -94,25 +124,36 @@ class Searcher:
             return None
         return stat.st_ino, stat.st_mtime_ns
 
-    def refresh(self) -> SearchIndex | None:
+    def refresh(self) -> Loaded | None:
         """Load the index if its folder changed since (an atomic rebuild swaps the folder and index.json)."""
         stamp = self._current_stamp()
         if stamp == self._stamp:
-            return self.index
+            return self.loaded
         with self._load_lock:
             if stamp != self._stamp:
-                self._load(stamp)
-        return self.index
+                try:
+                    self._load(stamp)
+                except Exception as error:  # noqa: BLE001 (whatever broke the new folder, the old index still serves)
+                    self._stamp, self.failure = stamp, str(error) or type(error).__name__
+                    kept = f"; still serving the index loaded before ({self.loaded.index.count} papers)" if self.loaded else ""
+                    print(f"search: {self.path} changed, but cannot be served: {self.failure}{kept}", file=sys.stderr, flush=True)
+        return self.loaded
 
     def _load(self, stamp) -> None:
         from arxiv_embed.models import encode, load_model
 
         if stamp is None:
-            self.index, self._stamp = None, None
-            return
+            recover(self.path)  # a rebuild killed between its two renames left the previous folder aside: put it back
+            stamp = self._current_stamp()
+            if stamp is None:
+                self.loaded, self._stamp, self.failure = None, None, None
+                return
         index = SearchIndex.load(self.path)
         model_ref = self.requested_model or index.meta["model"]
-        if self.model is None or model_ref != self.model_ref or index.meta["model_sha256"] != self._identity:
+        previous = self.loaded
+        if previous is not None and model_ref == previous.model_ref and index.meta["model_sha256"] == previous.identity:
+            model, identity = previous.model, previous.identity
+        else:
             try:
                 identity = model_identity(model_ref)
             except ModelNotFoundError:
@@ -122,28 +163,30 @@ class Searcher:
                                   f"{index.meta['model_sha256'][:12]}), which is not there: pass --model PATH to it "
                                   "(any copy with the same weights)") from None
             index.check_model(identity, model_ref)
-            self.model = load_model(model_ref, backend=self.backend)
-            encode(self.model, ["warm-up"], progress=False, queries=True)  # the first query does not pay torch's start-up
-            self.model_ref, self._identity = model_ref, identity
+            model = load_model(model_ref, backend=self.backend)
+            encode(model, ["warm-up"], progress=False, queries=True)  # the first query does not pay torch's start-up
         if self.warm_filters:
             index.categories()
-        self.index, self._stamp = index, stamp
+        self.loaded, self._stamp, self.failure = Loaded(index, model, model_ref, identity), stamp, None
 
     def build_command(self) -> str:
         return f"python -m arxiv_embed.search build --papers data/split/test.parquet --model models/release --index {self.path}"
 
-    def require(self) -> SearchIndex:
-        index = self.refresh()
-        if index is None:
-            raise NoIndexError(f"no search index is loaded: {self.path} holds none. Build it with `{self.build_command()}`; "
-                               "the server loads it as soon as the build finishes")
-        return index
+    def require(self) -> Loaded:
+        loaded = self.refresh()
+        if loaded is not None:
+            return loaded
+        if self.failure is not None:
+            raise IndexUnavailableError(f"the index at {self.path} cannot be served: {self.failure}")
+        raise NoIndexError(f"no search index is loaded: {self.path} holds none. Build it with `{self.build_command()}`; "
+                           "the server loads it as soon as the build finishes")
 
     def search(self, query: str, k: int = 10, category: str | None = None) -> dict:
         query = validate_query(query, k)
-        index = self.require()
+        loaded = self.require()
+        index = loaded.index
         start = time.perf_counter()
-        vector = self._encode_query(query)
+        vector = self._encode_query(query, loaded.model)
         encoded = time.perf_counter()
         hits = index.search(vector, k, category or None, self.rescore_multiplier)
         done = time.perf_counter()
@@ -151,33 +194,36 @@ class Searcher:
                 "index": index.sizes(), "results": [asdict(hit) for hit in hits],
                 "latency_ms": {"encode": round((encoded - start) * 1e3, 2), "search": round((done - encoded) * 1e3, 2)}}
 
-    def _encode_query(self, query: str) -> np.ndarray:
+    def _encode_query(self, query: str, model) -> np.ndarray:
         """The query's vector; while another batch is encoding, queries queue up and the first of them to
         get the model encodes every one waiting, so at concurrency N a query waits for about one batch, not N-1."""
         from arxiv_embed.models import encode
 
-        slot = _QueryVector(query)
+        slot = _QueryVector(query, model)
         with self._pending_lock:
             self._pending.append(slot)
         with self._encode_lock:
             if slot.vector is None and slot.error is None:
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
-                try:
-                    vectors = encode(self.model, [waiting.query for waiting in batch], batch_size=len(batch), progress=False, queries=True)
-                except Exception as error:
-                    for waiting in batch:
-                        waiting.error = error
-                else:
-                    for waiting, vector in zip(batch, vectors):
-                        waiting.vector = vector
+                # One batch per model: right after a reload, queries of the old index still need the old model.
+                for same in {id(waiting.model): [w for w in batch if w.model is waiting.model] for waiting in batch}.values():
+                    try:
+                        vectors = encode(same[0].model, [waiting.query for waiting in same], batch_size=len(same), progress=False,
+                                         queries=True)
+                    except Exception as error:
+                        for waiting in same:
+                            waiting.error = error
+                    else:
+                        for waiting, vector in zip(same, vectors):
+                            waiting.vector = vector
         if slot.error is not None:
             raise slot.error
         return slot.vector
 
     def similar(self, paper_id: str, k: int = 10, category: str | None = None) -> dict:
         validate_k(k)
-        index = self.require()
+        index = self.require().index
         paper, hits = index.similar(paper_id, k, category or None, self.rescore_multiplier)
         return {"paper": asdict(paper), "k": k, "category": index.category_name(category), "results": [asdict(hit) for hit in hits]}
 
@@ -205,7 +251,7 @@ class ErrorOut(BaseModel):
 
 ERRORS = {400: {"model": ErrorOut, "description": "bad query, k or category"},
           422: {"model": ErrorOut, "description": "a parameter of the wrong type"},
-          503: {"model": ErrorOut, "description": "no index loaded"}}
+          503: {"model": ErrorOut, "description": "no index it can serve: none built yet, or one this server cannot load"}}
 
 
 def create_app(searcher: Searcher) -> FastAPI:
@@ -232,7 +278,7 @@ def create_app(searcher: Searcher) -> FastAPI:
 
     @app.exception_handler(SearchError)
     async def search_error(request: Request, exc: SearchError) -> JSONResponse:
-        status = 404 if isinstance(exc, UnknownPaperError) else 503 if isinstance(exc, NoIndexError) else 400
+        status = 404 if isinstance(exc, UnknownPaperError) else 503 if isinstance(exc, IndexUnavailableError) else 400
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -248,14 +294,20 @@ def create_app(searcher: Searcher) -> FastAPI:
     def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    @app.get("/health", responses={503: {"description": "no index loaded yet: not ready"}})
+    @app.get("/health", responses={503: {"description": "no index it can serve: not ready"}})
     def health():
         try:
-            index = searcher.require()
+            loaded = searcher.require()
         except NoIndexError:
             return JSONResponse({"status": "no index", "message": f"{searcher.path} holds no search index yet.",
                                  "build_command": searcher.build_command()}, status_code=503)
-        return {"status": "ok", "model": searcher.model_ref, "precision": index.meta["precision"], **index.sizes()}
+        except IndexUnavailableError as error:
+            return JSONResponse({"status": "unavailable", "message": str(error)}, status_code=503)
+        index = loaded.index
+        body = {"status": "ok", "model": loaded.model_ref, "precision": index.meta["precision"], **index.sizes()}
+        if searcher.failure:  # ready, but not with the folder's current index
+            body["warning"] = f"{searcher.path} changed to an index this server cannot load ({searcher.failure}); serving the previous one"
+        return body
 
     @app.get("/search", response_model=SearchOut, responses=ERRORS)
     def search(q: str = Query(..., description=f"free text, 1 to {MAX_QUERY_CHARS} characters"),
@@ -270,7 +322,7 @@ def create_app(searcher: Searcher) -> FastAPI:
 
     @app.get("/categories", responses=ERRORS)
     def categories() -> dict:
-        return {"categories": searcher.require().categories()}
+        return {"categories": searcher.require().index.categories()}
 
     return app
 
