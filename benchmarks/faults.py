@@ -1,6 +1,7 @@
-"""faults: bounded fault injection on the tiny DAG (the tests' TINY_PARAMS, 2007 sample).
+"""faults: bounded fault injection on the tiny DAG (the tests' TINY_PARAMS: the embedded sample's first 1,000 records).
 
-One uninterrupted `dvc repro` is the reference. Each fault runs in a copy of it: the stage is run
+One uninterrupted `dvc repro` is the reference (one per finetune.mode the faults need: checkpoints, and so the
+checkpoint faults, exist in mode full only). Each fault runs in a copy of it: the stage is run
 again (`dvc repro -f -s <stage>`), killed at a named point, then rerun the same way. A row says
 whether the rerun recovered (exit 0, `dvc status` clean), whether the outputs equal the
 uninterrupted run's (bytes; run-specific fields such as wall time set aside), and what was left
@@ -13,6 +14,7 @@ behind (temporary folders, checkpoint folders, RUNNING MLflow runs, live process
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arxiv_embed.files import process_alive
-from tests.harness import dvc, make_project, stage_env
+from tests.harness import deep_update, dvc, make_project, stage_env
 from benchmarks.common import Report, load_note
 from tests.conftest import TINY_PARAMS
 
@@ -46,6 +48,7 @@ class Fault:
     signal: int = signal.SIGKILL
     dvc_only: bool = False  # signal `dvc` alone (as CI cancelling does), not its whole process group
     prepare: Callable[[Path], None] | None = None
+    mode: str = "adapter"  # finetune.mode of the project it runs in
 
 
 def exists(pattern: str) -> Callable[[Path], bool]:
@@ -67,16 +70,26 @@ def unregister(project: Path) -> None:
             db.execute(f"delete from {table}")
 
 
+def logged(text: str) -> Callable[[Path], bool]:
+    """True once the stage's log (start() writes it beside the project) holds `text`."""
+    def seen(project: Path) -> bool:
+        log = project.parent / f"{project.name}.log"
+        return log.exists() and text in log.read_text(errors="replace")
+    return seen
+
+
 STEPS = TINY_PARAMS["finetune"]["full"]["max_steps"]
 SAVE = TINY_PARAMS["finetune"]["full"]["save_steps"]
 FAULTS = [
     Fault("kill -9 in clean (parts half written)", "clean", exists("data/clean/.parts.tmp-*/part-*")),
-    Fault("kill -9 in finetune before the first checkpoint", "finetune", exists("models/checkpoints/*/mlflow_run.json")),
-    Fault(f"kill -9 in finetune after checkpoint {SAVE}", "finetune", exists(f"models/checkpoints/*/checkpoint-{SAVE}/trainer_state.json")),
-    Fault(f"SIGTERM to dvc alone after checkpoint {SAVE}", "finetune", exists(f"models/checkpoints/*/checkpoint-{SAVE}/trainer_state.json"),
-          signal.SIGTERM, dvc_only=True),
-    Fault(f"kill -9 in finetune after the final save (step {STEPS})", "finetune",
-          exists(f"models/checkpoints/*/checkpoint-{STEPS}/trainer_state.json")),
+    Fault("kill -9 in finetune (adapter) while it trains", "finetune", logged("finetune: adapter steps")),
+    Fault("kill -9 in finetune (full) before the first checkpoint", "finetune", exists("models/checkpoints/*/mlflow_run.json"), mode="full"),
+    Fault(f"kill -9 in finetune (full) after checkpoint {SAVE}", "finetune", exists(f"models/checkpoints/*/checkpoint-{SAVE}/trainer_state.json"),
+          mode="full"),
+    Fault(f"SIGTERM to dvc alone after checkpoint {SAVE} (full)", "finetune",
+          exists(f"models/checkpoints/*/checkpoint-{SAVE}/trainer_state.json"), signal.SIGTERM, dvc_only=True, mode="full"),
+    Fault(f"kill -9 in finetune (full) after the final save (step {STEPS})", "finetune",
+          exists(f"models/checkpoints/*/checkpoint-{STEPS}/trainer_state.json"), mode="full"),
     Fault("kill -9 in push after the registry call", "push", registered, prepare=unregister),
 ]
 
@@ -192,13 +205,17 @@ def run(args: argparse.Namespace) -> Report:
     report = Report("faults")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as workdir:
-        reference = make_project(Path(workdir) / "reference", TINY_PARAMS)
-        dvc(reference, "repro")
+        references: dict[str, Path] = {}
+        for mode in dict.fromkeys(f.mode for f in chosen):
+            references[mode] = make_project(Path(workdir) / f"reference-{mode}", deep_update(copy.deepcopy(TINY_PARAMS), {"finetune": {"mode": mode}}))
+            dvc(references[mode], "repro")
         for number, fault in enumerate(chosen):
+            reference = references[fault.mode]
             project = copy_project(reference, Path(workdir) / f"fault-{number}")
             if fault.prepare:
                 fault.prepare(project)
             what = inject(project, fault)
+            injected = what == "killed" or "orphan" in what  # else the stage ran to its end: nothing was tested
             rerun = subprocess.run([DVC, "repro", "-f", "-s", fault.stage], cwd=project, env=stage_env(project),
                                    capture_output=True, text=True)
             status = dvc(project, "status", fault.stage, check=False).stdout
@@ -215,7 +232,7 @@ def run(args: argparse.Namespace) -> Report:
                 notes.append("rerun started from step 0")
             if rerun.returncode:
                 notes.append("rerun: " + (rerun.stderr.strip().splitlines() or ["?"])[-1])
-            report.add(fault.name, "recovered" if recovered else "NOT recovered",
+            report.add(fault.name, "NOT INJECTED" if not injected else "recovered" if recovered else "NOT recovered",
                        note=f"equal to uninterrupted: {'yes' if not differ else 'NO ' + ', '.join(differ[:4])}; "
                             f"leftovers: {', '.join(left) if left else 'none'}; {'; '.join(notes)}")
             print(f"faults: {fault.name}: {report.rows[-1].ours}; {report.rows[-1].note}", flush=True)

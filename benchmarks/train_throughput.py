@@ -110,11 +110,11 @@ def run(args: argparse.Namespace) -> Report:
             eval_save_s = time.perf_counter() - started
 
     ours, base = samples / stage_s, samples / bare_s
-    per_step = stage_s / args.steps + eval_save_s / ft.eval_steps
+    per_step = stage_s / args.steps + eval_save_s / ft.full.eval_steps
     report.add("training loop samples/s", round(ours, 2), round(base, 2), note=f"{args.steps} steps, batch {ft.batch_size}, seq {params.model.max_seq_length}")
     report.notes.append("length-grouped batching: sentence-transformers' batch samplers offer none (no group_by_length), so it is not measured")
     report.add("evaluation + checkpoint, s (once per eval_steps)", round(eval_save_s, 1), None, higher_is_better=False)
-    report.add(f"samples/s incl. eval+checkpoint every {ft.eval_steps} steps", round(ft.batch_size / per_step, 2), round(base, 2))
+    report.add(f"samples/s incl. eval+checkpoint every {ft.full.eval_steps} steps", round(ft.batch_size / per_step, 2), round(base, 2))
     if note := load_note():
         report.notes.append(note)
     return report

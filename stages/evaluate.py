@@ -77,33 +77,64 @@ def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summ
                         table.write_csv(csv)
 
 
-def log_to_mlflow(report: dict) -> None:
-    """Log into the finetune run (models/finetuned/mlflow_run.json), or a new run linked to it.
+def log_to_mlflow(report: dict, params: EvaluateParams) -> None:
+    """Log the evaluation (metrics, evaluate.* params, report and plots) into the finetune run of the model scored
+    (models/finetuned/mlflow_run.json) when it holds no evaluation yet: training and evaluation side by side in
+    one run, as `dvc repro` and a sweep that retrains produce them. A model evaluated again (a sweep of evaluate.*
+    alone, `dvc repro -f -s evaluate`) logs into a new run nested under it instead: another experiment's
+    evaluation must not replace the numbers of the run it was first evaluated in. Runs are written by id, never
+    reopened, so the finetune run keeps its status and end time.
 
     Warns instead of failing when the tracking store is unreachable: the metrics files are already
     written and are DVC's record; failing here would make `dvc repro` redo the whole evaluation
     only to log it. The warning says what was not logged.
     """
+    import time
+
     import mlflow
+    from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
-    from arxiv_embed.tracking import RUN_INFO, TrackingUnavailableError, configure_tracking, metric_key, run_tags, tracked_run
+    from arxiv_embed.tracking import (EXPERIMENT, RUN_INFO, TrackingUnavailableError, configure_tracking, metric_key, run_tags)
 
     run_info = paths.FINETUNED / RUN_INFO
     finetune_run = read_json(run_info).get("run_id") if run_info.exists() else None
+    created = None
     try:
         configure_tracking()
-        with tracked_run(finetune_run, run_name="evaluate") as run_id:
-            if run_id != finetune_run:
-                mlflow.set_tags({**run_tags(paths.SPLIT_DIR, paths.TRIPLETS_DIR), "finetune_run_id": str(finetune_run)})
-            flat = {f"eval.{side}.{name}": value for side in ("base", "finetuned", "delta") for name, value in flatten(report[side]).items()}
-            flat |= {f"eval.delta_ci95_{end}.{name}": bounds[i] for name, bounds in report["delta_ci95"].items() for i, end in enumerate(("low", "high"))}
-            mlflow.log_metrics({metric_key(name): value for name, value in flat.items()})
-            for artifact in (paths.EVALUATE_REPORT, paths.EVALUATE_MARKDOWN, paths.LEARNING_CURVE):
-                mlflow.log_artifact(str(artifact), artifact_path="evaluate")
-            mlflow.log_artifacts(str(paths.PLOTS_DIR), artifact_path="evaluate/plots")
-        print(f"logged to MLflow run {run_id}" + ("" if run_id == finetune_run else f" (finetune run {finetune_run} not found)"))
+        client = mlflow.MlflowClient()
+        try:
+            existing = client.get_run(finetune_run).data.metrics if finetune_run else None
+        except MlflowException:  # a run id this store does not know (another store, a deleted run)
+            existing = None
+        first = existing is not None and not any(name.startswith("eval.") for name in existing)
+        run_id = finetune_run if first else None
+        if run_id is None:
+            tags = {**run_tags(paths.SPLIT_DIR, paths.TRIPLETS_DIR), "stage": "evaluate", "finetune_run_id": str(finetune_run)}
+            if existing is not None:
+                tags["mlflow.parentRunId"] = finetune_run  # shown under the finetune run in the MLflow UI
+            created = run_id = client.create_run(mlflow.get_experiment_by_name(EXPERIMENT).experiment_id, run_name="evaluate",
+                                                 tags=tags).info.run_id
+        flat = {f"eval.{side}.{name}": value for side in ("base", "finetuned", "delta") for name, value in flatten(report[side]).items()}
+        flat |= {f"eval.delta_ci95_{end}.{name}": bounds[i] for name, bounds in report["delta_ci95"].items() for i, end in enumerate(("low", "high"))}
+        now = int(time.time() * 1000)
+        evaluated_with = flatten({"evaluate": params.evaluate.model_dump()})
+        client.log_batch(run_id, metrics=[Metric(metric_key(name), value, now, 0) for name, value in flat.items()],
+                         params=[Param(name, str(value)) for name, value in evaluated_with.items()])
+        for artifact in (paths.EVALUATE_REPORT, paths.EVALUATE_MARKDOWN, paths.LEARNING_CURVE):
+            client.log_artifact(run_id, str(artifact), artifact_path="evaluate")
+        client.log_artifacts(run_id, str(paths.PLOTS_DIR), artifact_path="evaluate/plots")
+        if created:
+            client.set_terminated(created, status="FINISHED")
+        where = ("" if first else f" (finetune run {finetune_run} holds an earlier evaluation)" if existing is not None
+                 else f" (finetune run {finetune_run} not found)")
+        print(f"logged to MLflow run {run_id}{where}")
     except (TrackingUnavailableError, MlflowException, OSError) as exc:
+        if created:
+            try:
+                mlflow.MlflowClient().set_terminated(created, status="FAILED")
+            except (MlflowException, OSError):
+                pass
         print(f"WARNING: metrics not logged to MLflow ({exc}); metrics/evaluate.json is written. "
               "Start the tracking server and rerun `dvc repro -s -f evaluate` to log them.", file=sys.stderr)
 
@@ -133,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     write_report_files(base, result, {**report, "finetune_run_id": finetune_run_id()}, data.summary(), data.describe_sample())
     write_json(paths.HEADLINE, headline(report, paths.FINETUNED))
     print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
-    log_to_mlflow(report)
+    log_to_mlflow(report, params)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ only rank 0 writes files and talks to MLflow.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sys
@@ -188,8 +189,10 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
     train_files, _ = training_data.data_files(ft)
     frames = {kind: training_data.kind_frame(kind) for kind in training_data.train_kinds(ft)}
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
-    tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device)}
+    tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device),
+            "host": socket.gethostname(), "pid": str(os.getpid())}
     with tracked_run(None, "finetune-adapter", tags) as run_id:
+        checkpoints.close_dead_process_runs("adapter", keep=run_id)  # earlier attempts killed -9 never ended theirs
         mlflow.log_params(flatten(recorded(params)))
         load_started = time.monotonic()
         base = TextVectors.load(paths.BASE_EMBEDDINGS)

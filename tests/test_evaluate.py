@@ -6,6 +6,7 @@ make_triplets do, and a perturbed copy of the bundled model stands in for the fi
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+
+from tests.harness import deep_update, params_with
 
 from .conftest import dvc, make_project, ran_stages, run
 from .test_lenses import sample_papers
@@ -164,6 +167,38 @@ def test_evaluate_logs_into_the_finetune_run(evaluated):
     assert len([name for name in logged if name.startswith("eval.finetuned.")]) == len(flat(report["finetuned"]))
     artifacts = {item.path for item in client.list_artifacts(run_id, "evaluate/plots")}
     assert artifacts == {f"evaluate/plots/{name}" for name in PLOTS}
+    finetune_run = client.get_run(run_id)
+    assert finetune_run.data.params["evaluate.min_label_support"] == "5" and finetune_run.info.status == "FINISHED"
+
+
+def test_a_model_evaluated_again_logs_into_a_run_of_its_own(evaluated, monkeypatch):
+    """A sweep of evaluate.* alone (finetune restored from DVC's cache) evaluates the same finetune run again:
+    its numbers go to a new run nested under that run, never over the first evaluation's."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from stages import evaluate
+
+    run_id = json.loads((evaluated / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{evaluated / 'mlflow.db'}")
+    before = client.get_run(run_id)
+    report = json.loads((evaluated / "metrics/evaluate.json").read_text())
+    changed = json.loads(json.dumps(report))
+    changed["delta"]["category_retrieval"]["ndcg@10"] += 0.5  # as another max_test_papers would score it
+    monkeypatch.chdir(evaluated)
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        evaluate.log_to_mlflow(changed, params_with(deep_update(copy.deepcopy(EVAL_PARAMS), {"evaluate": {"max_test_papers": 50}})))
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    after = client.get_run(run_id)
+    assert after.data.metrics == before.data.metrics and after.data.params == before.data.params
+    assert (after.info.status, after.info.end_time) == (before.info.status, before.info.end_time)
+    [nested] = client.search_runs([after.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert nested.info.status == "FINISHED" and nested.data.tags["finetune_run_id"] == run_id
+    assert nested.data.metrics["eval.delta.category_retrieval.ndcg_at_10"] == pytest.approx(report["delta"]["category_retrieval"]["ndcg@10"] + 0.5)
+    assert nested.data.params["evaluate.max_test_papers"] == "50"
 
 
 def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, monkeypatch, capsys):
@@ -180,7 +215,7 @@ def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, m
     previous_uri = mlflow.get_tracking_uri()
     try:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        evaluate.log_to_mlflow(report)
+        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS))
         client = MlflowClient(tracking_uri=f"sqlite:///{evaluated / 'mlflow.db'}")
         runs = client.search_runs(
             [client.get_experiment_by_name("arxiv-embed").experiment_id], f"tags.finetune_run_id = '{'0' * 32}'"
@@ -189,7 +224,7 @@ def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, m
         assert runs[0].data.tags["mlflow.runName"] == "evaluate"
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing answers
-        evaluate.log_to_mlflow(report)
+        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS))
         assert "WARNING: metrics not logged to MLflow" in capsys.readouterr().err
     finally:
         mlflow.set_tracking_uri(previous_uri)

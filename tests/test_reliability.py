@@ -268,6 +268,34 @@ def test_stale_running_runs_of_the_run_key_are_closed_as_killed(tmp_path: Path, 
         "stale": "KILLED", "current": "RUNNING", "other_key": "RUNNING", "other_host": "RUNNING"}
 
 
+def test_adapter_runs_of_dead_processes_are_closed_as_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adapter mode has no checkpoint lock: a RUNNING run is an orphan only when the pid it recorded is gone
+    (a queued experiment training alongside, alive, keeps its run)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from arxiv_embed.tracking import configure_tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    configure_tracking()
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name("arxiv-embed").experiment_id
+    host = socket.gethostname()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    runs = {name: client.create_run(experiment, tags={"mode": mode, "host": where, "pid": pid}).info.run_id
+            for name, mode, where, pid in [("killed", "adapter", host, gone), ("alive", "adapter", host, str(os.getpid())),
+                                           ("current", "adapter", host, gone), ("full", "full", host, gone),
+                                           ("other_host", "adapter", "elsewhere", gone)]}
+    assert checkpoints.close_dead_process_runs("adapter", keep=runs["current"]) == [runs["killed"]]
+    assert {name: client.get_run(run).info.status for name, run in runs.items()} == {
+        "killed": "KILLED", "alive": "RUNNING", "current": "RUNNING", "full": "RUNNING", "other_host": "RUNNING"}
+
+
 # ------------------------------------------------------------------ the DVC cache
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arxiv_embed.errors import UserError
+from arxiv_embed.processes import process_alive
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
 from arxiv_embed.training.distributed import world_size
@@ -135,6 +136,28 @@ def close_stale_runs(run_key: str, keep: str | None) -> list[str]:
         filter_string=f"tags.run_key = '{run_key}' and tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'",
     )
     closed = [run.info.run_id for run in runs if run.info.run_id != keep]
+    for run_id in closed:
+        client.set_terminated(run_id, status="KILLED")
+    return closed
+
+
+def close_dead_process_runs(mode: str, keep: str | None) -> list[str]:
+    """End as KILLED the RUNNING finetune runs of `mode` started on this host by a process that is gone.
+
+    An adapter run has no checkpoint folder, so no lock proves that nobody owns its runs: a run killed with -9
+    is told from a live one (a queued experiment training alongside) by the pid it recorded."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mode = '{mode}' and tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'",
+    )
+    pid = lambda run: int(run.data.tags.get("pid", "0")) if run.data.tags.get("pid", "").isdigit() else 0  # noqa: E731
+    closed = [run.info.run_id for run in runs if run.info.run_id != keep and not (pid(run) > 0 and process_alive(pid(run)))]
     for run_id in closed:
         client.set_terminated(run_id, status="KILLED")
     return closed
