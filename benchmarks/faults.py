@@ -36,7 +36,7 @@ from tests.conftest import TINY_PARAMS
 
 QUICK: dict = {}
 DVC = str(Path(sys.executable).parent / "dvc")
-VOLATILE = {"wall_time_s", "samples_per_second", "resumed_from_step", "seconds", "runtime_s"}  # differ run to run
+VOLATILE = {"wall_time_s", "samples_per_second", "resumed_from_step", "seconds", "runtime_s", "train_seconds", "vectors_seconds"}  # differ run to run
 TEMPORARY = re.compile(r"^\..+\.(tmp|old)-\d+-")
 
 

@@ -247,7 +247,9 @@ def test_run_key_follows_file_contents_seed_and_world_size(tmp_path: Path, monke
     assert checkpoints.run_key(params, [data]) != changed
 
 
-def test_stale_running_runs_of_the_run_key_are_closed_as_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """(client, experiment id, this host) of a fresh project store."""
     import socket
 
     import mlflow
@@ -257,9 +259,11 @@ def test_stale_running_runs_of_the_run_key_are_closed_as_killed(tmp_path: Path, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     configure_tracking()
-    client = mlflow.MlflowClient()
-    experiment = mlflow.get_experiment_by_name("arxiv-embed").experiment_id
-    host = socket.gethostname()
+    return mlflow.MlflowClient(), mlflow.get_experiment_by_name("arxiv-embed").experiment_id, socket.gethostname()
+
+
+def test_stale_running_runs_of_the_run_key_are_closed_as_killed(tracking_store) -> None:
+    client, experiment, host = tracking_store
     runs = {name: client.create_run(experiment, tags={"run_key": key, "host": where}).info.run_id
             for name, key, where in [("stale", "k1", host), ("current", "k1", host), ("other_key", "k2", host),
                                      ("other_host", "k1", "elsewhere")]}
@@ -268,24 +272,14 @@ def test_stale_running_runs_of_the_run_key_are_closed_as_killed(tmp_path: Path, 
         "stale": "KILLED", "current": "RUNNING", "other_key": "RUNNING", "other_host": "RUNNING"}
 
 
-def test_adapter_runs_of_dead_processes_are_closed_as_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adapter_runs_of_dead_processes_are_closed_as_killed(tracking_store) -> None:
     """Adapter mode has no checkpoint lock: a RUNNING run is an orphan only when the pid it recorded is gone
     (a queued experiment training alongside, alive, keeps its run)."""
     import os
-    import socket
     import subprocess
     import sys
 
-    import mlflow
-
-    from arxiv_embed.tracking import configure_tracking
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    configure_tracking()
-    client = mlflow.MlflowClient()
-    experiment = mlflow.get_experiment_by_name("arxiv-embed").experiment_id
-    host = socket.gethostname()
+    client, experiment, host = tracking_store
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     runs = {name: client.create_run(experiment, tags={"mode": mode, "host": where, "pid": pid}).info.run_id
             for name, mode, where, pid in [("killed", "adapter", host, gone), ("alive", "adapter", host, str(os.getpid())),

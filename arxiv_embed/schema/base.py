@@ -24,7 +24,8 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
-# `dvc exp run -S download.oai.from_date=2026-10-01` writes an unquoted YAML date: accept it as text.
+
+
 def _calendar_date(value: str) -> str:
     """YYYY-MM-DD that names a real day (2026-02-30 does not): OAI-PMH servers answer a bad date with an error."""
     try:
@@ -34,6 +35,7 @@ def _calendar_date(value: str) -> str:
     return value
 
 
+# `dvc exp run -S download.oai.from_date=2026-10-01` writes an unquoted YAML date: accept it as text.
 IsoDate = Annotated[
     str,
     BeforeValidator(lambda value: value.isoformat() if isinstance(value, date) else value),

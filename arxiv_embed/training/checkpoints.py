@@ -125,20 +125,7 @@ def close_stale_runs(run_key: str, keep: str | None) -> list[str]:
     Called while holding the run folder's lock, so no live finetune of this key on this host owns
     them: they are attempts killed with -9 (or a lost machine) that never ended their run.
     """
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return []
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.run_key = '{run_key}' and tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'",
-    )
-    closed = [run.info.run_id for run in runs if run.info.run_id != keep]
-    for run_id in closed:
-        client.set_terminated(run_id, status="KILLED")
-    return closed
+    return _end_as_killed(f"tags.run_key = '{run_key}'", lambda run: run.info.run_id != keep)
 
 
 def close_dead_process_runs(mode: str, keep: str | None) -> list[str]:
@@ -146,18 +133,24 @@ def close_dead_process_runs(mode: str, keep: str | None) -> list[str]:
 
     An adapter run has no checkpoint folder, so no lock proves that nobody owns its runs: a run killed with -9
     is told from a live one (a queued experiment training alongside) by the pid it recorded."""
+    def orphaned(run) -> bool:
+        pid = run.data.tags.get("pid", "")
+        return run.info.run_id != keep and not (pid.isdigit() and int(pid) > 0 and process_alive(int(pid)))
+
+    return _end_as_killed(f"tags.mode = '{mode}'", orphaned)
+
+
+def _end_as_killed(selects: str, orphaned) -> list[str]:
+    """End as KILLED this host's RUNNING runs that `selects` (an MLflow filter) and `orphaned` (a run -> bool) pick."""
     import mlflow
 
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return []
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.mode = '{mode}' and tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'",
-    )
-    pid = lambda run: int(run.data.tags.get("pid", "0")) if run.data.tags.get("pid", "").isdigit() else 0  # noqa: E731
-    closed = [run.info.run_id for run in runs if run.info.run_id != keep and not (pid(run) > 0 and process_alive(pid(run)))]
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"{selects} and tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'")
+    closed = [run.info.run_id for run in runs if orphaned(run)]
     for run_id in closed:
         client.set_terminated(run_id, status="KILLED")
     return closed
