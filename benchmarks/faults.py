@@ -128,16 +128,16 @@ def stage_processes(project: Path) -> list[int]:
     return pids
 
 
-def inject(project: Path, fault: Fault) -> str:
-    """Run the stage and kill it at the fault's point; returns what happened, for the note."""
+def inject(project: Path, fault: Fault) -> tuple[bool, str]:
+    """Run the stage and kill it at the fault's point; returns (whether the signal was sent, what happened, for the note)."""
     process = start(project, fault.stage)
     deadline = time.monotonic() + 600
     while not fault.trigger(project):
         if process.poll() is not None:
-            return f"stage ended before the fault point (exit {process.returncode})"
+            return False, f"stage ended before the fault point (exit {process.returncode})"
         if time.monotonic() > deadline:
             process.kill()
-            return "fault point not reached within 600 s"
+            return False, "fault point not reached within 600 s"
         time.sleep(0.02)
     if fault.dvc_only:
         process.send_signal(fault.signal)
@@ -145,17 +145,17 @@ def inject(project: Path, fault: Fault) -> str:
         os.killpg(process.pid, fault.signal)
     process.wait(timeout=120)
     if not fault.dvc_only:
-        return "killed"
+        return True, "killed"
     # The orphaned stage must notice, stop on its own and end its MLflow run KILLED.
     orphans, started = stage_processes(project), time.monotonic()
     while any(process_alive(pid) for pid in orphans) and time.monotonic() - started < 120:
         time.sleep(0.1)
     if alive := [pid for pid in orphans if process_alive(pid)]:
-        return f"orphan stage STILL RUNNING after 120 s: {alive}"
+        return True, f"orphan stage STILL RUNNING after 120 s: {alive}"
     run_id = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
     with sqlite3.connect(project / "mlflow.db") as db:
         status = db.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
-    return f"{len(orphans)} orphan process(es) stopped by themselves in {time.monotonic() - started:.1f} s, MLflow run {status}"
+    return True, f"{len(orphans)} orphan process(es) stopped by themselves in {time.monotonic() - started:.1f} s, MLflow run {status}"
 
 
 def comparable(path: Path) -> object:
@@ -214,8 +214,7 @@ def run(args: argparse.Namespace) -> Report:
             project = copy_project(reference, Path(workdir) / f"fault-{number}")
             if fault.prepare:
                 fault.prepare(project)
-            what = inject(project, fault)
-            injected = what == "killed" or "orphan" in what  # else the stage ran to its end: nothing was tested
+            injected, what = inject(project, fault)  # not injected: the stage ran to its end, nothing was tested
             rerun = subprocess.run([DVC, "repro", "-f", "-s", fault.stage], cwd=project, env=stage_env(project),
                                    capture_output=True, text=True)
             status = dvc(project, "status", fault.stage, check=False).stdout

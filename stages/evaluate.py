@@ -54,10 +54,8 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> tupl
 
 
 def finetune_run_id() -> str | None:
-    """The MLflow run of the model scored (models/finetuned/mlflow_run.json): push checks that the evaluation it
-    gates on is this model's (a push run alone, after a new finetune, would otherwise gate on the old numbers)."""
-    from arxiv_embed.tracking import RUN_INFO
-
+    """The MLflow run of the model scored (models/finetuned/mlflow_run.json): evaluate.json names it, so push can
+    check that the evaluation it gates on is this model's, and the evaluation is logged into or under it."""
     run_info = paths.FINETUNED / RUN_INFO
     return read_json(run_info).get("run_id") if run_info.exists() else None
 
@@ -77,9 +75,9 @@ def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summ
                         table.write_csv(csv)
 
 
-def log_to_mlflow(report: dict, params: EvaluateParams) -> None:
-    """Log the evaluation (metrics, evaluate.* params, report and plots) into the finetune run of the model scored
-    (models/finetuned/mlflow_run.json) when it holds no evaluation yet: training and evaluation side by side in
+def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None) -> None:
+    """Log the evaluation (metrics, evaluate.* params, report and plots) into `finetune_run`, that of the model
+    scored (finetune_run_id), when it holds no evaluation yet: training and evaluation side by side in
     one run, as `dvc repro` and a sweep that retrains produce them. A model evaluated again (a sweep of evaluate.*
     alone, `dvc repro -f -s evaluate`) logs into a new run nested under it instead: another experiment's
     evaluation must not replace the numbers of the run it was first evaluated in. Runs are written by id, never
@@ -95,10 +93,8 @@ def log_to_mlflow(report: dict, params: EvaluateParams) -> None:
     from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
-    from arxiv_embed.tracking import (EXPERIMENT, RUN_INFO, TrackingUnavailableError, configure_tracking, metric_key, run_tags)
+    from arxiv_embed.tracking import EXPERIMENT, TrackingUnavailableError, configure_tracking, metric_key, run_tags
 
-    run_info = paths.FINETUNED / RUN_INFO
-    finetune_run = read_json(run_info).get("run_id") if run_info.exists() else None
     created = None
     try:
         configure_tracking()
@@ -161,10 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     # 3. Base vs fine-tuned on the same items, with paired intervals; then MLflow.
     base = ModelEval.load(paths.eval_dir("base"))
     report = compare(base, result, params.shared.seed)
-    write_report_files(base, result, {**report, "finetune_run_id": finetune_run_id()}, data.summary(), data.describe_sample())
+    scored_run = finetune_run_id()
+    write_report_files(base, result, {**report, "finetune_run_id": scored_run}, data.summary(), data.describe_sample())
     write_json(paths.HEADLINE, headline(report, paths.FINETUNED))
     print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
-    log_to_mlflow(report, params)
+    log_to_mlflow(report, params, scored_run)
 
 
 if __name__ == "__main__":

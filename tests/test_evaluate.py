@@ -189,7 +189,8 @@ def test_a_model_evaluated_again_logs_into_a_run_of_its_own(evaluated, monkeypat
     previous_uri = mlflow.get_tracking_uri()
     try:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        evaluate.log_to_mlflow(changed, params_with(deep_update(copy.deepcopy(EVAL_PARAMS), {"evaluate": {"max_test_papers": 50}})))
+        evaluate.log_to_mlflow(changed, params_with(deep_update(copy.deepcopy(EVAL_PARAMS), {"evaluate": {"max_test_papers": 50}})),
+                               evaluate.finetune_run_id())
     finally:
         mlflow.set_tracking_uri(previous_uri)
     after = client.get_run(run_id)
@@ -215,7 +216,7 @@ def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, m
     previous_uri = mlflow.get_tracking_uri()
     try:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS))
+        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), evaluate.finetune_run_id())
         client = MlflowClient(tracking_uri=f"sqlite:///{evaluated / 'mlflow.db'}")
         runs = client.search_runs(
             [client.get_experiment_by_name("arxiv-embed").experiment_id], f"tags.finetune_run_id = '{'0' * 32}'"
@@ -224,7 +225,7 @@ def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, m
         assert runs[0].data.tags["mlflow.runName"] == "evaluate"
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing answers
-        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS))
+        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), evaluate.finetune_run_id())
         assert "WARNING: metrics not logged to MLflow" in capsys.readouterr().err
     finally:
         mlflow.set_tracking_uri(previous_uri)

@@ -314,7 +314,7 @@ def _appendable_index(path: Path, kept: pl.DataFrame, old_count: int, precision:
     import faiss
 
     # Every old row kept, in place: the trained index's row i is still paper i.
-    if not old_count or kept.height != old_count or not (path / "index.faiss").exists() or not kept["row"].equals(pl.Series(range(old_count))):
+    if not old_count or not (path / "index.faiss").exists() or not np.array_equal(kept["row"].to_numpy(), np.arange(old_count)):
         return None
     meta = _read_meta(path)
     if meta.get("format") != FORMAT or meta["precision"] != precision or new_count > RETRAIN_GROWTH * meta.get("trained_rows", old_count):

@@ -207,7 +207,10 @@ class Searcher:
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
                 # One batch per model: right after a reload, queries of the old index still need the old model.
-                for same in {id(waiting.model): [w for w in batch if w.model is waiting.model] for waiting in batch}.values():
+                by_model: dict[int, list[_QueryVector]] = {}
+                for waiting in batch:
+                    by_model.setdefault(id(waiting.model), []).append(waiting)
+                for same in by_model.values():
                     try:
                         vectors = encode(same[0].model, [waiting.query for waiting in same], batch_size=len(same), progress=False,
                                          queries=True)
