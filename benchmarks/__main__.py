@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.common import SAMPLE_HELP, save
 
 MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "faults": "faults",
-           "search_scale": "search_scale", "snapshot_scale": "snapshot_scale", "search_load": "search_load", "quality": "quality", "objectives": "objectives", "end_to_end": "end_to_end"}
+           "search_scale": "search_scale", "search_rebuild": "search_rebuild", "snapshot_scale": "snapshot_scale", "search_load": "search_load", "quality": "quality", "objectives": "objectives", "end_to_end": "end_to_end"}
 
 
 def main(argv: list[str] | None = None) -> None:

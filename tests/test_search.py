@@ -238,6 +238,22 @@ def test_bad_papers_file_is_named(tmp_path):
         read_papers(tmp_path / "bad.jsonl")
 
 
+def test_json_lines_are_read_batch_by_batch_and_bad_lines_are_named_not_indexed(tmp_path, records, capsys, monkeypatch):
+    """Kaggle-schema JSON lines through the clean stage's parser, a batch at a time (bounded memory at 4.5 GB): a cut-off
+    line and a record of the wrong shape are left out and named by line; records whose `versions` are all null (as in an
+    OAI export) take their year from the id, where reading the whole file by inference failed."""
+    import arxiv_embed.data.records as raw
+
+    monkeypatch.setattr(raw, "BATCH_BYTES", 4096)  # several batches from a few records
+    no_versions = [json.dumps({**json.loads(line), "versions": None}) + "\n" for line in records[:12]]
+    lines = no_versions[:5] + ['{"id": "0704.9999", "title": "cut off\n', json.dumps({"id": 704.5, "abstract": "x"}) + "\n"] + no_versions[5:]
+    papers = read_papers(write_papers(tmp_path / "papers.jsonl", lines))
+    assert papers["id"].to_list() == [json.loads(line)["id"] for line in records[:12]]
+    assert papers["year"].to_list() == [2007] * 12
+    out = capsys.readouterr().out
+    assert "left out 2 line(s)" in out and "line 6 (malformed_json), line 7 (wrong_type)" in out
+
+
 def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, capsys):
     from arxiv_embed.search.__main__ import main
 
@@ -410,3 +426,34 @@ print([hit.id for hit in hits], pa.default_memory_pool().max_memory())
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert " ".join(out[:-1]) == "['2401.000005', '2401.119999', '2401.070000']"
     assert int(out[-1]) < 5_000_000, f"reading 3 hits allocated {int(out[-1]):,} bytes (the abstracts are ~130 MB)"
+
+
+def test_a_rebuild_reads_only_the_stored_rows_it_keeps(tmp_path):
+    """A rebuild writes papers only in the old index (a build from a month's new papers keeps the 2.7M stored ones)
+    from the memory-mapped record batches they are in, never a take over the whole table (a copy of every stored
+    abstract: ~3 GB at 2.7M papers). Fresh process, table in the system pool: the default pool's peak is the take's."""
+    script = f"""
+import polars as pl, pyarrow as pa
+from pathlib import Path
+from arxiv_embed.search.index import _planned_papers, _read_papers
+n, system, folder = 120_000, pa.system_memory_pool(), Path({str(tmp_path)!r})
+table = pa.table({{"id": pa.array([f"2401.{{i:06d}}" for i in range(n)], pa.large_string(), memory_pool=system),
+                  "title": pa.array(["A title"] * n, pa.large_string(), memory_pool=system),
+                  "authors": pa.array(["A. Author"] * n, pa.large_string(), memory_pool=system),
+                  "categories": pa.array([["cs.LG"]] * n, pa.large_list(pa.large_string()), memory_pool=system),
+                  "year": pa.array([2024] * n, pa.int16(), memory_pool=system),
+                  "abstract": pa.array(["An abstract of about a kilobyte. " * 32] * n, pa.large_string(), memory_pool=system),
+                  "text_sha256": pa.array(["0" * 64] * n, pa.large_string(), memory_pool=system)}})
+with pa.ipc.new_file(str(folder / "papers.arrow"), table.schema) as writer:
+    writer.write_table(table, max_chunksize=65536)
+new = pl.DataFrame({{"id": ["2501.000000", "2501.000001"], "title": ["New", "Newer"], "authors": ["B", "C"],
+                    "categories": [["math.AG"], ["cs.LG"]], "year": [2025, 2025], "abstract": ["x", "y"],
+                    "text_sha256": ["1" * 64, "2" * 64]}}, schema_overrides={{"year": pl.Int16}})
+plan = pl.DataFrame({{"row": [119_999, None, 5, None, 70_000], "new_row": [None, 1, None, 0, None]}},
+                    schema={{"row": pl.UInt32, "new_row": pl.UInt32}})
+parts = list(_planned_papers(plan, new, _read_papers(folder).to_batches(), rows=4))
+print(pl.concat(parts)["id"].to_list(), pa.default_memory_pool().max_memory())
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert " ".join(out[:-1]) == "['2401.119999', '2501.000001', '2401.000005', '2501.000000', '2401.070000']"
+    assert int(out[-1]) < 5_000_000, f"keeping 3 stored papers allocated {int(out[-1]):,} bytes (the abstracts are ~130 MB)"

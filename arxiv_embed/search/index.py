@@ -19,6 +19,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -266,27 +267,32 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
     start = time.perf_counter()
     path = Path(path)
     identity = model_identity(model_ref)
-    old_papers, old_embeddings = _empty_papers(), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    old_keys, old_embeddings = _empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    old_batches: list[pa.RecordBatch] = []
     recover(path)  # a build killed between its two renames left the previous index aside: put it back before reading it
     if (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         old.check_model(identity, model_ref)
-        old_papers, old_embeddings = pl.from_arrow(old.papers), old.embeddings
-    unchanged = papers.join(old_papers.select("id", "text_sha256"), on=["id", "text_sha256"], how="semi")
-    todo = papers.join(unchanged.select("id"), on="id", how="anti")
-    # Kept rows stay in the old index's order (row i = stored vector i), with the new file's metadata where it has the
-    # paper: a title, author list or cross-listed category can change while the abstract (all that is encoded) does not.
-    kept = (old_papers.with_row_index("row").join(todo.select("id"), on="id", how="anti", maintain_order="left")
-            .update(unchanged.select(_empty_papers().columns), on="id", include_nulls=True))
-    texts = todo["abstract"].to_list()
+        # Only the keys are read into memory: the stored abstracts stay memory-mapped (2.7M of them are ~3 GB).
+        old_keys, old_embeddings = pl.from_arrow(old.papers.select(["id", "text_sha256"])), old.embeddings
+        old_batches = old.papers.to_batches()
+    new_keys = papers.select("id", "text_sha256").with_row_index("new_row")
+    unchanged = new_keys.join(old_keys, on=["id", "text_sha256"], how="semi", maintain_order="left")
+    todo = new_keys.join(unchanged.select("id"), on="id", how="anti", maintain_order="left")
+    # Kept rows stay in the old index's order (row i = stored vector i). Where the new file has the paper its row is
+    # written, metadata included: a title, author list or cross-listed category can change while the abstract (all that
+    # is encoded) does not. Papers only in the old index keep their stored row.
+    kept = (old_keys.with_row_index("row").join(todo.select("id"), on="id", how="anti", maintain_order="left")
+            .join(new_keys.select("id", "new_row"), on="id", how="left", maintain_order="left"))
+    plan = pl.concat([kept.select("row", "new_row"), todo.select(pl.lit(None, dtype=pl.UInt32).alias("row"), "new_row")])
+    texts = papers["abstract"].gather(todo["new_row"]).to_list()
     work_dir = encoding_dir(path)
-    all_papers = pl.concat([kept.select(_empty_papers().columns), todo.select(_empty_papers().columns)], how="vertical_relaxed")
     with atomic_path(path) as tmp:
         tmp.mkdir()
         # Kept rows, then new ones, written straight into the new index's memory-mapped float file: a
         # 2.7M-paper build never holds its 4 GB of vectors on the heap, let alone twice.
         embeddings = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np.float32,
-                                               shape=(all_papers.height, model.get_embedding_dimension()))
+                                               shape=(plan.height, model.get_embedding_dimension()))
         kept_rows = kept["row"].to_numpy()
         for first in range(0, len(kept_rows), 65536):
             block = kept_rows[first:first + 65536]
@@ -300,12 +306,33 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
             trained_rows = _read_meta(path).get("trained_rows", len(old_embeddings))
             for first in range(0, len(new_embeddings), 65536):
                 index.add(np.ascontiguousarray(new_embeddings[first:first + 65536]))
-        _write_index_files(tmp, all_papers, embeddings, precision, stored_model(model_ref), identity, rescore_multiplier,
-                           index, trained_rows)
+        _write_index_files(tmp, _planned_papers(plan, papers, old_batches), embeddings, precision, stored_model(model_ref),
+                           identity, rescore_multiplier, index, trained_rows)
         del embeddings, new_embeddings  # the memory map closes before the folder is swapped in
     shutil.rmtree(work_dir, ignore_errors=True)
-    return BuildReport(encoded=todo.height, kept=kept.height, total=all_papers.height, seconds=time.perf_counter() - start,
+    return BuildReport(encoded=todo.height, kept=kept.height, total=plan.height, seconds=time.perf_counter() - start,
                        resumed=resumed)
+
+
+def _planned_papers(plan: pl.DataFrame, papers: pl.DataFrame, old_batches: list[pa.RecordBatch],
+                    rows: int = 65536) -> Iterator[pl.DataFrame]:
+    """The new index's papers, `rows` at a time: plan row i is the new file's row `new_row`, or where that is null the old
+    index's row `row`, taken from its memory-mapped record batches one batch at a time (a take over the whole table
+    would copy every stored abstract)."""
+    columns = _empty_papers().columns
+    source = papers.select(columns)
+    starts = np.cumsum([0] + [batch.num_rows for batch in old_batches])
+    for part in plan.with_row_index("position").iter_slices(rows):
+        from_new = part.filter(pl.col("new_row").is_not_null())
+        from_old = part.filter(pl.col("new_row").is_null()).sort("row")  # batch by batch, in the order they are taken
+        pieces = [source[from_new["new_row"]].with_columns(from_new["position"])]
+        if from_old.height:
+            old_rows = from_old["row"].to_numpy()
+            owner = np.searchsorted(starts, old_rows, side="right") - 1
+            taken = [old_batches[b].take(pa.array(old_rows[owner == b] - starts[b])) for b in np.unique(owner)]
+            pieces.append(pl.from_arrow(pa.Table.from_batches(taken)).select(columns).cast(_empty_papers().schema)
+                          .with_columns(from_old["position"]))
+        yield pl.concat(pieces).sort("position").drop("position")
 
 
 def _appendable_index(path: Path, kept: pl.DataFrame, old_count: int, precision: Precision, new_count: int):
@@ -334,21 +361,23 @@ def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precis
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
-        _write_index_files(tmp, papers, embeddings, precision, model_ref, model_sha256, rescore_multiplier, index, trained_rows)
+        _write_index_files(tmp, papers.iter_slices(65536), embeddings, precision, model_ref, model_sha256, rescore_multiplier,
+                           index, trained_rows)
 
 
-def _write_index_files(folder: Path, papers: pl.DataFrame, embeddings: np.ndarray, precision: Precision, model_ref: str,
+def _write_index_files(folder: Path, papers: Iterable[pl.DataFrame], embeddings: np.ndarray, precision: Precision, model_ref: str,
                        model_sha256: str, rescore_multiplier: int, index, trained_rows: int | None) -> None:
     """Everything of an index folder but embeddings.npy (already there): the FAISS index, papers, index.json."""
     import faiss
 
     index = make_index(embeddings, precision) if index is None else index
     faiss.write_index(index, str(folder / "index.faiss"))
-    table = papers.select(_empty_papers().columns).to_arrow()
-    with pa.ipc.new_file(str(folder / "papers.arrow"), table.schema) as writer:
-        writer.write_table(table, max_chunksize=65536)
+    schema = _empty_papers().to_arrow().schema
+    with pa.ipc.new_file(str(folder / "papers.arrow"), schema) as writer:
+        for part in papers:  # one part at a time: an index's papers never sit in memory twice
+            writer.write_table(part.select(_empty_papers().columns).to_arrow().cast(schema), max_chunksize=65536)
     meta = {"format": FORMAT, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
-            "dimension": int(embeddings.shape[1]), "count": papers.height, "text": "abstract",
+            "dimension": int(embeddings.shape[1]), "count": len(embeddings), "text": "abstract",
             "faiss": type(faiss.downcast_index(index)).__name__, "rescore_multiplier": rescore_multiplier,
             "trained_rows": len(embeddings) if trained_rows is None else trained_rows}
     (folder / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +12,7 @@ from arxiv_embed.errors import UserError
 # What the index keeps per paper (besides text_sha256, which decides what a rebuild re-encodes).
 COLUMNS = {"id": pl.String, "title": pl.String, "authors": pl.String, "categories": pl.List(pl.String),
            "year": pl.Int16, "abstract": pl.String}
+REQUIRED = ("id", "title", "abstract", "categories")
 
 
 class SearchError(UserError):
@@ -34,6 +33,55 @@ def archive_expr(categories: pl.Expr) -> pl.Expr:
     return categories.str.split_exact(".", 1).struct.field("field_0")
 
 
+def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
+    """The index's columns from a file's: whitespace made single, categories a list, the year from the first version."""
+    categories = pl.col("categories")
+    if schema["categories"] == pl.String:  # Kaggle schema: one space-separated string
+        categories = categories.str.split(" ")
+    if "first_version_date" in schema:  # the clean stage's parsed date
+        dated = pl.col("first_version_date").cast(pl.Date, strict=False).dt.year()
+    elif "versions" in schema:  # Kaggle: [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}, ...]
+        dated = pl.col("versions").list.first().struct.field("created").str.extract(r"\b(\d{4})\b").cast(pl.Int32, strict=False)
+    else:
+        dated = pl.lit(None, dtype=pl.Int32)
+    from_id = pl.when(pl.col("id").str.contains(r"^\d{4}\.")).then(2000 + pl.col("id").str.slice(0, 2).cast(pl.Int32, strict=False))
+    authors = pl.col("authors") if "authors" in schema else pl.lit(None, dtype=pl.String)
+    return [
+        pl.col("id").cast(pl.String).str.strip_chars(),
+        pl.col("title").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null(""),  # untitled: found by its abstract
+        authors.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null("").alias("authors"),
+        categories.cast(pl.List(pl.String)).alias("categories"),
+        pl.coalesce(dated.cast(pl.Int32), from_id).cast(pl.Int16).alias("year"),
+        pl.col("abstract").str.replace_all(r"\s+", " ").str.strip_chars(),
+    ]
+
+
+def _read_json_lines(path: Path) -> pl.DataFrame:
+    """Kaggle-schema JSON lines (.gz ok), read a batch at a time by the clean stage's parser: memory holds the columns
+    kept, not the whole file and its parse (the 4.5 GB snapshot would need ~15 GB). Lines that are no such record are
+    counted and named, not indexed."""
+    from arxiv_embed.data.records import line_batches, parse_batch
+
+    frames, rejected, first_rejects, present = [], 0, [], set()
+    try:
+        for first, chunk in line_batches(path):
+            records, rejects = parse_batch(chunk, first)
+            present |= {name for name in REQUIRED if records[name].null_count() < records.height}
+            frames.append(records.select(_kept_columns(records.schema)))
+            rejected += len(rejects)
+            first_rejects += [f"line {r['line']} ({r['reason']})" for r in rejects[:5 - len(first_rejects)]]
+    except UserError as exc:
+        raise SearchError(f"--papers {exc}") from None
+    if not sum(frame.height for frame in frames):
+        raise SearchError(f"--papers {path}: no JSON lines of the Kaggle schema (one JSON object per line, categories a "
+                          f"space-separated string){': ' if first_rejects else ''}{', '.join(first_rejects)}")
+    if missing := set(REQUIRED) - present:  # a key no record has
+        raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need {', '.join(REQUIRED)}")
+    if rejected:
+        print(f"search: left out {rejected} line(s) of {path} that are not Kaggle-schema JSON records: {', '.join(first_rejects)}")
+    return pl.concat(frames)
+
+
 def read_papers(path: Path) -> pl.DataFrame:
     """id, title, authors, categories (list), year, abstract, text_sha256.
 
@@ -41,40 +89,20 @@ def read_papers(path: Path) -> pl.DataFrame:
     """
     if not path.exists():
         raise SearchError(f"--papers {path}: no such file")
+    if path.stat().st_size == 0:
+        raise SearchError(f"--papers {path}: the file is empty")
     if path.suffix == ".parquet":
-        frame = pl.read_parquet(path)
+        papers = pl.scan_parquet(path)
+        schema = papers.collect_schema()
+        if missing := set(REQUIRED) - set(schema):
+            raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need {', '.join(REQUIRED)}")
+        frame = papers.select(_kept_columns(schema)).collect(engine="streaming")  # the file's other columns are never read
     else:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-        try:
-            frame = pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
-        except pl.exceptions.PolarsError as exc:
-            raise SearchError(f"--papers {path}: not JSON lines ({exc})") from None
-    missing = {"id", "title", "abstract", "categories"} - set(frame.columns)
-    if missing:
-        raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need id, title, abstract, categories")
-    categories = pl.col("categories")
-    if frame.schema["categories"] == pl.String:  # Kaggle schema: one space-separated string
-        categories = categories.str.split(" ")
-    if "first_version_date" in frame.columns:  # the clean stage's parsed date
-        dated = pl.col("first_version_date").cast(pl.Date, strict=False).dt.year()
-    elif "versions" in frame.columns:  # Kaggle: [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}, ...]
-        dated = pl.col("versions").list.first().struct.field("created").str.extract(r"\b(\d{4})\b").cast(pl.Int32, strict=False)
-    else:
-        dated = pl.lit(None, dtype=pl.Int32)
-    from_id = pl.when(pl.col("id").str.contains(r"^\d{4}\.")).then(2000 + pl.col("id").str.slice(0, 2).cast(pl.Int32, strict=False))
-    authors = pl.col("authors") if "authors" in frame.columns else pl.lit(None, dtype=pl.String)
-    frame = frame.select(
-        pl.col("id").cast(pl.String).str.strip_chars(),
-        pl.col("title").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null(""),  # untitled: found by its abstract
-        authors.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null("").alias("authors"),
-        categories.cast(pl.List(pl.String)).alias("categories"),
-        pl.coalesce(dated.cast(pl.Int32), from_id).cast(pl.Int16).alias("year"),
-        pl.col("abstract").str.replace_all(r"\s+", " ").str.strip_chars(),
-    )
+        frame = _read_json_lines(path)
     invalid = frame.filter(pl.col("id").fill_null("").eq("") | (pl.col("abstract").fill_null("") == ""))
-    if invalid.height:
+    if invalid.height:  # filtered only then: a filter copies every abstract
         print(f"search: left out {invalid.height} record(s) of {path} without id or abstract: {invalid['id'].head(5).to_list()}")
-    frame = frame.filter(pl.col("id").fill_null("").ne("") & (pl.col("abstract").fill_null("") != ""))
+        frame = frame.filter(pl.col("id").fill_null("").ne("") & (pl.col("abstract").fill_null("") != ""))
     if frame["id"].is_duplicated().any():
         print(f"search: {path} repeats {frame.height - frame['id'].n_unique()} id(s); keeping each id's first record")
         frame = frame.unique("id", keep="first", maintain_order=True)
