@@ -239,19 +239,19 @@ def test_bad_papers_file_is_named(tmp_path):
 
 
 def test_json_lines_are_read_batch_by_batch_and_bad_lines_are_named_not_indexed(tmp_path, records, capsys, monkeypatch):
-    """Kaggle-schema JSON lines through the clean stage's parser, a batch at a time (bounded memory at 4.5 GB): a cut-off
-    line and a record of the wrong shape are left out and named by line; records whose `versions` are all null (as in an
-    OAI export) take their year from the id, where reading the whole file by inference failed."""
+    """JSON lines a batch at a time (bounded memory at 4.5 GB): a cut-off line and a line that is no object are left out
+    and named by number; records whose `versions` are all null (an OAI export) take their year from the id, and a record
+    with list categories or a number where search reads nothing is indexed, as before."""
     import arxiv_embed.data.records as raw
 
     monkeypatch.setattr(raw, "BATCH_BYTES", 4096)  # several batches from a few records
-    no_versions = [json.dumps({**json.loads(line), "versions": None}) + "\n" for line in records[:12]]
-    lines = no_versions[:5] + ['{"id": "0704.9999", "title": "cut off\n', json.dumps({"id": 704.5, "abstract": "x"}) + "\n"] + no_versions[5:]
+    no_versions = [json.dumps({**json.loads(line), "versions": None}) + "\n" for line in records[:10]]
+    listed = json.loads(records[10]) | {"categories": ["math.AG", "math.NT"], "comments": 12}
+    lines = no_versions[:5] + ['{"id": "0704.9999", "title": "cut off\n', "[1, 2]\n"] + no_versions[5:] + [json.dumps(listed) + "\n"]
     papers = read_papers(write_papers(tmp_path / "papers.jsonl", lines))
-    assert papers["id"].to_list() == [json.loads(line)["id"] for line in records[:12]]
-    assert papers["year"].to_list() == [2007] * 12
-    out = capsys.readouterr().out
-    assert "left out 2 line(s)" in out and "line 6 (malformed_json), line 7 (wrong_type)" in out
+    assert papers["id"].to_list() == [json.loads(line)["id"] for line in records[:11]]
+    assert papers["year"].to_list() == [2007] * 11 and papers["categories"][-1].to_list() == ["math.AG", "math.NT"]
+    assert "left out 2 line(s)" in (out := capsys.readouterr().out) and "lines 6, 7" in out
 
 
 def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, capsys):

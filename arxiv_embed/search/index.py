@@ -325,7 +325,7 @@ def _planned_papers(plan: pl.DataFrame, papers: pl.DataFrame, old_batches: list[
     for part in plan.with_row_index("position").iter_slices(rows):
         from_new = part.filter(pl.col("new_row").is_not_null())
         from_old = part.filter(pl.col("new_row").is_null()).sort("row")  # batch by batch, in the order they are taken
-        pieces = [source[from_new["new_row"]].with_columns(from_new["position"])]
+        pieces = [source[from_new["new_row"]].cast(_empty_papers().schema).with_columns(from_new["position"])]
         if from_old.height:
             old_rows = from_old["row"].to_numpy()
             owner = np.searchsorted(starts, old_rows, side="right") - 1

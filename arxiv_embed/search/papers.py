@@ -38,47 +38,59 @@ def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
     categories = pl.col("categories")
     if schema["categories"] == pl.String:  # Kaggle schema: one space-separated string
         categories = categories.str.split(" ")
-    if "first_version_date" in schema:  # the clean stage's parsed date
-        dated = pl.col("first_version_date").cast(pl.Date, strict=False).dt.year()
-    elif "versions" in schema:  # Kaggle: [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}, ...]
+    if "first_version_date" in schema:  # the clean stage's parsed date (text in JSON lines)
+        date = pl.col("first_version_date")
+        dated = (date.str.to_date(strict=False) if schema["first_version_date"] == pl.String else date.cast(pl.Date, strict=False)).dt.year()
+    elif isinstance(schema.get("versions"), pl.List):  # Kaggle: [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}, ...]
         dated = pl.col("versions").list.first().struct.field("created").str.extract(r"\b(\d{4})\b").cast(pl.Int32, strict=False)
     else:
         dated = pl.lit(None, dtype=pl.Int32)
-    from_id = pl.when(pl.col("id").str.contains(r"^\d{4}\.")).then(2000 + pl.col("id").str.slice(0, 2).cast(pl.Int32, strict=False))
+    paper_id = pl.col("id").cast(pl.String)
+    from_id = pl.when(paper_id.str.contains(r"^\d{4}\.")).then(2000 + paper_id.str.slice(0, 2).cast(pl.Int32, strict=False))
     authors = pl.col("authors") if "authors" in schema else pl.lit(None, dtype=pl.String)
     return [
-        pl.col("id").cast(pl.String).str.strip_chars(),
+        paper_id.str.strip_chars(),
         pl.col("title").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null(""),  # untitled: found by its abstract
         authors.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null("").alias("authors"),
         categories.cast(pl.List(pl.String)).alias("categories"),
         pl.coalesce(dated.cast(pl.Int32), from_id).cast(pl.Int16).alias("year"),
-        pl.col("abstract").str.replace_all(r"\s+", " ").str.strip_chars(),
+        pl.col("abstract").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars(),
     ]
 
 
 def _read_json_lines(path: Path) -> pl.DataFrame:
-    """Kaggle-schema JSON lines (.gz ok), read a batch at a time by the clean stage's parser: memory holds the columns
-    kept, not the whole file and its parse (the 4.5 GB snapshot would need ~15 GB). Lines that are no such record are
-    counted and named, not indexed."""
-    from arxiv_embed.data.records import line_batches, parse_batch
+    """JSON lines of the Kaggle schema (.gz ok; categories a space-separated string or a list), a batch at a time: memory
+    holds the columns kept, not the whole file and its parse (the 4.5 GB snapshot would need ~15 GB). A batch with a line
+    that is no JSON object is read line by line, and such lines are counted and named, not indexed."""
+    from arxiv_embed.data.records import line_batches
 
-    frames, rejected, first_rejects, present = [], 0, [], set()
+    frames, present, rejected = [], set(), []
     try:
         for first, chunk in line_batches(path):
-            records, rejects = parse_batch(chunk, first)
-            present |= {name for name in REQUIRED if records[name].null_count() < records.height}
-            frames.append(records.select(_kept_columns(records.schema)))
-            rejected += len(rejects)
-            first_rejects += [f"line {r['line']} ({r['reason']})" for r in rejects[:5 - len(first_rejects)]]
-    except UserError as exc:
-        raise SearchError(f"--papers {exc}") from None
+            try:
+                pieces = [pl.read_ndjson(chunk, infer_schema_length=None)]
+            except pl.exceptions.PolarsError:
+                pieces = []
+                for number, line in enumerate(chunk.split(b"\n"), first):
+                    if not line.strip():
+                        continue
+                    try:
+                        pieces.append(pl.read_ndjson(line, infer_schema_length=None))
+                    except pl.exceptions.PolarsError:
+                        rejected.append(number)
+            for piece in pieces:
+                present |= set(piece.columns)
+                piece = piece.with_columns(pl.lit(None, dtype=pl.String).alias(name) for name in REQUIRED if name not in piece.columns)
+                frames.append(piece.select(_kept_columns(piece.schema)))
+    except UserError as exc:  # cut off or not JSON lines at all; the clean stage's advice (re-run download) is not for --papers
+        raise SearchError(f"--papers {str(exc).split('; re-run the download stage')[0]}") from None
+    named = ", ".join(map(str, rejected[:5])) + (", ..." if len(rejected) > 5 else "")
     if not sum(frame.height for frame in frames):
-        raise SearchError(f"--papers {path}: no JSON lines of the Kaggle schema (one JSON object per line, categories a "
-                          f"space-separated string){': ' if first_rejects else ''}{', '.join(first_rejects)}")
+        raise SearchError(f"--papers {path}: no JSON lines (one JSON object per line){f'; not one: lines {named}' if rejected else ''}")
     if missing := set(REQUIRED) - present:  # a key no record has
         raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need {', '.join(REQUIRED)}")
     if rejected:
-        print(f"search: left out {rejected} line(s) of {path} that are not Kaggle-schema JSON records: {', '.join(first_rejects)}")
+        print(f"search: left out {len(rejected)} line(s) of {path} that are not one JSON object: lines {named}")
     return pl.concat(frames)
 
 
