@@ -8,6 +8,7 @@ CLI in a child process (wall time; peak RSS from wait4, page cache of the memory
 - the same file again: every paper kept, nothing encoded;
 - a 300-paper file (100 new papers, 100 changed abstracts, 100 new titles): the month's update, where every other
   stored paper is kept from the old index's own rows.
+At 2.7M it needs ~21 GB free under benchmarks/results/ (the vectors, the index and its rebuilt copy), removed at the end.
 """
 
 from __future__ import annotations
