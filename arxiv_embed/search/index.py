@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -287,6 +288,7 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
     plan = pl.concat([kept.select("row", "new_row"), todo.select(pl.lit(None, dtype=pl.UInt32).alias("row"), "new_row")])
     texts = papers["abstract"].gather(todo["new_row"]).to_list()
     work_dir = encoding_dir(path)
+    print(f"search: {todo.height} new or changed papers to encode, {kept.height} kept from {path}", file=sys.stderr, flush=True)
     with atomic_path(path) as tmp:
         tmp.mkdir()
         # Kept rows, then new ones, written straight into the new index's memory-mapped float file: a
