@@ -321,18 +321,18 @@ def _planned_papers(plan: pl.DataFrame, papers: pl.DataFrame, old_batches: list[
     """The new index's papers, `rows` at a time: plan row i is the new file's row `new_row`, or where that is null the old
     index's row `row`, taken from its memory-mapped record batches one batch at a time (a take over the whole table
     would copy every stored abstract)."""
-    columns = _empty_papers().columns
-    source = papers.select(columns)
+    schema = _empty_papers().schema
+    source = papers.select(schema.names())
     starts = np.cumsum([0] + [batch.num_rows for batch in old_batches])
     for part in plan.with_row_index("position").iter_slices(rows):
         from_new = part.filter(pl.col("new_row").is_not_null())
         from_old = part.filter(pl.col("new_row").is_null()).sort("row")  # batch by batch, in the order they are taken
-        pieces = [source[from_new["new_row"]].cast(_empty_papers().schema).with_columns(from_new["position"])]
+        pieces = [source[from_new["new_row"]].cast(schema).with_columns(from_new["position"])]
         if from_old.height:
             old_rows = from_old["row"].to_numpy()
             owner = np.searchsorted(starts, old_rows, side="right") - 1
             taken = [old_batches[b].take(pa.array(old_rows[owner == b] - starts[b])) for b in np.unique(owner)]
-            pieces.append(pl.from_arrow(pa.Table.from_batches(taken)).select(columns).cast(_empty_papers().schema)
+            pieces.append(pl.from_arrow(pa.Table.from_batches(taken)).select(schema.names()).cast(schema)
                           .with_columns(from_old["position"]))
         yield pl.concat(pieces).sort("position").drop("position")
 
@@ -374,10 +374,11 @@ def _write_index_files(folder: Path, papers: Iterable[pl.DataFrame], embeddings:
 
     index = make_index(embeddings, precision) if index is None else index
     faiss.write_index(index, str(folder / "index.faiss"))
-    schema = _empty_papers().to_arrow().schema
+    empty = _empty_papers()
+    schema = empty.to_arrow().schema
     with pa.ipc.new_file(str(folder / "papers.arrow"), schema) as writer:
         for part in papers:  # one part at a time: an index's papers never sit in memory twice
-            writer.write_table(part.select(_empty_papers().columns).to_arrow().cast(schema), max_chunksize=65536)
+            writer.write_table(part.select(empty.columns).to_arrow().cast(schema), max_chunksize=65536)
     meta = {"format": FORMAT, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
             "dimension": int(embeddings.shape[1]), "count": len(embeddings), "text": "abstract",
             "faiss": type(faiss.downcast_index(index)).__name__, "rescore_multiplier": rescore_multiplier,
