@@ -52,7 +52,13 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     return parse_params(read_yaml(path), str(path))
 
 
-if __name__ == "__main__":
-    # `python -m arxiv_embed.params` validates params.yaml on its own (used by `make check`).
+def _check() -> None:
     load_params()
     print(f"{PARAMS_FILE}: ok")
+
+
+if __name__ == "__main__":
+    # `python -m arxiv_embed.params` validates params.yaml on its own (used by `make check`): a bad key is one line, exit 1.
+    from arxiv_embed.errors import run
+
+    run(_check, "params")

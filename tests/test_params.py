@@ -106,6 +106,30 @@ def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
     assert params.shared.seed == 42 and isinstance(params.shared.seed, int)
 
 
+@pytest.mark.parametrize(("written", "expected"), [("2026-10-01", None), ("2026-02-30", "'2026-02-30' is not a date of the calendar")])
+def test_an_unquoted_date_is_read_as_text_and_a_bad_one_names_its_key(tmp_path, written, expected):
+    # PyYAML would turn `from_date: 2026-02-30` into a bare ValueError with no key; as text, the schema checks it.
+    raw = committed_params()
+    raw["download"]["oai"]["from_date"] = "DATE"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False).replace("from_date: DATE", f"from_date: {written}"))
+    if expected is None:
+        assert load_params(tmp_path / "params.yaml").download.oai.from_date == written
+    else:
+        with pytest.raises(ParamsError, match=rf"download.oai.from_date: Value error, {expected}"):
+            load_params(tmp_path / "params.yaml")
+
+
+def test_make_check_prints_one_message_and_no_traceback(tmp_path):
+    # `make check` (run first by `make repro`) validates params.yaml alone through `python -m arxiv_embed.params`.
+    raw = committed_params()
+    raw["clean"]["min_abstract_wordz"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "arxiv_embed.params"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("params: error: params.yaml is invalid:") and "clean.min_abstract_wordz: unknown key" in result.stderr
+
+
 def test_a_stage_with_bad_params_prints_one_message_and_no_traceback(tmp_path):
     """Every stage goes through arxiv_embed.errors.run: a user error is one line naming the key, exit 1."""
     raw = committed_params()

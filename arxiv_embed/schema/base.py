@@ -35,7 +35,8 @@ def _calendar_date(value: str) -> str:
     return value
 
 
-# `dvc exp run -S download.oai.from_date=2026-10-01` writes an unquoted YAML date: accept it as text.
+# An unquoted YAML date (`from_date: 2026-10-01`) reaches the schema as text (read_yaml resolves no dates); a date
+# object still passes, for params built in code.
 IsoDate = Annotated[
     str,
     BeforeValidator(lambda value: value.isoformat() if isinstance(value, date) else value),
@@ -92,6 +93,12 @@ _Yaml12FloatLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+# Dates stay text: PyYAML would raise a bare ValueError for `from_date: 2026-02-30` (no key named, a traceback);
+# as text, the schema's IsoDate check names the key.
+_Yaml12FloatLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _Yaml12FloatLoader.yaml_implicit_resolvers.items()
+}
 
 
 def read_yaml(path: Path | str = PARAMS_FILE) -> object:
