@@ -264,6 +264,29 @@ def test_label_batches_hold_several_papers_of_each_label() -> None:
     assert len(labels) - 1 not in np.concatenate(seen)  # label 5 has one paper (the last): no positive, never batched
 
 
+@pytest.mark.parametrize(("size", "per_label", "sampling"), [(8, 2, "proportional"), (8, 2, "sqrt"), (8, 2, "balanced"), (8, 4, "proportional"),
+                                                          (64, 2, "proportional"), (8, 41, "proportional"), (128, 2, "proportional")])
+def test_batches_per_epoch_counts_what_an_epoch_yields(size: int, per_label: int, sampling: str) -> None:
+    labels = np.repeat(np.arange(6), [40, 8, 8, 4, 3, 1])
+    for grouped in (labels, None):
+        batches = adapter.Batches(grouped, size, np.random.default_rng(0), per_label, sampling)
+        assert batches.per_epoch(len(labels)) == len(list(batches.epoch(len(labels))))
+
+
+def test_a_batch_too_large_for_the_train_data_is_refused_not_trained_for_0_steps(tiny_model, tiny_data: Path) -> None:
+    # Else the run takes 0 steps, exits 0, and evaluate and push get the untrained identity adapter.
+    from arxiv_embed.errors import TrainingSetupError
+
+    frames = {"labels": training_data.kind_frame("labels")}
+    index, cached = cached_vectors(tiny_model, frames)
+    for settings, named in (({"batch_size": 16, "adapter": {"per_label": 400}}, "finetune.adapter.per_label=400"),
+                            ({"batch_size": 4096}, "finetune.batch_size=4096")):
+        ft = finetune(loss="batch_all", train_data=["labels"], retain_title_abstract=0.0, hard_negatives={"weight": 0.0, "candidates": 20},
+                      **settings)
+        with pytest.raises(TrainingSetupError, match=f"{named}.* makes no batch of the .* labels train rows"):
+            adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
+
+
 def test_balanced_label_sampling_evens_out_labels_with_the_same_epoch_length() -> None:
     labels = np.repeat(np.arange(4), [64, 16, 8, 4])
     per_label = {}

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.progress import Progress
 from arxiv_embed.training.losses import RETAIN
 
@@ -193,6 +194,12 @@ class Batches:
         for i in range(0, len(order) - per_batch + 1, per_batch):
             yield np.concatenate([chunks[j] for j in order[i : i + per_batch]])
 
+    def per_epoch(self, n_rows: int) -> int:
+        """How many batches epoch(n_rows) yields (drawing none: the seeded order is untouched)."""
+        if self.labels is None:
+            return n_rows // self.size
+        return sum(self._chunks_per_label()) // max(1, self.size // self.per_label) if self._groups else 0
+
     def _chunks_per_label(self) -> list[int]:
         """Chunks of per_label papers each label gives an epoch, by label_sampling (the same total)."""
         full = np.array([len(g) // self.per_label for g in self._groups])
@@ -326,6 +333,15 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
 
     main = [(o, *rows_of(o)) for o in recipe if o.name in ft.train_data]
     extra = [(o, *rows_of(o)) for o in recipe if o.name not in ft.train_data]
+    for objective, columns, labels in main:  # else the run takes 0 steps and ships the untrained identity adapter
+        grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label)
+        if not grouped.per_epoch(len(columns[0])):
+            raise TrainingSetupError(
+                f"finetune.batch_size={ft.batch_size}"
+                + (f" with finetune.adapter.per_label={ft.adapter.per_label}" if objective.name == "labels" else "")
+                + f" makes no batch of the {len(columns[0]):,} {objective.name} train rows"
+                + (f" ({len(grouped._groups)} labels have {ft.adapter.per_label}+ papers)" if objective.name == "labels" else "")
+                + ": lower them, or train on more papers (make_triplets.max_train_papers)")
 
     # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
     # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).
