@@ -363,9 +363,10 @@ def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(t
         main(argv)
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("Loading weights")]
     err = [line for line in err if line.strip()]
-    # What the build will do, then one line on the interruption: no traceback.
-    assert stopped.value.code == 130 and len(err) == 2 and err[0].startswith("search: 20 new or changed papers to encode, 0 kept"), err
-    assert f"rerun `python -m arxiv_embed.search build --papers {papers}" in err[1] and "to resume" in err[1]
+    # The papers read, what the build will do, then one line on the interruption: no traceback.
+    assert stopped.value.code == 130 and len(err) == 3 and err[0].startswith("search: read a.jsonl done: 20 records"), err
+    assert err[1].startswith("search: 20 new or changed papers to encode, 0 kept"), err
+    assert f"rerun `python -m arxiv_embed.search build --papers {papers}" in err[2] and "to resume" in err[2]
     encoder_calls.interrupt_at = None
     main(argv)
     out = capsys.readouterr().out

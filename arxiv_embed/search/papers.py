@@ -63,10 +63,13 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
     holds the columns kept, not the whole file and its parse (the 4.5 GB snapshot would need ~15 GB). A batch with a line
     that is no JSON object is read line by line, and such lines are counted and named, not indexed."""
     from arxiv_embed.data.records import line_batches
+    from arxiv_embed.progress import Progress
 
     frames, present, rejected = [], set(), []
+    meter = Progress(f"search: read {path.name}", unit="records")  # ~1 min for the 4.5 GB snapshot: a line every 15 s
     try:
         for first, chunk in line_batches(path):
+            rejected_before = len(rejected)
             try:
                 pieces = [pl.read_ndjson(chunk, infer_schema_length=None)]
             except pl.exceptions.PolarsError:
@@ -82,8 +85,10 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
                 present |= set(piece.columns)
                 piece = piece.with_columns(pl.lit(None, dtype=pl.String).alias(name) for name in REQUIRED if name not in piece.columns)
                 frames.append(piece.select(_kept_columns(piece.schema)))
+            meter.update(sum(piece.height for piece in pieces) + len(rejected) - rejected_before)
     except UserError as exc:  # cut off or not JSON lines at all; the clean stage's advice (re-run download) is not for --papers
         raise SearchError(f"--papers {str(exc).split('; re-run the download stage')[0]}") from None
+    meter.done()
     named = ", ".join(map(str, rejected[:5])) + (", ..." if len(rejected) > 5 else "")
     if not sum(frame.height for frame in frames):
         raise SearchError(f"--papers {path}: no JSON lines (one JSON object per line){f'; not one: lines {named}' if rejected else ''}")
