@@ -143,6 +143,11 @@ def load_model(
     device = "cpu" if backend == "int8" else device or pick_device()  # quantised kernels are CPU-only
     model = SentenceTransformer(str(path), device=device, trust_remote_code=trust_remote_code)
     if max_seq_length:
+        # Past the model's position table, encoding fails deep in torch ("size of tensor a (667) must match ... (512)").
+        config = getattr(getattr(model[0], "auto_model", None), "config", None)
+        if (positions := getattr(config, "max_position_embeddings", None)) and max_seq_length > positions:
+            raise UserError(f"model.max_seq_length={max_seq_length} is more than the {positions} token positions of "
+                            f"{name_or_path}: set it to {positions} or less in params.yaml")
         model.max_seq_length = max_seq_length
     return quantize_int8(model) if backend == "int8" else model
 

