@@ -62,6 +62,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
         ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}}, "eval_fraction \\+ split.test_fraction must be < 1"),
         ({"finetune": {"full": {"eval_steps": 32, "save_steps": 48}}}, "save_steps must be a multiple of finetune.full.eval_steps"),
         ({"push": {"hub": {"enabled": True, "repo_id": None}}}, "push.hub.repo_id is empty"),
+        ({"make_triplets": {"triplets_per_split": {"test": 0}}}, "triplets_per_split.test must be above 0"),
         ({"make_triplets": {"same_label_pairs_per_split": {"train": 0}}, "finetune": {"hard_negatives": {"weight": 1.0}}},
          "hard_negatives.weight > 0 mines negatives"),
     ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from arxiv_embed.schema.base import Fraction, NonNegativeInt, PositiveInt, Section
 from arxiv_embed.schema.shared import Shared
@@ -26,6 +26,12 @@ class MakeTriplets(Section):
     hard_negative_fraction: Fraction
     same_label_pairs_per_split: PerSplit
     graded_pairs_per_split: PerSplit
+
+    @model_validator(mode="after")
+    def _test_triplets(self) -> MakeTriplets:
+        if self.triplets_per_split.test == 0:  # else the triplet lens (and push's gate on it) scores an empty set: NaN
+            raise ValueError("make_triplets.triplets_per_split.test must be above 0: evaluate's triplet lens scores them")
+        return self
 
 
 class MakeTripletsParams(Section):
