@@ -126,8 +126,18 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def read_json(path: Path | str) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path: Path | str, produced_by: str | None = None) -> Any:
+    """A JSON file; with `produced_by` (the stage that writes it), a missing or malformed one is an InputError naming
+    the stage to rerun."""
+    path = Path(path)
+    if produced_by is None:
+        return json.loads(path.read_text(encoding="utf-8"))
+    if not path.exists():
+        raise InputError(f"{path} is missing: run `dvc repro {produced_by}` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}): rerun `dvc repro {produced_by}`") from None
 
 
 def require_columns(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from arxiv_embed.files import read_json
+from arxiv_embed.files import read_json, require_columns
 from arxiv_embed.flat import flatten
 from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.schema.download import Download
@@ -59,10 +59,14 @@ def describe_source(download: Download) -> str:
 
 
 def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dict) -> CardFacts:
+    for split in SPLITS:
+        require_columns(split_file(split), ["label"], "split")
     splits = {split: pl.scan_parquet(split_file(split)).select("label").collect() for split in SPLITS}
     # Only the files this run trained on (finetune.train_data and the retained pairs), not every file
     # make_triplets wrote.
     train_files, _ = data_files(params.finetune)
+    for path in train_files:
+        require_columns(path, [], "make_triplets")
     examples = {str(path): pl.scan_parquet(path).select(pl.len()).collect().item() for path in train_files}
     clean = metrics_file("clean")
     # The knobs this run's mode read, not the other mode's (finetune.read_by_mode).
@@ -77,12 +81,12 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dic
         n_labels=pl.concat(splits.values())["label"].n_unique(),
         training_examples=examples,
         training_params=flat_params,
-        finetune_metrics=numeric_leaves(read_json(metrics_file("finetune"))),
+        finetune_metrics=numeric_leaves(read_json(metrics_file("finetune"), "finetune")),
         evaluation={name: numeric_leaves(evaluation.get(name, {})) for name in (*MODELS, "delta")},
         gate=gate,
         provenance={"git commit": git_commit(), "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
                     "MLflow run": run_info["run_id"], "training data sha256": file_fingerprint(*train_files)},
-        clean_stats={k: v for k, v in read_json(clean).items() if isinstance(v, (int, float, str))} if clean.exists() else {},
+        clean_stats={k: v for k, v in read_json(clean, "clean").items() if isinstance(v, (int, float, str))} if clean.exists() else {},
     )
 
 

@@ -174,10 +174,8 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
 def main() -> None:
     params = load(PushParams)
     cfg = params.push
-    evaluation = read_json(EVALUATE)
-    if not (FINETUNED / RUN_INFO).exists():
-        raise PushError(f"{FINETUNED / RUN_INFO} is missing: run `dvc repro push` (finetune writes it with the model)")
-    run_info = read_json(FINETUNED / RUN_INFO)
+    evaluation = read_json(EVALUATE, "evaluate")
+    run_info = read_json(FINETUNED / RUN_INFO, "finetune")  # finetune writes it with the model
     check_evaluated_model(evaluation, run_info["run_id"])
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)

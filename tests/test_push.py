@@ -282,6 +282,29 @@ def test_push_registers_the_release_when_finetune_logged_no_model(tmp_path, pape
     assert logged.source_run_id == run_id and logged.name == "release"
 
 
+def test_missing_or_malformed_inputs_are_named_with_the_stage_to_rerun(tmp_path, papers, base_model, monkeypatch):
+    """Each upstream output push reads: one message naming it and the stage (no traceback), and no release written."""
+    from arxiv_embed.errors import InputError
+
+    project = make_project(tmp_path / "project")
+    write_inputs(project, papers, base_model, log_model=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for name, stage in (("metrics/evaluate.json", "evaluate"), ("models/finetuned/mlflow_run.json", "finetune"),
+                        ("metrics/finetune.json", "finetune"), ("data/split/test.parquet", "split"),
+                        ("data/triplets/train_title_abstract.parquet", "make_triplets")):
+        path = project / name
+        kept = path.read_bytes()
+        path.unlink()
+        with pytest.raises(InputError, match=f"{name} is missing: run `dvc repro {stage}` first"):
+            run_push_in_process(project, monkeypatch)
+        if name.endswith(".json"):
+            path.write_text('{"trunc')
+            with pytest.raises(InputError, match=f"{name} is not valid JSON .*: rerun `dvc repro {stage}`"):
+                run_push_in_process(project, monkeypatch)
+        path.write_bytes(kept)
+        assert not (project / "models/release").exists()
+
+
 def test_gate_refuses_a_worse_model(tmp_path, papers, base_model, monkeypatch):
     from stages.push import PushError
 
