@@ -90,6 +90,9 @@ def hub_token(hub: Hub) -> str | None:
     if not token:
         raise PushError("push.hub.enabled is true but HF_TOKEN is not set: set HF_TOKEN in the environment "
                         "(a write token) or set push.hub.enabled: false")
+    # Checked before the release and the registry version are written, not at the upload after them.
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:  # huggingface_hub's truthy values
+        raise PushError("push.hub.enabled is true but HF_HUB_OFFLINE=1 is set: unset it to push to the Hub, or set push.hub.enabled: false")
     return token
 
 
@@ -154,12 +157,14 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts) -> tuple[s
 def push_to_hub(hub: Hub, release: Path, token: str) -> None:
     import httpx2
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
     try:
         api.create_repo(hub.repo_id, private=hub.private, exist_ok=True)
         commit = api.upload_folder(repo_id=hub.repo_id, folder_path=release, commit_message="arxiv-embed release")
+    except HFValidationError as exc:  # the schema checks repo_id's form; the Hub's own rules may be stricter
+        raise PushError(f"push.hub.repo_id={hub.repo_id!r}: {str(exc).splitlines()[0]}") from None
     except OfflineModeIsEnabled:
         raise PushError("push.hub.enabled is true but HF_HUB_OFFLINE=1 is set: unset it to push to the Hub") from None
     except httpx2.TransportError as exc:

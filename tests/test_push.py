@@ -425,6 +425,11 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
     with pytest.raises(PushError, match="HF_TOKEN is not set"):
         hub_token(hub)
     assert hub_token(Hub()) is None  # disabled: no token needed
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # found before any work, not at the upload after the release and registry
+    with pytest.raises(PushError, match="HF_HUB_OFFLINE=1 is set") as offline:
+        hub_token(hub)
+    assert FAKE_TOKEN not in str(offline.value)
 
     (tmp_path / "README.md").write_text("card")
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as closed:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from arxiv_embed.schema.base import Section
 from arxiv_embed.schema.download import Download
 from arxiv_embed.schema.finetune import Finetune
 from arxiv_embed.schema.model import Model
 from arxiv_embed.schema.shared import Shared
+
+
+def _registry_name(name: str) -> str:
+    # MLflow refuses '/' and ':' only after the release is written; a quote would break push's registry filters.
+    if not name.strip() or set(name) & set("/:'"):
+        raise ValueError(f"{name!r} is not a registry model name: use a non-empty name without '/', ':' or quotes")
+    return name
+
+
+def _hub_repo_id(repo_id: str | None) -> str | None:
+    # The Hub's rule (huggingface_hub.utils.validate_repo_id), checked before any work instead of after registering.
+    if repo_id is not None and (not re.fullmatch(r"(?:[\w.-]{1,96}/)?[\w.-]{1,96}", repo_id) or "--" in repo_id or ".." in repo_id
+                                or any(part[0] in "-." or part[-1] in "-." for part in repo_id.split("/"))):
+        raise ValueError(f"{repo_id!r} is not a Hub repo id: 'user/model-name' (letters, digits, '-', '_', '.')")
+    return repo_id
 
 
 class Gate(Section):
@@ -21,7 +37,7 @@ class Gate(Section):
 
 class Hub(Section):
     enabled: bool
-    repo_id: str | None
+    repo_id: Annotated[str | None, AfterValidator(_hub_repo_id)]
     private: bool
 
     @model_validator(mode="after")
@@ -33,7 +49,7 @@ class Hub(Section):
 
 class Push(Section):
     license: str
-    registry_model_name: str
+    registry_model_name: Annotated[str, AfterValidator(_registry_name)]
     gate: Gate
     hub: Hub
 
