@@ -12,7 +12,10 @@ evaluate's paired-bootstrap intervals (evaluation/report.compare):
 - `--objectives-curve [N ...]`: the learning curve, deltas with intervals vs train papers (nested
   prefixes of a seeded shuffle of the train split), written to benchmarks/learning_curve/<file>.csv
   (dvc.yaml's `dev_learning_curve` plot: `dvc plots show`);
-- `--objectives-pooled`: also the two dev files pooled as one (21k train papers: the curve's 20k point).
+- `--objectives-pooled`: also the two dev files pooled as one (21k train papers: the curve's 20k point);
+- `--objectives-probes C [C ...]`: rows also carry the macro-F1 (supported) delta of logistic regressions given
+  EVERY train paper at each regularisation C (the lens's probe: 2,000 label-balanced train papers, C 1), so a
+  classification gain can be told from the probe's shortage of labelled papers.
 
     python -m benchmarks objectives --objectives-prepare --objectives-pooled   # DAG to embed_base + the eval split, once
     python -m benchmarks objectives --objectives-candidates default first-retain4 first-balanced
@@ -274,6 +277,31 @@ def all_pairs_triplets(vectors, papers) -> dict[str, float]:
     return {kind: float(np.mean([np.mean(scores) for scores in by_label.values()])) for kind, by_label in per_label.items()}
 
 
+def probe_pairs(vectors, train, test, min_support: int, c: float, seed: int) -> np.ndarray:
+    """A research signal beside the classification lens: (actual, predicted) label ids of the test papers, over
+    the lens's supported labels, from a logistic regression of regularisation `c` on EVERY train paper (natural
+    label mix). The lens's probe sees 2,000 label-balanced train papers (~20 per label on multidomain) at C 1."""
+    from sklearn.linear_model import LogisticRegression
+
+    from arxiv_embed.evaluation.lenses import label_pairs, supported_labels
+
+    actual = test["label"].to_numpy()
+    probe = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(vectors(train["abstract"].to_list()), train["label"].to_numpy())
+    predicted = probe.predict(vectors(test["abstract"].to_list()))
+    supported = supported_labels(actual, min_support)
+    return label_pairs(actual, predicted, ignore=(set(actual) | set(predicted)) - supported)
+
+
+def probe_deltas(base: dict[float, np.ndarray], tuned: dict[float, np.ndarray], seed: int) -> dict[str, list[float]]:
+    """"probe_macro_f1.C<c>" -> [delta, 95% low, high], evaluate's paired bootstrap over the test papers."""
+    from arxiv_embed.evaluation.report import ModelEval, macro_f1, paired_intervals
+
+    as_eval = lambda pairs: ModelEval({}, {f"probe_macro_f1.C{c:g}": p for c, p in pairs.items()}, {})  # noqa: E731
+    intervals = paired_intervals(as_eval(base), as_eval(tuned), seed)
+    return {f"probe_macro_f1.C{c:g}": [round(macro_f1(tuned[c]) - macro_f1(base[c]), 4), *(round(v, 4) for v in intervals[f"probe_macro_f1.C{c:g}"])]
+            for c in tuned}
+
+
 def adapted(modules: list, vectors):
     """The fine-tuned vectors: the trained adapter (normalize(adapter(x)), as in training) on the cached base vectors."""
     import torch
@@ -299,7 +327,8 @@ def deltas(base, tuned, seed: int) -> dict[str, tuple[float, float, float]]:
     return {key: (change[key], *report["delta_ci95"][key]) for key in TARGETS}
 
 
-def experiment(source: Path, names: list[str], split: str, seeds: list[int], sizes: list[int | None]) -> list[dict]:
+def experiment(source: Path, names: list[str], split: str, seeds: list[int], sizes: list[int | None],
+               probes: list[float] = ()) -> list[dict]:
     """One row per (candidate, seed, train size): headline deltas with intervals, on `split`."""
     from arxiv_embed.embeddings import distinct_texts
     from arxiv_embed.training.adapter import train_members
@@ -311,6 +340,8 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
     order = train["id"].to_list()
     base = score(cached, data, params)
     base_pairs = all_pairs_triplets(cached, data.test)
+    probe = lambda vectors, c: probe_pairs(vectors, train, data.test, params.evaluate.min_label_support, c, params.shared.seed)  # noqa: E731
+    base_probes = {c: probe(cached, c) for c in probes}
     titles = cached.subset(distinct_texts([data.test["title"]]))  # the title lens's queries
     print(f"objectives: {source.name}: {len(order)} train papers; scoring on {split} ({data.test.height} papers)", flush=True)
     rows = []
@@ -331,7 +362,8 @@ def experiment(source: Path, names: list[str], split: str, seeds: list[int], siz
                 row = {"file": source.name.split(".")[0], "split": split, "candidate": name, "seed": seed,
                        "train_papers": len(chosen), "train_s": round(time.monotonic() - started, 1),
                        **{key: [round(v, 4) for v in value] for key, value in deltas(base, tuned, params.shared.seed).items()},
-                       **{f"all_pairs_triplets.{kind}": round(pairs[kind] - base_pairs[kind], 4) for kind in pairs}}
+                       **{f"all_pairs_triplets.{kind}": round(pairs[kind] - base_pairs[kind], 4) for kind in pairs},
+                       **probe_deltas(base_probes, {c: probe(documents, c) for c in probes}, params.shared.seed)}
                 rows.append(row)
                 print("objectives: " + json.dumps(row), flush=True)
     return rows
@@ -372,6 +404,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objectives-candidates", nargs="+", default=["default"], choices=list(CANDIDATES), help="objectives: candidates")
     parser.add_argument("--objectives-split", choices=["eval", "test"], default="eval", help="objectives: eval (choose) or test (report)")
     parser.add_argument("--objectives-seeds", nargs="+", type=int, default=[42], help="objectives: adapter training seeds")
+    parser.add_argument("--objectives-probes", nargs="+", type=float, default=[], metavar="C",
+                        help="objectives: also the macro-F1 delta of a logistic regression on every train paper, at each C (e.g. 1 10)")
     parser.add_argument("--objectives-curve", nargs="*", type=int, default=None,
                         help="objectives: learning curve at these train-paper counts and all (no value: 2000 5000 10000 20000)")
 
@@ -400,7 +434,7 @@ def run(args: argparse.Namespace):
     curve = args.objectives_curve
     sizes = [None] if curve is None else [*(curve or [2000, 5000, 10000, 20000]), None]
     rows = [row for source in files for row in experiment(Path(source), args.objectives_candidates, args.objectives_split,
-                                                           args.objectives_seeds, sizes)]
+                                                           args.objectives_seeds, sizes, args.objectives_probes)]
     results = RESULTS_DIR / f"objectives-{args.objectives_split}{'-curve' if curve is not None else ''}.jsonl"
     with results.open("a") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
