@@ -242,3 +242,27 @@ def test_all_pairs_triplets_weighs_labels_evenly_and_counts_every_positive_negat
     per_label = lambda table: np.mean([np.mean([v for k, v in table.items() if k[0] == g]) for g in {k[0] for k in table}])  # noqa: E731
     assert scores["random"] == pytest.approx(per_label(random)) and scores["hard"] == pytest.approx(per_label(hard))
     assert 0.5 < scores["random"] < 1.0 and scores["hard"] < scores["random"]  # x3 loses to y1: the hard kind feels it most
+
+
+def test_probes_train_on_every_train_paper_and_report_the_paired_delta() -> None:
+    import numpy as np
+    import polars as pl
+
+    from arxiv_embed.embeddings import TextVectors
+    from benchmarks.objectives import probe_deltas, probe_pairs
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a.x", "a.y", "b.z"], [40, 40, 10])
+    texts = [f"paper {i}" for i in range(len(labels))]
+    centres = {"a.x": [1.0, 0.0], "a.y": [0.0, 1.0], "b.z": [-1.0, 0.0]}
+    separable = TextVectors(texts, np.array([centres[label] for label in labels]) + 0.1 * rng.normal(size=(len(labels), 2)))
+    noise = TextVectors(texts, rng.normal(size=(len(labels), 2)))
+    papers = pl.DataFrame({"abstract": texts, "label": labels})
+    train, test = papers[::2], papers[1::2]
+    pairs = {name: {1.0: probe_pairs(vectors, train, test, 10, 1.0, 42)} for name, vectors in (("noise", noise), ("separable", separable))}
+    assert pairs["separable"][1.0].shape == (45, 2) and (pairs["separable"][1.0][:40, 0] == pairs["separable"][1.0][:40, 1]).all()
+    # b.z has 5 test papers, under the support bar (10): left out of the F1 (-1), as in evaluate's lens.
+    assert (pairs["separable"][1.0][40:, 0] == -1).all() and (pairs["separable"][1.0][:40] >= 0).all()
+    delta, low, high = probe_deltas(pairs["noise"], pairs["separable"], 42)["probe_macro_f1.C1"]
+    assert delta > 0.3 and 0 < low <= delta <= high
+    assert probe_deltas(pairs["noise"], pairs["noise"], 42)["probe_macro_f1.C1"] == [0.0, 0.0, 0.0]
