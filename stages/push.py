@@ -184,6 +184,7 @@ def main() -> None:
     check_evaluated_model(evaluation, run_info["run_id"])
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)
+    configure_tracking()  # a tracking server that does not answer is found before the release is replaced, not after
     facts = gather_facts(params, evaluation, gate, run_info)
 
     release = RELEASE

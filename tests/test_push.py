@@ -282,8 +282,9 @@ def test_push_registers_the_release_when_finetune_logged_no_model(tmp_path, pape
     assert logged.source_run_id == run_id and logged.name == "release"
 
 
-def test_missing_or_malformed_inputs_are_named_with_the_stage_to_rerun(tmp_path, papers, base_model, monkeypatch):
-    """Each upstream output push reads: one message naming it and the stage (no traceback), and no release written."""
+def test_missing_inputs_or_a_silent_tracking_server_stop_push_before_the_release(tmp_path, papers, base_model, monkeypatch):
+    """Each upstream output push reads: one message naming it and the stage to rerun; a tracking server that does not
+    answer: its message. Either way no release is written."""
     from arxiv_embed.errors import InputError
 
     project = make_project(tmp_path / "project")
@@ -303,6 +304,15 @@ def test_missing_or_malformed_inputs_are_named_with_the_stage_to_rerun(tmp_path,
                 run_push_in_process(project, monkeypatch)
         path.write_bytes(kept)
         assert not (project / "models/release").exists()
+    from arxiv_embed.tracking import TrackingUnavailableError
+    from stages import push
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as closed:
+        port = closed.server_address[1]  # bound, then closed: nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(TrackingUnavailableError, match="does not answer"):
+        push.main()  # in the project (run_push_in_process chdir'ed there)
+    assert not (project / "models/release").exists()
 
 
 def test_gate_refuses_a_worse_model(tmp_path, papers, base_model, monkeypatch):
