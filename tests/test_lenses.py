@@ -72,8 +72,15 @@ def test_queries_without_relevant_documents_are_left_out():
     keys = np.array(["a", "b", "a"])
     metrics = retrieval_metrics(np.array([[1, 2], [0, 2]]), keys[:2], keys, exclude_self=True)
     assert metrics["mrr@10"] == pytest.approx(0.5)
-    with pytest.raises(UserError, match="no query has a relevant document"):
+    with pytest.raises(UserError, match=r"no query has a relevant document.*raise evaluate.max_test_papers"):
         retrieval_metrics(np.array([[1]]), np.array(["b"]), np.array(["a", "b"]), exclude_self=True)
+
+
+def test_a_classifier_train_slice_of_one_label_names_the_evaluate_param():
+    from arxiv_embed.evaluation.lenses import classify
+
+    with pytest.raises(UserError, match="train papers of at least 2 labels: raise evaluate.max_train_papers"):
+        classify(np.eye(2), np.array(["a", "a"]), np.eye(2), 42)
 
 
 def test_search_ranks_by_cosine_and_breaks_ties_by_lower_index():

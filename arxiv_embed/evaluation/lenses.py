@@ -257,7 +257,8 @@ def classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed:
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(train_y)) < 2:
-        raise UserError("classification needs at least 2 labels in the train split; check split.min_papers_per_label")
+        raise UserError("classification needs train papers of at least 2 labels: raise evaluate.max_train_papers (papers it "
+                        "learns from, dealt round-robin over labels), or check split.min_papers_per_label")
     return LogisticRegression(max_iter=1000, random_state=seed).fit(train_x, train_y).predict(test_x)
 
 
