@@ -60,6 +60,8 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"{key}: missing (params.yaml is the one source of values: add the key, as documented in the committed params.yaml)"
     given = error.get("input")
+    if error["type"] == "value_error" and isinstance(given, dict):  # a rule over several keys: its message names them
+        return error["msg"].removeprefix("Value error, ")
     given = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"{key}: {error['msg']}{given}"
 
