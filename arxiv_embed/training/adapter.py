@@ -334,14 +334,11 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     main = [(o, *rows_of(o)) for o in recipe if o.name in ft.train_data]
     extra = [(o, *rows_of(o)) for o in recipe if o.name not in ft.train_data]
     for objective, columns, labels in main:  # else the run takes 0 steps and ships the untrained identity adapter
-        grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label)
-        if not grouped.per_epoch(len(columns[0])):
-            raise TrainingSetupError(
-                f"finetune.batch_size={ft.batch_size}"
-                + (f" with finetune.adapter.per_label={ft.adapter.per_label}" if objective.name == "labels" else "")
-                + f" makes no batch of the {len(columns[0]):,} {objective.name} train rows"
-                + (f" ({len(grouped._groups)} labels have {ft.adapter.per_label}+ papers)" if objective.name == "labels" else "")
-                + ": lower them, or train on more papers (make_triplets.max_train_papers)")
+        by_label = objective.name == "labels"
+        if not Batches(labels.numpy() if by_label else None, ft.batch_size, rng, ft.adapter.per_label).per_epoch(len(columns[0])):
+            knobs = f"finetune.batch_size={ft.batch_size}" + (f" with finetune.adapter.per_label={ft.adapter.per_label}" if by_label else "")
+            raise TrainingSetupError(f"{knobs} makes no batch of the {len(columns[0]):,} {objective.name} train rows: lower "
+                                     "them, or train on more papers (make_triplets.max_train_papers)")
 
     # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
     # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).
