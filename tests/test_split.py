@@ -140,6 +140,21 @@ def test_time_split_falls_back_to_the_other_date(project: Path) -> None:
     assert splits["train"].select(date.max()).item() <= splits["test"].select(date.min()).item()
 
 
+def test_time_split_keeps_papers_without_a_date_in_train_or_refuses(project: Path, capsys: pytest.CaptureFixture) -> None:
+    no_date = pl.col("id").str.ends_with("1") | pl.col("id").str.ends_with("2")
+    papers = papers_table().with_columns(first_version_date=pl.when(no_date).then(None).otherwise("first_version_date"),
+                                         update_date=pl.when(no_date).then(None).otherwise("update_date"))
+    splits, metrics = run_split(project, papers, split={"method": "time", "time_field": "first_version"})
+    undated = set(papers.filter(no_date)["id"])
+    assert metrics["time"]["papers_without_date"] == len(undated) > 0 and undated <= set(splits["train"]["id"])
+    assert f"{len(undated)} papers have no date at all: all in train" in capsys.readouterr().out
+    # Fewer dated papers than test and eval take: undated ones would fill them (nulls sort last), so it is refused.
+    papers = papers.with_columns(first_version_date=pl.when(pl.col("id").str.ends_with("0")).then("first_version_date"),
+                                 update_date=pl.lit(None, dtype=pl.Date))
+    with pytest.raises(UserError, match=r"puts the 28 newest papers in test and eval, but only 12 of 93 papers have a date"):
+        run_split(project, papers, split={"method": "time", "time_field": "first_version"})
+
+
 def test_update_date_field(project: Path) -> None:
     splits, metrics = run_split(project, split={"method": "time", "time_field": "update_date"})
     assert splits["train"]["update_date"].max() <= splits["test"]["update_date"].min()

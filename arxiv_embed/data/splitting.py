@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from arxiv_embed.errors import UserError
+
 if TYPE_CHECKING:
     from arxiv_embed.schema.split import Split
 
@@ -48,8 +50,12 @@ def stratified(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
 
 
 def by_time(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
-    """Newest papers to test, the next newest to eval, the rest (and papers without a date) to train."""
+    """Newest papers to test, the next newest to eval, the rest (and every paper without a date) to train."""
     n_eval, n_test = split_sizes(keys.height, cfg)
+    if (dated := keys.height - keys["date"].null_count()) < n_eval + n_test:  # else undated papers would fill test and eval
+        raise UserError(f"split.method=time puts the {n_test + n_eval:,} newest papers in test and eval, but only {dated:,} of "
+                        f"{keys.height:,} papers have a date (split.time_field={cfg.time_field}, or the other date field): "
+                        "use split.method: stratified, or lower split.test_fraction and split.eval_fraction")
     newest_first = keys.sort("date", "order", descending=True, nulls_last=True).with_row_index("rank")
     return newest_first.with_columns(split=assign(pl.col("rank"), pl.lit(n_eval), pl.lit(n_test)))
 
