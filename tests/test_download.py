@@ -266,6 +266,16 @@ def test_local_zip_is_streamed_and_unsafe_or_wrong_zips_are_refused(kaggle_sampl
     with pytest.raises(DownloadError, match=r"other\.zip: expected one \.json member.*download\.path"):
         list(open_records(no_json))
 
+    # Windows' own zip stores large files with Deflate64 (method 9), which zipfile cannot inflate; encrypted members
+    # need a password: each is one message saying to unzip it, not a traceback.
+    for name, offset, patch in (("deflate64.zip", 10, b"\x09\x00"), ("encrypted.zip", 8, b"\x01\x00")):
+        data = bytearray(good.read_bytes())
+        entry = data.rindex(b"PK\x01\x02")  # the central directory entry of the last member written: the JSON one
+        data[entry + offset:entry + offset + 2] = patch  # compression method, or the general-purpose flags
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DownloadError, match=rf"{name}: zipfile cannot read this zip .*unzip it with another tool"):
+            list(open_records(tmp_path / name))
+
 
 # ---------------------------------------------------------------- local files
 

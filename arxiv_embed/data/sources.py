@@ -138,6 +138,9 @@ def _open_zip_member(path: Path) -> IO[bytes]:
             return archive.open((preferred or candidates)[0])
     except zipfile.BadZipFile as exc:
         raise DownloadError(f"{path}: not a readable zip ({exc}); download it again") from None
+    except (NotImplementedError, RuntimeError) as exc:  # Deflate64 (Windows' zip of large files), encryption: zipfile cannot read them
+        raise DownloadError(f"{path}: zipfile cannot read this zip ({exc}); unzip it with another tool and set download.path "
+                            "to the .json file inside") from None
 
 
 class _ZipStreamMember(io.RawIOBase):
