@@ -200,6 +200,14 @@ def test_a_batch_larger_than_the_sieve_finds_each_bad_line_and_keeps_the_rest_in
     assert frame["id"].to_list() == [f"2401.{i - 101:05d}" for i in expected]
 
 
+def test_a_byte_order_mark_opening_a_line_costs_no_record() -> None:
+    # A file saved by a Windows tool starts with one; BOM files concatenated carry one at each start.
+    lines = [json.dumps(paper(f"2401.{i:05d}")).encode() for i in range(4)]
+    chunk = records.BOM + lines[0] + b"\n" + lines[1] + b"\n" + records.BOM + lines[2] + b"\n" + lines[3] + b"\n"
+    frame, refused = records.parse_batch(chunk, first_line=1)
+    assert refused == [] and frame["id"].to_list() == [f"2401.{i:05d}" for i in range(4)] and frame["line"].to_list() == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("keys_per_bucket", [dedup.KEYS_PER_BUCKET, 2], ids=["one-bucket", "3-buckets"])
 def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.MonkeyPatch, keys_per_bucket: int) -> None:
     monkeypatch.setattr(records, "BATCH_BYTES", 1500)  # duplicates land in different batches

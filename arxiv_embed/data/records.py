@@ -110,6 +110,9 @@ def _content(path: Path, block_bytes: int) -> Iterator[bytes]:
             raise EOFError("the gzip stream ends before its end-of-stream marker")
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]]:
     """Parse one batch of lines: (records with their `line` number, rejects: malformed_json and wrong_type).
 
@@ -118,6 +121,8 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
     aside first, so that the rest still parses in one polars call; a bad line that looks whole sends
     its batch down the slower path of `_read`.
     """
+    if BOM in chunk:  # a UTF-8 byte-order mark opening a line (Windows tools; BOM files concatenated) is no part of the record
+        chunk = chunk.removeprefix(BOM).replace(b"\n" + BOM, b"\n")
     lines = chunk.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
