@@ -60,7 +60,7 @@ def main() -> None:
         meter.done()
         check_input(records_in, counts["malformed_json"], malformed_lines, params.max_malformed_fraction)
         if not n_parts:
-            raise CleanError(f"clean: no record of {paths.RAW} is usable ({dict(counts)}); check the input file")
+            raise CleanError(f"no record of {paths.RAW} is usable ({dict(counts)}); check the input file")
 
         # 2. De-duplicate, bucket by bucket; only the lines of the records not kept are held.
         parts = pl.scan_parquet(f"{parts_dir}/*.parquet")
@@ -79,7 +79,7 @@ def main() -> None:
                 archives.update(dict(kept["archive"].value_counts().iter_rows()))
                 primary_categories.update(kept["primary_category"].unique())
             if not records_out:
-                raise CleanError(f"clean: no paper of {paths.RAW} survived the filters ({dict(counts)}); check the clean.* params")
+                raise CleanError(f"no paper of {paths.RAW} survived the filters ({dict(counts)}); check the clean.* params")
 
     rejected = {reason: counts.get(reason, 0) for reason in REASONS}
     metrics = {
@@ -107,10 +107,10 @@ def write_rejects(out: TextIO, counts: Counter[str], rows: list[dict]) -> None:
 
 def check_input(records_in: int, malformed: int, first_lines: list[int], max_fraction: float) -> None:
     if records_in == 0:
-        raise CleanError(f"clean: {paths.RAW} holds no records (empty file); re-run download or check download.path")
+        raise CleanError(f"{paths.RAW} holds no records (empty file); re-run download or check download.path")
     if malformed / records_in > max_fraction:
         raise CleanError(
-            f"clean: {malformed} of {records_in} lines of {paths.RAW} are not valid JSON records "
+            f"{malformed} of {records_in} lines of {paths.RAW} are not valid JSON records "
             f"({malformed / records_in:.2%} > clean.max_malformed_fraction={max_fraction}; first at lines "
             f"{', '.join(map(str, first_lines))}). It looks like the wrong file: check download.path, or raise the param."
         )
