@@ -104,7 +104,7 @@ def describe_os_error(error: OSError) -> str | None:
     """One line naming the path and the fix for a fault of the file system, or None (a bug: keep the traceback)."""
     where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name) or "a file"
     if isinstance(error, PermissionError):
-        return (f"permission denied on {where}: the stage must be able to write its outputs; "
+        return (f"permission denied on {where}: the stage must be able to read its inputs and write its outputs; "
                 "fix the owner or mode (chown/chmod) or run as the user who owns the project")
     if isinstance(error, NotADirectoryError) or error.errno == errno.ENOTDIR:
         return (f"{where}: a part of this path is a file where a folder is expected; "

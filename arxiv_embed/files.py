@@ -148,7 +148,10 @@ def require_columns(path: Path | str, columns: list[str] | tuple[str, ...], prod
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} is missing: run `dvc repro {produced_by}` first")
-    schema = pl.read_parquet_schema(path)
+    try:
+        schema = pl.read_parquet_schema(path)
+    except pl.exceptions.ComputeError as exc:  # cut off, or not parquet at all (a git-lfs pointer, say)
+        raise InputError(f"{path} is not a readable parquet file ({str(exc).splitlines()[0]}): rerun `dvc repro {produced_by}`") from None
     if missing := [name for name in columns if name not in schema]:
         raise InputError(f"{path} has no column(s) {missing} (it has {list(schema)}): rerun `dvc repro {produced_by}`")
 

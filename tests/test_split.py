@@ -183,3 +183,11 @@ def test_a_missing_input_or_column_is_one_line_naming_the_stage_to_rerun(project
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("split: error: data/clean/papers.parquet has no column(s) ['first_version_date'] (it has [")
     assert result.stderr.endswith("]): rerun `dvc repro clean`\n") and not (project / "data/split").exists()
+
+    whole = (project / "data/clean/papers.parquet").read_bytes()
+    for broken in (b"version https://git-lfs.github.com/spec/v1\n", whole[:1000]):  # a git-lfs pointer; a cut-off copy
+        (project / "data/clean/papers.parquet").write_bytes(broken)
+        result = run_stage("split", project)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("split: error: data/clean/papers.parquet is not a readable parquet file (")
+        assert result.stderr.endswith("): rerun `dvc repro clean`\n")
