@@ -18,7 +18,7 @@ from arxiv_embed.data.triplets import build, resolve_count
 from arxiv_embed.files import atomic_path, read_table, require_columns, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.make_triplets import MakeTripletsParams
-from arxiv_embed.errors import run
+from arxiv_embed.errors import UserError, run
 
 SPLIT_SEED = {split: i for i, split in enumerate(paths.SPLITS)}
 
@@ -46,9 +46,13 @@ def main() -> None:
             n_pairs = resolve_count(getattr(cfg.same_label_pairs_per_split, split), papers.height)
             n_graded = resolve_count(getattr(cfg.graded_pairs_per_split, split), papers.height)
             kinds = build(papers, n_triplets, n_pairs, cfg.hard_negative_fraction, rng, n_graded)
+            sizes = papers["label"].value_counts()
+            if split == "test" and kinds["triplets"].is_empty():  # evaluate's triplet lens scores them: refused here, not there
+                raise UserError(f"no test triplet can be made from the {papers.height} test papers of {sizes.height} label(s) "
+                                f"({', '.join(sizes['label'].sort().head(5))}): a triplet needs a label with 2+ papers and "
+                                "another label; use more papers (download.max_records) or lower split.min_papers_per_label")
             for kind, frame in kinds.items():
                 frame.write_parquet(out / paths.training_file(split, kind).name)
-            sizes = papers["label"].value_counts()
             single = sizes.filter(pl.col("count") == 1)["label"].sort().to_list()
             types = kinds["triplets"]["negative_type"]
             metrics[split] = {
@@ -64,8 +68,11 @@ def main() -> None:
             print(f"make_triplets {split}: " + ", ".join(f"{k} {v}" for k, v in metrics[split].items()))
             if single:
                 print(f"  labels with one paper (no anchor/positive pair): {', '.join(single)}")
-            if kinds["triplets"].height < n_triplets:
-                print(f"  only {kinds['triplets'].height} of {n_triplets} triplets: too few labels with 2+ papers in {split}")
+            pairs_short = "too few labels with 2+ papers"
+            for kind, asked, why in (("triplets", n_triplets, "one label only: no negative" if sizes.height < 2 else pairs_short),
+                                     ("same_label", n_pairs, pairs_short), ("graded_pairs", n_graded, "too few papers to pair")):
+                if kinds[kind].height < asked:
+                    print(f"  only {kinds[kind].height} of {asked} {kind}: {why} in {split}")
     write_json(paths.metrics_file("make_triplets"), metrics)
 
 

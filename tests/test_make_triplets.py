@@ -136,13 +136,23 @@ def test_seeded(project: Path) -> None:
     assert not other.equals(first["train_triplets"])
 
 
-def test_a_split_with_one_label_gives_no_triplets(project: Path) -> None:
+def test_a_split_with_one_label_gives_no_triplets_and_a_test_split_so_is_refused(project: Path, capsys: pytest.CaptureFixture) -> None:
+    from arxiv_embed.errors import UserError
+
     frames, _ = run(project)  # writes the usual files first
-    papers_table({"cs.CV": 5}).with_columns(label=pl.col("primary_category")).write_parquet(project / "data/split/test.parquet")
+    one_label = papers_table({"cs.CV": 5}).with_columns(label=pl.col("primary_category"))
+    one_label.write_parquet(project / "data/split/eval.parquet")
+    capsys.readouterr()
     make_triplets.main()
-    test_triplets = pl.read_parquet(project / "data/triplets/test_triplets.parquet")
-    assert test_triplets.is_empty() and test_triplets.columns == frames["test_triplets"].columns
-    assert pl.read_parquet(project / "data/triplets/test_same_label.parquet").height == COUNTS["same_label_pairs_per_split"]["test"]
+    eval_triplets = pl.read_parquet(project / "data/triplets/eval_triplets.parquet")
+    assert eval_triplets.is_empty() and eval_triplets.columns == frames["eval_triplets"].columns
+    assert pl.read_parquet(project / "data/triplets/eval_same_label.parquet").height == COUNTS["same_label_pairs_per_split"]["eval"]
+    assert "only 0 of 40 triplets: one label only: no negative in eval" in capsys.readouterr().out
+    # evaluate's triplet lens scores the test split's: none is refused here, naming the cause, and nothing is replaced.
+    one_label.write_parquet(project / "data/split/test.parquet")
+    with pytest.raises(UserError, match=r"no test triplet can be made from the 5 test papers of 1 label\(s\) \(cs.CV\)"):
+        make_triplets.main()
+    assert pl.read_parquet(project / "data/triplets/test_triplets.parquet").height == COUNTS["triplets_per_split"]["test"]  # the last run's
 
 
 def test_graded_pairs_follow_arxiv_structure() -> None:
