@@ -22,7 +22,7 @@ from arxiv_embed.schema.base import load
 from arxiv_embed.schema.clean import CleanParams
 from arxiv_embed.progress import Progress
 from arxiv_embed.data.columns import PAPER_COLUMNS
-from arxiv_embed.data.records import REASONS, line_batches, parse_batch, tidy, with_raw
+from arxiv_embed.data.records import REASONS, UNREADABLE, line_batches, parse_batch, tidy, with_raw
 from arxiv_embed.data.dedup import decide_duplicates
 from arxiv_embed.errors import UserError, run
 
@@ -34,6 +34,7 @@ class CleanError(UserError):
 def main() -> None:
     params = load(CleanParams).clean
     counts: Counter[str] = Counter()
+    unreadable: Counter[str] = Counter()  # usable records whose date is given but unreadable (kept, the date null)
     malformed_lines: list[int] = []
     records_in = n_parts = 0
     paths.CLEAN_DIR.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,8 @@ def main() -> None:
             unusable = with_raw(unusable, chunk, first_line)
             write_rejects(rejects, counts, refused + unusable)
             batch = batch.filter(pl.col("unusable").is_null()).drop("unusable")
+            unreadable.update(dict(zip(UNREADABLE, batch.select(pl.col(UNREADABLE).sum()).row(0))))
+            batch = batch.drop(UNREADABLE)
             if batch.height:
                 batch.write_parquet(Path(parts_dir) / f"part-{n_parts:06d}.parquet", compression="lz4")
                 n_parts += 1
@@ -87,6 +90,7 @@ def main() -> None:
         "records_out": records_out,
         "rejected_total": sum(rejected.values()),
         "rejected": rejected,
+        "unreadable_dates": {column.removeprefix("unreadable_"): unreadable[column] for column in UNREADABLE},
         "primary_categories": len(primary_categories),
         "archives": dict(sorted(archives.items(), key=lambda item: (-item[1], item[0]))),  # ties by name: same bytes every run
     }
@@ -97,6 +101,9 @@ def main() -> None:
     for reason, count in rejected.items():
         if count:
             print(f"  {reason}: {count}")
+    for field_name, count in metrics["unreadable_dates"].items():
+        if count:
+            print(f"  unreadable {field_name} dates: {count} (kept, without that date)")
 
 
 def write_rejects(out: TextIO, counts: Counter[str], rows: list[dict]) -> None:

@@ -109,6 +109,18 @@ def test_default_sample_with_null_versions(project: Path, sample: Path) -> None:
     assert order == sorted(order, key=lambda item: (-item[1], item[0])) and len({n for _, n in order}) < len(order)
 
 
+def test_a_date_that_does_not_parse_keeps_its_paper_and_is_counted(project: Path, capsys: pytest.CaptureFixture) -> None:
+    write_input(project, [paper("0704.0001"), paper("0704.0002", update_date="not a date"),
+                          paper("0704.0003", versions=[{"version": "v1", "created": "2 April 2007"}]),
+                          paper("0704.0004", versions=None, update_date=None)])  # no date given: nothing to count
+    papers, _, metrics = run_clean(project)
+    assert papers["id"].to_list() == ["0704.0001", "0704.0002", "0704.0003", "0704.0004"]
+    assert papers["update_date"].null_count() == 2 and papers["first_version_date"].null_count() == 2
+    assert metrics["unreadable_dates"] == {"first_version": 1, "update_date": 1}
+    out = capsys.readouterr().out
+    assert "unreadable first_version dates: 1 (kept, without that date)" in out and "unreadable update_date dates: 1" in out
+
+
 def test_ids_stay_strings(project: Path) -> None:
     write_input(project, [paper("0704.0010"), paper("0704.1000"), paper("1501.00100"), paper("hep-th/9901001")])
     papers, _, _ = run_clean(project)

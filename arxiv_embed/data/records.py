@@ -48,6 +48,7 @@ WITHDRAWN = (
 )
 WHITESPACE = [c for c in map(chr, range(0x3001)) if c.isspace() and c != " "]  # \n, \t, NBSP, thin space...
 RFC2822 = "%a, %d %b %Y %H:%M:%S GMT"  # versions[].created, e.g. "Mon, 2 Apr 2007 19:18:42 GMT"
+UNREADABLE = ["unreadable_first_version", "unreadable_update_date"]  # tidy's flags: a date given that does not parse
 
 
 def line_batches(path: Path, batch_bytes: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -253,13 +254,18 @@ def tidy(records: pl.DataFrame, min_words: int, max_words: int) -> pl.DataFrame:
         ("abstract_too_short", words < min_words),
         ("abstract_too_long", words > max_words),
     ]
+    created = pl.col("versions").list.first().struct.field("created")
+    first_version, updated = created.str.strptime(pl.Date, RFC2822, strict=False), pl.col("update_date").str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
     return normalised.with_columns(
         unusable=_first_true(checks),
         reason=_first_true(filters),
         categories=pl.col("categories").str.split(" "),
         primary_category=pl.col("categories").str.split(" ").list.first(),
-        first_version_date=pl.col("versions").list.first().struct.field("created").str.strptime(pl.Date, RFC2822, strict=False),
-        update_date=pl.col("update_date").str.strip_chars().str.to_date("%Y-%m-%d", strict=False),
+        first_version_date=first_version,
+        update_date=updated,
+        # A date given but not readable becomes null (the paper is kept): counted, so clean can say how many.
+        unreadable_first_version=created.is_not_null() & first_version.is_null(),
+        unreadable_update_date=pl.col("update_date").is_not_null() & updated.is_null(),
         n_versions=pl.col("versions").list.len().fill_null(0),
         title_hash=pl.col("title").hash(),
         text_hash=pl.col("abstract").hash(),
