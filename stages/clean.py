@@ -68,7 +68,8 @@ def main() -> None:
         # 2. De-duplicate, bucket by bucket; only the lines of the records not kept are held.
         parts = pl.scan_parquet(f"{parts_dir}/*.parquet")
         dropped = decide_duplicates(parts)
-        write_rejects(rejects, counts, dropped.select("line", "reason", "id", raw=pl.lit(None)).to_dicts())
+        for rows in dropped.select("line", "reason", "id", raw=pl.lit(None)).iter_slices(65536):  # not 2.7M dicts at once
+            write_rejects(rejects, counts, rows.to_dicts())
         dropped_lines = dropped["line"].implode()
 
         # 3. Append the kept rows part by part, in input order: memory stays at one part's size
