@@ -16,12 +16,12 @@ import shutil
 import sys
 
 from arxiv_embed import paths
-from arxiv_embed.errors import run
+from arxiv_embed.errors import UserError, run
 from arxiv_embed.evaluation.data import EvalData, load_eval_data
 from arxiv_embed.evaluation.headline import headline
 from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, distinct_texts, embed_texts
 from arxiv_embed.evaluation.lenses import PLOTS, evaluate_vectors
-from arxiv_embed.evaluation.report import ModelEval, compare, report_markdown
+from arxiv_embed.evaluation.report import ModelEval, compare, read_scope, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
 from arxiv_embed.flat import flatten
 from arxiv_embed.models import load_model
@@ -43,12 +43,16 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> tupl
             return base, None
         # The fine-tuned folder is the base model + the adapter: only the adapter runs, on cached vectors.
         model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, device="cpu")
-        documents, queries = adapter_modules(model), adapter_modules(model, "query")
+        try:
+            documents, queries = adapter_modules(model), adapter_modules(model, "query")
+        except ValueError:
+            raise UserError(f"{paths.FINETUNED} has no adapter (finetune.mode=full saved it) but finetune.mode is adapter: "
+                            "rerun `dvc repro finetune`, or set finetune.mode back to full") from None
         titles = base.subset(distinct_texts([data.test["title"]]))
         return apply_adapter(documents, base), (apply_adapter(queries, titles) if queries != documents else None)
     backend = params.embed_base.backend  # the base's vectors' backend: both models scored alike
     model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
-    run_id = read_json(paths.FINETUNED / RUN_INFO)["run_id"]  # names this model's chunks: a new run never reads old ones
+    run_id = read_json(paths.FINETUNED / RUN_INFO, "finetune")["run_id"]  # names this model's chunks: a new run never reads old ones
     return embed_texts(model, texts, paths.EVALUATE_WORK, f"finetuned|{run_id}|{backend}",
                        params.evaluate.batch_size, what="evaluate"), None
 
@@ -144,11 +148,18 @@ def main(argv: list[str] | None = None) -> None:
     params = load(EvaluateParams)
     data = load_eval_data(params.evaluate.max_test_papers, params.evaluate.max_train_papers, params.shared.seed)
     print(f"evaluate {which}: " + ", ".join(f"{count} {name}" for name, count in data.summary().items()), flush=True)
+    # What the scores depend on besides the model: the base's must match, or the deltas compare different things.
+    scope = {"shared.seed": params.shared.seed, **{f"evaluate.{key}": value for key, value in params.evaluate.model_dump().items()
+                                                   if key != "batch_size"}, "items_sha256": data.fingerprint()}
+    if which == "finetuned" and (base_scope := read_scope(paths.eval_dir("base"))) != scope:
+        differ = sorted(key for key in scope.keys() | base_scope.keys() if scope.get(key) != base_scope.get(key))
+        raise UserError(f"{paths.eval_dir('base')} was scored with other {', '.join(differ)} than this evaluation's: "
+                        "run `dvc repro evaluate` (it reruns evaluate_base first)")
 
     # 2. This model through every lens; saved for the other stage (base) or the report (fine-tuned).
     vectors, queries = vectors_to_score(which, params, data)
     result = evaluate_vectors(vectors, data, params.evaluate, params.shared.seed, queries)
-    result.save(paths.eval_dir(which))
+    result.save(paths.eval_dir(which), scope)
     shutil.rmtree(paths.EVALUATE_WORK, ignore_errors=True)  # scored: the chunks' only use was resuming (mode=full)
     print("\n".join(f"{name}: {value:.4f}" for name, value in flatten(result.metrics).items()))
     if which == "base":

@@ -156,6 +156,38 @@ def test_evaluate_writes_the_report(evaluated):
     assert not (evaluated / "data/embeddings/chunks-finetuned").exists() and not (evaluated / "data/embeddings/chunks").exists()
 
 
+def test_evaluate_refuses_a_base_scored_otherwise_and_a_model_it_cannot_read(evaluated, tmp_path):
+    """`python -m stages.evaluate --model finetuned` (or `dvc repro -s evaluate`) after an evaluate.* change: the base's
+    scores are of another sample or lens setting, so its deltas would compare different things."""
+    project = tmp_path / "project"
+    shutil.copytree(evaluated, project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["min_label_support"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run([sys.executable, "-m", "stages.evaluate", "--model", "finetuned"], project, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "data/eval/base was scored with other evaluate.min_label_support than this evaluation's: run `dvc repro evaluate`" in result.stderr
+    params["evaluate"]["min_label_support"] = 5
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    test = pl.read_parquet(project / "data/split/test.parquet")
+    test.with_columns(abstract=pl.col("abstract").str.replace("^", "Revised: ")).write_parquet(project / "data/split/test.parquet")
+    result = run([sys.executable, "-m", "stages.evaluate", "--model", "finetuned"], project, check=False)
+    assert result.returncode == 1 and "was scored with other items_sha256 than this evaluation's" in result.stderr, result.stderr
+    (project / "data/split/test.parquet").unlink()
+    test.write_parquet(project / "data/split/test.parquet")
+    # The model a finetune.mode=full run saved, scored as if adapter mode had: one line, not a ValueError's traceback.
+    params["finetune"]["mode"] = "adapter"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run([sys.executable, "-m", "stages.evaluate", "--model", "finetuned"], project, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "models/finetuned has no adapter (finetune.mode=full saved it) but finetune.mode is adapter" in result.stderr
+    params["finetune"]["mode"] = "full"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "models/finetuned/mlflow_run.json").unlink()
+    result = run([sys.executable, "-m", "stages.evaluate", "--model", "finetuned"], project, check=False)
+    assert result.returncode == 1 and "models/finetuned/mlflow_run.json is missing: run `dvc repro finetune` first" in result.stderr
+
+
 def test_evaluate_logs_into_the_finetune_run(evaluated):
     from mlflow.tracking import MlflowClient
 

@@ -4,6 +4,7 @@ make_triplets' train sample (for the classifier), and the test triplets."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,15 @@ class EvalData:
             return f"Test papers: all {self.test_split_papers:,} of the test split."
         return (f"Test papers: {self.test.height:,}, a sample of the test split's {self.test_split_papers:,} papers "
                 "stratified by label (each label keeps its share) and seeded by shared.seed (evaluate.max_test_papers).")
+
+    def fingerprint(self) -> str:
+        """sha256 of every text and label the lenses read, in order: two models are compared only on the same items."""
+        digest = hashlib.sha256()
+        for column in (*self.columns(), self.test["label"], self.train["label"], self.triplets["negative_type"]):
+            for value in column:
+                digest.update(value.encode() + b"\x1f")
+            digest.update(b"\x1e")
+        return digest.hexdigest()
 
     def summary(self) -> dict[str, int]:
         return {

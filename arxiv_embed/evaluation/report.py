@@ -53,10 +53,12 @@ class ModelEval:
             tables=tables,
         )
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, scope: dict | None = None) -> None:
+        """scope: what the scores depend on besides the model (params, the items' hash), read back by read_scope."""
         with atomic_path(directory) as tmp:
             tmp.mkdir()
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2) + "\n", encoding="utf-8")
+            (tmp / "scope.json").write_text(json.dumps(scope or {}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             np.savez_compressed(tmp / "items.npz", **self.items)
             for name, table in self.tables.items():
                 table.write_parquet(tmp / f"{name}.parquet")
@@ -71,6 +73,13 @@ class ModelEval:
                 {name: items[name] for name in items.files},
                 {path.stem: pl.read_parquet(path) for path in sorted(directory.glob("*.parquet"))},
             )
+
+
+def read_scope(directory: Path) -> dict:
+    """The scope a ModelEval was saved with ({} for an evaluation saved before scopes were)."""
+    if not (directory / "metrics.json").exists():
+        raise UserError(f"{directory}/metrics.json is missing: run `dvc repro evaluate_base` first")
+    return json.loads((directory / "scope.json").read_text(encoding="utf-8")) if (directory / "scope.json").exists() else {}
 
 
 def delta(finetuned: dict, base: dict) -> dict:
