@@ -81,7 +81,12 @@ def test_prototype_head_is_cross_entropy_to_every_seen_labels_moving_average():
     assert got == pytest.approx(by_definition(second, labels, 0.5) + 2.0 * cross_entropy(second, labels, means), rel=1e-6)
     moved = means.copy()
     moved[:2] = 0.9 * means[:2] + 0.1 * np.stack([unit(second)[np.array(labels) == k].mean(0) for k in range(2)])
-    np.testing.assert_allclose(loss.prototypes.numpy(), moved, rtol=1e-6)
+    np.testing.assert_allclose(loss.prototypes_of(4).numpy(), moved, rtol=1e-6)
+    # MatryoshkaLoss (finetune.full.matryoshka_dims) calls the loss again on the first 2 dimensions: a head of its own,
+    # which leaves the full width's prototypes as they were.
+    loss.compute_loss_from_embeddings([torch.tensor(second[:, :2])], torch.tensor(labels))
+    np.testing.assert_allclose(loss.prototypes_of(4).numpy(), moved, rtol=1e-6)
+    assert loss.prototypes_of(2).shape == (2, 2)
 
 
 def test_an_adapter_trained_with_supcon_and_its_head_separates_the_labels(tmp_path, kaggle_sample, monkeypatch):

@@ -41,8 +41,11 @@ class SupervisedContrastiveLoss(nn.Module):
     def reset(self) -> None:
         """Forget every prototype: a training run starts with none (the adapter's members and a benchmark's
         seeds reuse one recipe, and another run's prototypes live in another run's embedding space)."""
-        self.register_buffer("prototypes", torch.zeros(0, 0), persistent=False)
-        self.register_buffer("seen", torch.zeros(0, dtype=torch.bool), persistent=False)
+        # Embedding width -> (prototypes, seen): MatryoshkaLoss calls the loss once per width, each with its own head.
+        self.heads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prototypes_of(self, width: int) -> torch.Tensor:
+        return self.heads[width][0]
 
     def forward(self, sentence_features: list[dict[str, torch.Tensor]], labels: torch.Tensor) -> torch.Tensor:
         embeddings = [self.model(features)["sentence_embedding"] for features in sentence_features]
@@ -56,23 +59,23 @@ class SupervisedContrastiveLoss(nn.Module):
 
     def prototype_head(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the prototypes of the labels seen so far; then this batch updates its labels' prototypes."""
-        n = int(labels.max()) + 1
-        if self.prototypes.shape[0] < n or self.prototypes.shape[1] != x.shape[1]:  # labels are ids 0..n-1: grow on first sight
-            grown = torch.zeros(n, x.shape[1], dtype=x.dtype, device=x.device)
-            grown[: self.prototypes.shape[0]] = self.prototypes if self.prototypes.shape[1] == x.shape[1] else 0
-            seen = torch.zeros(n, dtype=torch.bool, device=x.device)
-            seen[: self.seen.shape[0]] = self.seen
-            self.prototypes, self.seen = grown, seen
+        n, width = int(labels.max()) + 1, x.shape[1]
+        prototypes, seen = self.heads.get(width, (x.new_zeros(0, width), torch.zeros(0, dtype=torch.bool, device=x.device)))
+        if prototypes.shape[0] < n:  # labels are ids 0..n-1: grow on first sight
+            grown, grown_seen = x.new_zeros(n, width), torch.zeros(n, dtype=torch.bool, device=x.device)
+            grown[: prototypes.shape[0]], grown_seen[: seen.shape[0]] = prototypes, seen
+            prototypes, seen = grown, grown_seen
+        self.heads[width] = (prototypes, seen)
         present = labels.unique()
         means = torch.stack([x[labels == label].mean(0) for label in present]).detach()
-        fresh = ~self.seen[present]
-        self.prototypes[present[fresh]] = means[fresh]  # a label seen for the first time starts at its batch mean
-        self.seen[present] = True
-        logits = (x @ F.normalize(self.prototypes, dim=-1).T / self.temperature).masked_fill(~self.seen, float("-inf"))
+        fresh = ~seen[present]
+        prototypes[present[fresh]] = means[fresh]  # a label seen for the first time starts at its batch mean
+        seen[present] = True
+        logits = (x @ F.normalize(prototypes, dim=-1).T / self.temperature).masked_fill(~seen, float("-inf"))
         loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
             old = present[~fresh]
-            self.prototypes[old] = PROTOTYPE_MOMENTUM * self.prototypes[old] + (1 - PROTOTYPE_MOMENTUM) * means[~fresh]
+            prototypes[old] = PROTOTYPE_MOMENTUM * prototypes[old] + (1 - PROTOTYPE_MOMENTUM) * means[~fresh]
         return loss
 
     def contrastive(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
