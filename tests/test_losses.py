@@ -273,6 +273,17 @@ def test_batches_per_epoch_counts_what_an_epoch_yields(size: int, per_label: int
         assert batches.per_epoch(len(labels)) == len(list(batches.epoch(len(labels))))
 
 
+@pytest.mark.parametrize("sampling", ["proportional", "balanced"])
+def test_the_progress_total_is_the_steps_the_run_takes(tiny_model, tiny_data: Path, capsys: pytest.CaptureFixture, sampling: str) -> None:
+    frames = {"labels": training_data.kind_frame("labels")}
+    index, cached = cached_vectors(tiny_model, frames)
+    ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=0.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 2, "per_label": 3, "label_sampling": sampling})
+    run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
+    [done] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("finetune: adapter steps done:")]
+    assert done.startswith(f"finetune: adapter steps done: {run.steps}/{run.steps} steps"), done
+
+
 def test_a_batch_too_large_for_the_train_data_is_refused_not_trained_for_0_steps(tiny_model, tiny_data: Path) -> None:
     # Else the run takes 0 steps, exits 0, and evaluate and push get the untrained identity adapter.
     from arxiv_embed.errors import TrainingSetupError

@@ -333,9 +333,12 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
 
     main = [(o, *rows_of(o)) for o in recipe if o.name in ft.train_data]
     extra = [(o, *rows_of(o)) for o in recipe if o.name not in ft.train_data]
-    for objective, columns, labels in main:  # else the run takes 0 steps and ships the untrained identity adapter
+    steps_per_epoch = 0
+    for objective, columns, labels in main:
         by_label = objective.name == "labels"
-        if not Batches(labels.numpy() if by_label else None, ft.batch_size, rng, ft.adapter.per_label).per_epoch(len(columns[0])):
+        batches = Batches(labels.numpy() if by_label else None, ft.batch_size, rng, ft.adapter.per_label, ft.adapter.label_sampling)
+        steps_per_epoch += (steps := batches.per_epoch(len(columns[0])))
+        if not steps:  # else the run takes 0 steps and ships the untrained identity adapter
             knobs = f"finetune.batch_size={ft.batch_size}" + (f" with finetune.adapter.per_label={ft.adapter.per_label}" if by_label else "")
             raise TrainingSetupError(f"{knobs} makes no batch of the {len(columns[0]):,} {objective.name} train rows: lower "
                                      "them, or train on more papers (make_triplets.max_train_papers)")
@@ -346,7 +349,7 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     torch.set_num_threads(1)
     try:
         curve, step, t0 = [], 0, time.monotonic()
-        meter = Progress(what, ft.adapter.epochs * sum(len(c[0]) // ft.batch_size for _, c, _ in main), "steps")
+        meter = Progress(what, ft.adapter.epochs * steps_per_epoch, "steps")
         for _ in range(ft.adapter.epochs):
             for objective, columns, labels in main:
                 grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label,

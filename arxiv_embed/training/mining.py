@@ -56,6 +56,7 @@ def nearest(vectors: np.ndarray, queries: np.ndarray, k: int, what: str = "finet
         block = np.ascontiguousarray(queries[start:start + QUERY_BLOCK], dtype=np.float32)
         parts.append(index.search(block, k)[1].astype(np.int64))
         meter.update(len(block))
+    meter.done()
     return np.concatenate(parts)
 
 
