@@ -290,7 +290,7 @@ def test_a_batch_too_large_for_the_train_data_is_refused_not_trained_for_0_steps
 
     frames = {"labels": training_data.kind_frame("labels")}
     index, cached = cached_vectors(tiny_model, frames)
-    for settings, named in (({"batch_size": 16, "adapter": {"per_label": 400}}, "finetune.adapter.per_label=400"),
+    for settings, named in (({"batch_size": 800, "adapter": {"per_label": 400}}, "finetune.adapter.per_label=400"),
                             ({"batch_size": 4096}, "finetune.batch_size=4096")):
         ft = finetune(loss="batch_all", train_data=["labels"], retain_title_abstract=0.0, hard_negatives={"weight": 0.0, "candidates": 20},
                       **settings)

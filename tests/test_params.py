@@ -68,6 +68,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
         ({"finetune": {"full": {"eval_steps": 32, "save_steps": 48}}}, "save_steps must be a multiple of finetune.full.eval_steps"),
         ({"push": {"hub": {"enabled": True, "repo_id": None}}}, "push.hub.repo_id is empty"),
         ({"make_triplets": {"triplets_per_split": {"test": 0}}}, "triplets_per_split.test must be above 0"),
+        ({"finetune": {"batch_size": 32, "adapter": {"per_label": 17}}}, "per_label=17 leaves room for one label in a batch of finetune.batch_size=32"),
         ({"make_triplets": {"same_label_pairs_per_split": {"train": 0}}, "finetune": {"hard_negatives": {"weight": 1.0}}},
          "hard_negatives.weight > 0 mines negatives"),
     ],

@@ -84,6 +84,14 @@ class Finetune(Section):
     adapter: Adapter
     full: Full
 
+    @model_validator(mode="after")
+    def _label_batches(self) -> Finetune:
+        # A batch holds batch_size // per_label labels: one label alone gives a label loss no negative (it trains on noise).
+        if self.mode == "adapter" and "labels" in self.train_data and 2 * self.adapter.per_label > self.batch_size:
+            raise ValueError(f"finetune.adapter.per_label={self.adapter.per_label} leaves room for one label in a batch of "
+                             f"finetune.batch_size={self.batch_size}: keep per_label at most batch_size / 2")
+        return self
+
     def read_by_mode(self) -> dict:
         """The knobs this mode reads: the shared ones and its own section (what dvc.yaml tracks)."""
         other = "full" if self.mode == "adapter" else "adapter"
