@@ -374,7 +374,8 @@ def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_pat
     assert run.info.status == "FINISHED" and run.data.params["finetune.mode"] == "adapter" and "final_loss" in run.data.metrics
 
 
-def test_mined_negatives_are_the_nearest_papers_of_another_label_from_cached_vectors(tiny_model, tiny_data: Path) -> None:
+def test_mined_negatives_are_the_nearest_papers_of_another_label_from_cached_vectors(tiny_model, tiny_data: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Each negative is the nearest train-sample abstract (by the base model's cached vectors, FAISS
     exact search) that is neither of the anchor's label nor cross-listed in it; nothing is encoded."""
     from arxiv_embed.training import mining
@@ -396,6 +397,13 @@ def test_mined_negatives_are_the_nearest_papers_of_another_label_from_cached_vec
         assert label_of[positive] == label and label_of[negative] != label
         scores = np.where(eligible[label], vectors @ cached[index[anchor]], -np.inf)
         assert corpus[int(np.argmax(scores))] == negative
+    # The anchor is its own nearest hit, not a candidate: one candidate is the nearest OTHER abstract, and when no anchor's
+    # is of another label, nothing is mined and the run is refused (it would drop the objective it asked for).
+    one = mining.mine_train_split(cache, candidates=1)
+    assert one.triplets.height > 0 and one.mean_rank == 0.0
+    monkeypatch.setattr(mining, "nearest", lambda vectors, queries, k: np.full((len(queries), k), -1))
+    with pytest.raises(mining.TrainingSetupError, match="none of the 1 nearest abstracts of any of the .* same-label anchors"):
+        mining.mine_train_split(cache, candidates=1)
 
 
 def test_adapter_mined_hard_negative_term_separates_its_triplets(tiny_model, tiny_data: Path) -> None:

@@ -34,7 +34,7 @@ class Mined:
     triplets: pl.DataFrame  # anchor, positive, negative (abstracts), label (the anchor's)
     anchors: int  # distinct (anchor, positive) pairs mined for
     without_negative: int  # pairs whose `candidates` nearest abstracts were all of the anchor's label (not trained on)
-    mean_rank: float  # mean position of the chosen negative among the nearest candidates (0 = the nearest)
+    mean_rank: float | None  # mean position of the chosen negative among the nearest candidates (0 = the nearest); None: none mined
 
     def describe(self) -> str:
         return (f"mined {self.triplets.height} hard negatives for {self.anchors} same-label pairs "
@@ -42,7 +42,7 @@ class Mined:
 
     def summary(self) -> dict[str, float]:
         return {"mined_triplets": self.triplets.height, "mined_without_negative": self.without_negative,
-                "mined_negative_mean_rank": round(self.mean_rank, 2)}
+                "mined_negative_mean_rank": None if self.mean_rank is None else round(self.mean_rank, 2)}
 
 
 def nearest(vectors: np.ndarray, queries: np.ndarray, k: int, what: str = "finetune: mined") -> np.ndarray:
@@ -76,12 +76,13 @@ def mine_label_negatives(vectors: TextVectors, pairs: pl.DataFrame, papers: pl.D
         raise TrainingSetupError(f"finetune.hard_negatives.candidates={candidates} needs more train abstracts than the "
                                  f"{len(corpus)} there are: lower it")
     pairs = pairs.unique(["anchor", "positive"], maintain_order=True)
-    ranked = nearest(vectors(corpus), vectors(pairs["anchor"]), candidates)
+    # One more than `candidates`: an anchor is in the corpus and is its own nearest hit, which is no candidate.
+    ranked = nearest(vectors(corpus), vectors(pairs["anchor"]), candidates + 1)
     # What a paper belongs to: its label, every category it is listed in, and their archives.
     member_of = [{label, *cats, *(c.split(".")[0] for c in cats)} for label, cats in zip(papers["label"], papers["categories"])]
     chosen, ranks, missing = [], [], 0
     for (anchor, positive, label), rows in zip(pairs.select("anchor", "positive", "label").iter_rows(), ranked):
-        for rank, row in enumerate(rows):
+        for rank, row in enumerate([row for row in rows if row < 0 or corpus[row] != anchor][:candidates]):
             if row >= 0 and label not in member_of[row]:
                 chosen.append((anchor, positive, corpus[row], label))
                 ranks.append(rank)
@@ -89,7 +90,7 @@ def mine_label_negatives(vectors: TextVectors, pairs: pl.DataFrame, papers: pl.D
         else:
             missing += 1
     triplets = pl.DataFrame(chosen, schema=dict.fromkeys([*MINED_COLUMNS, "label"], pl.String), orient="row")
-    return Mined(triplets, pairs.height, missing, float(np.mean(ranks)) if ranks else 0.0)
+    return Mined(triplets, pairs.height, missing, float(np.mean(ranks)) if ranks else None)
 
 
 def mine_train_split(vectors: TextVectors, candidates: int) -> Mined:
@@ -101,4 +102,9 @@ def mine_train_split(vectors: TextVectors, candidates: int) -> Mined:
         raise TrainingSetupError(f"finetune.hard_negatives.weight > 0 mines negatives for make_triplets' same_label pairs, but "
                                  f"{paths.training_file('train', 'same_label')} has none: raise make_triplets.same_label_pairs_per_split.train "
                                  "or set finetune.hard_negatives.weight to 0")
-    return mine_label_negatives(vectors, pairs, papers, candidates)
+    mined = mine_label_negatives(vectors, pairs, papers, candidates)
+    if mined.triplets.is_empty():  # else the mined objective silently drops out of a run that asked for it
+        raise TrainingSetupError(f"finetune.hard_negatives: none of the {candidates} nearest abstracts of any of the {mined.anchors} "
+                                 "same-label anchors is of another label: raise finetune.hard_negatives.candidates, or set "
+                                 "finetune.hard_negatives.weight to 0")
+    return mined
