@@ -273,6 +273,27 @@ def test_batches_per_epoch_counts_what_an_epoch_yields(size: int, per_label: int
         assert batches.per_epoch(len(labels)) == len(list(batches.epoch(len(labels))))
 
 
+def test_in_batch_negative_losses_never_see_a_text_twice_in_a_batch(tiny_model, tiny_data: Path) -> None:
+    import torch
+
+    # Same-label pairs repeat their abstracts: MNRL would take a repeated text as its own negative (mode full: no_duplicates).
+    frames = {"same_label": training_data.kind_frame("same_label")}
+    pairs = frames["same_label"]
+    assert pl.concat([pairs["anchor"], pairs["positive"]]).n_unique() < 2 * pairs.height  # repeats to avoid
+    index, cached = cached_vectors(tiny_model, frames)
+    ft = finetune(loss="mnrl", train_data=["same_label"], batch_size=16, retain_title_abstract=0.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 2})
+    objectives = recipe.objectives(None, ft, frames)
+    batches = []
+    compute = objectives[0].loss.compute_loss_from_embeddings
+    objectives[0].loss.compute_loss_from_embeddings = lambda embeddings, labels: batches.append(embeddings) or compute(embeddings, labels)
+    run = adapter.train_adapter(ft, 42, objectives, index, cached)
+    assert run.steps == len(batches) > 0
+    for embeddings in batches:
+        texts = torch.cat([e.detach() for e in embeddings]).numpy()
+        assert len(np.unique(texts.round(5), axis=0)) == len(texts) >= 4  # every text of the batch distinct
+
+
 @pytest.mark.parametrize("sampling", ["proportional", "balanced"])
 def test_the_progress_total_is_the_steps_the_run_takes(tiny_model, tiny_data: Path, capsys: pytest.CaptureFixture, sampling: str) -> None:
     frames = {"labels": training_data.kind_frame("labels")}

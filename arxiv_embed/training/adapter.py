@@ -34,7 +34,7 @@ import numpy as np
 
 from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.progress import Progress
-from arxiv_embed.training.losses import RETAIN
+from arxiv_embed.training.losses import RETAIN, batch_sampler
 
 if TYPE_CHECKING:
     import threading
@@ -214,6 +214,17 @@ class Batches:
         return np.concatenate([self.rng.permutation(group) for _ in range(passes)])[:n]
 
 
+def without_repeats(rows: np.ndarray, columns: list) -> np.ndarray:
+    """The batch's rows, less every row with a text an earlier row of the batch has (in any column)."""
+    seen, keep = set(), []
+    for row in rows.tolist():
+        texts = {int(column[row]) for column in columns}
+        if not texts & seen:
+            keep.append(row)
+            seen |= texts
+    return np.asarray(keep, dtype=np.int64)
+
+
 @dataclass
 class AdapterRun:
     modules: list  # the trained Dense modules, to attach() to the base model
@@ -333,6 +344,9 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
 
     main = [(o, *rows_of(o)) for o in recipe if o.name in ft.train_data]
     extra = [(o, *rows_of(o)) for o in recipe if o.name not in ft.train_data]
+    # MNRL (the main loss, or the retained title->abstract term) takes every other row's text as a negative: a text twice
+    # in a batch would be its own negative. Mode full has the library's no-duplicates sampler; here rows are dropped.
+    in_batch_negatives = {RETAIN} | (set(ft.train_data) if batch_sampler(ft) == "no_duplicates" else set())
     steps_per_epoch = 0
     for objective, columns, labels in main:
         by_label = objective.name == "labels"
@@ -356,14 +370,16 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
                                   ft.adapter.label_sampling)
                 plain = Batches(None, ft.batch_size, rng)
                 others = [(o, cols, plain.cycle(len(cols[0]))) for o, cols, _ in extra]
+                distinct = objective.name in in_batch_negatives
                 for rows in grouped.epoch(len(columns[0])):
                     if stop is not None and stop.is_set():
                         raise KeyboardInterrupt("another adapter member stopped")
-                    rows = torch.as_tensor(rows)
+                    rows = torch.as_tensor(without_repeats(rows, columns) if distinct else rows)
                     embeddings = embed(objective, columns, rows)
                     loss = objective.weight * objective.loss.compute_loss_from_embeddings(embeddings, labels[rows] if labels is not None else None)
                     for other, cols, batches in others:
-                        picked = torch.as_tensor(next(batches))
+                        picked = next(batches)
+                        picked = torch.as_tensor(without_repeats(picked, cols) if other.name in in_batch_negatives else picked)
                         embedded = embed(other, cols, picked)
                         if other.name == RETAIN and distill:  # titles too: left free, they drift from their abstracts (measured)
                             loss = loss + distill * F.mse_loss(embedded[0], vectors[cols[0][picked]], reduction="sum") / len(picked)
