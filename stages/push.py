@@ -102,8 +102,11 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 
 def release_hash(release: Path) -> str:
-    """One sha256 over every file of the release (names and contents): the same release, the same hash."""
-    return hashlib.sha256(json.dumps(sha256_files(release), sort_keys=True).encode()).hexdigest()
+    """One sha256 over the model's files (names and contents): the same model, the same hash. The card and the
+    manifest are left out: their provenance (git commit, DVC experiment name) changes with the workspace, not the model,
+    and a push of the same model from `dvc exp apply` must find its registry version, not add one."""
+    files = {name: digest for name, digest in sha256_files(release).items() if name not in ("README.md", "manifest.json")}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def register(name: str, run_id: str, release: Path, facts: CardFacts) -> tuple[str, bool]:

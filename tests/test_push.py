@@ -408,7 +408,8 @@ def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
 
 def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_model, monkeypatch, capsys):
     """A kill between the registry call and DVC's lock file reruns push: it must not register the
-    same run and release again; a changed release is a new version."""
+    same run and model again, nor after `dvc exp apply` (the card and manifest name the experiment); a changed
+    model is a new version."""
     project = make_project(tmp_path / "project")
     run_id = write_inputs(project, papers, base_model)
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -418,8 +419,12 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     assert "registered arxiv-embed version 1" in output and "already registered (same run and release): arxiv-embed version 1" in output
     [version] = registry_versions(project)
     assert version.run_id == run_id and len(version.tags["release_sha256"]) == 64
-    metrics = json.loads((project / "metrics/finetune.json").read_text())
-    (project / "metrics/finetune.json").write_text(json.dumps({**metrics, "loss": 0.1234}))  # another card
+    monkeypatch.setenv("DVC_EXP_NAME", "lr3e-3")  # the manifest and card now name an experiment; the model is the same
+    run_push_in_process(project, monkeypatch)
+    assert "already registered (same run and release): arxiv-embed version 1" in capsys.readouterr().out
+    assert json.loads((project / "models/release/manifest.json").read_text())["dvc_experiment"] == "lr3e-3"
+    config = project / "models/finetuned/config_sentence_transformers.json"
+    config.write_text(config.read_text() + "\n")  # another model file
     run_push_in_process(project, monkeypatch)
     assert sorted(int(v.version) for v in registry_versions(project)) == [1, 2]
 
