@@ -255,7 +255,8 @@ def tidy(records: pl.DataFrame, min_words: int, max_words: int) -> pl.DataFrame:
         ("abstract_too_long", words > max_words),
     ]
     created = pl.col("versions").list.first().struct.field("created")
-    first_version, updated = created.str.strptime(pl.Date, RFC2822, strict=False), pl.col("update_date").str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
+    first_version = created.str.strptime(pl.Date, RFC2822, strict=False)
+    updated = pl.col("update_date").str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
     return normalised.with_columns(
         unusable=_first_true(checks),
         reason=_first_true(filters),

@@ -350,8 +350,8 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     steps_per_epoch = 0
     for objective, columns, labels in main:
         by_label = objective.name == "labels"
-        batches = Batches(labels.numpy() if by_label else None, ft.batch_size, rng, ft.adapter.per_label, ft.adapter.label_sampling)
-        steps_per_epoch += (steps := batches.per_epoch(len(columns[0])))
+        sizing = Batches(labels.numpy() if by_label else None, ft.batch_size, rng, ft.adapter.per_label, ft.adapter.label_sampling)
+        steps_per_epoch += (steps := sizing.per_epoch(len(columns[0])))
         if not steps:  # else the run takes 0 steps and ships the untrained identity adapter
             knobs = f"finetune.batch_size={ft.batch_size}" + (f" with finetune.adapter.per_label={ft.adapter.per_label}" if by_label else "")
             raise TrainingSetupError(f"{knobs} makes no batch of the {len(columns[0]):,} {objective.name} train rows: lower "
