@@ -199,6 +199,23 @@ def test_oai_failures_are_bounded_and_explained(server: Server, responses: list[
     assert len(server.log) == (3 if "503" in message else 1)  # 1 try + max_retries
 
 
+def test_a_broken_off_answer_is_retried_a_repeated_token_refused_and_a_nan_retry_after_ignored(server: Server):
+    page = oai_page([oai_record("2610.00001")], "cs-2")
+    cut = (200, {"Content-Type": "text/xml", "Content-Length": str(len(page[2]))}, page[2][:120])  # the body stops short
+    waits: list[float] = []
+    server.script = {"cs": [cut, page], "cs-2": [(503, {"Retry-After": "nan"}, b"busy"), oai_page([oai_record("2610.00002")])]}
+    records = list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+    assert [r["id"] for r in records] == ["2610.00001", "2610.00002"] and server.keys() == ["cs", "cs", "cs-2", "cs-2"]
+    assert [w for w in waits if w] == [10.0, 10.0]  # backoff after the cut; nan is no wait: the default instead
+    # A server that hands back the same token would keep the harvest going for ever (max_records cannot stop it).
+    server.script = {"cs": [page], "cs-2": [oai_page([], "cs-2")]}
+    with pytest.raises(DownloadError, match="sent resumptionToken 'cs-2' twice for set 'cs'"):
+        list(harvest_oai(f"{server.url}/oai", ["cs"], max_records=5, request_interval_s=0, sleep=waits.append))
+    server.script = {"cs": [cut]}
+    with pytest.raises(DownloadError, match=r"the answer broke off \(IncompleteRead.*after 2 retries"):
+        list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+
+
 def test_an_empty_set_spec_is_sent_not_left_out(monkeypatch: pytest.MonkeyPatch):
     """Left out, an empty set would harvest all of arXiv in the window; sent, the server refuses it."""
     import xml.etree.ElementTree as ET
@@ -237,6 +254,18 @@ def test_kaggle_url_streams_the_zip_member(server: Server, kaggle_sample: Path, 
         list(stream_url_records(f"{server.url}/private", 5))
     with pytest.raises(DownloadError, match=r"first member '\.\./evil\.json' .* safe name"):
         list(stream_url_records(f"{server.url}/evil", 5))
+
+
+def test_a_url_body_cut_short_is_an_error_and_no_url_secret_is_printed(server: Server, kaggle_sample: Path, capsys):
+    from arxiv_embed.data.http import without_secrets
+
+    body = b"".join(sample_lines(kaggle_sample, 40))
+    server.script = {"/snapshot.jsonl": [(200, {"Content-Length": str(len(body))}, body[: len(body) // 2])]}
+    url = f"{server.url}/snapshot.jsonl?token=SECRET123"
+    with pytest.raises(DownloadError, match=r"snapshot.jsonl\?...: the download ended [\d,]+ bytes short of its Content-Length") as cut:
+        list(stream_url_records(url, 5))
+    assert "SECRET123" not in str(cut.value)
+    assert without_secrets("https://alice:KEY@www.kaggle.com:8443/api/v1/x?sig=abc") == "https://www.kaggle.com:8443/api/v1/x?..."
 
 
 def test_kaggle_credentials_never_follow_a_redirect(servers, kaggle_sample: Path, monkeypatch: pytest.MonkeyPatch):

@@ -4,6 +4,7 @@ the offline recipe that error prints."""
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -23,6 +24,14 @@ class NoNetworkError(DownloadError):
     """The host cannot be reached at all (DNS, refused, timeout)."""
 
 
+def without_secrets(url: str) -> str:
+    """The URL to print: no user:password@ and no query (a signed link's token), which logs and model cards keep."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+
+
 def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
     """urlopen, with every way of not reaching the host turned into one clear NoNetworkError."""
     try:
@@ -31,4 +40,4 @@ def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
         raise
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise NoNetworkError(f"no network: cannot reach {request.full_url} ({reason}).\n{OFFLINE_HINT}") from None
+        raise NoNetworkError(f"no network: cannot reach {without_secrets(request.full_url)} ({reason}).\n{OFFLINE_HINT}") from None

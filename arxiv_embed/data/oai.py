@@ -4,6 +4,7 @@ polite pacing, resumption tokens, 503/Retry-After retries, records converted fie
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import math
 import time
@@ -51,6 +52,8 @@ def harvest_oai(
                 if taken == quota:
                     break
         print(f"download: OAI set {set_spec}: {taken} records")
+    if max_records is not None and len(seen) < max_records:  # a later set smaller than its share: not refilled from earlier ones
+        print(f"download: {len(seen)} of download.max_records={max_records} records: the last sets held fewer than their share")
 
 
 class _OaiClient:
@@ -60,21 +63,24 @@ class _OaiClient:
         self.endpoint, self.max_retries, self.interval_s, self.timeout_s = endpoint, max_retries, interval_s, timeout_s
         self.sleep = sleep
         self._last_request = -math.inf
+        self.answered = False  # has the host answered once? (then a failed connection is a blip, retried)
 
     def list_records(self, set_spec: str, from_date: str | None, until_date: str | None) -> Iterator[dict[str, Any]]:
         query = {"verb": "ListRecords", "metadataPrefix": "arXiv", "set": set_spec, "from": from_date, "until": until_date}
         # Only absent dates are left out: an empty set spec sent as is gets an OAI error, where
         # leaving it out would harvest the whole repository.
         query = {key: value for key, value in query.items() if value is not None}
+        tokens: set[str] = set()
         while True:
             root = self.get(query)
             error = root.find(f"{OAI}error")
             if error is not None:
                 if error.get("code") == "noRecordsMatch":  # an empty set or window, not a failure
                     return
+                advice = ("the server dropped its place in the listing (tokens expire): rerun the download"
+                          if error.get("code") == "badResumptionToken" else "check download.oai.sets, from_date and until_date")
                 raise DownloadError(
-                    f"{self.endpoint}: OAI-PMH error {error.get('code')} for set {set_spec!r}: {(error.text or '').strip()}; "
-                    f"check download.oai.sets, from_date and until_date"
+                    f"{self.endpoint}: OAI-PMH error {error.get('code')} for set {set_spec!r}: {(error.text or '').strip()}; {advice}"
                 )
             listing = root.find(f"{OAI}ListRecords")
             if listing is None:
@@ -86,28 +92,46 @@ class _OaiClient:
             token = (listing.findtext(f"{OAI}resumptionToken") or "").strip()
             if not token:
                 return
+            if token in tokens:  # the same place again: the listing would never end
+                raise DownloadError(f"{self.endpoint}: OAI-PMH sent resumptionToken {token!r} twice for set {set_spec!r}, so the "
+                                    "listing would never end; try again later")
+            tokens.add(token)
             query = {"verb": "ListRecords", "resumptionToken": token}
 
     def get(self, query: dict[str, str]) -> ET.Element:
+        """One OAI-PMH answer. 429/5xx (Retry-After honoured) and an answer that breaks off are retried with backoff;
+        so is a host that cannot be reached once it has answered before (a blip hours into a harvest). A host that
+        never answered is no network: said at once, with the offline recipe."""
         url = f"{self.endpoint}?{urllib.parse.urlencode(query)}"
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         for attempt in range(self.max_retries + 1):
             self.sleep(max(0.0, self._last_request + self.interval_s - time.monotonic()))
             self._last_request = time.monotonic()
+            last = attempt == self.max_retries
             try:
                 with open_url(request, self.timeout_s) as response:
-                    return _parse_xml(response.read(), url)
+                    body = response.read()
             except urllib.error.HTTPError as exc:
-                if exc.code not in RETRY_STATUS or attempt == self.max_retries:
-                    raise DownloadError(
-                        f"{url}: HTTP {exc.code} {exc.reason} after {attempt} retries; try again later, or raise "
-                        f"download.oai.max_retries; check download.oai.endpoint"
-                    ) from None
-                wait = _retry_after(exc.headers.get("Retry-After"), default=10.0 * (attempt + 1))
-                print(f"download: OAI-PMH answered {exc.code}; retry {attempt + 1}/{self.max_retries} in {wait:.0f} s")
-                self.sleep(wait)
-            except (TimeoutError, ConnectionError) as exc:  # the host answered, then stalled
-                raise NoNetworkError(f"no network: {url} stopped answering ({exc}).\n{OFFLINE_HINT}") from None
+                if exc.code not in RETRY_STATUS:
+                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}; check download.oai.endpoint") from None
+                if last:
+                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason} after {attempt} retries; try again later, or raise "
+                                        "download.oai.max_retries") from None
+                wait, why = _retry_after(exc.headers.get("Retry-After"), default=10.0 * (attempt + 1)), f"answered {exc.code}"
+            except NoNetworkError:
+                if not self.answered or last:
+                    raise
+                wait, why = 10.0 * (attempt + 1), "could not be reached"
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:  # the answer broke off
+                if last:
+                    raise DownloadError(f"{url}: the answer broke off ({type(exc).__name__}: {exc}) after {attempt} retries; "
+                                        "try again later, or raise download.oai.max_retries") from None
+                wait, why = 10.0 * (attempt + 1), f"broke off ({type(exc).__name__})"
+            else:
+                self.answered = True
+                return _parse_xml(body, url)
+            print(f"download: OAI-PMH {why}; retry {attempt + 1}/{self.max_retries} in {wait:.0f} s")
+            self.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -129,6 +153,8 @@ def _retry_after(value: str | None, default: float) -> float:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError):
             return default
+    if math.isnan(seconds):  # float("nan") parses, and time.sleep(nan) raises
+        return default
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 

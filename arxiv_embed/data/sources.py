@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
-from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url
+from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url, without_secrets
 from arxiv_embed.files import MAX_LINE_BYTES
 from arxiv_embed.data.oai import harvest_oai, json_line
 
@@ -58,6 +58,7 @@ def open_records(path: Path | str) -> Iterator[bytes]:
 def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
     """Yield the JSON lines behind `url` (zip, gzip or plain) while downloading: no copy on disk."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    shown = without_secrets(url)
     user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
     if user and key:
         # Unredirected: the download redirects to cloud storage, which must not see the key.
@@ -67,24 +68,26 @@ def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
         response = open_url(request, timeout_s)
     except urllib.error.HTTPError as exc:
         raise DownloadError(
-            f"{url}: HTTP {exc.code} {exc.reason}; if Kaggle wants credentials set KAGGLE_USERNAME and KAGGLE_KEY "
+            f"{shown}: HTTP {exc.code} {exc.reason}; if Kaggle wants credentials set KAGGLE_USERNAME and KAGGLE_KEY "
             f"in the environment, or download the zip yourself and set download.path to it"
         ) from None
     with response:
         if response.headers.get_content_type() == "text/html":
             raise DownloadError(
-                f"{url} answered with a web page, not the dataset (Kaggle may want credentials: set KAGGLE_USERNAME "
+                f"{shown} answered with a web page, not the dataset (Kaggle may want credentials: set KAGGLE_USERNAME "
                 f"and KAGGLE_KEY in the environment), or download the zip yourself and set download.path to it"
             )
         body = io.BufferedReader(response, CHUNK)
         magic = body.peek(4)[:4]
         if magic == ZIP_MAGIC:
-            stream: IO[bytes] = io.BufferedReader(_ZipStreamMember(body, url), CHUNK)
+            stream: IO[bytes] = io.BufferedReader(_ZipStreamMember(body, shown), CHUNK)
         elif magic.startswith(GZIP_MAGIC):
             stream = gzip.GzipFile(fileobj=body, mode="rb")
         else:
             stream = body
-        yield from _lines(stream, url)
+        yield from _lines(stream, shown)
+        if response.length:  # http.client ends a short body quietly: what its Content-Length promised and never came
+            raise DownloadError(f"{shown}: the download ended {response.length:,} bytes short of its Content-Length; try again")
 
 
 def _lines(stream: IO[bytes], label: str) -> Iterator[bytes]:
@@ -200,7 +203,7 @@ def _oai(params: Download) -> tuple[Iterator[bytes], str]:
 def _kaggle(params: Download) -> tuple[Iterator[bytes], str]:
     if params.path:
         return open_records(params.path), f"kaggle {params.path}"
-    return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {params.kaggle_url}"
+    return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {without_secrets(params.kaggle_url)}"
 
 
 def _file(params: Download) -> tuple[Iterator[bytes], str]:
@@ -216,6 +219,6 @@ class Source:
 # download.source -> its reader and its description. Adding a source is one entry (the schema takes its choices from here).
 SOURCES: dict[str, Source] = {
     "oai": Source(_oai, lambda d, limit: f"arXiv OAI-PMH {d.oai.endpoint}, sets {', '.join(d.oai.sets)}, {d.oai.from_date} to {d.oai.until_date}{limit}"),
-    "kaggle": Source(_kaggle, lambda d, limit: f"Kaggle arXiv metadata snapshot ({d.path or d.kaggle_url}{limit})"),
+    "kaggle": Source(_kaggle, lambda d, limit: f"Kaggle arXiv metadata snapshot ({d.path or without_secrets(d.kaggle_url)}{limit})"),
     "file": Source(_file, lambda d, limit: f"local file `{Path(d.path or '').name}` (Kaggle arXiv snapshot schema{limit})"),
 }

@@ -23,7 +23,15 @@ PARAMS_FILE = Path("params.yaml")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
-HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+def _no_userinfo(url: str) -> str:
+    # urllib reads "user:key@host" as a host name (the download fails as "no network"), and the key would be printed.
+    if "@" in url.split("/")[2]:
+        raise ValueError("a URL with user:password@ is not supported (and would be printed): put Kaggle credentials in "
+                         "KAGGLE_USERNAME and KAGGLE_KEY in the environment")
+    return url
+
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://[^/]"), AfterValidator(_no_userinfo)]
 
 
 def _calendar_date(value: str) -> str:
