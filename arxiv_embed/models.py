@@ -123,6 +123,10 @@ def pick_precision(requested: str, device: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+# Model types whose position ids start at pad_token_id + 1 (RoBERTa's scheme): 514 positions hold 512 tokens.
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "roberta-prelayernorm", "data2vec-text", "ibert"}
+
+
 def load_model(
     name_or_path: str | Path,
     max_seq_length: int | None = None,
@@ -145,9 +149,12 @@ def load_model(
     if max_seq_length:
         # Past the model's position table, encoding fails deep in torch ("size of tensor a (667) must match ... (512)").
         config = getattr(getattr(model[0], "auto_model", None), "config", None)
-        if (positions := getattr(config, "max_position_embeddings", None)) and max_seq_length > positions:
-            raise UserError(f"model.max_seq_length={max_seq_length} is more than the {positions} token positions of "
-                            f"{name_or_path}: set it to {positions} or less in params.yaml")
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit and getattr(config, "model_type", "") in OFFSET_POSITIONS:  # positions start after the padding id
+            limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+        if limit and max_seq_length > limit:
+            raise UserError(f"model.max_seq_length={max_seq_length} is more than the {limit} tokens {name_or_path} takes: "
+                            f"set it to {limit} or less in params.yaml")
         model.max_seq_length = max_seq_length
     return quantize_int8(model) if backend == "int8" else model
 

@@ -280,7 +280,7 @@ def all_pairs_triplets(vectors, papers) -> dict[str, float]:
 def probe_pairs(vectors, train, test, min_support: int, c: float, seed: int) -> np.ndarray:
     """A research signal beside the classification lens: (actual, predicted) label ids of the test papers, over
     the lens's supported labels, from a logistic regression of regularisation `c` on EVERY train paper (natural
-    label mix). The lens's probe sees 2,000 label-balanced train papers (~20 per label on multidomain) at C 1."""
+    label mix). The lens's probe sees 2,000 label-balanced train papers (~18 per label on multidomain) at C 1."""
     from sklearn.linear_model import LogisticRegression
 
     from arxiv_embed.evaluation.lenses import label_pairs, supported_labels

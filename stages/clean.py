@@ -34,7 +34,7 @@ class CleanError(UserError):
 def main() -> None:
     params = load(CleanParams).clean
     counts: Counter[str] = Counter()
-    unreadable: Counter[str] = Counter()  # usable records whose date is given but unreadable (kept, the date null)
+    unreadable: Counter[str] = Counter()  # papers kept whose date is given but unreadable (the date null)
     malformed_lines: list[int] = []
     records_in = n_parts = 0
     paths.CLEAN_DIR.mkdir(parents=True, exist_ok=True)
@@ -55,8 +55,6 @@ def main() -> None:
             unusable = with_raw(unusable, chunk, first_line)
             write_rejects(rejects, counts, refused + unusable)
             batch = batch.filter(pl.col("unusable").is_null()).drop("unusable")
-            unreadable.update(dict(zip(UNREADABLE, batch.select(pl.col(UNREADABLE).sum()).row(0))))
-            batch = batch.drop(UNREADABLE)
             if batch.height:
                 batch.write_parquet(Path(parts_dir) / f"part-{n_parts:06d}.parquet", compression="lz4")
                 n_parts += 1
@@ -77,7 +75,9 @@ def main() -> None:
         records_out, archives, primary_categories = 0, Counter(), set()
         with atomic_path(paths.PAPERS) as papers_path, ParquetAppender(papers_path) as papers:
             for part in sorted(Path(parts_dir).glob("part-*.parquet")):
-                kept = pl.read_parquet(part).filter(~pl.col("line").is_in(dropped_lines)).select(PAPER_COLUMNS)
+                kept = pl.read_parquet(part).filter(~pl.col("line").is_in(dropped_lines))
+                unreadable.update(dict(zip(UNREADABLE, kept.select(pl.col(UNREADABLE).sum()).row(0))))  # papers kept, no more
+                kept = kept.select(PAPER_COLUMNS)
                 papers.write(kept)
                 records_out += kept.height
                 archives.update(dict(kept["archive"].value_counts().iter_rows()))

@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    if key != "batch_size"}, "items_sha256": data.fingerprint()}
     if which == "finetuned" and (base_scope := read_scope(paths.eval_dir("base"))) != scope:
         differ = sorted(key for key in scope.keys() | base_scope.keys() if scope.get(key) != base_scope.get(key))
-        raise UserError(f"{paths.eval_dir('base')} was scored with other {', '.join(differ)} than this evaluation's: "
-                        "run `dvc repro evaluate` (it reruns evaluate_base first)")
+        what = "by an older version, which saved no scope" if not base_scope else f"with other {', '.join(differ)} than this evaluation's"
+        raise UserError(f"{paths.eval_dir('base')} was scored {what}: run `dvc repro evaluate` (it reruns evaluate_base first)")
 
     # 2. This model through every lens; saved for the other stage (base) or the report (fine-tuned).
     vectors, queries = vectors_to_score(which, params, data)

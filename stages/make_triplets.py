@@ -47,6 +47,9 @@ def main() -> None:
             n_graded = resolve_count(getattr(cfg.graded_pairs_per_split, split), papers.height)
             kinds = build(papers, n_triplets, n_pairs, cfg.hard_negative_fraction, rng, n_graded)
             sizes = papers["label"].value_counts()
+            if split == "test" and not n_triplets:  # a per-paper count that rounds to 0 (the schema refuses a plain 0)
+                raise UserError(f"make_triplets.triplets_per_split.test={cfg.triplets_per_split.test} makes 0 triplets of "
+                                f"{papers.height} test papers, and evaluate's triplet lens scores them: raise it")
             if split == "test" and kinds["triplets"].is_empty():  # evaluate's triplet lens scores them: refused here, not there
                 raise UserError(f"no test triplet can be made from the {papers.height} test papers of {sizes.height} label(s) "
                                 f"({', '.join(sizes['label'].sort().head(5))}): a triplet needs a label with 2+ papers and "

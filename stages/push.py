@@ -91,8 +91,9 @@ def hub_token(hub: Hub) -> str | None:
         raise PushError("push.hub.enabled is true but HF_TOKEN is not set: set HF_TOKEN in the environment "
                         "(a write token) or set push.hub.enabled: false")
     # Checked before the release and the registry version are written, not at the upload after them.
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:  # huggingface_hub's truthy values
-        raise PushError("push.hub.enabled is true but HF_HUB_OFFLINE=1 is set: unset it to push to the Hub, or set push.hub.enabled: false")
+    # huggingface_hub's own rule: either variable, any of its truthy values.
+    if offline := [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]:
+        raise PushError(f"push.hub.enabled is true but {offline[0]} is set: unset it to push to the Hub, or set push.hub.enabled: false")
     return token
 
 
@@ -102,11 +103,14 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 
 def release_hash(release: Path) -> str:
-    """One sha256 over the model's files (names and contents): the same model, the same hash. The card and the
-    manifest are left out: their provenance (git commit, DVC experiment name) changes with the workspace, not the model,
-    and a push of the same model from `dvc exp apply` must find its registry version, not add one."""
+    """One sha256 over the release less its provenance: the model's files, and the manifest's evaluation, gate and run
+    (names and contents). The git commit and DVC experiment name (in the manifest and the card) change with the
+    workspace, not the release: a push of the same release after `dvc exp apply` finds its registry version; a new
+    evaluation of the same model (evaluate.* changed) is a new version, whose tags carry it."""
+    manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
+    described = {key: value for key, value in manifest.items() if key not in ("files", "git_commit", "dvc_experiment")}
     files = {name: digest for name, digest in sha256_files(release).items() if name not in ("README.md", "manifest.json")}
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps({"files": files, **described}, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def register(name: str, run_id: str, release: Path, facts: CardFacts) -> tuple[str, bool]:
@@ -183,7 +187,7 @@ def main() -> None:
     params = load(PushParams)
     cfg = params.push
     evaluation = read_json(EVALUATE, "evaluate")
-    run_info = read_json(FINETUNED / RUN_INFO, "finetune")  # finetune writes it with the model
+    run_info = read_json(FINETUNED / RUN_INFO, "push")  # finetune writes it with the model; `dvc repro push` reruns it all
     check_evaluated_model(evaluation, run_info["run_id"])
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)

@@ -112,7 +112,8 @@ def test_default_sample_with_null_versions(project: Path, sample: Path) -> None:
 def test_a_date_that_does_not_parse_keeps_its_paper_and_is_counted(project: Path, capsys: pytest.CaptureFixture) -> None:
     write_input(project, [paper("0704.0001"), paper("0704.0002", update_date="not a date"),
                           paper("0704.0003", versions=[{"version": "v1", "created": "2 April 2007"}]),
-                          paper("0704.0004", versions=None, update_date=None)])  # no date given: nothing to count
+                          paper("0704.0004", versions=None, update_date=None),  # no date given: nothing to count
+                          paper("0704.0005", update_date="never", abstract="Too short.")])  # rejected: not counted
     papers, _, metrics = run_clean(project)
     assert papers["id"].to_list() == ["0704.0001", "0704.0002", "0704.0003", "0704.0004"]
     assert papers["update_date"].null_count() == 2 and papers["first_version_date"].null_count() == 2

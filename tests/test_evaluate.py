@@ -175,6 +175,11 @@ def test_evaluate_refuses_a_base_scored_otherwise_and_a_model_it_cannot_read(eva
     assert result.returncode == 1 and "was scored with other items_sha256 than this evaluation's" in result.stderr, result.stderr
     (project / "data/split/test.parquet").unlink()
     test.write_parquet(project / "data/split/test.parquet")
+    scope = (project / "data/eval/base/scope.json").read_bytes()
+    (project / "data/eval/base/scope.json").unlink()  # saved by a version before scopes
+    result = run([sys.executable, "-m", "stages.evaluate", "--model", "finetuned"], project, check=False)
+    assert result.returncode == 1 and "data/eval/base was scored by an older version, which saved no scope" in result.stderr
+    (project / "data/eval/base/scope.json").write_bytes(scope)
     # The model a finetune.mode=full run saved, scored as if adapter mode had: one line, not a ValueError's traceback.
     params["finetune"]["mode"] = "adapter"
     (project / "params.yaml").write_text(yaml.safe_dump(params))

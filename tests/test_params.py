@@ -46,6 +46,7 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("download", "kaggle_url", "https://alice:KEY@www.kaggle.com/x", "download.kaggle_url: Value error, a URL with user:password@ is not supported"),
         ("push", "registry_model_name", "team/arxiv", "push.registry_model_name: Value error, 'team/arxiv' is not a registry model name"),
         ("push", "registry_model_name", " ", "push.registry_model_name: Value error, ' ' is not a registry model name"),
+        ("push", "registry_model_name", "..x", "push.registry_model_name: Value error, '..x' is not a registry model name"),
         ("push", "hub", {"enabled": True, "repo_id": "my model", "private": True}, "push.hub.repo_id: Value error, 'my model' is not a Hub repo id"),
         ("push", "hub", {"enabled": False, "repo_id": "a--b/c", "private": True}, "push.hub.repo_id: Value error, 'a--b/c' is not a Hub repo id"),
     ],

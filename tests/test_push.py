@@ -290,7 +290,7 @@ def test_missing_inputs_or_a_silent_tracking_server_stop_push_before_the_release
     project = make_project(tmp_path / "project")
     write_inputs(project, papers, base_model, log_model=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    for name, stage in (("metrics/evaluate.json", "evaluate"), ("models/finetuned/mlflow_run.json", "finetune"),
+    for name, stage in (("metrics/evaluate.json", "evaluate"), ("models/finetuned/mlflow_run.json", "push"),
                         ("metrics/finetune.json", "finetune"), ("data/split/test.parquet", "split"),
                         ("data/triplets/train_title_abstract.parquet", "make_triplets")):
         path = project / name
@@ -423,10 +423,14 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     run_push_in_process(project, monkeypatch)
     assert "already registered (same run and release): arxiv-embed version 1" in capsys.readouterr().out
     assert json.loads((project / "models/release/manifest.json").read_text())["dvc_experiment"] == "lr3e-3"
+    report = json.loads((project / "metrics/evaluate.json").read_text())  # the same model evaluated again (evaluate.* changed)
+    report["base"]["triplet"]["accuracy"] -= 0.01
+    (project / "metrics/evaluate.json").write_text(json.dumps(report))
+    run_push_in_process(project, monkeypatch)
     config = project / "models/finetuned/config_sentence_transformers.json"
     config.write_text(config.read_text() + "\n")  # another model file
     run_push_in_process(project, monkeypatch)
-    assert sorted(int(v.version) for v in registry_versions(project)) == [1, 2]
+    assert sorted(int(v.version) for v in registry_versions(project)) == [1, 2, 3]
 
 
 def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
@@ -442,9 +446,14 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
     assert hub_token(Hub()) is None  # disabled: no token needed
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # found before any work, not at the upload after the release and registry
-    with pytest.raises(PushError, match="HF_HUB_OFFLINE=1 is set") as offline:
+    with pytest.raises(PushError, match="HF_HUB_OFFLINE is set") as offline:
         hub_token(hub)
     assert FAKE_TOKEN not in str(offline.value)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")  # huggingface_hub goes offline on this one too
+    with pytest.raises(PushError, match="TRANSFORMERS_OFFLINE is set"):
+        hub_token(hub)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
 
     (tmp_path / "README.md").write_text("card")
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as closed:

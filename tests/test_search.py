@@ -247,6 +247,7 @@ def test_json_lines_are_read_batch_by_batch_and_bad_lines_are_named_not_indexed(
     monkeypatch.setattr(raw, "BATCH_BYTES", 4096)  # several batches from a few records
     no_versions = [json.dumps({**json.loads(line), "versions": None}) + "\n" for line in records[:10]]
     listed = json.loads(records[10]) | {"categories": ["math.AG", "math.NT"], "comments": 12}
+    no_versions[0] = "\ufeff" + no_versions[0]  # a byte-order mark (a file saved by a Windows tool): no part of the record
     lines = no_versions[:5] + ['{"id": "0704.9999", "title": "cut off\n', "[1, 2]\n"] + no_versions[5:] + [json.dumps(listed) + "\n"]
     papers = read_papers(write_papers(tmp_path / "papers.jsonl", lines))
     assert papers["id"].to_list() == [json.loads(line)["id"] for line in records[:11]]

@@ -15,9 +15,11 @@ from arxiv_embed.schema.shared import Shared
 
 
 def _registry_name(name: str) -> str:
-    # MLflow refuses '/' and ':' only after the release is written; a quote would break push's registry filters.
-    if not name.strip() or set(name) & set("/:'"):
-        raise ValueError(f"{name!r} is not a registry model name: use a non-empty name without '/', ':' or quotes")
+    # MLflow refuses '/', ':' and names that are no plain path segment ('.', '..x') only after the release is written;
+    # a single quote would break push's registry filters.
+    if not name.strip() or set(name) & set("/:'") or name == "." or name.startswith(".."):
+        raise ValueError(f"{name!r} is not a registry model name: use a non-empty name without '/', ':', a single quote "
+                         "a leading '..', or '.' alone")
     return name
 
 
