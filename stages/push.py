@@ -113,15 +113,14 @@ def release_hash(release: Path) -> str:
     return hashlib.sha256(json.dumps({"files": files, **described}, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def register(name: str, run_id: str, release: Path, facts: CardFacts) -> tuple[str, bool]:
+def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) -> tuple[str, bool]:
     """The Model Registry version of this finetune run and release, with the evaluate metrics as
     tags: (version, True) when created now, (version, False) when a rerun (say, after a kill
     between the registry call and DVC's lock file) finds it already registered."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = configure_tracking()
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient()  # tracking configured by main (uri: its redacted URI, for messages)
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -191,7 +190,7 @@ def main() -> None:
     check_evaluated_model(evaluation, run_info["run_id"])
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)
-    configure_tracking()  # a tracking server that does not answer is found before the release is replaced, not after
+    uri = configure_tracking()  # a tracking server that does not answer is found before the release is replaced, not after
     facts = gather_facts(params, evaluation, gate, run_info)
 
     release = RELEASE
@@ -214,7 +213,7 @@ def main() -> None:
         })
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
 
-    version, created = register(cfg.registry_model_name, run_info["run_id"], release, facts)
+    version, created = register(cfg.registry_model_name, run_info["run_id"], release, facts, uri)
     how = "registered" if created else "already registered (same run and release):"
     print(f"push: {how} {cfg.registry_model_name} version {version} (MLflow run {run_info['run_id']})")
     if token is None:

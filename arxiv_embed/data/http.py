@@ -9,6 +9,7 @@ import urllib.request
 from typing import Any
 
 from arxiv_embed.errors import UserError
+from arxiv_embed.tracking import redact
 
 USER_AGENT = "arxiv-embed/0.1 (DVC pipeline fine-tuning sentence embeddings on arXiv metadata; Python urllib)"
 OFFLINE_HINT = (
@@ -25,11 +26,10 @@ class NoNetworkError(DownloadError):
 
 
 def without_secrets(url: str) -> str:
-    """The URL to print: no user:password@ and no query (a signed link's token), which logs and model cards keep."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+    """The URL to print: no user:password@ (tracking.redact) and no query (a signed link's token), which logs and model
+    cards keep."""
+    parts = urllib.parse.urlsplit(redact(url))
+    return urllib.parse.urlunsplit(parts._replace(query="..." if parts.query else "", fragment=""))
 
 
 def open_url(request: urllib.request.Request, timeout_s: float) -> Any:

@@ -114,6 +114,12 @@ def _content(path: Path, block_bytes: int) -> Iterator[bytes]:
 BOM = b"\xef\xbb\xbf"
 
 
+def without_boms(chunk: bytes) -> bytes:
+    """A run of lines less the UTF-8 byte-order mark opening any of them (Windows tools; BOM files concatenated): it is
+    no part of the record."""
+    return chunk.removeprefix(BOM).replace(b"\n" + BOM, b"\n") if BOM in chunk else chunk
+
+
 def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]]:
     """Parse one batch of lines: (records with their `line` number, rejects: malformed_json and wrong_type).
 
@@ -122,8 +128,7 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
     aside first, so that the rest still parses in one polars call; a bad line that looks whole sends
     its batch down the slower path of `_read`.
     """
-    if BOM in chunk:  # a UTF-8 byte-order mark opening a line (Windows tools; BOM files concatenated) is no part of the record
-        chunk = chunk.removeprefix(BOM).replace(b"\n" + BOM, b"\n")
+    chunk = without_boms(chunk)
     lines = chunk.split(b"\n")
     if lines[-1] == b"":
         lines.pop()

@@ -62,7 +62,7 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
     """JSON lines of the Kaggle schema (.gz ok; categories a space-separated string or a list), a batch at a time: memory
     holds the columns kept, not the whole file and its parse (the 4.5 GB snapshot would need ~15 GB). A batch with a line
     that is no JSON object is read line by line, and such lines are counted and named, not indexed."""
-    from arxiv_embed.data.records import BOM, line_batches
+    from arxiv_embed.data.records import line_batches, without_boms
     from arxiv_embed.progress import Progress
 
     frames, present, rejected = [], set(), []
@@ -70,8 +70,7 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
     try:
         for first, chunk in line_batches(path):
             rejected_before = len(rejected)
-            if BOM in chunk:  # a byte-order mark opening a line is no part of its record (as clean reads it)
-                chunk = chunk.removeprefix(BOM).replace(b"\n" + BOM, b"\n")
+            chunk = without_boms(chunk)  # as clean reads it
             try:
                 pieces = [pl.read_ndjson(chunk, infer_schema_length=None)]
             except pl.exceptions.PolarsError:

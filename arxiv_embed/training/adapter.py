@@ -347,11 +347,12 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
     # MNRL (the main loss, or the retained title->abstract term) takes every other row's text as a negative: a text twice
     # in a batch would be its own negative. Mode full has the library's no-duplicates sampler; here rows are dropped.
     in_batch_negatives = {RETAIN} | (set(ft.train_data) if batch_sampler(ft) == "no_duplicates" else set())
-    steps_per_epoch = 0
+    batches_of, steps_per_epoch = {}, 0  # a main objective's batches: each epoch a fresh draw from the same groups
     for objective, columns, labels in main:
         by_label = objective.name == "labels"
-        sizing = Batches(labels.numpy() if by_label else None, ft.batch_size, rng, ft.adapter.per_label, ft.adapter.label_sampling)
-        steps_per_epoch += (steps := sizing.per_epoch(len(columns[0])))
+        batches_of[objective.name] = Batches(labels.numpy() if by_label else None, ft.batch_size, rng, ft.adapter.per_label,
+                                             ft.adapter.label_sampling)
+        steps_per_epoch += (steps := batches_of[objective.name].per_epoch(len(columns[0])))
         if not steps:  # else the run takes 0 steps and ships the untrained identity adapter
             knobs = f"finetune.batch_size={ft.batch_size}" + (f" with finetune.adapter.per_label={ft.adapter.per_label}" if by_label else "")
             raise TrainingSetupError(f"{knobs} makes no batch of the {len(columns[0]):,} {objective.name} train rows: lower "
@@ -366,8 +367,7 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
         meter = Progress(what, ft.adapter.epochs * steps_per_epoch, "steps")
         for _ in range(ft.adapter.epochs):
             for objective, columns, labels in main:
-                grouped = Batches(labels.numpy() if objective.name == "labels" else None, ft.batch_size, rng, ft.adapter.per_label,
-                                  ft.adapter.label_sampling)
+                grouped = batches_of[objective.name]
                 plain = Batches(None, ft.batch_size, rng)
                 others = [(o, cols, plain.cycle(len(cols[0]))) for o, cols, _ in extra]
                 distinct = objective.name in in_batch_negatives
