@@ -9,7 +9,6 @@ import urllib.request
 from typing import Any
 
 from arxiv_embed.errors import UserError
-from arxiv_embed.tracking import redact
 
 USER_AGENT = "arxiv-embed/0.1 (DVC pipeline fine-tuning sentence embeddings on arXiv metadata; Python urllib)"
 OFFLINE_HINT = (
@@ -26,10 +25,12 @@ class NoNetworkError(DownloadError):
 
 
 def without_secrets(url: str) -> str:
-    """The URL to print: no user:password@ (tracking.redact) and no query (a signed link's token), which logs and model
-    cards keep."""
-    parts = urllib.parse.urlsplit(redact(url))
-    return urllib.parse.urlunsplit(parts._replace(query="..." if parts.query else "", fragment=""))
+    """The URL to print: no user:password@ and no query (a signed link's token), which logs and model cards keep.
+    (tracking.redact strips the userinfo too, but importing it would make the download stage depend on the MLflow
+    tracking module, and rerun a 4.5 GB download whenever that changes.)"""
+    parts = urllib.parse.urlsplit(url)
+    host = f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or ""
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "..." if parts.query else "", ""))
 
 
 def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
