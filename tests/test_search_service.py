@@ -285,3 +285,63 @@ def test_queries_take_the_query_route_of_a_model_with_a_query_adapter(tmp_path, 
                                     ("document", routed.encode([query], normalize_embeddings=True)))}
     assert ranked["query"] != ranked["document"]
     assert [hit["id"] for hit in Searcher(tmp_path / "index").search(query, k=5)["results"]] == ranked["query"]
+
+
+def test_int8_queries_encoded_together_get_the_vectors_they_get_alone(index_dir, records, monkeypatch):
+    """int8 scales its activations per batch: batched with others, a query's vector (and the CLI's answer) would change."""
+    import threading
+    import time
+
+    from arxiv_embed import models
+
+    searcher = Searcher(index_dir, backend="int8")
+    queries = [phrase(paper) for paper in records[:5]]
+    alone = {q: searcher.search(q, k=5)["results"] for q in queries}
+    real_encode, first = models.encode, threading.Event()
+
+    def slow_first_call(model, texts, **kwargs):
+        if not first.is_set():
+            first.set()
+            deadline = time.monotonic() + 30
+            while len(searcher._pending) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return real_encode(model, texts, **kwargs)
+
+    monkeypatch.setattr(models, "encode", slow_first_call)
+    with ThreadPoolExecutor(5) as pool:
+        leader = pool.submit(searcher.search, queries[0], 5)
+        first.wait(10)
+        results = [leader.result()] + [f.result() for f in [pool.submit(searcher.search, q, 5) for q in queries[1:]]]
+    for query, body in zip(queries, results):
+        assert [hit["score"] for hit in body["results"]] == pytest.approx([hit["score"] for hit in alone[query]], abs=1e-5)
+
+
+def test_cli_query_of_a_server_that_is_not_this_service_or_not_utf8_is_one_line(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    from arxiv_embed.search.__main__ import main
+
+    class NotSearch(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status = 502 if "q=proxy" in self.path else 200
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>Bad Gateway</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotSearch)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with pytest.raises(SearchError, match="answered, but not as this search service does"):
+            main(["query", "spin", "--server", url])
+        with pytest.raises(SearchError, match=rf"--server {url}: HTTP 502"):
+            main(["query", "proxy", "--server", url])
+        with pytest.raises(SearchError, match="not valid UTF-8"):  # how Python decodes bytes of another encoding in argv
+            main(["query", "spin \udcff glass", "--server", url])
+    finally:
+        server.shutdown()

@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--backend", choices=["torch", "int8"], default="torch" if sub is build else None,
                          help="int8: dynamic int8 Linear layers on CPU, ~1.5x faster encoding, NDCG@10 within 1%% "
                               "(query/serve default: int8 without a GPU, else torch)")
-    build.add_argument("--rescore-multiplier", type=positive_int, default=RESCORE_MULTIPLIER,
-                       help="binary: float-rescore k*this RaBitQ candidates, stored with the index (default %(default)s)")
+    build.add_argument("--rescore-multiplier", type=positive_int,
+                       help="binary: float-rescore k*this RaBitQ candidates, stored with the index (default: the "
+                            f"index's own, {RESCORE_MULTIPLIER} for a new one)")
     for sub in (query, serve):
         sub.add_argument("--rescore-multiplier", type=positive_int,
                          help="binary: float-rescore k*this RaBitQ candidates (default: the one stored with the index)")
@@ -92,12 +93,26 @@ def query_server(server: str, text: str, k: int, category: str | None) -> dict:
     url = f"{server.rstrip('/')}/search?{urllib.parse.urlencode(params)}"
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
-            return json.loads(response.read())
+            answer = _json_object(response.read())
+            if answer is None or "results" not in answer:
+                raise SearchError(f"--server {server} answered, but not as this search service does (no JSON results): "
+                                  "check the URL and port of `python -m arxiv_embed.search serve`")
+            return answer
     except urllib.error.HTTPError as error:
-        raise SearchError(f"--server {server}: {json.loads(error.read()).get('error', error.reason)}") from None
+        reason = (_json_object(error.read()) or {}).get("error") or f"HTTP {error.code} {error.reason}"
+        raise SearchError(f"--server {server}: {reason}") from None
     except (urllib.error.URLError, OSError) as error:
         raise SearchError(f"--server {server} is not answering ({getattr(error, 'reason', error)}): start it with "
                           "`python -m arxiv_embed.search serve --index INDEX`, or query with --index instead") from None
+
+
+def _json_object(body: bytes) -> dict | None:
+    """The answer as a JSON object, or None (a proxy's HTML page, another program on that port)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def query_backend(requested: str | None) -> str:
@@ -111,9 +126,14 @@ def query_backend(requested: str | None) -> str:
 
 def build(args: argparse.Namespace, argv: list[str]) -> None:
     from arxiv_embed.models import load_model
-    from arxiv_embed.search.index import SearchIndex, build_index, encoding_dir
+    from arxiv_embed.search.index import SearchIndex, build_index, check_index_path, encoding_dir, model_identity
 
+    # What can be refused is refused before the papers are read (a minute at 2.7M) and encoded (hours).
+    if args.backend == "int8" and args.processes and args.processes > 1:
+        raise SearchError(f"--backend int8 encodes in one process, not {args.processes}: drop --processes, or use --backend torch")
+    check_index_path(args.index)
     model_ref = args.model or default_model()
+    model_identity(model_ref)
     papers = read_papers(args.papers)
     if papers.height == 0:
         raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")

@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +50,7 @@ SNIPPET_CHARS = 320
 
 def model_identity(model_ref: str | Path) -> str:
     """sha256 over the model's weight files: the release and models/finetuned share one identity."""
-    folder = resolve_model(str(model_ref))
+    folder = resolve_model(str(model_ref), setting="--model")
     weights = sorted(p for pattern in WEIGHT_FILES for p in folder.rglob(pattern))
     if not weights:
         raise SearchError(f"model {model_ref} ({folder}) has no weight files ({', '.join(WEIGHT_FILES)})")
@@ -97,6 +98,7 @@ class SearchIndex:
     embeddings: np.ndarray
     index: object
     _filters: dict[str, np.ndarray] | None = None
+    _bytes_on_disk: int | None = None
 
     @classmethod
     def load(cls, path: Path | str) -> SearchIndex:
@@ -115,8 +117,9 @@ class SearchIndex:
                                   f"PAPERS --index {path}`; its stored embeddings are reused, nothing is re-encoded")
             raise SearchError(f"--index {path} was built by an older version of this project: rebuild it with "
                               f"`python -m arxiv_embed.search build --papers PAPERS --index {path}` into a new folder")
-        index = faiss.read_index(str(path / "index.faiss"))
-        return cls(path, meta, _read_papers(path), open_rows(path / "embeddings.npy"), index)
+        with _damaged(path, "index.faiss"):
+            index = faiss.read_index(str(path / "index.faiss"))
+        return cls(path, meta, _read_papers(path), _read_embeddings(path), index)
 
     @classmethod
     def load_for_build(cls, path: Path) -> SearchIndex:
@@ -125,7 +128,7 @@ class SearchIndex:
         meta = _read_meta(path)
         if meta.get("format") not in (2, FORMAT):
             return cls.load(path)  # raises the rebuild message
-        return cls(path, meta, _read_papers(path), open_rows(path / "embeddings.npy"), None)
+        return cls(path, meta, _read_papers(path), _read_embeddings(path), None)
 
     @property
     def count(self) -> int:
@@ -139,7 +142,10 @@ class SearchIndex:
                 "or rebuild the index into a new --index path with this one")
 
     def sizes(self) -> dict[str, int]:
-        on_disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+        # Measured once: a request's listing could fall between a rebuild's two renames (or see the new folder's bytes).
+        if self._bytes_on_disk is None:
+            self._bytes_on_disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+        on_disk = self._bytes_on_disk
         per_vector = index_bytes_per_vector(self.index) if self.index is not None else 0
         return {"papers": self.count, "bytes_on_disk": on_disk, "bytes_searched_in_memory": self.count * per_vector}
 
@@ -233,12 +239,62 @@ class SearchIndex:
         return self.hits([row], [1.0])[0], self.search(vector, k, category, rescore_multiplier, exclude_row=row)
 
 
+@contextmanager
+def _damaged(path: Path, name: str) -> Iterator[None]:
+    """A file of the index that cannot be read (deleted, truncated or copied in part): one line that says so."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, pa.ArrowException) as error:  # faiss raises RuntimeError, numpy ValueError
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SearchError(f"--index {path} is incomplete or damaged ({name}: {reason}): rebuild it with "
+                          f"`python -m arxiv_embed.search build --papers PAPERS --index NEW_FOLDER`") from None
+
+
 def _read_meta(path: Path) -> dict:
-    return json.loads((path / "index.json").read_text(encoding="utf-8"))
+    with _damaged(path, "index.json"):
+        return json.loads((path / "index.json").read_text(encoding="utf-8"))
 
 
 def _read_papers(path: Path) -> pa.Table:
-    return pa.ipc.open_file(pa.memory_map(str(path / "papers.arrow"))).read_all()
+    with _damaged(path, "papers.arrow"):
+        return pa.ipc.open_file(pa.memory_map(str(path / "papers.arrow"))).read_all()
+
+
+def _read_embeddings(path: Path) -> np.ndarray:
+    with _damaged(path, "embeddings.npy"):
+        return open_rows(path / "embeddings.npy")
+
+
+def check_index_path(path: Path) -> None:
+    """Refuse an --index that is not a search index before any work: the build replaces the folder at `path`
+    whole, so a folder of other files would lose them, and a file would fail only after hours of encoding."""
+    path = Path(path)
+    recover(path)
+    if path.exists() and not path.is_dir():
+        raise SearchError(f"--index {path} is a file, not an index folder: give a new folder, or an index built before")
+    if path.is_dir() and not (path / "index.json").exists() and any(path.iterdir()):
+        raise SearchError(f"--index {path} holds files but no search index (no index.json), and a build replaces the "
+                          "whole folder: give a new or empty folder")
+
+
+@contextmanager
+def build_lock(path: Path) -> Iterator[None]:
+    """One build of an index at a time: two would share its saved chunks, and the later swap would drop the
+    earlier build's papers. The OS releases the lock of a killed build."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.parent / f".{path.name}.build-lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SearchError(f"another build of --index {path} is running (it holds {lock.lock_file}): wait for it "
+                          "to finish, then run this one; it encodes only what that one did not") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -261,22 +317,32 @@ def _empty_papers() -> pl.DataFrame:
 
 
 def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
-                batch_size: int = 64, processes: int | None = None, rescore_multiplier: int = RESCORE_MULTIPLIER,
+                batch_size: int = 64, processes: int | None = None, rescore_multiplier: int | None = None,
                 backend: str = "torch") -> BuildReport:
     """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed.
-    backend: the one `model` was loaded with; an interrupted build resumes only chunks of the same model and backend."""
+    backend: the one `model` was loaded with; an interrupted build resumes only chunks of the same model and backend.
+    rescore_multiplier: stored with the index; None keeps the existing index's (else RESCORE_MULTIPLIER)."""
+    with build_lock(path):
+        return _build_index(papers, model, model_ref, Path(path), precision, batch_size, processes, rescore_multiplier, backend)
+
+
+def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
+                 batch_size: int, processes: int | None, rescore_multiplier: int | None, backend: str) -> BuildReport:
     start = time.perf_counter()
-    path = Path(path)
+    check_index_path(path)
     identity = model_identity(model_ref)
     old_keys, old_embeddings = _empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     old_batches: list[pa.RecordBatch] = []
-    recover(path)  # a build killed between its two renames left the previous index aside: put it back before reading it
+    # check_index_path put back the previous index a build killed between its two renames left aside
     if (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         old.check_model(identity, model_ref)
+        if rescore_multiplier is None:
+            rescore_multiplier = old.rescore_multiplier
         # Only the keys are read into memory: the stored abstracts stay memory-mapped (2.7M of them are ~3 GB).
         old_keys, old_embeddings = pl.from_arrow(old.papers.select(["id", "text_sha256"])), old.embeddings
         old_batches = old.papers.to_batches()
+    rescore_multiplier = rescore_multiplier or RESCORE_MULTIPLIER
     new_keys = papers.select("id", "text_sha256").with_row_index("new_row")
     unchanged = new_keys.join(old_keys, on=["id", "text_sha256"], how="semi", maintain_order="left")
     todo = new_keys.join(unchanged.select("id"), on="id", how="anti", maintain_order="left")

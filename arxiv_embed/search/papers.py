@@ -110,11 +110,16 @@ def read_papers(path: Path) -> pl.DataFrame:
     if path.stat().st_size == 0:
         raise SearchError(f"--papers {path}: the file is empty")
     if path.suffix == ".parquet":
-        papers = pl.scan_parquet(path)
-        schema = papers.collect_schema()
-        if missing := set(REQUIRED) - set(schema):
-            raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need {', '.join(REQUIRED)}")
-        frame = papers.select(_kept_columns(schema)).collect(engine="streaming")  # the file's other columns are never read
+        try:
+            papers = pl.scan_parquet(path)
+            schema = papers.collect_schema()
+            if missing := set(REQUIRED) - set(schema):
+                raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need {', '.join(REQUIRED)}")
+            frame = papers.select(_kept_columns(schema)).collect(engine="streaming")  # the file's other columns are never read
+        except (pl.exceptions.PolarsError, OSError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SearchError(f"--papers {path} is not a readable parquet file ({reason}): is it cut off, or still being "
+                              "written? Write it again (dvc repro split for data/split/*.parquet)") from None
     else:
         frame = _read_json_lines(path)
     invalid = frame.filter(pl.col("id").fill_null("").eq("") | (pl.col("abstract").fill_null("") == ""))

@@ -47,6 +47,8 @@ def validate_query(query: str, k: int) -> str:
     """The stripped query, or SearchError for an empty, invisible, overlong or NUL-holding query or k out of range."""
     if "\x00" in query:
         raise SearchError("the query contains a NUL character: give plain text")
+    if any(unicodedata.category(ch) == "Cs" for ch in query):  # bytes that are not UTF-8, as Python decodes argv
+        raise SearchError("the query is not valid UTF-8 text: give it in UTF-8 (check the terminal's encoding)")
     # Zero-width and other format/control characters carry no meaning: a query of only those is empty.
     query = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in query
                     if unicodedata.category(ch) not in ("Cf", "Co", "Cn")).strip()
@@ -211,8 +213,10 @@ class Searcher:
                 for waiting in batch:
                     by_model.setdefault(id(waiting.model), []).append(waiting)
                 for same in by_model.values():
+                    # int8 scales its activations per batch: a query's vector would depend on the queries beside it
+                    batch_size = 1 if self.backend == "int8" else len(same)
                     try:
-                        vectors = encode(same[0].model, [waiting.query for waiting in same], batch_size=len(same), progress=False,
+                        vectors = encode(same[0].model, [waiting.query for waiting in same], batch_size=batch_size, progress=False,
                                          queries=True)
                     except Exception as error:
                         for waiting in same:
