@@ -160,8 +160,20 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
     return version.version, True
 
 
+def transport_errors() -> tuple[type[Exception], ...]:
+    """Network failures of the HTTP library huggingface_hub uses: httpx2 (2.x), httpx (1.x) or requests (0.x)."""
+    import importlib
+
+    found = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found) or (OSError,)
+
+
 def push_to_hub(hub: Hub, release: Path, token: str) -> None:
-    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
 
@@ -173,7 +185,7 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
         raise PushError(f"push.hub.repo_id={hub.repo_id!r}: {str(exc).splitlines()[0]}") from None
     except OfflineModeIsEnabled:
         raise PushError("push.hub.enabled is true but HF_HUB_OFFLINE=1 is set: unset it to push to the Hub") from None
-    except httpx2.TransportError as exc:
+    except transport_errors() as exc:
         raise PushError(f"cannot reach the Hugging Face Hub at {api.endpoint} ({type(exc).__name__}: {exc}): "
                         "check the network or HF_ENDPOINT, or set push.hub.enabled: false") from None
     except HfHubHTTPError as exc:

@@ -37,6 +37,9 @@ def test_a_missing_key_is_an_error_naming_it(key):
     ("section", "key", "value", "expected"),
     [
         ("finetune", "learning_rte", 1e-5, "finetune.learning_rte: unknown key"),
+        # A typo is told its likely key and the keys its section takes.
+        ("finetune", "temprature", 0.1, "finetune.temprature: unknown key (did you mean temperature?); the keys here are mode, loss,"),
+        ("split", "seed", 1, "split.seed: unknown key; the keys here are method, time_field, eval_fraction"),
         ("split", "method", "random", "split.method: Input should be 'stratified' or 'time'"),
         ("finetune", "batch_size", "32", "finetune.batch_size: Input should be a valid integer"),
         ("split", "test_fraction", 1.5, "split.test_fraction"),

@@ -8,7 +8,9 @@ from it is an error that names the key.
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from datetime import date
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -61,10 +63,28 @@ class ParamsError(UserError):
     """params.yaml is missing, unreadable or does not match the schema."""
 
 
-def _describe(error: dict) -> str:
+def _keys_at(schema: type[BaseModel], path: tuple) -> list[str]:
+    """The keys the schema takes at `path` (a section's own fields), or [] where it is not a section."""
+    model: type[BaseModel] | None = schema
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = next((kind for kind in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(kind, type) and issubclass(kind, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _describe(error: dict, schema: type[BaseModel]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling against params.yaml's documented keys)"
+        known = _keys_at(schema, tuple(error["loc"][:-1]))
+        if not known:
+            return f"{key}: unknown key (check the spelling against params.yaml's documented keys)"
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        return f"{key}: unknown key{f' (did you mean {close[0]}?)' if close else ''}; the keys here are {', '.join(known)}"
     if error["type"] == "missing":
         return f"{key}: missing (params.yaml is the one source of values: add the key, as documented in the committed params.yaml)"
     given = error.get("input")
@@ -89,7 +109,7 @@ def validate(schema: type[Schema], raw: object, source: str = str(PARAMS_FILE), 
         # Strict: "32" is not an int. Strict mode still takes `epochs: 1` for a float field.
         return schema.model_validate(raw)
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        lines = "\n  ".join(_describe(e, schema) for e in exc.errors())
         raise ParamsError(f"{source} is invalid:\n  {lines}") from None
 
 
