@@ -6,8 +6,10 @@ the split parquets, params); nothing here is typed by hand.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -51,6 +53,7 @@ class CardFacts:
     gate: dict[str, object]
     provenance: dict[str, str]
     clean_stats: dict[str, object] = field(default_factory=dict)
+    base_model_id: str | None = None  # the base's Hub id (front matter), None for a local folder
 
 
 def describe_source(download: Download) -> str:
@@ -70,10 +73,11 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dic
     examples = {str(path): pl.scan_parquet(path).select(pl.len()).collect().item() for path in train_files}
     clean = metrics_file("clean")
     # The knobs this run's mode read, not the other mode's (finetune.read_by_mode).
-    flat_params = flatten({"model": params.model.model_dump(), "finetune": params.finetune.read_by_mode(), "shared": params.shared.model_dump()})
+    flat_params = flatten(shareable_params({"model": params.model.model_dump(), "finetune": params.finetune.read_by_mode(),
+                                            "shared": params.shared.model_dump()}))
     return CardFacts(
         model_name=params.push.registry_model_name,
-        base_model=hub_id(params.model.base),
+        base_model=shown_model(params.model.base),
         license=params.push.license,
         label=params.shared.label,
         data_source=describe_source(params.download),
@@ -87,12 +91,39 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dic
         provenance={"git commit": git_commit(), "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
                     "MLflow run": run_info["run_id"], "training data sha256": file_fingerprint(*train_files)},
         clean_stats={k: v for k, v in read_json(clean, "clean").items() if isinstance(v, (int, float, str))} if clean.exists() else {},
+        base_model_id=hub_id(params.model.base),
     )
 
 
-def hub_id(base: str) -> str:
-    """The Hub id of model.base, so the Hub links the card to it: bundled copies name their original."""
-    return BUNDLED_HUB_IDS.get(base, base)
+def hub_id(base: str) -> str | None:
+    """The Hub id of model.base, so the Hub links the card to it: bundled copies name their original, a
+    sentence-transformers short name its full id (as models.resolve_model loads it); None for a local folder."""
+    if base in BUNDLED_HUB_IDS:
+        return BUNDLED_HUB_IDS[base]
+    local = Path(base).expanduser()
+    if local.is_absolute() or base.startswith((".", "~")) or local.is_dir():
+        return None
+    return base if "/" in base else f"sentence-transformers/{base}"
+
+
+def shown_model(base: str) -> str:
+    """model.base as a shared release shows it: its Hub id, or a local folder by its name (not the user's path)."""
+    return hub_id(base) or f"a local model `{Path(base).expanduser().name}`"
+
+
+def shareable_params(dumped: dict) -> dict:
+    """params as the release (manifest, card, Hub) shows them: local paths by file name, URLs without tokens."""
+    from arxiv_embed.data.http import without_secrets
+
+    shared = copy.deepcopy(dumped)
+    download = shared.get("download", {})
+    if download.get("path"):
+        download["path"] = Path(download["path"]).name
+    if download.get("kaggle_url"):
+        download["kaggle_url"] = without_secrets(download["kaggle_url"])
+    if (model := shared.get("model", {})).get("base"):
+        model["base"] = shown_model(model["base"])
+    return shared
 
 
 def _fmt(value: object) -> str:
@@ -138,7 +169,7 @@ def card_data(facts: CardFacts) -> ModelCardData:
     ]
     return ModelCardData(
         model_name=facts.model_name,
-        base_model=facts.base_model,
+        base_model=facts.base_model_id,  # the Hub links a card to its base by id; a local folder has none
         license=facts.license,
         tags=TAGS,
         datasets=["arxiv"],
@@ -171,6 +202,7 @@ abstracts = model.encode_document(["An abstract of a paper ..."], normalize_embe
 queries = model.encode_query(["a search query, such as a title"], normalize_embeddings=True)
 ```
 
+It loads with sentence-transformers 6 or later (its `modules.json` names the `sentence_transformers.base` modules).
 Encode search queries with `encode_query`: a model trained with `finetune.adapter.query_adapter` routes
 them through an adapter of their own (`encode`, like `encode_document`, takes the abstracts' route).
 

@@ -83,6 +83,18 @@ def _prepare_local_store(uri: str) -> None:
             mlflow.create_experiment(EXPERIMENT, artifact_location=(project_root() / DEFAULT_ARTIFACTS).as_uri())
 
 
+def tls_settings() -> dict[str, object]:
+    """requests' verify/cert from MLflow's own TLS variables, so a check reaches what MLflow's client reaches."""
+    settings: dict[str, object] = {}
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        settings["verify"] = False
+    elif server_cert := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        settings["verify"] = server_cert
+    if client_cert := os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        settings["cert"] = client_cert
+    return settings
+
+
 def configure_tracking(timeout_s: float = 5.0) -> str:
     """Point MLflow at the configured store and check it answers, before any expensive work.
 
@@ -106,8 +118,9 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
         import requests
 
         try:
-            # /health is served by `mlflow server`; any HTTP answer proves it is up.
-            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+            # /health is served by `mlflow server`; any HTTP answer proves it is up. With MLflow's own TLS settings:
+            # a server MLflow's client reaches (a private CA, a self-signed certificate) must not be refused here.
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s, **tls_settings())
         except requests.RequestException as exc:
             raise TrackingUnavailableError(
                 f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI) does not answer: "
@@ -119,7 +132,11 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
     elif mlflow.get_experiment_by_name(EXPERIMENT) is None:
         # Local store: keep artifacts inside the project, not in a cwd-dependent default.
         location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if scheme in {"", "file"} else None
-        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another run started at once (`dvc queue start -j 2`) made it
+                raise
     mlflow.set_experiment(EXPERIMENT)
     return redact(uri)
 

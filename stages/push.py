@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from arxiv_embed.files import atomic_path, read_json, write_json
-from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card
+from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card, shareable_params, shown_model
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
@@ -161,11 +161,11 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
 
 
 def transport_errors() -> tuple[type[Exception], ...]:
-    """Network failures of the HTTP library huggingface_hub uses: httpx2 (2.x), httpx (1.x) or requests (0.x)."""
+    """Network failures of the HTTP library huggingface_hub uses: httpx2 (2.x) or httpx (1.x)."""
     import importlib
 
     found = []
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
@@ -212,7 +212,7 @@ def main() -> None:
         (tmp / "README.md").write_text(render_card(facts), encoding="utf-8")
         write_json(tmp / "manifest.json", {
             "model_name": cfg.registry_model_name,
-            "base_model": params.model.base,
+            "base_model": shown_model(params.model.base),
             "files": sha256_files(tmp),
             "training_data": {"path": TRIPLETS_DIR.as_posix(), "sha256": facts.provenance["training data sha256"]},
             "git_commit": facts.provenance["git commit"],
@@ -221,7 +221,7 @@ def main() -> None:
             "gate": gate,
             "evaluation": evaluation,
             # The knobs this stage tracks (dvc.yaml): how patiently download fetched is not what the model is.
-            "params": {**params.model_dump(exclude=UNTRACKED), "finetune": params.finetune.read_by_mode()},
+            "params": shareable_params({**params.model_dump(exclude=UNTRACKED), "finetune": params.finetune.read_by_mode()}),
         })
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
 

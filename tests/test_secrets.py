@@ -147,3 +147,93 @@ def test_a_run_on_a_server_prints_no_credentials(tmp_path: Path, mlflow_server: 
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not leaks({"output": (result.stdout + result.stderr).encode()}), result.stdout
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no CA signed (a team's own MLflow server), and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    cert, key_file = folder / "server.pem", folder / "server.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert, key_file
+
+
+def test_the_health_check_trusts_what_mlflow_is_told_to_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_INSECURE_TLS reach a self-signed server through MLflow's own
+    client: the check before any work must not refuse it."""
+    import ssl
+
+    import mlflow
+
+    from arxiv_embed.tracking import TrackingUnavailableError, configure_tracking
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    cert, key = self_signed_certificate(tmp_path)
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Only the health check is under test: the experiment calls would need a whole MLflow server.
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lambda name: object())
+    monkeypatch.setattr(mlflow, "set_experiment", lambda name: None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri := f"https://127.0.0.1:{server.server_port}")
+    for name in ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        with pytest.raises(TrackingUnavailableError, match="SSLError"):
+            configure_tracking()
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+        assert configure_tracking() == uri
+        monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+        assert configure_tracking() == uri
+    finally:
+        server.shutdown()
+
+
+def test_an_experiment_another_run_created_meanwhile_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs starting at once on a fresh store (`dvc queue start -j 2`): the one that loses the race to create the
+    experiment uses it, with no traceback."""
+    import mlflow
+
+    from arxiv_embed.tracking import EXPERIMENT, configure_tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    configure_tracking()  # the other run, first
+    real, looks = mlflow.get_experiment_by_name, []
+
+    def looked_before_the_other_created_it(name: str):
+        looks.append(name)
+        return None if len(looks) == 1 else real(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", looked_before_the_other_created_it)
+    configure_tracking()
+    assert len(looks) >= 1
+    assert real(EXPERIMENT) is not None
