@@ -228,6 +228,52 @@ def test_paired_interval_of_macro_f1_resamples_papers():
     assert 0.6 < low <= 2 / 3 <= high < 0.75  # macro-F1 1.0 vs 1/3
 
 
+def test_a_metric_s_interval_depends_on_its_items_not_on_the_metrics_before_it():
+    """Push's gate reads one interval: adding a lens (or a metric) before it must not move its bounds."""
+    rng = np.random.default_rng(1)
+    base, tuned = rng.random(300), rng.random(300)
+    alone = paired_intervals(evaluation({"gated": base}), evaluation({"gated": tuned}), seed=7)["lens.gated"]
+    others = {"earlier": rng.random(50), "gated": base}
+    after = paired_intervals(evaluation(others), evaluation({"earlier": rng.random(50), "gated": tuned}), seed=7)
+    assert after["lens.gated"] == alone
+
+
+def test_every_delta_of_the_classifier_and_clustering_has_an_interval(real_papers, real_embeddings):
+    """Weighted F1 and k-means' scores are resampled over the test papers, as macro-F1 is."""
+    from sklearn.metrics import adjusted_rand_score, f1_score, v_measure_score
+
+    titles, abstracts = real_embeddings
+    x = lens_input(real_papers, {**dict(zip(real_papers["title"], titles.tolist())), **dict(zip(real_papers["abstract"], abstracts.tolist()))},
+                   min_label_support=5, learning_curve_sizes=[])
+    base = ModelEval.of({name: LENSES[name](x) for name in ("classification", "clustering")})
+    assert base.metrics["clustering"]["ari"] == pytest.approx(adjusted_rand_score(*base.items["clustering.ari"].T))
+    assert base.metrics["clustering"]["v_measure"] == pytest.approx(v_measure_score(*base.items["clustering.v_measure"].T))
+    predictions = base.tables["predictions"]
+    assert base.metrics["classification"]["weighted_f1"] == pytest.approx(
+        f1_score(predictions["actual"], predictions["predicted"], average="weighted", zero_division=0))
+    report = compare(base, base, seed=0)
+    for name in ("classification.weighted_f1", "clustering.v_measure", "clustering.ari", "clustering.nmi"):
+        assert report["delta_ci95"][name] == [0.0, 0.0]  # a model against itself: every resample's delta is 0
+
+
+def test_the_storage_ratio_is_the_index_the_search_builds_at_that_size():
+    from arxiv_embed.search.engine import IVF_MIN_ROWS, stored_bytes_per_vector
+
+    assert stored_bytes_per_vector(IVF_MIN_ROWS - 1, 384, "binary") == 56  # flat RaBitQ: 48 bytes of bits + 2 floats
+    assert stored_bytes_per_vector(IVF_MIN_ROWS, 384, "binary") == 124  # partitioned, 2 bits a dimension + an id
+    assert stored_bytes_per_vector(10, 384, "float32") == 1536
+
+
+def test_the_binary_lens_reports_the_partitioned_index_s_storage_ratio(real_papers, real_embeddings, monkeypatch):
+    import arxiv_embed.search.engine as engine
+
+    titles, abstracts = real_embeddings
+    x = lens_input(real_papers, {**dict(zip(real_papers["title"], titles.tolist())), **dict(zip(real_papers["abstract"], abstracts.tolist()))})
+    assert LENSES["binary"](x).metrics["storage_ratio"] == pytest.approx(4 * 384 / 56)
+    monkeypatch.setattr(engine, "IVF_MIN_ROWS", 10)  # these 24 papers as a snapshot-sized test sample
+    assert LENSES["binary"](x).metrics["storage_ratio"] == pytest.approx(4 * 384 / 124)
+
+
 def test_a_new_lens_reaches_the_report_and_the_gate(monkeypatch, tmp_path):
     """Adding a lens is one function: the report, its intervals and the push gate pick it up."""
     from stages.push import check_gate

@@ -24,10 +24,10 @@ from arxiv_embed import paths
 from arxiv_embed.errors import UserError
 from arxiv_embed.evaluation.data import EvalData
 from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
-from arxiv_embed.evaluation.report import ModelEval, macro_f1
+from arxiv_embed.evaluation.report import ModelEval, macro_f1, statistic
 from arxiv_embed.evaluation.retrieval import MAX_K, per_query
 from arxiv_embed.evaluation.vectors import normalise, search
-from arxiv_embed.search.engine import binary_search, bytes_per_vector
+from arxiv_embed.search.engine import binary_search, stored_bytes_per_vector
 
 
 if TYPE_CHECKING:
@@ -179,12 +179,13 @@ def classification(x: LensInput) -> LensResult:
     pairs = label_pairs(x.labels, predicted)
     supported_names = supported_labels(x.labels, x.settings.min_label_support)
     supported = label_pairs(x.labels, predicted, ignore=(set(x.labels) | set(predicted)) - supported_names)
-    items = {"macro_f1": pairs, "macro_f1_supported": supported, "accuracy": (x.labels == predicted).astype(np.float64)}
+    items = {"macro_f1": pairs, "macro_f1_supported": supported, "weighted_f1": pairs,
+             "accuracy": (x.labels == predicted).astype(np.float64)}
     metrics = {
         "accuracy": float(np.mean(items["accuracy"])),
         "macro_f1": macro_f1(pairs),
         "macro_f1_supported": macro_f1(supported),
-        "weighted_f1": weighted_f1(x.labels, predicted),
+        "weighted_f1": statistic(pairs, "weighted_f1"),
         "supported_labels": float(len(supported_names)),
     }
     tables = {"learning_curve": pl.DataFrame(curve), "predictions": pl.DataFrame({"actual": x.labels, "predicted": predicted})}
@@ -193,17 +194,15 @@ def classification(x: LensInput) -> LensResult:
 
 @lens
 def clustering(x: LensInput) -> LensResult:
-    """k-means with k = number of labels, scored against the labels."""
+    """k-means with k = number of labels, scored against the labels; the papers' (label, cluster) rows are
+    the items the intervals resample (the clusters stay as fitted)."""
     from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, v_measure_score
 
-    k = len(np.unique(x.labels))
-    clusters = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=x.seed).fit_predict(x.abstracts)
-    return LensResult({
-        "v_measure": float(v_measure_score(x.labels, clusters)),
-        "ari": float(adjusted_rand_score(x.labels, clusters)),
-        "nmi": float(normalized_mutual_info_score(x.labels, clusters)),
-    })
+    names, label_ids = np.unique(x.labels, return_inverse=True)
+    clusters = KMeans(n_clusters=len(names), n_init=KMEANS_N_INIT, random_state=x.seed).fit_predict(x.abstracts)
+    rows = np.column_stack([label_ids, clusters]).astype(np.int64)
+    items = {name: rows for name in ("v_measure", "ari", "nmi")}
+    return LensResult({name: statistic(rows, name) for name in items}, items)
 
 
 @lens
@@ -221,7 +220,7 @@ def binary(x: LensInput) -> LensResult:
         items[f"{name}_rescored_ndcg@10"] = per_query(rescored, keys, keys, exclude_self, ndcg)["ndcg@10"]
     result = LensResult.of_means(items)
     dimension = x.abstracts.shape[1]
-    result.metrics["storage_ratio"] = 4 * dimension / bytes_per_vector(dimension, "binary")
+    result.metrics["storage_ratio"] = 4 * dimension / stored_bytes_per_vector(len(x.abstracts), dimension, "binary")
     return result
 
 
@@ -260,12 +259,6 @@ def classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed:
         raise UserError("classification needs train papers of at least 2 labels: raise evaluate.max_train_papers (papers it "
                         "learns from, dealt round-robin over labels), or check split.min_papers_per_label")
     return LogisticRegression(max_iter=1000, random_state=seed).fit(train_x, train_y).predict(test_x)
-
-
-def weighted_f1(actual: np.ndarray, predicted: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(actual, predicted, average="weighted", zero_division=0))
 
 
 def learning_curve_sizes(train_rank: np.ndarray, sizes: list[int]) -> list[int]:

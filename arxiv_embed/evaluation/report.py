@@ -29,9 +29,24 @@ def macro_f1(pairs: np.ndarray) -> float:
     return float(f1_score(pairs[:, 0], pairs[:, 1], labels=labels, average="macro", zero_division=0)) if labels else 0.0
 
 
-def statistic(items: np.ndarray) -> float:
-    """The metric a per-item array stands for: its mean, or macro-F1 for (actual, predicted) rows."""
-    return macro_f1(items) if items.ndim == 2 else float(np.mean(items))
+def _pair_statistics() -> dict:
+    """Metrics of (label, label) rows other than macro-F1, by metric name: (actual, predicted) for the
+    classifier's weighted F1, (label, cluster) for k-means' scores."""
+    from sklearn.metrics import adjusted_rand_score, f1_score, normalized_mutual_info_score, v_measure_score
+
+    return {"weighted_f1": lambda rows: f1_score(rows[:, 0], rows[:, 1], average="weighted", zero_division=0),
+            "v_measure": lambda rows: v_measure_score(rows[:, 0], rows[:, 1]),
+            "ari": lambda rows: adjusted_rand_score(rows[:, 0], rows[:, 1]),
+            "nmi": lambda rows: normalized_mutual_info_score(rows[:, 0], rows[:, 1])}
+
+
+def statistic(items: np.ndarray, name: str = "") -> float:
+    """The metric a per-item array stands for: its mean; for rows of two labels, the metric its name
+    ("lens.metric" or "metric") says, macro-F1 unless named otherwise."""
+    if items.ndim == 1:
+        return float(np.mean(items))
+    pair_metric = _pair_statistics().get(name.rsplit(".", 1)[-1])
+    return float(pair_metric(items)) if pair_metric else macro_f1(items)
 
 
 @dataclass
@@ -93,17 +108,18 @@ def delta(finetuned: dict, base: dict) -> dict:
 
 def paired_intervals(base: ModelEval, finetuned: ModelEval, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, list[float]]:
     """"lens.metric" -> [low, high]: the 95% percentile interval of finetuned - base over paired
-    bootstrap resamples of the same items (queries, triplets, test papers) for both models."""
-    rng = np.random.default_rng(seed)
+    bootstrap resamples of the same items (queries, triplets, test papers) for both models. The resamples
+    depend on the seed and the number of items only: a metric's interval does not move when another
+    metric is added before it, and metrics over the same items share their resamples."""
     intervals = {}
     for name, tuned in finetuned.items.items():
         if (untuned := base.items.get(name)) is None or len(untuned) != len(tuned) or not len(tuned):
             continue
-        draws = rng.integers(0, len(tuned), size=(resamples, len(tuned)))
+        draws = np.random.default_rng([seed, len(tuned)]).integers(0, len(tuned), size=(resamples, len(tuned)))
         if tuned.ndim == 1:
             deltas = (tuned[draws] - untuned[draws]).mean(axis=1)
         else:
-            deltas = np.array([macro_f1(tuned[rows]) - macro_f1(untuned[rows]) for rows in draws])
+            deltas = np.array([statistic(tuned[rows], name) - statistic(untuned[rows], name) for rows in draws])
         intervals[name] = [float(v) for v in np.percentile(deltas, [2.5, 97.5])]
     return intervals
 

@@ -68,6 +68,14 @@ def bytes_per_vector(dimension: int, precision: Precision) -> int:
     return _faiss().IndexRaBitQ(dimension, _faiss().METRIC_INNER_PRODUCT).code_size if precision == "binary" else 4 * dimension
 
 
+def stored_bytes_per_vector(n: int, dimension: int, precision: Precision) -> int:
+    """What one of n vectors costs in the index make_index builds for them (from IVF_MIN_ROWS on, the partitioned one's
+    2-bit code and id), without building it."""
+    if is_ivf_size(n, precision):
+        return index_bytes_per_vector(_faiss().index_factory(dimension, ivf_factory(n), _faiss().METRIC_INNER_PRODUCT))
+    return bytes_per_vector(dimension, precision)
+
+
 def index_bytes_per_vector(index) -> int:
     """What one vector costs in this FAISS index: its code, plus the 8-byte id an inverted list keeps."""
     index = _faiss().downcast_index(index)
@@ -85,6 +93,11 @@ def is_ivf(index) -> bool:
     return isinstance(_faiss().downcast_index(index), _faiss().IndexIVF)
 
 
+def ivf_factory(n: int) -> str:
+    """FAISS's factory string of the partitioned 1-bit index over n vectors: ~sqrt(n) lists, RaBitQ with an extra bit."""
+    return f"IVF{ivf_lists(n)},RaBitQ2"
+
+
 def is_ivf_size(n: int, precision: Precision) -> bool:
     """Whether make_index partitions an index of n vectors."""
     return precision == "binary" and n >= IVF_MIN_ROWS
@@ -97,7 +110,7 @@ def make_index(embeddings: np.ndarray, precision: Precision):
     dimension = embeddings.shape[1]
     if is_ivf_size(len(embeddings), precision):
         nlist = ivf_lists(len(embeddings))
-        index = faiss.index_factory(dimension, f"IVF{nlist},RaBitQ2", faiss.METRIC_INNER_PRODUCT)  # an IndexIVFRaBitQ
+        index = faiss.index_factory(dimension, ivf_factory(len(embeddings)), faiss.METRIC_INNER_PRODUCT)  # an IndexIVFRaBitQ
         index.nprobe, index.qb = NPROBE, QUERY_BITS  # saved with the index
         step = max(1, len(embeddings) // (TRAIN_PER_LIST * nlist))
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # training and adding use every core (searches set 1 again)
