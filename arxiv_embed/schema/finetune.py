@@ -56,8 +56,15 @@ class Full(Section):
 
     @model_validator(mode="after")
     def _steps(self) -> Full:
-        if self.save_steps % self.eval_steps:
-            raise ValueError("finetune.full.save_steps must be a multiple of finetune.full.eval_steps (the best checkpoint is chosen at evaluations)")
+        # The model saved is the best evaluation's, loaded from that step's checkpoint: transformers requires save_steps
+        # to be a multiple of eval_steps, and an evaluation between two saves (save_steps > eval_steps) could be the
+        # best with no checkpoint to load (the last step's weights would ship, reported as the best step's).
+        if self.save_steps != self.eval_steps:
+            raise ValueError(
+                f"finetune.full.save_steps={self.save_steps} with finetune.full.eval_steps={self.eval_steps}: every evaluation must "
+                f"save the checkpoint the best model is loaded from; set finetune.full.save_steps: {self.eval_steps} "
+                f"(or finetune.full.eval_steps: {self.save_steps}), the two equal"
+            )
         return self
 
 

@@ -90,17 +90,41 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def finished_state(checkpoint: Path | None) -> TrainerState | None:
-    """The trainer state of `checkpoint` when it is the run's last step (killed after the final save).
+    """The trainer state of `checkpoint` when it is the run's last step (killed after the final save):
+    max_steps reached, or the trainer had decided to stop there (early stopping).
 
-    Resuming from it would train one step past max_steps (the trainer's loop takes a step before
-    it checks the limit), so finetune takes the state as is instead.
+    Resuming from it would train past the stop (the trainer's loop takes a step before it checks
+    the limit, and early stopping only looks again at the next evaluation), so finetune takes the
+    state as is instead.
     """
     if checkpoint is None:
         return None
     from transformers import TrainerState
 
     state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    return state if state.max_steps and state.global_step >= state.max_steps else None
+    return state if (state.max_steps and state.global_step >= state.max_steps) or stopped(state) else None
+
+
+def stopped(state: TrainerState) -> bool:
+    """Whether the TrainerControl saved with `state` says training should stop (what EarlyStoppingCallback sets)."""
+    control = (state.stateful_callbacks or {}).get("TrainerControl") or {}
+    if isinstance(control, list):  # transformers keeps a list when several instances of one class saved state
+        control = control[-1] if control else {}
+    return bool(control.get("args", {}).get("should_training_stop"))
+
+
+def best_checkpoint(state: TrainerState, metric: str) -> tuple[int | None, float | None]:
+    """(step, `metric` there) of the checkpoint the trainer loaded as the best model (load_best_model_at_end): the
+    model finetune saves. state.best_global_step can name an evaluation that saved no checkpoint, which the trainer
+    cannot load (the schema's save_steps == eval_steps prevents it). (None, None) when none was loaded: the last
+    step's weights are saved."""
+    step = Path(state.best_model_checkpoint).name.split("-")[-1] if state.best_model_checkpoint else ""
+    if not step.isdigit():
+        return None, None
+    if int(step) == state.best_global_step:
+        return int(step), state.best_metric
+    scores = [entry[metric] for entry in state.log_history if entry.get("step") == int(step) and metric in entry]
+    return int(step), scores[-1] if scores else None
 
 
 def prune_checkpoint_runs(keep: Path, others: int = OTHER_CHECKPOINT_RUNS_KEPT) -> None:

@@ -47,6 +47,15 @@ class SupervisedContrastiveLoss(nn.Module):
     def prototypes_of(self, width: int) -> torch.Tensor:
         return self.heads[width][0]
 
+    def prototype_state(self) -> dict[int, dict[str, torch.Tensor]]:
+        """The prototypes as plain tensors (width -> prototypes, seen): training state outside the model's weights,
+        so a checkpoint must carry it for a resumed run to equal an uninterrupted one (training/trainer.py)."""
+        return {width: {"prototypes": p.detach().cpu().clone(), "seen": s.cpu().clone()} for width, (p, s) in self.heads.items()}
+
+    def load_prototype_state(self, state: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Replace the prototypes with `prototype_state()`'s; they move to the embeddings' device at their next use."""
+        self.heads = {int(width): (head["prototypes"].clone(), head["seen"].clone()) for width, head in state.items()}
+
     def forward(self, sentence_features: list[dict[str, torch.Tensor]], labels: torch.Tensor) -> torch.Tensor:
         embeddings = [self.model(features)["sentence_embedding"] for features in sentence_features]
         return self.compute_loss_from_embeddings(embeddings, labels)
@@ -61,6 +70,7 @@ class SupervisedContrastiveLoss(nn.Module):
         """Cross-entropy over the prototypes of the labels seen so far; then this batch updates its labels' prototypes."""
         n, width = int(labels.max()) + 1, x.shape[1]
         prototypes, seen = self.heads.get(width, (x.new_zeros(0, width), torch.zeros(0, dtype=torch.bool, device=x.device)))
+        prototypes, seen = prototypes.to(x.device), seen.to(x.device)  # loaded from a checkpoint on the CPU: a no-op after
         if prototypes.shape[0] < n:  # labels are ids 0..n-1: grow on first sight
             grown, grown_seen = x.new_zeros(n, width), torch.zeros(n, dtype=torch.bool, device=x.device)
             grown[: prototypes.shape[0]], grown_seen[: seen.shape[0]] = prototypes, seen

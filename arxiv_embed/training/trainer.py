@@ -18,12 +18,16 @@ from arxiv_embed.training.losses import batch_sampler
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.evaluation import BaseEvaluator
-    from transformers import TrainerCallback
+    from torch import nn
+    from transformers import Trainer, TrainerCallback
+
+    from arxiv_embed.training.label_losses import SupervisedContrastiveLoss
 
 log = logging.getLogger(__name__)
 
 TRIPLET_EVALUATOR = "triplet"  # -> eval_triplet_cosine_accuracy
 RETRIEVAL_EVALUATOR = "title_abstract"  # -> eval_title_abstract_cosine_ndcg@10, ...
+PROTOTYPES_FILE = "label_prototypes-rank{rank}.pt"  # in each checkpoint folder: one per DDP rank (each rank's batches differ)
 
 
 def build_evaluator(finetune: Finetune, batch_size: int) -> BaseEvaluator:
@@ -163,6 +167,75 @@ def resume_probe(on_resume: Callable[[int], None]) -> TrainerCallback:
             self.steps_run += 1
 
     return ResumeProbe()
+
+
+def quiet(st_trainer: Trainer) -> Trainer:
+    """Remove transformers' PrinterCallback, which disable_tqdm=True puts in the progress bar's place: it prints
+    every log as a dict line (on every rank); progress.trainer_callback and the MLflow callback report instead."""
+    from transformers.trainer_callback import PrinterCallback
+
+    st_trainer.remove_callback(PrinterCallback)
+    return st_trainer
+
+
+def prototype_losses(loss: nn.Module | dict[str, nn.Module]) -> list[SupervisedContrastiveLoss]:
+    """The supcon losses with a prototype head inside the trainer's loss (a dict of them, MatryoshkaLoss and weights
+    unwrapped), each once (train_data kinds share one loss), in a fixed order: the same params find them alike."""
+    from arxiv_embed.training.label_losses import SupervisedContrastiveLoss
+
+    found: list[SupervisedContrastiveLoss] = []
+    for top in loss.values() if isinstance(loss, dict) else [loss]:
+        for module in top.modules():
+            if isinstance(module, SupervisedContrastiveLoss) and module.prototype_weight and all(module is not f for f in found):
+                found.append(module)
+    return found
+
+
+def prototype_checkpoints(loss: nn.Module | dict[str, nn.Module]) -> TrainerCallback | None:
+    """A TrainerCallback that saves the label prototypes of `loss` (moving averages the trainer does not know of)
+    into every checkpoint and loads them back when training resumes from one, so that a resumed run equals the
+    uninterrupted one; None when `loss` keeps no prototypes."""
+    import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    heads = prototype_losses(loss)
+    if not heads:
+        return None
+
+    def path(args, step: int) -> Path:  # noqa: ANN001 (TrainingArguments)
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}" / PROTOTYPES_FILE.format(rank=args.process_index)
+
+    def save(args, step: int) -> None:  # noqa: ANN001
+        target = path(args, step)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        torch.save([head.prototype_state() for head in heads], tmp)
+        os.replace(tmp, target)  # never half a file under the final name
+
+    class PrototypeCheckpoints(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 (transformers' signature)
+            # Before the trainer writes the checkpoint (DefaultFlowCallback, first in line, has set should_save), so
+            # a checkpoint whose trainer_state.json exists -- the mark of a complete one -- holds the prototypes too.
+            if control.should_save:
+                save(args, state.global_step)
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+            if not path(args, state.global_step).exists():  # a save on_step_end did not announce
+                save(args, state.global_step)
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            if not state.global_step:
+                return
+            saved = path(args, state.global_step)  # finetune resumes from output_dir's checkpoint-<step>
+            if not saved.exists():
+                log.warning("%s is missing (a checkpoint of an older version): the label prototypes start empty, "
+                            "so this resumed run will not equal an uninterrupted one", saved)
+                return
+            for head, head_state in zip(heads, torch.load(saved, weights_only=True), strict=True):
+                head.load_prototype_state(head_state)
+
+    return PrototypeCheckpoints()
 
 
 def log_model(model: SentenceTransformer, model_dir: Path) -> str:
