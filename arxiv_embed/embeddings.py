@@ -43,15 +43,19 @@ def texts_key(model_sha256: str, texts: list[str]) -> str:
     return digest.hexdigest()
 
 
+def refuse_int8_pool(processes: int | None) -> None:
+    """int8's quantised layers cannot be sent to a multi-process pool: asking for processes is an error."""
+    if processes and processes > 1:
+        raise UserError(f"the int8 backend encodes in one process, not {processes}: drop --processes, or use --backend torch")
+
+
 def pool_devices(model: SentenceTransformer, processes: int | None) -> list[str] | None:
     """Devices for a multi-process pool, or None for one process: all GPUs if >1, else `processes` CPUs.
     An int8 model (CPU-only, and its quantised layers cannot be sent to a pool) encodes in one process."""
     import torch
 
     if is_int8(model):
-        if processes and processes > 1:
-            raise UserError(f"the int8 backend encodes in one process, not {processes}: drop --processes, or encode "
-                            "with the torch backend")
+        refuse_int8_pool(processes)
         return None
     if processes is None and torch.cuda.device_count() > 1:
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from arxiv_embed.files import read_json, require_columns
 from arxiv_embed.flat import flatten
+from arxiv_embed.models import installed_package_model, local_reference
 from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.schema.download import Download
 from arxiv_embed.schema.push import PushParams
@@ -77,7 +78,7 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dic
                                             "shared": params.shared.model_dump()}))
     return CardFacts(
         model_name=params.push.registry_model_name,
-        base_model=shown_model(params.model.base),
+        base_model=hub_id(params.model.base) or shown_model(params.model.base),
         license=params.push.license,
         label=params.shared.label,
         data_source=describe_source(params.download),
@@ -97,18 +98,23 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dic
 
 def hub_id(base: str) -> str | None:
     """The Hub id of model.base, so the Hub links the card to it: bundled copies name their original, a
-    sentence-transformers short name its full id (as models.resolve_model loads it); None for a local folder."""
+    sentence-transformers short name its full id (as models.resolve_model loads it); None for a local folder
+    or another installed model package (no Hub id is known for them)."""
     if base in BUNDLED_HUB_IDS:
         return BUNDLED_HUB_IDS[base]
-    local = Path(base).expanduser()
-    if local.is_absolute() or base.startswith((".", "~")) or local.is_dir():
+    if local_reference(base) or installed_package_model(base) is not None:
         return None
     return base if "/" in base else f"sentence-transformers/{base}"
 
 
+def _inside_project(path: str) -> bool:
+    """A relative path that stays in the project (data/sample/...): nothing of the user's machine to hide."""
+    return not Path(path).expanduser().is_absolute() and ".." not in Path(path).parts
+
+
 def shown_model(base: str) -> str:
-    """model.base as a shared release shows it: its Hub id, or a local folder by its name (not the user's path)."""
-    return hub_id(base) or f"a local model `{Path(base).expanduser().name}`"
+    """model.base as a shared release shows it: as given, but a local folder by its name only (not the user's path)."""
+    return f"local folder {Path(base).expanduser().name}" if local_reference(base) and not _inside_project(base) else base
 
 
 def shareable_params(dumped: dict) -> dict:
@@ -117,7 +123,7 @@ def shareable_params(dumped: dict) -> dict:
 
     shared = copy.deepcopy(dumped)
     download = shared.get("download", {})
-    if download.get("path"):
+    if download.get("path") and local_reference(download["path"]) and not _inside_project(download["path"]):
         download["path"] = Path(download["path"]).name
     if download.get("kaggle_url"):
         download["kaggle_url"] = without_secrets(download["kaggle_url"])
@@ -190,7 +196,7 @@ def render_card(facts: CardFacts) -> str:
     body = f"""
 # {facts.model_name}
 
-A [sentence-transformers](https://www.sbert.net) model fine-tuned from `{facts.base_model}` on
+A [sentence-transformers](https://www.sbert.net) model fine-tuned from {f"`{facts.base_model}`" if facts.base_model_id else facts.base_model} on
 arXiv paper metadata, so that abstracts of papers on the same subject (`{facts.label}`) land close
 together. Use it for semantic search, clustering and classification of scientific abstracts.
 

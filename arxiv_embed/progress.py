@@ -73,7 +73,7 @@ def trainer_callback(what: str, interval_s: float = INTERVAL_S) -> TrainerCallba
         meter: Progress | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            if args.process_index == 0:  # the global rank (the state's own flags come from rank 0's JSON on resume)
+            if args.process_index == 0:  # the global rank, from the arguments: the same on a fresh and a resumed run
                 self.meter = Progress(what, state.max_steps - state.global_step, "steps", interval_s)
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003

@@ -85,8 +85,10 @@ def _prepare_local_store(uri: str) -> None:
 
 def tls_settings() -> dict[str, object]:
     """requests' verify/cert from MLflow's own TLS variables, so a check reaches what MLflow's client reaches."""
+    from mlflow.environment_variables import MLFLOW_TRACKING_INSECURE_TLS
+
     settings: dict[str, object] = {}
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+    if MLFLOW_TRACKING_INSECURE_TLS.get():  # as MLflow reads it: true, 1, ...
         settings["verify"] = False
     elif server_cert := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
         settings["verify"] = server_cert
@@ -127,6 +129,9 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
                 f"{type(exc).__name__}. Start it, fix the URI, or unset MLFLOW_TRACKING_URI to use "
                 f"the local store {DEFAULT_TRACKING_URI}."
             ) from None
+        except OSError as exc:  # requests' own check of a certificate path that is not there
+            raise TrackingUnavailableError(f"MLflow's TLS settings for {redact(uri)}: {exc}; fix MLFLOW_TRACKING_SERVER_CERT_PATH "
+                                           "or MLFLOW_TRACKING_CLIENT_CERT_PATH") from None
     if scheme == "sqlite" and not uri.startswith("sqlite:///:memory:"):
         _prepare_local_store(uri)
     elif mlflow.get_experiment_by_name(EXPERIMENT) is None:

@@ -70,7 +70,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
         ({"download": {"oai": {"from_date": "2026-02-30"}}}, "download.oai.from_date: Value error, '2026-02-30' is not a date of the calendar"),
         ({"clean": {"min_abstract_words": 700, "max_abstract_words": 600}}, "min_abstract_words must be <="),
         ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}}, "eval_fraction \\+ split.test_fraction must be < 1"),
-        ({"finetune": {"full": {"eval_steps": 32, "save_steps": 48}}}, "every evaluation must save the checkpoint the best model is loaded from; set finetune.full.save_steps: 32"),
+        ({"finetune": {"mode": "full", "full": {"eval_steps": 32, "save_steps": 48}}}, "every evaluation must save the checkpoint the best model is loaded from; set finetune.full.save_steps: 32"),
         ({"push": {"hub": {"enabled": True, "repo_id": None}}}, "push.hub.repo_id is empty"),
         ({"make_triplets": {"triplets_per_split": {"test": 0}}}, "triplets_per_split.test must be above 0"),
         ({"finetune": {"batch_size": 32, "adapter": {"per_label": 17}}}, "per_label=17 leaves room for one label in a batch of finetune.batch_size=32"),
@@ -85,6 +85,11 @@ def test_cross_field_rules(changes, expected):
         parse_params(raw)
     if "Value error" not in expected:  # a rule over several keys reads as its own message, not "(top level): Value error, ..."
         assert "Value error" not in str(raised.value) and "(top level)" not in str(raised.value), raised.value
+
+
+def test_full_mode_rules_do_not_bind_adapter_mode():
+    """finetune.full's knobs are read (and tracked by dvc.yaml) only in mode full."""
+    parse_params(deep_update(committed_params(), {"finetune": {"mode": "adapter", "full": {"eval_steps": 32, "save_steps": 48}}}))
 
 
 @pytest.mark.parametrize(

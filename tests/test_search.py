@@ -482,13 +482,17 @@ def test_a_build_refuses_a_folder_that_is_not_an_index_or_a_file_before_any_work
 
 def test_a_second_build_of_one_index_is_refused_while_the_first_runs(tmp_path, records, base_model):
     """Two builds would share the saved chunks, and the later swap would drop the earlier one's papers."""
-    from arxiv_embed.search.index import build_lock
+    from filelock import FileLock
 
     path = tmp_path / "index"
     papers = read_papers(write_papers(tmp_path / "a.jsonl", records[:3]))
-    with build_lock(path):  # the first build, still running
+    from arxiv_embed.search.__main__ import main
+
+    with FileLock(tmp_path / ".index.build-lock"):  # the first build (another process), still running
         with pytest.raises(SearchError, match="another build of --index .*index is running"):
             build_index(papers, base_model, MODEL, path, "float32")
+        with pytest.raises(SearchError, match="another build of --index .*index is running"):  # before reading papers
+            main(["build", "--papers", str(tmp_path / "not-read.jsonl"), "--model", MODEL, "--index", str(path)])
     assert not path.exists()
     assert build_index(papers, base_model, MODEL, path, "float32").total == 3  # released: the next one runs
 
@@ -499,10 +503,11 @@ def test_int8_encodes_in_one_process(tmp_path, records, base_model, monkeypatch)
     import torch
 
     from arxiv_embed.embeddings import pool_devices
+    from arxiv_embed.errors import UserError
     from arxiv_embed.models import quantize_int8
     from arxiv_embed.search.__main__ import main
 
-    with pytest.raises(SearchError, match="--backend int8 encodes in one process, not 2"):
+    with pytest.raises(UserError, match="the int8 backend encodes in one process, not 2"):
         main(["build", "--papers", str(tmp_path / "not-read.jsonl"), "--index", str(tmp_path / "i"), "--backend", "int8",
               "--processes", "2"])
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -542,6 +547,19 @@ def test_a_damaged_index_or_papers_file_is_named_in_one_line(tmp_path, indexes):
     (tmp_path / "cut.parquet").write_bytes((tmp_path / "p.parquet").read_bytes()[:-20])
     with pytest.raises(SearchError, match=r"--papers .*cut.parquet is not a readable parquet file"):
         read_papers(tmp_path / "cut.parquet")
+
+
+def test_a_build_over_a_damaged_faiss_file_makes_it_anew_from_the_stored_vectors(tmp_path, records, base_model, encoder_calls):
+    path = tmp_path / "index"
+    build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:10])), base_model, MODEL, path, "binary")
+    data = (path / "index.faiss").read_bytes()
+    (path / "index.faiss").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SearchError, match="rebuild it in place"):
+        SearchIndex.load(path)
+    encoder_calls.clear()
+    report = build_index(read_papers(write_papers(tmp_path / "b.jsonl", records[:12])), base_model, MODEL, path, "binary")
+    assert (report.encoded, report.total) == (2, 12) and sum(map(len, encoder_calls)) == 2  # the 10 stored vectors reused
+    assert SearchIndex.load(path).count == 12
 
 
 def test_a_rebuild_keeps_the_rescore_multiplier_the_index_was_built_with(tmp_path, records, base_model):

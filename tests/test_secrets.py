@@ -209,8 +209,11 @@ def test_the_health_check_trusts_what_mlflow_is_told_to_trust(tmp_path: Path, mo
             configure_tracking()
         monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
         assert configure_tracking() == uri
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tmp_path / "moved.pem"))
+        with pytest.raises(TrackingUnavailableError, match="MLFLOW_TRACKING_SERVER_CERT_PATH"):  # one line, no traceback
+            configure_tracking()
         monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
-        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "1")  # MLflow reads 1 as true too
         assert configure_tracking() == uri
     finally:
         server.shutdown()

@@ -210,7 +210,7 @@ def binary(x: LensInput) -> LensResult:
     """Both retrieval lenses on 1-bit embeddings through the shipped search's own code
     (arxiv_embed.search.engine: RaBitQ 1-bit codes, FAISS candidates by its inner-product estimate,
     float32 rescoring of evaluate.binary_rescore_multiplier x k of them). storage_ratio: float32
-    bytes per vector over the 1-bit index's (its code: d/8 bytes + 2 floats)."""
+    bytes per vector over the index's at this size (flat: d/8 bytes + 2 floats; partitioned: 2 bits a dimension + an id)."""
     papers = np.arange(x.data.test.height)
     ndcg = {"ndcg@10": ("ndcg", BINARY_K)}
     items = {}

@@ -54,18 +54,6 @@ class Full(Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"]
     nproc_per_node: PositiveInt
 
-    @model_validator(mode="after")
-    def _steps(self) -> Full:
-        # The model saved is the best evaluation's, loaded from that step's checkpoint: transformers requires save_steps
-        # to be a multiple of eval_steps, and an evaluation between two saves (save_steps > eval_steps) could be the
-        # best with no checkpoint to load (the last step's weights would ship, reported as the best step's).
-        if self.save_steps != self.eval_steps:
-            raise ValueError(
-                f"finetune.full.save_steps={self.save_steps} with finetune.full.eval_steps={self.eval_steps}: every evaluation must "
-                f"save the checkpoint the best model is loaded from; set finetune.full.save_steps: {self.eval_steps} "
-                f"(or finetune.full.eval_steps: {self.save_steps}), the two equal"
-            )
-        return self
 
 
 class HardNegatives(Section):
@@ -97,6 +85,15 @@ class Finetune(Section):
         if self.mode == "adapter" and "labels" in self.train_data and 2 * self.adapter.per_label > self.batch_size:
             raise ValueError(f"finetune.adapter.per_label={self.adapter.per_label} leaves room for one label in a batch of "
                              f"finetune.batch_size={self.batch_size}: keep per_label at most batch_size / 2")
+        # Mode full ships the best evaluation's model, loaded from that step's checkpoint: an evaluation between two saves
+        # (save_steps > eval_steps) could be the best with none to load (the last step's weights would ship as the best's).
+        full = self.full
+        if self.mode == "full" and full.save_steps != full.eval_steps:
+            raise ValueError(
+                f"finetune.full.save_steps={full.save_steps} with finetune.full.eval_steps={full.eval_steps}: every evaluation must "
+                f"save the checkpoint the best model is loaded from; set finetune.full.save_steps: {full.eval_steps} "
+                f"(or finetune.full.eval_steps: {full.save_steps}), the two equal"
+            )
         return self
 
     def read_by_mode(self) -> dict:

@@ -125,22 +125,24 @@ def query_backend(requested: str | None) -> str:
 
 
 def build(args: argparse.Namespace, argv: list[str]) -> None:
+    from arxiv_embed.embeddings import refuse_int8_pool
     from arxiv_embed.models import load_model
-    from arxiv_embed.search.index import SearchIndex, build_index, check_index_path, encoding_dir, model_identity
+    from arxiv_embed.search.index import SearchIndex, build_index, build_lock, check_index_path, encoding_dir, model_identity
 
     # What can be refused is refused before the papers are read (a minute at 2.7M) and encoded (hours).
-    if args.backend == "int8" and args.processes and args.processes > 1:
-        raise SearchError(f"--backend int8 encodes in one process, not {args.processes}: drop --processes, or use --backend torch")
-    check_index_path(args.index)
-    model_ref = args.model or default_model()
-    model_identity(model_ref)
-    papers = read_papers(args.papers)
-    if papers.height == 0:
-        raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")
-    model = load_model(model_ref, backend=args.backend)
+    if args.backend == "int8":
+        refuse_int8_pool(args.processes)
     try:
-        report = build_index(papers, model, model_ref, args.index, args.precision, args.batch_size, args.processes,
-                             args.rescore_multiplier, args.backend)
+        with build_lock(args.index):
+            check_index_path(args.index)
+            model_ref = args.model or default_model()
+            model_identity(model_ref)
+            papers = read_papers(args.papers)
+            if papers.height == 0:
+                raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")
+            model = load_model(model_ref, backend=args.backend)
+            report = build_index(papers, model, model_ref, args.index, args.precision, args.batch_size, args.processes,
+                                 args.rescore_multiplier, args.backend)
     except KeyboardInterrupt:
         # One line, not torch's traceback: what is kept and how to go on.
         print(f"\nsearch: interrupted; the encoded chunks are saved in {encoding_dir(args.index)} and the old index is "

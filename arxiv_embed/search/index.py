@@ -119,7 +119,10 @@ class SearchIndex:
                               f"`python -m arxiv_embed.search build --papers PAPERS --index {path}` into a new folder")
         with _damaged(path, "index.faiss"):
             index = faiss.read_index(str(path / "index.faiss"))
-        return cls(path, meta, _read_papers(path), _read_embeddings(path), index)
+        loaded = cls(path, meta, _read_papers(path), _read_embeddings(path), index)
+        # Measured now, not at a request: one could fall between a rebuild's two renames (or see the new folder).
+        loaded._bytes_on_disk = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+        return loaded
 
     @classmethod
     def load_for_build(cls, path: Path) -> SearchIndex:
@@ -142,10 +145,7 @@ class SearchIndex:
                 "or rebuild the index into a new --index path with this one")
 
     def sizes(self) -> dict[str, int]:
-        # Measured once: a request's listing could fall between a rebuild's two renames (or see the new folder's bytes).
-        if self._bytes_on_disk is None:
-            self._bytes_on_disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
-        on_disk = self._bytes_on_disk
+        on_disk = self._bytes_on_disk or 0
         per_vector = index_bytes_per_vector(self.index) if self.index is not None else 0
         return {"papers": self.count, "bytes_on_disk": on_disk, "bytes_searched_in_memory": self.count * per_vector}
 
@@ -246,8 +246,10 @@ def _damaged(path: Path, name: str) -> Iterator[None]:
         yield
     except (OSError, ValueError, RuntimeError, pa.ArrowException) as error:  # faiss raises RuntimeError, numpy ValueError
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SearchError(f"--index {path} is incomplete or damaged ({name}: {reason}): rebuild it with "
-                          f"`python -m arxiv_embed.search build --papers PAPERS --index NEW_FOLDER`") from None
+        how = (f"rebuild it in place (`python -m arxiv_embed.search build --papers PAPERS --index {path}`: its stored "
+               "embeddings are reused)" if name == "index.faiss" else
+               "rebuild it into a new folder (`python -m arxiv_embed.search build --papers PAPERS --index NEW_FOLDER`)")
+        raise SearchError(f"--index {path} is incomplete or damaged ({name}: {reason}): {how}") from None
 
 
 def _read_meta(path: Path) -> dict:
@@ -267,9 +269,9 @@ def _read_embeddings(path: Path) -> np.ndarray:
 
 def check_index_path(path: Path) -> None:
     """Refuse an --index that is not a search index before any work: the build replaces the folder at `path`
-    whole, so a folder of other files would lose them, and a file would fail only after hours of encoding."""
+    whole, so a folder of other files would lose them, and a file would fail only after hours of encoding.
+    Reads only (a previous build's leftovers are recovered under the build lock)."""
     path = Path(path)
-    recover(path)
     if path.exists() and not path.is_dir():
         raise SearchError(f"--index {path} is a file, not an index folder: give a new folder, or an index built before")
     if path.is_dir() and not (path / "index.json").exists() and any(path.iterdir()):
@@ -277,23 +279,32 @@ def check_index_path(path: Path) -> None:
                           "whole folder: give a new or empty folder")
 
 
+_HELD_BUILD_LOCKS: set[Path] = set()  # taken by this process: the CLI takes it before reading papers, build_index again
+
+
 @contextmanager
 def build_lock(path: Path) -> Iterator[None]:
     """One build of an index at a time: two would share its saved chunks, and the later swap would drop the
-    earlier build's papers. The OS releases the lock of a killed build."""
+    earlier build's papers. The OS releases the lock of a killed build; the lock file stays (git-ignored)."""
     from filelock import FileLock, Timeout
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path.parent / f".{path.name}.build-lock")
+    lock_file = (path.parent / f".{path.name}.build-lock").resolve()
+    if lock_file in _HELD_BUILD_LOCKS:
+        yield
+        return
+    lock = FileLock(lock_file)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise SearchError(f"another build of --index {path} is running (it holds {lock.lock_file}): wait for it "
+        raise SearchError(f"another build of --index {path} is running (it holds {lock_file}): wait for it "
                           "to finish, then run this one; it encodes only what that one did not") from None
+    _HELD_BUILD_LOCKS.add(lock_file)
     try:
         yield
     finally:
+        _HELD_BUILD_LOCKS.discard(lock_file)
         lock.release()
 
 
@@ -329,11 +340,11 @@ def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str
 def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
                  batch_size: int, processes: int | None, rescore_multiplier: int | None, backend: str) -> BuildReport:
     start = time.perf_counter()
+    recover(path)  # a build killed between its two renames left the previous index aside: put it back before reading it
     check_index_path(path)
     identity = model_identity(model_ref)
     old_keys, old_embeddings = _empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     old_batches: list[pa.RecordBatch] = []
-    # check_index_path put back the previous index a build killed between its two renames left aside
     if (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         old.check_model(identity, model_ref)
@@ -414,7 +425,12 @@ def _appendable_index(path: Path, kept: pl.DataFrame, old_count: int, precision:
     meta = _read_meta(path)
     if meta.get("format") != FORMAT or meta["precision"] != precision or new_count > RETRAIN_GROWTH * meta.get("trained_rows", old_count):
         return None
-    index = faiss.read_index(str(path / "index.faiss"))
+    try:
+        index = faiss.read_index(str(path / "index.faiss"))
+    except RuntimeError as error:  # damaged (cut off, half copied): a new index from the stored embeddings, no re-encoding
+        print(f"search: {path / 'index.faiss'} cannot be read ({str(error).strip().splitlines()[-1]}): building it anew",
+              file=sys.stderr, flush=True)
+        return None
     return index if is_ivf(index) == is_ivf_size(new_count, precision) else None
 
 
