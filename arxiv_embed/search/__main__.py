@@ -136,13 +136,13 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
         with build_lock(args.index):
             check_index_path(args.index)
             model_ref = args.model or default_model()
-            model_identity(model_ref)
+            identity = model_identity(model_ref)
             papers = read_papers(args.papers)
             if papers.height == 0:
                 raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")
             model = load_model(model_ref, backend=args.backend)
             report = build_index(papers, model, model_ref, args.index, args.precision, args.batch_size, args.processes,
-                                 args.rescore_multiplier, args.backend)
+                                 args.rescore_multiplier, args.backend, identity)
     except KeyboardInterrupt:
         # One line, not torch's traceback: what is kept and how to go on.
         print(f"\nsearch: interrupted; the encoded chunks are saved in {encoding_dir(args.index)} and the old index is "

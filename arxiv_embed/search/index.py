@@ -36,7 +36,7 @@ from arxiv_embed.search import engine
 from arxiv_embed.embeddings import encode_into
 from arxiv_embed.search.engine import (RESCORE_MULTIPLIER, Precision, index_bytes_per_vector, is_ivf, is_ivf_size, make_index,
                                       rescore, scan_rows, search_index)
-from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_expr, archive_of, read_papers  # noqa: F401 (re-exported)
+from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, archive_expr, archive_of, first_line, read_papers  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -245,11 +245,10 @@ def _damaged(path: Path, name: str) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, RuntimeError, pa.ArrowException) as error:  # faiss raises RuntimeError, numpy ValueError
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         how = (f"rebuild it in place (`python -m arxiv_embed.search build --papers PAPERS --index {path}`: its stored "
                "embeddings are reused)" if name == "index.faiss" else
                "rebuild it into a new folder (`python -m arxiv_embed.search build --papers PAPERS --index NEW_FOLDER`)")
-        raise SearchError(f"--index {path} is incomplete or damaged ({name}: {reason}): {how}") from None
+        raise SearchError(f"--index {path} is incomplete or damaged ({name}: {first_line(error)}): {how}") from None
 
 
 def _read_meta(path: Path) -> dict:
@@ -329,20 +328,21 @@ def _empty_papers() -> pl.DataFrame:
 
 def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
                 batch_size: int = 64, processes: int | None = None, rescore_multiplier: int | None = None,
-                backend: str = "torch") -> BuildReport:
+                backend: str = "torch", identity: str | None = None) -> BuildReport:
     """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed.
     backend: the one `model` was loaded with; an interrupted build resumes only chunks of the same model and backend.
-    rescore_multiplier: stored with the index; None keeps the existing index's (else RESCORE_MULTIPLIER)."""
+    rescore_multiplier: stored with the index; None keeps the existing index's (else RESCORE_MULTIPLIER).
+    identity: model_identity(model_ref) when the caller has it (hashing a large model's weights takes seconds)."""
     with build_lock(path):
-        return _build_index(papers, model, model_ref, Path(path), precision, batch_size, processes, rescore_multiplier, backend)
+        return _build_index(papers, model, model_ref, Path(path), precision, batch_size, processes, rescore_multiplier, backend,
+                            identity or model_identity(model_ref))
 
 
 def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
-                 batch_size: int, processes: int | None, rescore_multiplier: int | None, backend: str) -> BuildReport:
+                 batch_size: int, processes: int | None, rescore_multiplier: int | None, backend: str, identity: str) -> BuildReport:
     start = time.perf_counter()
     recover(path)  # a build killed between its two renames left the previous index aside: put it back before reading it
     check_index_path(path)
-    identity = model_identity(model_ref)
     old_keys, old_embeddings = _empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     old_batches: list[pa.RecordBatch] = []
     if (path / "index.json").exists():
@@ -428,7 +428,7 @@ def _appendable_index(path: Path, kept: pl.DataFrame, old_count: int, precision:
     try:
         index = faiss.read_index(str(path / "index.faiss"))
     except RuntimeError as error:  # damaged (cut off, half copied): a new index from the stored embeddings, no re-encoding
-        print(f"search: {path / 'index.faiss'} cannot be read ({str(error).strip().splitlines()[-1]}): building it anew",
+        print(f"search: {path / 'index.faiss'} cannot be read ({first_line(error)}): building it anew",
               file=sys.stderr, flush=True)
         return None
     return index if is_ivf(index) == is_ivf_size(new_count, precision) else None

@@ -19,6 +19,11 @@ class SearchError(UserError):
     """Bad input to build or query; the message names the file/flag and what to do."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line (library errors run to many), or its type when it has no message."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 class UnknownPaperError(SearchError):
     """An id that is not in the index (HTTP 404)."""
 
@@ -117,8 +122,7 @@ def read_papers(path: Path) -> pl.DataFrame:
                 raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need {', '.join(REQUIRED)}")
             frame = papers.select(_kept_columns(schema)).collect(engine="streaming")  # the file's other columns are never read
         except (pl.exceptions.PolarsError, OSError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise SearchError(f"--papers {path} is not a readable parquet file ({reason}): is it cut off, or still being "
+            raise SearchError(f"--papers {path} is not a readable parquet file ({first_line(error)}): is it cut off, or still being "
                               "written? Write it again (dvc repro split for data/split/*.parquet)") from None
     else:
         frame = _read_json_lines(path)
