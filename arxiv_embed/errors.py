@@ -122,8 +122,9 @@ def describe_os_error(error: OSError) -> str | None:
     return None
 
 
-def run(main: Callable[[], object], name: str | None = None) -> None:
-    """Run a stage's main(): a UserError is printed as `<stage>: error: <message>` and exits non-zero."""
+def run(main: Callable[[], object], name: str | None = None, resumes: bool = True) -> None:
+    """Run a stage's main(): a UserError is printed as `<stage>: error: <message>` and exits non-zero.
+    resumes: whether a rerun after Ctrl-C continues the work (False: it starts the stage over, as download does)."""
     name = name or Path(sys.argv[0]).stem
     raise_on_sigterm()
     stop_with_parent()
@@ -133,7 +134,8 @@ def run(main: Callable[[], object], name: str | None = None) -> None:
         print(f"{name}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt as interrupt:
-        print(f"{name}: interrupted ({interrupt or 'Ctrl-C'}); outputs left as they were, rerun to continue", file=sys.stderr, flush=True)
+        rerun = "rerun to continue" if resumes else "a rerun starts this stage over"
+        print(f"{name}: interrupted ({str(interrupt) or 'Ctrl-C'}); outputs left as they were, {rerun}", file=sys.stderr, flush=True)
         sys.exit(Interrupted.exit_code)
     except OSError as error:
         if (message := describe_os_error(error)) is None:

@@ -6,6 +6,7 @@ finetune, evaluate, push and search all load models through here, so "which mode
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import socket
@@ -22,6 +23,22 @@ if TYPE_CHECKING:
 
 class ModelNotFoundError(UserError):
     """model.base names nothing that can be loaded here."""
+
+
+WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
+
+
+def weights_sha256(folder: Path) -> str | None:
+    """sha256 over a model folder's weight files (None when it has none): one name can hold other weights
+    (a retrained local folder, an upgraded model package), one hash cannot."""
+    weights = sorted(p for pattern in WEIGHT_FILES for p in folder.rglob(pattern))
+    if not weights:
+        return None
+    digest = hashlib.sha256()
+    for path in weights:
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
 
 
 def _is_model_dir(path: Path) -> bool:

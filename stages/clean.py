@@ -125,4 +125,4 @@ def check_input(records_in: int, malformed: int, first_lines: list[int], max_fra
 
 
 if __name__ == "__main__":
-    run(main, "clean")
+    run(main, "clean", resumes=False)  # nothing kept from a stopped run: a rerun starts over

@@ -53,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main, "download")
+    run(main, "download", resumes=False)  # nothing kept from a stopped run: a rerun starts over

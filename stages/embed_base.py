@@ -18,7 +18,7 @@ from arxiv_embed.embeddings import distinct_texts, embed_texts
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.files import atomic_path, read_table, write_json
-from arxiv_embed.models import load_model
+from arxiv_embed.models import load_model, resolve_model, weights_sha256
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.embed_base import EmbedBaseParams
 
@@ -28,14 +28,17 @@ def main() -> None:
     params = load(EmbedBaseParams)
     cfg = params.embed_base
     train = read_table(paths.TRAIN_SAMPLE, ["title", "abstract"], "make_triplets")
-    data = load_eval_data(params.evaluate.max_test_papers, params.evaluate.max_train_papers, params.shared.seed)
+    # The classifier's slice (evaluate.max_train_papers) is drawn from the train sample read above: taking all of
+    # it encodes the same texts whatever that size, so changing it re-encodes nothing.
+    data = load_eval_data(params.evaluate.max_test_papers, train.height, params.shared.seed)
     texts = distinct_texts([train["abstract"], train["title"], *data.columns()])
     print(f"embed_base: {len(texts):,} distinct texts ({train.height:,} train sample papers, "
           f"{data.test.height:,} test sample papers, {data.triplets.height:,} test triplets)", flush=True)
 
-    # 2. Encode in resumable chunks (the model and its settings name them), then write the output.
+    # 2. Encode in resumable chunks (the model's weights and settings name them), then write the output.
+    weights = weights_sha256(resolve_model(params.model.base))  # a resumed run must not mix two versions of one name
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=cfg.backend)
-    key = f"{params.model.base}|{params.model.max_seq_length}|{cfg.backend}"
+    key = f"{params.model.base}|{weights}|{params.model.max_seq_length}|{cfg.backend}"
     started = time.monotonic()
     vectors = embed_texts(model, texts, paths.EMBED_WORK, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
     seconds = time.monotonic() - started
@@ -45,7 +48,7 @@ def main() -> None:
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "encode_seconds": round(seconds, 1), "texts_per_second": round(len(texts) / seconds, 1) if seconds else None,
-        "device": str(model.device), "backend": cfg.backend,
+        "device": str(model.device), "backend": cfg.backend, "model_weights_sha256": weights,
     })
 
 

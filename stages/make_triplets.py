@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main, "make_triplets")
+    run(main, "make_triplets", resumes=False)  # nothing kept from a stopped run: a rerun starts over

@@ -12,7 +12,7 @@ import polars as pl
 from arxiv_embed import paths
 from arxiv_embed.files import atomic_path, read_table, write_json
 from arxiv_embed.schema.base import load
-from arxiv_embed.data.splitting import DATE_COLUMNS, OTHER, assign_splits, stable_order
+from arxiv_embed.data.splitting import DATE_COLUMNS, OTHER, assign_splits, same_abstract_key, stable_order
 from arxiv_embed.schema.split import SplitParams
 from arxiv_embed.errors import UserError, run
 
@@ -25,6 +25,8 @@ def main() -> None:
     keys = read_table(paths.PAPERS, ["id", label, primary, fallback], "clean", nullable=(primary, fallback))
     keys = keys.select("id", pl.col(label).alias("label"), primary, fallback)
     papers = pl.scan_parquet(paths.PAPERS)
+    abstract_keys = papers.select("id", abstract_key=same_abstract_key(pl.col("abstract"))).collect(engine="streaming")
+    keys = keys.join(abstract_keys, on="id", maintain_order="left")
     keys = keys.with_columns(stable_order(keys["id"], params.shared.seed), date=pl.coalesce(primary, fallback))
 
     # 1. Labels too small to split: merge into "other" or drop, and say which.
@@ -36,8 +38,9 @@ def main() -> None:
     if keys.is_empty():
         raise UserError(f"every label has fewer than split.min_papers_per_label={cfg.min_papers_per_label} papers; lower it")
 
-    # 2. Assign every paper to exactly one split.
+    # 2. Assign every paper to exactly one split (copies of one abstract to the same one).
     keys = assign_splits(keys, cfg)
+    copies = keys.filter(pl.col("abstract_key").is_duplicated())
 
     # 3. Write each split with the papers' columns plus `label`, in the clean table's order.
     with atomic_path(paths.SPLIT_DIR) as out:
@@ -65,6 +68,8 @@ def main() -> None:
             "papers": int(rare["count"].sum()),
             "names": rare["label"].to_list(),
         },
+        # Papers sharing an abstract with another (clean drops only exact title + abstract repeats), all in one split.
+        "same_abstract": {"papers": copies.height, "abstracts": copies["abstract_key"].n_unique()},
         "labels_missing_from_a_split": sorted(all_labels - set.intersection(*(set(f["label"]) for f in per_split.values()))),
     }
     if cfg.method == "time":
@@ -81,6 +86,9 @@ def main() -> None:
     if rare.height:
         action = f"merged into '{OTHER}'" if cfg.rare_labels == "other" else f"dropped (see {paths.SPLIT_DIR}/rare_label_rejects.jsonl)"
         print(f"  {rare.height} labels under {cfg.min_papers_per_label} papers ({metrics['rare_labels']['papers']} papers) {action}")
+    if copies.height:
+        print(f"  {copies.height} papers share their abstract with another ({metrics['same_abstract']['abstracts']} abstracts): "
+              "each abstract's papers are in one split, the most held-out one any of them drew")
     if cfg.method == "time" and metrics["time"]["papers_using_fallback"]:
         print(f"  {metrics['time']['papers_using_fallback']} papers have no {primary}: used their {fallback}")
     if cfg.method == "time" and metrics["time"]["papers_without_date"]:
@@ -91,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main, "split")
+    run(main, "split", resumes=False)  # nothing kept from a stopped run: a rerun starts over

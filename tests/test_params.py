@@ -47,6 +47,11 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("download", "source", "ftp", "download.source: Input should be 'oai', 'kaggle' or 'file'"),  # SOURCES' keys
         # MLflow and the Hub refuse these only after push has written the release (and registered it, for the Hub).
         ("download", "kaggle_url", "https://alice:KEY@www.kaggle.com/x", "download.kaggle_url: Value error, a URL with user:password@ is not supported"),
+        # A typo in a URL fails here, not after minutes of download retries (or with a traceback).
+        ("download", "kaggle_url", "https://www.kaggle.com:80o/api", "download.kaggle_url: Value error, not a URL (Port could not be cast"),
+        ("download", "kaggle_url", "https://www.kaggle.com /api", "download.kaggle_url: Value error, a URL cannot hold spaces"),
+        ("download", "kaggle_url", "https://[www.kaggle.com/api", "download.kaggle_url: Value error, not a URL (Invalid IPv6 URL)"),
+        ("download", "kaggle_url", "https://:443/api", "download.kaggle_url: Value error, the URL names no host"),
         ("push", "registry_model_name", "team/arxiv", "push.registry_model_name: Value error, 'team/arxiv' is not a registry model name"),
         ("push", "registry_model_name", " ", "push.registry_model_name: Value error, ' ' is not a registry model name"),
         ("push", "registry_model_name", "..x", "push.registry_model_name: Value error, '..x' is not a registry model name"),

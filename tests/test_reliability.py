@@ -322,3 +322,11 @@ def test_an_output_edited_in_place_cannot_damage_the_cache(tmp_path: Path) -> No
 def test_dvc_config_uses_copies_not_links() -> None:
     config = (ROOT / ".dvc/config").read_text()
     assert 'type = "reflink,copy"' in config and "hardlink,symlink" in config  # the opt-in is documented
+
+
+def test_a_stage_that_cannot_resume_does_not_promise_to_continue(tmp_path: Path) -> None:
+    """download keeps nothing of a stopped harvest: "rerun to continue" would promise hours that are lost."""
+    code = "from arxiv_embed.errors import run\ndef main():\n    raise KeyboardInterrupt\nrun(main, 'download', resumes=False)\n"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=PYTHON_ENV, capture_output=True, text=True)
+    assert result.returncode == 130
+    assert result.stderr.strip() == "download: interrupted (Ctrl-C); outputs left as they were, a rerun starts this stage over"

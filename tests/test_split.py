@@ -94,6 +94,21 @@ def test_same_seed_same_split_other_seed_differs(project: Path) -> None:
     assert {k: v.height for k, v in other.items()} == {k: v.height for k, v in first.items()}
 
 
+@pytest.mark.parametrize("method", ["stratified", "time"])
+def test_copies_of_one_abstract_share_a_split(project: Path, method: str) -> None:
+    """A resubmission under a new id with another title (clean keeps it) must not train on a test abstract."""
+    papers = papers_table()
+    originals = papers.gather_every(4).head(20)  # of every label and age
+    copies = originals.with_columns(id="copy-" + pl.col("id"), title="Retitled: " + pl.col("title"),
+                                    abstract="  " + pl.col("abstract").str.to_uppercase() + ".\n", primary_category=pl.lit("cs.CL"))
+    splits, metrics = run_split(project, pl.concat([papers, copies]), split={"method": method, "time_field": "first_version"})
+    where = assignment(splits)
+    assert {where[f"copy-{paper_id}"] == where[paper_id] for paper_id in originals["id"]} == {True}
+    assert {where[paper_id] for paper_id in originals["id"]} >= {"train", "test"}  # the pairs span the splits
+    assert metrics["same_abstract"] == {"papers": 40, "abstracts": 20}
+    assert sum(metrics[name] for name in ("train", "eval", "test")) == papers.height + 20
+
+
 def test_rare_labels_merged_into_other(project: Path) -> None:
     splits, metrics = run_split(project, split={"rare_labels": "other", "min_papers_per_label": 10})
     labels = pl.concat(splits.values())

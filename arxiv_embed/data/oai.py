@@ -39,21 +39,24 @@ def harvest_oai(
     max_records (so every archive is represented); stops requesting as soon as the cap is met."""
     client = _OaiClient(endpoint, max_retries, request_interval_s, timeout_s, sleep)
     seen: set[str] = set()
+    harvested = 0
     for index, set_spec in enumerate(sets):
-        quota = None if max_records is None else math.ceil((max_records - len(seen)) / (len(sets) - index))
+        quota = None if max_records is None else math.ceil((max_records - harvested) / (len(sets) - index))
         taken = 0
         if quota != 0:
             for record in client.list_records(set_spec, from_date, until_date):
                 if record["id"] in seen:  # a cross-listed paper is in several sets
                     continue
-                seen.add(record["id"])
+                if record["id"]:  # a record without one goes on to clean, which counts and keeps it aside (missing_id)
+                    seen.add(record["id"])
                 taken += 1
+                harvested += 1
                 yield record
                 if taken == quota:
                     break
         print(f"download: OAI set {set_spec}: {taken} records")
-    if max_records is not None and len(seen) < max_records:  # a later set smaller than its share: not refilled from earlier ones
-        print(f"download: {len(seen)} of download.max_records={max_records} records: the last sets held fewer than their share")
+    if max_records is not None and harvested < max_records:  # a later set smaller than its share: not refilled from earlier ones
+        print(f"download: {harvested} of download.max_records={max_records} records: the last sets held fewer than their share")
 
 
 class _OaiClient:

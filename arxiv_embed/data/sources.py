@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import io
 import os
 import struct
@@ -78,7 +79,10 @@ def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
                 f"and KAGGLE_KEY in the environment), or download the zip yourself and set download.path to it"
             )
         body = io.BufferedReader(response, CHUNK)
-        magic = body.peek(4)[:4]
+        try:
+            magic = body.peek(4)[:4]
+        except (OSError, http.client.HTTPException) as exc:
+            raise DownloadError(f"{shown}: the download broke off ({type(exc).__name__}: {exc}); try again") from None
         if magic == ZIP_MAGIC:
             stream: IO[bytes] = io.BufferedReader(_ZipStreamMember(body, shown), CHUNK)
         elif magic.startswith(GZIP_MAGIC):
@@ -109,8 +113,8 @@ def _lines(stream: IO[bytes], label: str) -> Iterator[bytes]:
             f"{label}: truncated or corrupt after {count} records ({exc}); download the file again "
             f"(`gzip -t` / `unzip -t` checks it), or cap download.max_records below the damage"
         ) from None
-    except OSError as exc:
-        raise DownloadError(f"{label}: reading failed after {count} records ({exc}); try again") from None
+    except (OSError, http.client.HTTPException) as exc:  # HTTPException: a chunked body cut off (IncompleteRead)
+        raise DownloadError(f"{label}: reading failed after {count} records ({type(exc).__name__}: {exc}); try again") from None
 
 
 def _safe_member(name: str) -> bool:

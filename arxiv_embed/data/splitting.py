@@ -2,7 +2,9 @@
 
 `stratified` splits every label in the same proportions, so rare labels still appear in every split;
 `time` trains on the oldest papers and tests on the newest. The order within a label comes from a
-hash of (seed, id), so the split does not depend on the input's row order.
+hash of (seed, id), so the split does not depend on the input's row order. Papers with the same abstract
+(a resubmission under a new id, a retitled copy: clean keeps them, their titles differ) then share one
+split, so no held-out abstract is trained on.
 """
 
 from __future__ import annotations
@@ -60,6 +62,20 @@ def by_time(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
     return newest_first.with_columns(split=assign(pl.col("rank"), pl.lit(n_eval), pl.lit(n_test)))
 
 
+def same_abstract_key(abstract: pl.Expr) -> pl.Expr:
+    """A 64-bit hash of the abstract lower-cased, with each run of characters other than letters and digits
+    as one space: copies that differ in case, punctuation, spacing or line breaks share it."""
+    return abstract.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars().hash(0)
+
+
+def keep_copies_together(keys: pl.DataFrame) -> pl.DataFrame:
+    """keys (with `split` and `abstract_key`): every paper of an abstract in the most held-out split one of its
+    copies drew (test, then eval, then train). Test and eval only gain papers; a label's shares move by its copies."""
+    held_out = pl.col("split").replace_strict({"test": 0, "eval": 1, "train": 2}, return_dtype=pl.UInt8).min().over("abstract_key")
+    return keys.with_columns(split=pl.when(held_out == 0).then(pl.lit("test")).when(held_out == 1).then(pl.lit("eval")).otherwise(pl.lit("train")))
+
+
 def assign_splits(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
-    """keys (id, label, date, order) with a `split` column, by split.method."""
-    return stratified(keys, cfg) if cfg.method == "stratified" else by_time(keys, cfg)
+    """keys (id, label, date, order, abstract_key) with a `split` column, by split.method; copies of one
+    abstract together."""
+    return keep_copies_together(stratified(keys, cfg) if cfg.method == "stratified" else by_time(keys, cfg))

@@ -12,6 +12,7 @@ import difflib
 import re
 import typing
 from datetime import date
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -30,6 +31,16 @@ def _no_userinfo(url: str) -> str:
     if "@" in url.split("/")[2]:
         raise ValueError("a URL with user:password@ is not supported (and would be printed): put Kaggle credentials in "
                          "KAGGLE_USERNAME and KAGGLE_KEY in the environment")
+    # A typo here would otherwise pass, then cost minutes of retries (or a traceback) at download time.
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("a URL cannot hold spaces or control characters (percent-encode them, e.g. %20)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number in 0-65535)
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if not parts.hostname:
+        raise ValueError("the URL names no host")
     return url
 
 

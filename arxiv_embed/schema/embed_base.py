@@ -1,4 +1,4 @@
-"""params.yaml `embed_base` (the embed_base stage, with model, shared.seed and evaluate's two sample sizes)."""
+"""params.yaml `embed_base` (the embed_base stage, with model, shared.seed and evaluate's test sample size)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,12 @@ class EmbedBase(Section):
 
 
 class EvaluateSample(Section):
-    """The two evaluate keys that choose which papers embed_base encodes; the rest of `evaluate` is the
+    """The evaluate key that chooses which test papers embed_base encodes; the rest of `evaluate` is the
     evaluate stages' business (validated there and by `python -m arxiv_embed.params`), so a new evaluate
     key does not rerun embed_base."""
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
     max_test_papers: PositiveInt
-    max_train_papers: PositiveInt
 
 
 class EmbedBaseParams(Section):

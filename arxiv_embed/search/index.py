@@ -15,7 +15,6 @@ previous index as it was; the encoding itself is saved in chunks beside it and r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -31,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from arxiv_embed.files import atomic_path, recover
-from arxiv_embed.models import resolve_model
+from arxiv_embed.models import WEIGHT_FILES, resolve_model, weights_sha256
 from arxiv_embed.search import engine
 from arxiv_embed.embeddings import encode_into
 from arxiv_embed.search.engine import (RESCORE_MULTIPLIER, Precision, index_bytes_per_vector, is_ivf, is_ivf_size, make_index,
@@ -41,7 +40,6 @@ from arxiv_embed.search.papers import COLUMNS, SearchError, UnknownPaperError, a
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
 # index.json "format": 3 since the 1-bit index is RaBitQ (2: ITQ-rotated signs in IndexBinaryFlat + rotation.npy).
 FORMAT = 3
 RETRAIN_GROWTH = 4  # an index grown past 4x the rows it was trained on is rebuilt (its lists would be unbalanced)
@@ -51,14 +49,9 @@ SNIPPET_CHARS = 320
 def model_identity(model_ref: str | Path) -> str:
     """sha256 over the model's weight files: the release and models/finetuned share one identity."""
     folder = resolve_model(str(model_ref), setting="--model")
-    weights = sorted(p for pattern in WEIGHT_FILES for p in folder.rglob(pattern))
-    if not weights:
+    if (identity := weights_sha256(folder)) is None:
         raise SearchError(f"model {model_ref} ({folder}) has no weight files ({', '.join(WEIGHT_FILES)})")
-    digest = hashlib.sha256()
-    for path in weights:
-        with open(path, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
+    return identity
 
 
 @dataclass
