@@ -1,6 +1,7 @@
-"""The whole params.yaml, validated in one go: `python -m arxiv_embed.params` (`make check`), the
-tests and the benchmarks. No stage imports this module: each reads its own sections through its
-schema part (arxiv_embed/schema/), so adding a key to one section reruns only that section's stages.
+"""The whole params.yaml, validated in one go: `python -m arxiv_embed.params` (`make check`, and the DAG's
+first stage, params_check, so a bad key of any section fails before any stage works), the tests and the
+benchmarks. No stage imports this module: each reads its own sections through its schema part
+(arxiv_embed/schema/), so adding a key to one section reruns only that section's stages.
 """
 
 from __future__ import annotations
@@ -52,13 +53,23 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     return parse_params(read_yaml(path), str(path))
 
 
-def _check() -> None:
+def _check(stamp: str | None = None) -> None:
     load_params()
     print(f"{PARAMS_FILE}: ok")
+    if stamp:  # the params_check stage's output: the same text every time, so a passing check reruns nothing after it
+        from arxiv_embed.files import write_text
+
+        write_text(stamp, f"{PARAMS_FILE}: valid\n")
 
 
 if __name__ == "__main__":
-    # `python -m arxiv_embed.params` validates params.yaml on its own (used by `make check`): a bad key is one line, exit 1.
+    # `python -m arxiv_embed.params [--stamp FILE]` validates params.yaml on its own (`make check`, and the DAG's first
+    # stage, params_check): a bad key is one line, exit 1.
+    import argparse
+
     from arxiv_embed.errors import run
 
-    run(_check, "params")
+    parser = argparse.ArgumentParser(prog="python -m arxiv_embed.params", description="Validate the whole params.yaml.")
+    parser.add_argument("--stamp", help="write this file when params.yaml is valid (the params_check stage's output)")
+    stamp = parser.parse_args().stamp
+    run(lambda: _check(stamp), "params_check" if stamp else "params")

@@ -301,7 +301,7 @@ def test_an_evaluate_param_reruns_only_the_evaluate_stages(pipeline_project, tmp
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # Target evaluate: push (downstream, it reads metrics/evaluate.json) is not the question here.
     result = dvc(project, "repro", "evaluate")
-    assert sorted(ran_stages(result)) == ["evaluate", "evaluate_base"]  # embed_base's vectors are reused
+    assert sorted(ran_stages(result)) == ["evaluate", "evaluate_base", "params_check"]  # embed_base's vectors are reused
     after = json.loads((project / "metrics/evaluate.json").read_text())
     for model in ("base", "finetuned"):  # the same cached vectors: the same rankings
         assert after[model]["title_to_abstract"] == before[model]["title_to_abstract"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from tests.conftest import ROOT, dvc
+from tests.conftest import ROOT, dvc, ran_stages
 
 PACKAGES = ("arxiv_embed", "stages")
 
@@ -82,6 +82,8 @@ def tracked(stage: dict, params: dict, mode: str) -> set[str]:
     every = leaves(params)
     keys = set()
     for entry in stage.get("params", []):
+        if entry == {"params.yaml": None}:  # the whole file (params_check)
+            return set(every)
         entry = entry.replace("${finetune.mode}", mode)
         keys |= {key for key in every if key == entry or key.startswith(f"{entry}.")}
     return keys
@@ -106,6 +108,8 @@ def test_every_tracked_knob_is_read_by_its_stage_and_every_knob_by_some_stage() 
     for mode in MODES:
         params["finetune"]["mode"] = mode
         for name, stage in stages.items():
+            if name == "params_check":  # validates every key through the schema (tests/test_params.py), reads none
+                continue
             code = "\n".join(p.read_text() for p in closure(module_file(stage["cmd"].split()[2])))
             keys = tracked(stage, params, mode)
             unread = sorted(key for key in keys if not reads(code, key))
@@ -130,24 +134,45 @@ def test_a_change_reruns_only_the_stages_that_read_it(pipeline: Path) -> None:
         params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
         return set(json.loads(dvc(pipeline, "status", "--json").stdout or "{}"))
 
+    CHECK = {"params_check"}  # every params.yaml change reruns it (a second; its stamp is the same, so nothing after it)
     try:
         assert changed(lambda raw: None) == set()
         assert yaml.safe_load(params_text)["finetune"]["mode"] == "adapter"
-        assert changed(lambda raw: raw["finetune"]["full"].update(epochs=7, learning_rate=3e-5)) == set()
-        assert changed(lambda raw: raw["finetune"]["adapter"].update(epochs=2)) == {"finetune", "push"}
+        assert changed(lambda raw: raw["finetune"]["full"].update(epochs=7, learning_rate=3e-5)) == CHECK
+        assert changed(lambda raw: raw["finetune"]["adapter"].update(epochs=2)) == CHECK | {"finetune", "push"}
         # evaluate reads the mode too: adapter mode scores the adapter on embed_base's vectors, full mode encodes
-        assert changed(lambda raw: raw["finetune"].update(mode="full")) == {"finetune", "evaluate", "push"}
+        assert changed(lambda raw: raw["finetune"].update(mode="full")) == CHECK | {"finetune", "evaluate", "push"}
         # the classifier's slice comes from the train sample embed_base already encodes: no re-encoding
-        assert changed(lambda raw: raw["evaluate"].update(max_train_papers=7)) == {"evaluate_base", "evaluate"}
+        assert changed(lambda raw: raw["evaluate"].update(max_train_papers=7)) == CHECK | {"evaluate_base", "evaluate"}
         # a training-only file of make_triplets (as a train-only count changes it): finetune's, not the encoders'
         pairs = pipeline / "data" / "triplets" / "train_title_abstract.parquet"
         pl.read_parquet(pairs).head(3).write_parquet(pairs)
         assert changed(lambda raw: None) == {"make_triplets", "finetune", "push"}
         dvc(pipeline, "checkout", "--force", "data/triplets")
         schema.write_text(schema_text.replace("    map_2d:", "    new_knob: PositiveInt\n    map_2d:"))
-        assert changed(lambda raw: raw["evaluate"].update(new_knob=3)) == {"evaluate_base", "evaluate"}
+        assert changed(lambda raw: raw["evaluate"].update(new_knob=3)) == CHECK | {"evaluate_base", "evaluate"}
     finally:
         params_file.write_text(params_text)
         schema.write_text(schema_text)
         dvc(pipeline, "checkout", "--force", "data/triplets")
     assert changed(lambda raw: None) == set()
+
+
+def test_a_bad_key_in_any_section_fails_before_any_stage_runs(pipeline: Path) -> None:
+    """A sweep that changes the model (embed_base would re-encode: 42 min at 2.7M) with a typo in evaluate's
+    section fails in params_check, before embed_base, naming the key."""
+    params_file = pipeline / "params.yaml"
+    params_text = params_file.read_text()
+    raw = yaml.safe_load(params_text)
+    raw["model"]["max_seq_length"] = 40
+    raw["evaluate"]["min_label_suport"] = 10
+    try:
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        result = dvc(pipeline, "repro", "embed_base", check=False)  # a target: the check is upstream of every stage
+        assert result.returncode != 0 and ran_stages(result) == ["params_check"]
+        assert "evaluate.min_label_suport: unknown key (did you mean min_label_support?)" in result.stdout + result.stderr
+    finally:
+        params_file.write_text(params_text)
+    # DVC deleted the stamp before the check ran: the fixed params write it again, the same, and nothing else reruns.
+    assert ran_stages(dvc(pipeline, "repro")) == ["params_check"]
+    assert dvc(pipeline, "status", "--json").stdout.strip() in ("{}", "")
