@@ -122,9 +122,12 @@ def describe_os_error(error: OSError) -> str | None:
     return None
 
 
-def run(main: Callable[[], object], name: str | None = None, resumes: bool = True) -> None:
+START_OVER = "a rerun starts this stage over"
+
+
+def run(main: Callable[[], object], name: str | None = None, rerun: str = "rerun to continue") -> None:
     """Run a stage's main(): a UserError is printed as `<stage>: error: <message>` and exits non-zero.
-    resumes: whether a rerun after Ctrl-C continues the work (False: it starts the stage over, as download does)."""
+    rerun: what a rerun after Ctrl-C does (START_OVER where the stage keeps nothing of a stopped run)."""
     name = name or Path(sys.argv[0]).stem
     raise_on_sigterm()
     stop_with_parent()
@@ -134,7 +137,6 @@ def run(main: Callable[[], object], name: str | None = None, resumes: bool = Tru
         print(f"{name}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt as interrupt:
-        rerun = "rerun to continue" if resumes else "a rerun starts this stage over"
         print(f"{name}: interrupted ({str(interrupt) or 'Ctrl-C'}); outputs left as they were, {rerun}", file=sys.stderr, flush=True)
         sys.exit(Interrupted.exit_code)
     except OSError as error:

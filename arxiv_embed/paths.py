@@ -7,6 +7,7 @@ the two in step).
 from pathlib import Path
 
 RAW = Path("data/raw/arxiv.jsonl.gz")
+OAI_PAGES = Path("data/raw/oai-pages")  # an OAI harvest's answered pages, kept until it is written so a stopped one resumes; not a DVC out
 
 CLEAN_DIR = Path("data/clean")
 PAPERS = CLEAN_DIR / "papers.parquet"

@@ -24,7 +24,7 @@ from arxiv_embed.progress import Progress
 from arxiv_embed.data.columns import PAPER_COLUMNS
 from arxiv_embed.data.records import REASONS, UNREADABLE, line_batches, parse_batch, tidy, with_raw
 from arxiv_embed.data.dedup import decide_duplicates
-from arxiv_embed.errors import UserError, run
+from arxiv_embed.errors import START_OVER, UserError, run
 
 
 class CleanError(UserError):
@@ -125,4 +125,4 @@ def check_input(records_in: int, malformed: int, first_lines: list[int], max_fra
 
 
 if __name__ == "__main__":
-    run(main, "clean", resumes=False)  # nothing kept from a stopped run: a rerun starts over
+    run(main, "clean", START_OVER)

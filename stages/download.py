@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -17,7 +18,7 @@ from pathlib import Path
 from arxiv_embed.files import atomic_path
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.download import DownloadParams
-from arxiv_embed.paths import RAW
+from arxiv_embed.paths import OAI_PAGES, RAW
 from arxiv_embed.data.http import DownloadError
 from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.errors import run
@@ -49,8 +50,9 @@ def main() -> None:
     started = time.monotonic()
     lines, source = SOURCES[params.source].read(params)
     written = write_raw(lines, RAW, params.max_records, source)
+    shutil.rmtree(OAI_PAGES, ignore_errors=True)  # written: the saved pages' only use was resuming
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")
 
 
 if __name__ == "__main__":
-    run(main, "download", resumes=False)  # nothing kept from a stopped run: a rerun starts over
+    run(main, "download", "a rerun resumes an OAI harvest from its saved pages, and reads a file or URL from its start")

@@ -18,7 +18,7 @@ from arxiv_embed.data.triplets import build, resolve_count
 from arxiv_embed.files import atomic_path, read_table, require_columns, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.make_triplets import MakeTripletsParams
-from arxiv_embed.errors import UserError, run
+from arxiv_embed.errors import START_OVER, UserError, run
 
 SPLIT_SEED = {split: i for i, split in enumerate(paths.SPLITS)}
 
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main, "make_triplets", resumes=False)  # nothing kept from a stopped run: a rerun starts over
+    run(main, "make_triplets", START_OVER)

@@ -14,7 +14,7 @@ from arxiv_embed.files import atomic_path, read_table, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.data.splitting import DATE_COLUMNS, OTHER, assign_splits, same_abstract_key, stable_order
 from arxiv_embed.schema.split import SplitParams
-from arxiv_embed.errors import UserError, run
+from arxiv_embed.errors import START_OVER, UserError, run
 
 def main() -> None:
     params = load(SplitParams)
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main, "split", resumes=False)  # nothing kept from a stopped run: a rerun starts over
+    run(main, "split", START_OVER)

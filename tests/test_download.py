@@ -187,6 +187,35 @@ def test_max_records_is_spread_over_sets_and_stops_requests(server: Server):
     assert server.keys() == ["cs", "q-bio", "math"]
 
 
+def test_a_stopped_harvest_resumes_from_its_saved_pages(server: Server, tmp_path: Path):
+    """A failure after the retries (or Ctrl-C) hours into a harvest must not cost the pages already answered."""
+    pages = [oai_page([oai_record(f"2610.0010{i}")], f"t{i + 1}" if i < 3 else None) for i in range(4)]
+    server.script = {"cs": [pages[0]], "t1": [pages[1]], "t2": [pages[2]], "t3": [(404, {}, b"gone")]}
+    harvest = lambda: list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=0, pages=tmp_path / "pages"))  # noqa: E731
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        harvest()
+    server.script["t3"] = [pages[3]]
+    server.log.clear()
+    assert [r["id"] for r in harvest()] == [f"2610.0010{i}" for i in range(4)]  # in order, once each
+    assert server.keys() == ["t3"]  # the three answered pages were read from disk
+    assert [r["id"] for r in harvest()] == [f"2610.0010{i}" for i in range(4)] and server.keys() == ["t3"]
+
+
+def test_a_saved_token_the_server_dropped_asks_the_set_again(server: Server, tmp_path: Path):
+    first = oai_page([oai_record("2610.00201"), oai_record("2610.00202")], "old")
+    server.script = {"cs": [first], "old": [(404, {}, b"down")], "math": [oai_page([oai_record("2610.00300")])]}
+    harvest = lambda: list(harvest_oai(f"{server.url}/oai", ["cs", "math"], request_interval_s=0, max_retries=0, pages=tmp_path / "pages"))  # noqa: E731
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        harvest()
+    # Days later: the token is gone, the set has a new paper.
+    server.script = {"old": [oai_error("badResumptionToken")], "math": server.script["math"],
+                     "cs": [oai_page([oai_record("2610.00201"), oai_record("2610.00202")], "new")],
+                     "new": [oai_page([oai_record("2610.00203")])]}
+    server.log.clear()
+    assert [r["id"] for r in harvest()] == ["2610.00201", "2610.00202", "2610.00203", "2610.00300"]
+    assert server.keys() == ["old", "cs", "new", "math"]
+
+
 def test_records_without_an_id_all_go_on_to_clean(server: Server):
     """clean counts and keeps aside each one (missing_id); none may vanish as a 'repeat' of another."""
     without_id = [oai_record(f"2610.0030{i}").replace(f"<id>2610.0030{i}</id>", "") for i in range(3)]
@@ -420,11 +449,19 @@ def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, mon
     write_params(tmp_path, {"source": "oai", "max_records": 5,
                             "oai": {"endpoint": f"{server.url}/oai", "sets": ["cs", "math"], "request_interval_s": 0.0}})
     monkeypatch.chdir(tmp_path)
+    math = server.script["math"]
+    server.script["math"] = [(404, {}, b"down")]
+    with pytest.raises(DownloadError):  # the cs set is answered and saved, math fails: no raw file
+        download.main()
+    assert not (tmp_path / "data/raw/arxiv.jsonl.gz").exists() and list((tmp_path / "data/raw/oai-pages").rglob("page-*.json"))
+    server.script["math"], server.log[:] = math, []
     download.main()
 
+    assert server.keys() == ["math"]  # cs from its saved page
     records = [json.loads(line) for line in sample_lines(tmp_path / "data/raw/arxiv.jsonl.gz")]
     assert [r["id"] for r in records] == ["2610.00000", "2610.00001", "2610.00002", "2610.10000", "2610.10001"]
     assert "download: wrote 5 records from oai" in capsys.readouterr().out
+    assert not (tmp_path / "data/raw/oai-pages").exists()  # written: the pages are deleted
 
 
 def test_main_without_network_exits_with_the_offline_recipe(closed_port: int, tmp_path: Path, monkeypatch):

@@ -325,8 +325,8 @@ def test_dvc_config_uses_copies_not_links() -> None:
 
 
 def test_a_stage_that_cannot_resume_does_not_promise_to_continue(tmp_path: Path) -> None:
-    """download keeps nothing of a stopped harvest: "rerun to continue" would promise hours that are lost."""
-    code = "from arxiv_embed.errors import run\ndef main():\n    raise KeyboardInterrupt\nrun(main, 'download', resumes=False)\n"
+    """clean keeps nothing of a stopped run: "rerun to continue" would promise work that is lost."""
+    code = "from arxiv_embed.errors import START_OVER, run\ndef main():\n    raise KeyboardInterrupt\nrun(main, 'clean', START_OVER)\n"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=PYTHON_ENV, capture_output=True, text=True)
     assert result.returncode == 130
-    assert result.stderr.strip() == "download: interrupted (Ctrl-C); outputs left as they were, a rerun starts this stage over"
+    assert result.stderr.strip() == "clean: interrupted (Ctrl-C); outputs left as they were, a rerun starts this stage over"

@@ -1,12 +1,18 @@
 """arXiv's OAI-PMH API (`ListRecords`, metadataPrefix=arXiv) as a source of Kaggle-schema records:
-polite pacing, resumption tokens, 503/Retry-After retries, records converted field by field."""
+polite pacing, resumption tokens, 503/Retry-After retries, records converted field by field. Each answered
+page can be saved (`pages`): a harvest that stopped (a failure after the retries, Ctrl-C) resumes from its
+saved pages instead of asking hours of pages again."""
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import http.client
+import itertools
 import json
 import math
+import re
+import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -14,9 +20,11 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from arxiv_embed.data.http import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url
+from arxiv_embed.files import write_text
 
 OAI, ARXIV = "{http://www.openarchives.org/OAI/2.0/}", "{http://arxiv.org/OAI/arXiv/}"
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -34,9 +42,12 @@ def harvest_oai(
     request_interval_s: float = 3.0,
     timeout_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
+    pages: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield Kaggle-schema records set by set, each set capped at its share of what is left of
-    max_records (so every archive is represented); stops requesting as soon as the cap is met."""
+    max_records (so every archive is represented); stops requesting as soon as the cap is met.
+    pages: a folder for this harvest's answered pages (one per endpoint, sets and window: `pages_folder`),
+    read back instead of asked again; the caller deletes it once the harvest is written."""
     client = _OaiClient(endpoint, max_retries, request_interval_s, timeout_s, sleep)
     seen: set[str] = set()
     harvested = 0
@@ -44,8 +55,9 @@ def harvest_oai(
         quota = None if max_records is None else math.ceil((max_records - harvested) / (len(sets) - index))
         taken = 0
         if quota != 0:
-            for record in client.list_records(set_spec, from_date, until_date):
-                if record["id"] in seen:  # a cross-listed paper is in several sets
+            saved = pages / f"{index:03d}-{re.sub(r'[^A-Za-z0-9.-]', '_', set_spec)}" if pages else None
+            for record in _listing(client, set_spec, from_date, until_date, saved):
+                if record["id"] in seen:  # a cross-listed paper is in several sets (or a page asked again: see _listing)
                     continue
                 if record["id"]:  # a record without one goes on to clean, which counts and keeps it aside (missing_id)
                     seen.add(record["id"])
@@ -59,6 +71,28 @@ def harvest_oai(
         print(f"download: {harvested} of download.max_records={max_records} records: the last sets held fewer than their share")
 
 
+def pages_folder(root: Path, endpoint: str, sets: list[str], from_date: str | None, until_date: str | None) -> Path:
+    """The saved pages of one harvest: another endpoint, set list or window never reads them."""
+    key = hashlib.sha256(json.dumps([endpoint, sets, from_date, until_date]).encode()).hexdigest()[:16]
+    return root / key
+
+
+def _listing(client: _OaiClient, set_spec: str, from_date: str | None, until_date: str | None, saved: Path | None) -> Iterator[dict[str, Any]]:
+    """One set's records, from its saved pages first. A saved resumption token the server has dropped since
+    (tokens expire) restarts the set: the records already yielded come again and harvest_oai skips them by id."""
+    try:
+        yield from client.list_records(set_spec, from_date, until_date, saved)
+    except ExpiredToken:
+        print(f"download: OAI set {set_spec}: the server no longer knows the saved place in the listing; asking the set again "
+              "(papers already read are skipped)", flush=True)
+        shutil.rmtree(saved, ignore_errors=True)
+        yield from client.list_records(set_spec, from_date, until_date, saved)
+
+
+class ExpiredToken(DownloadError):
+    """badResumptionToken for a token read from a saved page."""
+
+
 class _OaiClient:
     """One polite OAI-PMH conversation: a request every request_interval_s, 503s retried."""
 
@@ -68,31 +102,27 @@ class _OaiClient:
         self._last_request = -math.inf
         self.answered = False  # has the host answered once? (then a failed connection is a blip, retried)
 
-    def list_records(self, set_spec: str, from_date: str | None, until_date: str | None) -> Iterator[dict[str, Any]]:
+    def list_records(self, set_spec: str, from_date: str | None, until_date: str | None, saved: Path | None = None) -> Iterator[dict[str, Any]]:
+        """saved: the set's folder of answered pages (page N's records and the token after it), read before asking."""
         query = {"verb": "ListRecords", "metadataPrefix": "arXiv", "set": set_spec, "from": from_date, "until": until_date}
         # Only absent dates are left out: an empty set spec sent as is gets an OAI error, where
         # leaving it out would harvest the whole repository.
         query = {key: value for key, value in query.items() if value is not None}
         tokens: set[str] = set()
-        while True:
-            root = self.get(query)
-            error = root.find(f"{OAI}error")
-            if error is not None:
-                if error.get("code") == "noRecordsMatch":  # an empty set or window, not a failure
-                    return
-                advice = ("the server dropped its place in the listing (tokens expire): rerun the download"
-                          if error.get("code") == "badResumptionToken" else "check download.oai.sets, from_date and until_date")
-                raise DownloadError(
-                    f"{self.endpoint}: OAI-PMH error {error.get('code')} for set {set_spec!r}: {(error.text or '').strip()}; {advice}"
-                )
-            listing = root.find(f"{OAI}ListRecords")
-            if listing is None:
-                raise DownloadError(f"{self.endpoint}: the answer has no ListRecords; is download.oai.endpoint an OAI-PMH endpoint?")
-            for record in listing.iterfind(f"{OAI}record"):
-                # Deleted records have a header and no metadata: nothing to convert.
-                if record.find(f"{OAI}metadata/{ARXIV}arXiv") is not None:
-                    yield to_kaggle(record)
-            token = (listing.findtext(f"{OAI}resumptionToken") or "").strip()
+        token_saved = False  # was the token in `query` read from a saved page?
+        for number in itertools.count():
+            page = saved / f"page-{number:06d}.json" if saved else None
+            if page and page.exists():
+                if number == 0:
+                    print(f"download: OAI set {set_spec}: reading the pages a stopped run saved", flush=True)
+                answer = json.loads(page.read_text(encoding="utf-8"))
+                records, token, token_saved = answer["records"], answer["token"], True
+            else:
+                records, token = self._page(query, set_spec, from_saved=token_saved)
+                token_saved = False
+                if page:
+                    write_text(page, json.dumps({"token": token, "records": records}) + "\n")
+            yield from records
             if not token:
                 return
             if token in tokens:  # the same place again: the listing would never end
@@ -100,6 +130,28 @@ class _OaiClient:
                                     "listing would never end; try again later")
             tokens.add(token)
             query = {"verb": "ListRecords", "resumptionToken": token}
+
+    def _page(self, query: dict[str, str], set_spec: str, from_saved: bool) -> tuple[list[dict[str, Any]], str]:
+        """One ListRecords answer: (its records, the resumption token after it, "" at the end)."""
+        root = self.get(query)
+        error = root.find(f"{OAI}error")
+        if error is not None:
+            if error.get("code") == "noRecordsMatch":  # an empty set or window, not a failure
+                return [], ""
+            if error.get("code") == "badResumptionToken" and from_saved:
+                raise ExpiredToken(f"{self.endpoint}: saved resumptionToken for set {set_spec!r} expired")
+            advice = ("the server dropped its place in the listing (tokens expire): rerun the download (it reads the pages "
+                      "saved so far, then asks the set again)"
+                      if error.get("code") == "badResumptionToken" else "check download.oai.sets, from_date and until_date")
+            raise DownloadError(
+                f"{self.endpoint}: OAI-PMH error {error.get('code')} for set {set_spec!r}: {(error.text or '').strip()}; {advice}"
+            )
+        listing = root.find(f"{OAI}ListRecords")
+        if listing is None:
+            raise DownloadError(f"{self.endpoint}: the answer has no ListRecords; is download.oai.endpoint an OAI-PMH endpoint?")
+        # Deleted records have a header and no metadata: nothing to convert.
+        records = [to_kaggle(record) for record in listing.iterfind(f"{OAI}record") if record.find(f"{OAI}metadata/{ARXIV}arXiv") is not None]
+        return records, (listing.findtext(f"{OAI}resumptionToken") or "").strip()
 
     def get(self, query: dict[str, str]) -> ET.Element:
         """One OAI-PMH answer. 429/5xx (Retry-After honoured) and an answer that breaks off are retried with backoff;
