@@ -14,6 +14,7 @@ there are several GPUs or `processes` asks for them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 TEXTS_FILE, VECTORS_FILE = "texts.parquet", "vectors.npy"
+ENCODER_FILE = "encoder.json"  # the model key the vectors were made with: only the same key reuses them
 SLICE = 512  # at most this many texts per encode call inside a chunk: a progress line can come between them
 CHUNK_SIZE = 4096  # texts per saved chunk: what an interruption can lose
 PROGRESS_SECONDS = 15.0  # at most one progress line per this many seconds
@@ -228,12 +230,15 @@ class TextVectors:
         parts = [function(np.asarray(self.vectors[start:start + batch])) for start in range(0, len(self.texts), batch)]
         return TextVectors(self.texts, np.concatenate(parts) if parts else self.vectors)
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, model_key: str | None = None) -> None:
+        """model_key: the model and settings that made the vectors, saved beside them (`embed_texts_reusing` reads it)."""
         import polars as pl
 
         folder.mkdir(parents=True, exist_ok=True)
         pl.DataFrame({"text": self.texts}, schema={"text": pl.String}).write_parquet(folder / TEXTS_FILE)
         np.save(folder / VECTORS_FILE, np.ascontiguousarray(self.vectors, dtype=np.float32))
+        if model_key is not None:
+            (folder / ENCODER_FILE).write_text(json.dumps({"model_key": model_key}) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> TextVectors:
@@ -257,6 +262,29 @@ def embed_texts(model: SentenceTransformer, texts: list[str], work_dir: Path, mo
                 chunk_size: int = 4096, what: str = "encode") -> TextVectors:
     """`texts` encoded once each (resumable chunks in work_dir), as a lookup table."""
     return TextVectors(texts, encode_resumable(model, texts, work_dir, model_key, batch_size, chunk_size, what=what))
+
+
+def embed_texts_reusing(model: SentenceTransformer, texts: list[str], previous: Path, work_dir: Path, model_key: str,
+                        batch_size: int = 64, chunk_size: int = 4096, what: str = "encode") -> tuple[TextVectors, int]:
+    """embed_texts, taking the vectors of every text the previous output folder already holds when the same model
+    key made them: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused)."""
+    try:
+        made_by = json.loads((previous / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key")
+        old = TextVectors.load(previous) if made_by == model_key else None
+    except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: encode everything
+        old = None
+    new = [text for text in texts if text not in old.index] if old else texts
+    if old and new != texts:
+        print(f"{what}: {len(texts) - len(new):,} of {len(texts):,} texts' vectors reused from {previous} (the same model and "
+              f"settings); encoding the other {len(new):,}", flush=True)
+    fresh = embed_texts(model, new, work_dir, model_key, batch_size, chunk_size, what=what)
+    if new is texts:
+        return fresh, 0
+    vectors = np.empty((len(texts), old.vectors.shape[1]), dtype=np.float32)
+    from_old = np.fromiter((text in old.index for text in texts), dtype=bool, count=len(texts))
+    vectors[from_old] = old([text for text, kept in zip(texts, from_old) if kept])
+    vectors[~from_old] = fresh.vectors
+    return TextVectors(texts, vectors), int(from_old.sum())
 
 
 def adapter_modules(model: SentenceTransformer, task: str = "document") -> list:

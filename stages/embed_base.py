@@ -2,10 +2,12 @@
 
 Texts: make_triplets' train sample (titles and abstracts: every train kind, mining's corpus and the
 classifier's slice come from it), evaluate's stratified test sample (titles and abstracts) and the
-test triplets. Writes data/embeddings/base (texts.parquet + vectors.npy, a DVC-cached output) and
+test triplets. Writes data/embeddings/base (texts.parquet + vectors.npy + encoder.json, a DVC-cached output) and
 metrics/embed_base.json. finetune (adapter training, hard-negative mining), evaluate_base and, in
 adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
-in data/embeddings/chunks until the stage completes: a killed run resumes where it stopped.
+in data/embeddings/chunks until the stage completes: a killed run resumes where it stopped. A rerun
+(another sample size or seed) takes the vectors of every text the previous output holds, when the same
+model weights and settings made them, and encodes only the rest.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 import time
 
 from arxiv_embed import paths
-from arxiv_embed.embeddings import distinct_texts, embed_texts
+from arxiv_embed.embeddings import distinct_texts, embed_texts_reusing
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.files import atomic_path, read_table, write_json
@@ -40,14 +42,16 @@ def main() -> None:
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=cfg.backend)
     key = f"{params.model.base}|{weights}|{params.model.max_seq_length}|{cfg.backend}"
     started = time.monotonic()
-    vectors = embed_texts(model, texts, paths.EMBED_WORK, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
+    # The previous output (dvc.yaml keeps it: persist) lends the vectors of every text it holds.
+    vectors, reused = embed_texts_reusing(model, texts, paths.BASE_EMBEDDINGS, paths.EMBED_WORK, key, cfg.batch_size,
+                                          cfg.chunk_size, what="embed_base")
     seconds = time.monotonic() - started
     with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
-        vectors.save(tmp)
+        vectors.save(tmp, key)
     shutil.rmtree(paths.EMBED_WORK, ignore_errors=True)  # complete: the chunks' only use was resuming
     write_json(paths.metrics_file("embed_base"), {
-        "texts": len(texts), "train_sample_papers": train.height, "test_sample_papers": data.test.height,
-        "encode_seconds": round(seconds, 1), "texts_per_second": round(len(texts) / seconds, 1) if seconds else None,
+        "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
+        "encode_seconds": round(seconds, 1), "texts_per_second": round((len(texts) - reused) / seconds, 1) if seconds else None,
         "device": str(model.device), "backend": cfg.backend, "model_weights_sha256": weights,
     })
 

@@ -305,3 +305,17 @@ def test_an_evaluate_param_reruns_only_the_evaluate_stages(pipeline_project, tmp
     after = json.loads((project / "metrics/evaluate.json").read_text())
     for model in ("base", "finetuned"):  # the same cached vectors: the same rankings
         assert after[model]["title_to_abstract"] == before[model]["title_to_abstract"]
+
+
+def test_a_smaller_test_sample_reuses_embed_base_s_vectors_through_dvc(pipeline_project, tmp_path):
+    """dvc.yaml keeps embed_base's output while the stage reruns (persist): a new sample size encodes only the texts
+    the previous vectors lack (here none: 40 test papers are a subset of the ~200 encoded)."""
+    project = tmp_path / "project"
+    shutil.copytree(pipeline_project, project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["max_test_papers"] = 40
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(project, "repro", "embed_base")
+    assert ran_stages(result) == ["params_check", "embed_base"]
+    metrics = json.loads((project / "metrics/embed_base.json").read_text())
+    assert metrics["test_sample_papers"] == 40 and metrics["reused_texts"] == metrics["texts"] > 0

@@ -134,6 +134,23 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     assert not set(encoded) & set(cached.texts) and len(encoded) < 20
     assert json.loads(Path("metrics/evaluate.json").read_text())["finetuned"] != first  # the change did reach the scores
 
+    # A larger test sample: embed_base encodes only the texts its previous output lacks, and keeps the others' vectors.
+    params["evaluate"]["max_test_papers"] = 200
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    encoded.clear()
+    embed_base.main()
+    larger = TextVectors.load(paths.BASE_EMBEDDINGS)
+    kept = [text for text in larger.texts if text in cached.index]
+    assert encoded and sorted(encoded) == sorted(set(larger.texts) - set(cached.texts))
+    assert json.loads(Path("metrics/embed_base.json").read_text())["reused_texts"] == len(kept) > 0
+    np.testing.assert_array_equal(larger(kept), cached(kept))
+    # Other model settings: nothing reused.
+    params["model"]["max_seq_length"] = 40
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    encoded.clear()
+    embed_base.main()
+    assert sorted(encoded) == sorted(larger.texts) and json.loads(Path("metrics/embed_base.json").read_text())["reused_texts"] == 0
+
 
 def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample: Path) -> None:
     """The GPU encode path (token-budget batches, tokenized on a thread) gives the plain encoder's
