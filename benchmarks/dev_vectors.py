@@ -126,7 +126,7 @@ def cached_vectors(source: Path) -> TextVectors:
     known = known_vectors()
     needed = needed_texts(project(source))
     if missing := sum(text not in known.index for text in needed):
-        # DVC deletes embed_base's output when the stage reruns, so a killed `quality` run leaves none behind.
+        # An output gone (DVC deleted embed_base's before rerunning it until dvc.yaml kept it, `persist`; or by hand).
         lost = [str(lock.parent) for lock in sorted(WORK.glob("*/project/dvc.lock"))
                 if "embed_base:" in lock.read_text() and not (lock.parent / paths.BASE_EMBEDDINGS).exists()]
         raise SystemExit(f"objectives: {source.name}: {missing:,} of its {len(needed):,} texts have no cached vector; "
