@@ -264,19 +264,57 @@ def embed_texts(model: SentenceTransformer, texts: list[str], work_dir: Path, mo
     return TextVectors(texts, encode_resumable(model, texts, work_dir, model_key, batch_size, chunk_size, what=what))
 
 
-def embed_texts_reusing(model: SentenceTransformer, texts: list[str], previous: Path, work_dir: Path, model_key: str,
+def encoder_key(name: str, folder: Path, max_seq_length: int, backend: str, device: str) -> str:
+    """Everything that makes two runs' vectors of one text the same: the model's files, its settings, the precision
+    the device encodes in (bf16/fp16 on a GPU), the libraries and this project's encoding code. Resumed chunks and
+    reused vectors are taken only under the same key."""
+    import sentence_transformers
+    import torch
+    import transformers
+
+    from arxiv_embed import models
+
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()[:16]
+    return json.dumps({"model": name, "files_sha256": models.files_sha256(folder), "max_seq_length": max_seq_length,
+                       "backend": backend, "precision": models.pick_precision("auto", device), "code_sha256": code,
+                       "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                                    f"sentence-transformers {sentence_transformers.__version__}"}, sort_keys=True)
+
+
+def reuse_folder(root: Path, model_key: str) -> Path:
+    """Where the vectors of one encoder key are kept for the next run (embed_texts_reusing, keep_for_reuse)."""
+    return root / hashlib.sha256(model_key.encode()).hexdigest()[:16]
+
+
+def keep_for_reuse(output: Path, store: Path) -> None:
+    """The output's files (texts, vectors, key) as the store the next run reads: hard links where the file system
+    allows (no copy; outputs are replaced, never written in place), else copies."""
+    import shutil
+
+    from arxiv_embed.files import atomic_path
+
+    with atomic_path(store) as tmp:
+        tmp.mkdir(parents=True)
+        for path in output.iterdir():
+            try:
+                os.link(path, tmp / path.name)
+            except OSError:
+                shutil.copy2(path, tmp / path.name)
+
+
+def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Path, work_dir: Path, model_key: str,
                         batch_size: int = 64, chunk_size: int = 4096, what: str = "encode") -> tuple[TextVectors, int]:
-    """embed_texts, taking the vectors of every text the previous output folder already holds when the same model
-    key made them: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused)."""
+    """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
+    encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused)."""
     try:
-        made_by = json.loads((previous / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key")
-        old = TextVectors.load(previous) if made_by == model_key else None
+        made_by = json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key")
+        old = TextVectors.load(store) if made_by == model_key else None
     except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: encode everything
         old = None
     new = [text for text in texts if text not in old.index] if old else texts
     if old and new != texts:
-        print(f"{what}: {len(texts) - len(new):,} of {len(texts):,} texts' vectors reused from {previous} (the same model and "
-              f"settings); encoding the other {len(new):,}", flush=True)
+        print(f"{what}: {len(texts) - len(new):,} of {len(texts):,} texts' vectors reused from {store} (the same model, "
+              f"settings and code); encoding the other {len(new):,}", flush=True)
     fresh = embed_texts(model, new, work_dir, model_key, batch_size, chunk_size, what=what)
     if new is texts:
         return fresh, 0

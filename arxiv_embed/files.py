@@ -126,6 +126,11 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def read_json(path: Path | str, produced_by: str | None = None) -> Any:
     """A JSON file; with `produced_by` (the stage that writes it), a missing or malformed one is an InputError naming
     the stage to rerun."""

@@ -28,17 +28,26 @@ class ModelNotFoundError(UserError):
 WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
 
 
+def _files_digest(folder: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
 def weights_sha256(folder: Path) -> str | None:
     """sha256 over a model folder's weight files (None when it has none): one name can hold other weights
     (a retrained local folder, an upgraded model package), one hash cannot."""
     weights = sorted(p for pattern in WEIGHT_FILES for p in folder.rglob(pattern))
-    if not weights:
-        return None
-    digest = hashlib.sha256()
-    for path in weights:
-        with open(path, "rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
+    return _files_digest(folder, weights) if weights else None
+
+
+def files_sha256(folder: Path) -> str:
+    """sha256 over every file of a model folder: its weights, and the tokenizer, pooling and prompt settings
+    that change vectors as much."""
+    return _files_digest(folder, sorted(p for p in folder.rglob("*") if p.is_file()))
 
 
 def _is_model_dir(path: Path) -> bool:

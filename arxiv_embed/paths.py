@@ -37,6 +37,7 @@ TRAIN_SAMPLE = TRIPLETS_DIR / "train_papers.parquet"
 EMBEDDINGS_DIR = Path("data/embeddings")
 BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
 EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out
+EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # the last run's vectors per encoder key, read by the next embed_base (another sample); not a DVC out
 EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # the same for evaluate in mode=full (the fine-tuned model's vectors)
 
 

@@ -92,7 +92,7 @@ def main() -> None:
     if cfg.method == "time" and metrics["time"]["papers_using_fallback"]:
         print(f"  {metrics['time']['papers_using_fallback']} papers have no {primary}: used their {fallback}")
     if cfg.method == "time" and metrics["time"]["papers_without_date"]:
-        print(f"  {metrics['time']['papers_without_date']} papers have no date at all: all in train")
+        print(f"  {metrics['time']['papers_without_date']} papers have no date at all: in train, unless a copy of their abstract is held out")
     if missing := metrics["labels_missing_from_a_split"]:
         print(f"  {len(missing)} labels are missing from a split (see {paths.metrics_file('split')}): {', '.join(missing[:5])}"
               f"{', ...' if len(missing) > 5 else ''}")

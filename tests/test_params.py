@@ -50,6 +50,7 @@ def test_a_missing_key_is_an_error_naming_it(key):
         # A typo in a URL fails here, not after minutes of download retries (or with a traceback).
         ("download", "kaggle_url", "https://www.kaggle.com:80o/api", "download.kaggle_url: Value error, not a URL (Port could not be cast"),
         ("download", "kaggle_url", "https://www.kaggle.com /api", "download.kaggle_url: Value error, a URL cannot hold spaces"),
+        ("download", "kaggle_url", "https://www.kaggle.com/datä", "download.kaggle_url: Value error, a URL cannot hold spaces, control characters or non-ASCII"),
         ("download", "kaggle_url", "https://[www.kaggle.com/api", "download.kaggle_url: Value error, not a URL (Invalid IPv6 URL)"),
         ("download", "kaggle_url", "https://:443/api", "download.kaggle_url: Value error, the URL names no host"),
         ("push", "registry_model_name", "team/arxiv", "push.registry_model_name: Value error, 'team/arxiv' is not a registry model name"),

@@ -6,6 +6,7 @@ saved pages instead of asking hours of pages again."""
 from __future__ import annotations
 
 import email.utils
+import gzip
 import hashlib
 import http.client
 import itertools
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from arxiv_embed.data.http import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url
-from arxiv_embed.files import write_text
+from arxiv_embed.files import write_bytes
 
 OAI, ARXIV = "{http://www.openarchives.org/OAI/2.0/}", "{http://arxiv.org/OAI/arXiv/}"
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -72,21 +73,30 @@ def harvest_oai(
 
 
 def pages_folder(root: Path, endpoint: str, sets: list[str], from_date: str | None, until_date: str | None) -> Path:
-    """The saved pages of one harvest: another endpoint, set list or window never reads them."""
-    key = hashlib.sha256(json.dumps([endpoint, sets, from_date, until_date]).encode()).hexdigest()[:16]
+    """The saved pages of one harvest: another endpoint, set list or window, or another version of this module (pages
+    hold converted records), never reads them."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(json.dumps([endpoint, sets, from_date, until_date, code]).encode()).hexdigest()[:16]
     return root / key
 
 
 def _listing(client: _OaiClient, set_spec: str, from_date: str | None, until_date: str | None, saved: Path | None) -> Iterator[dict[str, Any]]:
     """One set's records, from its saved pages first. A saved resumption token the server has dropped since
     (tokens expire) restarts the set: the records already yielded come again and harvest_oai skips them by id."""
+    without_id = 0  # records without an id cannot be told apart: as many as came before are skipped after a restart
     try:
-        yield from client.list_records(set_spec, from_date, until_date, saved)
+        for record in client.list_records(set_spec, from_date, until_date, saved):
+            without_id += not record["id"]
+            yield record
     except ExpiredToken:
         print(f"download: OAI set {set_spec}: the server no longer knows the saved place in the listing; asking the set again "
               "(papers already read are skipped)", flush=True)
         shutil.rmtree(saved, ignore_errors=True)
-        yield from client.list_records(set_spec, from_date, until_date, saved)
+        for record in client.list_records(set_spec, from_date, until_date, saved):
+            if not record["id"] and without_id:
+                without_id -= 1
+                continue
+            yield record
 
 
 class ExpiredToken(DownloadError):
@@ -111,17 +121,17 @@ class _OaiClient:
         tokens: set[str] = set()
         token_saved = False  # was the token in `query` read from a saved page?
         for number in itertools.count():
-            page = saved / f"page-{number:06d}.json" if saved else None
+            page = saved / f"page-{number:06d}.json.gz" if saved else None
             if page and page.exists():
                 if number == 0:
                     print(f"download: OAI set {set_spec}: reading the pages a stopped run saved", flush=True)
-                answer = json.loads(page.read_text(encoding="utf-8"))
+                answer = json.loads(gzip.decompress(page.read_bytes()))
                 records, token, token_saved = answer["records"], answer["token"], True
             else:
                 records, token = self._page(query, set_spec, from_saved=token_saved)
                 token_saved = False
-                if page:
-                    write_text(page, json.dumps({"token": token, "records": records}) + "\n")
+                if page:  # gzip: a whole harvest's pages are GBs of JSON
+                    write_bytes(page, gzip.compress(json.dumps({"token": token, "records": records}).encode(), compresslevel=1))
             yield from records
             if not token:
                 return

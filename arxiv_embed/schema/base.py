@@ -32,8 +32,9 @@ def _no_userinfo(url: str) -> str:
         raise ValueError("a URL with user:password@ is not supported (and would be printed): put Kaggle credentials in "
                          "KAGGLE_USERNAME and KAGGLE_KEY in the environment")
     # A typo here would otherwise pass, then cost minutes of retries (or a traceback) at download time.
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise ValueError("a URL cannot hold spaces or control characters (percent-encode them, e.g. %20)")
+    if any(c.isspace() or not c.isprintable() for c in url) or not url.isascii():
+        raise ValueError("a URL cannot hold spaces, control characters or non-ASCII letters (percent-encode them, e.g. %20; "
+                         "a non-ASCII host name in its xn-- form)")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises on a port that is not a number in 0-65535)
