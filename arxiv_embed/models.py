@@ -28,10 +28,12 @@ class ModelNotFoundError(UserError):
 WEIGHT_FILES = ("*.safetensors", "pytorch_model.bin")
 
 
-def _files_digest(folder: Path, files: list[Path]) -> str:
+def _files_digest(files: list[Path], names_under: Path | None = None) -> str:
+    """sha256 over the files' contents, in order; with `names_under`, their paths relative to it too."""
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        if names_under is not None:
+            digest.update(path.relative_to(names_under).as_posix().encode() + b"\0")
         with open(path, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
@@ -39,15 +41,16 @@ def _files_digest(folder: Path, files: list[Path]) -> str:
 
 def weights_sha256(folder: Path) -> str | None:
     """sha256 over a model folder's weight files (None when it has none): one name can hold other weights
-    (a retrained local folder, an upgraded model package), one hash cannot."""
+    (a retrained local folder, an upgraded model package), one hash cannot. Contents only: the search index's
+    stored identity, unchanged since indexes were first built."""
     weights = sorted(p for pattern in WEIGHT_FILES for p in folder.rglob(pattern))
-    return _files_digest(folder, weights) if weights else None
+    return _files_digest(weights) if weights else None
 
 
 def files_sha256(folder: Path) -> str:
-    """sha256 over every file of a model folder: its weights, and the tokenizer, pooling and prompt settings
-    that change vectors as much."""
-    return _files_digest(folder, sorted(p for p in folder.rglob("*") if p.is_file()))
+    """sha256 over every file of a model folder, names and contents: its weights, and the tokenizer, pooling and
+    prompt settings that change vectors as much."""
+    return _files_digest(sorted(p for p in folder.rglob("*") if p.is_file()), names_under=folder)
 
 
 def _is_model_dir(path: Path) -> bool:

