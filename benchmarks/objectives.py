@@ -223,8 +223,8 @@ def eval_data(project: Path, split: str, train, max_train_papers: int, seed: int
     from arxiv_embed.evaluation.data import EvalData, balanced_sample
 
     read = lambda name, columns: pl.read_parquet(project / name, columns=columns)  # noqa: E731
-    test = read(f"data/split/{split}.parquet", ["title", "abstract", "label"])  # the whole split: no test sample
-    return EvalData(test, balanced_sample(train.select("abstract", "label"), max_train_papers, seed),
+    test = read(f"data/split/{split}.parquet", ["id", "title", "abstract", "label"]).sort("id")  # the whole split: no test sample; evaluate's order
+    return EvalData(test, balanced_sample(train.select("id", "abstract", "label"), max_train_papers, seed),
                     read(f"data/triplets/{split}_triplets.parquet", ["anchor", "positive", "negative", "negative_type"]), test.height)
 
 

@@ -4,7 +4,7 @@
 Per split, seeded by shared.seed and the split's name (one split's counts never move another's).
 Train kinds come from a stratified, seeded sample of the train split (make_triplets.max_train_papers,
 written to data/triplets/train_papers.parquet); counts given as decimals are per paper, so the
-training data grows with the data. Writes data/triplets/ and metrics/make_triplets.json.
+training data grows with the data. Papers are read in id order: the input's row order changes nothing. Writes data/triplets/ and metrics/make_triplets.json.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def main() -> None:
                 keys = read_table(source, ["id", "label"], "split")
                 split_papers = keys.height
                 sample = stratified_sample(keys, cfg.max_train_papers, params.shared.seed).select("id")
-                papers = pl.scan_parquet(source).select(columns).join(sample.lazy(), on="id", how="semi", maintain_order="left").collect()
+                papers = pl.scan_parquet(source).select(columns).join(sample.lazy(), on="id", how="semi").collect().sort("id")
                 papers.write_parquet(out / paths.TRAIN_SAMPLE.name)
             else:
-                papers = read_table(source, columns, "split")
+                papers = read_table(source, columns, "split").sort("id")  # the draws below read rows by position
             rng = np.random.default_rng([params.shared.seed, SPLIT_SEED[split]])
             n_triplets = resolve_count(getattr(cfg.triplets_per_split, split), papers.height)
             n_pairs = resolve_count(getattr(cfg.same_label_pairs_per_split, split), papers.height)

@@ -92,6 +92,20 @@ def write_inputs(project: Path, papers: pl.DataFrame) -> None:
     pl.DataFrame(rows).write_parquet(project / "data/triplets/test_triplets.parquet")
 
 
+def test_the_files_row_order_changes_no_item_the_lenses_read(tmp_path, monkeypatch, kaggle_sample) -> None:
+    """The same papers listed in another order are the same items, in the same order: the bootstrap draws by position."""
+    from arxiv_embed.evaluation.data import load_eval_data
+
+    monkeypatch.chdir(tmp_path)
+    write_inputs(tmp_path, sample_papers(kaggle_sample, per_label=18, n_labels=4))
+    first = load_eval_data(max_test_papers=20, max_train_papers=30, seed=1)  # 32 test papers and 40 train: both sampled
+    for name in ("data/split/test.parquet", "data/triplets/train_papers.parquet"):
+        pl.read_parquet(name).reverse().write_parquet(name)
+    again = load_eval_data(max_test_papers=20, max_train_papers=30, seed=1)
+    assert (first.test.height, first.train.height) == (20, 30)
+    assert again.fingerprint() == first.fingerprint() and again.test.equals(first.test)
+
+
 def save_perturbed_copy(model_dir: Path, dest: Path) -> None:
     """The bundled model with noise on its word embeddings: a stand-in "fine-tuned" model."""
     import torch

@@ -139,11 +139,14 @@ def test_the_title_lens_reads_the_query_vectors_of_a_model_that_encodes_queries_
 
 
 def test_balanced_sample_keeps_small_labels_and_nests_ranks():
-    papers = pl.DataFrame({"abstract": [f"p{i}" for i in range(12)], "label": ["big"] * 10 + ["small"] * 2})
+    papers = pl.DataFrame({"id": [f"{i:04}" for i in range(12)], "abstract": [f"p{i}" for i in range(12)],
+                           "label": ["big"] * 10 + ["small"] * 2})
     sample = balanced_sample(papers, max_papers=6, seed=1)
     assert sample["label"].value_counts().sort("label").rows() == [("big", 4), ("small", 2)]
     assert sorted(sample.filter(pl.col("label") == "big")["rank"]) == [0, 1, 2, 3]
     assert sample.equals(balanced_sample(papers, max_papers=6, seed=1))
+    assert sample.equals(balanced_sample(papers.reverse(), max_papers=6, seed=1))  # the rows' order changes nothing
+    assert balanced_sample(papers, 8, seed=1).head(6).equals(sample)  # a larger probe adds papers, keeps these
     assert not balanced_sample(papers, 12, seed=1).equals(balanced_sample(papers, 12, seed=2))
 
 

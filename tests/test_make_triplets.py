@@ -36,12 +36,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run(root: Path, label: str = "primary_category", **params: object) -> tuple[dict[str, pl.DataFrame], dict]:
+def run(root: Path, label: str = "primary_category", shuffle: int | None = None, **params: object) -> tuple[dict[str, pl.DataFrame], dict]:
+    """The stage on SPLITS' files (rows shuffled with seed `shuffle`, if given) with make_triplets `params`."""
     merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), {"make_triplets": deep_update(copy.deepcopy(COUNTS), params)})
     (root / "params.yaml").write_text(yaml.safe_dump(merged))
     (root / "data/split").mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
-        split_table(name, label).write_parquet(root / f"data/split/{name}.parquet")
+        table = split_table(name, label)
+        table = table if shuffle is None else table.sample(fraction=1.0, shuffle=True, seed=shuffle)
+        table.write_parquet(root / f"data/split/{name}.parquet")
     make_triplets.main()
     frames = {f.stem: pl.read_parquet(f) for f in sorted((root / "data/triplets").glob("*.parquet"))}
     return frames, json.loads((root / "metrics/make_triplets.json").read_text())
@@ -116,7 +119,7 @@ def test_pairs(project: Path) -> None:
     for name in SPLITS:
         papers = split_table(name, "primary_category")
         title_abstract = frames[f"{name}_title_abstract"]
-        expected = papers.select(anchor="title", positive="abstract", id="id", label="label")
+        expected = papers.sort("id").select(anchor="title", positive="abstract", id="id", label="label")  # every paper, in id order
         assert title_abstract.equals(expected)
         same = frames[f"{name}_same_label"]
         label = dict(papers.select("id", "label").iter_rows())
@@ -221,6 +224,15 @@ def test_counts_given_per_paper_grow_with_the_train_sample(project: Path) -> Non
     assert frames["eval_triplets"].height == 40
     used = set(frames["train_triplets"]["anchor_id"]) | set(frames["train_triplets"]["negative_id"]) | set(frames["train_title_abstract"]["id"])
     assert used <= set(sample["id"])
+
+
+def test_the_split_files_row_order_changes_nothing(project: Path) -> None:
+    """The same papers listed in another order (another source, or a snapshot re-sorted) give the same sample,
+    pairs and triplets: every draw reads the papers in id order."""
+    frames, _ = run(project, max_train_papers=20)
+    for seed in (1, 2):
+        shuffled, _ = run(project, shuffle=seed, max_train_papers=20)
+        assert all(shuffled[name].equals(frame) for name, frame in frames.items()), seed
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -1,10 +1,25 @@
 """Stratified, seeded samples: where the CPU cannot afford every paper (train for finetune, test for
-evaluate), a sample that keeps each label's share of the split, drawn the same way for a given seed."""
+evaluate), a sample that keeps each label's share of the split, drawn the same way for a given seed.
+
+Papers are ranked by a hash of (seed, id), not by a permutation of the rows: the same papers give the same
+sample whatever order the input lists them in (a Kaggle snapshot and an OAI harvest of them), and a snapshot
+with a few more papers gives nearly the same sample, so a metrics diff between data versions shows the data.
+"""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import polars as pl
+
+
+def stable_order(ids: pl.Series, seed: int, salt: str = "") -> pl.Series:
+    """A random-looking key per paper that depends only on (seed, salt, id), stable across versions.
+    Draws of one seed take different salts, so that no draw follows another's order."""
+    prefix = f"{seed}:{salt}:" if salt else f"{seed}:"  # no salt: the split's key, as it has always been
+    digest = (hashlib.blake2b(f"{prefix}{i}".encode(), digest_size=8).digest() for i in ids)
+    return pl.Series("order", [int.from_bytes(d, "big") for d in digest], dtype=pl.UInt64)
 
 
 def quotas(counts: np.ndarray, size: int) -> np.ndarray:
@@ -22,15 +37,13 @@ def quotas(counts: np.ndarray, size: int) -> np.ndarray:
 
 
 def stratified_sample(papers: pl.DataFrame, max_papers: int | None, seed: int, by: str = "label") -> pl.DataFrame:
-    """Up to `max_papers` rows with each `by` value's share of `papers` (proportional allocation),
-    chosen at random within each value with numpy's Generator seeded by `seed`, in their original order.
+    """Up to `max_papers` rows with each `by` value's share of `papers` (proportional allocation): within
+    each value, the first papers in stable_order of their `id`, kept in their input order.
     max_papers None (or >= the rows): every row."""
     if max_papers is None or max_papers >= papers.height:
         return papers
     counts = papers.group_by(by, maintain_order=True).len().sort(by)
     keep = dict(zip(counts[by].to_list(), quotas(counts["len"].to_numpy(), max_papers).tolist()))
-    rng = np.random.default_rng(seed)
-    shuffled = papers.with_row_index("_row")[rng.permutation(papers.height)]
-    ranked = shuffled.with_columns(_rank=pl.int_range(pl.len()).over(by))
     quota = pl.col(by).replace_strict(keep, return_dtype=pl.Int64)
-    return ranked.filter(pl.col("_rank") < quota).sort("_row").drop("_row", "_rank")
+    keyed = papers.with_columns(stable_order(papers["id"], seed, "sample").alias("_key"))
+    return keyed.filter(pl.col("_key").rank("ordinal").over(by) <= quota).drop("_key")

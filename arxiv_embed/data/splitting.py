@@ -9,7 +9,6 @@ split, so no held-out abstract is trained on.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -21,12 +20,6 @@ if TYPE_CHECKING:
 
 OTHER = "other"
 DATE_COLUMNS = {"first_version": "first_version_date", "update_date": "update_date"}
-
-
-def stable_order(ids: pl.Series, seed: int) -> pl.Series:
-    """A random-looking key per paper that depends only on (seed, id), stable across versions."""
-    digest = (hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest() for i in ids)
-    return pl.Series("order", [int.from_bytes(d, "big") for d in digest], dtype=pl.UInt64)
 
 
 def split_sizes(n: int, cfg: Split) -> tuple[int, int]:

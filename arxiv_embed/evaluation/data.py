@@ -7,19 +7,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.data.sampling import stratified_sample
+from arxiv_embed.data.sampling import stable_order, stratified_sample
 from arxiv_embed.embeddings import distinct_texts
 from arxiv_embed.files import read_table
 
 
 @dataclass(frozen=True)
 class EvalData:
-    test: pl.DataFrame  # title, abstract, label
-    train: pl.DataFrame  # abstract, label, rank (position of the paper within its label)
+    test: pl.DataFrame  # id, title, abstract, label
+    train: pl.DataFrame  # id, abstract, label, rank (position of the paper within its label)
     triplets: pl.DataFrame  # anchor, positive, negative, negative_type
     test_split_papers: int  # the test split the sample was drawn from
 
@@ -59,22 +58,22 @@ class EvalData:
 
 
 def balanced_sample(papers: pl.DataFrame, max_papers: int, seed: int) -> pl.DataFrame:
-    """Up to `max_papers`, dealt round-robin over labels in a seeded random order.
+    """Up to `max_papers`, dealt round-robin over labels in stable_order of their `id` (whatever the rows' order).
 
     Small labels keep all their papers and large ones cannot crowd them out. `rank` (the paper's
     position within its label) makes the learning curve's subsets nested: n per label = rank < n.
     """
-    rng = np.random.default_rng(seed)
-    shuffled = papers[rng.permutation(papers.height)].with_row_index("_order")
-    ranked = shuffled.with_columns(rank=pl.int_range(pl.len()).over("label"))
-    return ranked.sort("rank", "_order").head(max_papers).drop("_order")
+    keyed = papers.with_columns(stable_order(papers["id"], seed, "probe").alias("_key"))
+    ranked = keyed.with_columns(rank=(pl.col("_key").rank("ordinal").over("label") - 1).cast(pl.Int64))
+    return ranked.sort("rank", "_key").head(max_papers).drop("_key")
 
 
 def load_eval_data(max_test_papers: int, max_train_papers: int, seed: int) -> EvalData:
     """evaluate_base, evaluate and embed_base draw the same samples from the same params."""
-    split = read_table(paths.split_file("test"), ["title", "abstract", "label"], "split")
-    test = stratified_sample(split, max_test_papers, seed)
-    train = read_table(paths.TRAIN_SAMPLE, ["abstract", "label"], "make_triplets")
+    split = read_table(paths.split_file("test"), ["id", "title", "abstract", "label"], "split")
+    # In id order: the lenses' bootstrap draws rows by position, and the input's row order must not matter.
+    test = stratified_sample(split, max_test_papers, seed).sort("id")
+    train = read_table(paths.TRAIN_SAMPLE, ["id", "abstract", "label"], "make_triplets")
     triplets = read_table(
         paths.training_file("test", "triplets"), ["anchor", "positive", "negative", "negative_type"], "make_triplets"
     )
