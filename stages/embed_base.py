@@ -52,7 +52,8 @@ def main() -> None:
     shutil.rmtree(paths.EMBED_WORK, ignore_errors=True)  # complete: the chunks' only use was resuming
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
-        "encode_seconds": round(seconds, 1), "texts_per_second": round((len(texts) - reused) / seconds, 1) if seconds else None,
+        "encode_seconds": round(seconds, 1),
+        "texts_per_second": round((len(texts) - reused) / seconds, 1) if seconds and len(texts) > reused else None,  # None: all reused
         "device": str(model.device), "backend": cfg.backend, "model_files_sha256": json.loads(key)["files_sha256"],
     })
 

@@ -4,7 +4,8 @@
 Per split, seeded by shared.seed and the split's name (one split's counts never move another's).
 Train kinds come from a stratified, seeded sample of the train split (make_triplets.max_train_papers,
 written to data/triplets/train_papers.parquet); counts given as decimals are per paper, so the
-training data grows with the data. Papers are read in id order: the input's row order changes nothing. Writes data/triplets/ and metrics/make_triplets.json.
+training data grows with the data. Papers are read in id order: the input's row order changes nothing.
+Writes data/triplets/ and metrics/make_triplets.json.
 """
 
 from __future__ import annotations

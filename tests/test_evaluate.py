@@ -334,3 +334,4 @@ def test_a_smaller_test_sample_reuses_embed_base_s_vectors_through_dvc(pipeline_
     assert ran_stages(result) == ["params_check", "embed_base"]
     metrics = json.loads((project / "metrics/embed_base.json").read_text())
     assert metrics["test_sample_papers"] == 40 and metrics["reused_texts"] == metrics["texts"] > 0
+    assert metrics["texts_per_second"] is None  # nothing was encoded: no rate to report (0.0 read as a stalled encoder)

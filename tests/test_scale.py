@@ -43,7 +43,7 @@ def test_stratified_sample_keeps_each_labels_share_and_is_seeded(real_papers: pl
     assert sample.equals(stratified_sample(papers, 500, seed=1))
     assert not sample.equals(stratified_sample(papers, 500, seed=2))
     assert stratified_sample(papers, papers.height + 1, seed=1).equals(papers)
-    # The same papers in another order: the same sample, in that order. A few more papers: nearly the same.
+    # The same papers in another order: the same sample. A few more papers: nearly the same one.
     reordered = papers.sample(fraction=1.0, shuffle=True, seed=3)
     assert stratified_sample(reordered, 500, seed=1).sort("id").equals(sample.sort("id"))
     more = pl.concat([papers, real_papers.filter(~pl.col("id").is_in(papers["id"].implode())).head(20)])
