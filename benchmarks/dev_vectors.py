@@ -89,27 +89,35 @@ def known_vectors() -> TextVectors:
 
 
 def encode_files(files: list[Path]) -> None:
-    """Each file's project prepared, then the texts it needs that nothing under WORK has encoded yet."""
+    """Each file's project brought to this checkout's code and run (DVC reruns only what changed: a project
+    prepared before a change to the stages would otherwise keep the old splits and triplets), then the texts it
+    needs that nothing under WORK has encoded yet, added to the file's extras."""
     from arxiv_embed.embeddings import TextVectors, embed_texts
+    from arxiv_embed.files import atomic_path
     from arxiv_embed.models import load_model
     from tests.harness import params_with
 
     params = params_with()
     model = None
     for source in files:
-        if prepared(source):
-            continue
+        project_dir = prepare(source)
         known = known_vectors()
-        missing = [text for text in needed_texts(prepare(source)) if text not in known.index]
+        missing = [text for text in needed_texts(project_dir) if text not in known.index]
         print(f"dev_vectors: {source.name}: {len(missing):,} texts to encode (the rest are cached)", flush=True)
-        if not missing:
-            TextVectors([], np.zeros((0, known.vectors.shape[1]), dtype=np.float32)).save(folder(source) / EXTRA_VECTORS)
+        if not missing and prepared(source):
             continue
-        model = model or load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
-                                    backend=params.embed_base.backend)
-        key = f"{params.model.base}|{params.model.max_seq_length}|{params.embed_base.backend}"
-        embed_texts(model, missing, folder(source) / "extra-chunks", key, params.embed_base.batch_size,
-                    what="dev_vectors").save(folder(source) / EXTRA_VECTORS)
+        extras = [TextVectors.load(folder(source) / EXTRA_VECTORS)] if prepared(source) else []
+        if missing:
+            model = model or load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code,
+                                        backend=params.embed_base.backend)
+            key = f"{params.model.base}|{params.model.max_seq_length}|{params.embed_base.backend}"
+            extras.append(embed_texts(model, missing, folder(source) / "extra-chunks", key, params.embed_base.batch_size,
+                                      what="dev_vectors"))
+        width = extras[0].vectors.shape[1] if extras else known.vectors.shape[1]
+        merged = TextVectors([t for part in extras for t in part.texts],
+                             np.concatenate([np.asarray(part.vectors) for part in extras]) if extras else np.zeros((0, width), np.float32))
+        with atomic_path(folder(source) / EXTRA_VECTORS) as tmp:
+            merged.save(tmp)
 
 
 def prepared(source: Path) -> bool:

@@ -17,7 +17,7 @@ evaluate's paired-bootstrap intervals (evaluation/report.compare):
   EVERY train paper at each regularisation C (the lens's probe: 2,000 label-balanced train papers, C 1), so a
   classification gain can be told from the probe's shortage of labelled papers.
 
-    python -m benchmarks objectives --objectives-prepare --objectives-pooled   # DAG to embed_base + the eval split, once
+    python -m benchmarks objectives --objectives-prepare --objectives-pooled   # DAG to embed_base (this code) + the eval split
     python -m benchmarks objectives --objectives-candidates default first-retain4 first-balanced
     python -m benchmarks objectives --objectives-split test --objectives-candidates default --objectives-seeds 42 1 2
     python -m benchmarks objectives --objectives-split test --objectives-curve 500 1000 2000 5000 10000 20000 --objectives-pooled

@@ -1,6 +1,6 @@
 """finetune: fine-tune the base model on make_triplets' data with sentence-transformers' trainer.
 
-Reads the finetune.train_data kinds (data/triplets/train_*.parquet; kind `labels`: data/split/train.parquet)
+Reads the finetune.train_data kinds (data/triplets/train_*.parquet; kind `labels`: data/triplets/train_papers.parquet)
 and data/triplets/eval_triplets.parquet. finetune.mode=adapter freezes the encoder and trains a small
 adapter on embeddings computed once (no checkpoints: it trains in seconds). Writes
 models/finetuned/ (the best checkpoint's model, mlflow_run.json, training_summary.json),

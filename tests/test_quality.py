@@ -202,19 +202,37 @@ def test_a_kept_quality_project_is_found_again_and_gets_this_checkouts_code(tmp_
     assert (project / "dvc.yaml").read_text() == (quality.ROOT / "dvc.yaml").read_text()
 
 
-def test_prepare_skips_a_dev_file_already_encoded_and_names_one_that_is_not(tmp_path: Path, monkeypatch) -> None:
+def test_prepare_reruns_every_dev_file_and_encodes_only_the_texts_nothing_holds(tmp_path: Path, monkeypatch) -> None:
+    """A file prepared before a change to the stages is run again (its splits and triplets may have changed); only
+    texts no project or extra holds are encoded, and they join the file's extras instead of replacing them."""
+    import numpy as np
     import pytest
 
+    from arxiv_embed import embeddings, models
+    from arxiv_embed.embeddings import TextVectors
     from benchmarks import dev_vectors
 
     monkeypatch.setattr(dev_vectors, "WORK", tmp_path)
-    done, fresh = Path("arxiv-done.jsonl.gz"), Path("arxiv-fresh.jsonl.gz")
-    (dev_vectors.folder(done) / dev_vectors.EXTRA_VECTORS).mkdir(parents=True)
-    monkeypatch.setattr(dev_vectors, "prepare", lambda source: pytest.fail(f"{source} was prepared again"))
-    dev_vectors.encode_files([done])  # nothing to do: the extras are written last, so their folder means done
-    assert dev_vectors.prepared(done) and not dev_vectors.prepared(fresh)
-    with pytest.raises(SystemExit, match="arxiv-fresh.jsonl.gz: not encoded yet"):
-        dev_vectors.cached_vectors(fresh)
+    done, fresh, never = Path("arxiv-done.jsonl.gz"), Path("arxiv-fresh.jsonl.gz"), Path("arxiv-never.jsonl.gz")
+    TextVectors(["kept"], np.ones((1, 2), np.float32)).save(dev_vectors.folder(done) / dev_vectors.EXTRA_VECTORS)
+    needs = {done.name: ["kept", "new since"], fresh.name: ["kept", "new since", "fresh"], never.name: ["never encoded"]}
+    prepared, encoded = [], []
+    monkeypatch.setattr(dev_vectors, "prepare", lambda source: prepared.append(source.name) or tmp_path / source.name)
+    monkeypatch.setattr(dev_vectors, "project", lambda source: tmp_path / source.name)
+    monkeypatch.setattr(dev_vectors, "needed_texts", lambda project_dir: needs[project_dir.name])
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: "model")
+
+    def embed_texts(model, texts, *args, **kwargs):
+        encoded.append(list(texts))
+        return TextVectors(list(texts), np.zeros((len(texts), 2), np.float32))
+
+    monkeypatch.setattr(embeddings, "embed_texts", embed_texts)
+    dev_vectors.encode_files([done, fresh])
+    assert prepared == [done.name, fresh.name] and encoded == [["new since"], ["fresh"]]
+    assert sorted(TextVectors.load(dev_vectors.folder(done) / dev_vectors.EXTRA_VECTORS).texts) == ["kept", "new since"]
+    assert dev_vectors.cached_vectors(fresh).texts == ["kept", "new since", "fresh"]
+    with pytest.raises(SystemExit, match="arxiv-never.jsonl.gz: not encoded yet"):
+        dev_vectors.cached_vectors(never)
 
 
 def test_all_pairs_triplets_weighs_labels_evenly_and_counts_every_positive_negative_pair() -> None:

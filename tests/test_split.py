@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
+from arxiv_embed.data.order import stable_order
 from arxiv_embed.errors import UserError
 from stages import split
 from tests.conftest import ROOT, deep_update
@@ -92,6 +93,12 @@ def test_same_seed_same_split_other_seed_differs(project: Path) -> None:
     other, _ = run_split(project, shared={"seed": 7})
     assert assignment(other) != assignment(first)
     assert {k: v.height for k, v in other.items()} == {k: v.height for k, v in first.items()}
+
+
+def test_the_split_key_of_a_paper_never_changes() -> None:
+    """Every existing project's split (and DVC cache) rests on this key: a change would move papers between splits."""
+    assert stable_order(pl.Series(["0704.0001", "2501.12345"]), 42).to_list() == [17721214213472432267, 3559568260934737765]
+    assert stable_order(pl.Series(["0704.0001"]), 42, "sample").to_list() == [10488181299459271444]  # a salted draw differs
 
 
 @pytest.mark.parametrize("method", ["stratified", "time"])

@@ -1,25 +1,17 @@
 """Stratified, seeded samples: where the CPU cannot afford every paper (train for finetune, test for
 evaluate), a sample that keeps each label's share of the split, drawn the same way for a given seed.
 
-Papers are ranked by a hash of (seed, id), not by a permutation of the rows: the same papers give the same
-sample whatever order the input lists them in (a Kaggle snapshot and an OAI harvest of them), and a snapshot
-with a few more papers gives nearly the same sample, so a metrics diff between data versions shows the data.
+Papers are ranked by a hash of (seed, salt, id) (data/order.py), not by a permutation of the rows: the same
+records give the same sample whatever order the input lists them in, and a snapshot with a few more papers gives
+nearly the same sample, so a metrics diff between data versions shows the data.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import polars as pl
 
-
-def stable_order(ids: pl.Series, seed: int, salt: str = "") -> pl.Series:
-    """A random-looking key per paper that depends only on (seed, salt, id), stable across versions.
-    Draws of one seed take different salts, so that no draw follows another's order."""
-    prefix = f"{seed}:{salt}:" if salt else f"{seed}:"  # no salt: the split's key, as it has always been
-    digest = (hashlib.blake2b(f"{prefix}{i}".encode(), digest_size=8).digest() for i in ids)
-    return pl.Series("order", [int.from_bytes(d, "big") for d in digest], dtype=pl.UInt64)
+from arxiv_embed.data.order import stable_order
 
 
 def quotas(counts: np.ndarray, size: int) -> np.ndarray:

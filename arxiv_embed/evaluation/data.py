@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.data.sampling import stable_order, stratified_sample
+from arxiv_embed.data.order import stable_order
+from arxiv_embed.data.sampling import stratified_sample
 from arxiv_embed.embeddings import distinct_texts
 from arxiv_embed.files import read_table
 
