@@ -311,18 +311,18 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
         old = TextVectors.load(store) if made_by == model_key else None
     except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: encode everything
         old = None
-    new = [text for text in texts if text not in old.index] if old else texts
-    if old and new != texts:
-        print(f"{what}: {len(texts) - len(new):,} of {len(texts):,} texts' vectors reused from {store} (the same model, "
-              f"settings and code); encoding the other {len(new):,}", flush=True)
-    fresh = embed_texts(model, new, work_dir, model_key, batch_size, chunk_size, what=what)
-    if new is texts:
-        return fresh, 0
+    from_old = np.fromiter((old is not None and text in old.index for text in texts), dtype=bool, count=len(texts))
+    reused = int(from_old.sum())
+    if not reused:
+        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0
+    print(f"{what}: {reused:,} of {len(texts):,} texts' vectors reused from {store} (the same model, settings and code); "
+          f"encoding the other {len(texts) - reused:,}", flush=True)
+    fresh = embed_texts(model, [text for text, kept in zip(texts, from_old) if not kept], work_dir, model_key, batch_size,
+                        chunk_size, what=what)
     vectors = np.empty((len(texts), old.vectors.shape[1]), dtype=np.float32)
-    from_old = np.fromiter((text in old.index for text in texts), dtype=bool, count=len(texts))
     vectors[from_old] = old([text for text, kept in zip(texts, from_old) if kept])
     vectors[~from_old] = fresh.vectors
-    return TextVectors(texts, vectors), int(from_old.sum())
+    return TextVectors(texts, vectors), reused
 
 
 def adapter_modules(model: SentenceTransformer, task: str = "document") -> list:

@@ -82,10 +82,16 @@ def known_vectors() -> TextVectors:
     from arxiv_embed.embeddings import VECTORS_FILE, TextVectors
 
     folders = [*WORK.glob(f"*/project/{paths.BASE_EMBEDDINGS}"), *WORK.glob(f"*/{EXTRA_VECTORS}")]
-    parts = [TextVectors.load(path) for path in sorted(folders) if (path / VECTORS_FILE).exists()]
+    return joined([TextVectors.load(path) for path in sorted(folders) if (path / VECTORS_FILE).exists()], width=0)
+
+
+def joined(parts: list[TextVectors], width: int) -> TextVectors:
+    """The parts' rows as one TextVectors, in order (with no parts, an empty one `width` wide)."""
+    from arxiv_embed.embeddings import TextVectors
+
     if not parts:
-        return TextVectors([], np.zeros((0, 0), dtype=np.float32))
-    return TextVectors([t for part in parts for t in part.texts], np.concatenate([part.vectors for part in parts]))
+        return TextVectors([], np.zeros((0, width), dtype=np.float32))
+    return TextVectors([t for part in parts for t in part.texts], np.concatenate([np.asarray(part.vectors) for part in parts]))
 
 
 def encode_files(files: list[Path]) -> None:
@@ -113,11 +119,8 @@ def encode_files(files: list[Path]) -> None:
             key = f"{params.model.base}|{params.model.max_seq_length}|{params.embed_base.backend}"
             extras.append(embed_texts(model, missing, folder(source) / "extra-chunks", key, params.embed_base.batch_size,
                                       what="dev_vectors"))
-        width = extras[0].vectors.shape[1] if extras else known.vectors.shape[1]
-        merged = TextVectors([t for part in extras for t in part.texts],
-                             np.concatenate([np.asarray(part.vectors) for part in extras]) if extras else np.zeros((0, width), np.float32))
         with atomic_path(folder(source) / EXTRA_VECTORS) as tmp:
-            merged.save(tmp)
+            joined(extras, known.vectors.shape[1]).save(tmp)
 
 
 def prepared(source: Path) -> bool:
