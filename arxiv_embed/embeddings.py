@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -286,6 +287,22 @@ def reuse_folder(root: Path, model_key: str) -> Path:
     return root / hashlib.sha256(model_key.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def reuse_lock(store: Path, timeout_s: float = 600.0) -> Iterator[None]:
+    """Held while a store is read or replaced: queued experiments (`dvc queue start -j 2`) share one store, and a
+    folder swapped while another process reads it would pair one run's texts with the other's vectors."""
+    from filelock import FileLock, Timeout
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    lock = store.parent / f".{store.name}.lock"
+    try:
+        with FileLock(str(lock), timeout=timeout_s):
+            yield
+    except Timeout:
+        raise UserError(f"{lock} has been held for {timeout_s:.0f} s by another run reading or replacing the reusable "
+                        "vectors; wait for it, or delete the lock file if no other run is going") from None
+
+
 def keep_for_reuse(output: Path, store: Path) -> None:
     """The output's files (texts, vectors, key) as the store the next run reads: hard links where the file system
     allows (no copy; outputs are replaced, never written in place), else copies."""
@@ -293,7 +310,7 @@ def keep_for_reuse(output: Path, store: Path) -> None:
 
     from arxiv_embed.files import atomic_path
 
-    with atomic_path(store) as tmp:
+    with reuse_lock(store), atomic_path(store) as tmp:
         tmp.mkdir(parents=True)
         for path in output.iterdir():
             try:
@@ -306,11 +323,12 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
                         batch_size: int = 64, chunk_size: int = 4096, what: str = "encode") -> tuple[TextVectors, int]:
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused)."""
-    try:
-        made_by = json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key")
-        old = TextVectors.load(store) if made_by == model_key else None
-    except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: encode everything
-        old = None
+    with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
+        try:
+            made_by = json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key")
+            old = TextVectors.load(store) if made_by == model_key else None
+        except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: encode everything
+            old = None
     from_old = np.fromiter((old is not None and text in old.index for text in texts), dtype=bool, count=len(texts))
     reused = int(from_old.sum())
     if not reused:

@@ -4,10 +4,34 @@ Stage code takes paths from here only; dvc.yaml names the same paths (tests/test
 the two in step).
 """
 
+import os
 from pathlib import Path
 
+
+def project_root() -> Path:
+    """The project's own root, also from inside a DVC experiment's temporary workspace.
+
+    DVC sets DVC_ROOT for every stage command, to the parent repository for `--temp` and queued
+    experiments (dvc/repo/experiments/queue/base.py); without it (a stage run by hand) the working
+    directory is the root. A path inside `<root>/.dvc/tmp/exps/` is resolved to `<root>` either way.
+    """
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
+def kept_between_runs(path: Path) -> Path:
+    """`path` in the project's own root: state one run leaves for the next that is no DVC out (reusable vectors, a
+    stopped harvest's pages). A `dvc exp run --temp` or queued run works in a temporary copy that DVC deletes; there
+    a relative path would start every sweep point from nothing and lose what it leaves."""
+    return project_root() / path
+
+
 RAW = Path("data/raw/arxiv.jsonl.gz")
-OAI_PAGES = Path("data/raw/oai-pages")  # an OAI harvest's answered pages, kept until it is written so a stopped one resumes; not a DVC out
+OAI_PAGES = Path("data/raw/oai-pages")  # an OAI harvest's answered pages, kept until it is written so a stopped one resumes; not a DVC out (kept_between_runs)
 
 CLEAN_DIR = Path("data/clean")
 PAPERS = CLEAN_DIR / "papers.parquet"
@@ -37,7 +61,7 @@ TRAIN_SAMPLE = TRIPLETS_DIR / "train_papers.parquet"
 EMBEDDINGS_DIR = Path("data/embeddings")
 BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
 EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out
-EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # the last run's vectors per encoder key, read by the next embed_base (another sample); not a DVC out
+EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # the last run's vectors per encoder key, read by the next embed_base (another sample); not a DVC out (kept_between_runs)
 EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # the same for evaluate in mode=full (the fine-tuned model's vectors)
 
 

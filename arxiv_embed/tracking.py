@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse, urlunparse
 from arxiv_embed.errors import UserError
+from arxiv_embed.paths import project_root
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the project root (see tracking_uri)
 DEFAULT_ARTIFACTS = Path("mlruns")
@@ -39,21 +40,6 @@ def redact(uri: str) -> str:
             host = f"{host}:{parts.port}"
         return urlunparse(parts._replace(netloc=host))
     return uri
-
-
-def project_root() -> Path:
-    """The project's own root, also from inside a DVC experiment's temporary workspace.
-
-    DVC sets DVC_ROOT for every stage command, to the parent repository for `--temp` and queued
-    experiments (dvc/repo/experiments/queue/base.py); without it (a stage run by hand) the working
-    directory is the root. A path inside `<root>/.dvc/tmp/exps/` is resolved to `<root>` either way.
-    """
-    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    parts = root.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
 
 
 def tracking_uri() -> str:

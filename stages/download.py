@@ -7,6 +7,7 @@ JSON-lines file. Lines of local files pass through verbatim: clean validates and
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import shutil
@@ -18,9 +19,9 @@ from pathlib import Path
 from arxiv_embed.files import atomic_path
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.download import DownloadParams
-from arxiv_embed.paths import OAI_PAGES, RAW
+from arxiv_embed.paths import RAW
 from arxiv_embed.data.http import DownloadError
-from arxiv_embed.data.sources import SOURCES
+from arxiv_embed.data.sources import SOURCES, oai_pages
 from arxiv_embed.errors import run
 from arxiv_embed.progress import progress
 
@@ -50,7 +51,11 @@ def main() -> None:
     started = time.monotonic()
     lines, source = SOURCES[params.source].read(params)
     written = write_raw(lines, RAW, params.max_records, source)
-    shutil.rmtree(OAI_PAGES, ignore_errors=True)  # written: the saved pages' only use was resuming
+    if params.source == "oai":  # written: the saved pages' only use was resuming
+        pages = oai_pages(params)
+        shutil.rmtree(pages, ignore_errors=True)  # this harvest's only: another window's may be harvesting (a queued run)
+        with contextlib.suppress(OSError):
+            pages.parent.rmdir()  # the folder itself, once no harvest has pages there
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")
 
 

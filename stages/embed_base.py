@@ -7,7 +7,8 @@ metrics/embed_base.json. finetune (adapter training, hard-negative mining), eval
 adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
 in data/embeddings/chunks until the stage completes: a killed run resumes where it stopped. Each run's
 vectors are also kept in data/embeddings/reuse (per encoder key: the model's files, settings, precision,
-libraries and code), so a rerun for another sample size or seed encodes only the texts they lack.
+libraries and code) in the project's root, so a rerun for another sample size or seed encodes only the texts
+they lack, also when it is a `dvc exp run --temp` or queued sweep point working in a temporary copy.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     # files, settings, precision, libraries and code: one name can hold other weights), then write the output.
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=cfg.backend)
     key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, model.device.type)
-    store = reuse_folder(paths.EMBED_REUSE, key)
+    store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
     vectors, reused = embed_texts_reusing(model, texts, store, paths.EMBED_WORK, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
     seconds = time.monotonic() - started

@@ -13,7 +13,7 @@ import yaml
 
 from arxiv_embed.data import dedup
 from stages import clean
-from arxiv_embed.errors import UserError
+from arxiv_embed.errors import InputError, UserError
 from arxiv_embed.data import records
 from arxiv_embed.data.columns import PAPER_SCHEMA
 from tests.conftest import ROOT, deep_update
@@ -180,13 +180,18 @@ def test_string_fields_of_another_json_type_are_rejected_not_cast(project: Path)
             paper("0704.0004", extra={"title": 5}),
             paper("0704.0005", categories=None, comments=12),
             paper("0704.0006"),
+            # "\u0069d" is "id" to every JSON parser, polars' included: the key's spelling must not hide the number.
+            b'{"\\u0069d":704.007,"title":"Escaped key","abstract":"' + b"word " * 30 + b'","categories":"hep-th"}',
+            b'{"\\u0069d":"0704.0008","title":"Caf\\u00e9, an escaped key of the right type","abstract":"' + b"word " * 30
+            + b'","categories":"hep-th"}',
         ],
     )
     papers, rejects, metrics = run_clean(project)
-    assert papers["id"].to_list() == ["0704.0001", "0704.0004", "0704.0006"]
-    assert reasons(rejects) == {2: "wrong_type", 3: "wrong_type", 5: "wrong_type"}
+    assert papers["id"].to_list() == ["0704.0001", "0704.0004", "0704.0006", "0704.0008"]
+    assert reasons(rejects) == {2: "wrong_type", 3: "wrong_type", 5: "wrong_type", 7: "wrong_type"}
     assert json.loads(rejects[0]["raw"])["id"] == 704.001 and json.loads(rejects[1]["raw"])["title"] == ["Graph", "nets"]
-    assert metrics["rejected"]["wrong_type"] == 3 and metrics["rejected_total"] == 3
+    assert json.loads(rejects[3]["raw"])["id"] == 704.007
+    assert metrics["rejected"]["wrong_type"] == 4 and metrics["rejected_total"] == 4
 
 
 def test_bad_line_in_a_large_batch_keeps_its_neighbours(project: Path) -> None:
@@ -292,6 +297,19 @@ def test_line_batches_number_lines_across_batches_and_gzip_members(tmp_path: Pat
     frames = [records.parse_batch(chunk, first) for first, chunk in batches]
     assert [n for frame, bad in frames for n in frame["line"]] == [n for n in range(1, 41) if n != 8]
     assert not any(bad for _, bad in frames)
+
+
+def test_a_line_longer_than_a_batch_is_read_whole_and_one_over_the_limit_is_named(tmp_path: Path, monkeypatch) -> None:
+    long_line = json.dumps(paper("0704.0002", abstract="word " * 2000)).encode()  # ~10 KB: many 64-byte blocks
+    lines = [json.dumps(paper("0704.0001")).encode(), long_line, json.dumps(paper("0704.0003")).encode()]
+    path = tmp_path / "long.jsonl"  # plain: gzip's blocks of "word word..." would inflate to the whole line at once
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    batches = list(records.line_batches(path, batch_bytes=1024))
+    assert [(first + i, line) for first, chunk in batches for i, line in enumerate(chunk.rstrip(b"\n").split(b"\n"))] == [
+        (1, lines[0]), (2, long_line), (3, lines[2])]
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 4096)
+    with pytest.raises(InputError, match=r"long\.jsonl: line 2 is over \d+ MB long; this is not a JSON-lines file"):
+        list(records.line_batches(path, batch_bytes=1024))
 
 
 def test_plain_json_lines_without_gzip(project: Path) -> None:

@@ -6,6 +6,7 @@ import gzip
 import io
 import itertools
 import json
+import shutil
 import socket
 import threading
 import urllib.parse
@@ -456,24 +457,41 @@ def write_params(directory: Path, download_params: dict) -> None:
     (directory / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, monkeypatch, capsys):
+@pytest.mark.parametrize("workspace", ["project", "dvc temporary copies"])
+def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, monkeypatch, capsys, workspace: str):
+    """A stopped harvest resumes from the pages it saved, also when each try runs in a temporary copy of the project
+    that DVC deletes (`dvc exp run --temp`, a queued run): the pages live in the project's own root."""
     server.script = {s: [oai_page([oai_record(f"2610.{i}{j:04d}") for j in range(4)])] for i, s in enumerate(["cs", "math"])}
-    write_params(tmp_path, {"source": "oai", "max_records": 5,
-                            "oai": {"endpoint": f"{server.url}/oai", "sets": ["cs", "math"], "request_interval_s": 0.0}})
-    monkeypatch.chdir(tmp_path)
+    pages = tmp_path / "data/raw/oai-pages"
+
+    def attempt(name: str) -> Path:
+        folder = tmp_path if workspace == "project" else tmp_path / ".dvc/tmp/exps" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        write_params(folder, {"source": "oai", "max_records": 5,
+                              "oai": {"endpoint": f"{server.url}/oai", "sets": ["cs", "math"], "request_interval_s": 0.0}})
+        monkeypatch.chdir(folder)
+        return folder
+
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    if workspace != "project":
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what DVC sets for a stage in its temporary copy
+    first = attempt("tmp-first")
     math = server.script["math"]
     server.script["math"] = [(404, {}, b"down")]
     with pytest.raises(DownloadError):  # the cs set is answered and saved, math fails: no raw file
         download.main()
-    assert not (tmp_path / "data/raw/arxiv.jsonl.gz").exists() and list((tmp_path / "data/raw/oai-pages").rglob("page-*.json.gz"))
+    assert not (first / "data/raw/arxiv.jsonl.gz").exists() and list(pages.rglob("page-*.json.gz"))
+    if first != tmp_path:
+        shutil.rmtree(first)  # DVC deletes a failed experiment's copy
     server.script["math"], server.log[:] = math, []
+    second = attempt("tmp-second")
     download.main()
 
     assert server.keys() == ["math"]  # cs from its saved page
-    records = [json.loads(line) for line in sample_lines(tmp_path / "data/raw/arxiv.jsonl.gz")]
+    records = [json.loads(line) for line in sample_lines(second / "data/raw/arxiv.jsonl.gz")]
     assert [r["id"] for r in records] == ["2610.00000", "2610.00001", "2610.00002", "2610.10000", "2610.10001"]
     assert "download: wrote 5 records from oai" in capsys.readouterr().out
-    assert not (tmp_path / "data/raw/oai-pages").exists()  # written: the pages are deleted
+    assert not pages.exists()  # written: the pages are deleted
 
 
 def test_main_without_network_exits_with_the_offline_recipe(closed_port: int, tmp_path: Path, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from arxiv_embed import tracking
+from arxiv_embed import paths, tracking
 from arxiv_embed.evaluation.headline import METRICS, headline
 
 from .conftest import dvc, run
@@ -54,7 +54,7 @@ def test_the_store_is_the_project_roots_from_a_dvc_temp_workspace(tmp_path: Path
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    assert tracking.project_root() == (tmp_path / "project").resolve()  # found from the path alone
+    assert paths.project_root() == (tmp_path / "project").resolve()  # found from the path alone
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "elsewhere"))  # what DVC sets for every stage
     assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'elsewhere').resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
@@ -147,6 +147,25 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     assert {name for name in deltas[0] if f"delta.{name}" in table} == changed, table
     assert "finetune.temperature" in table and "finetune_s" in table and "Executor" not in table
     assert max(len(line.rstrip()) for line in table.splitlines()) <= 160, table
+
+
+@pytest.mark.slow
+def test_a_temp_experiment_reuses_and_keeps_the_projects_vectors(pipeline: Path, tmp_path: Path) -> None:
+    """embed_base's reusable vectors live in the project's root, not in the temporary copy a `--temp` or queued run
+    works in: a sweep point with another sample encodes only what no earlier run encoded, and leaves its vectors for
+    the next point."""
+    from arxiv_embed.embeddings import TextVectors
+
+    project = committed_copy(pipeline, tmp_path / "project")
+    stores = [folder for folder in (project / "data/embeddings/reuse").iterdir() if folder.is_dir()]
+    assert len(stores) == 1 and len(TextVectors.load(stores[0])) > 40
+    dvc(project, "exp", "run", "--temp", "-n", "fewer-test-papers", "-S", "evaluate.max_test_papers=40", "embed_base")
+    refs = run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], project).stdout.split("\n")
+    rev = next(line.split()[0] for line in refs if line.endswith("/fewer-test-papers"))
+    metrics = json.loads(run(["git", "show", f"{rev}:metrics/embed_base.json"], project).stdout)
+    assert metrics["test_sample_papers"] == 40 and metrics["reused_texts"] == metrics["texts"] > 0
+    assert len(TextVectors.load(stores[0])) == metrics["texts"]  # this run's vectors, kept in the project for the next
+    assert not list((project / ".dvc" / "tmp").rglob("reuse"))
 
 
 @pytest.mark.slow

@@ -342,6 +342,19 @@ def ir_evaluator(queries: dict, corpus: dict, relevant: dict):
     )
 
 
+def test_the_title_lens_counts_a_copy_of_the_papers_abstract_as_its_own():
+    """A resubmission under a new id (split keeps it beside the original): the copy's abstract, on top for the
+    original's title, is a right answer. Copies differ in case and punctuation; another abstract stays wrong."""
+    test = pl.DataFrame({"title": ["t0", "t1", "t2"], "abstract": ["Alpha beta.", "Gamma delta", "gamma, DELTA"],
+                         "label": ["x", "y", "y"]})
+    vectors = {"t0": [1, 0, 0], "t1": [0, 0.5, 1], "t2": [0, 0.3, 1],
+               "Alpha beta.": [1, 0, 0], "Gamma delta": [0, 1, 0], "gamma, DELTA": [0, 0.9, 0.436]}
+    result = LENSES["title_to_abstract"](lens_input(test, vectors))
+    assert result.metrics["mrr@10"] == pytest.approx(1.0) and result.metrics["ndcg@10"] == pytest.approx(1.0)
+    vectors["t0"] = [0, 1, 0]  # t0 now finds the copies first: its own abstract comes third
+    assert LENSES["title_to_abstract"](lens_input(test, vectors)).metrics["mrr@10"] == pytest.approx((1 / 3 + 1 + 1) / 3)
+
+
 def evaluator_keys(scores: dict) -> dict[str, float]:
     return {name: scores[f"cosine_{name}"] for name in RETRIEVAL_METRICS}
 

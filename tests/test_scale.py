@@ -157,6 +157,28 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     assert sorted(encoded) == sorted(larger.texts) and json.loads(Path("metrics/embed_base.json").read_text())["reused_texts"] == 0
 
 
+def test_the_reuse_store_is_read_and_replaced_by_one_run_at_a_time(tmp_path: Path) -> None:
+    """Queued experiments share the project's store: a run replacing it waits for one reading it (a swap under a
+    reader would pair one run's texts with the other's vectors), and a lock held too long is named."""
+    import threading
+
+    from arxiv_embed.embeddings import TextVectors, keep_for_reuse, reuse_lock
+    from arxiv_embed.errors import UserError
+
+    output, store = tmp_path / "base", tmp_path / "reuse" / "0123abcd"
+    TextVectors(["a", "b"], np.eye(2, dtype=np.float32)).save(output, "key")
+    with reuse_lock(store):  # another run, reading
+        writer = threading.Thread(target=keep_for_reuse, args=(output, store))
+        writer.start()
+        writer.join(1.0)
+        assert writer.is_alive() and not store.exists()
+        with pytest.raises(UserError, match=r"\.0123abcd\.lock has been held for 0 s"):
+            with reuse_lock(store, timeout_s=0.2):
+                pass
+    writer.join(30)
+    assert not writer.is_alive() and TextVectors.load(store).texts == ["a", "b"]
+
+
 def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample: Path) -> None:
     """The GPU encode path (token-budget batches, tokenized on a thread) gives the plain encoder's
     vectors; short texts share large batches, long ones small ones."""

@@ -31,7 +31,9 @@ STRING_FIELDS = [name for name, dtype in RAW_SCHEMA.items() if dtype == pl.Strin
 # A string field's key followed by anything but a string or null. read_ndjson would cast such a value
 # to its JSON text (704.001 -> "704.001"), so lines matching this are checked with json.loads (a key
 # inside a string is escaped, \"id\", and cannot match; one in a nested object can: hence the check).
-WRONG_TYPE = r'[{,]\s*"(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]'
+# The second branch: a key spelled with \u escapes ("\u0069d" is "id" to a JSON parser), which the first
+# cannot see; field names are letters and "_", so such a key holds a \u before any other escape.
+WRONG_TYPE = r'[{,]\s*"(?:(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]|[A-Za-z_]*\\u[0-9A-Fa-f]{4})'
 # Every reason a record can be rejected for, in the order the checks run.
 UNUSABLE = ["malformed_json", "wrong_type", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
 FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]
@@ -66,13 +68,13 @@ def line_batches(path: Path, batch_bytes: int | None = None) -> Iterator[tuple[i
 
 
 def _line_batches(path: Path, batch_bytes: int) -> Iterator[tuple[int, bytes]]:
-    first, parts, size = 1, [], 0
+    first, parts, size, in_long_line = 1, [], 0, False
     try:
         for block in _content(path, max(1, batch_bytes // 16)):
             parts.append(block)
             size += len(block)
-            if size < batch_bytes:
-                continue
+            if size < batch_bytes or (in_long_line and b"\n" not in block and size <= MAX_LINE_BYTES):
+                continue  # a line longer than a batch is joined once it ends, not again with every block
             data = b"".join(parts)
             cut = data.rfind(b"\n") + 1
             if not cut and size > MAX_LINE_BYTES:
@@ -80,7 +82,7 @@ def _line_batches(path: Path, batch_bytes: int) -> Iterator[tuple[int, bytes]]:
             if cut:
                 yield first, data[:cut]
                 first += data.count(b"\n", 0, cut)
-            parts, size = [data[cut:]], size - cut
+            parts, size, in_long_line = [data[cut:]], size - cut, not cut
     except (EOFError, OSError, zlib.error) as exc:
         raise InputError(
             f"{path} is truncated or corrupt after line {first - 1} ({exc}); re-run the download stage "

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url, without_secrets
 from arxiv_embed.files import MAX_LINE_BYTES
 from arxiv_embed.data.oai import harvest_oai, json_line, pages_folder
-from arxiv_embed.paths import OAI_PAGES
+from arxiv_embed.paths import OAI_PAGES, kept_between_runs
 
 if TYPE_CHECKING:
     from arxiv_embed.schema.download import Download
@@ -195,12 +195,19 @@ class _ZipStreamMember(io.RawIOBase):
 # ---------------------------------------------------------------- the sources download.source names
 
 
+def oai_pages(params: Download) -> Path:
+    """The saved pages of the harvest `params` asks for, in the project's own root: a `dvc exp run --temp` or queued
+    run that stops resumes too (its temporary copy is deleted)."""
+    oai = params.oai
+    return pages_folder(kept_between_runs(OAI_PAGES), oai.endpoint, oai.sets, oai.from_date, oai.until_date)
+
+
 def _oai(params: Download) -> tuple[Iterator[bytes], str]:
     oai = params.oai
     records = harvest_oai(
         oai.endpoint, oai.sets, oai.from_date, oai.until_date, params.max_records,
         max_retries=oai.max_retries, request_interval_s=oai.request_interval_s, timeout_s=params.timeout_s,
-        pages=pages_folder(OAI_PAGES, oai.endpoint, oai.sets, oai.from_date, oai.until_date),
+        pages=oai_pages(params),
     )
     window = f"{oai.from_date or 'start'}..{oai.until_date or 'now'}"
     return (json_line(record) for record in records), f"oai {oai.endpoint} (sets {', '.join(oai.sets)}; {window})"

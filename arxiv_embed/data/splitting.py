@@ -55,12 +55,6 @@ def by_time(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
     return newest_first.with_columns(split=assign(pl.col("rank"), pl.lit(n_eval), pl.lit(n_test)))
 
 
-def same_abstract_key(abstract: pl.Expr) -> pl.Expr:
-    """A 64-bit hash of the abstract lower-cased, with each run of characters other than letters and digits
-    as one space: copies that differ in case, punctuation, spacing or line breaks share it."""
-    return abstract.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars().hash(0)
-
-
 def keep_copies_together(keys: pl.DataFrame) -> pl.DataFrame:
     """keys (with `split` and `abstract_key`): every paper of an abstract in the most held-out split one of its
     copies drew (test, then eval, then train). Test and eval only gain papers; a label's shares move by its copies."""

@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
+from arxiv_embed.data.columns import same_abstract_key
 from arxiv_embed.errors import UserError
 from arxiv_embed.evaluation.data import EvalData
 from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
@@ -145,9 +146,10 @@ def triplet(x: LensInput) -> LensResult:
 
 @lens
 def title_to_abstract(x: LensInput) -> LensResult:
-    """Search by a paper's title: is its own abstract on top?"""
-    papers = np.arange(x.data.test.height)
-    return LensResult.of_means(per_query(search(x.titles, x.abstracts, MAX_K), papers, papers))
+    """Search by a paper's title: is its own abstract on top? A copy of that abstract under another id (a
+    resubmission, which split keeps in the same split) is as right an answer, so it counts as relevant too."""
+    abstracts = x.data.test.select(same_abstract_key(pl.col("abstract"))).to_series().to_numpy()
+    return LensResult.of_means(per_query(search(x.titles, x.abstracts, MAX_K), abstracts, abstracts))
 
 
 @lens
