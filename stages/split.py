@@ -92,7 +92,8 @@ def main() -> None:
         print(f"  {rare.height} labels under {cfg.min_papers_per_label} papers ({metrics['rare_labels']['papers']} papers) {action}")
     if copies.height:
         print(f"  {copies.height} papers share their abstract with another ({metrics['same_abstract']['abstracts']} abstracts): "
-              "each abstract's papers are in one split, the most held-out one any of them drew")
+              "each abstract's papers are in one split, " + ("the most held-out one any of them drew" if cfg.method == "stratified"
+                                                              else "the oldest one's"))
     if cfg.method == "time" and metrics["time"]["papers_using_fallback"]:
         print(f"  {metrics['time']['papers_using_fallback']} papers have no {primary}: used their {fallback}")
     if cfg.method == "time" and metrics["time"]["papers_without_date"]:

@@ -103,17 +103,23 @@ def test_the_split_key_of_a_paper_never_changes() -> None:
 
 @pytest.mark.parametrize("method", ["stratified", "time"])
 def test_copies_of_one_abstract_share_a_split(project: Path, method: str) -> None:
-    """A resubmission under a new id with another title (clean keeps it) must not train on a test abstract."""
+    """A resubmission under a new id with another title (clean keeps it) must not train on a test abstract. A time
+    split keeps a copy with its original, the older: its test holds only abstracts that first came out after the cut."""
     papers = papers_table()
     originals = papers.gather_every(4).head(20)  # of every label and age
     copies = originals.with_columns(id="copy-" + pl.col("id"), title="Retitled: " + pl.col("title"),
-                                    abstract="  " + pl.col("abstract").str.to_uppercase() + ".\n", primary_category=pl.lit("cs.CL"))
+                                    abstract="  " + pl.col("abstract").str.to_uppercase() + ".\n", primary_category=pl.lit("cs.CL"),
+                                    first_version_date=pl.col("first_version_date") + pl.duration(days=800))  # resubmitted later
     splits, metrics = run_split(project, pl.concat([papers, copies]), split={"method": method, "time_field": "first_version"})
     where = assignment(splits)
     assert {where[f"copy-{paper_id}"] == where[paper_id] for paper_id in originals["id"]} == {True}
     assert {where[paper_id] for paper_id in originals["id"]} >= {"train", "test"}  # the pairs span the splits
     assert metrics["same_abstract"] == {"papers": 40, "abstracts": 20}
     assert sum(metrics[name] for name in ("train", "eval", "test")) == papers.height + 20
+    if method == "time":  # the date each abstract first came out: every one in train before every one in test
+        first_out = {paper_id: date for paper_id, date in zip(papers["id"], papers["first_version_date"])}
+        first_out |= {f"copy-{paper_id}": first_out[paper_id] for paper_id in originals["id"]}
+        assert max(first_out[paper_id] for paper_id in splits["train"]["id"]) <= min(first_out[paper_id] for paper_id in splits["test"]["id"])
 
 
 def test_rare_labels_merged_into_other(project: Path) -> None:

@@ -4,7 +4,8 @@
 `time` trains on the oldest papers and tests on the newest. The order within a label comes from a
 hash of (seed, id), so the split does not depend on the input's row order. Papers with the same abstract
 (a resubmission under a new id, a retitled copy: clean keeps them, their titles differ) then share one
-split, so no held-out abstract is trained on.
+split, so no held-out abstract is trained on: the most held-out one of them drew for `stratified`, and for
+`time` the oldest one's, since a later copy of an abstract is no new paper.
 """
 
 from __future__ import annotations
@@ -55,9 +56,14 @@ def by_time(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
     return newest_first.with_columns(split=assign(pl.col("rank"), pl.lit(n_eval), pl.lit(n_test)))
 
 
-def keep_copies_together(keys: pl.DataFrame) -> pl.DataFrame:
-    """keys (with `split` and `abstract_key`): every paper of an abstract in the most held-out split one of its
-    copies drew (test, then eval, then train). Test and eval only gain papers; a label's shares move by its copies."""
+def keep_copies_together(keys: pl.DataFrame, to: str = "held_out") -> pl.DataFrame:
+    """keys (with `split` and `abstract_key`): every paper of an abstract in one split. to="held_out": the most held-out
+    split one of its copies drew (test, then eval, then train): test and eval only gain papers, a label's shares move
+    by its copies. to="first": the split its oldest copy drew (time splits: copies are newer, so the newest papers'
+    test holds no abstract that was out before the cut, and train none that came after it)."""
+    if to == "first":
+        first = pl.col("split").sort_by(pl.col("date"), pl.col("order"), nulls_last=True).first().over("abstract_key")
+        return keys.with_columns(split=first)
     held_out = pl.col("split").replace_strict({"test": 0, "eval": 1, "train": 2}, return_dtype=pl.UInt8).min().over("abstract_key")
     return keys.with_columns(split=pl.when(held_out == 0).then(pl.lit("test")).when(held_out == 1).then(pl.lit("eval")).otherwise(pl.lit("train")))
 
@@ -65,4 +71,6 @@ def keep_copies_together(keys: pl.DataFrame) -> pl.DataFrame:
 def assign_splits(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
     """keys (id, label, date, order, abstract_key) with a `split` column, by split.method; copies of one
     abstract together."""
-    return keep_copies_together(stratified(keys, cfg) if cfg.method == "stratified" else by_time(keys, cfg))
+    if cfg.method == "stratified":
+        return keep_copies_together(stratified(keys, cfg))
+    return keep_copies_together(by_time(keys, cfg), to="first")
