@@ -170,6 +170,11 @@ VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5", {f"members{k}
 VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5-members2", {
     **{f"distill{w}": {"adapter": {"retain_distill": float(w)}} for w in (1, 2, 3, 4, 8)},
     **{f"distill3-retain{r}": {"adapter": {"retain_distill": 3.0}, "retain_title_abstract": float(r)} for r in (20, 24)}})
+# A fourteenth search, over the default (two members): an additive cosine margin in the prototype head (CosFace), alone
+# and with more distillation to hold search.
+VARIANTS |= changes_to("retain8-ep10-ema0.99-q-retain16-proto1.5-members2", {
+    **{f"margin{m}": {"prototype_margin": m} for m in (0.1, 0.25)},
+    **{f"margin{m}-distill{w}": {"prototype_margin": m, "adapter": {"retain_distill": float(w)}} for m in (0.1, 0.25) for w in (6, 8)}})
 CANDIDATES |= {f"first-{name}": deep_update(copy.deepcopy(SUPCON_DEFAULT), change) for name, change in VARIANTS.items()}
 LENS_NAMES = ("triplet", "title_to_abstract", "category_retrieval", "classification")
 

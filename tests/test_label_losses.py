@@ -89,6 +89,23 @@ def test_prototype_head_is_cross_entropy_to_every_seen_labels_moving_average():
     assert loss.prototypes_of(2).shape == (2, 2)
 
 
+def test_the_prototype_margin_comes_off_the_cosine_to_the_abstracts_own_label_only():
+    """finetune.prototype_margin (CosFace): the head's logit of the true label is (cos - margin) / temperature."""
+    rng = np.random.default_rng(3)
+    x, labels = rng.normal(size=(6, 4)), [0, 0, 1, 1, 2, 2]
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    prototypes = np.stack([unit(x)[np.array(labels) == k].mean(0) for k in range(3)])  # first sight: the batch means
+    cosines = unit(x) @ unit(prototypes).T
+    cosines[np.arange(6), labels] -= 0.2
+    logits = cosines / 0.5
+    head = float(np.mean([np.log(np.exp(row).sum()) - row[y] for row, y in zip(logits, labels)]))
+    loss = SupervisedContrastiveLoss(None, temperature=0.5, prototype_weight=1.0, prototype_margin=0.2)
+    got = loss.compute_loss_from_embeddings([torch.tensor(x)], torch.tensor(labels)).item()
+    assert got == pytest.approx(by_definition(x, labels, 0.5) + head, rel=1e-6)
+    ft = params_with({"finetune": {"loss": "supcon", "prototype_margin": 0.2}}).finetune
+    assert losses.build_loss(None, ft).prototype_margin == 0.2  # the table row passes it
+
+
 def test_an_adapter_trained_with_supcon_and_its_head_separates_the_labels(tmp_path, kaggle_sample, monkeypatch):
     """The LOSSES row through the adapter's own training loop (as finetune runs it): the gap between
     same-label and other-label cosine grows on the training abstracts, and more with the prototype head on."""

@@ -73,6 +73,7 @@ class Finetune(Section):
     batch_size: PositiveInt
     temperature: Annotated[float, Field(gt=0)]  # supcon: softmax temperature over cosine similarities
     prototype_weight: Annotated[float, Field(ge=0)]  # supcon: weight of the label-prototype cross-entropy; 0 = off
+    prototype_margin: Annotated[float, Field(ge=0, lt=1)]  # supcon: cosine margin to the abstract's own prototype in the head
     retain_title_abstract: Annotated[float, Field(ge=0)]  # weight of title->abstract MNRL trained alongside; 0 = off
     hard_negatives: HardNegatives
     logging_steps: PositiveInt

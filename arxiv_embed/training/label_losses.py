@@ -29,13 +29,16 @@ class SupervisedContrastiveLoss(nn.Module):
     abstract's cosine similarity / temperature to EVERY label's prototype (a moving average of that
     label's embeddings, no parameters to learn). The batch term sees only the labels in the batch;
     the head pushes each abstract from all other labels at once, which is what a linear classifier's
-    decision boundaries need."""
+    decision boundaries need. prototype_margin > 0 takes that much off the cosine to the abstract's own
+    prototype (an additive margin, CosFace: Wang et al., 2018, arXiv:1801.09414): the head is satisfied
+    only once an abstract is nearer its own label than every other by the margin, which tightens labels further."""
 
-    def __init__(self, model: Any, temperature: float = 0.1, prototype_weight: float = 0.0) -> None:
+    def __init__(self, model: Any, temperature: float = 0.1, prototype_weight: float = 0.0, prototype_margin: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
         self.prototype_weight = prototype_weight
+        self.prototype_margin = prototype_margin
         self.reset()
 
     def reset(self) -> None:
@@ -81,7 +84,10 @@ class SupervisedContrastiveLoss(nn.Module):
         fresh = ~seen[present]
         prototypes[present[fresh]] = means[fresh]  # a label seen for the first time starts at its batch mean
         seen[present] = True
-        logits = (x @ F.normalize(prototypes, dim=-1).T / self.temperature).masked_fill(~seen, float("-inf"))
+        cosines = x @ F.normalize(prototypes, dim=-1).T
+        if self.prototype_margin:
+            cosines = cosines - self.prototype_margin * F.one_hot(labels, prototypes.shape[0]).to(cosines.dtype)
+        logits = (cosines / self.temperature).masked_fill(~seen, float("-inf"))
         loss = F.cross_entropy(logits, labels)
         with torch.no_grad():
             old = present[~fresh]

@@ -113,9 +113,11 @@ LOSSES: dict[str, LossRow] = {
     "online_contrastive": LossRow(_library("OnlineContrastiveLoss", margin=lambda ft: ft.margin), "batch_sampler", ("binary_pairs",),
                                   about="hard positive/negative pairs in the batch (same label = 1)"),
     # Label-aware rows this project writes (training/label_losses.py: the library has no supervised contrastive loss).
-    "supcon": LossRow(_own("SupervisedContrastiveLoss", temperature=lambda ft: ft.temperature, prototype_weight=lambda ft: ft.prototype_weight),
+    "supcon": LossRow(_own("SupervisedContrastiveLoss", temperature=lambda ft: ft.temperature, prototype_weight=lambda ft: ft.prototype_weight,
+                           prototype_margin=lambda ft: ft.prototype_margin),
                       "group_by_label", _LABEL_KINDS, (_even_batch,),
-                      "multi-positive InfoNCE over a batch's same-label abstracts (finetune.temperature), plus a label-prototype head (finetune.prototype_weight)"),
+                      "multi-positive InfoNCE over a batch's same-label abstracts (finetune.temperature), plus a label-prototype head "
+                      "(finetune.prototype_weight, with finetune.prototype_margin)"),
 }
 
 
