@@ -294,13 +294,16 @@ def reuse_lock(store: Path, timeout_s: float = 600.0) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     store.parent.mkdir(parents=True, exist_ok=True)
-    lock = store.parent / f".{store.name}.lock"
+    lock = FileLock(str(store.parent / f".{store.name}.lock"))
     try:
-        with FileLock(str(lock), timeout=timeout_s):
-            yield
-    except Timeout:
-        raise UserError(f"{lock} has been held for {timeout_s:.0f} s by another run reading or replacing the reusable "
-                        "vectors; wait for it, or delete the lock file if no other run is going") from None
+        lock.acquire(timeout=timeout_s)
+    except Timeout:  # the kernel frees the lock of a process that dies: a live run holds it
+        raise UserError(f"{lock.lock_file} has been held for {timeout_s:.0f} s by another run reading or replacing the "
+                        "reusable vectors; wait for that run to finish, or stop it") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def keep_for_reuse(output: Path, store: Path) -> None:

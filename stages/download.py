@@ -19,7 +19,7 @@ from pathlib import Path
 from arxiv_embed.files import atomic_path
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.download import DownloadParams
-from arxiv_embed.paths import RAW
+from arxiv_embed.paths import OAI_PAGES, RAW, kept_between_runs
 from arxiv_embed.data.http import DownloadError
 from arxiv_embed.data.sources import SOURCES, oai_pages
 from arxiv_embed.errors import run
@@ -57,6 +57,17 @@ def main() -> None:
         with contextlib.suppress(OSError):
             pages.parent.rmdir()  # the folder itself, once no harvest has pages there
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")
+    report_other_harvests(kept_between_runs(OAI_PAGES))
+
+
+def report_other_harvests(root: Path) -> None:
+    """Name the pages stopped harvests of other windows, sets or oai.py versions left: only their own rerun deletes
+    them (one may be running in a queued experiment), and a whole harvest's pages are GBs."""
+    harvests = [folder for folder in root.iterdir() if folder.is_dir()] if root.is_dir() else []
+    if harvests:
+        size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+        print(f"download: {root} still holds {len(harvests)} stopped harvest(s) of another window, set list or oai.py "
+              f"version ({size / 2**20:,.1f} MB); delete it when no harvest is running, unless you mean to resume one")
 
 
 if __name__ == "__main__":

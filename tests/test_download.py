@@ -490,8 +490,16 @@ def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, mon
     assert server.keys() == ["math"]  # cs from its saved page
     records = [json.loads(line) for line in sample_lines(second / "data/raw/arxiv.jsonl.gz")]
     assert [r["id"] for r in records] == ["2610.00000", "2610.00001", "2610.00002", "2610.10000", "2610.10001"]
-    assert "download: wrote 5 records from oai" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "download: wrote 5 records from oai" in out and "stopped harvest" not in out
     assert not pages.exists()  # written: the pages are deleted
+
+    # Another window's stopped harvest (perhaps running in a queued experiment) is named, not deleted.
+    other = pages / "0123456789abcdef" / "000-cs" / "page-000000.json.gz"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"x" * 2048)
+    download.main()
+    assert other.exists() and f"{pages} still holds 1 stopped harvest(s)" in capsys.readouterr().out
 
 
 def test_main_without_network_exits_with_the_offline_recipe(closed_port: int, tmp_path: Path, monkeypatch):

@@ -165,7 +165,6 @@ def test_a_temp_experiment_reuses_and_keeps_the_projects_vectors(pipeline: Path,
     metrics = json.loads(run(["git", "show", f"{rev}:metrics/embed_base.json"], project).stdout)
     assert metrics["test_sample_papers"] == 40 and metrics["reused_texts"] == metrics["texts"] > 0
     assert len(TextVectors.load(stores[0])) == metrics["texts"]  # this run's vectors, kept in the project for the next
-    assert not list((project / ".dvc" / "tmp").rglob("reuse"))
 
 
 @pytest.mark.slow

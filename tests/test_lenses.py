@@ -351,6 +351,8 @@ def test_the_title_lens_counts_a_copy_of_the_papers_abstract_as_its_own():
                "Alpha beta.": [1, 0, 0], "Gamma delta": [0, 1, 0], "gamma, DELTA": [0, 0.9, 0.436]}
     result = LENSES["title_to_abstract"](lens_input(test, vectors))
     assert result.metrics["mrr@10"] == pytest.approx(1.0) and result.metrics["ndcg@10"] == pytest.approx(1.0)
+    # The 1-bit lens's title search reads the same answers (its float rescoring ranks all three abstracts here).
+    assert LENSES["binary"](lens_input(test, vectors)).metrics["title_rescored_ndcg@10"] == pytest.approx(1.0)
     vectors["t0"] = [0, 1, 0]  # t0 now finds the copies first: its own abstract comes third
     assert LENSES["title_to_abstract"](lens_input(test, vectors)).metrics["mrr@10"] == pytest.approx((1 / 3 + 1 + 1) / 3)
 

@@ -120,6 +120,11 @@ def test_copies_of_one_abstract_share_a_split(project: Path, method: str) -> Non
         first_out = {paper_id: date for paper_id, date in zip(papers["id"], papers["first_version_date"])}
         first_out |= {f"copy-{paper_id}": first_out[paper_id] for paper_id in originals["id"]}
         assert max(first_out[paper_id] for paper_id in splits["train"]["id"]) <= min(first_out[paper_id] for paper_id in splits["test"]["id"])
+        # A test split of nothing but later copies would be empty: refused, naming the fix.
+        few = papers.head(12)
+        copies = few.with_columns(id="copy-" + pl.col("id"), first_version_date=pl.col("first_version_date") + pl.duration(days=3000))
+        with pytest.raises(UserError, match=r"split.method=time: eval and test would be empty: every paper drawn for it is a later copy"):
+            run_split(project, pl.concat([few, copies]), split={"method": "time", "time_field": "first_version"})
 
 
 def test_rare_labels_merged_into_other(project: Path) -> None:

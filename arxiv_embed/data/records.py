@@ -32,8 +32,9 @@ STRING_FIELDS = [name for name, dtype in RAW_SCHEMA.items() if dtype == pl.Strin
 # to its JSON text (704.001 -> "704.001"), so lines matching this are checked with json.loads (a key
 # inside a string is escaped, \"id\", and cannot match; one in a nested object can: hence the check).
 # The second branch: a key spelled with \u escapes ("\u0069d" is "id" to a JSON parser), which the first
-# cannot see; field names are letters and "_", so such a key holds a \u before any other escape.
-WRONG_TYPE = r'[{,]\s*"(?:(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]|[A-Za-z_]*\\u[0-9A-Fa-f]{4})'
+# cannot see: letters, "_" and \u escapes, at least one escape, then a colon (a string in a list is no key).
+_ESCAPED_NAME = r'(?:[A-Za-z_]|\\u[0-9A-Fa-f]{4})*\\u[0-9A-Fa-f]{4}(?:[A-Za-z_]|\\u[0-9A-Fa-f]{4})*"\s*:'
+WRONG_TYPE = r'[{,]\s*"(?:(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]|' + _ESCAPED_NAME + ")"
 # Every reason a record can be rejected for, in the order the checks run.
 UNUSABLE = ["malformed_json", "wrong_type", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
 FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]

@@ -10,7 +10,7 @@ split, so no held-out abstract is trained on: the most held-out one of them drew
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 
@@ -56,7 +56,7 @@ def by_time(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
     return newest_first.with_columns(split=assign(pl.col("rank"), pl.lit(n_eval), pl.lit(n_test)))
 
 
-def keep_copies_together(keys: pl.DataFrame, to: str = "held_out") -> pl.DataFrame:
+def keep_copies_together(keys: pl.DataFrame, to: Literal["held_out", "first"] = "held_out") -> pl.DataFrame:
     """keys (with `split` and `abstract_key`): every paper of an abstract in one split. to="held_out": the most held-out
     split one of its copies drew (test, then eval, then train): test and eval only gain papers, a label's shares move
     by its copies. to="first": the split its oldest copy drew (time splits: copies are newer, so the newest papers'
@@ -73,4 +73,9 @@ def assign_splits(keys: pl.DataFrame, cfg: Split) -> pl.DataFrame:
     abstract together."""
     if cfg.method == "stratified":
         return keep_copies_together(stratified(keys, cfg))
-    return keep_copies_together(by_time(keys, cfg), to="first")
+    assigned = keep_copies_together(by_time(keys, cfg), to="first")
+    if missing := {"eval", "test"} - set(assigned["split"].unique()):
+        raise UserError(f"split.method=time: {' and '.join(sorted(missing))} would be empty: every paper drawn for it is a later "
+                        "copy of an older abstract, which goes with the older paper to train; raise split.test_fraction and "
+                        "split.eval_fraction, or use split.method: stratified")
+    return assigned

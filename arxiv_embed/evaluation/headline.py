@@ -29,7 +29,7 @@ METRICS = {
     "triplet_acc": "triplet.accuracy",  # test triplets, half with hard (same-archive) negatives
     "category_ndcg": "category_retrieval.ndcg@10",  # abstract -> same-category abstracts (push.gate.metric)
     "macro_f1": "classification.macro_f1_supported",  # logistic regression, labels with >= evaluate.min_label_support test papers
-    "title_ndcg": "title_to_abstract.ndcg@10",  # title -> its own abstract (search)
+    "title_ndcg": "title_to_abstract.ndcg@10",  # title -> its own abstract or a copy of it (search)
 }
 DIGITS = 4  # enough to see a 0.001 change; short columns in `dvc exp show`
 

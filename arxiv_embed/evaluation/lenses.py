@@ -61,6 +61,11 @@ class LensInput:
     def labels(self) -> np.ndarray:
         return self.data.test["label"].to_numpy()
 
+    @cached_property
+    def abstract_keys(self) -> np.ndarray:
+        """Each test paper's abstract key (same_abstract_key): a title's right answers are its own abstract and its copies."""
+        return self.data.test.select(same_abstract_key(pl.col("abstract"))).to_series().to_numpy()
+
 
 @dataclass
 class LensResult:
@@ -148,8 +153,7 @@ def triplet(x: LensInput) -> LensResult:
 def title_to_abstract(x: LensInput) -> LensResult:
     """Search by a paper's title: is its own abstract on top? A copy of that abstract under another id (a
     resubmission, which split keeps in the same split) is as right an answer, so it counts as relevant too."""
-    abstracts = x.data.test.select(same_abstract_key(pl.col("abstract"))).to_series().to_numpy()
-    return LensResult.of_means(per_query(search(x.titles, x.abstracts, MAX_K), abstracts, abstracts))
+    return LensResult.of_means(per_query(search(x.titles, x.abstracts, MAX_K), x.abstract_keys, x.abstract_keys))
 
 
 @lens
@@ -213,10 +217,9 @@ def binary(x: LensInput) -> LensResult:
     (arxiv_embed.search.engine: RaBitQ 1-bit codes, FAISS candidates by its inner-product estimate,
     float32 rescoring of evaluate.binary_rescore_multiplier x k of them). storage_ratio: float32
     bytes per vector over the index's at this size (flat: d/8 bytes + 2 floats; partitioned: 2 bits a dimension + an id)."""
-    papers = np.arange(x.data.test.height)
     ndcg = {"ndcg@10": ("ndcg", BINARY_K)}
     items = {}
-    for name, queries, keys, exclude_self in (("title", x.titles, papers, False), ("category", x.abstracts, x.labels, True)):
+    for name, queries, keys, exclude_self in (("title", x.titles, x.abstract_keys, False), ("category", x.abstracts, x.labels, True)):
         estimated, rescored = binary_search(queries, x.abstracts, BINARY_K, x.settings.binary_rescore_multiplier, exclude_self)
         items[f"{name}_ndcg@10"] = per_query(estimated, keys, keys, exclude_self, ndcg)["ndcg@10"]
         items[f"{name}_rescored_ndcg@10"] = per_query(rescored, keys, keys, exclude_self, ndcg)["ndcg@10"]
