@@ -52,19 +52,20 @@ def main() -> None:
     lines, source = SOURCES[params.source].read(params)
     written = write_raw(lines, RAW, params.max_records, source)
     if params.source == "oai":  # written: the saved pages' only use was resuming
-        pages = oai_pages(params)
-        shutil.rmtree(pages, ignore_errors=True)  # this harvest's only: another window's may be harvesting (a queued run)
-        with contextlib.suppress(OSError):
-            pages.parent.rmdir()  # the folder itself, once no harvest has pages there
+        shutil.rmtree(oai_pages(params), ignore_errors=True)  # this harvest's only: another window's may be harvesting (a queued run)
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")
-    report_other_harvests(kept_between_runs(OAI_PAGES))
+    tidy_harvest_pages(kept_between_runs(OAI_PAGES))
 
 
-def report_other_harvests(root: Path) -> None:
-    """Name the pages stopped harvests of other windows, sets or oai.py versions left: only their own rerun deletes
-    them (one may be running in a queued experiment), and a whole harvest's pages are GBs."""
+def tidy_harvest_pages(root: Path) -> None:
+    """Remove the pages folder once no harvest has pages there; else name what stopped harvests of other windows, sets
+    or oai.py versions left: only their own rerun deletes them (one may be running in a queued experiment), and a
+    whole harvest's pages are GBs."""
     harvests = [folder for folder in root.iterdir() if folder.is_dir()] if root.is_dir() else []
-    if harvests:
+    if not harvests:
+        with contextlib.suppress(OSError):
+            root.rmdir()
+    else:
         size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
         print(f"download: {root} still holds {len(harvests)} stopped harvest(s) of another window, set list or oai.py "
               f"version ({size / 2**20:,.1f} MB); delete it when no harvest is running, unless you mean to resume one")

@@ -61,15 +61,24 @@ def test_supcon_is_a_loss_table_row_reading_labels():
     losses.check_combination(ft)  # labels is its kind
 
 
+def unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def head_by_definition(x: np.ndarray, labels: list[int], prototypes: np.ndarray, temperature: float, margin: float = 0.0) -> float:
+    """The prototype head's cross-entropy, by hand: logits are cosines to every prototype over the temperature, the
+    true label's cosine less the margin."""
+    cosines = unit(x) @ unit(prototypes).T
+    cosines[np.arange(len(x)), labels] -= margin
+    logits = cosines / temperature
+    return float(np.mean([np.log(np.exp(row).sum()) - row[y] for row, y in zip(logits, labels)]))
+
+
 def test_prototype_head_is_cross_entropy_to_every_seen_labels_moving_average():
     rng = np.random.default_rng(2)
     first, second = rng.normal(size=(6, 4)), rng.normal(size=(4, 4))
     loss = SupervisedContrastiveLoss(None, temperature=0.5, prototype_weight=2.0)
-    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
-
-    def cross_entropy(x, labels, prototypes):
-        logits = unit(x) @ unit(prototypes).T / 0.5
-        return float(np.mean([np.log(np.exp(row).sum()) - row[y] for row, y in zip(logits, labels)]))
+    cross_entropy = lambda x, labels, prototypes: head_by_definition(x, labels, prototypes, 0.5)  # noqa: E731
 
     labels = [0, 0, 1, 1, 2, 2]
     got = loss.compute_loss_from_embeddings([torch.tensor(first)], torch.tensor(labels)).item()
@@ -93,15 +102,10 @@ def test_the_prototype_margin_comes_off_the_cosine_to_the_abstracts_own_label_on
     """finetune.prototype_margin (CosFace): the head's logit of the true label is (cos - margin) / temperature."""
     rng = np.random.default_rng(3)
     x, labels = rng.normal(size=(6, 4)), [0, 0, 1, 1, 2, 2]
-    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
     prototypes = np.stack([unit(x)[np.array(labels) == k].mean(0) for k in range(3)])  # first sight: the batch means
-    cosines = unit(x) @ unit(prototypes).T
-    cosines[np.arange(6), labels] -= 0.2
-    logits = cosines / 0.5
-    head = float(np.mean([np.log(np.exp(row).sum()) - row[y] for row, y in zip(logits, labels)]))
     loss = SupervisedContrastiveLoss(None, temperature=0.5, prototype_weight=1.0, prototype_margin=0.2)
     got = loss.compute_loss_from_embeddings([torch.tensor(x)], torch.tensor(labels)).item()
-    assert got == pytest.approx(by_definition(x, labels, 0.5) + head, rel=1e-6)
+    assert got == pytest.approx(by_definition(x, labels, 0.5) + head_by_definition(x, labels, prototypes, 0.5, margin=0.2), rel=1e-6)
     ft = params_with({"finetune": {"loss": "supcon", "prototype_margin": 0.2}}).finetune
     assert losses.build_loss(None, ft).prototype_margin == 0.2  # the table row passes it
 
