@@ -53,11 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # loss that never takes a same-label negative, title->abstract MNRL alongside so search stays sharp.
 # Loss: supcon and its prototype head (temperature and weight pinned to the values measured), picked
 # over BatchAll and over mined hard negatives on both dev files' eval splits (OBJECTIVE_CANDIDATES,
-# 2026-12-04); lr and retain weight: GPU_CANDIDATES' pick (2026-11-30, under BatchAll). README.
+# 2026-12-04); lr and retain weight: GPU_CANDIDATES' pick (2026-11-30, under BatchAll); 5 epochs over 3:
+# picked among seven `--candidate`s around the profile on both eval splits (2026-12-05). README.
 GPU_PROFILE: dict[str, Any] = {"finetune": {
     "mode": "full", "loss": "supcon", "train_data": ["labels"], "temperature": 0.1, "prototype_weight": 1.5,
     "retain_title_abstract": 1.0, "hard_negatives": {"weight": 0.0}, "batch_size": 128,
-    "full": {"learning_rate": 5.0e-5, "epochs": 3},
+    "full": {"learning_rate": 5.0e-5, "epochs": 5},
 }}
 _BATCH_ALL = {"loss": "batch_all"}  # the profile's loss until 2026-12-04 (issue 11's)
 # What the quality part compares around the profile (params overrides on top of GPU_PROFILE).
@@ -185,6 +186,12 @@ def _trainer(params, model, dataset, output_dir: Path, device: str, precision: s
     return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=recipe.trainer_loss(weighted))
 
 
+def trained_model_in_fp32(trainer):
+    """The trainer's model without the autocast wrapper that bf16/fp16 training leaves on its forward (accelerate's
+    mixed precision): scored and encoded in fp32, as the base model is, so a delta measures the training alone."""
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+
+
 def throughput(model_dir: Path, projects: list[Path], steps: int, warmup: int, smoke: bool, workers: int | None = None) -> dict:
     from datasets import concatenate_datasets
 
@@ -310,10 +317,14 @@ def write_delta(base: dict, tuned: dict, dest: Path) -> list[Path]:
     return written
 
 
-def apply_delta(model_dir: Path, delta_prefix: Path, dest: Path) -> Path:
-    """Rebuild a fine-tuned model folder: base weights (rounded to fp16, as the GPU run loaded them) + delta."""
+def apply_delta(model_dir: Path, delta_prefix: Path, dest: Path, max_seq_length: int | None = None) -> Path:
+    """Rebuild a fine-tuned model folder: base weights (rounded to fp16, as the GPU run loaded them) + delta, at the
+    token length the run trained and scored at (params.yaml's model.max_seq_length unless given): the base folder's
+    own (256 for MiniLM) would let evaluate encode the fine-tuned model at another length than the base."""
     import torch
     from safetensors.torch import load_file, save_file
+
+    from arxiv_embed.models import load_model
 
     weights = load_file(str(_weights_file(model_dir)))
     arrays: dict[str, np.ndarray] = {}
@@ -333,6 +344,8 @@ def apply_delta(model_dir: Path, delta_prefix: Path, dest: Path) -> Path:
         shutil.rmtree(dest)
     shutil.copytree(model_dir, dest)
     save_file({k: v.contiguous() for k, v in tuned.items()}, str(_weights_file(dest)))
+    model = load_model(dest, max_seq_length or profile_params({}).model.max_seq_length, device="cpu")
+    model.save(str(dest))  # the library writes the length where its version reads it back
     return dest
 
 
@@ -494,6 +507,7 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candi
             trainer = _trainer(params, model, sets, SCRATCH / "quality-run", device, precision, max_steps=2 if smoke else -1)
             trainer.train()
             seconds = time.perf_counter() - started
+            model = trained_model_in_fp32(trainer)
             result = eval_scores(model, project)
             if test_vectors:
                 vectors = encode(model, scored_texts[project.name], batch_size=256, progress=False)
@@ -560,6 +574,7 @@ def main(argv: list[str] | None = None) -> None:
     apply.add_argument("--model", type=Path, required=True)
     apply.add_argument("--delta", type=Path, required=True, help="the delta's prefix: OUT/<project name>")
     apply.add_argument("--dest", type=Path, required=True)
+    apply.add_argument("--max-seq-length", type=int, default=None, help="the run's token length (default: params.yaml's model.max_seq_length)")
     scoring = commands.add_parser("score", help="score a run --test-vectors's vectors on the test split, here")
     scoring.add_argument("--returned", type=Path, required=True, help="the run's OUT folder")
     scoring.add_argument("--pack", type=Path, required=True, help="the pack the run read")
@@ -571,7 +586,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dest.write_text(json.dumps(rows, indent=1) + "\n")
         return
     if args.command == "apply":
-        print(apply_delta(args.model, args.delta, args.dest))
+        print(apply_delta(args.model, args.delta, args.dest, args.max_seq_length))
         return
     if args.command == "widen":
         print(widen(args.model, args.dest))

