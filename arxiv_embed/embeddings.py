@@ -77,9 +77,24 @@ def chunk_paths(texts: list[str], work_dir: Path, model_sha256: str, chunk_size:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
+    # Queued experiments share embed_base's chunk folder (kept_between_runs): a temporary of one's own, and the
+    # folder made again should another run have removed it empty.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, array)
     os.replace(tmp, path)  # a chunk file either is complete or is not there
+
+
+def drop_chunks(chunks: list[Path]) -> None:
+    """Remove finished chunk files (their vectors are kept elsewhere now), then their folder once nothing is left
+    in it: another run sharing the folder keeps its own."""
+    for chunk in chunks:
+        chunk.unlink(missing_ok=True)
+    for folder in {chunk.parent for chunk in chunks}:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another run's chunks) or already gone
+            pass
 
 
 def token_batches(texts: list[str], max_tokens: int, token_budget: int) -> list[np.ndarray]:
@@ -323,9 +338,10 @@ def keep_for_reuse(output: Path, store: Path) -> None:
 
 
 def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Path, work_dir: Path, model_key: str,
-                        batch_size: int = 64, chunk_size: int = 4096, what: str = "encode") -> tuple[TextVectors, int]:
+                        batch_size: int = 64, chunk_size: int = 4096, what: str = "encode") -> tuple[TextVectors, int, list[Path]]:
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
-    encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused)."""
+    encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused, the
+    chunk files in work_dir behind the texts encoded: drop_chunks once the vectors are kept)."""
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
         try:
             made_by = json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key")
@@ -335,15 +351,15 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     from_old = np.fromiter((old is not None and text in old.index for text in texts), dtype=bool, count=len(texts))
     reused = int(from_old.sum())
     if not reused:
-        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0
+        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0, chunk_paths(texts, work_dir, model_key, chunk_size)
     print(f"{what}: {reused:,} of {len(texts):,} texts' vectors reused from {store} (the same model, settings and code); "
           f"encoding the other {len(texts) - reused:,}", flush=True)
-    fresh = embed_texts(model, [text for text, kept in zip(texts, from_old) if not kept], work_dir, model_key, batch_size,
-                        chunk_size, what=what)
+    new_texts = [text for text, kept in zip(texts, from_old) if not kept]
+    fresh = embed_texts(model, new_texts, work_dir, model_key, batch_size, chunk_size, what=what)
     vectors = np.empty((len(texts), old.vectors.shape[1]), dtype=np.float32)
     vectors[from_old] = old([text for text, kept in zip(texts, from_old) if kept])
     vectors[~from_old] = fresh.vectors
-    return TextVectors(texts, vectors), reused
+    return TextVectors(texts, vectors), reused, chunk_paths(new_texts, work_dir, model_key, chunk_size)
 
 
 def adapter_modules(model: SentenceTransformer, task: str = "document") -> list:

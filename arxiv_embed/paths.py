@@ -60,7 +60,7 @@ TRAIN_SAMPLE = TRIPLETS_DIR / "train_papers.parquet"
 # embed_base: the base model's vectors of every text the later stages read (arxiv_embed/embeddings.py).
 EMBEDDINGS_DIR = Path("data/embeddings")
 BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
-EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out
+EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out (kept_between_runs)
 EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # the last run's vectors per encoder key, read by the next embed_base (another sample); not a DVC out (kept_between_runs)
 EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # the same for evaluate in mode=full (the fine-tuned model's vectors)
 

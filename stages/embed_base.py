@@ -7,18 +7,18 @@ metrics/embed_base.json. finetune (adapter training, hard-negative mining), eval
 adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
 in data/embeddings/chunks until the stage completes: a killed run resumes where it stopped. Each run's
 vectors are also kept in data/embeddings/reuse (per encoder key: the model's files, settings, precision,
-libraries and code) in the project's root, so a rerun for another sample size or seed encodes only the texts
-they lack, also when it is a `dvc exp run --temp` or queued sweep point working in a temporary copy.
+libraries and code), so a rerun for another sample size or seed encodes only the texts they lack. Both folders
+are the project root's, also for a `dvc exp run --temp` or queued sweep point working in a temporary copy that
+DVC deletes: a point killed there resumes from its chunks when run again, and its vectors serve the next point.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 from arxiv_embed import paths
-from arxiv_embed.embeddings import distinct_texts, embed_texts_reusing, encoder_key, keep_for_reuse, reuse_folder
+from arxiv_embed.embeddings import distinct_texts, drop_chunks, embed_texts_reusing, encoder_key, keep_for_reuse, reuse_folder
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.files import atomic_path, read_table, write_json
@@ -45,12 +45,13 @@ def main() -> None:
     key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, model.device.type)
     store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
-    vectors, reused = embed_texts_reusing(model, texts, store, paths.EMBED_WORK, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
+    vectors, reused, chunks = embed_texts_reusing(model, texts, store, paths.kept_between_runs(paths.EMBED_WORK), key,
+                                                  cfg.batch_size, cfg.chunk_size, what="embed_base")
     seconds = time.monotonic() - started
     with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
         vectors.save(tmp, key)
     keep_for_reuse(paths.BASE_EMBEDDINGS, store)
-    shutil.rmtree(paths.EMBED_WORK, ignore_errors=True)  # complete: the chunks' only use was resuming
+    drop_chunks(chunks)  # kept in the store now; a queued run's chunks beside them stay
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "encode_seconds": round(seconds, 1),

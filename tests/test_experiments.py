@@ -167,6 +167,48 @@ def test_a_temp_experiment_reuses_and_keeps_the_projects_vectors(pipeline: Path,
     assert len(TextVectors.load(stores[0])) == metrics["texts"]  # this run's vectors, kept in the project for the next
 
 
+def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_next(pipeline: Path, tmp_path: Path, monkeypatch,
+                                                                                  encoder_calls) -> None:
+    """A queued or `--temp` sweep point works in a copy DVC deletes: its finished chunks are the project's, so the
+    point run again encodes only what the killed one had not, and leaves no chunk of its own once its vectors are kept."""
+    import yaml
+
+    from stages import embed_base
+
+    project = tmp_path / "project"
+    shutil.copytree(pipeline, project, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*", "mlruns", "search-index", ".git"))
+    shutil.rmtree(project / paths.EMBED_REUSE)  # nothing to reuse: every text is encoded
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["embed_base"]["chunk_size"] = 256
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def temp_workspace(name: str) -> Path:  # as `dvc exp run --temp` makes one, with DVC_ROOT set for its stages
+        workspace = project / ".dvc" / "tmp" / "exps" / name
+        shutil.copytree(project, workspace, symlinks=True, ignore=shutil.ignore_patterns(".dvc", "chunks"))
+        monkeypatch.chdir(workspace)
+        monkeypatch.setenv("DVC_ROOT", str(project))
+        return workspace
+
+    killed = temp_workspace("tmp-killed")
+    encoder_calls.interrupt_at = 3
+    with pytest.raises(KeyboardInterrupt):
+        embed_base.main()
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(killed)  # DVC deletes the copy of a failed point
+    kept = list((project / paths.EMBED_WORK).glob("chunk-*.npy"))
+    assert len(kept) == 2  # the two chunks finished before the kill
+
+    temp_workspace("tmp-again")
+    encoder_calls.clear()
+    encoder_calls.interrupt_at = None
+    embed_base.main()
+    encoded = sum(len(texts) for texts in encoder_calls)
+    written = json.loads(Path(paths.metrics_file("embed_base")).read_text())
+    assert encoded == written["texts"] - 2 * 256  # the killed point's chunks were not encoded again
+    assert not (project / paths.EMBED_WORK).exists()  # its chunks dropped once the store holds its vectors
+    assert any((project / paths.EMBED_REUSE).iterdir())
+
+
 @pytest.mark.slow
 def test_a_local_remote_carries_the_run_to_a_second_clone(pipeline: Path, tmp_path: Path) -> None:
     first = committed_copy(pipeline, tmp_path / "first")
