@@ -85,16 +85,20 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)  # a chunk file either is complete or is not there
 
 
-def drop_chunks(chunks: list[Path]) -> None:
+def drop_chunks(chunks: list[Path]) -> list[Path]:
     """Remove finished chunk files (their vectors are kept elsewhere now), then their folder once nothing is left
-    in it: another run sharing the folder keeps its own."""
+    in it. Returns the files left there: other runs' (a queued run's, or a stopped run's of other texts)."""
     for chunk in chunks:
         chunk.unlink(missing_ok=True)
+    left = []
     for folder in {chunk.parent for chunk in chunks}:
         try:
             folder.rmdir()
-        except OSError:  # not empty (another run's chunks) or already gone
+        except FileNotFoundError:
             pass
+        except OSError:  # not empty
+            left += sorted(folder.iterdir())
+    return left
 
 
 def token_batches(texts: list[str], max_tokens: int, token_budget: int) -> list[np.ndarray]:

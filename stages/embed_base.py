@@ -51,7 +51,11 @@ def main() -> None:
     with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
         vectors.save(tmp, key)
     keep_for_reuse(paths.BASE_EMBEDDINGS, store)
-    drop_chunks(chunks)  # kept in the store now; a queued run's chunks beside them stay
+    others = drop_chunks(chunks)  # kept in the store now; a queued run's chunks beside them stay
+    if others:
+        print(f"embed_base: {len(others)} chunk files ({sum(f.stat().st_size for f in others) / 2**20:,.0f} MiB) in "
+              f"{others[0].parent} are other runs': a queued run's, or a stopped run's of other texts; delete the "
+              f"folder when no embed_base is running", flush=True)
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "encode_seconds": round(seconds, 1),

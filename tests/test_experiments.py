@@ -209,6 +209,18 @@ def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_ne
     assert any((project / paths.EMBED_REUSE).iterdir())
 
 
+def test_a_finished_run_drops_only_its_own_chunks_and_names_the_others(tmp_path: Path) -> None:
+    from arxiv_embed.embeddings import drop_chunks
+
+    folder = tmp_path / "chunks"
+    folder.mkdir()
+    own, other = [folder / "chunk-a.npy", folder / "chunk-b.npy"], folder / "chunk-queued.npy"
+    for chunk in [*own, other]:
+        chunk.write_bytes(b"x")
+    assert drop_chunks(own) == [other] and other.exists()  # a queued run's chunk, written beside this run's
+    assert drop_chunks([other]) == [] and not folder.exists()
+
+
 @pytest.mark.slow
 def test_a_local_remote_carries_the_run_to_a_second_clone(pipeline: Path, tmp_path: Path) -> None:
     first = committed_copy(pipeline, tmp_path / "first")
