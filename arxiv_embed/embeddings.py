@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,28 +77,43 @@ def chunk_paths(texts: list[str], work_dir: Path, model_sha256: str, chunk_size:
             for start in range(0, len(texts), chunk_size)]
 
 
+# A chunk being written: `.<chunk name>.tmp-<pid>` (no `chunk-*.npy` glob matches it).
+_CHUNK_TEMP = re.compile(r"^\.chunk-.+\.npy\.tmp-(?P<pid>\d+)$")
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     # Queued experiments share embed_base's chunk folder (kept_between_runs): a temporary of one's own, and the
     # folder made again should another run have removed it empty.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to the name
+        np.save(handle, array)
     os.replace(tmp, path)  # a chunk file either is complete or is not there
 
 
-def drop_chunks(chunks: list[Path]) -> list[Path]:
-    """Remove finished chunk files (their vectors are kept elsewhere now), then their folder once nothing is left
-    in it. Returns the files left there: other runs' (a queued run's, or a stopped run's of other texts)."""
+def drop_chunks(work_dir: Path, chunks: list[Path]) -> dict[Path, int]:
+    """Remove finished chunk files (their vectors are kept elsewhere now) and killed writers' temporaries, then
+    `work_dir` once nothing is left in it. Returns what is left there, with sizes: a queued run's chunks, or those
+    of a stopped run of other texts (or of this run's texts before another run replaced the reuse store)."""
+    from arxiv_embed.processes import process_alive
+
     for chunk in chunks:
         chunk.unlink(missing_ok=True)
-    left = []
-    for folder in {chunk.parent for chunk in chunks}:
+    left: dict[Path, int] = {}
+    for entry in sorted(work_dir.iterdir()) if work_dir.is_dir() else []:
+        temporary = _CHUNK_TEMP.match(entry.name)
         try:
-            folder.rmdir()
-        except FileNotFoundError:
+            if temporary and not process_alive(int(temporary["pid"])):
+                entry.unlink()
+            else:
+                left[entry] = entry.stat().st_size
+        except FileNotFoundError:  # another run finished with it meanwhile
             pass
-        except OSError:  # not empty
-            left += sorted(folder.iterdir())
+    if not left:
+        try:
+            work_dir.rmdir()
+        except OSError:  # gone already, or a run wrote a chunk meanwhile
+            pass
     return left
 
 
@@ -187,9 +203,9 @@ def encode_into(model: SentenceTransformer, texts: list[str], out: np.ndarray, w
     work_dir.mkdir(parents=True, exist_ok=True)
     todo = []
     for start, path in zip(range(0, len(texts), chunk_size), chunk_paths(texts, work_dir, model_sha256, chunk_size)):
-        if path.exists():
+        try:
             out[start:start + chunk_size] = np.load(path)
-        else:
+        except FileNotFoundError:  # not encoded yet (or dropped meanwhile by a run of the same texts that finished)
             todo.append((start, path))
     resumed = len(texts) - sum(len(texts[start:start + chunk_size]) for start, _ in todo)
     meter = Progress(f"{what}: encoded", len(texts) - resumed, "texts", interval_s=PROGRESS_SECONDS if progress else float("inf"))

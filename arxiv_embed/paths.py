@@ -62,7 +62,7 @@ EMBEDDINGS_DIR = Path("data/embeddings")
 BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
 EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out (kept_between_runs)
 EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # the last run's vectors per encoder key, read by the next embed_base (another sample); not a DVC out (kept_between_runs)
-EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # the same for evaluate in mode=full (the fine-tuned model's vectors)
+EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # evaluate's in mode=full (the fine-tuned model's vectors), in the workspace: named by the finetune run, no other run reads them
 
 
 MODELS_DIR = Path("models")

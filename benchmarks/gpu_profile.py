@@ -484,7 +484,7 @@ def quality(model_dir: Path, projects: list[Path], out: Path, smoke: bool, candi
     candidates = candidates or GPU_CANDIDATES
     device = pick_device()
     began = time.perf_counter()
-    base_model = load_model(model_dir, 128 if not smoke else 32, device=device)
+    base_model = load_model(model_dir, profile_params({}, smoke).model.max_seq_length, device=device)
     base_state = {k: v.detach().clone().cpu() for k, v in base_model.state_dict().items()}
     scores: dict[str, dict[str, dict]] = {"base": {}}
     states: dict[tuple[str, str], dict] = {}

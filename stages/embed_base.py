@@ -45,17 +45,17 @@ def main() -> None:
     key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, model.device.type)
     store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
-    vectors, reused, chunks = embed_texts_reusing(model, texts, store, paths.kept_between_runs(paths.EMBED_WORK), key,
-                                                  cfg.batch_size, cfg.chunk_size, what="embed_base")
+    work_dir = paths.kept_between_runs(paths.EMBED_WORK)
+    vectors, reused, chunks = embed_texts_reusing(model, texts, store, work_dir, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
     seconds = time.monotonic() - started
     with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
         vectors.save(tmp, key)
     keep_for_reuse(paths.BASE_EMBEDDINGS, store)
-    others = drop_chunks(chunks)  # kept in the store now; a queued run's chunks beside them stay
+    others = drop_chunks(work_dir, chunks)  # kept in the store now; a queued run's chunks beside them stay
     if others:
-        print(f"embed_base: {len(others)} chunk files ({sum(f.stat().st_size for f in others) / 2**20:,.0f} MiB) in "
-              f"{others[0].parent} are other runs': a queued run's, or a stopped run's of other texts; delete the "
-              f"folder when no embed_base is running", flush=True)
+        print(f"embed_base: {len(others)} chunk files ({sum(others.values()) / 2**20:,.0f} MiB) left in {work_dir} are no "
+              f"longer this run's: a queued run's, or a stopped run's of other texts; delete the folder when no "
+              f"embed_base is running", flush=True)
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "encode_seconds": round(seconds, 1),

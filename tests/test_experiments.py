@@ -190,7 +190,7 @@ def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_ne
         return workspace
 
     killed = temp_workspace("tmp-killed")
-    encoder_calls.interrupt_at = 3
+    encoder_calls.interrupt_at = 3  # chunk_size 256 = 4 x embed_base.batch_size (64): one encode call a chunk
     with pytest.raises(KeyboardInterrupt):
         embed_base.main()
     monkeypatch.chdir(tmp_path)
@@ -210,15 +210,23 @@ def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_ne
 
 
 def test_a_finished_run_drops_only_its_own_chunks_and_names_the_others(tmp_path: Path) -> None:
+    import os
+
     from arxiv_embed.embeddings import drop_chunks
+
+    from .test_reliability import dead_pid
 
     folder = tmp_path / "chunks"
     folder.mkdir()
     own, other = [folder / "chunk-a.npy", folder / "chunk-b.npy"], folder / "chunk-queued.npy"
-    for chunk in [*own, other]:
-        chunk.write_bytes(b"x")
-    assert drop_chunks(own) == [other] and other.exists()  # a queued run's chunk, written beside this run's
-    assert drop_chunks([other]) == [] and not folder.exists()
+    killed, writing = folder / f".chunk-c.npy.tmp-{dead_pid()}", folder / f".chunk-d.npy.tmp-{os.getpid()}"
+    for chunk in [*own, other, killed, writing]:
+        chunk.write_bytes(b"xy")
+    # A queued run's chunk and the temporary a live writer is filling stay; a killed writer's temporary goes.
+    assert drop_chunks(folder, own) == {other: 2, writing: 2} and not killed.exists()
+    writing.unlink()
+    assert drop_chunks(folder, [other]) == {} and not folder.exists()
+    assert drop_chunks(folder, []) == {}  # nothing encoded, no folder: nothing to do
 
 
 @pytest.mark.slow
