@@ -6,7 +6,7 @@
 #     --projects benchmarks/results/dev/arxiv-multidomain-sample-all/project benchmarks/results/dev/arxiv-recent-sample-all/project
 #   pip download (python 3.12, manylinux x86_64) into .gpu/whl: sentence-transformers, datasets, dill,
 #     multiprocess, pydantic, pydantic_core, annotated-types, typing-inspection, typing_extensions (the .venv's versions)
-#   echo /.gpu/ >> .git/info/exclude      (the folder travels as a carried path: 64 MiB in all)
+#   .gpu/ is git-ignored: the device call names it in carry (64 MiB in all, the repository included)
 # Results land in $OUT: gpu.json and the pick's int8 deltas (quality; with --test-vectors each candidate's test-text
 # vectors instead), gpu_check.json, the logs.
 set -o pipefail
