@@ -95,26 +95,15 @@ def drop_chunks(work_dir: Path, chunks: list[Path]) -> dict[Path, int]:
     """Remove finished chunk files (their vectors are kept elsewhere now) and killed writers' temporaries, then
     `work_dir` once nothing is left in it. Returns what is left there, with sizes: a queued run's chunks, or those
     of a stopped run of other texts (or of this run's texts before another run replaced the reuse store)."""
+    from arxiv_embed.files import remove_if_empty
     from arxiv_embed.processes import process_alive
 
     for chunk in chunks:
         chunk.unlink(missing_ok=True)
-    left: dict[Path, int] = {}
-    for entry in sorted(work_dir.iterdir()) if work_dir.is_dir() else []:
-        temporary = _CHUNK_TEMP.match(entry.name)
-        try:
-            if temporary and not process_alive(int(temporary["pid"])):
-                entry.unlink()
-            else:
-                left[entry] = entry.stat().st_size
-        except FileNotFoundError:  # another run finished with it meanwhile
-            pass
-    if not left:
-        try:
-            work_dir.rmdir()
-        except OSError:  # gone already, or a run wrote a chunk meanwhile
-            pass
-    return left
+    for entry in work_dir.iterdir() if work_dir.is_dir() else []:
+        if (temporary := _CHUNK_TEMP.match(entry.name)) and not process_alive(int(temporary["pid"])):
+            entry.unlink(missing_ok=True)
+    return remove_if_empty(work_dir)
 
 
 def token_batches(texts: list[str], max_tokens: int, token_budget: int) -> list[np.ndarray]:

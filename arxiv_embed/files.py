@@ -73,6 +73,29 @@ def sweep(folder: Path | str) -> list[Path]:
     return [removed for name in sorted(names) for removed in recover(folder / name)]
 
 
+def remove_if_empty(folder: Path) -> dict[Path, int]:
+    """A folder that runs share (paths.kept_between_runs) removed once nothing is left in it; else what is left there,
+    each entry with its bytes (a folder's counted through): other runs' state, which only those runs delete."""
+    try:
+        entries = sorted(folder.iterdir())
+    except FileNotFoundError:
+        return {}
+    if not entries:
+        try:
+            folder.rmdir()
+        except OSError:  # a run wrote into it meanwhile
+            pass
+        return {}
+    left: dict[Path, int] = {}
+    for entry in entries:
+        try:
+            inside = entry.rglob("*") if entry.is_dir() else [entry]
+            left[entry] = sum(path.stat().st_size for path in inside if path.is_file())
+        except FileNotFoundError:  # its run finished with it meanwhile
+            pass
+    return left
+
+
 def swap_in(new: Path, path: Path) -> None:
     """Put `new` at `path`: one rename for a file; for a folder, old aside, then new in, then old deleted."""
     if not (path.is_dir() and not path.is_symlink()):

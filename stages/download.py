@@ -7,7 +7,6 @@ JSON-lines file. Lines of local files pass through verbatim: clean validates and
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import itertools
 import shutil
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-from arxiv_embed.files import atomic_path
+from arxiv_embed.files import atomic_path, remove_if_empty
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.download import DownloadParams
 from arxiv_embed.paths import OAI_PAGES, RAW, kept_between_runs
@@ -61,14 +60,9 @@ def tidy_harvest_pages(root: Path) -> None:
     """Remove the pages folder once no harvest has pages there; else name what stopped harvests of other windows, sets
     or oai.py versions left: only their own rerun deletes them (one may be running in a queued experiment), and a
     whole harvest's pages are GBs."""
-    harvests = [folder for folder in root.iterdir() if folder.is_dir()] if root.is_dir() else []
-    if not harvests:
-        with contextlib.suppress(OSError):
-            root.rmdir()
-    else:
-        size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    if harvests := remove_if_empty(root):
         print(f"download: {root} still holds {len(harvests)} stopped harvest(s) of another window, set list or oai.py "
-              f"version ({size / 2**20:,.1f} MB); delete it when no harvest is running, unless you mean to resume one")
+              f"version ({sum(harvests.values()) / 2**20:,.1f} MB); delete it when no harvest is running, unless you mean to resume one")
 
 
 if __name__ == "__main__":
