@@ -91,10 +91,11 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)  # a chunk file either is complete or is not there
 
 
-def drop_chunks(work_dir: Path, chunks: list[Path]) -> dict[Path, int]:
+def drop_chunks(work_dir: Path, chunks: list[Path], what: str | None = None) -> dict[Path, int]:
     """Remove finished chunk files (their vectors are kept elsewhere now) and killed writers' temporaries, then
     `work_dir` once nothing is left in it. Returns what is left there, with sizes: a queued run's chunks, or those
-    of a stopped run of other texts (or of this run's texts before another run replaced the reuse store)."""
+    of a stopped run of other texts or of another model (or of this run's texts before another run replaced the reuse
+    store); with `what` (the stage), also says so in the log."""
     from arxiv_embed.files import remove_if_empty
     from arxiv_embed.processes import process_alive
 
@@ -103,7 +104,12 @@ def drop_chunks(work_dir: Path, chunks: list[Path]) -> dict[Path, int]:
     for entry in work_dir.iterdir() if work_dir.is_dir() else []:
         if (temporary := _CHUNK_TEMP.match(entry.name)) and not process_alive(int(temporary["pid"])):
             entry.unlink(missing_ok=True)
-    return remove_if_empty(work_dir)
+    others = remove_if_empty(work_dir)
+    if others and what:
+        print(f"{what}: {len(others)} chunk files ({sum(others.values()) / 2**20:,.0f} MiB) left in {work_dir} are no "
+              f"longer this run's: a queued run's, or a stopped run's of other texts or another model; delete the folder "
+              f"when no {what} is running", flush=True)
+    return others
 
 
 def token_batches(texts: list[str], max_tokens: int, token_budget: int) -> list[np.ndarray]:
@@ -284,7 +290,7 @@ def distinct_texts(columns: Iterable[pl.Series]) -> list[str]:
 
 
 def embed_texts(model: SentenceTransformer, texts: list[str], work_dir: Path, model_key: str, batch_size: int = 64,
-                chunk_size: int = 4096, what: str = "encode") -> TextVectors:
+                chunk_size: int | None = None, what: str = "encode") -> TextVectors:
     """`texts` encoded once each (resumable chunks in work_dir), as a lookup table."""
     return TextVectors(texts, encode_resumable(model, texts, work_dir, model_key, batch_size, chunk_size, what=what))
 
@@ -330,24 +336,66 @@ def reuse_lock(store: Path, timeout_s: float = 600.0) -> Iterator[None]:
         lock.release()
 
 
-def keep_for_reuse(output: Path, store: Path) -> None:
-    """The output's files (texts, vectors, key) as the store the next run reads: hard links where the file system
-    allows (no copy; outputs are replaced, never written in place), else copies."""
+def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 65536) -> int:
+    """The output's vectors (texts, vectors, key) as the store the next run reads, followed by those of texts earlier
+    runs kept there that this run lacks, newest first, up to `max_texts` texts in all: a seed sweep, or a point run
+    again after others, finds every text it shares with any recent run. Returns how many earlier texts were kept.
+
+    When none are (nothing older under the same key, or `max_texts` reached by this run alone), the store is hard
+    links to the output's files where the file system allows (no copy; outputs are replaced, never written in
+    place); else a new store is written, vectors streamed in batches into a memory-mapped file."""
     import shutil
+
+    import polars as pl
 
     from arxiv_embed.files import atomic_path
 
-    with reuse_lock(store), atomic_path(store) as tmp:
-        tmp.mkdir(parents=True)
-        for path in output.iterdir():
-            try:
-                os.link(path, tmp / path.name)
-            except OSError:
-                shutil.copy2(path, tmp / path.name)
+    with reuse_lock(store):
+        new = TextVectors.load(output)
+        model_key = json.loads((output / ENCODER_FILE).read_text(encoding="utf-8"))["model_key"]
+        older = _older_texts(store, model_key, new.index, max_texts - len(new))
+        with atomic_path(store) as tmp:
+            tmp.mkdir(parents=True)
+            if older is None:
+                for path in output.iterdir():
+                    try:
+                        os.link(path, tmp / path.name)
+                    except OSError:
+                        shutil.copy2(path, tmp / path.name)
+                return 0
+            old, rows = older
+            pl.DataFrame({"text": new.texts + [old.texts[row] for row in rows]}, schema={"text": pl.String}).write_parquet(tmp / TEXTS_FILE)
+            kept = np.lib.format.open_memmap(tmp / VECTORS_FILE, mode="w+", dtype=np.float32,
+                                             shape=(len(new) + len(rows), new.vectors.shape[1]))
+            for start in range(0, len(new), batch):
+                end = min(start + batch, len(new))
+                kept[start:end] = new.vectors[start:end]
+            for start in range(0, len(rows), batch):
+                part = rows[start:start + batch]
+                kept[len(new) + start:len(new) + start + len(part)] = old.vectors[part]
+            kept.flush()
+            del kept
+            shutil.copy2(output / ENCODER_FILE, tmp / ENCODER_FILE)
+            return len(rows)
+
+
+def _older_texts(store: Path, model_key: str, new_index: dict[str, int], room: int) -> tuple[TextVectors, np.ndarray] | None:
+    """The store's vectors and the rows (in its order: newest runs first) of at most `room` texts not in `new_index`,
+    when the store was made under `model_key` and has any; else None."""
+    if room <= 0:
+        return None
+    try:
+        if json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key") != model_key:
+            return None
+        old = TextVectors.load(store)
+    except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: keep this run's only
+        return None
+    rows = np.fromiter((row for row, text in enumerate(old.texts) if text not in new_index), dtype=np.int64)[:room]
+    return (old, rows) if len(rows) else None
 
 
 def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Path, work_dir: Path, model_key: str,
-                        batch_size: int = 64, chunk_size: int = 4096, what: str = "encode") -> tuple[TextVectors, int, list[Path]]:
+                        batch_size: int = 64, chunk_size: int | None = None, what: str = "encode") -> tuple[TextVectors, int, list[Path]]:
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused, the
     chunk files in work_dir behind the texts encoded: drop_chunks once the vectors are kept)."""

@@ -62,12 +62,12 @@ EMBEDDINGS_DIR = Path("data/embeddings")
 BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
 EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out (kept_between_runs)
 EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # the last run's vectors per encoder key, read by the next embed_base (another sample); not a DVC out (kept_between_runs)
-EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # evaluate's in mode=full (the fine-tuned model's vectors), in the workspace: named by the finetune run, no other run reads them
+EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # evaluate's in mode=full (the fine-tuned model's vectors, named by its finetune run), kept so a killed one resumes; not a DVC out (kept_between_runs)
 
 
 MODELS_DIR = Path("models")
 FINETUNED = MODELS_DIR / "finetuned"
-CHECKPOINTS = MODELS_DIR / "checkpoints"  # persisted between runs for resume; not a DVC out
+CHECKPOINTS = MODELS_DIR / "checkpoints"  # one folder per run key, kept between runs for resume; not a DVC out (kept_between_runs)
 RELEASE = MODELS_DIR / "release"  # push: the self-describing folder users load and upload
 
 METRICS_DIR = Path("metrics")

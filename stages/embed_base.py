@@ -7,7 +7,8 @@ metrics/embed_base.json. finetune (adapter training, hard-negative mining), eval
 adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
 in data/embeddings/chunks until the stage completes: a killed run resumes where it stopped. Each run's
 vectors are also kept in data/embeddings/reuse (per encoder key: the model's files, settings, precision,
-libraries and code), so a rerun for another sample size or seed encodes only the texts they lack. Both folders
+libraries and code), with earlier runs' others up to embed_base.reuse_max_texts texts in all, so a rerun for
+another sample size or seed encodes only the texts no recent run encoded. Both folders
 are the project root's, also for a `dvc exp run --temp` or queued sweep point working in a temporary copy that
 DVC deletes: a point killed there resumes from its chunks when run again, and its vectors serve the next point.
 """
@@ -50,12 +51,10 @@ def main() -> None:
     seconds = time.monotonic() - started
     with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
         vectors.save(tmp, key)
-    keep_for_reuse(paths.BASE_EMBEDDINGS, store)
-    others = drop_chunks(work_dir, chunks)  # kept in the store now; a queued run's chunks beside them stay
-    if others:
-        print(f"embed_base: {len(others)} chunk files ({sum(others.values()) / 2**20:,.0f} MiB) left in {work_dir} are no "
-              f"longer this run's: a queued run's, or a stopped run's of other texts; delete the folder when no "
-              f"embed_base is running", flush=True)
+    if older := keep_for_reuse(paths.BASE_EMBEDDINGS, store, cfg.reuse_max_texts):
+        print(f"embed_base: {store} keeps this run's {len(texts):,} texts' vectors and {older:,} of earlier runs' "
+              f"(embed_base.reuse_max_texts: {cfg.reuse_max_texts:,})", flush=True)
+    drop_chunks(work_dir, chunks, what="embed_base")  # kept in the store now; a queued run's chunks beside them stay
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "encode_seconds": round(seconds, 1),

@@ -5,9 +5,9 @@ and data/triplets/eval_triplets.parquet. finetune.mode=adapter freezes the encod
 adapter on embeddings computed once (no checkpoints: it trains in seconds). Writes
 models/finetuned/ (the best checkpoint's model, mlflow_run.json, training_summary.json),
 metrics/finetune.json and metrics/finetune_loss.csv. Every run is an MLflow run. Checkpoints go to
-models/checkpoints/<run key>/, so a rerun with the same params and data resumes where an
-interrupted one stopped. finetune.nproc_per_node > 1 re-runs this module under torchrun (DDP);
-only rank 0 writes files and talks to MLflow.
+models/checkpoints/<run key>/ in the project's own root (also from a `dvc exp run --temp` or queued
+workspace), so a rerun with the same params and data resumes where an interrupted one stopped.
+finetune.nproc_per_node > 1 re-runs this module under torchrun (DDP); only rank 0 writes files and talks to MLflow.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
     #    (rank 0 holds it for all ranks): a second finetune on it fails here, naming this PID.
     train_files, eval_files = training_data.data_files(ft)
     run_key = checkpoints.run_key(params, train_files + eval_files)
-    run_dir = paths.CHECKPOINTS / run_key
+    run_dir = paths.kept_between_runs(paths.CHECKPOINTS) / run_key  # a killed sweep point's resume survives DVC deleting its workspace
     with checkpoints.locked(run_dir) if main_process else nullcontext():
         train(params, run_key, run_dir, train_files, started)
         if main_process:

@@ -168,6 +168,54 @@ def test_evaluate_writes_the_report(evaluated):
     assert not (evaluated / "data/embeddings/chunks-finetuned").exists() and not (evaluated / "data/embeddings/chunks").exists()
 
 
+def test_a_full_mode_evaluate_killed_in_a_temp_workspace_resumes_in_the_next(evaluated, tmp_path, monkeypatch, encoder_calls):
+    """finetune.mode=full: evaluate encodes with the fine-tuned model. A `--temp` or queued point works in a copy DVC
+    deletes when it fails, so the chunks it finished are the project's, and the point run again encodes the rest only."""
+    import mlflow
+
+    from arxiv_embed import embeddings
+    from stages import evaluate
+
+    project = tmp_path / "project"
+    shutil.copytree(evaluated, project, symlinks=True)
+    work = project / "data/embeddings/chunks-finetuned"
+    (work / "chunk-of-a-queued-run.npy").parent.mkdir(parents=True)
+    (work / "chunk-of-a-queued-run.npy").write_bytes(b"xy")
+    monkeypatch.setattr(embeddings, "CHUNK_SIZE", 32)  # = evaluate.batch_size: one encode call a chunk
+
+    def temp_workspace(name: str) -> Path:  # as `dvc exp run --temp` makes one, with DVC_ROOT set for its stages
+        workspace = project / ".dvc" / "tmp" / "exps" / name
+        shutil.copytree(project, workspace, symlinks=True, ignore=shutil.ignore_patterns(".dvc", "mlflow.db*", "mlruns", "chunks*"))
+        monkeypatch.chdir(workspace)
+        monkeypatch.setenv("DVC_ROOT", str(project))
+        return workspace
+
+    killed = temp_workspace("tmp-killed")
+    encoder_calls.interrupt_at = 3
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate.main(["--model", "finetuned"])
+        monkeypatch.chdir(tmp_path)
+        shutil.rmtree(killed)
+        assert len(list(work.glob("chunk-*.npy"))) == 1 + 2  # the two chunks finished before the kill
+
+        again = temp_workspace("tmp-again")
+        encoder_calls.clear()
+        encoder_calls.interrupt_at = None
+        evaluate.main(["--model", "finetuned"])  # logs into the project's MLflow store
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    params = evaluate.load(evaluate.EvaluateParams)
+    texts = evaluate.load_eval_data(params.evaluate.max_test_papers, params.evaluate.max_train_papers, params.shared.seed).texts()
+    assert sum(len(batch) for batch in encoder_calls) == len(texts) - 2 * 32  # the killed point's chunks were not encoded again
+    scored, whole = (json.loads((folder / "metrics/evaluate.json").read_text())["finetuned"] for folder in (again, evaluated))
+    for lens in ("category_retrieval", "title_to_abstract"):  # resumed chunks: the same vectors but for the last bits
+        assert scored[lens]["ndcg@10"] == pytest.approx(whole[lens]["ndcg@10"], abs=1e-3)
+    assert [path.name for path in work.iterdir()] == ["chunk-of-a-queued-run.npy"]  # its own dropped, the other run's kept
+
+
 def test_evaluate_refuses_a_base_scored_otherwise_and_a_model_it_cannot_read(evaluated, tmp_path):
     """`python -m stages.evaluate --model finetuned` (or `dvc repro -s evaluate`) after an evaluate.* change: the base's
     scores are of another sample or lens setting, so its deltas would compare different things."""

@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from arxiv_embed import paths, tracking
@@ -158,13 +159,16 @@ def test_a_temp_experiment_reuses_and_keeps_the_projects_vectors(pipeline: Path,
 
     project = committed_copy(pipeline, tmp_path / "project")
     stores = [folder for folder in (project / "data/embeddings/reuse").iterdir() if folder.is_dir()]
-    assert len(stores) == 1 and len(TextVectors.load(stores[0])) > 40
+    assert len(stores) == 1 and len(before := TextVectors.load(stores[0])) > 40
     dvc(project, "exp", "run", "--temp", "-n", "fewer-test-papers", "-S", "evaluate.max_test_papers=40", "embed_base")
     refs = run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], project).stdout.split("\n")
     rev = next(line.split()[0] for line in refs if line.endswith("/fewer-test-papers"))
     metrics = json.loads(run(["git", "show", f"{rev}:metrics/embed_base.json"], project).stdout)
     assert metrics["test_sample_papers"] == 40 and metrics["reused_texts"] == metrics["texts"] > 0
-    assert len(TextVectors.load(stores[0])) == metrics["texts"]  # this run's vectors, kept in the project for the next
+    # This run's vectors, kept in the project for the next, first; then the earlier run's others (reuse_max_texts).
+    after = TextVectors.load(stores[0])
+    assert len(after) == len(before) > metrics["texts"] and set(after.texts) == set(before.texts)
+    np.testing.assert_array_equal(after(before.texts), before(before.texts))
 
 
 def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_next(pipeline: Path, tmp_path: Path, monkeypatch,

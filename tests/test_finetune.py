@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -216,17 +217,18 @@ def newest_checkpoint_step(project: Path) -> int:
     return max(int(p.parent.name.split("-")[1]) for p in project.glob("models/checkpoints/*/checkpoint-*/trainer_state.json"))
 
 
-def assert_resumed_exactly(project: Path, reference: Path, output: str, run_id: str, step: int) -> None:
+def assert_resumed_exactly(project: Path, reference: Path, output: str, run_id: str, step: int, root: Path | None = None) -> None:
     """The rerun really started at `step` (read from the trainer once it loaded the checkpoint, not
     from the folder name), never trained past max_steps, logged each step once, in the same MLflow
-    run, and ends with the uninterrupted run's weights."""
+    run, and ends with the uninterrupted run's weights. `root`: the project whose MLflow store the
+    run is in, when `project` is a DVC experiment's workspace."""
     assert f"finetune: resumed from step {step} (" in output, output[-3000:]
     summary = json.loads((project / "metrics/finetune.json").read_text())
     assert summary["resumed_from_step"] == step and summary["global_step"] == EXPECTED_STEPS
     curve = (project / "metrics/finetune_loss.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in curve] == list(range(1, EXPECTED_STEPS + 1))
     assert json.loads((project / "models/finetuned/mlflow_run.json").read_text())["run_id"] == run_id
-    client = mlflow_client(project)
+    client = mlflow_client(root or project)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumed_from_step"] == str(step)
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(1, EXPECTED_STEPS + 1))
@@ -264,6 +266,38 @@ def test_killed_after_the_final_save_never_trains_past_max_steps(trained: tuple[
     result = run_stage(project)
     assert ", 0 run now)" in result.stdout
     assert_resumed_exactly(project, reference, result.stdout, run_id, EXPECTED_STEPS)
+
+
+def test_a_sweep_point_killed_in_a_temp_workspace_resumes_in_the_next(trained: tuple[Path, str], tmp_path: Path,
+                                                                        kaggle_sample: Path) -> None:
+    """`dvc exp run --temp` and queued points train in a copy of the project that DVC deletes when the point fails:
+    the checkpoints are the project's, so the point run again resumes where the killed one stopped."""
+    reference, _ = trained
+    project = new_project(tmp_path / "project", kaggle_sample)
+
+    def temp_workspace(name: str) -> Path:  # as DVC makes one; DVC_ROOT (the project) is set for its stages
+        workspace = project / ".dvc" / "tmp" / "exps" / name
+        shutil.copytree(project, workspace, symlinks=True, ignore=shutil.ignore_patterns(".dvc", "mlflow.db*", "mlruns"))
+        return workspace
+
+    killed = temp_workspace("tmp-killed")
+    process = start_stage(killed, DVC_ROOT=str(project))
+    deadline = time.monotonic() + 300
+    while not list(project.glob("models/checkpoints/*/checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, process.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint in the project within 300 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    shutil.rmtree(killed)  # what DVC does with a failed point's copy
+    run_id = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
+    step = newest_checkpoint_step(project)
+
+    again = temp_workspace("tmp-again")
+    output = run_stage(again, DVC_ROOT=str(project)).stdout
+    assert_resumed_exactly(again, reference, output, run_id, step, root=project)
+    assert not list(project.glob("models/checkpoints/*/checkpoint-*"))  # finished: its checkpoints are dropped
 
 
 def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:

@@ -179,6 +179,34 @@ def test_the_reuse_store_is_read_and_replaced_by_one_run_at_a_time(tmp_path: Pat
     assert not writer.is_alive() and TextVectors.load(store).texts == ["a", "b"]
 
 
+def test_the_reuse_store_keeps_recent_runs_texts_newest_first_up_to_its_cap(tmp_path: Path) -> None:
+    """A seed sweep's points draw other samples: the store keeps this run's vectors and the texts earlier runs kept
+    that it lacks, so a point run again after others still finds its texts; the oldest go first past the cap."""
+    from arxiv_embed.embeddings import TextVectors, keep_for_reuse
+
+    store = tmp_path / "reuse" / "0123abcd"
+
+    def kept_after_a_run(texts: str, max_texts: int, key: str = "key") -> tuple[int, TextVectors]:
+        output = tmp_path / f"base-{texts}-{key}"  # a text's vector: its letter's place, the same in every run
+        TextVectors(list(texts), np.array([[ord(t), 1.0] for t in texts], dtype=np.float32)).save(output, key)
+        older = keep_for_reuse(output, store, max_texts, batch=1)  # batches of one: every row goes through the loops
+        kept = TextVectors.load(store)
+        np.testing.assert_array_equal(kept.vectors, [[ord(t), 1.0] for t in kept.texts])
+        assert json.loads((store / "encoder.json").read_text())["model_key"] == key
+        return older, kept
+
+    older, kept = kept_after_a_run("ab", 10)
+    assert older == 0 and kept.texts == ["a", "b"]
+    assert (store / "vectors.npy").stat().st_ino == (tmp_path / "base-ab-key/vectors.npy").stat().st_ino  # linked, not copied
+    older, kept = kept_after_a_run("bc", 10)
+    assert older == 1 and kept.texts == ["b", "c", "a"]  # this run's first, then the earlier run's other
+    older, kept = kept_after_a_run("d", 3)
+    assert older == 2 and kept.texts == ["d", "b", "c"]  # past the cap, the oldest run's go first
+    assert kept_after_a_run("de", 2)[1].texts == ["d", "e"]  # the cap reached by this run alone
+    assert kept_after_a_run("fg", 0)[1].texts == ["f", "g"]  # 0: this run's only
+    assert kept_after_a_run("h", 10, key="other")[1].texts == ["h"]  # another model's vectors never mix in
+
+
 def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample: Path) -> None:
     """The GPU encode path (token-budget batches, tokenized on a thread) gives the plain encoder's
     vectors; short texts share large batches, long ones small ones."""

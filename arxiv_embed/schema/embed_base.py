@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict
 
-from arxiv_embed.schema.base import PositiveInt, Section
+from arxiv_embed.schema.base import NonNegativeInt, PositiveInt, Section
 from arxiv_embed.schema.model import Model
 from arxiv_embed.schema.shared import Shared
 
@@ -14,6 +14,7 @@ from arxiv_embed.schema.shared import Shared
 class EmbedBase(Section):
     batch_size: PositiveInt
     chunk_size: PositiveInt  # texts per resumable chunk file
+    reuse_max_texts: NonNegativeInt  # texts whose vectors the reuse store keeps: this run's, then earlier runs' others
     backend: Literal["torch", "int8"]
 
 
