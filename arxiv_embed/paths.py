@@ -61,7 +61,7 @@ TRAIN_SAMPLE = TRIPLETS_DIR / "train_papers.parquet"
 EMBEDDINGS_DIR = Path("data/embeddings")
 BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
 EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out (kept_between_runs)
-EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # the last run's vectors per encoder key, read by the next embed_base (another sample); not a DVC out (kept_between_runs)
+EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # recent runs' vectors per encoder key (embed_base.reuse_max_texts), read by the next embed_base (another sample); not a DVC out (kept_between_runs)
 EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # evaluate's in mode=full (the fine-tuned model's vectors, named by its finetune run), kept so a killed one resumes; not a DVC out (kept_between_runs)
 
 
