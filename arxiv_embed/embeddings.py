@@ -343,7 +343,8 @@ def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 6
 
     When none are (nothing older under the same key, or `max_texts` reached by this run alone), the store is hard
     links to the output's files where the file system allows (no copy; outputs are replaced, never written in
-    place); else a new store is written, vectors streamed in batches into a memory-mapped file."""
+    place); else a new store is written: texts as Arrow columns, vectors appended batch by batch
+    (benchmarks/reuse_store.py measures it at the cap)."""
     import shutil
 
     import polars as pl
@@ -351,47 +352,46 @@ def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 6
     from arxiv_embed.files import atomic_path
 
     with reuse_lock(store):
-        new = TextVectors.load(output)
+        new_texts = pl.read_parquet(output / TEXTS_FILE)["text"]
         model_key = json.loads((output / ENCODER_FILE).read_text(encoding="utf-8"))["model_key"]
-        older = _older_texts(store, model_key, new.index, max_texts - len(new))
+        old = _stored(store, model_key) if max_texts > len(new_texts) else None
+        rows = old[0].is_in(new_texts.implode()).not_().arg_true().head(max_texts - len(new_texts)) if old else None
         with atomic_path(store) as tmp:
             tmp.mkdir(parents=True)
-            if older is None:
+            if rows is None or not len(rows):
                 for path in output.iterdir():
                     try:
                         os.link(path, tmp / path.name)
                     except OSError:
                         shutil.copy2(path, tmp / path.name)
                 return 0
-            old, rows = older
-            pl.DataFrame({"text": new.texts + [old.texts[row] for row in rows]}, schema={"text": pl.String}).write_parquet(tmp / TEXTS_FILE)
-            kept = np.lib.format.open_memmap(tmp / VECTORS_FILE, mode="w+", dtype=np.float32,
-                                             shape=(len(new) + len(rows), new.vectors.shape[1]))
-            for start in range(0, len(new), batch):
-                end = min(start + batch, len(new))
-                kept[start:end] = new.vectors[start:end]
-            for start in range(0, len(rows), batch):
-                part = rows[start:start + batch]
-                kept[len(new) + start:len(new) + start + len(part)] = old.vectors[part]
-            kept.flush()
-            del kept
+            old_texts, old_vectors = old
+            pl.concat([new_texts, old_texts.gather(rows)], rechunk=False).to_frame("text").write_parquet(tmp / TEXTS_FILE)
+            new_vectors, rows = np.load(output / VECTORS_FILE, mmap_mode="r"), rows.to_numpy()
+            with open(tmp / VECTORS_FILE, "wb") as kept:  # appended batch by batch: no array of the whole store
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                          "shape": (len(new_vectors) + len(rows), new_vectors.shape[1])}
+                np.lib.format.write_array_header_1_0(kept, header)
+                for start in range(0, len(new_vectors), batch):
+                    kept.write(np.ascontiguousarray(new_vectors[start:start + batch], dtype=np.float32).tobytes())
+                for start in range(0, len(rows), batch):
+                    kept.write(np.ascontiguousarray(old_vectors[rows[start:start + batch]], dtype=np.float32).tobytes())
             shutil.copy2(output / ENCODER_FILE, tmp / ENCODER_FILE)
             return len(rows)
 
 
-def _older_texts(store: Path, model_key: str, new_index: dict[str, int], room: int) -> tuple[TextVectors, np.ndarray] | None:
-    """The store's vectors and the rows (in its order: newest runs first) of at most `room` texts not in `new_index`,
-    when the store was made under `model_key` and has any; else None."""
-    if room <= 0:
-        return None
+def _stored(store: Path, model_key: str) -> tuple[pl.Series, np.ndarray] | None:
+    """The store's texts (an Arrow column: no Python string per text) and memory-mapped vectors, when it was made
+    under `model_key`; else None (none yet, another model's, another layout, or damaged)."""
+    import polars as pl
+
     try:
         if json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key") != model_key:
             return None
-        old = TextVectors.load(store)
-    except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: keep this run's only
+        texts, vectors = pl.read_parquet(store / TEXTS_FILE)["text"], np.load(store / VECTORS_FILE, mmap_mode="r")
+    except (OSError, ValueError, pl.exceptions.PolarsError):
         return None
-    rows = np.fromiter((row for row, text in enumerate(old.texts) if text not in new_index), dtype=np.int64)[:room]
-    return (old, rows) if len(rows) else None
+    return (texts, vectors) if len(texts) == len(vectors) else None
 
 
 def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Path, work_dir: Path, model_key: str,
@@ -399,13 +399,17 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused, the
     chunk files in work_dir behind the texts encoded: drop_chunks once the vectors are kept)."""
+    import polars as pl
+
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
-        try:
-            made_by = json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key")
-            old = TextVectors.load(store) if made_by == model_key else None
-        except (OSError, ValueError, UserError):  # none yet, another layout, or damaged: encode everything
-            old = None
-    from_old = np.fromiter((old is not None and text in old.index for text in texts), dtype=bool, count=len(texts))
+        old = _stored(store, model_key)
+    if old is None:
+        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0, chunk_paths(texts, work_dir, model_key, chunk_size)
+    old_texts, old_vectors = old
+    # Each text's row in the store, null where it has none: a hash join over Arrow strings.
+    found = (pl.Series("text", texts, dtype=pl.String).to_frame()
+             .join(old_texts.to_frame().with_row_index("row"), on="text", how="left", maintain_order="left")["row"])
+    from_old = found.is_not_null().to_numpy()
     reused = int(from_old.sum())
     if not reused:
         return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0, chunk_paths(texts, work_dir, model_key, chunk_size)
@@ -413,8 +417,8 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
           f"encoding the other {len(texts) - reused:,}", flush=True)
     new_texts = [text for text, kept in zip(texts, from_old) if not kept]
     fresh = embed_texts(model, new_texts, work_dir, model_key, batch_size, chunk_size, what=what)
-    vectors = np.empty((len(texts), old.vectors.shape[1]), dtype=np.float32)
-    vectors[from_old] = old([text for text, kept in zip(texts, from_old) if kept])
+    vectors = np.empty((len(texts), old_vectors.shape[1]), dtype=np.float32)
+    vectors[from_old] = old_vectors[found.drop_nulls().to_numpy().astype(np.int64)]
     vectors[~from_old] = fresh.vectors
     return TextVectors(texts, vectors), reused, chunk_paths(new_texts, work_dir, model_key, chunk_size)
 
