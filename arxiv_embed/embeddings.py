@@ -355,7 +355,10 @@ def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 6
         new_texts = pl.read_parquet(output / TEXTS_FILE)["text"]
         model_key = json.loads((output / ENCODER_FILE).read_text(encoding="utf-8"))["model_key"]
         old = _stored(store, model_key) if max_texts > len(new_texts) else None
-        rows = old[0].is_in(new_texts.implode()).not_().arg_true().head(max_texts - len(new_texts)) if old else None
+        rows = None
+        if old:  # the store's rows whose texts this run lacks, in its order (an anti join: Arrow strings, no Python ones)
+            rows = (old[0].to_frame().with_row_index("row").join(new_texts.to_frame(), on="text", how="anti", maintain_order="left")
+                    ["row"].head(max_texts - len(new_texts)))
         with atomic_path(store) as tmp:
             tmp.mkdir(parents=True)
             if rows is None or not len(rows):
@@ -380,18 +383,44 @@ def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 6
             return len(rows)
 
 
+def prune_reuse_stores(keep: Path, others: int = 2) -> list[Path]:
+    """Delete the stores of other encoder keys (another model, its settings, a library or this code's version) but the
+    `others` kept most recently: each can hold reuse_max_texts texts' vectors, and a code or library change makes a
+    new key. A store another run is reading or replacing (its lock held) stays. Returns what was deleted."""
+    import shutil
+
+    from filelock import FileLock, Timeout
+
+    stores = [path for path in keep.parent.iterdir() if path.is_dir() and path != keep and not path.name.startswith(".")]
+    deleted = []
+    for stale in sorted(stores, key=lambda path: path.stat().st_mtime, reverse=True)[others:]:
+        lock = FileLock(str(stale.parent / f".{stale.name}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        try:
+            shutil.rmtree(stale, ignore_errors=True)
+            deleted.append(stale)
+        finally:
+            lock.release()
+    return deleted
+
+
 def _stored(store: Path, model_key: str) -> tuple[pl.Series, np.ndarray] | None:
     """The store's texts (an Arrow column: no Python string per text) and memory-mapped vectors, when it was made
     under `model_key`; else None (none yet, another model's, another layout, or damaged)."""
     import polars as pl
 
     try:
-        if json.loads((store / ENCODER_FILE).read_text(encoding="utf-8")).get("model_key") != model_key:
+        made_by = json.loads((store / ENCODER_FILE).read_text(encoding="utf-8"))
+        if not isinstance(made_by, dict) or made_by.get("model_key") != model_key:
             return None
         texts, vectors = pl.read_parquet(store / TEXTS_FILE)["text"], np.load(store / VECTORS_FILE, mmap_mode="r")
-    except (OSError, ValueError, pl.exceptions.PolarsError):
+    except (OSError, ValueError, KeyError, pl.exceptions.PolarsError):
         return None
-    return (texts, vectors) if len(texts) == len(vectors) else None
+    # A row per distinct text, as keep_for_reuse writes them: anything else would misalign texts and vectors.
+    return (texts, vectors) if vectors.ndim == 2 and len(texts) == len(vectors) == texts.n_unique() and not texts.has_nulls() else None
 
 
 def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Path, work_dir: Path, model_key: str,

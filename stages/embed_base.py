@@ -19,7 +19,8 @@ import json
 import time
 
 from arxiv_embed import paths
-from arxiv_embed.embeddings import distinct_texts, drop_chunks, embed_texts_reusing, encoder_key, keep_for_reuse, reuse_folder
+from arxiv_embed.embeddings import (distinct_texts, drop_chunks, embed_texts_reusing, encoder_key, keep_for_reuse,
+                                    prune_reuse_stores, reuse_folder)
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.files import atomic_path, read_table, write_json
@@ -40,7 +41,7 @@ def main() -> None:
     print(f"embed_base: {len(texts):,} distinct texts ({train.height:,} train sample papers, "
           f"{data.test.height:,} test sample papers, {data.triplets.height:,} test triplets)", flush=True)
 
-    # 2. Encode in resumable chunks, taking the vectors the last run kept under the same encoder key (the model's
+    # 2. Encode in resumable chunks, taking the vectors recent runs kept under the same encoder key (the model's
     # files, settings, precision, libraries and code: one name can hold other weights), then write the output.
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=cfg.backend)
     key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, model.device.type)
@@ -54,6 +55,9 @@ def main() -> None:
     if older := keep_for_reuse(paths.BASE_EMBEDDINGS, store, cfg.reuse_max_texts):
         print(f"embed_base: {store} keeps this run's {len(texts):,} texts' vectors and {older:,} of earlier runs' "
               f"(embed_base.reuse_max_texts: {cfg.reuse_max_texts:,})", flush=True)
+    if stale := prune_reuse_stores(store):
+        print(f"embed_base: deleted {len(stale)} older stores of vectors made by another model, its settings, a library or "
+              f"this code's version ({', '.join(path.name for path in stale)}); the two newest others stay", flush=True)
     drop_chunks(work_dir, chunks, what="embed_base")  # kept in the store now; a queued run's chunks beside them stay
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,

@@ -61,12 +61,12 @@ def main() -> None:
     if main_process:
         print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
 
-    # 3. The checkpoint folder of this exact params+data combination, held by this run alone
-    #    (rank 0 holds it for all ranks): a second finetune on it fails here, naming this PID.
+    # 3. The checkpoint folder of this exact params+data combination, in the project's root, held by this run alone
+    #    (rank 0 holds it for all ranks): a second finetune in this workspace fails here, naming the holder's PID; a
+    #    queued point with the same params and data keeps its checkpoints in its own workspace instead.
     train_files, eval_files = training_data.data_files(ft)
     run_key = checkpoints.run_key(params, train_files + eval_files)
-    run_dir = paths.kept_between_runs(paths.CHECKPOINTS) / run_key  # a killed sweep point's resume survives DVC deleting its workspace
-    with checkpoints.locked(run_dir) if main_process else nullcontext():
+    with checkpoints.claimed(run_key) if main_process else nullcontext(checkpoints.run_folder(run_key)) as run_dir:
         train(params, run_key, run_dir, train_files, started)
         if main_process:
             shutil.rmtree(run_dir, ignore_errors=True)  # finished: resume is the checkpoints' only use

@@ -122,6 +122,41 @@ def test_temporaries_are_git_ignored(temporary: str) -> None:
 # ------------------------------------------------------------------ one finetune per run folder
 
 
+def test_a_queued_point_whose_run_folder_is_held_trains_in_its_own_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    """Two queued points with the same finetune params and data (a sweep over a key the run key ignores): the second
+    keeps its checkpoints in its workspace rather than failing; a second run in the project itself still fails."""
+    from arxiv_embed.training import checkpoints
+
+    project = tmp_path / "project"
+    shared = project / "models" / "checkpoints" / "abc123"
+    holder = python(f"""
+        import time
+        from pathlib import Path
+        from arxiv_embed.training import checkpoints
+        with checkpoints.locked(Path({str(shared)!r})):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        workspace = project / ".dvc" / "tmp" / "exps" / "tmp-point"
+        workspace.mkdir(parents=True)
+        monkeypatch.chdir(workspace)
+        monkeypatch.setenv("DVC_ROOT", str(project))
+        with checkpoints.claimed("abc123") as run_dir:
+            assert run_dir == (workspace / "models" / "checkpoints" / "abc123").resolve() and checkpoints.in_use(run_dir)
+        assert f"PID {holder.pid}" in capsys.readouterr().out
+        monkeypatch.chdir(project)
+        with pytest.raises(checkpoints.RunFolderBusy, match=f"PID {holder.pid}"), checkpoints.claimed("abc123"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with checkpoints.claimed("abc123") as run_dir:  # free again: the project's folder
+        assert run_dir == shared.resolve()
+
+
 def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path: Path) -> None:
     run_dir = tmp_path / "checkpoints" / "abc123"
     holder = python(f"""
@@ -142,6 +177,12 @@ def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path
         (tmp_path / "checkpoints" / "older").mkdir()
         checkpoints.prune_checkpoint_runs(tmp_path / "checkpoints" / "older", others=0)
         assert run_dir.is_dir()  # in use: never pruned
+        # Queued points share the folder: a running one (newest, saving) takes no place from a stopped one's.
+        for age, name in enumerate(["stopped", "stopped-earlier"], start=1):
+            (tmp_path / "checkpoints" / name).mkdir()
+            os.utime(tmp_path / "checkpoints" / name, (time.time() - age * 100, time.time() - age * 100))
+        checkpoints.prune_checkpoint_runs(tmp_path / "checkpoints" / "older", others=1)
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == sorted(["older", run_dir.name, "stopped"])
     finally:
         holder.kill()
         holder.wait()

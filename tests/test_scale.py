@@ -207,6 +207,23 @@ def test_the_reuse_store_keeps_recent_runs_texts_newest_first_up_to_its_cap(tmp_
     assert kept_after_a_run("h", 10, key="other")[1].texts == ["h"]  # another model's vectors never mix in
 
 
+def test_stores_of_other_encoder_keys_are_pruned_to_the_newest_but_not_while_locked(tmp_path: Path) -> None:
+    """A code or library change makes a new encoder key and a new store: older keys' stores (each up to the cap) go,
+    but the two kept most recently and one another run holds stay."""
+    import os
+
+    from arxiv_embed.embeddings import prune_reuse_stores, reuse_lock
+
+    root = tmp_path / "reuse"
+    for age, name in enumerate(["current", "newer", "new", "old", "oldest"]):
+        (root / name).mkdir(parents=True)
+        os.utime(root / name, (1e9 - age * 100, 1e9 - age * 100))
+    with reuse_lock(root / "oldest"):  # another run reading it
+        assert prune_reuse_stores(root / "current") == [root / "old"]
+    assert sorted(path.name for path in root.iterdir() if not path.name.startswith(".")) == ["current", "new", "newer", "oldest"]
+    assert prune_reuse_stores(root / "current") == [root / "oldest"]
+
+
 def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample: Path) -> None:
     """The GPU encode path (token-budget batches, tokenized on a thread) gives the plain encoder's
     vectors; short texts share large batches, long ones small ones."""

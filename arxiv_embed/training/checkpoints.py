@@ -9,10 +9,11 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from arxiv_embed import paths
 from arxiv_embed.errors import UserError
 from arxiv_embed.processes import process_alive
 from arxiv_embed.schema.finetune import FinetuneParams
@@ -66,6 +67,34 @@ def locked(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def run_folder(run_key: str) -> Path:
+    """The checkpoint folder of `run_key` in the project's own root (paths.kept_between_runs): a sweep point killed in
+    a `dvc exp run --temp` or queued workspace, which DVC deletes, resumes there when run again."""
+    return paths.kept_between_runs(paths.CHECKPOINTS) / run_key
+
+
+@contextmanager
+def claimed(run_key: str) -> Iterator[Path]:
+    """run_folder(run_key), held by this finetune (`locked`). Another queued point with the same params and data may
+    hold it: a single-process run then keeps its checkpoints in its own workspace's folder (resumed by a rerun there)
+    instead of failing; a second run in the same workspace, or under torchrun (every rank must use one folder), fails
+    at once naming the holder, as `locked` does."""
+    shared, own = run_folder(run_key), (Path.cwd() / paths.CHECKPOINTS / run_key).resolve()
+    stack = ExitStack()
+    try:
+        stack.enter_context(locked(shared))
+        run_dir = shared
+    except RunFolderBusy as busy:
+        if own == shared.resolve() or world_size() > 1:
+            raise
+        print(f"finetune: {busy.args[0].split('; ')[0]}; this run keeps its checkpoints in {own} (a rerun in this "
+              "workspace resumes them)", flush=True)
+        stack.enter_context(locked(own))
+        run_dir = own
+    with stack:
+        yield run_dir
 
 
 def in_use(run_dir: Path) -> bool:
@@ -128,13 +157,14 @@ def best_checkpoint(state: TrainerState, metric: str) -> tuple[int | None, float
 
 
 def prune_checkpoint_runs(keep: Path, others: int = OTHER_CHECKPOINT_RUNS_KEPT) -> None:
-    """Delete checkpoint folders of other params, except the `others` most recent and those in use."""
+    """Delete checkpoint folders of other params, except those in use and the `others` most recent of the rest:
+    the folder is the project's (queued points share it), and running points, whose saves keep their folders newest,
+    must not push a stopped point's checkpoints out before it is run again."""
     if not keep.parent.is_dir():
         return
-    runs = sorted((p for p in keep.parent.iterdir() if p.is_dir() and p != keep), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in runs[others:]:
-        if not in_use(stale):
-            shutil.rmtree(stale, ignore_errors=True)
+    stopped = [p for p in keep.parent.iterdir() if p.is_dir() and p != keep and not in_use(p)]
+    for stale in sorted(stopped, key=lambda p: p.stat().st_mtime, reverse=True)[others:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def saved_run_id(run_dir: Path) -> str | None:
