@@ -391,17 +391,21 @@ def prune_reuse_stores(keep: Path, others: int = 2) -> list[Path]:
 
     from filelock import FileLock, Timeout
 
+    from arxiv_embed.files import modified_time
+
     stores = [path for path in keep.parent.iterdir() if path.is_dir() and path != keep and not path.name.startswith(".")]
+    listed = {store: modified_time(store) for store in stores}
     deleted = []
-    for stale in sorted(stores, key=lambda path: path.stat().st_mtime, reverse=True)[others:]:
+    for stale in sorted(stores, key=lambda store: listed[store] or float("-inf"), reverse=True)[others:]:
         lock = FileLock(str(stale.parent / f".{stale.name}.lock"))
         try:
             lock.acquire(timeout=0)
         except Timeout:
             continue
-        try:
-            shutil.rmtree(stale, ignore_errors=True)
-            deleted.append(stale)
+        try:  # a run of that key may have replaced it since it was listed: then it is the newest, and stays
+            if listed[stale] is not None and modified_time(stale) == listed[stale]:
+                shutil.rmtree(stale, ignore_errors=True)
+                deleted.append(stale)
         finally:
             lock.release()
     return deleted

@@ -96,6 +96,19 @@ def remove_if_empty(folder: Path) -> dict[Path, int]:
     return left
 
 
+def modified_time(path: Path) -> float | None:
+    """`path`'s modification time; None once another process (a queued run sharing the folder) removed it."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def newest_first(folders: list[Path]) -> list[Path]:
+    """`folders` by modification time, newest first; one another process removed meanwhile sorts last."""
+    return sorted(folders, key=lambda folder: modified_time(folder) or float("-inf"), reverse=True)
+
+
 def swap_in(new: Path, path: Path) -> None:
     """Put `new` at `path`: one rename for a file; for a folder, old aside, then new in, then old deleted."""
     if not (path.is_dir() and not path.is_symlink()):

@@ -57,7 +57,7 @@ def main() -> None:
               f"(embed_base.reuse_max_texts: {cfg.reuse_max_texts:,})", flush=True)
     if stale := prune_reuse_stores(store):
         print(f"embed_base: deleted {len(stale)} older stores of vectors made by another model, its settings, a library or "
-              f"this code's version ({', '.join(path.name for path in stale)}); the two newest others stay", flush=True)
+              f"this code's version ({', '.join(path.name for path in stale)}); the two newest others, and any in use, stay", flush=True)
     drop_chunks(work_dir, chunks, what="embed_base")  # kept in the store now; a queued run's chunks beside them stay
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,

@@ -157,6 +157,23 @@ def test_a_queued_point_whose_run_folder_is_held_trains_in_its_own_workspace(tmp
         assert run_dir == shared.resolve()
 
 
+def test_a_folder_another_finetune_s_prune_checks_for_an_instant_is_not_busy(tmp_path: Path) -> None:
+    """prune_checkpoint_runs takes each folder's lock for an instant (in_use): a finetune claiming it then must not
+    read that as another run's, fail, or (queued) fall back to a folder of its own and train from step 0."""
+    import fcntl
+    import threading
+
+    from arxiv_embed.training import checkpoints
+
+    run_dir = tmp_path / "checkpoints" / "abc123"
+    run_dir.mkdir(parents=True)
+    checking = open(run_dir / checkpoints.LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the timer)
+    fcntl.flock(checking, fcntl.LOCK_SH)
+    threading.Timer(0.1, checking.close).start()
+    with checkpoints.locked(run_dir):
+        assert checkpoints.in_use(run_dir)
+
+
 def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path: Path) -> None:
     run_dir = tmp_path / "checkpoints" / "abc123"
     holder = python(f"""

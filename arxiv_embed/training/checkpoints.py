@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError
+from arxiv_embed.files import newest_first
 from arxiv_embed.processes import process_alive
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 OTHER_CHECKPOINT_RUNS_KEPT = 2  # checkpoint folders of other params kept, so flipping a param back still resumes
 LOCK = "finetune.lock"  # in the run folder: flock()ed by the finetune using it, holds its PID
+LOCK_RETRY_S = 0.3  # how long a finetune retries a folder's lock before calling it held
 
 
 class RunFolderBusy(UserError):
@@ -51,9 +54,7 @@ def locked(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(handle, fcntl.LOCK_EX, LOCK_RETRY_S):
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise RunFolderBusy(
@@ -89,23 +90,33 @@ def claimed(run_key: str) -> Iterator[Path]:
     except RunFolderBusy as busy:
         if own == shared.resolve() or world_size() > 1:
             raise
-        print(f"finetune: {busy.args[0].split('; ')[0]}; this run keeps its checkpoints in {own} (a rerun in this "
-              "workspace resumes them)", flush=True)
+        print(f"finetune: {busy.args[0].split('; ')[0]}; this run keeps its checkpoints in {own}, resumable only while "
+              "this workspace exists", flush=True)
         stack.enter_context(locked(own))
         run_dir = own
     with stack:
         yield run_dir
 
 
+def _try_lock(handle, operation: int, retry_s: float = 0.0) -> bool:
+    """flock without blocking, tried again for `retry_s`: another finetune's prune checks every folder's lock for an
+    instant, which must not make a free folder look held."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
 def in_use(run_dir: Path) -> bool:
     """True while a finetune holds `run_dir` (see `locked`)."""
     try:
         with open(run_dir / LOCK, encoding="utf-8") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            return False
+            return not _try_lock(handle, fcntl.LOCK_SH)
     except FileNotFoundError:
         return False
 
@@ -163,8 +174,13 @@ def prune_checkpoint_runs(keep: Path, others: int = OTHER_CHECKPOINT_RUNS_KEPT) 
     if not keep.parent.is_dir():
         return
     stopped = [p for p in keep.parent.iterdir() if p.is_dir() and p != keep and not in_use(p)]
-    for stale in sorted(stopped, key=lambda p: p.stat().st_mtime, reverse=True)[others:]:
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in newest_first(stopped)[others:]:
+        try:  # held while deleting: a finetune claiming the folder meanwhile finds it busy instead of losing it
+            with open(stale / LOCK, "a+", encoding="utf-8") as handle:
+                if _try_lock(handle, fcntl.LOCK_EX):
+                    shutil.rmtree(stale, ignore_errors=True)
+        except FileNotFoundError:  # deleted by another finetune's prune
+            continue
 
 
 def saved_run_id(run_dir: Path) -> str | None:
