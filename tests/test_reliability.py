@@ -122,6 +122,20 @@ def test_temporaries_are_git_ignored(temporary: str) -> None:
 # ------------------------------------------------------------------ one finetune per run folder
 
 
+def holding(run_dir: Path) -> subprocess.Popen:
+    """Another finetune's process, holding `run_dir` (checkpoints.locked) for a minute once this returns."""
+    holder = python(f"""
+        import time
+        from pathlib import Path
+        from arxiv_embed.training import checkpoints
+        with checkpoints.locked(Path({str(run_dir)!r})):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_queued_point_whose_run_folder_is_held_trains_in_its_own_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                              capsys: pytest.CaptureFixture) -> None:
     """Two queued points with the same finetune params and data (a sweep over a key the run key ignores): the second
@@ -130,16 +144,8 @@ def test_a_queued_point_whose_run_folder_is_held_trains_in_its_own_workspace(tmp
 
     project = tmp_path / "project"
     shared = project / "models" / "checkpoints" / "abc123"
-    holder = python(f"""
-        import time
-        from pathlib import Path
-        from arxiv_embed.training import checkpoints
-        with checkpoints.locked(Path({str(shared)!r})):
-            print("locked", flush=True)
-            time.sleep(60)
-    """)
+    holder = holding(shared)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         workspace = project / ".dvc" / "tmp" / "exps" / "tmp-point"
         workspace.mkdir(parents=True)
         monkeypatch.chdir(workspace)
@@ -176,16 +182,8 @@ def test_a_folder_another_finetune_s_prune_checks_for_an_instant_is_not_busy(tmp
 
 def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path: Path) -> None:
     run_dir = tmp_path / "checkpoints" / "abc123"
-    holder = python(f"""
-        import time
-        from pathlib import Path
-        from arxiv_embed.training import checkpoints
-        with checkpoints.locked(Path({str(run_dir)!r})):
-            print("locked", flush=True)
-            time.sleep(60)
-    """)
+    holder = holding(run_dir)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         start = time.monotonic()
         with pytest.raises(checkpoints.RunFolderBusy, match=f"PID {holder.pid}") as busy, checkpoints.locked(run_dir):
             pass
