@@ -79,7 +79,7 @@ def run_folder(run_key: str) -> Path:
 @contextmanager
 def claimed(run_key: str) -> Iterator[Path]:
     """run_folder(run_key), held by this finetune (`locked`). Another queued point with the same params and data may
-    hold it: a single-process run then keeps its checkpoints in its own workspace's folder (resumed by a rerun there)
+    hold it: a single-process run then keeps its checkpoints in its own workspace's folder (resumable while that exists)
     instead of failing; a second run in the same workspace, or under torchrun (every rank must use one folder), fails
     at once naming the holder, as `locked` does."""
     shared, own = run_folder(run_key), (Path.cwd() / paths.CHECKPOINTS / run_key).resolve()
