@@ -304,9 +304,13 @@ def test_a_line_longer_than_a_batch_is_read_whole_and_one_over_the_limit_is_name
     lines = [json.dumps(paper("0704.0001")).encode(), long_line, json.dumps(paper("0704.0003")).encode()]
     path = tmp_path / "long.jsonl"  # plain: gzip's blocks of "word word..." would inflate to the whole line at once
     path.write_bytes(b"\n".join(lines) + b"\n")
+    joins = []
+    monkeypatch.setattr(records, "_join", lambda parts: joins.append(len(parts)) or b"".join(parts))
     batches = list(records.line_batches(path, batch_bytes=1024))
     assert [(first + i, line) for first, chunk in batches for i, line in enumerate(chunk.rstrip(b"\n").split(b"\n"))] == [
         (1, lines[0]), (2, long_line), (3, lines[2])]
+    # The long line's ~160 blocks are joined once it ends, not again with every block (quadratic in its length).
+    assert len(joins) <= 5 and max(joins) > 100, joins
     monkeypatch.setattr(records, "MAX_LINE_BYTES", 4096)
     with pytest.raises(InputError, match=r"long\.jsonl: line 2 is over \d+ MB long; this is not a JSON-lines file"):
         list(records.line_batches(path, batch_bytes=1024))
