@@ -351,7 +351,7 @@ def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 6
 
     from arxiv_embed.files import atomic_path
 
-    with reuse_lock(store):
+    with reuse_lock(store):  # read again, not taken from embed_texts_reusing: a queued run may have replaced it since
         new_texts = pl.read_parquet(output / TEXTS_FILE)["text"]
         model_key = json.loads((output / ENCODER_FILE).read_text(encoding="utf-8"))["model_key"]
         old = _stored(store, model_key) if max_texts > len(new_texts) else None
@@ -391,12 +391,12 @@ def prune_reuse_stores(keep: Path, others: int = 2) -> list[Path]:
 
     from filelock import FileLock, Timeout
 
-    from arxiv_embed.files import modified_time
+    from arxiv_embed.files import modified_time, newest_first
 
     stores = [path for path in keep.parent.iterdir() if path.is_dir() and path != keep and not path.name.startswith(".")]
     listed = {store: modified_time(store) for store in stores}
     deleted = []
-    for stale in sorted(stores, key=lambda store: listed[store] or float("-inf"), reverse=True)[others:]:
+    for stale in newest_first(stores)[others:]:
         lock = FileLock(str(stale.parent / f".{stale.name}.lock"))
         try:
             lock.acquire(timeout=0)

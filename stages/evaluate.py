@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluate_vectors(vectors, data, params.evaluate, params.shared.seed, queries)
     result.save(paths.eval_dir(which), scope)
     if chunks:  # scored: the chunks' only use was resuming (mode=full); another run's beside them stay
-        drop_chunks(paths.kept_between_runs(paths.EVALUATE_WORK), chunks, what="evaluate")
+        drop_chunks(chunks[0].parent, chunks, what="evaluate")
     print("\n".join(f"{name}: {value:.4f}" for name, value in flatten(result.metrics).items()))
     if which == "base":
         return
