@@ -6,7 +6,8 @@ and the test sample's titles and abstracts, the test triplets) to data/embedding
 instead of encoding again. The search build writes its index through the same chunk writer.
 
 Chunks: each finished chunk of `chunk_size` texts is saved to `work_dir/chunk-<hash>.npy`, the hash
-of its texts and the model (texts_key); a rerun loads those and encodes only the rest. The model runs
+of its texts and the model (texts_key); a rerun loads those and encodes only the rest. The stages give
+each run a work_dir of its own (chunk_folder), deleted once the run's vectors are kept. The model runs
 on the GPU when load_model found one, and on several processes (sentence-transformers' pool) when
 there are several GPUs or `processes` asks for them.
 """
@@ -37,6 +38,8 @@ ENCODER_FILE = "encoder.json"  # the model key the vectors were made with: only 
 SLICE = 512  # at most this many texts per encode call inside a chunk: a progress line can come between them
 CHUNK_SIZE = 4096  # texts per saved chunk: what an interruption can lose
 PROGRESS_SECONDS = 15.0  # at most one progress line per this many seconds
+CHUNK_LOCK = "run.lock"  # in a run's chunk folder (chunk_folder): held by each run encoding into it
+STOPPED_CHUNK_RUNS_KEPT = 2  # chunk folders of stopped runs kept, so the runs killed last resume when run again
 
 
 def texts_key(model_sha256: str, texts: list[str]) -> str:
@@ -91,25 +94,33 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)  # a chunk file either is complete or is not there
 
 
-def drop_chunks(work_dir: Path, chunks: list[Path], what: str | None = None) -> dict[Path, int]:
-    """Remove finished chunk files (their vectors are kept elsewhere now) and killed writers' temporaries, then
-    `work_dir` once nothing is left in it. Returns what is left there, with sizes: a queued run's chunks, or those
-    of a stopped run of other texts or of another model (or of this run's texts before another run replaced the reuse
-    store); with `what` (the stage), also says so in the log."""
+@contextmanager
+def chunk_folder(work_dir: Path, model_key: str, texts: list[str], what: str) -> Iterator[Path]:
+    """The folder one run's resumable chunks go in (embed_texts' work_dir): `work_dir/run-<hash>`, named after the
+    model and every text the run needs, so the same run killed and started again, in any workspace, finds it. Held
+    (run_folders) while the block runs. When the block ends without an error, the vectors are kept elsewhere: the
+    folder is deleted, and so are stopped runs' folders beyond the STOPPED_CHUNK_RUNS_KEPT newest (runs of other params
+    or another model killed earlier, whose chunks nothing else removes); folders of runs still encoding stay."""
     from arxiv_embed.files import remove_if_empty
     from arxiv_embed.processes import process_alive
+    from arxiv_embed.run_folders import prune_stopped, remove_unless_held, shared_hold
 
-    for chunk in chunks:
-        chunk.unlink(missing_ok=True)
-    for entry in work_dir.iterdir() if work_dir.is_dir() else []:
-        if (temporary := _CHUNK_TEMP.match(entry.name)) and not process_alive(int(temporary["pid"])):
+    work_dir = Path(work_dir)
+    folder = work_dir / f"run-{texts_key(model_key, texts)[:16]}"
+    with shared_hold(folder, CHUNK_LOCK):
+        yield folder
+    remove_unless_held(folder, CHUNK_LOCK)  # a run of the same texts still encoding (a twin queued point) keeps it
+    pruned = prune_stopped(work_dir, CHUNK_LOCK, STOPPED_CHUNK_RUNS_KEPT)
+    for entry in work_dir.iterdir() if work_dir.is_dir() else []:  # chunks of the flat layout before run folders
+        temporary = _CHUNK_TEMP.match(entry.name)
+        if entry.is_file() and (entry.name.startswith("chunk-") or (temporary and not process_alive(int(temporary["pid"])))):
             entry.unlink(missing_ok=True)
-    others = remove_if_empty(work_dir)
-    if others and what:
-        print(f"{what}: {len(others)} chunk files ({sum(others.values()) / 2**20:,.0f} MiB) left in {work_dir} are no "
-              f"longer this run's: a queued run's, or a stopped run's of other texts or another model; delete the folder "
-              f"when no {what} is running", flush=True)
-    return others
+    if pruned:
+        print(f"{what}: deleted {len(pruned)} stopped runs' chunks from {work_dir}; the {STOPPED_CHUNK_RUNS_KEPT} "
+              "newest stopped runs' stay, so those runs resume", flush=True)
+    if left := remove_if_empty(work_dir):
+        print(f"{what}: {len(left)} other runs' chunks ({sum(left.values()) / 2**20:,.0f} MiB) stay in {work_dir}: runs "
+              f"encoding now, and up to {STOPPED_CHUNK_RUNS_KEPT} stopped ones, which resume from them when run again", flush=True)
 
 
 def token_batches(texts: list[str], max_tokens: int, token_budget: int) -> list[np.ndarray]:
@@ -428,16 +439,16 @@ def _stored(store: Path, model_key: str) -> tuple[pl.Series, np.ndarray] | None:
 
 
 def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Path, work_dir: Path, model_key: str,
-                        batch_size: int = 64, chunk_size: int | None = None, what: str = "encode") -> tuple[TextVectors, int, list[Path]]:
+                        batch_size: int = 64, chunk_size: int | None = None, what: str = "encode") -> tuple[TextVectors, int]:
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
-    encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, reused, the
-    chunk files in work_dir behind the texts encoded: drop_chunks once the vectors are kept)."""
+    encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, how many were
+    reused)."""
     import polars as pl
 
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
         old = _stored(store, model_key)
     if old is None:
-        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0, chunk_paths(texts, work_dir, model_key, chunk_size)
+        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0
     old_texts, old_vectors = old
     # Each text's row in the store, null where it has none: a hash join over Arrow strings.
     found = (pl.Series("text", texts, dtype=pl.String).to_frame()
@@ -445,7 +456,7 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     from_old = found.is_not_null().to_numpy()
     reused = int(from_old.sum())
     if not reused:
-        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0, chunk_paths(texts, work_dir, model_key, chunk_size)
+        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0
     print(f"{what}: {reused:,} of {len(texts):,} texts' vectors reused from {store} (the same model, settings and code); "
           f"encoding the other {len(texts) - reused:,}", flush=True)
     new_texts = [text for text, kept in zip(texts, from_old) if not kept]
@@ -453,7 +464,7 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     vectors = np.empty((len(texts), old_vectors.shape[1]), dtype=np.float32)
     vectors[from_old] = old_vectors[found.drop_nulls().to_numpy().astype(np.int64)]
     vectors[~from_old] = fresh.vectors
-    return TextVectors(texts, vectors), reused, chunk_paths(new_texts, work_dir, model_key, chunk_size)
+    return TextVectors(texts, vectors), reused
 
 
 def adapter_modules(model: SentenceTransformer, task: str = "document") -> list:

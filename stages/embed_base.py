@@ -5,7 +5,8 @@ classifier's slice come from it), evaluate's stratified test sample (titles and 
 test triplets. Writes data/embeddings/base (texts.parquet + vectors.npy + encoder.json, a DVC-cached output) and
 metrics/embed_base.json. finetune (adapter training, hard-negative mining), evaluate_base and, in
 adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
-in data/embeddings/chunks until the stage completes: a killed run resumes where it stopped. Each run's
+in a folder of the run's own in data/embeddings/chunks until the stage completes: a killed run resumes where it
+stopped (the two newest stopped runs' folders are kept, older ones deleted). Each run's
 vectors are also kept in data/embeddings/reuse (per encoder key: the model's files, settings, precision,
 libraries and code), with earlier runs' others up to embed_base.reuse_max_texts texts in all, so a rerun for
 another sample size or seed encodes only the texts no recent run encoded. Both folders
@@ -19,7 +20,7 @@ import json
 import time
 
 from arxiv_embed import paths
-from arxiv_embed.embeddings import (distinct_texts, drop_chunks, embed_texts_reusing, encoder_key, keep_for_reuse,
+from arxiv_embed.embeddings import (chunk_folder, distinct_texts, embed_texts_reusing, encoder_key, keep_for_reuse,
                                     prune_reuse_stores, reuse_folder)
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
@@ -47,18 +48,17 @@ def main() -> None:
     key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, model.device.type)
     store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
-    work_dir = paths.kept_between_runs(paths.EMBED_WORK)
-    vectors, reused, chunks = embed_texts_reusing(model, texts, store, work_dir, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
-    seconds = time.monotonic() - started
-    with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
-        vectors.save(tmp, key)
-    if older := keep_for_reuse(paths.BASE_EMBEDDINGS, store, cfg.reuse_max_texts):
-        print(f"embed_base: {store} keeps this run's {len(texts):,} texts' vectors and {older:,} of earlier runs' "
-              f"(embed_base.reuse_max_texts: {cfg.reuse_max_texts:,})", flush=True)
+    with chunk_folder(paths.kept_between_runs(paths.EMBED_WORK), key, texts, what="embed_base") as work_dir:  # deleted once kept
+        vectors, reused = embed_texts_reusing(model, texts, store, work_dir, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
+        seconds = time.monotonic() - started
+        with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
+            vectors.save(tmp, key)
+        if older := keep_for_reuse(paths.BASE_EMBEDDINGS, store, cfg.reuse_max_texts):
+            print(f"embed_base: {store} keeps this run's {len(texts):,} texts' vectors and {older:,} of earlier runs' "
+                  f"(embed_base.reuse_max_texts: {cfg.reuse_max_texts:,})", flush=True)
     if stale := prune_reuse_stores(store):
         print(f"embed_base: deleted {len(stale)} older stores of vectors made by another model, its settings, a library or "
               f"this code's version ({', '.join(path.name for path in stale)}); the two newest others, and any in use, stay", flush=True)
-    drop_chunks(work_dir, chunks, what="embed_base")  # kept in the store now; a queued run's chunks beside them stay
     write_json(paths.metrics_file("embed_base"), {
         "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "encode_seconds": round(seconds, 1),

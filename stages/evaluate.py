@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError, run
 from arxiv_embed.evaluation.data import EvalData, load_eval_data
 from arxiv_embed.evaluation.headline import headline
-from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, chunk_paths, distinct_texts, drop_chunks, embed_texts
+from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, chunk_folder, distinct_texts, embed_texts
 from arxiv_embed.evaluation.lenses import PLOTS, evaluate_vectors
 from arxiv_embed.evaluation.report import ModelEval, compare, read_scope, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
@@ -32,16 +33,18 @@ from arxiv_embed.tracking import RUN_INFO
 MODEL_NAMES = {"base": "Base", "finetuned": "Fine-tuned"}  # in plot titles
 
 
-def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> tuple[TextVectors, TextVectors | None, list[Path]]:
+@contextmanager
+def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> Iterator[tuple[TextVectors, TextVectors | None]]:
     """The scored model's vectors of every text the lenses read: cached base ones (with the adapter
-    applied, in adapter mode), or the fine-tuned model's own encoding (mode=full); when the model
-    has a query adapter of its own (finetune.adapter.query_adapter), the test titles through it; and
-    the chunk files behind an encoding (mode=full), to drop once the scores are saved."""
+    applied, in adapter mode), or the fine-tuned model's own encoding (mode=full, in resumable chunks kept
+    until the block ends without an error); and, when the model has a query adapter of its own
+    (finetune.adapter.query_adapter), the test titles through it."""
     texts = data.texts()
     if which == "base" or params.finetune.mode == "adapter":
         base = TextVectors.load(paths.BASE_EMBEDDINGS).subset(texts)
         if which == "base":
-            return base, None, []
+            yield base, None
+            return
         # The fine-tuned folder is the base model + the adapter: only the adapter runs, on cached vectors.
         model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, device="cpu")
         try:
@@ -50,15 +53,15 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> tupl
             raise UserError(f"{paths.FINETUNED} has no adapter (finetune.mode=full saved it) but finetune.mode is adapter: "
                             "rerun `dvc repro finetune`, or set finetune.mode back to full") from None
         titles = base.subset(distinct_texts([data.test["title"]]))
-        return apply_adapter(documents, base), (apply_adapter(queries, titles) if queries != documents else None), []
+        yield apply_adapter(documents, base), (apply_adapter(queries, titles) if queries != documents else None)
+        return
     backend = params.embed_base.backend  # the base's vectors' backend: both models scored alike
     model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
     run_id = read_json(paths.FINETUNED / RUN_INFO, "finetune")["run_id"]  # names this model's chunks: a new run never reads old ones
     key = f"finetuned|{run_id}|{backend}"
     # In the project's root: a killed `--temp` or queued evaluate resumes there after DVC deleted its workspace.
-    work_dir = paths.kept_between_runs(paths.EVALUATE_WORK)
-    vectors = embed_texts(model, texts, work_dir, key, params.evaluate.batch_size, what="evaluate")
-    return vectors, None, chunk_paths(texts, work_dir, key)
+    with chunk_folder(paths.kept_between_runs(paths.EVALUATE_WORK), key, texts, what="evaluate") as work_dir:
+        yield embed_texts(model, texts, work_dir, key, params.evaluate.batch_size, what="evaluate"), None
 
 
 def finetune_run_id() -> str | None:
@@ -161,11 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{paths.eval_dir('base')} was scored {what}: run `dvc repro evaluate` (it reruns evaluate_base first)")
 
     # 2. This model through every lens; saved for the other stage (base) or the report (fine-tuned).
-    vectors, queries, chunks = vectors_to_score(which, params, data)
-    result = evaluate_vectors(vectors, data, params.evaluate, params.shared.seed, queries)
-    result.save(paths.eval_dir(which), scope)
-    if chunks:  # scored: the chunks' only use was resuming (mode=full); another run's beside them stay
-        drop_chunks(chunks[0].parent, chunks, what="evaluate")
+    with vectors_to_score(which, params, data) as (vectors, queries):
+        result = evaluate_vectors(vectors, data, params.evaluate, params.shared.seed, queries)
+        result.save(paths.eval_dir(which), scope)
     print("\n".join(f"{name}: {value:.4f}" for name, value in flatten(result.metrics).items()))
     if which == "base":
         return

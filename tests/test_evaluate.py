@@ -179,8 +179,8 @@ def test_a_full_mode_evaluate_killed_in_a_temp_workspace_resumes_in_the_next(eva
     project = tmp_path / "project"
     shutil.copytree(evaluated, project, symlinks=True)
     work = project / "data/embeddings/chunks-finetuned"
-    (work / "chunk-of-a-queued-run.npy").parent.mkdir(parents=True)
-    (work / "chunk-of-a-queued-run.npy").write_bytes(b"xy")
+    (work / "run-of-a-stopped-run").mkdir(parents=True)
+    (work / "run-of-a-stopped-run" / "chunk-a.npy").write_bytes(b"xy")
     monkeypatch.setattr(embeddings, "CHUNK_SIZE", 32)  # = evaluate.batch_size: one encode call a chunk
 
     def temp_workspace(name: str) -> Path:  # as `dvc exp run --temp` makes one, with DVC_ROOT set for its stages
@@ -199,7 +199,7 @@ def test_a_full_mode_evaluate_killed_in_a_temp_workspace_resumes_in_the_next(eva
             evaluate.main(["--model", "finetuned"])
         monkeypatch.chdir(tmp_path)
         shutil.rmtree(killed)
-        assert len(list(work.glob("chunk-*.npy"))) == 1 + 2  # the two chunks finished before the kill
+        assert len(list(work.glob("run-*/chunk-*.npy"))) == 1 + 2  # the two chunks finished before the kill
 
         again = temp_workspace("tmp-again")
         encoder_calls.clear()
@@ -213,7 +213,7 @@ def test_a_full_mode_evaluate_killed_in_a_temp_workspace_resumes_in_the_next(eva
     scored, whole = (json.loads((folder / "metrics/evaluate.json").read_text())["finetuned"] for folder in (again, evaluated))
     for lens in ("category_retrieval", "title_to_abstract"):  # resumed chunks: the same vectors but for the last bits
         assert scored[lens]["ndcg@10"] == pytest.approx(whole[lens]["ndcg@10"], abs=1e-3)
-    assert [path.name for path in work.iterdir()] == ["chunk-of-a-queued-run.npy"]  # its own dropped, the other run's kept
+    assert [path.name for path in work.iterdir()] == ["run-of-a-stopped-run"]  # its own dropped, a stopped run's kept
 
 
 def test_evaluate_refuses_a_base_scored_otherwise_and_a_model_it_cannot_read(evaluated, tmp_path):

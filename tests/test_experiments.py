@@ -199,8 +199,8 @@ def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_ne
         embed_base.main()
     monkeypatch.chdir(tmp_path)
     shutil.rmtree(killed)  # DVC deletes the copy of a failed point
-    kept = list((project / paths.EMBED_WORK).glob("chunk-*.npy"))
-    assert len(kept) == 2  # the two chunks finished before the kill
+    kept = list((project / paths.EMBED_WORK).glob("run-*/chunk-*.npy"))
+    assert len(kept) == 2  # the two chunks finished before the kill, in the run's folder
 
     temp_workspace("tmp-again")
     encoder_calls.clear()
@@ -213,24 +213,49 @@ def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_ne
     assert any((project / paths.EMBED_REUSE).iterdir())
 
 
-def test_a_finished_run_drops_only_its_own_chunks_and_names_the_others(tmp_path: Path) -> None:
+def test_a_run_s_chunk_folder_goes_when_it_ends_and_stopped_runs_beyond_the_newest_two_go_with_it(tmp_path: Path, capsys) -> None:
+    """Each run encodes into a folder of its own (the same one whenever it is run again, so a killed run resumes). A
+    run that ends well deletes its folder and stopped runs' beyond the newest two, which nothing else would remove;
+    a folder another run holds stays, however old."""
+    import fcntl
     import os
+    import time
 
-    from arxiv_embed.embeddings import drop_chunks
+    from arxiv_embed.embeddings import CHUNK_LOCK, chunk_folder
+    from arxiv_embed.run_folders import in_use
 
     from .test_reliability import dead_pid
 
-    folder = tmp_path / "chunks"
-    folder.mkdir()
-    own, other = [folder / "chunk-a.npy", folder / "chunk-b.npy"], folder / "chunk-queued.npy"
-    killed, writing = folder / f".chunk-c.npy.tmp-{dead_pid()}", folder / f".chunk-d.npy.tmp-{os.getpid()}"
-    for chunk in [*own, other, killed, writing]:
-        chunk.write_bytes(b"xy")
-    # A queued run's chunk and the temporary a live writer is filling stay; a killed writer's temporary goes.
-    assert drop_chunks(folder, own) == {other: 2, writing: 2} and not killed.exists()
+    work = tmp_path / "chunks"
+    for age, name in enumerate(["run-stopped-1", "run-stopped-2", "run-stopped-3", "run-encoding"], start=1):
+        (work / name).mkdir(parents=True)
+        (work / name / "chunk-a.npy").write_bytes(b"xy")
+        os.utime(work / name, (time.time() - age * 100, time.time() - age * 100))
+    encoding = open(work / "run-encoding" / CHUNK_LOCK, "a+", encoding="utf-8")  # another run, encoding now
+    fcntl.flock(encoding, fcntl.LOCK_SH)
+    flat, killed, writing = work / "chunk-flat.npy", work / f".chunk-c.npy.tmp-{dead_pid()}", work / f".chunk-d.npy.tmp-{os.getpid()}"
+    for leftover in (flat, killed, writing):  # the flat layout's, before run folders: no run reads them
+        leftover.write_bytes(b"xy")
+
+    with pytest.raises(RuntimeError), chunk_folder(work, "key", ["a", "b"], what="test") as failed:
+        (failed / "chunk-b.npy").write_bytes(b"xy")
+        assert in_use(failed, CHUNK_LOCK)
+        raise RuntimeError("killed")
+    assert (failed / "chunk-b.npy").exists()  # a run that failed keeps its chunks for its rerun
+    with chunk_folder(work, "key", ["a", "b"], what="test") as again:
+        assert again == failed and (again / "chunk-b.npy").exists()
+    assert sorted(path.name for path in work.iterdir()) == sorted(["run-stopped-1", "run-stopped-2", "run-encoding", writing.name])
+    assert "deleted 1 stopped runs' chunks" in capsys.readouterr().out
+    encoding.close()
     writing.unlink()
-    assert drop_chunks(folder, [other]) == {} and not folder.exists()
-    assert drop_chunks(folder, []) == {}  # nothing encoded, no folder: nothing to do
+    with chunk_folder(work, "other", ["c"], what="test"):
+        pass
+    # The newest stopped two: the run that was encoding until now (its lock file made it newest), then stopped-1.
+    assert sorted(path.name for path in work.iterdir()) == ["run-encoding", "run-stopped-1"]
+    shutil.rmtree(work / "run-encoding"), shutil.rmtree(work / "run-stopped-1")
+    with chunk_folder(work, "other", ["c"], what="test"):
+        pass
+    assert not work.exists()  # nothing left: the folder goes too
 
 
 @pytest.mark.slow

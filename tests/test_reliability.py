@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from arxiv_embed import files
+from arxiv_embed import files, run_folders
 from tests.harness import params_with
 from arxiv_embed.training import checkpoints
 from tests.conftest import ROOT, dvc, make_project
@@ -48,7 +48,7 @@ def dead_pid() -> int:
 SWAP = """
 import os, shutil, signal, sys
 from pathlib import Path
-from arxiv_embed import files
+from arxiv_embed import files, run_folders
 
 kill_at, calls = int(sys.argv[1]), [0]
 def killing(real):
@@ -151,7 +151,7 @@ def test_a_queued_point_whose_run_folder_is_held_trains_in_its_own_workspace(tmp
         monkeypatch.chdir(workspace)
         monkeypatch.setenv("DVC_ROOT", str(project))
         with checkpoints.claimed("abc123") as run_dir:
-            assert run_dir == (workspace / "models" / "checkpoints" / "abc123").resolve() and checkpoints.in_use(run_dir)
+            assert run_dir == (workspace / "models" / "checkpoints" / "abc123").resolve() and run_folders.in_use(run_dir, checkpoints.LOCK)
         assert f"PID {holder.pid}" in capsys.readouterr().out
         monkeypatch.chdir(project)
         with pytest.raises(checkpoints.RunFolderBusy, match=f"PID {holder.pid}"), checkpoints.claimed("abc123"):
@@ -174,10 +174,10 @@ def test_a_folder_another_finetune_s_prune_checks_for_an_instant_is_not_busy(tmp
     run_dir = tmp_path / "checkpoints" / "abc123"
     run_dir.mkdir(parents=True)
     checking = open(run_dir / checkpoints.LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the timer)
-    fcntl.flock(checking, fcntl.LOCK_SH)
+    fcntl.flock(checking, fcntl.LOCK_EX)  # as run_folders.in_use checks it
     threading.Timer(0.1, checking.close).start()
     with checkpoints.locked(run_dir):
-        assert checkpoints.in_use(run_dir)
+        assert run_folders.in_use(run_dir, checkpoints.LOCK)
 
 
 def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path
         with pytest.raises(checkpoints.RunFolderBusy, match=f"PID {holder.pid}") as busy, checkpoints.locked(run_dir):
             pass
         assert time.monotonic() - start < 1 and f"kill {holder.pid}" in str(busy.value)
-        assert checkpoints.in_use(run_dir)
+        assert run_folders.in_use(run_dir, checkpoints.LOCK)
         (tmp_path / "checkpoints" / "older").mkdir()
         checkpoints.prune_checkpoint_runs(tmp_path / "checkpoints" / "older", others=0)
         assert run_dir.is_dir()  # in use: never pruned
@@ -201,7 +201,7 @@ def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path
     finally:
         holder.kill()
         holder.wait()
-    assert not checkpoints.in_use(run_dir)  # a kill -9 releases it
+    assert not run_folders.in_use(run_dir, checkpoints.LOCK)  # a kill -9 releases it
     with checkpoints.locked(run_dir):
         assert (run_dir / checkpoints.LOCK).read_text().strip() == str(os.getpid())
 

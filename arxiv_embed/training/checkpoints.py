@@ -6,9 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -16,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError
-from arxiv_embed.files import newest_first
 from arxiv_embed.processes import process_alive
+from arxiv_embed.run_folders import prune_stopped, try_lock
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
 from arxiv_embed.training.distributed import world_size
@@ -54,7 +52,7 @@ def locked(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
     try:
-        if not _try_lock(handle, fcntl.LOCK_EX, LOCK_RETRY_S):
+        if not try_lock(handle, fcntl.LOCK_EX, LOCK_RETRY_S):
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise RunFolderBusy(
@@ -96,29 +94,6 @@ def claimed(run_key: str) -> Iterator[Path]:
         run_dir = own
     with stack:
         yield run_dir
-
-
-def _try_lock(handle, operation: int, retry_s: float = 0.0) -> bool:
-    """flock without blocking, tried again for `retry_s`: another finetune's prune checks every folder's lock for an
-    instant, which must not make a free folder look held."""
-    deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            fcntl.flock(handle, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-
-
-def in_use(run_dir: Path) -> bool:
-    """True while a finetune holds `run_dir` (see `locked`)."""
-    try:
-        with open(run_dir / LOCK, encoding="utf-8") as handle:
-            return not _try_lock(handle, fcntl.LOCK_SH)
-    except FileNotFoundError:
-        return False
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -171,16 +146,7 @@ def prune_checkpoint_runs(keep: Path, others: int = OTHER_CHECKPOINT_RUNS_KEPT) 
     """Delete checkpoint folders of other params, except those in use and the `others` most recent of the rest:
     the folder is the project's (queued points share it), and running points, whose saves keep their folders newest,
     must not push a stopped point's checkpoints out before it is run again."""
-    if not keep.parent.is_dir():
-        return
-    stopped = [p for p in keep.parent.iterdir() if p.is_dir() and p != keep and not in_use(p)]
-    for stale in newest_first(stopped)[others:]:
-        try:  # held while deleting: a finetune claiming the folder meanwhile finds it busy instead of losing it
-            with open(stale / LOCK, "a+", encoding="utf-8") as handle:
-                if _try_lock(handle, fcntl.LOCK_EX):
-                    shutil.rmtree(stale, ignore_errors=True)
-        except FileNotFoundError:  # deleted by another finetune's prune
-            continue
+    prune_stopped(keep.parent, LOCK, others, keep)
 
 
 def saved_run_id(run_dir: Path) -> str | None:

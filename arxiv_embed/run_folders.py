@@ -1,0 +1,84 @@
+"""Folders a run leaves in the project's root for the next (paths.kept_between_runs): finetune's checkpoints, the
+encoders' resumable chunks. A run holds its folder by an flock on a lock file inside (released when the process
+ends, even by kill -9), so another run's prune can tell a folder in use from a stopped run's, which it keeps only
+among the few newest: a stopped run resumes from it when run again, and stale ones do not pile up."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from arxiv_embed.files import newest_first
+
+
+def try_lock(handle, operation: int, retry_s: float = 0.0) -> bool:
+    """flock without blocking, tried again for `retry_s`: another run's prune checks every folder's lock for an
+    instant, which must not make a free folder look held."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def in_use(folder: Path, lock_name: str) -> bool:
+    """True while a run holds `folder` (an flock on its `lock_name` file, shared or exclusive)."""
+    try:
+        with open(folder / lock_name, encoding="utf-8") as handle:
+            return not try_lock(handle, fcntl.LOCK_EX)
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def shared_hold(folder: Path, lock_name: str) -> Iterator[Path]:
+    """`folder`, made if missing and held (a shared flock: runs of the same work may share it) until the block ends.
+    A prune that deleted it between its making and the lock is seen (the lock file is gone) and the folder made again."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(folder / lock_name, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
+        except FileNotFoundError:  # pruned since the mkdir
+            continue
+        fcntl.flock(handle, fcntl.LOCK_SH)  # a prune holds it exclusively only while deleting
+        try:
+            if os.stat(folder / lock_name).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield folder
+    finally:
+        handle.close()
+
+
+def remove_unless_held(folder: Path, lock_name: str) -> bool:
+    """Delete `folder` unless a run holds it: its lock is taken exclusively first, so a run claiming the folder
+    meanwhile finds it held instead of losing it. True when deleted."""
+    try:
+        with open(folder / lock_name, "a+", encoding="utf-8") as handle:
+            if not try_lock(handle, fcntl.LOCK_EX):
+                return False
+            shutil.rmtree(folder, ignore_errors=True)
+            return True
+    except FileNotFoundError:  # deleted by another run's prune
+        return False
+
+
+def prune_stopped(parent: Path, lock_name: str, others: int, keep: Path | None = None) -> list[Path]:
+    """Delete the folders in `parent` (but `keep`) that no run holds, except the `others` most recent of them: running
+    runs, whose writes keep their folders newest, never push a stopped run's folder out. Returns what was deleted."""
+    if not parent.is_dir():
+        return []
+    stopped = [path for path in parent.iterdir() if path.is_dir() and path != keep and not in_use(path, lock_name)]
+    return [stale for stale in newest_first(stopped)[others:] if remove_unless_held(stale, lock_name)]
