@@ -127,6 +127,8 @@ def shareable_params(dumped: dict) -> dict:
         download["path"] = Path(download["path"]).name
     if download.get("kaggle_url"):
         download["kaggle_url"] = without_secrets(download["kaggle_url"])
+    if (oai := download.get("oai") or {}).get("endpoint"):
+        oai["endpoint"] = without_secrets(oai["endpoint"])
     if (model := shared.get("model", {})).get("base"):
         model["base"] = shown_model(model["base"])
     return shared

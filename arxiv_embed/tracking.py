@@ -92,16 +92,18 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
     import mlflow
 
     uri = tracking_uri()
-    if redact(uri) != uri:
+    scheme = urlparse(uri).scheme
+    if redact(uri) != uri and scheme in {"http", "https"}:
         # MLflow quotes the tracking URI in its "View run ... at:" line and in every failed request's error:
-        # hand it the credentials through its Basic-auth variables instead, and a URI without them.
+        # hand it the credentials through its Basic-auth variables instead, and a URI without them. A database
+        # store (postgresql://user:password@...) takes them from its URI only: it keeps them, and only this
+        # project's messages redact it.
         parts = urlparse(uri)
         for name, value in (("USERNAME", parts.username), ("PASSWORD", parts.password)):
             if value is not None:
                 os.environ[f"MLFLOW_TRACKING_{name}"] = unquote(value)
-        os.environ["MLFLOW_TRACKING_URI"] = redact(uri)
-    mlflow.set_tracking_uri(redact(uri))
-    scheme = urlparse(uri).scheme
+        os.environ["MLFLOW_TRACKING_URI"] = uri = redact(uri)
+    mlflow.set_tracking_uri(uri)
     if scheme in {"http", "https"}:
         import requests
 

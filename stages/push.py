@@ -103,12 +103,14 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 
 def release_hash(release: Path) -> str:
-    """One sha256 over the release less its provenance: the model's files, and the manifest's evaluation, gate and run
-    (names and contents). The git commit and DVC experiment name (in the manifest and the card) change with the
-    workspace, not the release: a push of the same release after `dvc exp apply` finds its registry version; a new
-    evaluation of the same model (evaluate.* changed) is a new version, whose tags carry it."""
+    """One sha256 over the release less its provenance and how it is pushed: the model's files, and the manifest's
+    evaluation, run and params but push's (names and contents). The git commit and DVC experiment name (in the manifest
+    and the card) change with the workspace, and push.* (the gate's tolerances, the Hub, the license) with how the same
+    model is released: a push after `dvc exp apply`, or one that turns the Hub upload on, finds its registry version; a
+    new evaluation of the same model (evaluate.* changed) is a new version, whose tags carry it."""
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
-    described = {key: value for key, value in manifest.items() if key not in ("files", "git_commit", "dvc_experiment")}
+    described = {key: value for key, value in manifest.items() if key not in ("files", "git_commit", "dvc_experiment", "gate")}
+    described["params"] = {key: value for key, value in described.get("params", {}).items() if key != "push"}
     files = {name: digest for name, digest in sha256_files(release).items() if name not in ("README.md", "manifest.json")}
     return hashlib.sha256(json.dumps({"files": files, **described}, sort_keys=True, default=str).encode()).hexdigest()
 

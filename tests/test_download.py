@@ -267,6 +267,39 @@ def test_a_broken_off_answer_is_retried_a_repeated_token_refused_and_a_nan_retry
         list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
 
 
+def test_a_tls_stream_that_breaks_off_is_retried(server: Server, monkeypatch: pytest.MonkeyPatch):
+    """The default endpoint is https: a server closing TLS mid-answer raises ssl.SSLEOFError from read(), which is no
+    ConnectionError; one such break must not end an hours-long harvest."""
+    import ssl
+
+    from arxiv_embed.data import oai
+
+    server.script = {"cs": [oai_page([oai_record("2610.00001")])]}
+    real_open, breaks = oai.open_url, iter([True])
+
+    class BreaksOff:
+        def __init__(self, response):
+            self.response = response
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.response.close()
+
+        def read(self):
+            raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+
+    def open_url(request, timeout_s):
+        response = real_open(request, timeout_s)
+        return BreaksOff(response) if next(breaks, False) else response
+
+    monkeypatch.setattr(oai, "open_url", open_url)
+    waits: list[float] = []
+    records = list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+    assert [r["id"] for r in records] == ["2610.00001"] and [w for w in waits if w] == [10.0]
+
+
 def test_an_empty_set_spec_is_sent_not_left_out(monkeypatch: pytest.MonkeyPatch):
     """Left out, an empty set would harvest all of arXiv in the window; sent, the server refuses it."""
     import xml.etree.ElementTree as ET

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from tests.harness import params_with
 
@@ -289,7 +290,8 @@ def test_the_release_shows_no_local_path_or_signed_url(tmp_path, papers, base_mo
     base_model.save(str(home / "models" / "my-base"))
     project = make_project(tmp_path / "project", {
         "download": {"source": "kaggle", "path": str(home / "Downloads" / "archive.zip"),
-                     "kaggle_url": "https://storage.example.com/arxiv.zip?X-Goog-Signature=SECRETSIG123"},
+                     "kaggle_url": "https://storage.example.com/arxiv.zip?X-Goog-Signature=SECRETSIG123",
+                     "oai": {"endpoint": "https://oai.example.org/oai?token=OAISECRET"}},
         "model": {"base": str(home / "models" / "my-base")}})
     write_inputs(project, papers, base_model)
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -297,10 +299,18 @@ def test_the_release_shows_no_local_path_or_signed_url(tmp_path, papers, base_mo
     card = (project / "models/release/README.md").read_text()
     manifest = (project / "models/release/manifest.json").read_text()
     for text in (card, manifest):
-        assert str(tmp_path) not in text and "SECRETSIG123" not in text
+        assert str(tmp_path) not in text and "SECRETSIG123" not in text and "OAISECRET" not in text
     assert "archive.zip" in card and "fine-tuned from local folder my-base on" in card and "\nbase_model:" not in card.split("---")[1]
     params = json.loads(manifest)["params"]
     assert params["download"]["path"] == "archive.zip" and params["download"]["kaggle_url"] == "https://storage.example.com/arxiv.zip?..."
+    from arxiv_embed.model_card import describe_source
+    from arxiv_embed.schema.base import load
+    from arxiv_embed.schema.download import DownloadParams
+
+    harvested = load(DownloadParams).download.model_copy(update={"source": "oai"})  # the card's words on a harvest
+    harvested = harvested.model_copy(update={"oai": harvested.oai.model_copy(update={"from_date": None, "until_date": None})})
+    assert describe_source(harvested).startswith("arXiv OAI-PMH https://oai.example.org/oai?..., sets ")
+    assert "None" not in describe_source(harvested) and "OAISECRET" not in describe_source(harvested)
 
 
 def test_card_names_the_hub_id_a_short_name_loads_from(tmp_path, monkeypatch):
@@ -458,6 +468,11 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     run_push_in_process(project, monkeypatch)
     assert "already registered (same run and release): arxiv-embed version 1" in capsys.readouterr().out
     assert json.loads((project / "models/release/manifest.json").read_text())["dvc_experiment"] == "lr3e-3"
+    params = yaml.safe_load((project / "params.yaml").read_text())  # released otherwise: the same release
+    params["push"]["gate"]["tolerance"], params["push"]["license"] = 0.01, "mit"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run_push_in_process(project, monkeypatch)
+    assert "already registered (same run and release): arxiv-embed version 1" in capsys.readouterr().out
     report = json.loads((project / "metrics/evaluate.json").read_text())  # the same model evaluated again (evaluate.* changed)
     report["base"]["triplet"]["accuracy"] -= 0.01
     (project / "metrics/evaluate.json").write_text(json.dumps(report))

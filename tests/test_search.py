@@ -255,6 +255,16 @@ def test_json_lines_are_read_batch_by_batch_and_bad_lines_are_named_not_indexed(
     assert "left out 2 line(s)" in (out := capsys.readouterr().out) and "lines 6, 7" in out
 
 
+def test_versions_with_no_created_date_take_the_year_from_the_id(tmp_path, records):
+    """download writes `"versions": []` for an OAI record without a date; a batch of only such records (or of versions
+    without `created`) is read as a list of nulls, which has no field to take the year from."""
+    empty = [json.dumps({**json.loads(line), "versions": []}) + "\n" for line in records[:3]]
+    undated = [json.dumps({**json.loads(line), "versions": [{"version": "v1"}]}) + "\n" for line in records[3:5]]
+    for name, lines in (("empty.jsonl", empty), ("undated.jsonl", undated)):
+        papers = read_papers(write_papers(tmp_path / name, lines))
+        assert papers["year"].to_list() == [2007] * len(lines)
+
+
 def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, capsys):
     from arxiv_embed.search.__main__ import main
 

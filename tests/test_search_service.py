@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -197,6 +198,12 @@ def test_a_rebuilt_folder_the_server_cannot_load_leaves_the_old_index_serving(tm
         (folder / "index.json").write_text(json.dumps(meta))  # the folder is fixed: picked up, warning gone
         status, health = get(f"{base}/health")
         assert status == 200 and "warning" not in health
+        # A rebuild between its two renames (the old folder aside, the new one not yet in): the loaded index serves.
+        aside = folder.with_name(f".index.old-{os.getpid()}-x")
+        folder.rename(aside)
+        status, body = get(query)
+        assert status == 200 and body["results"] == served["results"]
+        aside.rename(folder)
     finally:
         server.should_exit = True
         server.thread.join(10)

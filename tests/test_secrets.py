@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -240,3 +241,24 @@ def test_an_experiment_another_run_created_meanwhile_is_used(tmp_path: Path, mon
     configure_tracking()
     assert len(looks) >= 1
     assert real(EXPERIMENT) is not None
+
+
+def test_a_database_store_keeps_the_credentials_its_uri_carries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's Basic-auth variables reach its REST client only: a database store connects with its URI's user and
+    password, so stripping them would leave it unable to log in. Messages still show the URI redacted."""
+    import mlflow
+
+    from arxiv_embed.tracking import configure_tracking
+
+    uri = "postgresql://alice:s3cret@127.0.0.1:1/mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lambda name: object())  # no database here to ask
+    monkeypatch.setattr(mlflow, "set_experiment", lambda name: None)
+    previous = mlflow.get_tracking_uri()
+    try:
+        assert configure_tracking() == "postgresql://127.0.0.1:1/mlflow"
+        assert mlflow.get_tracking_uri() == uri and "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    finally:
+        mlflow.set_tracking_uri(previous)

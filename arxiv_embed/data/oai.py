@@ -14,6 +14,7 @@ import json
 import math
 import re
 import shutil
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -187,7 +188,8 @@ class _OaiClient:
                 if not self.answered or last:
                     raise
                 wait, why = 10.0 * (attempt + 1), "could not be reached"
-            except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:  # the answer broke off
+            # The answer broke off: ssl.SSLError (a TLS stream closed mid-answer, SSLEOFError) is no ConnectionError.
+            except (TimeoutError, ConnectionError, http.client.HTTPException, ssl.SSLError) as exc:
                 if last:
                     raise DownloadError(f"{url}: the answer broke off ({type(exc).__name__}: {exc}) after {attempt} retries; "
                                         "try again later, or raise download.oai.max_retries") from None

@@ -231,7 +231,8 @@ class Source:
 
 # download.source -> its reader and its description. Adding a source is one entry (the schema takes its choices from here).
 SOURCES: dict[str, Source] = {
-    "oai": Source(_oai, lambda d, limit: f"arXiv OAI-PMH {d.oai.endpoint}, sets {', '.join(d.oai.sets)}, {d.oai.from_date} to {d.oai.until_date}{limit}"),
+    "oai": Source(_oai, lambda d, limit: f"arXiv OAI-PMH {without_secrets(d.oai.endpoint)}, sets {', '.join(d.oai.sets)}, "
+                                         f"{d.oai.from_date or 'the first record'} to {d.oai.until_date or 'the harvest'}{limit}"),
     # A file by its name only: the card and the release are shared, and a full path shows the user's folders.
     "kaggle": Source(_kaggle, lambda d, limit: f"Kaggle arXiv metadata snapshot ({Path(d.path).name if d.path else without_secrets(d.kaggle_url)}{limit})"),
     "file": Source(_file, lambda d, limit: f"local file `{Path(d.path or '').name}` (Kaggle arXiv snapshot schema{limit})"),

@@ -38,6 +38,13 @@ def archive_expr(categories: pl.Expr) -> pl.Expr:
     return categories.str.split_exact(".", 1).struct.field("field_0")
 
 
+def _has_created(versions: pl.DataType | None) -> bool:
+    """Whether a `versions` column holds structs with `created`: a batch whose every record has `"versions": []`
+    (what download writes for an OAI record without a date) or structs without it is read as List(Null) or the like."""
+    return (isinstance(versions, pl.List) and isinstance(versions.inner, pl.Struct)
+            and any(field.name == "created" for field in versions.inner.fields))
+
+
 def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
     """The index's columns from a file's: whitespace made single, categories a list, the year from the first version."""
     categories = pl.col("categories")
@@ -46,7 +53,7 @@ def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
     if "first_version_date" in schema:  # the clean stage's parsed date (text in JSON lines)
         date = pl.col("first_version_date")
         dated = (date.str.to_date(strict=False) if schema["first_version_date"] == pl.String else date.cast(pl.Date, strict=False)).dt.year()
-    elif isinstance(schema.get("versions"), pl.List):  # Kaggle: [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}, ...]
+    elif _has_created(schema.get("versions")):  # Kaggle: [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}, ...]
         dated = pl.col("versions").list.first().struct.field("created").str.extract(r"\b(\d{4})\b").cast(pl.Int32, strict=False)
     else:
         dated = pl.lit(None, dtype=pl.Int32)

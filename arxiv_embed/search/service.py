@@ -147,8 +147,8 @@ class Searcher:
         if stamp is None:
             recover(self.path)  # a rebuild killed between its two renames left the previous folder aside: put it back
             stamp = self._current_stamp()
-            if stamp is None:
-                self.loaded, self._stamp, self.failure = None, None, None
+            if stamp is None:  # none yet, or a live rebuild between its two renames: the index loaded before still serves
+                self._stamp, self.failure = None, None
                 return
         index = SearchIndex.load(self.path)
         model_ref = self.requested_model or index.meta["model"]

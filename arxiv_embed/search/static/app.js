@@ -179,8 +179,9 @@ function fail(error) {
 
 function showNoIndex(health) {
   notice.hidden = false;
-  notice.replaceChildren(element("strong", {}, "No search index is loaded. "), health.message, " Build one with:",
-    element("pre", {}, element("code", {}, health.build_command)),
+  // "no index" comes with the command that builds one; "unavailable" (an index this server cannot serve) with the reason only.
+  const build = health.build_command ? [" Build one with:", element("pre", {}, element("code", {}, health.build_command))] : [" "];
+  notice.replaceChildren(element("strong", {}, "No search index is loaded. "), health.message, ...build,
     "The server loads it as soon as the build finishes; this page checks every few seconds.");
 }
 
