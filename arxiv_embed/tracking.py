@@ -31,8 +31,8 @@ class TrackingUnavailableError(UserError):
     """The configured MLflow tracking server does not answer."""
 
 
-def redact(uri: str) -> str:
-    """The URI without any user:password@ part, for messages and logs."""
+def without_userinfo(uri: str) -> str:
+    """The URI without any user:password@ part."""
     parts = urlparse(uri)
     if parts.username or parts.password:
         host = parts.hostname or ""
@@ -40,6 +40,12 @@ def redact(uri: str) -> str:
             host = f"{host}:{parts.port}"
         return urlunparse(parts._replace(netloc=host))
     return uri
+
+
+def redact(uri: str) -> str:
+    """The URI for messages and logs: no user:password@ part, and a query (a token) shown as `...`."""
+    shown = without_userinfo(uri)
+    return shown.split("?", 1)[0] + "?..." if "?" in shown else shown
 
 
 def tracking_uri() -> str:
@@ -93,7 +99,7 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
 
     uri = tracking_uri()
     scheme = urlparse(uri).scheme
-    if redact(uri) != uri and scheme in {"http", "https"}:
+    if without_userinfo(uri) != uri and scheme in {"http", "https"}:
         # MLflow quotes the tracking URI in its "View run ... at:" line and in every failed request's error:
         # hand it the credentials through its Basic-auth variables instead, and a URI without them. A database
         # store (postgresql://user:password@...) takes them from its URI only: it keeps them, and only this
@@ -102,7 +108,7 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
         for name, value in (("USERNAME", parts.username), ("PASSWORD", parts.password)):
             if value is not None:
                 os.environ[f"MLFLOW_TRACKING_{name}"] = unquote(value)
-        os.environ["MLFLOW_TRACKING_URI"] = uri = redact(uri)
+        os.environ["MLFLOW_TRACKING_URI"] = uri = without_userinfo(uri)
     mlflow.set_tracking_uri(uri)
     if scheme in {"http", "https"}:
         import requests
@@ -120,17 +126,24 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
         except OSError as exc:  # requests' own check of a certificate path that is not there
             raise TrackingUnavailableError(f"MLflow's TLS settings for {redact(uri)}: {exc}; fix MLFLOW_TRACKING_SERVER_CERT_PATH "
                                            "or MLFLOW_TRACKING_CLIENT_CERT_PATH") from None
-    if scheme == "sqlite" and not uri.startswith("sqlite:///:memory:"):
-        _prepare_local_store(uri)
-    elif mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        # Local store: keep artifacts inside the project, not in a cwd-dependent default.
-        location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if scheme in {"", "file"} else None
-        try:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-        except mlflow.exceptions.MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another run started at once (`dvc queue start -j 2`) made it
-                raise
-    mlflow.set_experiment(EXPERIMENT)
+    try:
+        if scheme == "sqlite" and not uri.startswith("sqlite:///:memory:"):
+            _prepare_local_store(uri)
+        elif mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            # Local store: keep artifacts inside the project, not in a cwd-dependent default.
+            location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if scheme in {"", "file"} else None
+            try:
+                mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+            except mlflow.exceptions.MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another run started at once (`dvc queue start -j 2`) made it
+                    raise
+        mlflow.set_experiment(EXPERIMENT)
+    except mlflow.exceptions.MlflowException as exc:  # a store MLflow refuses (a plain folder: its file store is retired)
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__).replace(uri, redact(uri)).rstrip(".")
+        raise TrackingUnavailableError(
+            f"MLflow cannot use the store {redact(uri)} (MLFLOW_TRACKING_URI): {reason}. Point it at a server or a database "
+            f"(sqlite:///path/mlflow.db), or unset it to use the local store {DEFAULT_TRACKING_URI}."
+        ) from None
     return redact(uri)
 
 

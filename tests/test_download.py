@@ -300,6 +300,18 @@ def test_a_tls_stream_that_breaks_off_is_retried(server: Server, monkeypatch: py
     assert [r["id"] for r in records] == ["2610.00001"] and [w for w in waits if w] == [10.0]
 
 
+def test_an_endpoint_with_a_query_keeps_it_and_messages_hide_it(server: Server):
+    """An endpoint may carry an access token in its query: requests add their own parameters to it (one `?`), and no
+    message prints it."""
+    server.script = {"cs": [oai_page([oai_record("2610.00001")])], "math": [(404, {}, b"no such set")]}
+    records = list(harvest_oai(f"{server.url}/oai?apikey=TOPSECRET", ["cs"], request_interval_s=0))
+    [(_, query, _)] = server.log
+    assert [r["id"] for r in records] == ["2610.00001"] and query["apikey"] == "TOPSECRET" and query["verb"] == "ListRecords"
+    with pytest.raises(DownloadError, match="HTTP 404") as failed:
+        list(harvest_oai(f"{server.url}/oai?apikey=TOPSECRET", ["math"], request_interval_s=0))
+    assert "TOPSECRET" not in str(failed.value) and "set=math" in str(failed.value)
+
+
 def test_an_empty_set_spec_is_sent_not_left_out(monkeypatch: pytest.MonkeyPatch):
     """Left out, an empty set would harvest all of arXiv in the window; sent, the server refuses it."""
     import xml.etree.ElementTree as ET

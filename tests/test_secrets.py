@@ -30,8 +30,8 @@ def with_credentials(uri: str) -> str:
     return uri.replace("http://", f"http://{USER}:{PASSWORD}@")
 
 
-def test_redact_drops_user_and_password_and_keeps_the_rest() -> None:
-    assert redact(f"http://{USER}:{PASSWORD}@mlflow.example.com:5000/path?x=1") == "http://mlflow.example.com:5000/path?x=1"
+def test_redact_drops_user_password_and_query_and_keeps_the_rest() -> None:
+    assert redact(f"http://{USER}:{PASSWORD}@mlflow.example.com:5000/path?token=QSECRET") == "http://mlflow.example.com:5000/path?..."
     assert redact(f"https://{USER}@host/") == "https://host/"
     assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
 
@@ -262,3 +262,16 @@ def test_a_database_store_keeps_the_credentials_its_uri_carries(monkeypatch: pyt
         assert mlflow.get_tracking_uri() == uri and "MLFLOW_TRACKING_PASSWORD" not in os.environ
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_a_store_mlflow_refuses_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A plain folder as MLFLOW_TRACKING_URI: MLflow 3.17 refuses its retired file store with an exception, which a
+    stage reports as a user error (what to set instead), not a traceback."""
+    from tests.conftest import ROOT
+
+    env = {**stage_env(ROOT), "MLFLOW_TRACKING_URI": "./mlruns-x"}
+    env.pop("MLFLOW_ALLOW_FILE_STORE", None)
+    result = subprocess.run([sys.executable, "-c", "from arxiv_embed.errors import run; from arxiv_embed.tracking import "
+                             "configure_tracking; run(configure_tracking, 'finetune')"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "finetune: error: MLflow cannot use the store ./mlruns-x (MLFLOW_TRACKING_URI)" in result.stderr

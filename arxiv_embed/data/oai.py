@@ -25,7 +25,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from arxiv_embed.data.http import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url
+from arxiv_embed.data.http import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url, without_secrets
 from arxiv_embed.files import write_bytes
 
 OAI, ARXIV = "{http://www.openarchives.org/OAI/2.0/}", "{http://arxiv.org/OAI/arXiv/}"
@@ -108,7 +108,9 @@ class _OaiClient:
     """One polite OAI-PMH conversation: a request every request_interval_s, 503s retried."""
 
     def __init__(self, endpoint: str, max_retries: int, interval_s: float, timeout_s: float, sleep: Callable) -> None:
-        self.endpoint, self.max_retries, self.interval_s, self.timeout_s = endpoint, max_retries, interval_s, timeout_s
+        self.max_retries, self.interval_s, self.timeout_s = max_retries, interval_s, timeout_s
+        # An endpoint may carry a query (an access token): requests add theirs to it, and messages show it hidden.
+        self.url, self.endpoint = endpoint, without_secrets(endpoint) if urllib.parse.urlsplit(endpoint).query else endpoint
         self.sleep = sleep
         self._last_request = -math.inf
         self.answered = False  # has the host answered once? (then a failed connection is a blip, retried)
@@ -168,7 +170,8 @@ class _OaiClient:
         """One OAI-PMH answer. 429/5xx (Retry-After honoured) and an answer that breaks off are retried with backoff;
         so is a host that cannot be reached once it has answered before (a blip hours into a harvest). A host that
         never answered is no network: said at once, with the offline recipe."""
-        url = f"{self.endpoint}?{urllib.parse.urlencode(query)}"
+        url = f"{self.url}{'&' if urllib.parse.urlsplit(self.url).query else '?'}{urllib.parse.urlencode(query)}"
+        shown = url if self.url == self.endpoint else f"{self.endpoint} ({urllib.parse.urlencode(query)})"
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         for attempt in range(self.max_retries + 1):
             self.sleep(max(0.0, self._last_request + self.interval_s - time.monotonic()))
@@ -179,9 +182,9 @@ class _OaiClient:
                     body = response.read()
             except urllib.error.HTTPError as exc:
                 if exc.code not in RETRY_STATUS:
-                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}; check download.oai.endpoint") from None
+                    raise DownloadError(f"{shown}: HTTP {exc.code} {exc.reason}; check download.oai.endpoint") from None
                 if last:
-                    raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason} after {attempt} retries; try again later, or raise "
+                    raise DownloadError(f"{shown}: HTTP {exc.code} {exc.reason} after {attempt} retries; try again later, or raise "
                                         "download.oai.max_retries") from None
                 wait, why = _retry_after(exc.headers.get("Retry-After"), default=10.0 * (attempt + 1)), f"answered {exc.code}"
             except NoNetworkError:
@@ -191,12 +194,12 @@ class _OaiClient:
             # The answer broke off: ssl.SSLError (a TLS stream closed mid-answer, SSLEOFError) is no ConnectionError.
             except (TimeoutError, ConnectionError, http.client.HTTPException, ssl.SSLError) as exc:
                 if last:
-                    raise DownloadError(f"{url}: the answer broke off ({type(exc).__name__}: {exc}) after {attempt} retries; "
+                    raise DownloadError(f"{shown}: the answer broke off ({type(exc).__name__}: {exc}) after {attempt} retries; "
                                         "try again later, or raise download.oai.max_retries") from None
                 wait, why = 10.0 * (attempt + 1), f"broke off ({type(exc).__name__})"
             else:
                 self.answered = True
-                return _parse_xml(body, url)
+                return _parse_xml(body, shown)
             print(f"download: OAI-PMH {why}; retry {attempt + 1}/{self.max_retries} in {wait:.0f} s")
             self.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -210,7 +210,7 @@ def _oai(params: Download) -> tuple[Iterator[bytes], str]:
         pages=oai_pages(params),
     )
     window = f"{oai.from_date or 'start'}..{oai.until_date or 'now'}"
-    return (json_line(record) for record in records), f"oai {oai.endpoint} (sets {', '.join(oai.sets)}; {window})"
+    return (json_line(record) for record in records), f"oai {without_secrets(oai.endpoint)} (sets {', '.join(oai.sets)}; {window})"
 
 
 def _kaggle(params: Download) -> tuple[Iterator[bytes], str]:

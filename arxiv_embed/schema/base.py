@@ -29,8 +29,8 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 def _no_userinfo(url: str) -> str:
     # urllib reads "user:key@host" as a host name (the download fails as "no network"), and the key would be printed.
     if "@" in url.split("/")[2]:
-        raise ValueError("a URL with user:password@ is not supported (and would be printed): put Kaggle credentials in "
-                         "KAGGLE_USERNAME and KAGGLE_KEY in the environment")
+        raise ValueError("a URL with user:password@ is not supported (it would be printed): arXiv's OAI-PMH needs no "
+                         "credentials, and Kaggle's go in KAGGLE_USERNAME and KAGGLE_KEY in the environment")
     # A typo here would otherwise pass, then cost minutes of retries (or a traceback) at download time.
     if any(c.isspace() or not c.isprintable() for c in url) or not url.isascii():
         raise ValueError("a URL cannot hold spaces, control characters or non-ASCII letters (percent-encode them, e.g. %20; "
@@ -102,6 +102,8 @@ def _describe(error: dict, schema: type[BaseModel]) -> str:
     given = error.get("input")
     if error["type"] == "value_error" and isinstance(given, dict):  # a rule over several keys: its message names them
         return error["msg"].removeprefix("Value error, ")
+    if isinstance(given, str):  # a URL's user:password@ is shown as the message says: not printed
+        given = re.sub(r"(://)[^/@]*@", r"\1", given)
     given = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"{key}: {error['msg']}{given}"
 
