@@ -495,6 +495,25 @@ def test_bad_local_files_name_the_file_and_leave_no_output(kaggle_sample: Path, 
     assert not out.exists() and list(out.parent.iterdir()) == []  # atomic: no half-written file
 
 
+def test_a_relative_path_missing_in_a_temp_workspace_is_read_from_the_project(kaggle_sample: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    """`dvc exp run --temp -S download.path=mydata.jsonl`: the copy DVC runs in holds git's files only, so the user's
+    untracked file is the project's; a path missing there too is named in full."""
+    from arxiv_embed.data.sources import local_input
+
+    project = tmp_path / "project"
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmp-point"
+    workspace.mkdir(parents=True)
+    shutil.copy(kaggle_sample, project / "mydata.jsonl.gz")
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert local_input("mydata.jsonl.gz") == project / "mydata.jsonl.gz" and next(open_records(local_input("mydata.jsonl.gz")))
+    (workspace / "mydata.jsonl.gz").write_bytes(b"")  # tracked by git: the workspace's own copy comes first
+    assert local_input("mydata.jsonl.gz") == Path("mydata.jsonl.gz")
+    with pytest.raises(DownloadError, match=rf"{project / 'missing.jsonl'}: no such file"):
+        next(open_records(local_input("missing.jsonl")))
+
+
 # ---------------------------------------------------------------- the stage
 
 def write_params(directory: Path, download_params: dict) -> None:

@@ -213,14 +213,21 @@ def _oai(params: Download) -> tuple[Iterator[bytes], str]:
     return (json_line(record) for record in records), f"oai {without_secrets(oai.endpoint)} (sets {', '.join(oai.sets)}; {window})"
 
 
+def local_input(path: str) -> Path:
+    """download.path as given; relative and not in this workspace, in the project's root: a `dvc exp run --temp` or
+    queued run works in a copy that holds git's files only, so an untracked file the path names is the project's."""
+    given = Path(path).expanduser()
+    return given if given.is_absolute() or given.exists() else kept_between_runs(given)
+
+
 def _kaggle(params: Download) -> tuple[Iterator[bytes], str]:
     if params.path:
-        return open_records(params.path), f"kaggle {params.path}"
+        return open_records(local_input(params.path)), f"kaggle {params.path}"
     return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {without_secrets(params.kaggle_url)}"
 
 
 def _file(params: Download) -> tuple[Iterator[bytes], str]:
-    return open_records(params.path), f"file {params.path}"
+    return open_records(local_input(params.path)), f"file {params.path}"
 
 
 @dataclass(frozen=True)
