@@ -292,6 +292,11 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
     with pytest.raises(SystemExit) as refused:
         main(["query", "spin glasses", "--index", str(indexes["binary"]), "--rescore-multiplier", "0"])
     assert refused.value.code == 2 and "--rescore-multiplier: must be 1 or more, got 0" in capsys.readouterr().err
+    for args, message in [(["query", "x", "--server", "notaurl"], "--server: must be the server's http URL"),
+                          (["serve", "--index", str(indexes["binary"]), "--port", "99999"], "--port: must be a port in 0-65535")]:
+        with pytest.raises(SystemExit) as refused:
+            main(args)
+        assert refused.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -378,12 +383,18 @@ def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(t
     assert stopped.value.code == 130 and len(err) == 3 and err[0].startswith("search: read a.jsonl done: 20 records"), err
     assert err[1].startswith("search: 20 new or changed papers to encode, 0 kept"), err
     assert f"rerun `python -m arxiv_embed.search build --papers {papers}" in err[2] and "to resume" in err[2]
+    assert "2 encoded chunks are saved in" in err[2]  # as many as were finished: none would say so
     encoder_calls.interrupt_at = None
     main(argv)
     out = capsys.readouterr().out
     assert "20 papers (20 new or changed, 12 of them resumed from saved chunks, 0 kept)" in out, out
     # Chunks encoded with another backend (int8: other last digits) are not mixed into a torch build.
     other = [*argv[:6], str(tmp_path / "index-2"), *argv[7:]]
+    encoder_calls.interrupt_at = len(encoder_calls) + 3
+    encoder_calls.interrupt_at = len(encoder_calls) + 1  # before a chunk is finished: nothing to resume from, said so
+    with pytest.raises(SystemExit):
+        main([*other, "--backend", "int8"])
+    assert "no chunk of encoded papers was finished yet" in capsys.readouterr().err
     encoder_calls.interrupt_at = len(encoder_calls) + 3
     with pytest.raises(SystemExit):
         main([*other, "--backend", "int8"])

@@ -53,6 +53,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    """argparse type: a TCP port (0: any free one)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0-65535, got {value}")
+    return value
+
+
+def server_url(text: str) -> str:
+    """argparse type: the http(s) URL of a running `serve`."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"must be the server's http URL, as `serve` prints it (http://127.0.0.1:8000), got {text!r}")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m arxiv_embed.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,10 +84,10 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("-k", type=int, default=10)
     query.add_argument("--category", help="only papers of this category (cs.LG) or archive (cs)")
     query.add_argument("--json", action="store_true", help="print the results as JSON")
-    query.add_argument("--server", help="ask this running server (http://127.0.0.1:8000) instead of loading the model here")
+    query.add_argument("--server", type=server_url, help="ask this running server (http://127.0.0.1:8000) instead of loading the model here")
     serve = commands.add_parser("serve", help="web page and HTTP API (FastAPI; docs on /docs)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port, default=8000)
     for sub in (build, query, serve):
         sub.add_argument("--index", type=Path, required=sub is not query, help="index folder (query: or --server)")
         sub.add_argument("--model", help="model folder or name (build: models/release; else the index's own)")
@@ -145,8 +161,11 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
                                  args.rescore_multiplier, args.backend, identity)
     except KeyboardInterrupt:
         # One line, not torch's traceback: what is kept and how to go on.
-        print(f"\nsearch: interrupted; the encoded chunks are saved in {encoding_dir(args.index)} and the old index is "
-              f"untouched: rerun `{shlex.join(['python', '-m', 'arxiv_embed.search', *argv])}` to resume", file=sys.stderr)
+        saved = sum(1 for _ in encoding_dir(args.index).glob("chunk-*.npy")) if encoding_dir(args.index).is_dir() else 0
+        kept = (f"{saved} encoded chunks are saved in {encoding_dir(args.index)}" if saved else
+                "no chunk of encoded papers was finished yet (a rerun starts the encoding again)")
+        print(f"\nsearch: interrupted; {kept} and the old index is untouched: rerun "
+              f"`{shlex.join(['python', '-m', 'arxiv_embed.search', *argv])}` to resume", file=sys.stderr)
         sys.exit(130)
     sizes = SearchIndex.load(args.index).sizes()
     resumed = f", {report.resumed} of them resumed from saved chunks" if report.resumed else ""
