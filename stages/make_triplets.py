@@ -77,6 +77,15 @@ def main() -> None:
                                      ("same_label", n_pairs, pairs_short), ("graded_pairs", n_graded, "too few papers to pair")):
                 if kinds[kind].height < asked:
                     print(f"  only {kinds[kind].height} of {asked} {kind}: {why} in {split}")
+            hard, requested = metrics[split]["hard_negatives"], metrics[split]["hard_requested"]
+            if hard < requested:  # the triplet lens's hard figure (and the headline's half-hard mix) then reads otherwise
+                why = ("shared.label=archive: no other label shares an anchor's archive" if params.shared.label == "archive"
+                       else "too few labels share an archive")
+                print(f"  only {hard} of {requested} hard negatives (same archive, another label): {why} in {split}; "
+                      "the other triplets have random negatives")
+            for kind, frame in kinds.items():  # drawn with replacement: a small split repeats rows, which weigh twice
+                if (distinct := frame.unique().height) < frame.height:
+                    print(f"  {kind}: {distinct} distinct of {frame.height} rows in {split} (a small split repeats draws)")
     write_json(paths.metrics_file("make_triplets"), metrics)
 
 

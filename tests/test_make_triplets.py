@@ -150,7 +150,13 @@ def test_a_split_with_one_label_gives_no_triplets_and_a_test_split_so_is_refused
     eval_triplets = pl.read_parquet(project / "data/triplets/eval_triplets.parquet")
     assert eval_triplets.is_empty() and eval_triplets.columns == frames["eval_triplets"].columns
     assert pl.read_parquet(project / "data/triplets/eval_same_label.parquet").height == COUNTS["same_label_pairs_per_split"]["eval"]
-    assert "only 0 of 40 triplets: one label only: no negative in eval" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "only 0 of 40 triplets: one label only: no negative in eval" in out
+    assert "same_label: 14 distinct of 20 rows in eval (a small split repeats draws)" in out  # 5 papers, drawn with replacement
+    # Labels of different archives: no hard negative (same archive, another label) exists, and the stage says so.
+    papers_table({"cs.CV": 5, "math.AG": 5}).with_columns(label=pl.col("primary_category")).write_parquet(project / "data/split/eval.parquet")
+    make_triplets.main()
+    assert "only 0 of 20 hard negatives (same archive, another label): too few labels share an archive in eval" in capsys.readouterr().out
     # evaluate's triplet lens scores the test split's: none is refused here, naming the cause, and nothing is replaced.
     one_label.write_parquet(project / "data/split/test.parquet")
     with pytest.raises(UserError, match=r"no test triplet can be made from the 5 test papers of 1 label\(s\) \(cs.CV\)"):
