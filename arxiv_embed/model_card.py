@@ -136,8 +136,8 @@ def shareable_params(dumped: dict) -> dict:
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        if value == 0:
-            return "0"  # an "off" weight, not a rounded-away small value
+        if value.is_integer():
+            return str(int(value))  # a step count or an "off" weight, not 250.0000 or a rounded-away small value
         if abs(value) < 1e-3:
             return f"{value:.3g}"  # a learning rate of 1e-05 must not print as 0.0000
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
@@ -242,7 +242,7 @@ Results of the run (`metrics/finetune.json`):
 
 Quality gate: `{facts.gate["metric"]}` fine-tuned {_fmt(facts.gate["finetuned"])} vs base
 {_fmt(facts.gate["base"])}, delta 95% interval [{facts.gate["delta_ci95"][0]:+.4f}, {facts.gate["delta_ci95"][1]:+.4f}]
-(lower end at least -{facts.gate["tolerance"]}): passed.
+(lower end at least {_fmt(-facts.gate["tolerance"])}): passed.
 
 {headline_table(facts.gate.get("headline", {}))}
 
