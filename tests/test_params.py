@@ -57,6 +57,10 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("push", "registry_model_name", " ", "push.registry_model_name: Value error, ' ' is not a registry model name"),
         ("push", "registry_model_name", "..x", "push.registry_model_name: Value error, '..x' is not a registry model name"),
         ("push", "hub", {"enabled": True, "repo_id": "my model", "private": True}, "push.hub.repo_id: Value error, 'my model' is not a Hub repo id"),
+        # A typo in a headline key would leave that metric ungated: refused before any work, not at push.
+        ("push", "gate", {"metric": "category_retrieval.ndcg@10", "tolerance": 0.0, "headline_tolerances": {
+            "triplet.acuracy": 0.0, "category_retrieval.ndcg@10": 0.0, "classification.macro_f1_supported": 0.0,
+            "title_to_abstract.ndcg@10": 0.005}}, "push.gate.headline_tolerances has no tolerance for triplet.accuracy"),
         ("push", "hub", {"enabled": False, "repo_id": "a--b/c", "private": True}, "push.hub.repo_id: Value error, 'a--b/c' is not a Hub repo id"),
     ],
 )

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
+from arxiv_embed.evaluation.headline import METRICS as HEADLINE
 from arxiv_embed.schema.base import Section
 from arxiv_embed.schema.download import Download
 from arxiv_embed.schema.finetune import Finetune
@@ -34,7 +35,15 @@ def _hub_repo_id(repo_id: str | None) -> str | None:
 class Gate(Section):
     metric: str
     tolerance: Annotated[float, Field(ge=0)]
-    headline_tolerances: dict[str, Annotated[float, Field(ge=0)]]  # "lens.metric" -> tolerance (push checks the keys)
+    headline_tolerances: dict[str, Annotated[float, Field(ge=0)]]  # "lens.metric" -> tolerance (push checks other keys)
+
+    @model_validator(mode="after")
+    def _every_headline_metric(self) -> Gate:
+        # A typo in a headline key leaves that metric ungated: found here, before any training, not at push.
+        if missing := [key for key in HEADLINE.values() if key not in self.headline_tolerances]:
+            raise ValueError(f"push.gate.headline_tolerances has no tolerance for {', '.join(missing)}: add one per headline "
+                             f"metric ({', '.join(HEADLINE.values())}; 0.0 = any loss outside the noise refuses)")
+        return self
 
 
 class Hub(Section):
