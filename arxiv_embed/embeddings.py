@@ -263,6 +263,16 @@ class TextVectors:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def fingerprint(self, texts: Iterable[str]) -> str:
+        """sha256 of `texts` (in sorted order) and their vectors: what a reader of only these texts depends on."""
+        ordered, digest = sorted(set(texts)), hashlib.sha256()
+        for text in ordered:
+            digest.update(hashlib.sha256(text.encode()).digest())
+        rows = self.rows(ordered)
+        for start in range(0, len(rows), 65536):  # memory-mapped vectors, a block at a time
+            digest.update(np.ascontiguousarray(self.vectors[rows[start:start + 65536]], dtype=np.float32).tobytes())
+        return digest.hexdigest()
+
     def subset(self, texts: list[str]) -> TextVectors:
         """Only `texts` (an in-memory copy): what one reader needs of a large cache."""
         return TextVectors(texts, self(texts))

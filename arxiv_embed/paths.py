@@ -60,6 +60,9 @@ TRAIN_SAMPLE = TRIPLETS_DIR / "train_papers.parquet"
 # embed_base: the base model's vectors of every text the later stages read (arxiv_embed/embeddings.py).
 EMBEDDINGS_DIR = Path("data/embeddings")
 BASE_EMBEDDINGS = EMBEDDINGS_DIR / "base"
+# sha256 of the train sample's texts and their vectors in BASE_EMBEDDINGS: finetune's dependency instead of the whole
+# folder, so a change to the test sample alone (evaluate.*) re-encodes and re-scores but does not retrain.
+BASE_TRAIN_FINGERPRINT = EMBEDDINGS_DIR / "base-train.sha256"
 EMBED_WORK = EMBEDDINGS_DIR / "chunks"  # finished chunks, kept between runs so a killed embed_base resumes; not a DVC out (kept_between_runs)
 EMBED_REUSE = EMBEDDINGS_DIR / "reuse"  # recent runs' vectors per encoder key (embed_base.reuse_max_texts), read by the next embed_base (another sample); not a DVC out (kept_between_runs)
 EVALUATE_WORK = EMBEDDINGS_DIR / "chunks-finetuned"  # evaluate's in mode=full (the fine-tuned model's vectors, named by its finetune run), kept so a killed one resumes; not a DVC out (kept_between_runs)

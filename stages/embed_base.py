@@ -24,7 +24,7 @@ from arxiv_embed.embeddings import (chunk_folder, distinct_texts, embed_texts_re
                                     prune_reuse_stores, reuse_folder)
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
-from arxiv_embed.files import atomic_path, read_table, write_json
+from arxiv_embed.files import atomic_path, read_table, write_json, write_text
 from arxiv_embed.models import load_model, resolve_model
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.embed_base import EmbedBaseParams
@@ -53,6 +53,8 @@ def main() -> None:
         seconds = time.monotonic() - started
         with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
             vectors.save(tmp, key)
+        # finetune reads only the train sample's vectors: its dependency, so a test-sample change does not retrain.
+        write_text(paths.BASE_TRAIN_FINGERPRINT, vectors.fingerprint(distinct_texts([train["abstract"], train["title"]])) + "\n")
         if older := keep_for_reuse(paths.BASE_EMBEDDINGS, store, cfg.reuse_max_texts):
             print(f"embed_base: {store} keeps this run's {len(texts):,} texts' vectors and {older:,} of earlier runs' "
                   f"(embed_base.reuse_max_texts: {cfg.reuse_max_texts:,})", flush=True)

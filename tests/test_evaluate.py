@@ -371,15 +371,16 @@ def test_an_evaluate_param_reruns_only_the_evaluate_stages(pipeline_project, tmp
 
 def test_a_smaller_test_sample_reuses_embed_base_s_vectors_through_dvc(pipeline_project, tmp_path):
     """embed_base keeps its vectors for the next run (data/embeddings/reuse, beside DVC's outputs, which DVC deletes
-    before rerunning a stage): a new sample size encodes only the texts they lack (here none: 40 test papers are a
-    subset of the ~200 encoded)."""
+    before rerunning a stage): a new sample size encodes only the texts they lack (here none: 120 test papers are a
+    subset of the ~200 encoded), and does not retrain."""
     project = tmp_path / "project"
     shutil.copytree(pipeline_project, project, symlinks=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"]["max_test_papers"] = 40
+    params["evaluate"]["max_test_papers"] = 120
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = dvc(project, "repro", "embed_base")
-    assert ran_stages(result) == ["params_check", "embed_base"]
+    result = dvc(project, "repro", "evaluate")
+    # The train sample's vectors are the same: finetune (its dependency is their fingerprint) is not run again.
+    assert ran_stages(result) == ["params_check", "embed_base", "evaluate_base", "evaluate"]
     metrics = json.loads((project / "metrics/embed_base.json").read_text())
-    assert metrics["test_sample_papers"] == 40 and metrics["reused_texts"] == metrics["texts"] > 0
+    assert metrics["test_sample_papers"] == 120 and metrics["reused_texts"] == metrics["texts"] > 0
     assert metrics["texts_per_second"] is None  # nothing was encoded: no rate to report (0.0 read as a stalled encoder)
