@@ -15,6 +15,8 @@ from pathlib import Path
 
 from arxiv_embed.files import newest_first
 
+PROBE_RETRY_S = 0.3  # how long a lock is tried before calling its folder held: in_use holds it for an instant
+
 
 def try_lock(handle, operation: int, retry_s: float = 0.0) -> bool:
     """flock without blocking, tried again for `retry_s`: another run's prune checks every folder's lock for an
@@ -32,11 +34,14 @@ def try_lock(handle, operation: int, retry_s: float = 0.0) -> bool:
 
 def in_use(folder: Path, lock_name: str) -> bool:
     """True while a run holds `folder` (an flock on its `lock_name` file, shared or exclusive)."""
-    try:
-        with open(folder / lock_name, encoding="utf-8") as handle:
-            return not try_lock(handle, fcntl.LOCK_EX)
+    try:  # opened for writing: on NFS, flock is emulated by POSIX locks, and an exclusive one needs a writable file
+        descriptor = os.open(folder / lock_name, os.O_RDWR)
     except FileNotFoundError:
         return False
+    try:
+        return not try_lock(descriptor, fcntl.LOCK_EX)
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager
@@ -64,10 +69,11 @@ def shared_hold(folder: Path, lock_name: str) -> Iterator[Path]:
 
 def remove_unless_held(folder: Path, lock_name: str) -> bool:
     """Delete `folder` unless a run holds it: its lock is taken exclusively first, so a run claiming the folder
-    meanwhile finds it held instead of losing it. True when deleted."""
+    meanwhile finds it held instead of losing it. True when deleted. Tried for PROBE_RETRY_S: another run's prune may
+    be checking the lock (in_use) at that instant."""
     try:
         with open(folder / lock_name, "a+", encoding="utf-8") as handle:
-            if not try_lock(handle, fcntl.LOCK_EX):
+            if not try_lock(handle, fcntl.LOCK_EX, PROBE_RETRY_S):
                 return False
             shutil.rmtree(folder, ignore_errors=True)
             return True

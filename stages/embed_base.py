@@ -2,8 +2,8 @@
 
 Texts: make_triplets' train sample (titles and abstracts: every train kind, mining's corpus and the
 classifier's slice come from it), evaluate's stratified test sample (titles and abstracts) and the
-test triplets. Writes data/embeddings/base (texts.parquet + vectors.npy + encoder.json, a DVC-cached output) and
-metrics/embed_base.json. finetune (adapter training, hard-negative mining), evaluate_base and, in
+test triplets. Writes data/embeddings/base (texts.parquet + vectors.npy + encoder.json, a DVC-cached output),
+data/embeddings/base-train.sha256 (its train sample's part: finetune's dependency) and metrics/embed_base.json. finetune (adapter training, hard-negative mining), evaluate_base and, in
 adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
 in a folder of the run's own in data/embeddings/chunks until the stage completes: a killed run resumes where it
 stopped (the two newest stopped runs' folders are kept, older ones deleted). Each run's

@@ -46,7 +46,8 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("finetune", "loss", "cosine", "'mnrl', 'cached_mnrl', 'triplet', 'batch_all'"),
         ("download", "source", "ftp", "download.source: Input should be 'oai', 'kaggle' or 'file'"),  # SOURCES' keys
         # MLflow and the Hub refuse these only after push has written the release (and registered it, for the Hub).
-        ("download", "kaggle_url", "https://alice:KEY@www.kaggle.com/x", "download.kaggle_url: Value error, a URL with user:password@ is not supported"),
+        ("download", "kaggle_url", "https://alice:S3CRET@www.kaggle.com/x", "download.kaggle_url: Value error, a URL with user:password@ is not supported"),
+        ("download", "kaggle_url", "https://alice:p@ssS3CRET@www.kaggle.com/x", "(got 'https://www.kaggle.com/x')"),
         # A typo in a URL fails here, not after minutes of download retries (or with a traceback).
         ("download", "kaggle_url", "https://www.kaggle.com:80o/api", "download.kaggle_url: Value error, not a URL (Port could not be cast"),
         ("download", "kaggle_url", "https://www.kaggle.com /api", "download.kaggle_url: Value error, a URL cannot hold spaces"),
@@ -69,7 +70,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
     raw[section][key] = value
     with pytest.raises(ParamsError, match="params.yaml is invalid") as excinfo:
         parse_params(raw)
-    assert expected in str(excinfo.value) and "KEY@" not in str(excinfo.value)  # a refused password is not printed
+    assert expected in str(excinfo.value) and "S3CRET" not in str(excinfo.value)  # a refused password is not printed
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def test_a_queued_point_whose_run_folder_is_held_trains_in_its_own_workspace(tmp
         assert run_dir == shared.resolve()
 
 
-def test_a_folder_another_finetune_s_prune_checks_for_an_instant_is_not_busy(tmp_path: Path) -> None:
+def test_a_folder_another_finetune_s_prune_checks_for_an_instant_is_not_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """prune_checkpoint_runs takes each folder's lock for an instant (in_use): a finetune claiming it then must not
     read that as another run's, fail, or (queued) fall back to a folder of its own and train from step 0."""
     import fcntl
@@ -176,6 +176,7 @@ def test_a_folder_another_finetune_s_prune_checks_for_an_instant_is_not_busy(tmp
     checking = open(run_dir / checkpoints.LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the timer)
     fcntl.flock(checking, fcntl.LOCK_EX)  # as run_folders.in_use checks it
     threading.Timer(0.1, checking.close).start()
+    monkeypatch.setattr(checkpoints, "PROBE_RETRY_S", 3.0)  # room for a late timer on a loaded machine; 0 would fail
     with checkpoints.locked(run_dir):
         assert run_folders.in_use(run_dir, checkpoints.LOCK)
 

@@ -203,7 +203,11 @@ def test_a_rebuilt_folder_the_server_cannot_load_leaves_the_old_index_serving(tm
         folder.rename(aside)
         status, body = get(query)
         assert status == 200 and body["results"] == served["results"]
+        status, health = get(f"{base}/health")  # looked at again each request while it lasts, and said
+        assert status == 200 and "holds no index now; still serving the one loaded before" in health["warning"]
         aside.rename(folder)
+        status, health = get(f"{base}/health")
+        assert status == 200 and "warning" not in health
     finally:
         server.should_exit = True
         server.thread.join(10)

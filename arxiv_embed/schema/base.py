@@ -103,7 +103,7 @@ def _describe(error: dict, schema: type[BaseModel]) -> str:
     if error["type"] == "value_error" and isinstance(given, dict):  # a rule over several keys: its message names them
         return error["msg"].removeprefix("Value error, ")
     if isinstance(given, str):  # a URL's user:password@ is shown as the message says: not printed
-        given = re.sub(r"(://)[^/@]*@", r"\1", given)
+        given = re.sub(r"(://)[^/?#]*@", r"\1", given)  # to the authority's last @: a password may hold one
     given = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"{key}: {error['msg']}{given}"
 

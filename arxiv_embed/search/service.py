@@ -32,6 +32,7 @@ from arxiv_embed.search.papers import SearchError, UnknownPaperError
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 2000
+MISSING = (-1, -1)  # Searcher._stamp while the index folder is not there (a stat never gives it)
 STATIC = Path(__file__).parent / "static"
 
 
@@ -148,7 +149,9 @@ class Searcher:
             recover(self.path)  # a rebuild killed between its two renames left the previous folder aside: put it back
             stamp = self._current_stamp()
             if stamp is None:  # none yet, or a live rebuild between its two renames: the index loaded before still serves
-                self._stamp, self.failure = None, None
+                # The stamp of nothing, never equal to a folder's: each request looks again (and recovers) while it lasts.
+                self._stamp = MISSING
+                self.failure = f"{self.path} holds no index now; still serving the one loaded before" if self.loaded else None
                 return
         index = SearchIndex.load(self.path)
         model_ref = self.requested_model or index.meta["model"]

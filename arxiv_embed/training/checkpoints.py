@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError
 from arxiv_embed.processes import process_alive
-from arxiv_embed.run_folders import prune_stopped, try_lock
+from arxiv_embed.run_folders import PROBE_RETRY_S, prune_stopped, try_lock
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
 from arxiv_embed.training.distributed import world_size
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 OTHER_CHECKPOINT_RUNS_KEPT = 2  # checkpoint folders of other params kept, so flipping a param back still resumes
 LOCK = "finetune.lock"  # in the run folder: flock()ed by the finetune using it, holds its PID
-LOCK_RETRY_S = 0.3  # how long a finetune retries a folder's lock before calling it held
 
 
 class RunFolderBusy(UserError):
@@ -52,7 +51,7 @@ def locked(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
     try:
-        if not try_lock(handle, fcntl.LOCK_EX, LOCK_RETRY_S):
+        if not try_lock(handle, fcntl.LOCK_EX, PROBE_RETRY_S):
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise RunFolderBusy(
