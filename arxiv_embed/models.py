@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 from arxiv_embed.errors import UserError
+from arxiv_embed.paths import user_path
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -100,7 +101,7 @@ def resolve_model(name: str, setting: str = "model.base") -> Path:
     Hub answers within seconds, so a machine without network fails at once with what to do.
     setting: what the errors name as the model's source (the search CLI's `--model`).
     """
-    local = Path(name).expanduser()
+    local = user_path(name)  # an untracked folder of the project's, also from a `--temp` or queued run
     if _is_model_dir(local):
         return local.resolve()
     if local.exists():

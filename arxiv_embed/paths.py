@@ -30,6 +30,14 @@ def kept_between_runs(path: Path) -> Path:
     return project_root() / path
 
 
+def user_path(path: str | Path) -> Path:
+    """A path a user gave (download.path, a local model.base): as given; relative and not in this workspace, in the
+    project's root: a `dvc exp run --temp` or queued run works in a copy that holds git's files only, so an untracked
+    file or folder the path names is the project's."""
+    given = Path(path).expanduser()
+    return given if given.is_absolute() or given.exists() else kept_between_runs(given)
+
+
 RAW = Path("data/raw/arxiv.jsonl.gz")
 OAI_PAGES = Path("data/raw/oai-pages")  # an OAI harvest's answered pages, kept until it is written so a stopped one resumes; not a DVC out (kept_between_runs)
 

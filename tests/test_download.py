@@ -499,7 +499,7 @@ def test_a_relative_path_missing_in_a_temp_workspace_is_read_from_the_project(ka
                                                                                monkeypatch: pytest.MonkeyPatch):
     """`dvc exp run --temp -S download.path=mydata.jsonl`: the copy DVC runs in holds git's files only, so the user's
     untracked file is the project's; a path missing there too is named in full."""
-    from arxiv_embed.data.sources import local_input
+    from arxiv_embed.paths import user_path
 
     project = tmp_path / "project"
     workspace = project / ".dvc" / "tmp" / "exps" / "tmp-point"
@@ -507,11 +507,17 @@ def test_a_relative_path_missing_in_a_temp_workspace_is_read_from_the_project(ka
     shutil.copy(kaggle_sample, project / "mydata.jsonl.gz")
     monkeypatch.chdir(workspace)
     monkeypatch.setenv("DVC_ROOT", str(project))
-    assert local_input("mydata.jsonl.gz") == project / "mydata.jsonl.gz" and next(open_records(local_input("mydata.jsonl.gz")))
+    assert user_path("mydata.jsonl.gz") == project / "mydata.jsonl.gz" and next(open_records(user_path("mydata.jsonl.gz")))
     (workspace / "mydata.jsonl.gz").write_bytes(b"")  # tracked by git: the workspace's own copy comes first
-    assert local_input("mydata.jsonl.gz") == Path("mydata.jsonl.gz")
+    assert user_path("mydata.jsonl.gz") == Path("mydata.jsonl.gz")
     with pytest.raises(DownloadError, match=rf"{project / 'missing.jsonl'}: no such file"):
-        next(open_records(local_input("missing.jsonl")))
+        next(open_records(user_path("missing.jsonl")))
+    # So is a local base model's folder (model.base: ./my-base), which no Hub lookup must be tried for.
+    from arxiv_embed.models import resolve_model
+
+    (project / "my-base").mkdir()
+    (project / "my-base" / "modules.json").write_text("[]")
+    assert resolve_model("./my-base") == (project / "my-base").resolve()
 
 
 # ---------------------------------------------------------------- the stage

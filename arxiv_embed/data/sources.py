@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url, without_secrets
 from arxiv_embed.files import MAX_LINE_BYTES
 from arxiv_embed.data.oai import harvest_oai, json_line, pages_folder
-from arxiv_embed.paths import OAI_PAGES, kept_between_runs
+from arxiv_embed.paths import OAI_PAGES, kept_between_runs, user_path
 
 if TYPE_CHECKING:
     from arxiv_embed.schema.download import Download
@@ -213,21 +213,14 @@ def _oai(params: Download) -> tuple[Iterator[bytes], str]:
     return (json_line(record) for record in records), f"oai {without_secrets(oai.endpoint)} (sets {', '.join(oai.sets)}; {window})"
 
 
-def local_input(path: str) -> Path:
-    """download.path as given; relative and not in this workspace, in the project's root: a `dvc exp run --temp` or
-    queued run works in a copy that holds git's files only, so an untracked file the path names is the project's."""
-    given = Path(path).expanduser()
-    return given if given.is_absolute() or given.exists() else kept_between_runs(given)
-
-
 def _kaggle(params: Download) -> tuple[Iterator[bytes], str]:
     if params.path:
-        return open_records(local_input(params.path)), f"kaggle {params.path}"
+        return open_records(user_path(params.path)), f"kaggle {params.path}"
     return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {without_secrets(params.kaggle_url)}"
 
 
 def _file(params: Download) -> tuple[Iterator[bytes], str]:
-    return open_records(local_input(params.path)), f"file {params.path}"
+    return open_records(user_path(params.path)), f"file {params.path}"
 
 
 @dataclass(frozen=True)
