@@ -161,8 +161,9 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
                                  args.rescore_multiplier, args.backend, identity)
     except KeyboardInterrupt:
         # One line, not torch's traceback: what is kept and how to go on.
-        saved = sum(1 for _ in encoding_dir(args.index).glob("chunk-*.npy")) if encoding_dir(args.index).is_dir() else 0
-        kept = (f"{saved} encoded chunks are saved in {encoding_dir(args.index)}" if saved else
+        chunks = encoding_dir(args.index)
+        saved = len(list(chunks.glob("chunk-*.npy")))  # none when the folder is not there
+        kept = (f"{saved} encoded chunks are saved in {chunks}" if saved else
                 "no chunk of encoded papers was finished yet (a rerun starts the encoding again)")
         print(f"\nsearch: interrupted; {kept} and the old index is untouched: rerun "
               f"`{shlex.join(['python', '-m', 'arxiv_embed.search', *argv])}` to resume", file=sys.stderr)
