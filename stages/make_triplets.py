@@ -84,7 +84,7 @@ def main() -> None:
                 print(f"  only {hard} of {requested} hard negatives (same archive, another label): {why} in {split}; "
                       "the other triplets have random negatives")
             for kind, frame in kinds.items():  # drawn with replacement: a small split repeats rows, which weigh twice
-                if (distinct := frame.unique().height) < frame.height:
+                if (distinct := frame.hash_rows().n_unique()) < frame.height:  # 64-bit row hashes: 0.2 s a million rows, not 10
                     print(f"  {kind}: {distinct} distinct of {frame.height} rows in {split} (a small split repeats draws)")
     write_json(paths.metrics_file("make_triplets"), metrics)
 
