@@ -64,6 +64,17 @@ def test_every_stage_depends_on_each_module_it_imports() -> None:
         assert declared == needed, f"dvc.yaml stage {name}: missing deps {sorted(needed - declared)}, stale deps {sorted(declared - needed)}"
 
 
+def test_finetune_depends_on_every_data_file_it_can_read_and_no_test_file() -> None:
+    """Each kind's train file and the evaluators' eval files (training/data.py), so a changed file retrains;
+    nothing of the test split, so a test-only make_triplets count does not."""
+    from arxiv_embed import paths
+    from arxiv_embed.training.data import KINDS
+
+    deps = {dep for dep in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]["deps"] if dep.startswith("data/")}
+    readable = {kind.file("train") for kind in KINDS.values()} | {paths.training_file("eval", k) for k in ("triplets", "title_abstract")}
+    assert {str(p) for p in readable} | {"data/embeddings/base-train.sha256"} == deps
+
+
 # ------------------------------------------------------------------ params: each tracked knob is read
 
 MODES = ("adapter", "full")
@@ -148,6 +159,11 @@ def test_a_change_reruns_only_the_stages_that_read_it(pipeline: Path) -> None:
         pairs = pipeline / "data" / "triplets" / "train_title_abstract.parquet"
         pl.read_parquet(pairs).head(3).write_parquet(pairs)
         assert changed(lambda raw: None) == {"make_triplets", "finetune", "push"}
+        dvc(pipeline, "checkout", "--force", "data/triplets")
+        # a test-only file (as make_triplets.triplets_per_split.test changes it): the encoders' and evaluate's, never training
+        test_triplets = pipeline / "data" / "triplets" / "test_triplets.parquet"
+        pl.read_parquet(test_triplets).head(3).write_parquet(test_triplets)
+        assert changed(lambda raw: None) == {"make_triplets", "embed_base", "evaluate_base", "evaluate", "push"}
         dvc(pipeline, "checkout", "--force", "data/triplets")
         schema.write_text(schema_text.replace("    map_2d:", "    new_knob: PositiveInt\n    map_2d:"))
         assert changed(lambda raw: raw["evaluate"].update(new_knob=3)) == CHECK | {"evaluate_base", "evaluate"}
