@@ -44,6 +44,17 @@ def in_use(folder: Path, lock_name: str) -> bool:
         os.close(descriptor)
 
 
+def still_its_lock(folder: Path, lock_name: str, handle) -> bool:
+    """True while `handle` is still `folder`'s lock file: another run's prune may have deleted the folder between its
+    opening and its flock, leaving this run holding the lock of a folder that is gone."""
+    try:
+        current = os.stat(folder / lock_name)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
+
+
 @contextmanager
 def shared_hold(folder: Path, lock_name: str) -> Iterator[Path]:
     """`folder`, made if missing and held (a shared flock: runs of the same work may share it) until the block ends.
@@ -54,12 +65,9 @@ def shared_hold(folder: Path, lock_name: str) -> Iterator[Path]:
             handle = open(folder / lock_name, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
         except FileNotFoundError:  # pruned since the mkdir
             continue
-        fcntl.flock(handle, fcntl.LOCK_SH)  # a prune holds it exclusively only while deleting
-        try:
-            if os.stat(folder / lock_name).st_ino == os.fstat(handle.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
+        fcntl.flock(handle, fcntl.LOCK_SH)  # a prune holds it exclusively only while moving the folder aside
+        if still_its_lock(folder, lock_name, handle):
+            break
         handle.close()
     try:
         yield folder
@@ -67,18 +75,25 @@ def shared_hold(folder: Path, lock_name: str) -> Iterator[Path]:
         handle.close()
 
 
+TRASH_PREFIX = ".pruned-"  # a folder being deleted: moved aside first, so its name is free again at once
+
+
 def remove_unless_held(folder: Path, lock_name: str) -> bool:
     """Delete `folder` unless a run holds it: its lock is taken exclusively first, so a run claiming the folder
     meanwhile finds it held instead of losing it. True when deleted. Tried for PROBE_RETRY_S: another run's prune may
-    be checking the lock (in_use) at that instant."""
+    be checking the lock (in_use) at that instant. The folder is renamed aside under the lock and deleted after: a run
+    that opened its lock file meanwhile sees it gone (still_its_lock) and makes the folder anew, however long the
+    delete takes."""
+    trash = folder.with_name(f"{TRASH_PREFIX}{folder.name}-{os.getpid()}")
     try:
         with open(folder / lock_name, "a+", encoding="utf-8") as handle:
-            if not try_lock(handle, fcntl.LOCK_EX, PROBE_RETRY_S):
+            if not try_lock(handle, fcntl.LOCK_EX, PROBE_RETRY_S) or not still_its_lock(folder, lock_name, handle):
                 return False
-            shutil.rmtree(folder, ignore_errors=True)
-            return True
+            os.rename(folder, trash)
     except FileNotFoundError:  # deleted by another run's prune
         return False
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 def prune_stopped(parent: Path, lock_name: str, others: int, keep: Path | None = None) -> list[Path]:
@@ -86,5 +101,8 @@ def prune_stopped(parent: Path, lock_name: str, others: int, keep: Path | None =
     runs, whose writes keep their folders newest, never push a stopped run's folder out. Returns what was deleted."""
     if not parent.is_dir():
         return []
-    stopped = [path for path in parent.iterdir() if path.is_dir() and path != keep and not in_use(path, lock_name)]
+    for trash in parent.glob(f"{TRASH_PREFIX}*"):  # left by a prune that was killed while deleting
+        shutil.rmtree(trash, ignore_errors=True)
+    stopped = [path for path in parent.iterdir()
+               if path.is_dir() and path != keep and not path.name.startswith(TRASH_PREFIX) and not in_use(path, lock_name)]
     return [stale for stale in newest_first(stopped)[others:] if remove_unless_held(stale, lock_name)]

@@ -181,6 +181,38 @@ def test_a_folder_another_finetune_s_prune_checks_for_an_instant_is_not_busy(tmp
         assert run_folders.in_use(run_dir, checkpoints.LOCK)
 
 
+def test_a_folder_another_finetune_s_prune_deletes_while_it_is_claimed_is_made_anew_and_held(tmp_path: Path,
+                                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped run's folder, pruned by another finetune between this one's opening of the lock file and its flock:
+    this run must hold a live folder's lock (so prunes see it in use), not the deleted one's; a killed prune's
+    half-deleted leftover is removed by the next prune and takes no kept place."""
+    from arxiv_embed.training import checkpoints
+
+    run_dir = tmp_path / "checkpoints" / "abc123"
+    run_dir.mkdir(parents=True)
+    (run_dir / checkpoints.LOCK).write_text("4242\n")  # a stopped run's
+    (run_dir / "checkpoint-8").mkdir()
+    real_try_lock, pruned = checkpoints.try_lock, []
+
+    def pruned_first(handle, operation: int, retry_s: float = 0.0) -> bool:
+        if not pruned:
+            pruned.append(run_folders.remove_unless_held(run_dir, checkpoints.LOCK))
+        return real_try_lock(handle, operation, retry_s)
+
+    monkeypatch.setattr(checkpoints, "try_lock", pruned_first)
+    with checkpoints.locked(run_dir):
+        assert pruned == [True] and not (run_dir / "checkpoint-8").exists()
+        assert run_folders.in_use(run_dir, checkpoints.LOCK)
+        assert (run_dir / checkpoints.LOCK).read_text().strip() == str(os.getpid())
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["abc123"]  # the moved-aside folder is deleted too
+
+    leftover = run_dir.parent / f"{run_folders.TRASH_PREFIX}old-99"
+    (leftover / "checkpoint-4").mkdir(parents=True)
+    (run_dir.parent / "newer").mkdir()
+    checkpoints.prune_checkpoint_runs(run_dir.parent / "newer", others=1)
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["abc123", "newer"]
+
+
 def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path: Path) -> None:
     run_dir = tmp_path / "checkpoints" / "abc123"
     holder = holding(run_dir)
