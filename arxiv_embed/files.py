@@ -122,10 +122,11 @@ def swap_in(new: Path, path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, kept_on: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success it replaces `path` (see the module docstring).
 
-    Works for files and directories (write the directory's content under the yielded path).
+    Works for files and directories (write the directory's content under the yielded path). `kept_on`: errors that
+    still put what was written in place (a report of what failed, such as clean's rejects), whole, then raise.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,10 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         swap_in(tmp, path)
+    except kept_on:
+        if tmp.exists():
+            swap_in(tmp, path)
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
@@ -198,15 +203,19 @@ def require_columns(path: Path | str, columns: list[str] | tuple[str, ...], prod
 
 
 def read_table(path: Path | str, columns: list[str] | tuple[str, ...], produced_by: str,
-               nullable: tuple[str, ...] = ()) -> pl.DataFrame:
+               nullable: tuple[str, ...] = (), ids: pl.Series | None = None) -> pl.DataFrame:
     """The named columns of a parquet file a stage wrote, refusing a missing file or column, an
     empty table and null or blank values (InputError), each with the stage to rerun; the `nullable`
-    columns may hold nulls (dates a record lacks)."""
+    columns may hold nulls (dates a record lacks). `ids`: only the rows of these ids are read (a sample's
+    texts, not the whole split's: polars filters `is_in` in the scan, where a semi join reads every row first)."""
     import polars as pl
 
     path, columns = Path(path), list(columns)
-    require_columns(path, columns, produced_by)
-    table = pl.read_parquet(path, columns=columns)
+    require_columns(path, [*columns, "id"] if ids is not None else columns, produced_by)
+    if ids is None:
+        table = pl.read_parquet(path, columns=columns)
+    else:
+        table = pl.scan_parquet(path).filter(pl.col("id").is_in(ids.implode())).select(columns).collect()
     if table.is_empty():
         raise InputError(f"{path} has no rows: check the {produced_by} params")
     checked = [name for name in columns if name not in nullable]

@@ -28,19 +28,21 @@ from arxiv_embed.errors import START_OVER, UserError, run
 
 
 class CleanError(UserError):
-    """The input cannot be cleaned (empty, truncated, or the wrong file)."""
+    """The input cannot be cleaned (empty, truncated, or the wrong file). The rejects file is still written: it
+    says, record by record, why."""
 
 
 def main() -> None:
     params = load(CleanParams).clean
     counts: Counter[str] = Counter()
+    first_lines: dict[str, int] = {}  # reason -> the first line rejected for it (the error messages name them)
     unreadable: Counter[str] = Counter()  # papers kept whose date is given but unreadable (the date null)
     malformed_lines: list[int] = []
     records_in = n_parts = 0
     paths.CLEAN_DIR.mkdir(parents=True, exist_ok=True)
     with (
         scratch_dir(paths.CLEAN_DIR / "parts") as parts_dir,
-        atomic_path(paths.REJECTS) as rejects_path,
+        atomic_path(paths.REJECTS, kept_on=(CleanError,)) as rejects_path,
         rejects_path.open("w", encoding="utf-8") as rejects,
     ):
         # 1. Parse batch by batch; unusable records are rejected here, with their raw line.
@@ -53,7 +55,7 @@ def main() -> None:
             batch = tidy(batch, params.min_abstract_words, params.max_abstract_words)
             unusable = batch.filter(pl.col("unusable").is_not_null()).select("line", reason="unusable", id="id").to_dicts()
             unusable = with_raw(unusable, chunk, first_line)
-            write_rejects(rejects, counts, refused + unusable)
+            write_rejects(rejects, counts, first_lines, refused + unusable)
             batch = batch.filter(pl.col("unusable").is_null()).drop("unusable")
             if batch.height:
                 batch.write_parquet(Path(parts_dir) / f"part-{n_parts:06d}.parquet", compression="lz4")
@@ -61,13 +63,13 @@ def main() -> None:
         meter.done()
         check_input(records_in, counts["malformed_json"], malformed_lines, params.max_malformed_fraction)
         if not n_parts:
-            raise CleanError(f"no record of {paths.RAW} is usable ({dict(counts)}); check the input file")
+            raise CleanError(f"no record of {paths.RAW} is usable ({described(counts, first_lines)}); check the input file")
 
         # 2. De-duplicate, bucket by bucket; only the lines of the records not kept are held.
         parts = pl.scan_parquet(f"{parts_dir}/*.parquet")
         dropped = decide_duplicates(parts)
         for rows in dropped.select("line", "reason", "id", raw=pl.lit(None)).iter_slices(65536):  # not 2.7M dicts at once
-            write_rejects(rejects, counts, rows.to_dicts())
+            write_rejects(rejects, counts, first_lines, rows.to_dicts())
         dropped_lines = dropped["line"].implode()
 
         # 3. Append the kept rows part by part, in input order: memory stays at one part's size
@@ -83,7 +85,7 @@ def main() -> None:
                 archives.update(dict(kept["archive"].value_counts().iter_rows()))
                 primary_categories.update(kept["primary_category"].unique())
             if not records_out:
-                raise CleanError(f"no paper of {paths.RAW} survived the filters ({dict(counts)}); check the clean.* params")
+                raise CleanError(f"no paper of {paths.RAW} survived the filters ({described(counts, first_lines)}); check the clean.* params")
 
     rejected = {reason: counts.get(reason, 0) for reason in REASONS}
     metrics = {
@@ -107,10 +109,17 @@ def main() -> None:
             print(f"  unreadable {field_name} dates: {count} (kept, without that date)")
 
 
-def write_rejects(out: TextIO, counts: Counter[str], rows: list[dict]) -> None:
+def write_rejects(out: TextIO, counts: Counter[str], first_lines: dict[str, int], rows: list[dict]) -> None:
     for row in rows:
         counts[row["reason"]] += 1
+        first_lines[row["reason"]] = min(first_lines.get(row["reason"], row["line"]), row["line"])
         out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def described(counts: Counter[str], first_lines: dict[str, int]) -> str:
+    """Each reason's count and first line, pointing at the rejects file for the rest."""
+    reasons = "; ".join(f"{reason}: {count}, first at line {first_lines[reason]}" for reason, count in counts.most_common())
+    return f"{reasons}; every rejected record, its line and raw text: {paths.REJECTS}"
 
 
 def check_input(records_in: int, malformed: int, first_lines: list[int], max_fraction: float) -> None:
@@ -120,7 +129,8 @@ def check_input(records_in: int, malformed: int, first_lines: list[int], max_fra
         raise CleanError(
             f"{malformed} of {records_in} lines of {paths.RAW} are not valid JSON records "
             f"({malformed / records_in:.2%} > clean.max_malformed_fraction={max_fraction}; first at lines "
-            f"{', '.join(map(str, first_lines))}). It looks like the wrong file: check download.path, or raise the param."
+            f"{', '.join(map(str, first_lines))}; each one's raw text: {paths.REJECTS}). It looks like the wrong file: check "
+            "download.path, or raise the param."
         )
 
 

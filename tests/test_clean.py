@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -251,20 +253,27 @@ def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("keys_per_bucket", [dedup.KEYS_PER_BUCKET, 1], ids=["one-bucket", "3-buckets"])
-def test_duplicate_text_keeps_the_first_id(project: Path, monkeypatch: pytest.MonkeyPatch, keys_per_bucket: int) -> None:
+def test_duplicate_text_keeps_the_first_submitted(project: Path, monkeypatch: pytest.MonkeyPatch, keys_per_bucket: int) -> None:
+    """The oldest first version keeps the text (an old-style id sorts after every new-style one: no tie-break by id);
+    the smallest id breaks a tie of dates, or stands in for a missing date."""
     monkeypatch.setattr(dedup, "KEYS_PER_BUCKET", keys_per_bucket)
     text = "We prove a theorem " + " ".join(f"lemma{i}" for i in range(30))
+    other = "We measure a spectrum " + " ".join(f"line{i}" for i in range(30))
+    created = lambda date: [{"version": "v1", "created": date}]  # noqa: E731
     write_input(
         project,
         [
             paper("0705.0001", title="Same  title", abstract=text),
             paper("0704.0002", title="Same title", abstract=f"  {text.replace(' ', chr(10), 3)}\n"),
             paper("0704.0003", title="Other title", abstract=text),
+            paper("1001.0001", title="A resubmission", abstract=other, versions=created("Fri, 1 Jan 2010 10:00:00 GMT")),
+            paper("hep-th/9901001", title="A resubmission", abstract=other, versions=created("Fri, 1 Jan 1999 10:00:00 GMT")),
+            paper("0801.0001", title="A resubmission", abstract=other, versions=[]),
         ],
     )
     papers, rejects, _ = run_clean(project)
-    assert sorted(papers["id"]) == ["0704.0002", "0704.0003"]
-    assert reasons(rejects) == {1: "duplicate_text"}
+    assert sorted(papers["id"]) == ["0704.0002", "0704.0003", "hep-th/9901001"]
+    assert reasons(rejects) == {1: "duplicate_text", 4: "duplicate_text", 6: "duplicate_text"}
 
 
 def test_withdrawn_stubs_and_word_limits(project: Path) -> None:
@@ -283,6 +292,29 @@ def test_withdrawn_stubs_and_word_limits(project: Path) -> None:
     papers, rejects, _ = run_clean(project)
     assert papers["id"].to_list() == ["0704.0005", "0704.0006"]
     assert reasons(rejects) == {1: "withdrawn", 2: "withdrawn", 3: "abstract_too_short", 4: "abstract_too_long"}
+
+
+def test_line_batches_reads_the_next_batch_while_the_caller_works_on_this_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decompressing the 4.5 GB snapshot overlaps parsing: the next batch is read as soon as one is handed out,
+    and no further (two batches in memory)."""
+    import threading
+
+    read = [threading.Event() for _ in range(3)]
+
+    def batches(path: Path, batch_bytes: int) -> Iterator[tuple[int, bytes]]:
+        for number, event in enumerate(read, start=1):
+            event.set()
+            yield number, b"{}\n"
+
+    monkeypatch.setattr(records, "_line_batches", batches)
+    path = tmp_path / "arxiv.jsonl"
+    path.write_text("{}\n")
+    reading = records.line_batches(path)
+    assert next(reading) == (1, b"{}\n")
+    assert read[1].wait(10)  # read ahead while the caller holds batch 1
+    time.sleep(0.1)
+    assert not read[2].is_set()
+    assert list(reading) == [(2, b"{}\n"), (3, b"{}\n")]
 
 
 def test_line_batches_number_lines_across_batches_and_gzip_members(tmp_path: Path) -> None:
@@ -353,3 +385,17 @@ def test_nothing_usable_fails_clearly(project: Path) -> None:
     write_input(project, [paper("0704.0001", abstract="withdrawn by the author")])
     with pytest.raises(UserError, match="no paper .* survived"):
         clean.main()
+
+
+def test_a_failed_clean_names_each_reason_s_first_line_and_keeps_the_rejects(project: Path) -> None:
+    """Nothing usable: the error says why with line numbers, and the rejects file (each record's raw text) stays."""
+    write_input(project, [paper("0704.0001", categories="cs.AI, cs.LG"), paper("0704.0002", categories="cs.AI, cs.LG"),
+                          paper("0704.0003", id=None)])
+    with pytest.raises(UserError) as failed:
+        clean.main()
+    assert ("invalid_categories: 2, first at line 1; missing_id: 1, first at line 3; every rejected record, its line and raw "
+            "text: data/clean/rejects.jsonl") in str(failed.value)
+    rejects = [json.loads(line) for line in (project / "data/clean/rejects.jsonl").read_text().splitlines()]
+    assert [(row["line"], row["reason"]) for row in rejects] == [(1, "invalid_categories"), (2, "invalid_categories"), (3, "missing_id")]
+    assert json.loads(rejects[0]["raw"])["categories"] == "cs.AI, cs.LG"
+    assert not (project / "data/clean/papers.parquet").exists()

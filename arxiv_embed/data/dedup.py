@@ -10,7 +10,8 @@ KEYS_PER_BUCKET = 250_000  # records de-duplicated at a time (~100 MB); the full
 def decide_duplicates(parts: pl.LazyFrame) -> pl.DataFrame:
     """(line, id, reason) of every usable record that is not kept, sorted by line: filtered ones
     (withdrawn, word counts) and duplicates. One id keeps its latest record (update_date, then
-    version count, then line); one normalised title+abstract keeps its smallest id.
+    version count, then line); one normalised title+abstract keeps its first submitted (first version's date,
+    then the smallest id: a string order, where an old-style id such as hep-th/9901001 follows every new-style one).
 
     Each rule runs per hash bucket of its key (id; title hash), read from the Parquet parts, so
     memory follows the bucket's size, not the input's (grouping all 2.7M snapshot ids at once takes
@@ -27,11 +28,11 @@ def decide_duplicates(parts: pl.LazyFrame) -> pl.DataFrame:
         .sort(by_age).filter(~pl.col("id").is_last_distinct()).select("line")
         for b in range(n_buckets)
     )["line"].implode()  # fmt: skip
-    by_text = ["title_hash", "text_hash", "id", "line"]
+    by_text = ["title_hash", "text_hash", "first_version_date", "id", "line"]
     usable = parts.filter(pl.col("reason").is_null() & ~pl.col("line").is_in(duplicate_id))
     duplicate_text = pl.concat(
         usable.filter(bucket("title_hash", b)).select(by_text).collect(engine="streaming")
-        .sort(by_text).filter(~pl.struct("title_hash", "text_hash").is_first_distinct()).select("line")
+        .sort(by_text, nulls_last=True).filter(~pl.struct("title_hash", "text_hash").is_first_distinct()).select("line")
         for b in range(n_buckets)
     )["line"].implode()  # fmt: skip
     reason = (

@@ -64,7 +64,9 @@ def line_batches(path: Path, batch_bytes: int | None = None) -> Iterator[tuple[i
         raise InputError(f"{path} does not exist; run the download stage first (dvc repro download)")
     batches = _line_batches(path, batch_bytes or BATCH_BYTES)
     with ThreadPoolExecutor(1) as reader:
-        while (batch := reader.submit(next, batches, None).result()) is not None:
+        upcoming = reader.submit(next, batches, None)
+        while (batch := upcoming.result()) is not None:
+            upcoming = reader.submit(next, batches, None)  # before the yield: read while the caller works
             yield batch
 
 
