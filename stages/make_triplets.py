@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.data.sampling import stratified_sample
+from arxiv_embed.data.sampling import read_stratified_sample
 from arxiv_embed.data.triplets import build, resolve_count
-from arxiv_embed.files import atomic_path, read_table, require_columns, write_json
+from arxiv_embed.files import atomic_path, read_table, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.make_triplets import MakeTripletsParams
 from arxiv_embed.errors import START_OVER, UserError, run
@@ -34,11 +34,7 @@ def main() -> None:
             columns = ["id", "title", "abstract", "label", "archive", "primary_category", "categories"]
             source = paths.split_file(split)
             if split == "train":  # the sample is drawn on ids and labels: 1.9M train abstracts are never all in memory
-                require_columns(source, columns, "split")  # the other columns are read lazily, for the sample only
-                keys = read_table(source, ["id", "label"], "split")
-                split_papers = keys.height
-                sample = stratified_sample(keys, cfg.max_train_papers, params.shared.seed).select("id")
-                papers = pl.scan_parquet(source).select(columns).join(sample.lazy(), on="id", how="semi").collect().sort("id")
+                papers, split_papers = read_stratified_sample(source, columns, cfg.max_train_papers, params.shared.seed, "split")
                 papers.write_parquet(out / paths.TRAIN_SAMPLE.name)
             else:
                 papers = read_table(source, columns, "split").sort("id")  # the draws below read rows by position
@@ -74,7 +70,7 @@ def main() -> None:
                 print(f"  labels with one paper (no anchor/positive pair): {', '.join(single)}")
             pairs_short = "too few labels with 2+ papers"
             for kind, asked, why in (("triplets", n_triplets, "one label only: no negative" if sizes.height < 2 else pairs_short),
-                                     ("same_label", n_pairs, pairs_short), ("graded_pairs", n_graded, "too few papers to pair")):
+                                     ("same_label", n_pairs, pairs_short), ("graded_pairs", n_graded, "anchors with no partner of their drawn grade or a lower one")):
                 if kinds[kind].height < asked:
                     print(f"  only {kinds[kind].height} of {asked} {kind}: {why} in {split}")
             hard, requested = metrics[split]["hard_negatives"], metrics[split]["hard_requested"]

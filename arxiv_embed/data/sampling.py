@@ -8,10 +8,13 @@ nearly the same sample, so a metrics diff between data versions shows the data.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
 from arxiv_embed.data.order import stable_order
+from arxiv_embed.files import read_table
 
 
 def quotas(counts: np.ndarray, size: int) -> np.ndarray:
@@ -39,3 +42,12 @@ def stratified_sample(papers: pl.DataFrame, max_papers: int | None, seed: int, b
     quota = pl.col(by).replace_strict(keep, return_dtype=pl.Int64)
     keyed = papers.with_columns(stable_order(papers["id"], seed, "sample").alias("_key"))
     return keyed.filter(pl.col("_key").rank("ordinal").over(by) <= quota).drop("_key")
+
+
+def read_stratified_sample(path: Path, columns: list[str], max_papers: int | None, seed: int, produced_by: str) -> tuple[pl.DataFrame, int]:
+    """(stratified_sample of a split file's papers, in id order; how many papers the file holds). Drawn on ids and
+    labels alone, then only the sample's rows are read: the snapshot's 1.9M train abstracts (or 540k test ones) are
+    never all in memory."""
+    keys = read_table(path, ["id", "label"], produced_by)
+    chosen = None if max_papers is None or max_papers >= keys.height else stratified_sample(keys, max_papers, seed)["id"]
+    return read_table(path, columns, produced_by, ids=chosen).sort("id"), keys.height

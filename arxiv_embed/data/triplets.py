@@ -6,8 +6,8 @@
 - title_abstract: every paper's title -> its own abstract;
 - same_label: abstract -> abstract of another paper with the same label;
 - graded_pairs: abstract pairs scored by arXiv's structure: same label 1.0 > a shared (cross-list)
-  category 0.67 > same archive 0.33 > other 0.0 (grades drawn evenly; a grade without a candidate
-  falls to the next lower one), and `same_label` 1/0, for CoSENT/AnglE/OnlineContrastive.
+  category 0.67 > same archive 0.33 > other 0.0 (grades drawn evenly; a grade the anchor has no partner
+  of falls to the next lower one), and `same_label` 1/0, for CoSENT/AnglE/OnlineContrastive.
 Anchor labels are taken round-robin (balanced across labels, not proportional to their size).
 """
 
@@ -82,50 +82,79 @@ GRADED_SCHEMA = {"anchor": pl.String, "positive": pl.String, "anchor_id": pl.Str
                  "score": pl.Float64, "same_label": pl.Int64}
 
 
-DRAWS = 16  # candidates drawn per grade and pair
+DRAWS, ROUNDS = 16, 8  # grades 1 and 0: candidates drawn at a time, and how many times, before the grade falls
 
 
-def _draw(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return rng.choice(pool, size=min(len(pool), DRAWS), replace=False)
+def _by_label(rows: pl.DataFrame, key: str) -> dict[object, tuple[np.ndarray, np.ndarray]]:
+    """key value -> (its rows ordered by label code, their label codes): one label's rows are a slice."""
+    grouped = rows.sort(key, "code", "row").group_by(key, maintain_order=True).agg("row", "code")
+    return {value: (np.asarray(r, dtype=np.int64), np.asarray(c, dtype=np.int64)) for value, r, c in grouped.iter_rows()}
+
+
+def _other_labels(pool: tuple[np.ndarray, np.ndarray], code: int) -> tuple[np.ndarray, int, int]:
+    """(rows, lo, hi): the pool's rows of label `code` are rows[lo:hi]; the others number len(rows) - (hi - lo)."""
+    rows, codes = pool
+    return rows, int(np.searchsorted(codes, code, "left")), int(np.searchsorted(codes, code, "right"))
+
+
+def _skip(index: np.ndarray | int, lo: int, hi: int) -> np.ndarray | int:
+    """An index into a pool with rows[lo:hi] left out, as an index into the whole pool."""
+    return index + (index >= lo) * (hi - lo)
 
 
 def graded_partners(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n (anchor row, partner row, grade 0-3) with grades drawn evenly; no partner is its anchor."""
+    """n (anchor row, partner row, grade 0-3) with grades drawn evenly; no partner is its anchor. A grade falls to
+    the next lower one only when the anchor has no partner of it: grades 3 and 2 draw from exactly their
+    candidates (a label's other papers; the papers of another label in any of the anchor's categories), so a
+    category crowded by the anchor's own label cannot starve grade 2; grades 1 and 0 draw from the archive's other
+    labels and from the other archives, up to DRAWS x ROUNDS times, for a paper that shares no category. Each draw
+    costs the anchor's categories and DRAWS, never a whole pool: it scales to every train paper of the snapshot."""
     if n == 0 or papers.height < 2:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    rows = papers.with_row_index("row")
-    by = {key: {k: np.asarray(v) for k, v in rows.group_by(key).agg("row").iter_rows()} for key in ("label", "archive")}
-    by_category = {k: np.asarray(v) for k, v in rows.select("row", "categories").explode("categories").group_by("categories").agg("row").iter_rows()}
+    rows = papers.select("label", "archive", "categories").with_row_index("row").with_columns(
+        pl.col("row").cast(pl.Int64), code=pl.col("label").rank("dense").cast(pl.Int64))
+    code = rows["code"].to_numpy()
+    by_label = {label: r for label, (r, _) in _by_label(rows, "label").items()}
+    by_archive = _by_label(rows, "archive")
+    by_category = _by_label(rows.explode("categories"), "categories")
     label, archive, categories = papers["label"].to_list(), papers["archive"].to_list(), papers["categories"].to_list()
-    # Grade 0's pool (every row outside the anchor's archive) is never built: an array over the whole
-    # split per pair made this loop quadratic. gaps[arc] (the archive's sorted rows minus their rank)
-    # maps a position in that pool to its row, so drawing positions draws the rows the pool would.
-    gaps = {arc: np.sort(members) - np.arange(len(members)) for arc, members in by["archive"].items()}
+    # Grade 0's pool (every row outside the anchor's archive) is never built: gaps[arc] (the archive's sorted rows
+    # minus their rank) maps a position in that pool to its row.
+    gaps = {arc: np.sort(members) - np.arange(len(members)) for arc, (members, _) in by_archive.items()}
     anchors, grades = rng.integers(papers.height, size=n), rng.integers(4, size=n)
     partners = np.full(n, -1, dtype=np.int64)
     meter = Progress("make_triplets: graded pairs", n, "pairs")
     for i, (a, grade) in enumerate(zip(anchors, grades)):
         meter.update()
+        own = set(categories[a])
         for g in range(grade, -1, -1):
-            # Take a few draws and keep the first that has exactly grade g (cheap even for big pools).
-            if g == 3:
-                draws = _draw(by["label"][label[a]], rng)
+            found = -1
+            if g == 3 and len(same := by_label[label[a]]) > 1:  # any other paper of the label
+                at = int(np.searchsorted(same, a))
+                found = int(same[_skip(int(rng.integers(len(same) - 1)), at, at + 1)])
             elif g == 2:
-                draws = _draw(np.concatenate([by_category[c] for c in categories[a]]), rng)
+                pools = [_other_labels(by_category[c], code[a]) for c in dict.fromkeys(categories[a])]
+                sizes = np.cumsum([len(r) - (hi - lo) for r, lo, hi in pools])
+                if len(sizes) and sizes[-1]:
+                    k = int(rng.integers(sizes[-1]))
+                    j = int(np.searchsorted(sizes, k, "right"))
+                    r, lo, hi = pools[j]
+                    found = int(r[_skip(k - (sizes[j - 1] if j else 0), lo, hi)])
             elif g == 1:
-                draws = _draw(by["archive"][archive[a]], rng)
-            else:
+                r, lo, hi = _other_labels(by_archive[archive[a]], code[a])
+                for _ in range(ROUNDS if len(r) > hi - lo else 0):
+                    drawn = r[_skip(rng.integers(len(r) - (hi - lo), size=DRAWS), lo, hi)]
+                    if (found := next((int(c) for c in drawn if own.isdisjoint(categories[c])), -1)) >= 0:
+                        break
+            elif g == 0:
                 outside = papers.height - len(gaps[archive[a]])
-                at = rng.choice(outside, size=min(outside, DRAWS), replace=False)  # the rng calls _draw would make
-                draws = at + np.searchsorted(gaps[archive[a]], at, side="right")
-            for candidate in draws:
-                same_label, same_archive = label[candidate] == label[a], archive[candidate] == archive[a]
-                shared = bool(set(categories[candidate]) & set(categories[a]))
-                actual = 3 if same_label else 2 if shared else 1 if same_archive else 0
-                if candidate != a and actual == g:
-                    partners[i], grades[i] = candidate, g
-                    break
-            if partners[i] >= 0:
+                for _ in range(ROUNDS if outside else 0):
+                    at = rng.integers(outside, size=DRAWS)
+                    drawn = at + np.searchsorted(gaps[archive[a]], at, side="right")
+                    if (found := next((int(c) for c in drawn if code[c] != code[a] and own.isdisjoint(categories[c])), -1)) >= 0:
+                        break
+            if found >= 0:
+                partners[i], grades[i] = found, g
                 break
     keep = partners >= 0
     return anchors[keep], partners[keep], grades[keep]

@@ -11,7 +11,7 @@ import polars as pl
 
 from arxiv_embed import paths
 from arxiv_embed.data.order import stable_order
-from arxiv_embed.data.sampling import stratified_sample
+from arxiv_embed.data.sampling import read_stratified_sample
 from arxiv_embed.embeddings import distinct_texts
 from arxiv_embed.files import read_table
 
@@ -71,11 +71,11 @@ def balanced_sample(papers: pl.DataFrame, max_papers: int, seed: int) -> pl.Data
 
 def load_eval_data(max_test_papers: int, max_train_papers: int, seed: int) -> EvalData:
     """evaluate_base, evaluate and embed_base draw the same samples from the same params."""
-    split = read_table(paths.split_file("test"), ["id", "title", "abstract", "label"], "split")
     # In id order: the lenses' bootstrap draws rows by position, and the input's row order must not matter.
-    test = stratified_sample(split, max_test_papers, seed).sort("id")
+    test, test_split_papers = read_stratified_sample(paths.split_file("test"), ["id", "title", "abstract", "label"],
+                                                     max_test_papers, seed, "split")
     train = read_table(paths.TRAIN_SAMPLE, ["id", "abstract", "label"], "make_triplets")
     triplets = read_table(
         paths.training_file("test", "triplets"), ["anchor", "positive", "negative", "negative_type"], "make_triplets"
     )
-    return EvalData(test, balanced_sample(train, max_train_papers, seed), triplets, split.height)
+    return EvalData(test, balanced_sample(train, max_train_papers, seed), triplets, test_split_papers)
