@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
-from arxiv_embed.training import adapter, checkpoints, distributed, losses, mining, recipe, trainer
+from arxiv_embed.training import adapter, checkpoints, distributed, mining, recipe, trainer
 from arxiv_embed.training import data as training_data
 from arxiv_embed.embeddings import TextVectors, distinct_texts
 from arxiv_embed.files import atomic_path, write_json, write_text
@@ -54,7 +54,6 @@ def main() -> None:
         return adapter_main(params, started)
     if (nproc := distributed.requested_processes(ft)) > 1 and distributed.world_size() == 1:
         sys.exit(distributed.relaunch_with_torchrun(nproc))
-    losses.check_combination(ft)
     main_process = distributed.is_main_process()
 
     # 2. Tracking before anything expensive: a down MLflow server fails here, in seconds.
@@ -192,7 +191,6 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
 def adapter_main(params: FinetuneParams, started: float) -> None:
     """finetune.mode=adapter (training/adapter.py): the adapter trains on embed_base's cached base vectors."""
     ft = params.finetune
-    losses.check_combination(ft)
     print(f"finetune: MLflow tracking at {configure_tracking()}", flush=True)
     import mlflow
 

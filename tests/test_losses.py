@@ -90,11 +90,13 @@ def test_label_losses_use_cosine_margins_for_normalised_embeddings() -> None:
         ({"loss": "batch_all", "train_data": ["same_label"]}, "finetune.train_data"),
         ({"loss": "cosent", "train_data": ["labels"]}, "graded_pairs"),
         ({"loss": "cached_mnrl", "train_data": ["same_label"]}, "mode=full"),
+        ({"loss": "cached_mnrl"}, "mode=full"),  # the mode first: no train_data would mend it
     ],
 )
-def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
-    with pytest.raises(errors.TrainingSetupError, match=message):
-        losses.check_combination(finetune(**settings))
+def test_bad_combinations_are_refused_by_the_params_check_naming_the_params(settings: dict, message: str) -> None:
+    """In params_check, before any stage (embed_base encodes for 42 min at 2.7M before finetune would find out)."""
+    with pytest.raises(ParamsError, match=message):
+        finetune(**settings)
 
 
 def test_a_new_row_is_all_it_takes(monkeypatch: pytest.MonkeyPatch) -> None:

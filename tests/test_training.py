@@ -16,6 +16,7 @@ import pytest
 from arxiv_embed import errors, tracking
 from arxiv_embed.training import checkpoints, distributed, losses, recipe, trainer
 from arxiv_embed.training import data as training_data
+from arxiv_embed.params import ParamsError
 from tests.harness import params_with
 
 
@@ -114,8 +115,9 @@ def tiny_model():
     ],
 )
 def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
-    with pytest.raises(errors.TrainingSetupError, match=message.replace(".", r"\.")):
-        losses.check_combination(finetune_params(**settings).finetune)
+    """Refused by the params check (params_check, and each stage's load), before any work."""
+    with pytest.raises(ParamsError, match=message.replace(".", r"\.")):
+        finetune_params(**settings)
 
 
 def test_good_combinations_pass() -> None:

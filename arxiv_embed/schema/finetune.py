@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from arxiv_embed.schema.base import PositiveInt, Section
-from arxiv_embed.training.losses import LOSSES
+from arxiv_embed.errors import TrainingSetupError
+from arxiv_embed.training.losses import LOSSES, check_combination
 from arxiv_embed.schema.model import Model
 from arxiv_embed.schema.shared import Shared
 
@@ -95,6 +96,11 @@ class Finetune(Section):
                 f"save the checkpoint the best model is loaded from; set finetune.full.save_steps: {full.eval_steps} "
                 f"(or finetune.full.eval_steps: {full.save_steps}), the two equal"
             )
+        # The loss's own rules (its data kinds, batch shape, mode): refused in params_check, before embed_base encodes.
+        try:
+            check_combination(self)
+        except TrainingSetupError as error:
+            raise ValueError(str(error)) from None
         return self
 
     def read_by_mode(self) -> dict:

@@ -128,6 +128,8 @@ def row(ft: Finetune) -> LossRow:
 def check_combination(ft: Finetune) -> None:
     """Reject loss/data/batch combinations the library would fail on later (or silently mis-train)."""
     spec = row(ft)
+    for check in spec.checks:  # first: the mode and batch shape, which no choice of train_data mends
+        check(ft)
     if len(set(ft.train_data)) != len(ft.train_data):
         raise TrainingSetupError(f"finetune.train_data={ft.train_data} lists a kind twice")
     if wrong := [kind for kind in ft.train_data if kind not in spec.kinds]:
@@ -135,8 +137,6 @@ def check_combination(ft: Finetune) -> None:
             f"finetune.loss={ft.loss} reads {', '.join(spec.kinds)}, but finetune.train_data={ft.train_data} has {wrong}: "
             f"set finetune.train_data to a subset of [{', '.join(spec.kinds)}], or pick a loss that reads {wrong[0]}"
         )
-    for check in spec.checks:
-        check(ft)
 
 
 def build_loss(model: SentenceTransformer | Any, ft: Finetune) -> nn.Module:
