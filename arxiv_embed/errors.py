@@ -137,7 +137,8 @@ def run(main: Callable[[], object], name: str | None = None, rerun: str = "rerun
         print(f"{name}: error: {error}", file=sys.stderr, flush=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt as interrupt:
-        print(f"{name}: interrupted ({str(interrupt) or 'Ctrl-C'}); outputs left as they were, {rerun}", file=sys.stderr, flush=True)
+        print(f"{name}: interrupted ({str(interrupt) or 'Ctrl-C'}); no output is half-written (each is replaced whole or left "
+              f"as it was), {rerun}", file=sys.stderr, flush=True)
         sys.exit(Interrupted.exit_code)
     except OSError as error:
         if (message := describe_os_error(error)) is None:

@@ -50,19 +50,24 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
         raise PushError(f"push.gate.metric={gate.metric!r} is not a metric with a delta interval in {EVALUATE}; valid keys: {valid}")
     base, tuned = flat["base"][gate.metric], flat["finetuned"][gate.metric]
     low, high = intervals[gate.metric]
+    failed = []  # every check that fails, named in one refusal
     if low < -gate.tolerance:
-        raise PushError(
-            f"quality gate failed: {gate.metric} fine-tuned {tuned:.4f} vs base {base:.4f}, delta {tuned - base:+.4f} "
-            f"with 95% interval [{low:+.4f}, {high:+.4f}]; its lower end is below minus the tolerance {gate.tolerance} "
-            "(push.gate.metric, push.gate.tolerance in params.yaml); the fine-tuned model is not pushed"
-        )
+        failed.append(f"{gate.metric} fine-tuned {tuned:.4f} vs base {base:.4f}, delta {tuned - base:+.4f} with 95% interval "
+                      f"[{low:+.4f}, {high:+.4f}]: its lower end is below minus the tolerance {gate.tolerance} "
+                      "(push.gate.metric, push.gate.tolerance)")
+    headline, below = check_headline(flat, intervals, gate.headline_tolerances, valid)
+    if below:
+        failed.append(f"{'; '.join(below)} (push.gate.headline_tolerances)")
+    if failed:
+        raise PushError(f"quality gate failed: {'; '.join(failed)}; params.yaml sets them; the fine-tuned model is not pushed")
     return {"metric": gate.metric, "base": base, "finetuned": tuned, "delta_ci95": [low, high], "tolerance": gate.tolerance,
-            "headline": check_headline(flat, intervals, gate.headline_tolerances, valid)}
+            "headline": headline}
 
 
-def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerances: dict[str, float], valid: str) -> dict[str, dict]:
-    """headline metric -> {base, finetuned, delta, delta_ci95, tolerance}; refuses (naming every
-    failing metric and its interval) when a delta's whole 95% interval lies below -its tolerance."""
+def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerances: dict[str, float],
+                   valid: str) -> tuple[dict[str, dict], list[str]]:
+    """(headline metric -> {base, finetuned, delta, delta_ci95, tolerance}, a line for each metric whose delta's
+    whole 95% interval lies below -its tolerance)."""
     rows, failed = {}, []
     for key, tolerance in tolerances.items():
         if key not in intervals or key not in flat["base"] or key not in flat["finetuned"]:
@@ -73,10 +78,7 @@ def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerance
         rows[key] = {"base": base, "finetuned": tuned, "delta": tuned - base, "delta_ci95": [low, high], "tolerance": tolerance}
         if high < -tolerance:
             failed.append(f"{key} delta {tuned - base:+.4f} with 95% interval [{low:+.4f}, {high:+.4f}] lies wholly below -{tolerance}")
-    if failed:
-        raise PushError(f"quality gate failed: {'; '.join(failed)} (push.gate.headline_tolerances in params.yaml); "
-                        "the fine-tuned model is not pushed")
-    return rows
+    return rows, failed
 
 
 def hub_token(hub: Hub) -> str | None:
@@ -122,8 +124,9 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise PushError(f"{FINETUNED / RUN_INFO} names MLflow run {run_id}, which {uri} does not have: "
-                        "re-run finetune, or point MLFLOW_TRACKING_URI at the store it logged to") from None
+        raise PushError(f"{FINETUNED / RUN_INFO} names MLflow run {run_id}, which {uri} does not have (a model DVC restored "
+                        "from its cache, logged to another store): point MLFLOW_TRACKING_URI at the store it logged to, or "
+                        "train it again here with `dvc repro --no-run-cache -s finetune && dvc repro`") from None
     digest = release_hash(release)
     if client.search_registered_models(filter_string=f"name = '{name}'"):
         for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from arxiv_embed import paths, tracking
 from arxiv_embed.evaluation.headline import METRICS, headline
 
-from .conftest import dvc, run
+from .conftest import dvc, ran_stages, run
 
 # --- the headline -------------------------------------------------------------------------------
 
@@ -74,10 +75,11 @@ def test_runs_are_tagged_with_the_dvc_experiment(monkeypatch: pytest.MonkeyPatch
 # --- the real DAG: experiments, queue, remote ---------------------------------------------------------
 
 
-def committed_copy(pipeline: Path, dest: Path) -> Path:
+def committed_copy(pipeline: Path, dest: Path, fresh_store: bool = True) -> Path:
     """A copy of the tiny DAG's project with its run committed as the baseline (dvc.lock, metrics),
-    as a user's repository holds it; a fresh tracking store."""
-    shutil.copytree(pipeline, dest, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*", "mlruns", "search-index"))
+    as a user's repository holds it; a fresh tracking store, or (fresh_store=False) the runs the baseline logged."""
+    store = ("mlflow.db*", "mlruns") if fresh_store else ()
+    shutil.copytree(pipeline, dest, symlinks=True, ignore=shutil.ignore_patterns(*store, "search-index"))
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "baseline run"], dest)
     return dest
@@ -89,6 +91,33 @@ def test_metrics_show_prints_the_headline_only(pipeline: Path) -> None:
     files = next(iter(shown.values()))["data"]
     assert list(files) == ["metrics/headline.json"]
     assert files["metrics/headline.json"]["data"] == json.loads((pipeline / "metrics/headline.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_run_made_before_comes_back_from_the_run_cache_and_a_refused_push_keeps_the_release(pipeline: Path, tmp_path: Path) -> None:
+    """A change reverted (or a sweep point run again) is restored by DVC's run-cache, every stage from clean to
+    evaluate: nothing cleans, trains or scores again. A push its gate refuses leaves the last release in place."""
+    project = committed_copy(pipeline, tmp_path / "project", fresh_store=False)  # the store the restored runs logged to
+    params = project / "params.yaml"
+    baseline, headline_before = params.read_text(), (project / "metrics/headline.json").read_text()
+    raw = yaml.safe_load(baseline)
+    raw["clean"]["min_abstract_words"] = 60
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert {"clean", "split", "make_triplets", "embed_base", "finetune", "evaluate"} <= set(ran_stages(dvc(project, "repro")))
+    params.write_text(baseline)
+    back = dvc(project, "repro")
+    assert ran_stages(back) == ["params_check", "push"], back.stdout  # both persist their output: no run-cache
+    assert "Stage 'finetune' is cached - skipping run" in back.stdout
+    assert (project / "metrics/headline.json").read_text() == headline_before
+    assert dvc(project, "status").stdout.strip() == "Data and pipelines are up to date."
+
+    release = {path.name: path.read_bytes() for path in (project / "models/release").iterdir() if path.is_file()}
+    report = json.loads((project / "metrics/evaluate.json").read_text())
+    report["delta_ci95"][raw["push"]["gate"]["metric"]] = [-0.05, -0.01]  # an evaluation the gate refuses
+    (project / "metrics/evaluate.json").write_text(json.dumps(report))
+    refused = dvc(project, "repro", "-s", "push", check=False)
+    assert refused.returncode != 0 and "quality gate failed" in refused.stdout + refused.stderr
+    assert {path.name: path.read_bytes() for path in (project / "models/release").iterdir() if path.is_file()} == release
 
 
 def wait_for_queue(project: Path, timeout_s: float) -> str:
@@ -163,7 +192,9 @@ def test_a_temp_experiment_reuses_and_keeps_the_projects_vectors(pipeline: Path,
     dvc(project, "exp", "run", "--temp", "-n", "fewer-test-papers", "-S", "evaluate.max_test_papers=40", "embed_base")
     refs = run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], project).stdout.split("\n")
     rev = next(line.split()[0] for line in refs if line.endswith("/fewer-test-papers"))
-    metrics = json.loads(run(["git", "show", f"{rev}:metrics/embed_base.json"], project).stdout)
+    from dvc.api import read as dvc_read  # the stage summaries are DVC-cached outputs: read through the cache
+
+    metrics = json.loads(dvc_read("metrics/embed_base.json", repo=str(project), rev=rev))
     assert metrics["test_sample_papers"] == 40 and metrics["reused_texts"] == metrics["texts"] > 0
     # This run's vectors, kept in the project for the next, first; then the earlier run's others (reuse_max_texts).
     after = TextVectors.load(stores[0])

@@ -422,6 +422,11 @@ def test_headline_tolerances_bound_each_metric():
     # A tolerance for a metric evaluate did not write: named (a headline metric without one: refused by the schema).
     with pytest.raises(PushError, match="names 'no.such'"):
         check_gate(report, Gate(**{"no.such": 0.0}))
+    # The gated metric's gain inside the noise and a headline loss: one refusal names both.
+    report["delta_ci95"]["category_retrieval.ndcg@10"] = [-0.002, 0.04]
+    with pytest.raises(PushError) as both:
+        check_gate(report, Gate(**{"title_to_abstract.ndcg@10": 0.003}))
+    assert "category_retrieval.ndcg@10 fine-tuned" in str(both.value) and "title_to_abstract.ndcg@10 delta" in str(both.value)
 
 
 def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():

@@ -284,7 +284,7 @@ def test_sigterm_is_one_message_and_exit_130(tmp_path: Path) -> None:
     stage.send_signal(signal.SIGTERM)
     _, stderr = stage.communicate(timeout=30)
     assert stage.returncode == 130 and "Traceback" not in stderr
-    assert stderr.strip() == "stage: interrupted (signal SIGTERM); outputs left as they were, rerun to continue"
+    assert stderr.strip() == "stage: interrupted (signal SIGTERM); no output is half-written (each is replaced whole or left as it was), rerun to continue"
 
 
 def test_a_stage_stops_when_its_parent_dies_even_through_a_shell(tmp_path: Path) -> None:
@@ -418,4 +418,4 @@ def test_a_stage_that_cannot_resume_does_not_promise_to_continue(tmp_path: Path)
     code = "from arxiv_embed.errors import START_OVER, run\ndef main():\n    raise KeyboardInterrupt\nrun(main, 'clean', START_OVER)\n"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=PYTHON_ENV, capture_output=True, text=True)
     assert result.returncode == 130
-    assert result.stderr.strip() == "clean: interrupted (Ctrl-C); outputs left as they were, a rerun starts this stage over"
+    assert result.stderr.strip() == "clean: interrupted (Ctrl-C); no output is half-written (each is replaced whole or left as it was), a rerun starts this stage over"
