@@ -35,6 +35,18 @@ if TYPE_CHECKING:
 # longer one is no JSON lines (a JSON array of the whole snapshot, say) and must not be read into memory whole.
 MAX_LINE_BYTES = 512 * 2**20
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[^.]+$")
+_UMASK = os.umask(0o022)  # read once, at import (os.umask is the only way, and it sets it): the process's own, put back
+os.umask(_UMASK)
+
+
+def with_default_permissions(path: Path) -> None:
+    """Give `path`'s files the permissions a plain write would (0666 less the umask; executables keep their x bits):
+    some writers create them 0600 (safetensors writes the model's weights through a private temporary file), and a
+    released model others cannot read is no release."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    for file in files:
+        mode = file.stat().st_mode & 0o777
+        os.chmod(file, (0o666 | (mode & 0o111)) & ~_UMASK)
 
 
 def temp_sibling(path: Path, kind: str = "tmp") -> Path:
@@ -134,6 +146,8 @@ def atomic_path(path: Path | str, kept_on: tuple[type[BaseException], ...] = ())
     tmp = temp_sibling(path) / path.name
     try:
         yield tmp
+        if tmp.exists():
+            with_default_permissions(tmp)
         swap_in(tmp, path)
     except kept_on:
         if tmp.exists():

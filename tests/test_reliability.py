@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -110,6 +111,23 @@ def test_temporaries_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["index", live.name, other.name])
     assert tree(out) == {"keep": "current"}  # an old folder is put back only when the output is missing
     assert files.sweep(tmp_path) == [other]
+
+
+def test_outputs_get_the_permissions_a_plain_write_gives(tmp_path: Path) -> None:
+    """safetensors writes a model's weights 0600: a release others cannot read. Outputs swapped in get 0666 less the
+    umask, executables keep their x bits; the weights as finetune saves them are checked too."""
+    from safetensors.numpy import save_file
+
+    from arxiv_embed.files import _UMASK, atomic_path
+
+    with atomic_path(tmp_path / "model") as folder:
+        (folder / "nested").mkdir(parents=True)
+        save_file({"w": np.zeros(2, dtype=np.float32)}, str(folder / "nested" / "model.safetensors"))
+        assert (folder / "nested" / "model.safetensors").stat().st_mode & 0o777 == 0o600
+        (folder / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(folder / "run.sh", 0o700)
+    assert (tmp_path / "model" / "nested" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    assert (tmp_path / "model" / "run.sh").stat().st_mode & 0o777 == (0o666 | 0o100) & ~_UMASK  # its own x bit kept
 
 
 @pytest.mark.parametrize("temporary", ["models/.finetuned.tmp-123-x1y2/finetuned/model.safetensors",
