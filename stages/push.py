@@ -54,12 +54,12 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
     if low < -gate.tolerance:
         failed.append(f"{gate.metric} fine-tuned {tuned:.4f} vs base {base:.4f}, delta {tuned - base:+.4f} with 95% interval "
                       f"[{low:+.4f}, {high:+.4f}]: its lower end is below minus the tolerance {gate.tolerance} "
-                      "(push.gate.metric, push.gate.tolerance)")
+                      "(push.gate.metric, push.gate.tolerance in params.yaml)")
     headline, below = check_headline(flat, intervals, gate.headline_tolerances, valid)
     if below:
-        failed.append(f"{'; '.join(below)} (push.gate.headline_tolerances)")
+        failed.append(f"{'; '.join(below)} (push.gate.headline_tolerances in params.yaml)")
     if failed:
-        raise PushError(f"quality gate failed: {'; '.join(failed)}; params.yaml sets them; the fine-tuned model is not pushed")
+        raise PushError(f"quality gate failed: {'; '.join(failed)}; the fine-tuned model is not pushed")
     return {"metric": gate.metric, "base": base, "finetuned": tuned, "delta_ci95": [low, high], "tolerance": gate.tolerance,
             "headline": headline}
 
