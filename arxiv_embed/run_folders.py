@@ -9,9 +9,10 @@ import fcntl
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from arxiv_embed.files import newest_first
 
@@ -55,20 +56,26 @@ def still_its_lock(folder: Path, lock_name: str, handle) -> bool:
     return (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino)
 
 
-@contextmanager
-def shared_hold(folder: Path, lock_name: str) -> Iterator[Path]:
-    """`folder`, made if missing and held (a shared flock: runs of the same work may share it) until the block ends.
-    A prune that deleted it between its making and the lock is seen (the lock file is gone) and the folder made again."""
+def open_locked(folder: Path, lock_name: str, take: Callable[[IO[str]], bool]) -> tuple[IO[str], bool]:
+    """(`folder`'s lock file, open; what `take` (an flock on it) returned), the folder made if missing. A prune that
+    removed the folder between its making and the flock is seen (still_its_lock) and the folder made again."""
     while True:
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            handle = open(folder / lock_name, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
+            handle = open(folder / lock_name, "a+", encoding="utf-8")  # noqa: SIM115 (the caller's to close)
         except FileNotFoundError:  # pruned since the mkdir
             continue
-        fcntl.flock(handle, fcntl.LOCK_SH)  # a prune holds it exclusively only while moving the folder aside
+        taken = take(handle)
         if still_its_lock(folder, lock_name, handle):
-            break
+            return handle, taken
         handle.close()
+
+
+@contextmanager
+def shared_hold(folder: Path, lock_name: str) -> Iterator[Path]:
+    """`folder`, made if missing and held (a shared flock: runs of the same work may share it) until the block ends."""
+    # A prune holds the lock exclusively only while moving the folder aside: a blocking wait is short.
+    handle, _ = open_locked(folder, lock_name, lambda handle: fcntl.flock(handle, fcntl.LOCK_SH) is None)
     try:
         yield folder
     finally:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError
 from arxiv_embed.processes import process_alive
-from arxiv_embed.run_folders import PROBE_RETRY_S, prune_stopped, still_its_lock, try_lock
+from arxiv_embed.run_folders import PROBE_RETRY_S, open_locked, prune_stopped, try_lock
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
 from arxiv_embed.training.distributed import world_size
@@ -48,16 +48,7 @@ def run_key(params: FinetuneParams, files: list[Path]) -> str:
 def locked(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir` exclusively (an flock on its LOCK file, released when the process ends, even
     by kill -9). A second finetune on the same folder fails at once, naming the holder's PID."""
-    while True:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held for the with-block)
-        except FileNotFoundError:  # pruned since the mkdir
-            continue
-        got = try_lock(handle, fcntl.LOCK_EX, PROBE_RETRY_S)
-        if still_its_lock(run_dir, LOCK, handle):
-            break
-        handle.close()  # another finetune's prune removed this (stopped) folder meanwhile: make it anew
+    handle, got = open_locked(run_dir, LOCK, lambda handle: try_lock(handle, fcntl.LOCK_EX, PROBE_RETRY_S))
     try:
         if not got:
             handle.seek(0)
