@@ -46,7 +46,8 @@ def with_default_permissions(path: Path) -> None:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
     for file in files:
         mode = file.stat().st_mode & 0o777
-        os.chmod(file, (0o666 | (mode & 0o111)) & ~_UMASK)
+        if mode & 0o200:  # a read-only file may be a hard link to DVC's cache (cache.type hardlink): left as it is
+            os.chmod(file, (0o666 | (mode & 0o111)) & ~_UMASK)
 
 
 def temp_sibling(path: Path, kind: str = "tmp") -> Path:
