@@ -3,14 +3,17 @@
 Streams the input in batches of lines (bounded memory on the 4.6 GB snapshot), parses each batch
 with polars against an explicit schema, and writes Parquet parts; de-duplication then reads the
 key columns (line, id, dates, text hashes) back one hash bucket at a time, and a pass over the parts
-appends the kept rows in input order. Every record that is not kept goes to the rejects file with
-its line number and reason.
+appends the kept rows in input order. Every record that is not kept goes to the rejects file, in input
+order, with its line number and reason.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import shutil
 from collections import Counter
+from operator import itemgetter
 from pathlib import Path
 from typing import TextIO
 
@@ -43,23 +46,23 @@ def main() -> None:
     with (
         scratch_dir(paths.CLEAN_DIR / "parts") as parts_dir,
         atomic_path(paths.REJECTS, kept_on=(CleanError,)) as rejects_path,
-        rejects_path.open("w", encoding="utf-8") as rejects,
     ):
         # 1. Parse batch by batch; unusable records are rejected here, with their raw line.
         meter = Progress("clean: read", unit="records")
-        for first_line, chunk in line_batches(paths.RAW):
-            batch, refused = parse_batch(chunk, first_line)  # malformed_json and wrong_type lines
-            records_in += batch.height + len(refused)
-            meter.update(batch.height + len(refused))
-            malformed_lines += [row["line"] for row in refused if row["reason"] == "malformed_json"][: 5 - len(malformed_lines)]
-            batch = tidy(batch, params.min_abstract_words, params.max_abstract_words)
-            unusable = batch.filter(pl.col("unusable").is_not_null()).select("line", reason="unusable", id="id").to_dicts()
-            unusable = with_raw(unusable, chunk, first_line)
-            write_rejects(rejects, counts, first_lines, refused + unusable)
-            batch = batch.filter(pl.col("unusable").is_null()).drop("unusable")
-            if batch.height:
-                batch.write_parquet(Path(parts_dir) / f"part-{n_parts:06d}.parquet", compression="lz4")
-                n_parts += 1
+        with rejects_path.open("w", encoding="utf-8") as rejects:
+            for first_line, chunk in line_batches(paths.RAW):
+                batch, refused = parse_batch(chunk, first_line)  # malformed_json and wrong_type lines
+                records_in += batch.height + len(refused)
+                meter.update(batch.height + len(refused))
+                malformed_lines += [row["line"] for row in refused if row["reason"] == "malformed_json"][: 5 - len(malformed_lines)]
+                batch = tidy(batch, params.min_abstract_words, params.max_abstract_words)
+                unusable = batch.filter(pl.col("unusable").is_not_null()).select("line", reason="unusable", id="id").to_dicts()
+                unusable = with_raw(unusable, chunk, first_line)
+                write_rejects(rejects, counts, first_lines, sorted(refused + unusable, key=itemgetter("line")))
+                batch = batch.filter(pl.col("unusable").is_null()).drop("unusable")
+                if batch.height:
+                    batch.write_parquet(Path(parts_dir) / f"part-{n_parts:06d}.parquet", compression="lz4")
+                    n_parts += 1
         meter.done()
         check_input(records_in, counts["malformed_json"], malformed_lines, params.max_malformed_fraction)
         if not n_parts:
@@ -68,8 +71,7 @@ def main() -> None:
         # 2. De-duplicate, bucket by bucket; only the lines of the records not kept are held.
         parts = pl.scan_parquet(f"{parts_dir}/*.parquet")
         dropped = decide_duplicates(parts)
-        for rows in dropped.select("line", "reason", "id", raw=pl.lit(None)).iter_slices(65536):  # not 2.7M dicts at once
-            write_rejects(rejects, counts, first_lines, rows.to_dicts())
+        merge_in_line_order(rejects_path, dropped, Path(parts_dir) / "rejects-read.jsonl", counts, first_lines)
         dropped_lines = dropped["line"].implode()
 
         # 3. Append the kept rows part by part, in input order: memory stays at one part's size
@@ -114,6 +116,23 @@ def write_rejects(out: TextIO, counts: Counter[str], first_lines: dict[str, int]
         counts[row["reason"]] += 1
         first_lines[row["reason"]] = min(first_lines.get(row["reason"], row["line"]), row["line"])
         out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def merge_in_line_order(rejects_path: Path, dropped: pl.DataFrame, aside: Path, counts: Counter[str],
+                        first_lines: dict[str, int]) -> None:
+    """Merge the records de-duplication drops (sorted by line) into the rejects file the read wrote (sorted by line), so
+    the file is in input order; a stream merge: only the dropped lines are held, as they already are."""
+    if not dropped.height:
+        return
+    for reason, count, first in dropped.group_by("reason").agg(pl.len(), pl.col("line").min()).iter_rows():
+        counts[reason] += count
+        first_lines[reason] = min(first_lines.get(reason, first), first)
+    shutil.move(rejects_path, aside)
+    slices = dropped.select("line", "reason", "id", raw=pl.lit(None)).iter_slices(65536)  # not 2.7M dicts at once
+    duplicates = (row for rows in slices for row in rows.to_dicts())
+    with aside.open(encoding="utf-8") as read_rejects, rejects_path.open("w", encoding="utf-8") as out:
+        for row in heapq.merge(map(json.loads, read_rejects), duplicates, key=itemgetter("line")):
+            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def described(counts: Counter[str], first_lines: dict[str, int]) -> str:

@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,6 +165,8 @@ def test_malformed_and_unusable_lines_are_rejected_with_line_numbers(project: Pa
     }
     by_line = {row["line"]: row for row in rejects}
     assert by_line[2]["raw"] == '{"id": "0704.0002", "title": "cut off'
+    # Each reject names the id its line gives, cut off or of the wrong type; a line that names none has none.
+    assert [by_line[n]["id"] for n in (2, 3, 4, 11)] == ["0704.0002", None, "0704.0003", "0704.0008"]
     assert by_line[6]["id"] == "0704.0004" and json.loads(by_line[6]["raw"])["id"] == "0704.0004"
     assert metrics["records_in"] == 11 and metrics["records_out"] == 2 and metrics["rejected_total"] == 9
     assert metrics["rejected"]["malformed_json"] == 3 and metrics["rejected"]["wrong_type"] == 1
@@ -193,6 +196,7 @@ def test_string_fields_of_another_json_type_are_rejected_not_cast(project: Path)
     assert reasons(rejects) == {2: "wrong_type", 3: "wrong_type", 5: "wrong_type", 7: "wrong_type"}
     assert json.loads(rejects[0]["raw"])["id"] == 704.001 and json.loads(rejects[1]["raw"])["title"] == ["Graph", "nets"]
     assert json.loads(rejects[3]["raw"])["id"] == 704.007
+    assert [row["id"] for row in rejects] == [None, "0704.0003", "0704.0005", None]  # a number is no id to look up
     assert metrics["rejected"]["wrong_type"] == 4 and metrics["rejected_total"] == 4
 
 
@@ -250,6 +254,32 @@ def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.Monkey
     # The latest record of 0704.0003 is a withdrawal: the paper goes, not its older version.
     assert reasons(rejects) == {2: "duplicate_id", 3: "duplicate_id", 5: "duplicate_id", 6: "withdrawn"}
     assert metrics["rejected"]["duplicate_id"] == 3
+
+
+def test_rejects_are_in_input_order(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rejects file follows the input's lines: a batch's unparsable and unusable records, and the duplicates that
+    de-duplication finds after the whole file is read, merged in."""
+    monkeypatch.setattr(records, "BATCH_BYTES", 1500)  # several batches
+    set_params(project, max_malformed_fraction=0.5)
+    write_input(
+        project,
+        [
+            paper("0704.0001", update_date="2009-01-01"),
+            '{"id": "0704.0002", "title": "cut off',
+            paper("0704.0001", update_date="2007-05-01"),
+            paper("0704.0003", abstract=None),
+            paper("0704.0004", update_date="2009-01-01"),
+            paper("0704.0004", update_date="2007-05-01"),
+            "[1, 2]",
+            paper("0704.0005", abstract=None),
+            paper("0704.0001", update_date="2008-01-01"),
+        ],
+    )
+    _, rejects, metrics = run_clean(project)
+    assert [(row["line"], row["reason"]) for row in rejects] == [
+        (2, "malformed_json"), (3, "duplicate_id"), (4, "missing_abstract"), (6, "duplicate_id"), (7, "malformed_json"),
+        (8, "missing_abstract"), (9, "duplicate_id")]
+    assert metrics["rejected"]["duplicate_id"] == 3 and metrics["rejected_total"] == 7
 
 
 @pytest.mark.parametrize("keys_per_bucket", [dedup.KEYS_PER_BUCKET, 1], ids=["one-bucket", "3-buckets"])
@@ -366,8 +396,11 @@ def test_empty_input_fails_clearly(project: Path, content: bytes) -> None:
 def test_truncated_gzip_fails_clearly(project: Path) -> None:
     path = write_input(project, [paper(f"0704.{i:04d}") for i in range(1, 300)])
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(UserError, match=r"arxiv.jsonl.gz is truncated or corrupt .*download"):
+    with pytest.raises(UserError, match=r"arxiv.jsonl.gz is truncated or corrupt after line \d+ .*download") as error:
         clean.main()
+    # The line named is the last whole one the cut file holds (one batch: the count is not left at the batch's start).
+    whole_lines = zlib.decompressobj(wbits=31).decompress(path.read_bytes()).count(b"\n")
+    assert whole_lines > 100 and f"after line {whole_lines} " in str(error.value)
     assert not (project / "data/clean/papers.parquet").exists()
 
 

@@ -27,7 +27,7 @@ MODEL_KEYS = {
     "title_to_abstract": RETRIEVAL_KEYS,
     "category_retrieval": RETRIEVAL_KEYS,
     "classification": {"accuracy", "macro_f1", "macro_f1_supported", "weighted_f1", "supported_labels"},
-    "clustering": {"v_measure", "ari", "nmi"},
+    "clustering": {"homogeneity", "completeness", "ari", "nmi"},
     "binary": {"title_ndcg@10", "category_ndcg@10", "title_rescored_ndcg@10", "category_rescored_ndcg@10", "storage_ratio"},
 }
 PLOTS = {"learning_curve.png", "confusion_matrix.png", "embeddings_base.png", "embeddings_finetuned.png"}

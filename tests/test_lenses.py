@@ -194,7 +194,7 @@ def test_clustering_finds_separated_groups():
     labels = np.repeat(np.array(["x", "y", "z"]), 15)
     test = pl.DataFrame({"title": [f"t{i}" for i in range(45)], "abstract": [f"a{i}" for i in range(45)], "label": labels})
     vectors = {f"a{i}": points[i] for i in range(45)}
-    assert LENSES["clustering"](lens_input(test, vectors)).metrics == pytest.approx({"v_measure": 1.0, "ari": 1.0, "nmi": 1.0})
+    assert LENSES["clustering"](lens_input(test, vectors)).metrics == pytest.approx({"homogeneity": 1.0, "completeness": 1.0, "ari": 1.0, "nmi": 1.0})
     shuffled = lens_input(test.with_columns(label=rng.permutation(labels)), vectors)
     assert LENSES["clustering"](shuffled).metrics["ari"] < 0.2
 
@@ -256,19 +256,20 @@ def test_a_metric_s_interval_depends_on_its_items_not_on_the_metrics_before_it()
 
 def test_every_delta_of_the_classifier_and_clustering_has_an_interval(real_papers, real_embeddings):
     """Weighted F1 and k-means' scores are resampled over the test papers, as macro-F1 is."""
-    from sklearn.metrics import adjusted_rand_score, f1_score, v_measure_score
+    from sklearn.metrics import adjusted_rand_score, completeness_score, f1_score, homogeneity_score, normalized_mutual_info_score
 
     titles, abstracts = real_embeddings
     x = lens_input(real_papers, {**dict(zip(real_papers["title"], titles.tolist())), **dict(zip(real_papers["abstract"], abstracts.tolist()))},
                    min_label_support=5, learning_curve_sizes=[])
     base = ModelEval.of({name: LENSES[name](x) for name in ("classification", "clustering")})
     assert base.metrics["clustering"]["ari"] == pytest.approx(adjusted_rand_score(*base.items["clustering.ari"].T))
-    assert base.metrics["clustering"]["v_measure"] == pytest.approx(v_measure_score(*base.items["clustering.v_measure"].T))
+    for name, score in (("homogeneity", homogeneity_score), ("completeness", completeness_score), ("nmi", normalized_mutual_info_score)):
+        assert base.metrics["clustering"][name] == pytest.approx(score(*base.items[f"clustering.{name}"].T))
     predictions = base.tables["predictions"]
     assert base.metrics["classification"]["weighted_f1"] == pytest.approx(
         f1_score(predictions["actual"], predictions["predicted"], average="weighted", zero_division=0))
     report = compare(base, base, seed=0)
-    for name in ("classification.weighted_f1", "clustering.v_measure", "clustering.ari", "clustering.nmi"):
+    for name in ("classification.weighted_f1", "clustering.homogeneity", "clustering.completeness", "clustering.ari", "clustering.nmi"):
         assert report["delta_ci95"][name] == [0.0, 0.0]  # a model against itself: every resample's delta is 0
 
 

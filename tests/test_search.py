@@ -212,22 +212,55 @@ def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, bas
     assert [len(call) for call in calls] == [6, 1]
 
 
-def test_a_model_that_does_not_match_the_index_is_refused(tmp_path, indexes, records, base_model):
+def retrained_copy(base_model, folder: Path) -> Path:
+    """The base model saved with one weight moved: another model (another sha256), as a retrained release is."""
     from safetensors.torch import load_file, save_file
 
-    from arxiv_embed.search.service import Searcher
-
-    other = tmp_path / "other-model"
-    base_model.save(str(other))
-    weights = load_file(other / "model.safetensors")
+    base_model.save(str(folder))
+    weights = load_file(folder / "model.safetensors")
     name = next(iter(weights))
     weights[name] = weights[name] + 0.01
-    save_file(weights, other / "model.safetensors")
+    save_file(weights, folder / "model.safetensors")
+    return folder
+
+
+def test_a_model_that_does_not_match_the_index_is_refused(tmp_path, indexes, records, base_model):
+    from arxiv_embed.search.index import check_build_model, model_identity
+    from arxiv_embed.search.service import Searcher
+
+    other = retrained_copy(base_model, tmp_path / "other-model")
     with pytest.raises(SearchError, match="does not match the index"):
         Searcher(indexes["float32"], str(other))
-    with pytest.raises(SearchError, match="does not match the index"):
+    with pytest.raises(SearchError, match="does not match the index.*--new-model"):
         build_index(read_papers(write_papers(tmp_path / "one.jsonl", records[:1])), base_model, str(other),
                     indexes["float32"], "float32")
+    # The command line refuses before it reads the papers (a minute at 2.7M), unless told to re-encode.
+    with pytest.raises(SearchError, match="--new-model"):
+        check_build_model(indexes["float32"], model_identity(other), str(other), new_model=False)
+    check_build_model(indexes["float32"], model_identity(other), str(other), new_model=True)
+
+
+def test_a_new_model_re_encodes_every_paper_of_the_index(tmp_path, indexes, records, base_model):
+    """After a retrain replaces the release, `build --new-model` re-encodes the index in place: the papers only the
+    index held (from their stored abstracts) and the new file's, none left with the old model's vector."""
+    import shutil
+
+    from arxiv_embed.search.index import model_identity
+    from arxiv_embed.search.service import Searcher
+
+    other = retrained_copy(base_model, tmp_path / "other-model")
+    index = shutil.copytree(indexes["binary"], tmp_path / "index")
+    papers = read_papers(write_papers(tmp_path / "update.jsonl", records[35:45]))  # 5 the index has, 5 new
+    # `base_model` encodes, so its vectors can be checked; `other` names the model the index records.
+    report = build_index(papers, base_model, str(other), index, "binary", new_model=True)
+    assert (report.encoded, report.kept, report.total) == (45, 0, 45)
+    rebuilt = SearchIndex.load(index)
+    assert rebuilt.meta["model_sha256"] == model_identity(other) and rebuilt.meta["precision"] == "binary"
+    ids = rebuilt.papers["id"].to_pylist()
+    assert sorted(ids) == sorted(json.loads(record)["id"] for record in records[:45])
+    abstracts = {json.loads(record)["id"]: json.loads(record)["abstract"] for record in records[:45]}
+    np.testing.assert_allclose(rebuilt.embeddings, encode(base_model, [abstracts[i] for i in ids], progress=False), atol=1e-5)
+    Searcher(index, str(other))  # the new model now matches
 
 
 def test_bad_papers_file_is_named(tmp_path):
@@ -393,7 +426,7 @@ def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(t
     encoder_calls.interrupt_at = len(encoder_calls) + 1  # before a chunk is finished: nothing to resume from, said so
     with pytest.raises(SystemExit):
         main([*other, "--backend", "int8"])
-    assert "no chunk of encoded papers was finished yet" in capsys.readouterr().err
+    assert "no chunk of encoded papers was finished" in (err := capsys.readouterr().err) and err.rstrip().endswith("to start again")
     encoder_calls.interrupt_at = len(encoder_calls) + 3
     with pytest.raises(SystemExit):
         main([*other, "--backend", "int8"])

@@ -8,6 +8,7 @@ objects) is rejected as `wrong_type` instead of changing the column's type or be
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -90,8 +91,9 @@ def _line_batches(path: Path, batch_bytes: int) -> Iterator[tuple[int, bytes]]:
                 first += data.count(b"\n", 0, cut)
             parts, size, in_long_line = [data[cut:]], size - cut, not cut
     except (EOFError, OSError, zlib.error) as exc:
+        intact = first - 1 + sum(part.count(b"\n") for part in parts)  # the lines read whole, this batch's included
         raise InputError(
-            f"{path} is truncated or corrupt after line {first - 1} ({exc}); re-run the download stage "
+            f"{path} is truncated or corrupt after line {intact} ({exc}); re-run the download stage "
             "(or re-fetch the file download.path points to)"
         ) from None
     if size:
@@ -158,9 +160,23 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
     # A line polars refuses is wrong_type if it is a JSON object (a `versions` of the wrong shape).
     refused = [(n, line, "wrong_type" if _is_object(line) else "malformed_json") for n, line in bad + more_bad]
     refused += [(first_line + i, lines[i], "wrong_type") for i in wrong]
-    rejects = [{"line": n, "reason": reason, "id": None, "raw": text(line)} for n, line, reason in sorted(refused)]
+    rejects = [{"line": n, "reason": reason, "id": rejected_id(line), "raw": text(line)} for n, line, reason in sorted(refused)]
     records = pl.concat(frames + suspect_frames) if frames or suspect_frames else pl.DataFrame(schema={"line": pl.Int64, **RAW_SCHEMA})
     return records.sort("line") if suspect_frames else records, rejects
+
+
+_LEADING_ID = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,100})"')
+
+
+def rejected_id(line: bytes) -> str | None:
+    """The id of a line that is no usable record, where it says one: a string `id` of a JSON object (wrong_type), or
+    the `"id": "..."` a cut-off line starts with (the Kaggle and download order), so a reject can be looked up."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        found = _LEADING_ID.match(line)
+        return found.group(1).decode("utf-8", errors="replace") if found else None
+    return record.get("id") if isinstance(record, dict) and isinstance(record.get("id"), str) else None
 
 
 def _wrong_types(lines: list[bytes]) -> list[int]:

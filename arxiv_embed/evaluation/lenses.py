@@ -207,7 +207,7 @@ def clustering(x: LensInput) -> LensResult:
     names, label_ids = np.unique(x.labels, return_inverse=True)
     clusters = KMeans(n_clusters=len(names), n_init=KMEANS_N_INIT, random_state=x.seed).fit_predict(x.abstracts)
     rows = np.column_stack([label_ids, clusters]).astype(np.int64)
-    items = {name: rows for name in ("v_measure", "ari", "nmi")}
+    items = {name: rows for name in ("homogeneity", "completeness", "ari", "nmi")}
     return LensResult({name: statistic(rows, name) for name in items}, items)
 
 

@@ -79,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
                        help="binary: 1-bit FAISS index + float rescoring (default); float32: exact search")
     build.add_argument("--batch-size", type=positive_int, default=64)
     build.add_argument("--processes", type=int, help="encoding processes (default: one per GPU when there are several, else 1)")
+    build.add_argument("--new-model", action="store_true",
+                       help="the index was built with another model (a retrained release): encode every paper again "
+                            "with --model, those only the index holds included, and replace it (default: refuse)")
     query = commands.add_parser("query", help="top-k papers for a free-text query")
     query.add_argument("text")
     query.add_argument("-k", type=int, default=10)
@@ -143,7 +146,8 @@ def query_backend(requested: str | None) -> str:
 def build(args: argparse.Namespace, argv: list[str]) -> None:
     from arxiv_embed.embeddings import refuse_int8_pool
     from arxiv_embed.models import load_model
-    from arxiv_embed.search.index import SearchIndex, build_index, build_lock, check_index_path, encoding_dir, model_identity
+    from arxiv_embed.search.index import (SearchIndex, build_index, build_lock, check_build_model, check_index_path, encoding_dir,
+                                          model_identity)
 
     # What can be refused is refused before the papers are read (a minute at 2.7M) and encoded (hours).
     if args.backend == "int8":
@@ -153,20 +157,21 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
             check_index_path(args.index)
             model_ref = args.model or default_model()
             identity = model_identity(model_ref)
+            check_build_model(args.index, identity, model_ref, args.new_model)
             papers = read_papers(args.papers)
             if papers.height == 0:
                 raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")
             model = load_model(model_ref, backend=args.backend)
             report = build_index(papers, model, model_ref, args.index, args.precision, args.batch_size, args.processes,
-                                 args.rescore_multiplier, args.backend, identity)
+                                 args.rescore_multiplier, args.backend, identity, args.new_model)
     except KeyboardInterrupt:
         # One line, not torch's traceback: what is kept and how to go on.
         chunks = encoding_dir(args.index)
         saved = len(list(chunks.glob("chunk-*.npy")))  # none when the folder is not there
-        kept = (f"{saved} encoded chunks are saved in {chunks}" if saved else
-                "no chunk of encoded papers was finished yet (a rerun starts the encoding again)")
+        kept, then = ((f"{saved} encoded chunks are saved in {chunks}", "resume") if saved else
+                      ("no chunk of encoded papers was finished", "start again"))
         print(f"\nsearch: interrupted; {kept} and the old index is untouched: rerun "
-              f"`{shlex.join(['python', '-m', 'arxiv_embed.search', *argv])}` to resume", file=sys.stderr)
+              f"`{shlex.join(['python', '-m', 'arxiv_embed.search', *argv])}` to {then}", file=sys.stderr)
         sys.exit(130)
     sizes = SearchIndex.load(args.index).sizes()
     resumed = f", {report.resumed} of them resumed from saved chunks" if report.resumed else ""

@@ -132,10 +132,7 @@ class SearchIndex:
 
     def check_model(self, identity: str, model_ref: str) -> None:
         if identity != self.meta["model_sha256"]:
-            raise SearchError(
-                f"model {model_ref} (weights sha256 {identity[:12]}) does not match the index {self.path}, built "
-                f"with {self.meta['model']} (sha256 {self.meta['model_sha256'][:12]}): query with that model, "
-                "or rebuild the index into a new --index path with this one")
+            raise SearchError(model_mismatch(self.path, self.meta, identity, model_ref))
 
     def sizes(self) -> dict[str, int]:
         on_disk = self._bytes_on_disk or 0
@@ -259,6 +256,23 @@ def _read_embeddings(path: Path) -> np.ndarray:
         return open_rows(path / "embeddings.npy")
 
 
+def model_mismatch(path: Path, meta: dict, identity: str, model_ref: str) -> str:
+    """Why `model_ref` cannot search or extend the index at `path`, and the two ways on."""
+    return (f"model {model_ref} (weights sha256 {identity[:12]}) does not match the index {path}, built with "
+            f"{meta['model']} (sha256 {meta['model_sha256'][:12]}; a pipeline run that retrains replaces a release "
+            f"folder's weights): query with that model, or re-encode the index's papers with this one: "
+            f"`python -m arxiv_embed.search build --papers PAPERS --index {path} --model {model_ref} --new-model`")
+
+
+def check_build_model(path: Path, identity: str, model_ref: str, new_model: bool) -> None:
+    """Refuse, before any papers are read, a build whose model is not the index's unless `new_model` allows it: it
+    re-encodes every paper (hours at 2.7M on a CPU), which a typo in --model should not start."""
+    if not new_model and (path / "index.json").exists():
+        meta = _read_meta(path)
+        if meta.get("model_sha256") not in (None, identity):
+            raise SearchError(model_mismatch(path, meta, identity, model_ref))
+
+
 def check_index_path(path: Path) -> None:
     """Refuse an --index that is not a search index before any work: the build replaces the folder at `path`
     whole, so a folder of other files would lose them, and a file would fail only after hours of encoding.
@@ -321,24 +335,40 @@ def _empty_papers() -> pl.DataFrame:
 
 def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
                 batch_size: int = 64, processes: int | None = None, rescore_multiplier: int | None = None,
-                backend: str = "torch", identity: str | None = None) -> BuildReport:
+                backend: str = "torch", identity: str | None = None, new_model: bool = False) -> BuildReport:
     """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed.
     backend: the one `model` was loaded with; an interrupted build resumes only chunks of the same model and backend.
     rescore_multiplier: stored with the index; None keeps the existing index's (else RESCORE_MULTIPLIER).
-    identity: model_identity(model_ref) when the caller has it (hashing a large model's weights takes seconds)."""
+    identity: model_identity(model_ref) when the caller has it (hashing a large model's weights takes seconds).
+    new_model: an index built with another model is re-encoded whole with this one (its papers that `papers` lacks
+    included) instead of refused."""
     with build_lock(path):
         return _build_index(papers, model, model_ref, Path(path), precision, batch_size, processes, rescore_multiplier, backend,
-                            identity or model_identity(model_ref))
+                            identity or model_identity(model_ref), new_model)
 
 
 def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
-                 batch_size: int, processes: int | None, rescore_multiplier: int | None, backend: str, identity: str) -> BuildReport:
+                 batch_size: int, processes: int | None, rescore_multiplier: int | None, backend: str, identity: str,
+                 new_model: bool = False) -> BuildReport:
     start = time.perf_counter()
     recover(path)  # a build killed between its two renames left the previous index aside: put it back before reading it
     check_index_path(path)
     old_keys, old_embeddings = _empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     old_batches: list[pa.RecordBatch] = []
-    if (path / "index.json").exists():
+    if (path / "index.json").exists() and new_model and _read_meta(path).get("model_sha256") != identity:
+        old = SearchIndex.load_for_build(path)
+        if rescore_multiplier is None:
+            rescore_multiplier = old.rescore_multiplier
+        # Another model's vectors are worth nothing here: every paper is encoded again, those only the index holds from
+        # its stored abstracts (only their rows are copied out of the memory map), so no paper is lost.
+        import pyarrow.compute as pc
+
+        only_old = old.papers.filter(pc.invert(pc.is_in(old.papers["id"], value_set=papers["id"].to_arrow())))
+        schema = _empty_papers().schema
+        papers = pl.concat([papers.select(schema.names()).cast(schema), pl.from_arrow(only_old).select(schema.names()).cast(schema)])
+        print(f"search: {path} was built with {old.meta['model']}: every paper is encoded again with {model_ref} "
+              f"({only_old.num_rows} of them only in the index, the rest from --papers)", file=sys.stderr, flush=True)
+    elif (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         old.check_model(identity, model_ref)
         if rescore_multiplier is None:
