@@ -200,6 +200,16 @@ def test_string_fields_of_another_json_type_are_rejected_not_cast(project: Path)
     assert metrics["rejected"]["wrong_type"] == 4 and metrics["rejected_total"] == 4
 
 
+def test_a_rejected_line_whose_id_cannot_be_written_is_kept_without_it(project: Path) -> None:
+    """JSON's \\ud800 escape decodes to a lone surrogate, which UTF-8 cannot hold: the reject names no id, its raw line
+    keeps the escape, and clean goes on."""
+    write_input(project, [paper("0704.0001"), b'{"id": "0704.0002\\ud800", "title": 5, "abstract": "x", "categories": "hep-th"}'])
+    papers, rejects, _ = run_clean(project)
+    assert papers["id"].to_list() == ["0704.0001"]
+    assert [(row["line"], row["reason"], row["id"]) for row in rejects] == [(2, "wrong_type", None)]
+    assert "0704.0002\\ud800" in rejects[0]["raw"]
+
+
 def test_bad_line_in_a_large_batch_keeps_its_neighbours(project: Path) -> None:
     good = [paper(f"0704.{i:04d}") for i in range(1, 200)]
     write_input(project, [*good[:120], paper("0704.9999", versions={"v1": "x"}), *good[120:]])

@@ -17,10 +17,11 @@ def test_prune_keeps_the_newest_the_registered_and_the_workspace_s_model(tmp_pat
     from arxiv_embed.tracking import configure_tracking
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the project's own store: sqlite, files under mlruns/
+    # The project's own kind of store (sqlite, files under mlruns/); set here so that the test's teardown unsets it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     configure_tracking()
     runs, models = [], []
-    for step in range(5):  # oldest first
+    for step in range(6):  # oldest first; the last one's run goes to the trash, where a user can still restore it
         with mlflow.start_run() as run:
             logged = mlflow.sklearn.log_model(LogisticRegression().fit([[0], [1]], [0, 1]), name="model", pip_requirements=[])
         runs.append(run.info.run_id)
@@ -28,17 +29,22 @@ def test_prune_keeps_the_newest_the_registered_and_the_workspace_s_model(tmp_pat
     client = mlflow.MlflowClient()
     client.create_registered_model("arxiv-embed")
     client.create_model_version("arxiv-embed", source=models[0].model_uri, model_id=models[0].model_id)  # by model alone
+    trashed = runs.pop()
+    models.pop()
+    mlflow.delete_run(trashed)
     (tmp_path / "models/finetuned").mkdir(parents=True)
     (tmp_path / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": runs[1]}))
     folders = [Path(mlflow.get_logged_model(model.model_id).artifact_location.removeprefix("file://")) for model in models]
     assert all(folder.is_relative_to(tmp_path / "mlruns") and any(folder.iterdir()) for folder in folders)
 
-    deleted = prune_models(keep=2)
+    deleted = prune_models(keep=3)  # the trashed run's model is the newest of the three
 
-    # Kept: the two newest (3, 4), the registered one (0) and the workspace's (1); model 2 is deleted, its files gone.
+    # Kept: the newest three (the trashed run's, 4, 3), the registered one (0) and the workspace's (1); model 2 is
+    # deleted, its files gone.
     assert [model_id for model_id, _ in deleted] == [models[2].model_id] and deleted[0][1] > 0
     assert [folder.exists() for folder in folders] == [True, True, False, True, True]
-    assert "5 models" in capsys.readouterr().out
+    assert "6 models" in capsys.readouterr().out
     assert {run.info.run_id for run in mlflow.search_runs(output_format="list")} == set(runs)  # runs and metrics stay
+    client.restore_run(trashed)  # nothing in the trash was erased
     mlflow.MlflowClient().get_model_version("arxiv-embed", "1")  # the registry version still resolves
-    assert prune_models(keep=2) == []  # nothing more to do
+    assert prune_models(keep=3) == []  # nothing more to do

@@ -176,7 +176,18 @@ def rejected_id(line: bytes) -> str | None:
     except ValueError:
         found = _LEADING_ID.match(line)
         return found.group(1).decode("utf-8", errors="replace") if found else None
-    return record.get("id") if isinstance(record, dict) and isinstance(record.get("id"), str) else None
+    found = record.get("id") if isinstance(record, dict) else None
+    return found if isinstance(found, str) and _encodes(found) else None
+
+
+def _encodes(value: str) -> bool:
+    """Whether a decoded JSON string can be written as UTF-8: a "\\ud800" escape decodes to a lone surrogate, which
+    cannot (the raw line, kept as text, still shows it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _wrong_types(lines: list[bytes]) -> list[int]:

@@ -368,6 +368,7 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
         papers = pl.concat([papers.select(schema.names()).cast(schema), pl.from_arrow(only_old).select(schema.names()).cast(schema)])
         print(f"search: {path} was built with {old.meta['model']}: every paper is encoded again with {model_ref} "
               f"({only_old.num_rows} of them only in the index, the rest from --papers)", file=sys.stderr, flush=True)
+        del only_old  # their abstracts are in `papers` now: not held twice through hours of encoding
     elif (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         old.check_model(identity, model_ref)
