@@ -15,12 +15,15 @@ from arxiv_embed.paths import FINETUNED, project_root
 from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, configure_tracking
 
 
-def _folder_bytes(artifact_location: str) -> int | None:
-    """Bytes under a local (file://) artifact folder; None where the files are elsewhere (a server's store)."""
+def _local_folder(artifact_location: str) -> Path | None:
+    """A local (file://) artifact folder; None where the files are elsewhere (a server's store)."""
     parts = urlparse(artifact_location)
-    if parts.scheme not in {"", "file"}:
+    return Path(unquote(parts.path)) if parts.scheme in {"", "file"} else None
+
+
+def _folder_bytes(folder: Path | None) -> int | None:
+    if folder is None:
         return None
-    folder = Path(unquote(parts.path))
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.exists() else 0
 
 
@@ -61,9 +64,12 @@ def prune_models(keep: int) -> list[tuple[str, int | None]]:
     doomed = [model for model in models[keep:] if model.model_id not in registered and model.source_run_id not in in_use]
     deleted = []
     for model in doomed:
-        size = _folder_bytes(model.artifact_location)
+        folder = _local_folder(model.artifact_location)
+        size = _folder_bytes(folder)
         try:
             get_artifact_repository(model.artifact_location).delete_artifacts()
+            if folder is not None and folder.parent.name == model.model_id and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()  # mlruns/models/<id>/, left empty
         except Exception as exc:  # noqa: BLE001 (a store that cannot delete files: the model is still marked deleted)
             print(f"prune_models: the files of {model.model_id} stay at {model.artifact_location} ({type(exc).__name__})",
                   file=sys.stderr)

@@ -19,13 +19,13 @@ from contextlib import contextmanager
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError, run
 from arxiv_embed.evaluation.data import EvalData, load_eval_data
-from arxiv_embed.evaluation.headline import headline
+from arxiv_embed.evaluation.headline import SCORED_WEIGHTS, headline
 from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter, chunk_folder, distinct_texts, embed_texts
 from arxiv_embed.evaluation.lenses import PLOTS, evaluate_vectors
 from arxiv_embed.evaluation.report import ModelEval, compare, read_scope, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
 from arxiv_embed.flat import flatten
-from arxiv_embed.models import load_model
+from arxiv_embed.models import load_model, weights_sha256
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.evaluate import EvaluateParams
 from arxiv_embed.tracking import RUN_INFO
@@ -65,8 +65,7 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> Iter
 
 
 def finetune_run_id() -> str | None:
-    """The MLflow run of the model scored (models/finetuned/mlflow_run.json): evaluate.json names it, so push can
-    check that the evaluation it gates on is this model's, and the evaluation is logged into or under it."""
+    """The MLflow run of the model scored (models/finetuned/mlflow_run.json): the evaluation is logged into or under it."""
     run_info = paths.FINETUNED / RUN_INFO
     return read_json(run_info).get("run_id") if run_info.exists() else None
 
@@ -174,11 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     # 3. Base vs fine-tuned on the same items, with paired intervals; then MLflow.
     base = ModelEval.load(paths.eval_dir("base"))
     report = compare(base, result, params.shared.seed)
-    scored_run = finetune_run_id()
-    write_report_files(base, result, {**report, "finetune_run_id": scored_run}, data.summary(), data.describe_sample())
+    # The weights scored, not the MLflow run: push checks them against models/finetuned, and a rerun that trains the same
+    # weights writes the same file (so `dvc metrics diff` finds the committed run's in DVC's cache after a `make repro`).
+    scored = {SCORED_WEIGHTS: weights_sha256(paths.FINETUNED)}
+    write_report_files(base, result, {**report, **scored}, data.summary(), data.describe_sample())
     write_json(paths.HEADLINE, headline(report, paths.FINETUNED))
     print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
-    log_to_mlflow(report, params, scored_run)
+    log_to_mlflow(report, params, finetune_run_id())
 
 
 if __name__ == "__main__":

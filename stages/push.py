@@ -13,6 +13,8 @@ from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card, shareable_params, shown_model
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.push import Gate, Hub, PushParams
+from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
+from arxiv_embed.models import weights_sha256
 from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
@@ -26,14 +28,16 @@ class PushError(UserError):
     """The stage refuses to push; the message says why and what to change."""
 
 
-def check_evaluated_model(evaluation: dict, run_id: str) -> None:
-    """The gate reads an evaluation of THIS model: `dvc repro` keeps them in step, but a push run alone
-    (`dvc repro -s push`, `python -m stages.push`) after a new finetune would gate on the old model's numbers."""
-    scored = evaluation.get("finetune_run_id")
-    if scored != run_id:
-        what = f"scores the model of MLflow run {scored}" if scored else "does not say which model it scores (an older version wrote it)"
-        raise PushError(f"{EVALUATE} {what}, but {FINETUNED} is run {run_id}: run `dvc repro push` (it re-evaluates "
-                        "this model first); the fine-tuned model is not pushed")
+def check_evaluated_model(evaluation: dict, weights: str | None) -> None:
+    """The gate reads an evaluation of THIS model (its weights' sha256): `dvc repro` keeps them in step, but a push run
+    alone (`dvc repro -s push`, `python -m stages.push`) after a new finetune would gate on the old model's numbers."""
+    if weights is None:
+        raise PushError(f"{FINETUNED} holds no model weights: run `dvc repro push` (it trains and evaluates first)")
+    scored = evaluation.get(SCORED_WEIGHTS)
+    if scored != weights:
+        what = f"scores weights {scored[:12]}" if scored else "does not say which model it scores (an older version wrote it)"
+        raise PushError(f"{EVALUATE} {what}, but {FINETUNED} holds weights {weights[:12]}: run `dvc repro push` (it "
+                        "re-evaluates this model first); the fine-tuned model is not pushed")
 
 
 def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
@@ -200,7 +204,7 @@ def main() -> None:
     cfg = params.push
     evaluation = read_json(EVALUATE, "evaluate")
     run_info = read_json(FINETUNED / RUN_INFO, "push")  # finetune writes it with the model; `dvc repro push` reruns it all
-    check_evaluated_model(evaluation, run_info["run_id"])
+    check_evaluated_model(evaluation, weights_sha256(FINETUNED))
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)
     uri = configure_tracking()  # a tracking server that does not answer is found before the release is replaced, not after

@@ -167,6 +167,7 @@ def test_malformed_and_unusable_lines_are_rejected_with_line_numbers(project: Pa
     assert by_line[2]["raw"] == '{"id": "0704.0002", "title": "cut off'
     # Each reject names the id its line gives, cut off or of the wrong type; a line that names none has none.
     assert [by_line[n]["id"] for n in (2, 3, 4, 11)] == ["0704.0002", None, "0704.0003", "0704.0008"]
+    assert by_line[4]["fields"] == "versions: string, not a list of objects" and "fields" not in by_line[2]
     assert by_line[6]["id"] == "0704.0004" and json.loads(by_line[6]["raw"])["id"] == "0704.0004"
     assert metrics["records_in"] == 11 and metrics["records_out"] == 2 and metrics["rejected_total"] == 9
     assert metrics["rejected"]["malformed_json"] == 3 and metrics["rejected"]["wrong_type"] == 1
@@ -196,17 +197,19 @@ def test_string_fields_of_another_json_type_are_rejected_not_cast(project: Path)
     assert reasons(rejects) == {2: "wrong_type", 3: "wrong_type", 5: "wrong_type", 7: "wrong_type"}
     assert json.loads(rejects[0]["raw"])["id"] == 704.001 and json.loads(rejects[1]["raw"])["title"] == ["Graph", "nets"]
     assert json.loads(rejects[3]["raw"])["id"] == 704.007
-    assert [row["id"] for row in rejects] == [None, "0704.0003", "0704.0005", None]  # a number is no id to look up
+    assert [row["id"] for row in rejects] == [None, "0704.0003", "0704.0005", None]  # 704.001 is no id to look up
+    assert [row["fields"] for row in rejects] == ["id: number", "title: list", "comments: number", "id: number"]
     assert metrics["rejected"]["wrong_type"] == 4 and metrics["rejected_total"] == 4
 
 
-def test_a_rejected_line_whose_id_cannot_be_written_is_kept_without_it(project: Path) -> None:
-    """JSON's \\ud800 escape decodes to a lone surrogate, which UTF-8 cannot hold: the reject names no id, its raw line
-    keeps the escape, and clean goes on."""
-    write_input(project, [paper("0704.0001"), b'{"id": "0704.0002\\ud800", "title": 5, "abstract": "x", "categories": "hep-th"}'])
+def test_a_rejected_line_s_id_is_written_as_text_or_left_out(project: Path) -> None:
+    """An id written as a number is named as text. JSON's \\ud800 escape decodes to a lone surrogate, which UTF-8 cannot
+    hold: that reject names no id, its raw line keeps the escape, and clean goes on."""
+    write_input(project, [paper("0704.0001"), b'{"id": "0704.0002\\ud800", "title": 5, "abstract": "x", "categories": "hep-th"}',
+                          b'{"id": 12345, "title": "An id written as a number", "abstract": "x", "categories": "hep-th"}'])
     papers, rejects, _ = run_clean(project)
     assert papers["id"].to_list() == ["0704.0001"]
-    assert [(row["line"], row["reason"], row["id"]) for row in rejects] == [(2, "wrong_type", None)]
+    assert [(row["line"], row["reason"], row["id"]) for row in rejects] == [(2, "wrong_type", None), (3, "wrong_type", "12345")]
     assert "0704.0002\\ud800" in rejects[0]["raw"]
 
 

@@ -39,7 +39,7 @@ EVAL_PARAMS = {
 
 
 def assert_report_shape(report: dict) -> None:
-    assert set(report) == {"base", "finetuned", "delta", "delta_ci95", "finetune_run_id"}
+    assert set(report) == {"base", "finetuned", "delta", "delta_ci95", "finetuned_weights_sha256"}
     for side in ("base", "finetuned", "delta"):
         assert set(report[side]) == set(MODEL_KEYS), side
         for section, keys in MODEL_KEYS.items():
@@ -146,8 +146,11 @@ def evaluated(tmp_path_factory, kaggle_sample, base_model) -> Path:
 def test_evaluate_writes_the_report(evaluated):
     report = json.loads((evaluated / "metrics/evaluate.json").read_text())
     assert_report_shape(report)
-    # Which model was scored: push refuses to gate on an evaluation of another finetune run.
-    assert report["finetune_run_id"] == json.loads((evaluated / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    # Which weights were scored: push refuses to gate on an evaluation of another model. Not the MLflow run: a rerun that
+    # trains the same weights writes the same report.
+    from arxiv_embed.models import weights_sha256
+
+    assert report["finetuned_weights_sha256"] == weights_sha256(evaluated / "models/finetuned")
     assert json.loads((evaluated / "data/eval/base/metrics.json").read_text()) == report["base"]
     assert report["base"]["title_to_abstract"]["ndcg@10"] > 0.8  # titles find their own abstract
 

@@ -42,7 +42,7 @@ def test_prune_keeps_the_newest_the_registered_and_the_workspace_s_model(tmp_pat
     # Kept: the newest three (the trashed run's, 4, 3), the registered one (0) and the workspace's (1); model 2 is
     # deleted, its files gone.
     assert [model_id for model_id, _ in deleted] == [models[2].model_id] and deleted[0][1] > 0
-    assert [folder.exists() for folder in folders] == [True, True, False, True, True]
+    assert [folder.exists() for folder in folders] == [True, True, False, True, True] and not folders[2].parent.exists()
     assert "6 models" in capsys.readouterr().out
     assert {run.info.run_id for run in mlflow.search_runs(output_format="list")} == set(runs)  # runs and metrics stay
     client.restore_run(trashed)  # nothing in the trash was erased

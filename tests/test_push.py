@@ -25,6 +25,8 @@ import polars as pl
 import pytest
 import yaml
 
+from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
+from arxiv_embed.models import weights_sha256
 from tests.harness import params_with
 
 from .conftest import ROOT, make_project, ran_stages, run, stage_env
@@ -158,7 +160,7 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     same = labelled.select(anchor="abstract", positive="abstract", label="label")[:10]
     same.write_parquet(project / "data/triplets/train_same_label.parquet")
     same.with_columns(score=pl.lit(1.0)).write_parquet(project / "data/triplets/train_graded_pairs.parquet")
-    metrics = {"evaluate": {**evaluation(*gate), "finetune_run_id": active.info.run_id}, "finetune": {"global_step": 6, "loss": 0.4321, "wall_time_s": 12.5},
+    metrics = {"evaluate": {**evaluation(*gate), SCORED_WEIGHTS: weights_sha256(finetuned)}, "finetune": {"global_step": 6, "loss": 0.4321, "wall_time_s": 12.5},
                "clean": {"records_in": 40, "papers_out": 40, "rejected": 0}}
     for name, data in metrics.items():
         (project / f"metrics/{name}.json").write_text(json.dumps(data))
@@ -380,7 +382,7 @@ def test_gate_refuses_a_category_gain_that_costs_macro_f1(tmp_path, papers, base
 
     project = make_project(tmp_path / "project")
     run_id = write_inputs(project, papers, base_model, gate=(0.41, 0.47), log_model=False)
-    report = {**evaluation(0.41, 0.47), "finetune_run_id": run_id}
+    report = {**evaluation(0.41, 0.47), SCORED_WEIGHTS: weights_sha256(project / "models/finetuned")}
     report["finetuned"]["classification"]["macro_f1_supported"] = report["base"]["classification"]["macro_f1_supported"] - 0.029
     report["delta_ci95"]["classification.macro_f1_supported"] = [-0.057, -0.003]
     (project / "metrics/evaluate.json").write_text(json.dumps(report))
@@ -394,17 +396,18 @@ def test_gate_refuses_a_category_gain_that_costs_macro_f1(tmp_path, papers, base
 
 
 def test_push_refuses_an_evaluation_of_another_model(tmp_path, papers, base_model, monkeypatch):
-    """A push run alone after a new finetune: metrics/evaluate.json still scores the previous run's model."""
+    """A push run alone after a new finetune: metrics/evaluate.json still scores the previous model's weights."""
     from stages.push import PushError
 
     project = make_project(tmp_path / "project")
-    run_id = write_inputs(project, papers, base_model, log_model=False)
+    write_inputs(project, papers, base_model, log_model=False)
     report = json.loads((project / "metrics/evaluate.json").read_text())
-    for scored, says in (("0123abcd", "scores the model of MLflow run 0123abcd"), (None, "does not say which model it scores")):
-        (project / "metrics/evaluate.json").write_text(json.dumps({**report, "finetune_run_id": scored}))
+    weights = weights_sha256(project / "models/finetuned")
+    for scored, says in (("0123abcd" * 8, "scores weights 0123abcd0123"), (None, "does not say which model it scores")):
+        (project / "metrics/evaluate.json").write_text(json.dumps({**report, SCORED_WEIGHTS: scored}))
         with pytest.raises(PushError) as refused:
             run_push_in_process(project, monkeypatch)
-        assert says in str(refused.value) and f"is run {run_id}" in str(refused.value) and "dvc repro push" in str(refused.value)
+        assert says in str(refused.value) and f"holds weights {weights[:12]}" in str(refused.value) and "dvc repro push" in str(refused.value)
         assert not (project / "models/release").exists() and registry_versions(project) == []
 
 
@@ -522,7 +525,9 @@ def test_stage_exits_non_zero_with_the_reason(tmp_path):
     (project / "metrics").mkdir()
     (project / "models/finetuned").mkdir(parents=True)
     (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": "abc"}))
-    (project / "metrics/evaluate.json").write_text(json.dumps({**evaluation(0.4, 0.5), "finetune_run_id": "abc"}))
+    (project / "models/finetuned/model.safetensors").write_bytes(b"weights")
+    scored = {SCORED_WEIGHTS: weights_sha256(project / "models/finetuned")}
+    (project / "metrics/evaluate.json").write_text(json.dumps({**evaluation(0.4, 0.5), **scored}))
     result = subprocess.run([sys.executable, "-m", "stages.push"], cwd=project, env=stage_env(project),
                             capture_output=True, text=True)
     assert result.returncode == 1

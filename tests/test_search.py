@@ -263,6 +263,25 @@ def test_a_new_model_re_encodes_every_paper_of_the_index(tmp_path, indexes, reco
     Searcher(index, str(other))  # the new model now matches
 
 
+def test_new_model_alone_re_encodes_the_index_s_own_papers(tmp_path, indexes, base_model, capsys):
+    """`build --index I --new-model` needs no papers file: the index's stored abstracts are re-encoded. Without
+    --new-model, --papers is required."""
+    import shutil
+
+    from arxiv_embed.search.__main__ import main
+    from arxiv_embed.search.index import model_identity
+
+    other = retrained_copy(base_model, tmp_path / "other-model")
+    index = shutil.copytree(indexes["float32"], tmp_path / "index")
+    with pytest.raises(SystemExit):
+        main(["build", "--index", str(index), "--model", str(other)])
+    assert "--papers is required" in capsys.readouterr().err
+    main(["build", "--index", str(index), "--model", str(other), "--new-model"])
+    out, err = capsys.readouterr()
+    assert "40 from the index's stored abstracts, 0 from --papers" in err and "40 papers (40 new or changed, 0 kept)" in out
+    assert SearchIndex.load(index).meta["model_sha256"] == model_identity(other)
+
+
 def test_bad_papers_file_is_named(tmp_path):
     with pytest.raises(SearchError, match="no such file"):
         read_papers(tmp_path / "nope.parquet")

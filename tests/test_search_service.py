@@ -170,7 +170,7 @@ def test_a_server_without_an_index_says_how_to_build_one_and_picks_it_up(tmp_pat
         server.thread.join(10)
 
 
-def test_a_rebuilt_folder_the_server_cannot_load_leaves_the_old_index_serving(tmp_path, index_dir, records, monkeypatch):
+def test_a_rebuilt_folder_the_server_cannot_load_leaves_the_old_index_serving(tmp_path, index_dir, records, monkeypatch, capsys):
     """Another model's index (or an old format) swapped in: /health stays ready with a warning, searches keep
     the loaded index, and the folder is not reloaded on every request; a server with no index before answers
     503 with the reason (the server's state, not the request's fault: never 400)."""
@@ -197,7 +197,8 @@ def test_a_rebuilt_folder_the_server_cannot_load_leaves_the_old_index_serving(tm
         assert len(loads) == 1  # tried once for the new folder, not once a request
         (folder / "index.json").write_text(json.dumps(meta))  # the folder is fixed: picked up, warning gone
         status, health = get(f"{base}/health")
-        assert status == 200 and "warning" not in health
+        assert status == 200 and "warning" not in health and health["model_sha256"] == meta["model_sha256"]
+        assert f"search: {folder} rebuilt: now serving 40 papers\n" in capsys.readouterr().err  # the server's log says so
         # A rebuild between its two renames (the old folder aside, the new one not yet in): the loaded index serves.
         aside = folder.with_name(f".index.old-{os.getpid()}-x")
         folder.rename(aside)

@@ -160,7 +160,8 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
     # A line polars refuses is wrong_type if it is a JSON object (a `versions` of the wrong shape).
     refused = [(n, line, "wrong_type" if _is_object(line) else "malformed_json") for n, line in bad + more_bad]
     refused += [(first_line + i, lines[i], "wrong_type") for i in wrong]
-    rejects = [{"line": n, "reason": reason, "id": rejected_id(line), "raw": text(line)} for n, line, reason in sorted(refused)]
+    rejects = [{"line": n, "reason": reason, "id": rejected_id(line), "raw": text(line)}
+               | ({"fields": wrong_fields(line)} if reason == "wrong_type" else {}) for n, line, reason in sorted(refused)]
     records = pl.concat(frames + suspect_frames) if frames or suspect_frames else pl.DataFrame(schema={"line": pl.Int64, **RAW_SCHEMA})
     return records.sort("line") if suspect_frames else records, rejects
 
@@ -177,7 +178,24 @@ def rejected_id(line: bytes) -> str | None:
         found = _LEADING_ID.match(line)
         return found.group(1).decode("utf-8", errors="replace") if found else None
     found = record.get("id") if isinstance(record, dict) else None
+    if isinstance(found, int) and not isinstance(found, bool):  # an id written as a number: 12345 is "12345"
+        return str(found)
     return found if isinstance(found, str) and _encodes(found) else None
+
+
+_JSON_TYPES = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def wrong_fields(line: bytes) -> str:
+    """What a wrong_type line gets wrong, e.g. "title: list, id: number": a string field given another JSON type, or
+    `versions` not a list of {version, created} objects."""
+    record = json.loads(line)
+    wrong = [f"{name}: {_JSON_TYPES[type(record[name])]}" for name in STRING_FIELDS
+             if record.get(name) is not None and not isinstance(record[name], str)]
+    versions = record.get("versions")
+    if versions is not None and not (isinstance(versions, list) and all(isinstance(v, dict) for v in versions)):
+        wrong.append(f"versions: {_JSON_TYPES.get(type(versions), 'value')}, not a list of objects")
+    return ", ".join(wrong) or "a nested field of another shape than arXiv's (versions: [{version, created}])"
 
 
 def _encodes(value: str) -> bool:

@@ -32,6 +32,7 @@ METRICS = {
     "title_ndcg": "title_to_abstract.ndcg@10",  # title -> its own abstract or a copy of it (search)
 }
 DIGITS = 4  # enough to see a 0.001 change; short columns in `dvc exp show`
+SCORED_WEIGHTS = "finetuned_weights_sha256"  # metrics/evaluate.json: the weights scored (models.weights_sha256); push checks it
 
 
 def headline(report: dict, finetuned_dir: Path | None = None) -> dict:

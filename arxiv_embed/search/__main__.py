@@ -74,14 +74,14 @@ def parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="add papers to an index (encodes only new or changed ones)")
-    build.add_argument("--papers", type=Path, required=True, help="papers parquet or JSON lines (.gz ok)")
+    build.add_argument("--papers", type=Path, help="papers parquet or JSON lines (.gz ok); optional with --new-model")
     build.add_argument("--precision", choices=["binary", "float32"], default="binary",
                        help="binary: 1-bit FAISS index + float rescoring (default); float32: exact search")
     build.add_argument("--batch-size", type=positive_int, default=64)
     build.add_argument("--processes", type=int, help="encoding processes (default: one per GPU when there are several, else 1)")
     build.add_argument("--new-model", action="store_true",
-                       help="the index was built with another model (a retrained release): encode every paper again "
-                            "with --model, those only the index holds included, and replace it (default: refuse)")
+                       help="the index was built with another model (a retrained release): encode every paper it holds "
+                            "again with --model (and --papers' new or changed ones, if given), and replace it (default: refuse)")
     query = commands.add_parser("query", help="top-k papers for a free-text query")
     query.add_argument("text")
     query.add_argument("-k", type=int, default=10)
@@ -147,7 +147,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
     from arxiv_embed.embeddings import refuse_int8_pool
     from arxiv_embed.models import load_model
     from arxiv_embed.search.index import (SearchIndex, build_index, build_lock, check_build_model, check_index_path, encoding_dir,
-                                          model_identity)
+                                          model_identity, no_papers)
 
     # What can be refused is refused before the papers are read (a minute at 2.7M) and encoded (hours).
     if args.backend == "int8":
@@ -158,8 +158,11 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
             model_ref = args.model or default_model()
             identity = model_identity(model_ref)
             check_build_model(args.index, identity, model_ref, args.new_model)
-            papers = read_papers(args.papers)
-            if papers.height == 0:
+            if args.papers is None:  # --new-model alone: the index's own papers, re-encoded
+                if not (args.index / "index.json").exists():
+                    raise SearchError(f"build: --index {args.index} holds no index yet: give --papers FILE to build one")
+                papers = no_papers()
+            elif (papers := read_papers(args.papers)).height == 0:
                 raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")
             model = load_model(model_ref, backend=args.backend)
             report = build_index(papers, model, model_ref, args.index, args.precision, args.batch_size, args.processes,
@@ -182,6 +185,8 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.command == "build" and args.papers is None and not args.new_model:
+        parser().error("build: --papers is required (without it, --new-model re-encodes the index's own papers)")
     if args.command == "build":
         build(args, argv)
         return

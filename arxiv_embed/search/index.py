@@ -260,8 +260,9 @@ def model_mismatch(path: Path, meta: dict, identity: str, model_ref: str) -> str
     """Why `model_ref` cannot search or extend the index at `path`, and the two ways on."""
     return (f"model {model_ref} (weights sha256 {identity[:12]}) does not match the index {path}, built with "
             f"{meta['model']} (sha256 {meta['model_sha256'][:12]}; a pipeline run that retrains replaces a release "
-            f"folder's weights): query with that model, or re-encode the index's papers with this one: "
-            f"`python -m arxiv_embed.search build --papers PAPERS --index {path} --model {model_ref} --new-model`")
+            f"folder's weights): query with a copy of those weights (--model), or re-encode the index's papers with this "
+            f"model: `python -m arxiv_embed.search build --index {path} --model {model_ref} --new-model` (add --papers FILE "
+            "to take in new or changed papers too)")
 
 
 def check_build_model(path: Path, identity: str, model_ref: str, new_model: bool) -> None:
@@ -329,6 +330,11 @@ def stored_model(model_ref: str | Path) -> str:
     return str(local.resolve()) if local.is_dir() else str(model_ref)
 
 
+def no_papers() -> pl.DataFrame:
+    """A papers frame with no rows: a --new-model build that re-encodes only the index's own papers."""
+    return _empty_papers()
+
+
 def _empty_papers() -> pl.DataFrame:
     return pl.DataFrame(schema={**COLUMNS, "text_sha256": pl.String})
 
@@ -366,8 +372,9 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
         only_old = old.papers.filter(pc.invert(pc.is_in(old.papers["id"], value_set=papers["id"].to_arrow())))
         schema = _empty_papers().schema
         papers = pl.concat([papers.select(schema.names()).cast(schema), pl.from_arrow(only_old).select(schema.names()).cast(schema)])
-        print(f"search: {path} was built with {old.meta['model']}: every paper is encoded again with {model_ref} "
-              f"({only_old.num_rows} of them only in the index, the rest from --papers)", file=sys.stderr, flush=True)
+        print(f"search: {path} was built with {old.meta['model']} (weights sha256 {old.meta['model_sha256'][:12]}): every "
+              f"paper is encoded again with {model_ref} (sha256 {identity[:12]}), {only_old.num_rows} from the index's stored "
+              f"abstracts, {papers.height - only_old.num_rows} from --papers", file=sys.stderr, flush=True)
         del only_old  # their abstracts are in `papers` now: not held twice through hours of encoding
     elif (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)

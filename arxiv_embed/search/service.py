@@ -172,6 +172,9 @@ class Searcher:
             encode(model, ["warm-up"], progress=False, queries=True)  # the first query does not pay torch's start-up
         if self.warm_filters:
             index.categories()
+        if previous is not None:  # a rebuilt folder taken in while serving: say so in the server's log
+            changed = "" if model is previous.model else f", model {model_ref} (weights sha256 {identity[:12]}) loaded with it"
+            print(f"search: {self.path} rebuilt: now serving {index.count} papers{changed}", file=sys.stderr, flush=True)
         self.loaded, self._stamp, self.failure = Loaded(index, model, model_ref, identity), stamp, None
 
     def build_command(self) -> str:
@@ -314,7 +317,8 @@ def create_app(searcher: Searcher) -> FastAPI:
         except IndexUnavailableError as error:
             return JSONResponse({"status": "unavailable", "message": str(error)}, status_code=503)
         index = loaded.index
-        body = {"status": "ok", "model": loaded.model_ref, "precision": index.meta["precision"], **index.sizes()}
+        body = {"status": "ok", "model": loaded.model_ref, "model_sha256": loaded.identity, "precision": index.meta["precision"],
+                **index.sizes()}
         if searcher.failure:  # ready, but not with the folder's current index
             body["warning"] = f"{searcher.path} changed to an index this server cannot load ({searcher.failure}); serving the previous one"
         return body

@@ -1,0 +1,1 @@
+"""arxiv-embed: the library the DAG stages in stages/ share."""

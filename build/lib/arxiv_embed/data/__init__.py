@@ -1,0 +1,1 @@
+"""Data sources (download) and record parsing (clean)."""

@@ -1,0 +1,25 @@
+"""The column contract between stages: what clean writes (data/clean/papers.parquet) and split
+writes (data/split/*.parquet, plus the chosen label), which make_triplets, finetune and evaluate read."""
+
+import polars as pl
+
+PAPER_SCHEMA = {
+    "id": pl.String,
+    "title": pl.String,
+    "abstract": pl.String,
+    "authors": pl.String,
+    "categories": pl.List(pl.String),  # the first one is the primary category
+    "primary_category": pl.String,  # cs.CV
+    "archive": pl.String,  # cs, hep-th, astro-ph
+    "first_version_date": pl.Date,
+    "update_date": pl.Date,
+}
+PAPER_COLUMNS = list(PAPER_SCHEMA)
+SPLIT_SCHEMA = {**PAPER_SCHEMA, "label": pl.String}  # label: params.shared.label's column, rare labels merged
+
+
+def same_abstract_key(abstract: pl.Expr) -> pl.Expr:
+    """A 64-bit hash of the abstract lower-cased, with each run of characters other than letters and digits
+    as one space: copies that differ in case, punctuation, spacing or line breaks share it. split keeps a paper's
+    copies in one split; evaluate's title search counts a copy of a paper's abstract as its own."""
+    return abstract.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars().hash(0)

@@ -1,0 +1,1 @@
+"""Evaluation: the held-out data, the lenses (embeddings -> named metrics), the report and plots."""

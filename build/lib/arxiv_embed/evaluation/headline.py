@@ -1,0 +1,58 @@
+"""The headline: the few numbers that decide whether a run is better, in one small metrics file.
+
+metrics/headline.json is the only file dvc.yaml declares under `metrics`, so `dvc metrics show/diff`
+and `dvc exp show` print these and nothing else; the full report stays in metrics/evaluate.json and
+metrics/evaluate.md (plain outputs: `dvc metrics show metrics/evaluate.json` reads it).
+
+    {"base":  {"triplet_acc": .., "category_ndcg": .., "macro_f1": .., "title_ndcg": ..},
+     "delta": {...the same keys: fine-tuned - base...},
+     "finetune_s": ..}
+
+Fine-tuned = base + delta. The fine-tuned values themselves are left out on purpose: across a sweep
+they move exactly as the deltas do (the base is fixed), and both together do not fit
+`dvc exp show --only-changed` in 160 columns. The delta is what the quality bar reads: >= 0 on the
+first three, >= -0.005 on title_ndcg (issue 21's bar). category_ndcg is push.gate.metric (the gate reads its delta's 95% interval
+in metrics/evaluate.json), and push refuses when any of these METRICS has its whole interval below minus
+its push.gate.headline_tolerances entry.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from arxiv_embed.flat import flatten
+from arxiv_embed.paths import TRAINING_SUMMARY
+
+# headline key -> "lens.metric" key of metrics/evaluate.json
+METRICS = {
+    "triplet_acc": "triplet.accuracy",  # test triplets, half with hard (same-archive) negatives
+    "category_ndcg": "category_retrieval.ndcg@10",  # abstract -> same-category abstracts (push.gate.metric)
+    "macro_f1": "classification.macro_f1_supported",  # logistic regression, labels with >= evaluate.min_label_support test papers
+    "title_ndcg": "title_to_abstract.ndcg@10",  # title -> its own abstract or a copy of it (search)
+}
+DIGITS = 4  # enough to see a 0.001 change; short columns in `dvc exp show`
+
+
+def headline(report: dict, finetuned_dir: Path | None = None) -> dict:
+    """The headline of an evaluate report ({base, finetuned, ...}, nested by lens) and finetune's wall time.
+
+    `finetuned_dir` holds finetune's training_summary.json (its wall_time_s); without it, or when the
+    summary is missing, finetune_s is left out rather than guessed. A metric missing from either model
+    is left out too (a trimmed-down evaluation must not fail the stage here).
+    """
+    before_all, after_all = flatten(report.get("base", {})), flatten(report.get("finetuned", {}))
+    base, delta = {}, {}
+    for name, key in METRICS.items():
+        before, after = before_all.get(key), after_all.get(key)
+        if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+            continue
+        base[name] = round(before, DIGITS)
+        delta[name] = round(after - before, DIGITS)
+    out: dict = {"base": base, "delta": delta}
+    summary = Path(finetuned_dir) / TRAINING_SUMMARY if finetuned_dir is not None else None
+    if summary is not None and summary.is_file():
+        wall = json.loads(summary.read_text(encoding="utf-8")).get("wall_time_s")
+        if isinstance(wall, (int, float)):
+            out["finetune_s"] = round(float(wall), 1)
+    return out

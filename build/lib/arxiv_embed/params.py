@@ -1,0 +1,75 @@
+"""The whole params.yaml, validated in one go: `python -m arxiv_embed.params` (`make check`, and the DAG's
+first stage, params_check, so a bad key of any section fails before any stage works), the tests and the
+benchmarks. No stage imports this module: each reads its own sections through its schema part
+(arxiv_embed/schema/), so adding a key to one section reruns only that section's stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import model_validator
+
+from arxiv_embed.schema.base import PARAMS_FILE, ParamsError, Section, _Yaml12FloatLoader, read_yaml, validate  # noqa: F401 (re-exported)
+from arxiv_embed.schema.clean import Clean
+from arxiv_embed.schema.download import Download, Oai  # noqa: F401 (re-exported)
+from arxiv_embed.schema.embed_base import EmbedBase
+from arxiv_embed.schema.evaluate import Evaluate
+from arxiv_embed.schema.finetune import Adapter, DataKind, Finetune, Full, LossName  # noqa: F401 (re-exported)
+from arxiv_embed.schema.make_triplets import MakeTriplets
+from arxiv_embed.schema.model import Model
+from arxiv_embed.schema.push import Push
+from arxiv_embed.schema.shared import Shared
+from arxiv_embed.schema.split import Split
+
+
+class Params(Section):
+    shared: Shared
+    download: Download
+    clean: Clean
+    split: Split
+    make_triplets: MakeTriplets
+    model: Model
+    embed_base: EmbedBase
+    finetune: Finetune
+    evaluate: Evaluate
+    push: Push
+
+    @model_validator(mode="after")
+    def _mined_pairs(self) -> Params:
+        if self.finetune.hard_negatives.weight and not self.make_triplets.same_label_pairs_per_split.train:
+            raise ValueError("finetune.hard_negatives.weight > 0 mines negatives for make_triplets' same_label train pairs: "
+                             "set make_triplets.same_label_pairs_per_split.train > 0, or finetune.hard_negatives.weight to 0")
+        return self
+
+
+def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
+    """Validate an already-loaded params mapping; raise ParamsError naming each bad key."""
+    return validate(Params, raw, source, whole=True)
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate the whole params.yaml."""
+    return parse_params(read_yaml(path), str(path))
+
+
+def _check(stamp: str | None = None) -> None:
+    load_params()
+    print(f"{PARAMS_FILE}: ok")
+    if stamp:  # the params_check stage's output: the same text every time, so a passing check reruns nothing after it
+        from arxiv_embed.files import write_text
+
+        write_text(stamp, f"{PARAMS_FILE}: valid\n")
+
+
+if __name__ == "__main__":
+    # `python -m arxiv_embed.params [--stamp FILE]` validates params.yaml on its own (`make check`, and the DAG's first
+    # stage, params_check): a bad key is one line, exit 1.
+    import argparse
+
+    from arxiv_embed.errors import run
+
+    parser = argparse.ArgumentParser(prog="python -m arxiv_embed.params", description="Validate the whole params.yaml.")
+    parser.add_argument("--stamp", help="write this file when params.yaml is valid (the params_check stage's output)")
+    stamp = parser.parse_args().stamp
+    run(lambda: _check(stamp), "params_check" if stamp else "params")

@@ -1,0 +1,49 @@
+"""params.yaml `download` (the download stage)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from arxiv_embed.data.sources import SOURCES
+from arxiv_embed.schema.base import HttpUrl, IsoDate, NonNegativeInt, PositiveInt, Section
+
+
+# An arXiv OAI-PMH set spec: "cs", "physics:astro-ph", "cs:cs:AI". Never empty: an empty set is no
+# filter at all, so OAI-PMH would harvest the whole repository in the date window.
+SetSpec = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+(:[A-Za-z0-9-]+)*$")]
+
+
+class Oai(Section):
+    endpoint: HttpUrl
+    sets: Annotated[list[SetSpec], Field(min_length=1)]
+    from_date: IsoDate | None
+    until_date: IsoDate | None
+    max_retries: NonNegativeInt
+    request_interval_s: Annotated[float, Field(ge=0.0)]
+
+    @model_validator(mode="after")
+    def _window(self) -> Oai:
+        if self.from_date and self.until_date and self.from_date > self.until_date:
+            raise ValueError("download.oai.from_date must be <= download.oai.until_date (YYYY-MM-DD)")
+        return self
+
+
+class Download(Section):
+    source: Literal[tuple(SOURCES)]  # type: ignore[valid-type]  # the SOURCES table's keys
+    path: str | None
+    max_records: PositiveInt | None
+    kaggle_url: HttpUrl
+    timeout_s: Annotated[float, Field(gt=0.0)]
+    oai: Oai
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> Download:
+        if self.source == "file" and not self.path:
+            raise ValueError("download.source is 'file' but download.path is empty: set it to a local JSON-lines file")
+        return self
+
+
+class DownloadParams(Section):
+    download: Download

@@ -1,0 +1,39 @@
+"""params.yaml `make_triplets` (the make_triplets stage, with shared.seed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from arxiv_embed.schema.base import Fraction, NonNegativeInt, PositiveInt, Section
+from arxiv_embed.schema.shared import Shared
+
+# How many of a kind a split gets: an integer is a count; a decimal number (0.5, 1.2) is that many per
+# paper of the split (of the train sample, for train), so the data grows with the papers; "all" = one per paper.
+Count = NonNegativeInt | Annotated[float, Field(ge=0.0)] | Literal["all"]
+
+
+class PerSplit(Section):
+    train: Count
+    eval: Count
+    test: Count
+
+
+class MakeTriplets(Section):
+    max_train_papers: PositiveInt | None  # stratified, seeded sample of the train split; null = every train paper
+    triplets_per_split: PerSplit
+    hard_negative_fraction: Fraction
+    same_label_pairs_per_split: PerSplit
+    graded_pairs_per_split: PerSplit
+
+    @model_validator(mode="after")
+    def _test_triplets(self) -> MakeTriplets:
+        if self.triplets_per_split.test == 0:  # else the triplet lens (and push's gate on it) scores an empty set: NaN
+            raise ValueError("make_triplets.triplets_per_split.test must be above 0: evaluate's triplet lens scores them")
+        return self
+
+
+class MakeTripletsParams(Section):
+    shared: Shared
+    make_triplets: MakeTriplets

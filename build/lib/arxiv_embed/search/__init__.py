@@ -1,0 +1,1 @@
+"""Semantic search over papers with the fine-tuned model: index, CLI and HTTP service."""

@@ -1,0 +1,231 @@
+// The search page: plain JS against the same app's JSON API (no CDN, no build step).
+// Every view is a URL (?q=…, ?similar=ID, each with &k= and &category=) with a history entry, so Back,
+// Forward, reload and a shared link all show the same view. Only the latest request may draw the page.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const form = $("search-form"), queryBox = $("query"), categoryBox = $("category"), kBox = $("k"), button = $("search-button");
+const statusLine = $("status"), heading = $("heading"), results = $("results"), notice = $("notice");
+const MAX_AUTHORS = 5;  // longer author lists show the first three and a count
+let view = null;        // the view shown (or being loaded): {q} or {similar}, with k and category
+let latest = 0;         // number of the latest request: answers to earlier ones are dropped
+
+function setStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+function plural(count, word) {
+  return `${count.toLocaleString()} ${word}${count === 1 ? "" : "s"}`;
+}
+
+async function getJSON(url) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch {  // the browser's bare "Failed to fetch": say what it means
+    throw Object.assign(new Error("The search server is not answering. Is `python -m arxiv_embed.search serve` still running?"),
+                        { status: 0 });
+  }
+  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) throw Object.assign(new Error(body.error || `HTTP ${response.status}`), { status: response.status, body });
+  return body;
+}
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "class") node.className = value; else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// --- LaTeX in titles, as plain text: $\text{GL}_n$ -> GLₙ, $\alpha$ -> α (no math renderer to download).
+const GREEK = { alpha: "α", beta: "β", gamma: "γ", delta: "δ", epsilon: "ε", varepsilon: "ε", zeta: "ζ", eta: "η",
+  theta: "θ", kappa: "κ", lambda: "λ", mu: "μ", nu: "ν", xi: "ξ", pi: "π", rho: "ρ", sigma: "σ", tau: "τ", phi: "φ",
+  varphi: "φ", chi: "χ", psi: "ψ", omega: "ω", Gamma: "Γ", Delta: "Δ", Theta: "Θ", Lambda: "Λ", Xi: "Ξ", Pi: "Π",
+  Sigma: "Σ", Phi: "Φ", Psi: "Ψ", Omega: "Ω", infty: "∞", to: "→", rightarrow: "→", leq: "≤", le: "≤", geq: "≥",
+  ge: "≥", neq: "≠", times: "×", cdot: "·", pm: "±", sim: "∼", approx: "≈", ell: "ℓ", partial: "∂", nabla: "∇",
+  in: "∈", sum: "∑", prod: "∏", int: "∫", sqrt: "√", hbar: "ℏ", langle: "⟨", rangle: "⟩" };
+const SUB = { 0: "₀", 1: "₁", 2: "₂", 3: "₃", 4: "₄", 5: "₅", 6: "₆", 7: "₇", 8: "₈", 9: "₉", "+": "₊", "-": "₋",
+  a: "ₐ", e: "ₑ", i: "ᵢ", j: "ⱼ", k: "ₖ", l: "ₗ", m: "ₘ", n: "ₙ", o: "ₒ", p: "ₚ", r: "ᵣ", s: "ₛ", t: "ₜ", x: "ₓ" };
+const SUP = { 0: "⁰", 1: "¹", 2: "²", 3: "³", 4: "⁴", 5: "⁵", 6: "⁶", 7: "⁷", 8: "⁸", 9: "⁹", "+": "⁺", "-": "⁻",
+  n: "ⁿ", i: "ⁱ", "*": "*" };
+const script = (text, table, mark) =>
+  [...text].every((ch) => ch in table) ? [...text].map((ch) => table[ch]).join("") : text.length === 1 ? mark + text : `${mark}(${text})`;
+
+function deLatex(text) {
+  return text
+    .replace(/\\(?:text|mathrm|mathbf|mathit|mathsf|mathcal|mathbb|operatorname|emph|textit|textbf|rm|bf|it)\s*\{([^{}]*)\}/g, "$1")
+    .replace(/\\([A-Za-z]+)/g, (whole, name) => GREEK[name] ?? whole)
+    .replace(/_\{([^{}]*)\}|_([A-Za-z0-9])/g, (_, group, one) => script(group ?? one, SUB, "_"))
+    .replace(/\^\{([^{}]*)\}|\^([A-Za-z0-9*+-])/g, (_, group, one) => script(group ?? one, SUP, "^"))
+    .replace(/\\([{}%&#$_])/g, "$1")
+    .replace(/\$/g, "")
+    .replace(/\\[,;:! ]/g, " ")
+    .replace(/[{}]/g, "");
+}
+
+function authorsElement(authors) {
+  const names = (authors || "").split(/\s*,\s*|\s+and\s+/).filter(Boolean);
+  if (!names.length) return element("span", { class: "authors" }, "authors unknown");
+  if (names.length <= MAX_AUTHORS) return element("span", { class: "authors" }, authors);
+  return element("span", { class: "authors", title: authors }, `${names.slice(0, 3).join(", ")} et al. (${names.length} authors)`);
+}
+
+function render(hits) {
+  results.replaceChildren(...hits.map((hit) => element("li", { class: "result", "data-id": hit.id },
+    element("div", { class: "top" },
+      element("a", { class: "title", href: hit.url, target: "_blank", rel: "noopener", title: hit.title }, deLatex(hit.title)),
+      element("span", { class: "score", title: "cosine similarity" }, `score ${hit.score.toFixed(3)}`)),
+    element("div", { class: "meta" },
+      authorsElement(hit.authors), " · ",
+      element("span", { class: "year" }, hit.year ?? "year unknown"), " · ",
+      element("span", { class: "id" }, `arXiv:${hit.id}`)),
+    element("div", { class: "categories" }, ...hit.categories.map((name) =>
+      element("button", { class: "category", type: "button", title: `only ${name}`, onclick: () => filterBy(name) }, name))),
+    element("p", { class: "snippet" }, hit.snippet),
+    element("div", { class: "actions" },
+      element("button", { class: "similar", type: "button", onclick: () => go({ similar: hit.id }) }, "Similar papers"),
+      element("a", { class: "abs", href: hit.url, target: "_blank", rel: "noopener" }, "arXiv page")))));
+}
+
+// --- Views and their URLs.
+function viewFromURL() {
+  const url = new URLSearchParams(location.search);
+  return { q: url.get("q") || "", similar: url.get("similar") || "", k: url.get("k") || "", category: url.get("category") || "" };
+}
+
+function urlOf(v) {
+  const url = new URLSearchParams();
+  if (v.similar) url.set("similar", v.similar); else if (v.q) url.set("q", v.q);
+  if (v.k) url.set("k", v.k);
+  if (v.category) url.set("category", v.category);
+  const text = url.toString();
+  return text ? `?${text}` : location.pathname;
+}
+
+function addCategoryOption(name) {
+  if (name && ![...categoryBox.options].some((option) => option.value === name)) categoryBox.append(new Option(name, name));
+}
+
+function showControls(v) {
+  if (!v.similar) queryBox.value = v.q;
+  if ([...kBox.options].some((option) => option.value === v.k)) kBox.value = v.k;
+  addCategoryOption(v.category);
+  categoryBox.value = v.category;
+}
+
+// A new view from the user: its URL becomes a history entry, then it loads.
+function go(change) {
+  const next = { q: "", similar: "", ...(view || {}), k: kBox.value, category: categoryBox.value, ...change };
+  if (change.q !== undefined) next.similar = "";
+  history.pushState(null, "", urlOf(next));
+  load(next);
+}
+
+function setBusy(busy) {
+  button.disabled = busy;
+  results.setAttribute("aria-busy", String(busy));
+  document.body.classList.toggle("busy", busy);
+}
+
+async function load(v) {
+  view = v;
+  showControls(v);
+  const request = ++latest;
+  if (!v.q && !v.similar) { heading.hidden = true; results.replaceChildren(); setBusy(false); return; }
+  const query = new URLSearchParams({ k: v.k || kBox.value });
+  if (v.category) query.set("category", v.category);
+  setBusy(true);
+  setStatus(v.similar ? "Finding similar papers…" : "Searching…");
+  try {
+    let body, title, status;
+    if (v.similar) {
+      body = await getJSON(`/papers/${encodeURIComponent(v.similar)}/similar?${query}`);
+      title = `Papers similar to “${deLatex(body.paper.title)}”`;
+      status = `${plural(body.results.length, "paper")} nearest to arXiv:${body.paper.id}`;
+    } else {
+      query.set("q", v.q);
+      body = await getJSON(`/search?${query}`);
+      title = `Results for “${v.q}”`;
+      status = `${plural(body.results.length, "paper")} of ${body.index.papers.toLocaleString()} · ` +
+               `encode ${body.latency_ms.encode} ms + search ${body.latency_ms.search} ms`;
+    }
+    if (request !== latest) return;  // a newer view was asked for meanwhile: this answer is stale
+    heading.hidden = false;
+    heading.textContent = title + (body.category ? ` in ${body.category}` : "");
+    render(body.results);
+    setStatus(status);
+    window.scrollTo(0, 0);  // a new view starts at its heading, not where the last list was scrolled to
+  } catch (error) {
+    if (request === latest) fail(error);
+  } finally {
+    if (request === latest) setBusy(false);
+  }
+}
+
+function filterBy(name) {
+  addCategoryOption(name);
+  categoryBox.value = name;
+  go({});
+}
+
+function fail(error) {
+  if (error.status === 503) waitForIndex();
+  setStatus(error.message, true);
+}
+
+function showNoIndex(health) {
+  notice.hidden = false;
+  // "no index" comes with the command that builds one; "unavailable" (an index this server cannot serve) with the reason only.
+  const build = health.build_command ? [" Build one with:", element("pre", {}, element("code", {}, health.build_command))] : [" "];
+  notice.replaceChildren(element("strong", {}, "No search index is loaded. "), health.message, ...build,
+    "The server loads it as soon as the build finishes; this page checks every few seconds.");
+}
+
+let waiting = null;
+function waitForIndex() {
+  // Poll /health until an index appears (it answers 503 until then), then set the page up as on a fresh load.
+  if (waiting) return;
+  waiting = setInterval(async () => {
+    const health = await getJSON("/health").catch(() => null);
+    if (health && health.status === "ok") { clearInterval(waiting); waiting = null; notice.hidden = true; start(); }
+  }, 3000);
+}
+
+async function start() {
+  try {
+    const health = await getJSON("/health");
+    const { categories } = await getJSON("/categories");
+    categoryBox.replaceChildren(new Option("All categories", ""));
+    const names = Object.keys(categories);
+    const archives = names.filter((name) => !name.includes(".")), subjects = names.filter((name) => name.includes("."));
+    for (const [label, group] of [["Archives", archives], ["Categories", subjects]]) {
+      const optgroup = element("optgroup", { label });
+      for (const name of group) optgroup.append(new Option(`${name} (${categories[name]})`, name));
+      categoryBox.append(optgroup);
+    }
+    setStatus(`${plural(health.papers, "paper")} indexed (${health.precision}).`);
+  } catch (error) {
+    if (error.status === 503 && error.body) {
+      showNoIndex(error.body);
+      setStatus("Waiting for a search index…", true);
+      waitForIndex();
+    } else fail(error);
+    return;
+  }
+  load(viewFromURL());
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const q = queryBox.value.trim();
+  if (!q) { setStatus("Type some words to search for.", true); return; }
+  go({ q });
+});
+categoryBox.addEventListener("change", () => { if (view && (view.q || view.similar)) go({}); });
+kBox.addEventListener("change", () => { if (view && (view.q || view.similar)) go({}); });
+window.addEventListener("popstate", () => load(viewFromURL()));
+start();

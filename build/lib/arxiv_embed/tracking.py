@@ -1,0 +1,225 @@
+"""MLflow set-up shared by finetune, evaluate and push.
+
+Default: one store for the whole project (`sqlite:///<project root>/mlflow.db`, artifacts under
+`<project root>/mlruns/`) that needs no server, whichever way a stage runs: `dvc repro`, `dvc exp run`,
+`--temp` and queued experiments (which run in `<root>/.dvc/tmp/exps/...` and would otherwise log into
+a folder DVC deletes). `MLFLOW_TRACKING_URI` points it at a server; credentials stay in the environment
+(`MLFLOW_TRACKING_USERNAME`/`PASSWORD`/`TOKEN`) and are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import unquote, urlparse, urlunparse
+from arxiv_embed.errors import UserError
+from arxiv_embed.paths import project_root
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the project root (see tracking_uri)
+DEFAULT_ARTIFACTS = Path("mlruns")
+STORE_LOCK = "mlflow.db.lock"  # serialises creating the local store and experiment across processes
+EXPERIMENT = "arxiv-embed"
+RUN_INFO = "mlflow_run.json"  # written into models/finetuned: the finetune run evaluate and push log into
+
+
+class TrackingUnavailableError(UserError):
+    """The configured MLflow tracking server does not answer."""
+
+
+def without_userinfo(uri: str) -> str:
+    """The URI without any user:password@ part."""
+    parts = urlparse(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunparse(parts._replace(netloc=host))
+    return uri
+
+
+def redact(uri: str) -> str:
+    """The URI for messages and logs: no user:password@ part, and a query (a token) shown as `...`."""
+    shown = without_userinfo(uri)
+    return shown.split("?", 1)[0] + "?..." if "?" in shown else shown
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the project's local store by absolute path."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def _prepare_local_store(uri: str) -> None:
+    """Create the SQLite store and the experiment under a file lock, in WAL mode.
+
+    Two queued experiments (`dvc queue start -j 2`) start at once: without the lock both would
+    run MLflow's schema migrations on a new file. WAL lets readers and one writer work side by
+    side; MLflow's own busy timeout (20 s a session) makes concurrent writers wait, not fail.
+    """
+    import sqlite3
+
+    import mlflow
+    from filelock import FileLock
+
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / STORE_LOCK), timeout=120):
+        with sqlite3.connect(path, timeout=60) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        connection.close()
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=(project_root() / DEFAULT_ARTIFACTS).as_uri())
+
+
+def tls_settings() -> dict[str, object]:
+    """requests' verify/cert from MLflow's own TLS variables, so a check reaches what MLflow's client reaches."""
+    from mlflow.environment_variables import MLFLOW_TRACKING_INSECURE_TLS
+
+    settings: dict[str, object] = {}
+    if MLFLOW_TRACKING_INSECURE_TLS.get():  # as MLflow reads it: true, 1, ...
+        settings["verify"] = False
+    elif server_cert := os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        settings["verify"] = server_cert
+    if client_cert := os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        settings["cert"] = client_cert
+    return settings
+
+
+def configure_tracking(timeout_s: float = 5.0) -> str:
+    """Point MLflow at the configured store and check it answers, before any expensive work.
+
+    Returns the tracking URI (redacted). Raises TrackingUnavailableError naming the server and
+    what to do, so a down server costs seconds, not a finished training run.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    scheme = urlparse(uri).scheme
+    if without_userinfo(uri) != uri and scheme in {"http", "https"}:
+        # MLflow quotes the tracking URI in its "View run ... at:" line and in every failed request's error:
+        # hand it the credentials through its Basic-auth variables instead, and a URI without them. A database
+        # store (postgresql://user:password@...) takes them from its URI only: it keeps them, and only this
+        # project's messages redact it.
+        parts = urlparse(uri)
+        for name, value in (("USERNAME", parts.username), ("PASSWORD", parts.password)):
+            if value is not None:
+                os.environ[f"MLFLOW_TRACKING_{name}"] = unquote(value)
+        os.environ["MLFLOW_TRACKING_URI"] = uri = without_userinfo(uri)
+    mlflow.set_tracking_uri(uri)
+    if scheme in {"http", "https"}:
+        import requests
+
+        try:
+            # /health is served by `mlflow server`; any HTTP answer proves it is up. With MLflow's own TLS settings:
+            # a server MLflow's client reaches (a private CA, a self-signed certificate) must not be refused here.
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s, **tls_settings())
+        except requests.RequestException as exc:
+            raise TrackingUnavailableError(
+                f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI) does not answer: "
+                f"{type(exc).__name__}. Start it, fix the URI, or unset MLFLOW_TRACKING_URI to use "
+                f"the local store {DEFAULT_TRACKING_URI}."
+            ) from None
+        except OSError as exc:  # requests' own check of a certificate path that is not there
+            raise TrackingUnavailableError(f"MLflow's TLS settings for {redact(uri)}: {exc}; fix MLFLOW_TRACKING_SERVER_CERT_PATH "
+                                           "or MLFLOW_TRACKING_CLIENT_CERT_PATH") from None
+    try:
+        if scheme == "sqlite" and not uri.startswith("sqlite:///:memory:"):
+            _prepare_local_store(uri)
+        elif mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            # Local store: keep artifacts inside the project, not in a cwd-dependent default.
+            location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if scheme in {"", "file"} else None
+            try:
+                mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+            except mlflow.exceptions.MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another run started at once (`dvc queue start -j 2`) made it
+                    raise
+        mlflow.set_experiment(EXPERIMENT)
+    except mlflow.exceptions.MlflowException as exc:  # a store MLflow refuses (a plain folder: its file store is retired)
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__).replace(uri, redact(uri)).rstrip(".")
+        raise TrackingUnavailableError(
+            f"MLflow cannot use the store {redact(uri)} (MLFLOW_TRACKING_URI): {reason}. Point it at a server or a database "
+            f"(sqlite:///path/mlflow.db), or unset it to use the local store {DEFAULT_TRACKING_URI}."
+        ) from None
+    return redact(uri)
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """sha256 over the files (directories: their files in sorted order), to tag which data a run saw."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+        for file in files:
+            digest.update(str(file.as_posix()).encode())
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def dvc_tags() -> dict[str, str]:
+    """The DVC experiment a stage runs in, so MLflow runs match `dvc exp show` rows one for one.
+
+    DVC sets DVC_EXP_NAME and DVC_EXP_BASELINE_REV for `dvc exp run` (workspace, --temp, --queue);
+    a plain `dvc repro` sets neither, and its runs carry no experiment tag.
+    """
+    tags = {}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+def run_tags(*data_paths: Path) -> dict[str, str]:
+    """Tags every run carries: git commit, DVC experiment name and baseline commit, data fingerprint."""
+    return {"git_commit": git_commit(), "data_fingerprint": file_fingerprint(*data_paths), **dvc_tags()}
+
+
+def metric_key(name: str) -> str:
+    """A metric name MLflow accepts: `@` (as in `ndcg@10`) is not allowed there, so it becomes `_at_`."""
+    return re.sub(r"[^0-9A-Za-z_\-. :/]", "_", name.replace("@", "_at_"))
+
+
+@contextmanager
+def tracked_run(run_id: str | None = None, run_name: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Start (or continue, given `run_id`) an MLflow run and always end it.
+
+    Ends FINISHED on success, KILLED on Ctrl-C/SIGTERM (KeyboardInterrupt), FAILED on any other
+    exception, so no run is left RUNNING. A `run_id` the store does not know starts a new run.
+    Yields the run id.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run = None
+    if run_id:
+        try:
+            run = mlflow.start_run(run_id=run_id)
+        except MlflowException:
+            run = None
+    if run is None:
+        run = mlflow.start_run(run_name=run_name)
+    if tags:
+        mlflow.set_tags(tags)
+    try:
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")

@@ -1,0 +1,1 @@
+"""Fine-tuning: data, losses, trainer wiring, checkpoints and distributed processes."""
