@@ -6,6 +6,7 @@ Not a stage: run by hand (`python -m arxiv_embed.prune_models --keep 5`) after a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -22,9 +23,10 @@ def _local_folder(artifact_location: str) -> Path | None:
 
 
 def _folder_bytes(folder: Path | None) -> int | None:
-    if folder is None:
+    """Bytes under a local folder; None when it is not on this machine (a tracking server's own disk)."""
+    if folder is None or not folder.exists():
         return None
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.exists() else 0
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def registry_versions(client) -> list:
@@ -66,14 +68,18 @@ def prune_models(keep: int) -> list[tuple[str, int | None]]:
     for model in doomed:
         folder = _local_folder(model.artifact_location)
         size = _folder_bytes(folder)
+        if folder is not None and size is None:
+            print(f"prune_models: {model.artifact_location} is not on this machine (a server's own folder): remove it there",
+                  file=sys.stderr)
         try:
             get_artifact_repository(model.artifact_location).delete_artifacts()
-            if folder is not None and folder.parent.name == model.model_id and not any(folder.parent.iterdir()):
-                folder.parent.rmdir()  # mlruns/models/<id>/, left empty
         except Exception as exc:  # noqa: BLE001 (a store that cannot delete files: the model is still marked deleted)
             print(f"prune_models: the files of {model.model_id} stay at {model.artifact_location} ({type(exc).__name__})",
                   file=sys.stderr)
             size = None
+        if folder is not None and folder.parent.name == model.model_id:
+            with contextlib.suppress(OSError):  # not empty (the files stayed), or already gone
+                folder.parent.rmdir()  # mlruns/models/<id>/, left empty
         client.delete_logged_model(model.model_id)
         deleted.append((model.model_id, size))
     freed = [size for _, size in deleted if size is not None]

@@ -280,6 +280,8 @@ def test_new_model_alone_re_encodes_the_index_s_own_papers(tmp_path, indexes, ba
     out, err = capsys.readouterr()
     assert "40 from the index's stored abstracts, 0 from --papers" in err and "40 papers (40 new or changed, 0 kept)" in out
     assert SearchIndex.load(index).meta["model_sha256"] == model_identity(other)
+    with pytest.raises(SearchError, match="nothing to re-encode"):  # already this model's: no hours of rewriting for nothing
+        main(["build", "--index", str(index), "--model", str(other), "--new-model"])
 
 
 def test_bad_papers_file_is_named(tmp_path):

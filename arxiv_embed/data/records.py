@@ -195,7 +195,7 @@ def wrong_fields(line: bytes) -> str:
     versions = record.get("versions")
     if versions is not None and not (isinstance(versions, list) and all(isinstance(v, dict) for v in versions)):
         wrong.append(f"versions: {_JSON_TYPES.get(type(versions), 'value')}, not a list of objects")
-    return ", ".join(wrong) or "a nested field of another shape than arXiv's (versions: [{version, created}])"
+    return ", ".join(wrong) or "a value polars cannot read as the schema says (see raw)"
 
 
 def _encodes(value: str) -> bool:

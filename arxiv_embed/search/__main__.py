@@ -145,6 +145,7 @@ def query_backend(requested: str | None) -> str:
 
 def build(args: argparse.Namespace, argv: list[str]) -> None:
     from arxiv_embed.embeddings import refuse_int8_pool
+    from arxiv_embed.files import recover
     from arxiv_embed.models import load_model
     from arxiv_embed.search.index import (SearchIndex, build_index, build_lock, check_build_model, check_index_path, encoding_dir,
                                           model_identity, no_papers)
@@ -154,6 +155,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
         refuse_int8_pool(args.processes)
     try:
         with build_lock(args.index):
+            recover(args.index)  # a build killed between its two renames left the index aside: back before it is read
             check_index_path(args.index)
             model_ref = args.model or default_model()
             identity = model_identity(model_ref)
@@ -161,6 +163,9 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
             if args.papers is None:  # --new-model alone: the index's own papers, re-encoded
                 if not (args.index / "index.json").exists():
                     raise SearchError(f"build: --index {args.index} holds no index yet: give --papers FILE to build one")
+                if SearchIndex.load_for_build(args.index).meta.get("model_sha256") == identity:
+                    raise SearchError(f"build: --index {args.index} was built with these weights already ({model_ref}): "
+                                      "nothing to re-encode (give --papers FILE to add papers)")
                 papers = no_papers()
             elif (papers := read_papers(args.papers)).height == 0:
                 raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")

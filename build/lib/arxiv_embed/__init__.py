@@ -1,1 +1,0 @@
-"""arxiv-embed: the library the DAG stages in stages/ share."""

@@ -1,1 +1,0 @@
-"""Data sources (download) and record parsing (clean)."""

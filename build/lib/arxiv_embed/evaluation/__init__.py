@@ -1,1 +1,0 @@
-"""Evaluation: the held-out data, the lenses (embeddings -> named metrics), the report and plots."""

@@ -1,1 +1,0 @@
-"""Semantic search over papers with the fine-tuned model: index, CLI and HTTP service."""

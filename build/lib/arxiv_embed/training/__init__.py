@@ -1,1 +1,0 @@
-"""Fine-tuning: data, losses, trainer wiring, checkpoints and distributed processes."""
