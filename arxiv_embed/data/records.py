@@ -160,8 +160,7 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
     # A line polars refuses is wrong_type if it is a JSON object (a `versions` of the wrong shape).
     refused = [(n, line, "wrong_type" if _is_object(line) else "malformed_json") for n, line in bad + more_bad]
     refused += [(first_line + i, lines[i], "wrong_type") for i in wrong]
-    rejects = [{"line": n, "reason": reason, "id": rejected_id(line), "raw": text(line)}
-               | ({"fields": wrong_fields(line)} if reason == "wrong_type" else {}) for n, line, reason in sorted(refused)]
+    rejects = [reject_row(n, line, reason) for n, line, reason in sorted(refused)]
     records = pl.concat(frames + suspect_frames) if frames or suspect_frames else pl.DataFrame(schema={"line": pl.Int64, **RAW_SCHEMA})
     return records.sort("line") if suspect_frames else records, rejects
 
@@ -169,27 +168,34 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
 _LEADING_ID = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,100})"')
 
 
-def rejected_id(line: bytes) -> str | None:
-    """The id of a line that is no usable record, where it says one: a string `id` of a JSON object (wrong_type), or
-    the `"id": "..."` a cut-off line starts with (the Kaggle and download order), so a reject can be looked up."""
+def reject_row(number: int, line: bytes, reason: str) -> dict:
+    """A rejects-file row for a line that is no usable record, parsed once: its id where it says one, so a reject can
+    be looked up (a JSON object's string or integer `id`, or the `"id": "..."` a cut-off line starts with: the Kaggle
+    and download order), and for wrong_type the fields it gets wrong."""
     try:
         record = json.loads(line)
-    except ValueError:
-        found = _LEADING_ID.match(line)
-        return found.group(1).decode("utf-8", errors="replace") if found else None
-    found = record.get("id") if isinstance(record, dict) else None
-    if isinstance(found, int) and not isinstance(found, bool):  # an id written as a number: 12345 is "12345"
-        return str(found)
-    return found if isinstance(found, str) and _encodes(found) else None
+    except ValueError:  # includes UnicodeDecodeError
+        record = None
+    if isinstance(record, dict):
+        found = record.get("id")
+        if isinstance(found, int) and not isinstance(found, bool):  # an id written as a number: 12345 is "12345"
+            found = str(found)
+        found = found if isinstance(found, str) and _encodes(found) else None
+    else:
+        leading = _LEADING_ID.match(line) if record is None else None
+        found = leading.group(1).decode("utf-8", errors="replace") if leading else None
+    row = {"line": number, "reason": reason, "id": found, "raw": text(line)}
+    if reason == "wrong_type":  # always a JSON object (_is_object or _has_wrong_type said so)
+        row["fields"] = wrong_fields(record)
+    return row
 
 
 _JSON_TYPES = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
-def wrong_fields(line: bytes) -> str:
-    """What a wrong_type line gets wrong, e.g. "title: list, id: number": a string field given another JSON type, or
+def wrong_fields(record: dict) -> str:
+    """What a wrong_type record gets wrong, e.g. "title: list, id: number": a string field given another JSON type, or
     `versions` not a list of {version, created} objects."""
-    record = json.loads(line)
     wrong = [f"{name}: {_JSON_TYPES[type(record[name])]}" for name in STRING_FIELDS
              if record.get(name) is not None and not isinstance(record[name], str)]
     versions = record.get("versions")

@@ -159,13 +159,8 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
             check_index_path(args.index)
             model_ref = args.model or default_model()
             identity = model_identity(model_ref)
-            check_build_model(args.index, identity, model_ref, args.new_model)
+            check_build_model(args.index, identity, model_ref, args.new_model, papers_given=args.papers is not None)
             if args.papers is None:  # --new-model alone: the index's own papers, re-encoded
-                if not (args.index / "index.json").exists():
-                    raise SearchError(f"build: --index {args.index} holds no index yet: give --papers FILE to build one")
-                if SearchIndex.load_for_build(args.index).meta.get("model_sha256") == identity:
-                    raise SearchError(f"build: --index {args.index} was built with these weights already ({model_ref}): "
-                                      "nothing to re-encode (give --papers FILE to add papers)")
                 papers = no_papers()
             elif (papers := read_papers(args.papers)).height == 0:
                 raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")

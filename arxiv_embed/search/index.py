@@ -265,13 +265,20 @@ def model_mismatch(path: Path, meta: dict, identity: str, model_ref: str) -> str
             "to take in new or changed papers too)")
 
 
-def check_build_model(path: Path, identity: str, model_ref: str, new_model: bool) -> None:
-    """Refuse, before any papers are read, a build whose model is not the index's unless `new_model` allows it: it
-    re-encodes every paper (hours at 2.7M on a CPU), which a typo in --model should not start."""
-    if not new_model and (path / "index.json").exists():
-        meta = _read_meta(path)
-        if meta.get("model_sha256") not in (None, identity):
-            raise SearchError(model_mismatch(path, meta, identity, model_ref))
+def check_build_model(path: Path, identity: str, model_ref: str, new_model: bool, papers_given: bool = True) -> None:
+    """Refuse, before any papers are read (index.json only), a build whose model is not the index's unless `new_model`
+    allows it: it re-encodes every paper (hours at 2.7M on a CPU), which a typo in --model should not start; and a
+    build without papers that has nothing to re-encode."""
+    meta = _read_meta(path) if (path / "index.json").exists() else None
+    if not papers_given and meta is None:
+        raise SearchError(f"build: --index {path} holds no index yet: give --papers FILE to build one")
+    if meta is None or meta.get("model_sha256") is None:
+        return
+    if not new_model and meta["model_sha256"] != identity:
+        raise SearchError(model_mismatch(path, meta, identity, model_ref))
+    if not papers_given and meta["model_sha256"] == identity:
+        raise SearchError(f"build: --index {path} was built with these weights already ({model_ref}): nothing to re-encode "
+                          "(give --papers FILE to add papers)")
 
 
 def check_index_path(path: Path) -> None:
@@ -361,29 +368,17 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     check_index_path(path)
     old_keys, old_embeddings = _empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     old_batches: list[pa.RecordBatch] = []
-    if (path / "index.json").exists() and new_model and _read_meta(path).get("model_sha256") != identity:
+    if (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         if rescore_multiplier is None:
             rescore_multiplier = old.rescore_multiplier
-        # Another model's vectors are worth nothing here: every paper is encoded again, those only the index holds from
-        # its stored abstracts (only their rows are copied out of the memory map), so no paper is lost.
-        import pyarrow.compute as pc
-
-        only_old = old.papers.filter(pc.invert(pc.is_in(old.papers["id"], value_set=papers["id"].to_arrow())))
-        schema = _empty_papers().schema
-        papers = pl.concat([papers.select(schema.names()).cast(schema), pl.from_arrow(only_old).select(schema.names()).cast(schema)])
-        print(f"search: {path} was built with {old.meta['model']} (weights sha256 {old.meta['model_sha256'][:12]}): every "
-              f"paper is encoded again with {model_ref} (sha256 {identity[:12]}), {only_old.num_rows} from the index's stored "
-              f"abstracts, {papers.height - only_old.num_rows} from --papers", file=sys.stderr, flush=True)
-        del only_old  # their abstracts are in `papers` now: not held twice through hours of encoding
-    elif (path / "index.json").exists():
-        old = SearchIndex.load_for_build(path)
-        old.check_model(identity, model_ref)
-        if rescore_multiplier is None:
-            rescore_multiplier = old.rescore_multiplier
-        # Only the keys are read into memory: the stored abstracts stay memory-mapped (2.7M of them are ~3 GB).
-        old_keys, old_embeddings = pl.from_arrow(old.papers.select(["id", "text_sha256"])), old.embeddings
-        old_batches = old.papers.to_batches()
+        if new_model and old.meta.get("model_sha256") != identity:
+            papers = _with_papers_only_in(old, papers, model_ref, identity)  # nothing of the old model's is kept
+        else:
+            old.check_model(identity, model_ref)
+            # Only the keys are read into memory: the stored abstracts stay memory-mapped (2.7M of them are ~3 GB).
+            old_keys, old_embeddings = pl.from_arrow(old.papers.select(["id", "text_sha256"])), old.embeddings
+            old_batches = old.papers.to_batches()
     rescore_multiplier = rescore_multiplier or RESCORE_MULTIPLIER
     new_keys = papers.select("id", "text_sha256").with_row_index("new_row")
     unchanged = new_keys.join(old_keys, on=["id", "text_sha256"], how="semi", maintain_order="left")
@@ -422,6 +417,19 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     shutil.rmtree(work_dir, ignore_errors=True)
     return BuildReport(encoded=todo.height, kept=kept.height, total=plan.height, seconds=time.perf_counter() - start,
                        resumed=resumed)
+
+
+def _with_papers_only_in(old: SearchIndex, papers: pl.DataFrame, model_ref: str, identity: str) -> pl.DataFrame:
+    """`papers` plus the papers only `old` holds (its stored abstracts; only their rows are copied out of the memory map):
+    another model's vectors are worth nothing, so every paper is encoded again and none is lost."""
+    import pyarrow.compute as pc
+
+    only_old = old.papers.filter(pc.invert(pc.is_in(old.papers["id"], value_set=papers["id"].to_arrow())))
+    schema = _empty_papers().schema
+    print(f"search: {old.path} was built with {old.meta['model']} (weights sha256 {old.meta['model_sha256'][:12]}): every "
+          f"paper is encoded again with {model_ref} (sha256 {identity[:12]}), {only_old.num_rows} from the index's stored "
+          f"abstracts, {papers.height} from --papers", file=sys.stderr, flush=True)
+    return pl.concat([papers.select(schema.names()).cast(schema), pl.from_arrow(only_old).select(schema.names()).cast(schema)])
 
 
 def _planned_papers(plan: pl.DataFrame, papers: pl.DataFrame, old_batches: list[pa.RecordBatch],
