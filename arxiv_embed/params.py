@@ -42,6 +42,17 @@ class Params(Section):
                              "set make_triplets.same_label_pairs_per_split.train > 0, or finetune.hard_negatives.weight to 0")
         return self
 
+    @model_validator(mode="after")
+    def _gated_triplet_kinds(self) -> Params:
+        # The triplet lens reports accuracy_random and _hard only when the test triplets hold both kinds of negative.
+        fraction = self.make_triplets.hard_negative_fraction
+        absent = {0.0: "triplet.accuracy_hard", 1.0: "triplet.accuracy_random"}.get(fraction)
+        if absent in (self.push.gate.metric, *self.push.gate.headline_tolerances):
+            raise ValueError(f"push.gate names {absent}, which evaluate does not report with make_triplets.hard_negative_fraction="
+                             f"{fraction} (every test triplet's negative of one kind): gate on triplet.accuracy, or set the fraction "
+                             "between 0 and 1")
+        return self
+
 
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
     """Validate an already-loaded params mapping; raise ParamsError naming each bad key."""

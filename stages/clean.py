@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import shutil
+import time
 from collections import Counter
 from operator import itemgetter
 from pathlib import Path
@@ -22,12 +24,15 @@ import polars as pl
 from arxiv_embed import paths
 from arxiv_embed.files import ParquetAppender, atomic_path, scratch_dir, write_json
 from arxiv_embed.schema.base import load
-from arxiv_embed.schema.clean import CleanParams
+from arxiv_embed.schema.clean import Clean, CleanParams
 from arxiv_embed.progress import Progress
 from arxiv_embed.data.columns import PAPER_COLUMNS
 from arxiv_embed.data.records import REASONS, UNREADABLE, line_batches, parse_batch, tidy, with_raw
 from arxiv_embed.data.dedup import decide_duplicates
 from arxiv_embed.errors import START_OVER, UserError, run
+
+
+FAILED_REJECTS = Path(".dvc/tmp/clean-rejects")  # in the project root: a failed temporary run's rejects (git- and DVC-ignored)
 
 
 class CleanError(UserError):
@@ -36,7 +41,25 @@ class CleanError(UserError):
 
 
 def main() -> None:
-    params = load(CleanParams).clean
+    try:
+        clean(load(CleanParams).clean)
+    except CleanError as error:
+        raise rejects_kept_in_the_project(error) from None
+
+
+def rejects_kept_in_the_project(error: CleanError) -> CleanError:
+    """`error`, naming a copy of the rejects file in the project, when the run cleaned in a `dvc exp run --temp` or
+    queued run's copy (DVC deletes it, with the file that says what is wrong with the input, once the stage fails)."""
+    root = paths.project_root()
+    if root == Path.cwd().resolve() or str(paths.REJECTS) not in str(error) or not paths.REJECTS.is_file():
+        return error
+    kept = root / FAILED_REJECTS / f"{os.environ.get('DVC_EXP_NAME') or time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(paths.REJECTS, kept)
+    return CleanError(str(error).replace(str(paths.REJECTS), str(kept)))
+
+
+def clean(params: Clean) -> None:
     counts: Counter[str] = Counter()
     first_lines: dict[str, int] = {}  # reason -> the first line rejected for it (the error messages name them)
     unreadable: Counter[str] = Counter()  # papers kept whose date is given but unreadable (the date null)
@@ -102,7 +125,9 @@ def main() -> None:
     if records_in != records_out + metrics["rejected_total"]:
         raise RuntimeError(f"clean lost track of records: {metrics}")
     write_json(paths.metrics_file("clean"), metrics)
-    print(f"clean: {records_in} records in, {records_out} out, {metrics['rejected_total']} rejected -> {paths.REJECTS}")
+    # DVC warns that an empty output is empty: say first that it is meant to be.
+    empty = " (empty: every record was usable; DVC's warning that it is empty is expected)" if not metrics["rejected_total"] else ""
+    print(f"clean: {records_in} records in, {records_out} out, {metrics['rejected_total']} rejected -> {paths.REJECTS}{empty}")
     for reason, count in rejected.items():
         if count:
             print(f"  {reason}: {count}")
@@ -147,7 +172,7 @@ def check_input(records_in: int, malformed: int, first_lines: list[int], max_fra
     if malformed / records_in > max_fraction:
         raise CleanError(
             f"{malformed} of {records_in} lines of {paths.RAW} are not valid JSON records "
-            f"({malformed / records_in:.2%} > clean.max_malformed_fraction={max_fraction}; first at lines "
+            f"({malformed / records_in:.2%} > clean.max_malformed_fraction={max_fraction}; first at line{'s' if len(first_lines) > 1 else ''} "
             f"{', '.join(map(str, first_lines))}; each one's raw text: {paths.REJECTS}). It looks like the wrong file: check "
             "download.path, or raise the param."
         )

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card, shareable_params, shown_model
@@ -15,9 +16,12 @@ from arxiv_embed.schema.base import load
 from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import weights_sha256
-from arxiv_embed.paths import FINETUNED, RELEASE, TRIPLETS_DIR, metrics_file
+from arxiv_embed.paths import FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file
 from arxiv_embed.tracking import RUN_INFO, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
+
+if TYPE_CHECKING:
+    import mlflow
 
 EVALUATE = metrics_file("evaluate")
 UNTRACKED = {"download": {"timeout_s": True, "oai": {"max_retries", "request_interval_s"}}}  # not in push's dvc.yaml params
@@ -81,7 +85,8 @@ def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerance
         low, high = intervals[key]
         rows[key] = {"base": base, "finetuned": tuned, "delta": tuned - base, "delta_ci95": [low, high], "tolerance": tolerance}
         if high < -tolerance:
-            failed.append(f"{key} delta {tuned - base:+.4f} with 95% interval [{low:+.4f}, {high:+.4f}] lies wholly below -{tolerance}")
+            floor = f"-{tolerance}" if tolerance else "0"
+            failed.append(f"{key} delta {tuned - base:+.4f} with 95% interval [{low:+.4f}, {high:+.4f}] lies wholly below {floor}")
     return rows, failed
 
 
@@ -105,50 +110,49 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 
 def release_hash(release: Path) -> str:
-    """One sha256 over the release less its provenance and how it is pushed: the model's files, and the manifest's
-    evaluation, run and params but push's (names and contents). The git commit and DVC experiment name (in the manifest
-    and the card) change with the workspace, and push.* (the gate's tolerances, the Hub, the license) with how the same
-    model is released: a push after `dvc exp apply`, or one that turns the Hub upload on, finds its registry version; a
-    new evaluation of the same model (evaluate.* changed) is a new version, whose tags carry it."""
+    """One sha256 over the release less its provenance and how it is pushed: the model's files (not the training
+    summary, whose wall times change with each training), and the manifest's evaluation, training data and params but
+    push's (names and contents). The git commit, DVC experiment name and MLflow run (in the manifest and the card) change
+    with the workspace and each training, and push.* (the gate's tolerances, the Hub, the license) with how the same
+    model is released: a push after `dvc exp apply`, one that turns the Hub upload on, or one after a retrain that gave
+    the same weights finds its registry version; a new evaluation of the same model (evaluate.* changed) is a new
+    version, whose tags carry it."""
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
-    described = {key: value for key, value in manifest.items() if key not in ("files", "git_commit", "dvc_experiment", "gate")}
+    provenance = ("files", "git_commit", "dvc_experiment", "mlflow_run", "gate")
+    described = {key: value for key, value in manifest.items() if key not in provenance}
     described["params"] = {key: value for key, value in described.get("params", {}).items() if key != "push"}
-    files = {name: digest for name, digest in sha256_files(release).items() if name not in ("README.md", "manifest.json")}
+    # The manifest's own digests of the files: the model's ~90 MB are not read again.
+    files = {name: digest for name, digest in manifest["files"].items() if name not in ("README.md", TRAINING_SUMMARY)}
     return hashlib.sha256(json.dumps({"files": files, **described}, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) -> tuple[str, bool]:
-    """The Model Registry version of this finetune run and release, with the evaluate metrics as
-    tags: (version, True) when created now, (version, False) when a rerun (say, after a kill
-    between the registry call and DVC's lock file) finds it already registered."""
+def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) -> tuple[str, str, bool]:
+    """The Model Registry version of this release, with the evaluate metrics as tags: (version, its run id, True)
+    when created now, (version, run id, False) when one is already registered (a rerun after a kill between the
+    registry call and DVC's lock file, or a retrain that gave the same weights)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()  # tracking configured by main (uri: its redacted URI, for messages)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise PushError(f"{FINETUNED / RUN_INFO} names MLflow run {run_id}, which {uri} does not have (a model DVC restored "
-                        "from its cache, logged to another store): point MLFLOW_TRACKING_URI at the store it logged to, or "
-                        "train it again here with `dvc repro --no-run-cache -s finetune && dvc repro`") from None
     digest = release_hash(release)
     if client.search_registered_models(filter_string=f"name = '{name}'"):
-        for existing in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-            if existing.tags.get(RELEASE_TAG) == digest:
-                return existing.version, False
+        for existing in client.search_model_versions(f"name = '{name}' and tags.{RELEASE_TAG} = '{digest}'"):
+            return existing.version, existing.run_id, False
+    run = finetune_run(client, run_id, uri)
     logged = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'",
         order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list")
     if not logged:
-        # finetune logged no MLflow model: log the release into its run, so the version still points at it.
+        # finetune logged no MLflow model here (or trained against another store): log the release into the run, so the
+        # version still points at it.
         import sentence_transformers
         from sentence_transformers import SentenceTransformer
 
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run.info.run_id):
             info = mlflow.sentence_transformers.log_model(
                 SentenceTransformer(str(release), device="cpu"), name="release",
                 pip_requirements=[f"sentence-transformers=={sentence_transformers.__version__}"])
         logged = [client.get_logged_model(info.model_id)]
+    run_id = run.info.run_id
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, description="arXiv abstract embeddings fine-tuned by arxiv-embed")
     tags = {f"{model}.{key}".replace("@", "_at_"): f"{value:.6f}"
@@ -162,7 +166,35 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
                     f"fine-tuned {facts.gate['finetuned']:.4f}; headline deltas (95% interval): "
                     + ", ".join(f"{key} {row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]"
                                 for key, row in facts.gate.get("headline", {}).items()))
-    return version.version, True
+    return version.version, run_id, True
+
+
+def finetune_run(client: mlflow.MlflowClient, run_id: str, uri: str) -> mlflow.entities.Run:
+    """The MLflow run that trained the model, or, when this store does not have it (DVC restored the model from its
+    cache, trained in a clone that logged to another store), a run here that stands for it: the registry version
+    needs a run of this store, and retraining only for that would spend the training again. One stand-in a model: a
+    push that failed after making it finds it again."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from arxiv_embed.tracking import EXPERIMENT, run_tags
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a store that did not answer is not a store without the run
+            reason = next((line for line in str(exc).splitlines() if line.strip()), exc.error_code)
+            raise PushError(f"MLflow {uri} could not read run {run_id} ({reason}); try again") from None
+    experiment_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    found = client.search_runs([experiment_id], f"tags.trained_in_run = '{run_id}' and tags.stage = 'push'", max_results=1)
+    run = found[0] if found else client.create_run(experiment_id, run_name="push (model from DVC's cache)",
+                                                   tags={**run_tags(TRIPLETS_DIR), "stage": "push", "trained_in_run": run_id})
+    if not found:
+        client.set_terminated(run.info.run_id, status="FINISHED")
+    print(f"push: MLflow run {run_id}, which trained {FINETUNED} (its {RUN_INFO}), is not in {uri}: DVC brought the model "
+          f"from its cache, trained where another store was used; it is registered through {'new ' if not found else ''}"
+          f"run {run.info.run_id} (tag trained_in_run={run_id})")
+    return run
 
 
 def transport_errors() -> tuple[type[Exception], ...]:
@@ -228,11 +260,12 @@ def main() -> None:
             # The knobs this stage tracks (dvc.yaml): how patiently download fetched is not what the model is.
             "params": shareable_params({**params.model_dump(exclude=UNTRACKED), "finetune": params.finetune.read_by_mode()}),
         })
+        # Registered before the release is swapped in: a registry that fails leaves the last release in place, and a
+        # kill between the two finds the version at the rerun (release_hash).
+        version, version_run, created = register(cfg.registry_model_name, run_info["run_id"], tmp, facts, uri)
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
-
-    version, created = register(cfg.registry_model_name, run_info["run_id"], release, facts, uri)
-    how = "registered" if created else "already registered (same run and release):"
-    print(f"push: {how} {cfg.registry_model_name} version {version} (MLflow run {run_info['run_id']})")
+    how = "registered" if created else "already registered (same model, evaluation and params):"
+    print(f"push: {how} {cfg.registry_model_name} version {version} (MLflow run {version_run})")
     if token is None:
         print("push: Hugging Face Hub upload skipped (push.hub.enabled is false)")
     else:

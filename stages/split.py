@@ -39,8 +39,15 @@ def main() -> None:
     is_rare = pl.col("label").is_in(rare["label"].implode())
     dropped = keys.filter(is_rare) if cfg.rare_labels == "drop" else keys.clear()
     keys = keys.filter(~is_rare) if cfg.rare_labels == "drop" else keys.with_columns(label=pl.when(is_rare).then(pl.lit(OTHER)).otherwise("label"))
-    if keys.is_empty():
-        raise UserError(f"every label has fewer than split.min_papers_per_label={cfg.min_papers_per_label} papers; lower it")
+    if counts.height < 2:
+        raise UserError(f"every one of the {counts['count'].sum()} papers has the label {counts['label'][0]} (shared.label="
+                        f"{label}): the triplets and the label lenses need two labels; use papers of more categories")
+    if keys["label"].n_unique() < 2:  # make_triplets and every label lens compare labels: refused here, a stage earlier
+        largest = ", ".join(f"{name} {count}" for name, count in counts.sort("count", "label", descending=[True, False]).head(3).iter_rows())
+        raise UserError(f"{counts.height - rare.height} of the {counts.height} labels of the {counts['count'].sum()} papers have "
+                        f"split.min_papers_per_label={cfg.min_papers_per_label} papers or more (the largest: {largest}); the "
+                        "triplets and the label lenses need two: use more papers (download.max_records), lower "
+                        "split.min_papers_per_label, or papers of more categories")
 
     # 2. Assign every paper to exactly one split (copies of one abstract to the same one).
     keys = assign_splits(keys, cfg)

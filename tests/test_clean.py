@@ -420,7 +420,7 @@ def test_truncated_gzip_fails_clearly(project: Path) -> None:
 def test_malformed_fraction_threshold(project: Path) -> None:
     write_input(project, [*(paper(f"0704.{i:04d}") for i in range(1, 10)), "not json at all"])
     set_params(project, max_malformed_fraction=0.05)
-    with pytest.raises(UserError, match=r"1 of 10 lines of data/raw/arxiv.jsonl.gz .*clean.max_malformed_fraction=0.05.*lines 10"):
+    with pytest.raises(UserError, match=r"1 of 10 lines of data/raw/arxiv.jsonl.gz .*clean.max_malformed_fraction=0.05; first at line 10;"):
         clean.main()
     set_params(project, max_malformed_fraction=0.1)
     papers, rejects, _ = run_clean(project)
@@ -445,3 +445,32 @@ def test_a_failed_clean_names_each_reason_s_first_line_and_keeps_the_rejects(pro
     assert [(row["line"], row["reason"]) for row in rejects] == [(1, "invalid_categories"), (2, "invalid_categories"), (3, "missing_id")]
     assert json.loads(rejects[0]["raw"])["categories"] == "cs.AI, cs.LG"
     assert not (project / "data/clean/papers.parquet").exists()
+
+
+def test_a_failed_temporary_run_keeps_its_rejects_in_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvc exp run --temp` (or a queued run) cleans in a copy under <root>/.dvc/tmp/exps that DVC deletes when the stage
+    fails: the rejects file the error points to is copied into the project first, and the error names the copy."""
+    root = tmp_path / "repo"
+    workspace = root / ".dvc/tmp/exps/tmp1a2b3c"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.setenv("DVC_EXP_NAME", "bad-input")
+    set_params(workspace)
+    write_input(workspace, [paper("0704.0001", categories="cs.AI, cs.LG"), paper("0704.0002", id=None)])
+    with pytest.raises(UserError) as failed:
+        clean.main()
+    kept = root / ".dvc/tmp/clean-rejects/bad-input.jsonl"
+    assert f"every rejected record, its line and raw text: {kept}" in str(failed.value)
+    rows = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert [(row["line"], row["reason"]) for row in rows] == [(1, "invalid_categories"), (2, "missing_id")]
+
+
+def test_an_empty_rejects_file_is_announced_as_meant(project: Path, capsys: pytest.CaptureFixture) -> None:
+    """DVC warns that an empty output is empty: clean says first, on a clean input only, that it is meant to be."""
+    write_input(project, [paper("0704.0001"), paper("0704.0002")])
+    run_clean(project)
+    assert "0 rejected -> data/clean/rejects.jsonl (empty: every record was usable" in capsys.readouterr().out
+    write_input(project, [paper("0704.0001"), paper("0704.0002", id=None)])
+    run_clean(project)
+    assert "1 rejected -> data/clean/rejects.jsonl\n" in capsys.readouterr().out

@@ -302,3 +302,12 @@ def test_a_local_remote_carries_the_run_to_a_second_clone(pipeline: Path, tmp_pa
     assert (second / "models" / "release" / "manifest.json").exists()
     assert "Data and pipelines are up to date" in dvc(second, "status").stdout
     assert "Running stage" not in dvc(second, "repro", "--dry").stdout
+    # The pulled model names its run in the first clone's MLflow store: push registers it here through a stand-in.
+    trained_in = json.loads((second / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    pushed = dvc(second, "repro", "-f", "-s", "push").stdout
+    assert f"MLflow run {trained_in}, which trained models/finetuned" in pushed and "registered arxiv-embed version 1" in pushed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{second / 'mlflow.db'}")
+    [version] = client.search_model_versions("name = 'arxiv-embed'")
+    assert client.get_run(version.run_id).data.tags["trained_in_run"] == trained_in

@@ -307,7 +307,13 @@ def test_a_new_lens_reaches_the_report_and_the_gate(monkeypatch, tmp_path):
     report = compare(base, tuned, seed=0)
     assert report["delta"] == {"novelty": {"score@5": 0.25}} and report["delta_ci95"] == {"novelty.score@5": [0.25, 0.25]}
     assert "| novelty.score@5 | 0.2500 | 0.5000 | +0.2500 | [+0.2500, +0.2500] |" in report_markdown(report, {"test_papers": 2})
-    # The new lens is the gated metric, and (here the only) headline metric with its own floor.
+    # The new lens is the gated metric, and (here the only) headline metric with its own floor, once its names are
+    # in GATEABLE (the params check refuses a name no lens reports).
+    from arxiv_embed.schema import push as push_schema
+
+    with pytest.raises(UserError, match="'novelty.score@5' is not a metric evaluate gives an interval"):
+        params_with({"push": {"gate": {"metric": "novelty.score@5", "tolerance": 0.0}}})
+    monkeypatch.setattr(push_schema, "GATEABLE", push_schema.GATEABLE | {"novelty.score@5"})
     gate = params_with({"push": {"gate": {"metric": "novelty.score@5", "tolerance": 0.0}}}).push.gate
     gate = gate.model_copy(update={"headline_tolerances": {"novelty.score@5": 0.0}})
     assert check_gate(report, gate)["delta_ci95"] == [0.25, 0.25]

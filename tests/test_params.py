@@ -58,10 +58,19 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("push", "registry_model_name", " ", "push.registry_model_name: Value error, ' ' is not a registry model name"),
         ("push", "registry_model_name", "..x", "push.registry_model_name: Value error, '..x' is not a registry model name"),
         ("push", "hub", {"enabled": True, "repo_id": "my model", "private": True}, "push.hub.repo_id: Value error, 'my model' is not a Hub repo id"),
-        # A typo in a headline key would leave that metric ungated: refused before any work, not at push.
+        # A headline key left out, or a typo in a metric's name, would leave a metric ungated or fail push after the
+        # training: refused before any work.
         ("push", "gate", {"metric": "category_retrieval.ndcg@10", "tolerance": 0.0, "headline_tolerances": {
-            "triplet.acuracy": 0.0, "category_retrieval.ndcg@10": 0.0, "classification.macro_f1_supported": 0.0,
+            "category_retrieval.ndcg@10": 0.0, "classification.macro_f1_supported": 0.0,
             "title_to_abstract.ndcg@10": 0.005}}, "push.gate.headline_tolerances has no tolerance for triplet.accuracy"),
+        ("push", "gate", {"metric": "category_retrieval.ndcg@10", "tolerance": 0.0, "headline_tolerances": {
+            "triplet.acuracy": 0.0, "triplet.accuracy": 0.0, "category_retrieval.ndcg@10": 0.0, "classification.macro_f1_supported": 0.0,
+            "title_to_abstract.ndcg@10": 0.005}}, "push.gate.headline_tolerances.triplet.acuracy: Value error, 'triplet.acuracy' is "
+                                                  "not a metric evaluate gives an interval (did you mean triplet.accuracy?); the metrics are "),
+        ("push", "gate", {"metric": "category_retrieval.ndcg@100", "tolerance": 0.0, "headline_tolerances": {
+            "triplet.accuracy": 0.0, "category_retrieval.ndcg@10": 0.0, "classification.macro_f1_supported": 0.0,
+            "title_to_abstract.ndcg@10": 0.005}}, "push.gate.metric: Value error, 'category_retrieval.ndcg@100' is not a metric "
+                                                  "evaluate gives an interval (did you mean category_retrieval.ndcg@10?)"),
         ("push", "hub", {"enabled": False, "repo_id": "a--b/c", "private": True}, "push.hub.repo_id: Value error, 'a--b/c' is not a Hub repo id"),
     ],
 )
@@ -87,6 +96,11 @@ def test_bad_params_name_the_key(section, key, value, expected):
         ({"finetune": {"batch_size": 32, "adapter": {"per_label": 17}}}, "per_label=17 leaves room for one label in a batch of finetune.batch_size=32"),
         ({"make_triplets": {"same_label_pairs_per_split": {"train": 0}}, "finetune": {"hard_negatives": {"weight": 1.0}}},
          "hard_negatives.weight > 0 mines negatives"),
+        # A gate on a metric this run's test triplets cannot give would fail push, after the training.
+        ({"make_triplets": {"hard_negative_fraction": 0.0}, "push": {"gate": {"headline_tolerances": {"triplet.accuracy_hard": 0.0}}}},
+         "push.gate names triplet.accuracy_hard, which evaluate does not report with make_triplets.hard_negative_fraction=0.0"),
+        ({"make_triplets": {"hard_negative_fraction": 1.0}, "push": {"gate": {"metric": "triplet.accuracy_random"}}},
+         "push.gate names triplet.accuracy_random, which evaluate does not report with make_triplets.hard_negative_fraction=1.0"),
     ],
 )
 def test_cross_field_rules(changes, expected):

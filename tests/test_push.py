@@ -389,7 +389,7 @@ def test_gate_refuses_a_category_gain_that_costs_macro_f1(tmp_path, papers, base
     with pytest.raises(PushError) as refused:
         run_push_in_process(project, monkeypatch)
     message = str(refused.value)
-    assert "classification.macro_f1_supported delta -0.0290 with 95% interval [-0.0570, -0.0030]" in message
+    assert "classification.macro_f1_supported delta -0.0290 with 95% interval [-0.0570, -0.0030] lies wholly below 0 " in message
     assert "push.gate.headline_tolerances" in message and "category_retrieval" not in message
     assert not (project / "models/release").exists()
     assert registry_versions(project) == []
@@ -422,9 +422,10 @@ def test_headline_tolerances_bound_each_metric():
     assert check_gate(report, Gate(**{"title_to_abstract.ndcg@10": 0.005}))["headline"]["title_to_abstract.ndcg@10"]["delta_ci95"] == [-0.009, -0.004]
     with pytest.raises(PushError, match=r"title_to_abstract.ndcg@10 .*\[-0.0090, -0.0040\] lies wholly below -0.003"):
         check_gate(report, Gate(**{"title_to_abstract.ndcg@10": 0.003}))
-    # A tolerance for a metric evaluate did not write: named (a headline metric without one: refused by the schema).
-    with pytest.raises(PushError, match="names 'no.such'"):
-        check_gate(report, Gate(**{"no.such": 0.0}))
+    # A tolerance for a metric this evaluation did not write (an older evaluate.json): named (a name no lens gives, or
+    # a headline metric without a tolerance: refused by the schema).
+    with pytest.raises(PushError, match="names 'binary.title_ndcg@10'"):
+        check_gate(report, Gate(**{"binary.title_ndcg@10": 0.0}))
     # The gated metric's gain inside the noise and a headline loss: one refusal names both.
     report["delta_ci95"]["category_retrieval.ndcg@10"] = [-0.002, 0.04]
     with pytest.raises(PushError) as both:
@@ -451,7 +452,7 @@ def test_gate_within_tolerance_passes_and_unknown_metric_lists_valid_keys():
         check_gate(gain_in_noise, Gate(tolerance=0.0))
     assert check_gate(evaluation(0.50, 0.52), Gate(tolerance=0.0))["delta_ci95"] == [0.01, 0.03]
     with pytest.raises(PushError) as unknown:
-        check_gate(report, Gate(metric="category_retrieval.ndcg@100"))
+        check_gate(report, Gate(metric="category_retrieval.map@100"))  # not in this evaluation
     assert "category_retrieval.ndcg@10," in str(unknown.value) and "triplet.accuracy" in str(unknown.value)
 
 
@@ -465,18 +466,24 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     run_push_in_process(project, monkeypatch)
     run_push_in_process(project, monkeypatch)
     output = capsys.readouterr().out
-    assert "registered arxiv-embed version 1" in output and "already registered (same run and release): arxiv-embed version 1" in output
+    assert "registered arxiv-embed version 1" in output and "already registered (same model, evaluation and params): arxiv-embed version 1" in output
     [version] = registry_versions(project)
     assert version.run_id == run_id and len(version.tags["release_sha256"]) == 64
     monkeypatch.setenv("DVC_EXP_NAME", "lr3e-3")  # the manifest and card now name an experiment; the model is the same
     run_push_in_process(project, monkeypatch)
-    assert "already registered (same run and release): arxiv-embed version 1" in capsys.readouterr().out
+    assert "already registered (same model, evaluation and params): arxiv-embed version 1" in capsys.readouterr().out
     assert json.loads((project / "models/release/manifest.json").read_text())["dvc_experiment"] == "lr3e-3"
     params = yaml.safe_load((project / "params.yaml").read_text())  # released otherwise: the same release
     params["push"]["gate"]["tolerance"], params["push"]["license"] = 0.01, "mit"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     run_push_in_process(project, monkeypatch)
-    assert "already registered (same run and release): arxiv-embed version 1" in capsys.readouterr().out
+    assert "already registered (same model, evaluation and params): arxiv-embed version 1" in capsys.readouterr().out
+    # A retrain that gave the same weights: a new MLflow run (with its own logged model) and wall times, the same release.
+    retrained = write_inputs(project, papers, base_model)
+    (project / "models/finetuned/training_summary.json").write_text(json.dumps({"global_step": 6, "wall_time_s": 13.9}))
+    run_push_in_process(project, monkeypatch)
+    assert f"already registered (same model, evaluation and params): arxiv-embed version 1 (MLflow run {run_id})" in capsys.readouterr().out
+    assert json.loads((project / "models/release/manifest.json").read_text())["mlflow_run"]["run_id"] == retrained != run_id
     report = json.loads((project / "metrics/evaluate.json").read_text())  # the same model evaluated again (evaluate.* changed)
     report["base"]["triplet"]["accuracy"] -= 0.01
     (project / "metrics/evaluate.json").write_text(json.dumps(report))
@@ -485,6 +492,73 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     config.write_text(config.read_text() + "\n")  # another model file
     run_push_in_process(project, monkeypatch)
     assert sorted(int(v.version) for v in registry_versions(project)) == [1, 2, 3]
+
+
+def test_a_model_trained_against_another_store_is_registered_through_a_new_run(tmp_path, papers, base_model, monkeypatch, capsys):
+    """DVC brings models/finetuned from its cache (a teammate's remote, the run-cache) with the id of a run logged to
+    another MLflow store: push registers it here through a new run that names the one that trained it, once."""
+    project = make_project(tmp_path / "project")
+    write_inputs(project, papers, base_model, log_model=False)
+    elsewhere = "f" * 32  # a run id this store never had
+    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": elsewhere, "experiment_id": "7"}))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+    from stages.push import PushError
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise MlflowException("the database is locked", error_code=INTERNAL_ERROR)
+
+    with monkeypatch.context() as failing:  # a store that fails to answer is not a store without the run: no stand-in
+        failing.setattr(mlflow.MlflowClient, "get_run", unavailable)
+        with pytest.raises(PushError, match=f"could not read run {elsewhere} \\(the database is locked\\); try again"):
+            run_push_in_process(project, monkeypatch)
+    with monkeypatch.context() as failing:  # the registry fails after the stand-in is made: the rerun reuses it
+        failing.setattr(mlflow.MlflowClient, "create_model_version", unavailable)
+        with pytest.raises(MlflowException):
+            run_push_in_process(project, monkeypatch)
+    assert "registered through new run" in capsys.readouterr().out
+    run_push_in_process(project, monkeypatch)
+    output = capsys.readouterr().out
+    assert f"MLflow run {elsewhere}, which trained models/finetuned (its mlflow_run.json), is not in sqlite:///" in output
+    assert "registered through run " in output  # the one the failed push made
+    [version] = registry_versions(project)
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    stand_in = client.get_run(version.run_id)
+    assert version.run_id != elsewhere and stand_in.data.tags["trained_in_run"] == elsewhere and stand_in.info.status == "FINISHED"
+    assert f"registered arxiv-embed version 1 (MLflow run {version.run_id})" in output
+    assert client.get_logged_model(version.source.removeprefix("models:/")).source_run_id == version.run_id
+    assert json.loads((project / "models/release/manifest.json").read_text())["mlflow_run"]["run_id"] == elsewhere
+    run_push_in_process(project, monkeypatch)  # again (a rerun): the same version, no second stand-in run
+    assert "already registered (same model, evaluation and params): arxiv-embed version 1" in capsys.readouterr().out
+    assert len(client.search_runs([stand_in.info.experiment_id], "tags.stage = 'push'")) == 1
+
+
+def test_a_registry_that_fails_leaves_the_last_release(tmp_path, papers, base_model, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    import stages.push
+
+    project = make_project(tmp_path / "project")
+    write_inputs(project, papers, base_model)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run_push_in_process(project, monkeypatch)
+    released = (project / "models/release/manifest.json").read_bytes()
+    report = json.loads((project / "metrics/evaluate.json").read_text())  # a new evaluation: a new release to register
+    report["base"]["triplet"]["accuracy"] -= 0.01
+    (project / "metrics/evaluate.json").write_text(json.dumps(report))
+
+    def refused(*args: object) -> None:
+        raise MlflowException("the registry is read-only")
+
+    monkeypatch.setattr(stages.push, "finetune_run", refused)
+    with pytest.raises(MlflowException):
+        run_push_in_process(project, monkeypatch)
+    assert (project / "models/release/manifest.json").read_bytes() == released
+    assert sorted(path.name for path in (project / "models").iterdir()) == ["finetuned", "release"]  # no temporary copy left
 
 
 def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
@@ -521,7 +595,7 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
 
 def test_stage_exits_non_zero_with_the_reason(tmp_path):
     """`python -m stages.push` prints the refusal, not a traceback, and exits 1."""
-    project = make_project(tmp_path / "project", {"push": {"gate": {"metric": "no.such_metric"}}})
+    project = make_project(tmp_path / "project", {"push": {"gate": {"metric": "category_retrieval.map@100"}}})  # not in this evaluation
     (project / "metrics").mkdir()
     (project / "models/finetuned").mkdir(parents=True)
     (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": "abc"}))
@@ -531,7 +605,7 @@ def test_stage_exits_non_zero_with_the_reason(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stages.push"], cwd=project, env=stage_env(project),
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert "push: error: push.gate.metric='no.such_metric' is not a metric" in result.stderr
+    assert "push: error: push.gate.metric='category_retrieval.map@100' is not a metric with a delta interval in metrics/evaluate.json" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -546,6 +620,10 @@ def test_pipeline_push_e2e(pipeline):
     manifest = json.loads((release / "manifest.json").read_text())
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest
+    # Every metric with an interval is one params.yaml's gate may name, and back (the params check's list).
+    from arxiv_embed.evaluation.headline import GATEABLE
+
+    assert set(report["delta_ci95"]) == GATEABLE
     run_info = json.loads((pipeline / "models/finetuned/mlflow_run.json").read_text())
     versions = registry_versions(pipeline)
     assert versions and versions[0].run_id == run_info["run_id"]

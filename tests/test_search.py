@@ -278,7 +278,8 @@ def test_new_model_alone_re_encodes_the_index_s_own_papers(tmp_path, indexes, ba
     assert "--papers is required" in capsys.readouterr().err
     main(["build", "--index", str(index), "--model", str(other), "--new-model"])
     out, err = capsys.readouterr()
-    assert "40 from the index's stored abstracts, 0 from --papers" in err and "40 papers (40 new or changed, 0 kept)" in out
+    assert "40 from the index's stored abstracts, 0 from --papers" in err and "every one of the 40 papers to encode with the new model" in err
+    assert "40 papers (every one encoded with the new model)" in out
     assert SearchIndex.load(index).meta["model_sha256"] == model_identity(other)
     with pytest.raises(SearchError, match="nothing to re-encode"):  # already this model's: no hours of rewriting for nothing
         main(["build", "--index", str(index), "--model", str(other), "--new-model"])

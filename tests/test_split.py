@@ -121,7 +121,7 @@ def test_copies_of_one_abstract_share_a_split(project: Path, method: str) -> Non
         first_out |= {f"copy-{paper_id}": first_out[paper_id] for paper_id in originals["id"]}
         assert max(first_out[paper_id] for paper_id in splits["train"]["id"]) <= min(first_out[paper_id] for paper_id in splits["test"]["id"])
         # A test split of nothing but later copies would be empty: refused, naming the fix.
-        few = papers.head(12)
+        few = pl.concat([papers.head(12), papers.filter(pl.col("primary_category") == "cs.CL").head(12)])  # two labels
         copies = few.with_columns(id="copy-" + pl.col("id"), first_version_date=pl.col("first_version_date") + pl.duration(days=3000))
         with pytest.raises(UserError, match=r"split.method=time: eval and test would be empty: every paper drawn for it is a later copy"):
             run_split(project, pl.concat([few, copies]), split={"method": "time", "time_field": "first_version"})
@@ -224,3 +224,19 @@ def test_a_missing_input_or_column_is_one_line_naming_the_stage_to_rerun(project
         assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.startswith("split: error: data/clean/papers.parquet is not a readable parquet file (")
         assert result.stderr.endswith("): rerun `dvc repro clean`\n")
+
+
+@pytest.mark.parametrize(("rare_labels", "minimum", "enough"), [("other", 41, 0), ("drop", 30, 1)])
+def test_too_few_papers_for_two_labels_fail_here_not_a_stage_later(project: Path, rare_labels: str, minimum: int, enough: int) -> None:
+    """A small prefix of a file interleaved by category leaves every label rare: merged into one 'other', or all but
+    one dropped; nothing downstream could compare labels."""
+    with pytest.raises(UserError, match=rf"{enough} of the 6 labels of the 93 papers have split.min_papers_per_label={minimum} papers "
+                                        r"or more \(the largest: cs.CV 40, cs.CL 25, hep-th 12\); the triplets and the label lenses need two"):
+        run_split(project, split={"rare_labels": rare_labels, "min_papers_per_label": minimum})
+    assert not (project / "data/split").exists()
+
+
+def test_one_label_is_named_with_the_fix_that_helps(project: Path) -> None:
+    with pytest.raises(UserError, match=r"every one of the 40 papers has the label cs.CV \(shared.label=primary_category\): the "
+                                        r"triplets and the label lenses need two labels; use papers of more categories"):
+        run_split(project, papers_table({"cs.CV": 40}))

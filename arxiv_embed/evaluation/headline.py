@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from arxiv_embed.evaluation.retrieval import RETRIEVAL_METRICS
 from arxiv_embed.flat import flatten
 from arxiv_embed.paths import TRAINING_SUMMARY
 
@@ -31,6 +32,15 @@ METRICS = {
     "macro_f1": "classification.macro_f1_supported",  # logistic regression, labels with >= evaluate.min_label_support test papers
     "title_ndcg": "title_to_abstract.ndcg@10",  # title -> its own abstract or a copy of it (search)
 }
+# Every "lens.metric" key evaluate can give a delta interval (metrics/evaluate.json's delta_ci95), so every key push.gate
+# may name: the params check refuses a typo before any training, not push after it. A new lens adds its names here; the
+# pipeline test checks the list against a real evaluation's keys.
+GATEABLE = frozenset(
+    [f"triplet.{name}" for name in ("accuracy", "accuracy_random", "accuracy_hard")]  # the last two: both kinds of negative
+    + [f"{lens}.{name}" for lens in ("title_to_abstract", "category_retrieval") for name in RETRIEVAL_METRICS]
+    + [f"classification.{name}" for name in ("accuracy", "macro_f1", "macro_f1_supported", "weighted_f1")]
+    + [f"clustering.{name}" for name in ("homogeneity", "completeness", "ari", "nmi")]
+    + [f"binary.{query}_{how}ndcg@10" for query in ("title", "category") for how in ("", "rescored_")])
 DIGITS = 4  # enough to see a 0.001 change; short columns in `dvc exp show`
 SCORED_WEIGHTS = "finetuned_weights_sha256"  # metrics/evaluate.json: the weights scored (models.weights_sha256); push checks it
 

@@ -245,7 +245,8 @@ def supported_labels(actual: np.ndarray, min_support: int) -> set[str]:
     names, support = np.unique(actual, return_counts=True)
     if len(names) and support.max() < min_support:  # no label counted: an F1 of 0 for both models that no gate could fail
         raise UserError(f"evaluate.min_label_support={min_support}, but no label has that many test papers (the most: "
-                        f"{support.max()}); lower it in params.yaml, or raise evaluate.max_test_papers")
+                        f"{support.max()}); lower it in params.yaml, or give the test split more papers (evaluate.max_test_papers "
+                        "where it caps them, split.test_fraction, more records, or shared.label: archive for fewer, larger labels)")
     return set(names[support >= min_support].tolist())
 
 

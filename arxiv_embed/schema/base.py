@@ -90,7 +90,7 @@ def _keys_at(schema: type[BaseModel], path: tuple) -> list[str]:
 
 
 def _describe(error: dict, schema: type[BaseModel]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"] if part != "[key]") or "(top level)"  # a mapping's key: its own name
     if error["type"] == "extra_forbidden":
         known = _keys_at(schema, tuple(error["loc"][:-1]))
         if not known:

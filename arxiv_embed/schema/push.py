@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
-from arxiv_embed.evaluation.headline import METRICS as HEADLINE
+from arxiv_embed.evaluation.headline import GATEABLE, METRICS as HEADLINE
 from arxiv_embed.schema.base import Section
 from arxiv_embed.schema.download import Download
 from arxiv_embed.schema.finetune import Finetune
@@ -32,14 +33,27 @@ def _hub_repo_id(repo_id: str | None) -> str | None:
     return repo_id
 
 
+def _gateable(key: str) -> str:
+    if key not in GATEABLE:
+        close = difflib.get_close_matches(key, sorted(GATEABLE), n=1)
+        by_lens: dict[str, list[str]] = {}
+        for name in sorted(GATEABLE):
+            by_lens.setdefault(name.split(".")[0], []).append(name.split(".", 1)[1])
+        listed = "; ".join(f"{lens}.{{{', '.join(names)}}}" for lens, names in by_lens.items())
+        raise ValueError(f"{key!r} is not a metric evaluate gives an interval{f' (did you mean {close[0]}?)' if close else ''}; "
+                         f"the metrics are {listed}")
+    return key
+
+
 class Gate(Section):
-    metric: str
+    metric: Annotated[str, AfterValidator(_gateable)]
     tolerance: Annotated[float, Field(ge=0)]
-    headline_tolerances: dict[str, Annotated[float, Field(ge=0)]]  # "lens.metric" -> tolerance (push checks other keys)
+    # "lens.metric" -> tolerance: one per headline metric, and any other metric to gate too.
+    headline_tolerances: dict[Annotated[str, AfterValidator(_gateable)], Annotated[float, Field(ge=0)]]
 
     @model_validator(mode="after")
     def _every_headline_metric(self) -> Gate:
-        # A typo in a headline key leaves that metric ungated: found here, before any training, not at push.
+        # A headline key left out leaves that metric ungated: found here, before any training, not at push.
         if missing := [key for key in HEADLINE.values() if key not in self.headline_tolerances]:
             raise ValueError(f"push.gate.headline_tolerances has no tolerance for {', '.join(missing)}: add one per headline "
                              f"metric ({', '.join(HEADLINE.values())}; 0.0 = any loss outside the noise refuses)")

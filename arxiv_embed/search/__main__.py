@@ -148,7 +148,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
     from arxiv_embed.files import recover
     from arxiv_embed.models import load_model
     from arxiv_embed.search.index import (SearchIndex, build_index, build_lock, check_build_model, check_index_path, encoding_dir,
-                                          model_identity, no_papers)
+                                          model_identity, empty_papers)
 
     # What can be refused is refused before the papers are read (a minute at 2.7M) and encoded (hours).
     if args.backend == "int8":
@@ -161,7 +161,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
             identity = model_identity(model_ref)
             check_build_model(args.index, identity, model_ref, args.new_model, papers_given=args.papers is not None)
             if args.papers is None:  # --new-model alone: the index's own papers, re-encoded
-                papers = no_papers()
+                papers = empty_papers()
             elif (papers := read_papers(args.papers)).height == 0:
                 raise SearchError(f"--papers {args.papers}: no papers with an id and an abstract")
             model = load_model(model_ref, backend=args.backend)
@@ -178,8 +178,10 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
         sys.exit(130)
     sizes = SearchIndex.load(args.index).sizes()
     resumed = f", {report.resumed} of them resumed from saved chunks" if report.resumed else ""
-    print(f"search: index {args.index}: {report.total} papers ({report.encoded} new or changed{resumed}, "
-          f"{report.kept} kept), {args.precision}, {sizes['bytes_on_disk'] / 1e6:.2f} MB on disk, {report.seconds:.1f} s")
+    how = (f"every one encoded with the new model{resumed}" if report.reencoded
+           else f"{report.encoded} new or changed{resumed}, {report.kept} kept")
+    print(f"search: index {args.index}: {report.total} papers ({how}), {args.precision}, "
+          f"{sizes['bytes_on_disk'] / 1e6:.2f} MB on disk, {report.seconds:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -329,6 +329,7 @@ class BuildReport:
     total: int
     seconds: float
     resumed: int = 0  # of `encoded`: read back from saved chunks, not encoded again
+    reencoded: bool = False  # every paper encoded with a model the index was not built with (new_model)
 
 
 def stored_model(model_ref: str | Path) -> str:
@@ -337,12 +338,8 @@ def stored_model(model_ref: str | Path) -> str:
     return str(local.resolve()) if local.is_dir() else str(model_ref)
 
 
-def no_papers() -> pl.DataFrame:
-    """A papers frame with no rows: a --new-model build that re-encodes only the index's own papers."""
-    return _empty_papers()
-
-
-def _empty_papers() -> pl.DataFrame:
+def empty_papers() -> pl.DataFrame:
+    """A papers frame with no rows (also what a --new-model build without --papers re-encodes the index's own from)."""
     return pl.DataFrame(schema={**COLUMNS, "text_sha256": pl.String})
 
 
@@ -366,14 +363,16 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     start = time.perf_counter()
     recover(path)  # a build killed between its two renames left the previous index aside: put it back before reading it
     check_index_path(path)
-    old_keys, old_embeddings = _empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    old_keys, old_embeddings = empty_papers().select("id", "text_sha256"), np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     old_batches: list[pa.RecordBatch] = []
+    reencoded = False  # every paper, with a model the index was not built with (new_model)
     if (path / "index.json").exists():
         old = SearchIndex.load_for_build(path)
         if rescore_multiplier is None:
             rescore_multiplier = old.rescore_multiplier
         if new_model and old.meta.get("model_sha256") != identity:
             papers = _with_papers_only_in(old, papers, model_ref, identity)  # nothing of the old model's is kept
+            reencoded = True
         else:
             old.check_model(identity, model_ref)
             # Only the keys are read into memory: the stored abstracts stay memory-mapped (2.7M of them are ~3 GB).
@@ -391,7 +390,9 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     plan = pl.concat([kept.select("row", "new_row"), todo.select(pl.lit(None, dtype=pl.UInt32).alias("row"), "new_row")])
     texts = papers["abstract"].gather(todo["new_row"]).to_list()
     work_dir = encoding_dir(path)
-    print(f"search: {todo.height} new or changed papers to encode, {kept.height} kept from {path}", file=sys.stderr, flush=True)
+    what = (f"every one of the {todo.height} papers to encode with the new model" if reencoded
+            else f"{todo.height} new or changed papers to encode, {kept.height} kept from {path}")
+    print(f"search: {what}", file=sys.stderr, flush=True)
     with atomic_path(path) as tmp:
         tmp.mkdir()
         # Kept rows, then new ones, written straight into the new index's memory-mapped float file: a
@@ -416,7 +417,7 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
         del embeddings, new_embeddings  # the memory map closes before the folder is swapped in
     shutil.rmtree(work_dir, ignore_errors=True)
     return BuildReport(encoded=todo.height, kept=kept.height, total=plan.height, seconds=time.perf_counter() - start,
-                       resumed=resumed)
+                       resumed=resumed, reencoded=reencoded)
 
 
 def _with_papers_only_in(old: SearchIndex, papers: pl.DataFrame, model_ref: str, identity: str) -> pl.DataFrame:
@@ -425,7 +426,7 @@ def _with_papers_only_in(old: SearchIndex, papers: pl.DataFrame, model_ref: str,
     import pyarrow.compute as pc
 
     only_old = old.papers.filter(pc.invert(pc.is_in(old.papers["id"], value_set=papers["id"].to_arrow())))
-    schema = _empty_papers().schema
+    schema = empty_papers().schema
     print(f"search: {old.path} was built with {old.meta['model']} (weights sha256 {old.meta['model_sha256'][:12]}): every "
           f"paper is encoded again with {model_ref} (sha256 {identity[:12]}), {only_old.num_rows} from the index's stored "
           f"abstracts, {papers.height} from --papers", file=sys.stderr, flush=True)
@@ -437,7 +438,7 @@ def _planned_papers(plan: pl.DataFrame, papers: pl.DataFrame, old_batches: list[
     """The new index's papers, `rows` at a time: plan row i is the new file's row `new_row`, or where that is null the old
     index's row `row`, taken from its memory-mapped record batches one batch at a time (a take over the whole table
     would copy every stored abstract)."""
-    schema = _empty_papers().schema
+    schema = empty_papers().schema
     source = papers.select(schema.names())
     starts = np.cumsum([0] + [batch.num_rows for batch in old_batches])
     for part in plan.with_row_index("position").iter_slices(rows):
@@ -495,7 +496,7 @@ def _write_index_files(folder: Path, papers: Iterable[pl.DataFrame], embeddings:
 
     index = make_index(embeddings, precision) if index is None else index
     faiss.write_index(index, str(folder / "index.faiss"))
-    empty = _empty_papers()
+    empty = empty_papers()
     schema = empty.to_arrow().schema
     with pa.ipc.new_file(str(folder / "papers.arrow"), schema) as writer:
         for part in papers:  # one part at a time: an index's papers never sit in memory twice
