@@ -44,13 +44,19 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _gated_triplet_kinds(self) -> Params:
-        # The triplet lens reports accuracy_random and _hard only when the test triplets hold both kinds of negative.
-        fraction = self.make_triplets.hard_negative_fraction
-        absent = {0.0: "triplet.accuracy_hard", 1.0: "triplet.accuracy_random"}.get(fraction)
-        if absent in (self.push.gate.metric, *self.push.gate.headline_tolerances):
-            raise ValueError(f"push.gate names {absent}, which evaluate does not report with make_triplets.hard_negative_fraction="
-                             f"{fraction} (every test triplet's negative of one kind): gate on triplet.accuracy, or set the fraction "
-                             "between 0 and 1")
+        # The triplet lens reports accuracy_hard only when some test triplet has a hard negative: another label of the
+        # anchor's archive. Fraction 0 asks for none; labels that are archives leave none to find.
+        # (accuracy_random stays: at fraction 1 anchors with no hard candidate still fall back to random negatives.)
+        gated = (self.push.gate.metric, *self.push.gate.headline_tolerances)
+        if "triplet.accuracy_hard" in gated:
+            if self.make_triplets.hard_negative_fraction == 0:
+                why = f"make_triplets.hard_negative_fraction={self.make_triplets.hard_negative_fraction} (no hard negatives)"
+            elif self.shared.label == "archive":
+                why = "shared.label=archive (a hard negative is another label of the anchor's archive, and each archive is one label)"
+            else:
+                return self
+            raise ValueError(f"push.gate names triplet.accuracy_hard, which evaluate does not report with {why}: "
+                             "gate on triplet.accuracy or triplet.accuracy_random")
         return self
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import mlflow
 
 EVALUATE = metrics_file("evaluate")
+TRIPLET_COUNTS = metrics_file("make_triplets")  # test triplets of each kind of negative
 UNTRACKED = {"download": {"timeout_s": True, "oai": {"max_retries", "request_interval_s"}}}  # not in push's dvc.yaml params
 RELEASE_TAG = "release_sha256"  # on each registry version: which release it is (see release_hash)
 
@@ -55,7 +56,8 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
     intervals = evaluation.get("delta_ci95", {})
     valid = ", ".join(sorted(intervals.keys() & flat["finetuned"].keys() & flat["base"].keys()))
     if gate.metric not in intervals or gate.metric not in flat["base"] or gate.metric not in flat["finetuned"]:
-        raise PushError(f"push.gate.metric={gate.metric!r} is not a metric with a delta interval in {EVALUATE}; valid keys: {valid}")
+        raise PushError(f"push.gate.metric={gate.metric!r} is not a metric with a delta interval in {EVALUATE}: "
+                        f"{absent_metric_advice(gate.metric)} use one of: {valid}")
     base, tuned = flat["base"][gate.metric], flat["finetuned"][gate.metric]
     low, high = intervals[gate.metric]
     failed = []  # every check that fails, named in one refusal
@@ -72,6 +74,15 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
             "headline": headline}
 
 
+def absent_metric_advice(key: str) -> str:
+    """What to do about a gated metric evaluate did not report (the start of a sentence that ends in the valid keys)."""
+    if key in ("triplet.accuracy_hard", "triplet.accuracy_random"):  # reported only when some test triplet has that kind
+        kind = key.rsplit("_", 1)[1]
+        return (f"this run's test triplets hold no {kind} negative ({TRIPLET_COUNTS} counts them; "
+                "make_triplets.hard_negative_fraction and shared.label decide which exist): gate on triplet.accuracy, or")
+    return "re-run `dvc repro evaluate`, or"
+
+
 def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerances: dict[str, float],
                    valid: str) -> tuple[dict[str, dict], list[str]]:
     """(headline metric -> {base, finetuned, delta, delta_ci95, tolerance}, a line for each metric whose delta's
@@ -80,7 +91,7 @@ def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerance
     for key, tolerance in tolerances.items():
         if key not in intervals or key not in flat["base"] or key not in flat["finetuned"]:
             raise PushError(f"push.gate.headline_tolerances names {key!r}, which has no delta interval in {EVALUATE}: "
-                            f"re-run `dvc repro evaluate`, or use one of: {valid}")
+                            f"{absent_metric_advice(key)} use one of: {valid}")
         base, tuned = flat["base"][key], flat["finetuned"][key]
         low, high = intervals[key]
         rows[key] = {"base": base, "finetuned": tuned, "delta": tuned - base, "delta_ci95": [low, high], "tolerance": tolerance}
@@ -171,7 +182,7 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
 
 def finetune_run(client: mlflow.MlflowClient, run_id: str, uri: str) -> mlflow.entities.Run:
     """The MLflow run that trained the model, or, when this store does not have it (DVC restored the model from its
-    cache, trained in a clone that logged to another store), a run here that stands for it: the registry version
+    cache, trained in a clone that logged to another store) or it was deleted, a run here that stands for it: the registry version
     needs a run of this store, and retraining only for that would spend the training again. One stand-in a model: a
     push that failed after making it finds it again."""
     import mlflow
@@ -180,20 +191,26 @@ def finetune_run(client: mlflow.MlflowClient, run_id: str, uri: str) -> mlflow.e
     from arxiv_embed.tracking import EXPERIMENT, run_tags
 
     try:
-        return client.get_run(run_id)
+        trained = client.get_run(run_id)
+        if trained.info.lifecycle_stage != "deleted":
+            return trained
+        why = f"was deleted in {uri} (a deleted run takes no new model)"
     except MlflowException as exc:
+        reason = next((line for line in str(exc).splitlines() if line.strip()), exc.error_code)
+        if exc.error_code == "INVALID_PARAMETER_VALUE":  # not a run id at all: the file was edited, not the store
+            raise PushError(f"{FINETUNED / RUN_INFO} names run {run_id!r}, which MLflow refuses ({reason}): "
+                            f"`dvc checkout {FINETUNED}` restores the file finetune wrote") from None
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a store that did not answer is not a store without the run
-            reason = next((line for line in str(exc).splitlines() if line.strip()), exc.error_code)
             raise PushError(f"MLflow {uri} could not read run {run_id} ({reason}); try again") from None
+        why = f"is not in {uri}: DVC brought the model from its cache, trained where another store was used"
     experiment_id = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
     found = client.search_runs([experiment_id], f"tags.trained_in_run = '{run_id}' and tags.stage = 'push'", max_results=1)
     run = found[0] if found else client.create_run(experiment_id, run_name="push (model from DVC's cache)",
                                                    tags={**run_tags(TRIPLETS_DIR), "stage": "push", "trained_in_run": run_id})
     if not found:
         client.set_terminated(run.info.run_id, status="FINISHED")
-    print(f"push: MLflow run {run_id}, which trained {FINETUNED} (its {RUN_INFO}), is not in {uri}: DVC brought the model "
-          f"from its cache, trained where another store was used; it is registered through {'new ' if not found else ''}"
-          f"run {run.info.run_id} (tag trained_in_run={run_id})")
+    print(f"push: MLflow run {run_id}, which trained {FINETUNED} (its {RUN_INFO}), {why}; it is registered through "
+          f"{'new ' if not found else ''}run {run.info.run_id} (tag trained_in_run={run_id})")
     return run
 
 

@@ -285,6 +285,21 @@ def test_push_registers_the_release_when_finetune_logged_no_model(tmp_path, pape
     assert logged.source_run_id == run_id and logged.name == "release"
 
 
+def test_a_model_whose_run_was_deleted_is_registered_through_a_new_run(tmp_path, papers, base_model, monkeypatch, capsys):
+    """A finetune run deleted in the MLflow UI still comes back from get_run, but MLflow refuses to log a model to it."""
+    project = make_project(tmp_path / "project")
+    run_id = write_inputs(project, papers, base_model, log_model=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client.delete_run(run_id)
+    run_push_in_process(project, monkeypatch)
+    assert f"MLflow run {run_id}, which trained models/finetuned (its mlflow_run.json), was deleted in sqlite:///" in capsys.readouterr().out
+    [version] = registry_versions(project)
+    assert version.run_id != run_id and client.get_run(version.run_id).data.tags["trained_in_run"] == run_id
+
+
 def test_the_release_shows_no_local_path_or_signed_url(tmp_path, papers, base_model, monkeypatch):
     """The card and manifest are shared (the Hub): a file by its name, a local base by its folder's name, a URL
     without its query (a signed download link's token)."""
@@ -426,6 +441,12 @@ def test_headline_tolerances_bound_each_metric():
     # a headline metric without a tolerance: refused by the schema).
     with pytest.raises(PushError, match="names 'binary.title_ndcg@10'"):
         check_gate(report, Gate(**{"binary.title_ndcg@10": 0.0}))
+    # A triplet kind the test triplets lack (no fallback anchors at fraction 1): the advice is the triplets' params,
+    # not a rerun of evaluate, which would give the same report.
+    with pytest.raises(PushError) as no_kind:
+        check_gate(report, Gate(**{"triplet.accuracy_random": 0.0}))
+    assert "test triplets hold no random negative (metrics/make_triplets.json counts them" in str(no_kind.value)
+    assert "re-run" not in str(no_kind.value)
     # The gated metric's gain inside the noise and a headline loss: one refusal names both.
     report["delta_ci95"]["category_retrieval.ndcg@10"] = [-0.002, 0.04]
     with pytest.raises(PushError) as both:
@@ -515,6 +536,10 @@ def test_a_model_trained_against_another_store_is_registered_through_a_new_run(t
         failing.setattr(mlflow.MlflowClient, "get_run", unavailable)
         with pytest.raises(PushError, match=f"could not read run {elsewhere} \\(the database is locked\\); try again"):
             run_push_in_process(project, monkeypatch)
+    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": "my run", "experiment_id": "7"}))
+    with pytest.raises(PushError, match="models/finetuned/mlflow_run.json names run 'my run', which MLflow refuses"):
+        run_push_in_process(project, monkeypatch)  # a hand-edited file: no retry helps, and no stand-in is made
+    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": elsewhere, "experiment_id": "7"}))
     with monkeypatch.context() as failing:  # the registry fails after the stand-in is made: the rerun reuses it
         failing.setattr(mlflow.MlflowClient, "create_model_version", unavailable)
         with pytest.raises(MlflowException):
