@@ -7,7 +7,7 @@ models/finetuned/ (the best checkpoint's model, mlflow_run.json, training_summar
 metrics/finetune.json and metrics/finetune_loss.csv. Every run is an MLflow run. Checkpoints go to
 models/checkpoints/<run key>/ in the project's own root (also from a `dvc exp run --temp` or queued
 workspace), so a rerun with the same params and data resumes where an interrupted one stopped.
-finetune.nproc_per_node > 1 re-runs this module under torchrun (DDP); only rank 0 writes files and talks to MLflow.
+finetune.full.nproc_per_node > 1 re-runs this module under torchrun (DDP); only rank 0 writes files and talks to MLflow.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def main() -> None:
     #    (rank 0 holds it for all ranks): a second finetune in this workspace fails here, naming the holder's PID; a
     #    queued point with the same params and data keeps its checkpoints in its own workspace instead.
     train_files, eval_files = training_data.data_files(ft)
-    run_key = checkpoints.run_key(params, train_files + eval_files)
+    mined_from = [paths.BASE_TRAIN_FINGERPRINT] if ft.hard_negatives.weight else []  # the base vectors mining reads
+    run_key = checkpoints.run_key(params, train_files + eval_files + mined_from)
     with checkpoints.claimed(run_key) if main_process else nullcontext(checkpoints.run_folder(run_key)) as run_dir:
         train(params, run_key, run_dir, train_files, started)
         if main_process:
@@ -146,6 +147,8 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
             st_trainer.state = finished
             if finished.best_model_checkpoint:
                 st_trainer._load_best_model()  # what train() ends with (load_best_model_at_end)
+            else:  # no evaluation chose a best one: the last checkpoint's weights, not the base model's
+                st_trainer._load_from_checkpoint(str(resume_from))
             resumed(finished.global_step)
             result, start_step = TrainOutput(finished.global_step, 0.0, {"train_runtime": 0.0}), finished.global_step
         else:

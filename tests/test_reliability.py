@@ -352,6 +352,16 @@ def test_run_key_follows_file_contents_seed_and_world_size(tmp_path: Path, monke
     assert checkpoints.run_key(params_with({"shared": {"seed": params.shared.seed + 1}}), [data]) != changed
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert checkpoints.run_key(params, [data]) != changed
+    monkeypatch.delenv("WORLD_SIZE")
+    # A base model folder retrained in place keeps its name (model.base): its files decide, so no stale checkpoint resumes.
+    folder = tmp_path / "my-base"
+    folder.mkdir()
+    (folder / "modules.json").write_text("[]")
+    (folder / "model.safetensors").write_bytes(b"weights 1")
+    local = params_with({"model": {"base": str(folder)}})
+    before = checkpoints.run_key(local, [data])
+    (folder / "model.safetensors").write_bytes(b"weights 2")
+    assert checkpoints.run_key(local, [data]) != before
 
 
 @pytest.fixture

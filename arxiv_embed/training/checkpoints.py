@@ -32,10 +32,14 @@ class RunFolderBusy(UserError):
 
 
 def run_key(params: FinetuneParams, files: list[Path]) -> str:
-    """Hash of everything that shapes the training trajectory: model+finetune params, seed, world
-    size and the data files' contents. Same key -> the checkpoints can be resumed; any change -> a fresh start."""
+    """Hash of everything that shapes the training trajectory: model+finetune params, the base model's files (a folder
+    or package retrained in place keeps its name), seed, world size and the data files' contents. Same key -> the
+    checkpoints can be resumed; any change -> a fresh start."""
+    from arxiv_embed.models import files_sha256, resolve_model
+
     payload = {
         "model": params.model.model_dump(),
+        "base_files_sha256": files_sha256(resolve_model(params.model.base)),
         "finetune": params.finetune.read_by_mode(),
         "seed": params.shared.seed,
         "world_size": world_size(),

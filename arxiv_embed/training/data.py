@@ -38,7 +38,7 @@ KINDS: dict[str, Kind] = {
     # Each training paper's abstract and its label (an int id): the label-grouped batch losses. Train:
     # make_triplets' stratified train sample (paths.TRAIN_SAMPLE), the papers embed_base encoded.
     "labels": Kind(lambda split: paths.TRAIN_SAMPLE if split == "train" else paths.split_file(split), {"text": "abstract", "label": "label"}),
-    # Pairs scored by arXiv's structure (make_triplets.graded_pairs): same primary category 1.0 >
+    # Pairs scored by arXiv's structure (make_triplets.graded_pairs_per_split): same primary category 1.0 >
     # shared cross-list category > same archive > other 0.0; `same_label` is the 1/0 version.
     "graded_pairs": Kind(lambda split: paths.training_file(split, "graded_pairs"), {"anchor": "anchor", "positive": "positive", "score": "score"}),
     "binary_pairs": Kind(lambda split: paths.training_file(split, "graded_pairs"), {"anchor": "anchor", "positive": "positive", "label": "same_label"}),
