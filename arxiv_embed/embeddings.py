@@ -155,8 +155,10 @@ def encode_token_batches(model: SentenceTransformer, texts: list[str], token_bud
     if not batches:
         return vectors
 
+    prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None  # as encode() applies it
+
     def tokenize(rows: np.ndarray) -> dict:
-        return model.preprocess([texts[row] for row in rows])
+        return model.preprocess([texts[row] for row in rows], prompt=prompt)
 
     model.eval()
     with ThreadPoolExecutor(max_workers=1) as tokenizer, torch.inference_mode():
@@ -316,9 +318,17 @@ def embed_texts(model: SentenceTransformer, texts: list[str], work_dir: Path, mo
     return TextVectors(texts, encode_resumable(model, texts, work_dir, model_key, batch_size, chunk_size, what=what))
 
 
-def encoder_key(name: str, folder: Path, max_seq_length: int, backend: str, device: str) -> str:
+def encode_precision(model: SentenceTransformer, processes: int | None = None) -> str:
+    """The precision this module encodes `model` in: fp32 in a multi-process pool (several GPUs: each process runs
+    encode() on the fp32 model) and on a CPU; bf16/fp16 autocast in one GPU's token batches."""
+    from arxiv_embed import models
+
+    return "fp32" if pool_devices(model, processes) else models.pick_precision("auto", model.device.type)
+
+
+def encoder_key(name: str, folder: Path, max_seq_length: int, backend: str, precision: str) -> str:
     """Everything that makes two runs' vectors of one text the same: the model's files, its settings, the precision
-    the device encodes in (bf16/fp16 on a GPU), the libraries and this project's encoding code. Resumed chunks and
+    it encodes in (encode_precision), the libraries and this project's encoding code. Resumed chunks and
     reused vectors are taken only under the same key."""
     import sentence_transformers
     import torch
@@ -328,7 +338,7 @@ def encoder_key(name: str, folder: Path, max_seq_length: int, backend: str, devi
 
     code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()[:16]
     return json.dumps({"model": name, "files_sha256": models.files_sha256(folder), "max_seq_length": max_seq_length,
-                       "backend": backend, "precision": models.pick_precision("auto", device), "code_sha256": code,
+                       "backend": backend, "precision": precision, "code_sha256": code,
                        "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                                     f"sentence-transformers {sentence_transformers.__version__}"}, sort_keys=True)
 

@@ -20,8 +20,8 @@ import json
 import time
 
 from arxiv_embed import paths
-from arxiv_embed.embeddings import (chunk_folder, distinct_texts, embed_texts_reusing, encoder_key, keep_for_reuse,
-                                    prune_reuse_stores, reuse_folder)
+from arxiv_embed.embeddings import (chunk_folder, distinct_texts, embed_texts_reusing, encode_precision, encoder_key,
+                                    keep_for_reuse, prune_reuse_stores, reuse_folder)
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.files import atomic_path, read_table, write_json, write_text
@@ -45,7 +45,7 @@ def main() -> None:
     # 2. Encode in resumable chunks, taking the vectors recent runs kept under the same encoder key (the model's
     # files, settings, precision, libraries and code: one name can hold other weights), then write the output.
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=cfg.backend)
-    key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, model.device.type)
+    key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, encode_precision(model))
     store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
     with chunk_folder(paths.kept_between_runs(paths.EMBED_WORK), key, texts, what="embed_base") as work_dir:  # deleted once kept

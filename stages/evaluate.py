@@ -21,7 +21,7 @@ from arxiv_embed.errors import UserError, run
 from arxiv_embed.evaluation.data import EvalData, load_eval_data
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS, headline
 from arxiv_embed.embeddings import (TextVectors, adapter_modules, apply_adapter, chunk_folder, distinct_texts, embed_texts,
-                                    encoder_key)
+                                    encode_precision, encoder_key)
 from arxiv_embed.evaluation.lenses import PLOTS, evaluate_vectors
 from arxiv_embed.evaluation.report import ModelEval, compare, read_scope, report_markdown
 from arxiv_embed.files import atomic_path, read_json, write_json, write_text
@@ -60,7 +60,7 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> Iter
     model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
     # Its files (weights and run id), precision, libraries and code name its chunks: a new model never reads old
     # ones, and a resume on another device or after an upgrade starts afresh instead of splicing two precisions.
-    key = encoder_key("finetuned", paths.FINETUNED, model.max_seq_length, backend, model.device.type)
+    key = encoder_key("finetuned", paths.FINETUNED, model.max_seq_length, backend, encode_precision(model))
     # In the project's root: a killed `--temp` or queued evaluate resumes there after DVC deleted its workspace.
     with chunk_folder(paths.kept_between_runs(paths.EVALUATE_WORK), key, texts, what="evaluate") as work_dir:
         yield embed_texts(model, texts, work_dir, key, params.evaluate.batch_size, what="evaluate"), None

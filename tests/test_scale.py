@@ -235,5 +235,14 @@ def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample
     batches = token_batches(texts, 256, 1024)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(texts)))
     assert len(batches[0]) == 1024 // 256 and max(len(b) for b in batches) > 2 * len(batches[0])
-    np.testing.assert_allclose(encode_token_batches(base_model, texts, token_budget=1024),
-                               encode(base_model, texts, 16, progress=False), atol=1e-5)
+    plain = encode(base_model, texts, 16, progress=False)
+    np.testing.assert_allclose(encode_token_batches(base_model, texts, token_budget=1024), plain, atol=1e-5)
+    # A base model with a default prompt (e5, bge): prepended on both paths alike.
+    saved = dict(base_model.prompts), base_model.default_prompt_name
+    base_model.prompts["passage"], base_model.default_prompt_name = "passage: ", "passage"
+    try:
+        prompted = encode(base_model, texts[:8], 16, progress=False)
+        assert np.abs(prompted - plain[:8]).max() > 1e-2  # the prompt does change the vectors
+        np.testing.assert_allclose(encode_token_batches(base_model, texts[:8], token_budget=1024), prompted, atol=1e-5)
+    finally:
+        base_model.prompts, base_model.default_prompt_name = saved

@@ -588,6 +588,14 @@ def test_int8_encodes_in_one_process(tmp_path, records, base_model, monkeypatch)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pool_devices(quantize_int8(base_model), None) is None
     assert pool_devices(base_model, None) == ["cuda:0", "cuda:1"]
+    # The pool's processes encode the fp32 model, not one GPU's bf16 token batches: their vectors' key says so.
+    from arxiv_embed.embeddings import encode_precision
+
+    monkeypatch.setattr(type(base_model), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert encode_precision(base_model) == "fp32"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert encode_precision(base_model) == "bf16"
 
 
 def test_a_model_that_is_not_there_is_named_by_the_flag_that_gave_it(tmp_path, indexes, monkeypatch):
