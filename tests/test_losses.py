@@ -317,7 +317,7 @@ def test_a_batch_too_large_for_the_train_data_is_refused_not_trained_for_0_steps
                             ({"batch_size": 4096}, "finetune.batch_size=4096")):
         ft = finetune(loss="batch_all", train_data=["labels"], retain_title_abstract=0.0, hard_negatives={"weight": 0.0, "candidates": 20},
                       **settings)
-        with pytest.raises(TrainingSetupError, match=f"{named}.* makes no batch of the .* labels train rows"):
+        with pytest.raises(TrainingSetupError, match=f"{named}.* makes no batch of the .* train rows of its 'labels' objective"):
             adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
 
 
