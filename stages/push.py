@@ -182,9 +182,9 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
 
 def finetune_run(client: mlflow.MlflowClient, run_id: str, uri: str) -> mlflow.entities.Run:
     """The MLflow run that trained the model, or, when this store does not have it (DVC restored the model from its
-    cache, trained in a clone that logged to another store) or it was deleted, a run here that stands for it: the registry version
-    needs a run of this store, and retraining only for that would spend the training again. One stand-in a model: a
-    push that failed after making it finds it again."""
+    cache, trained in a clone that logged to another store) or it was deleted, a run here that stands for it: the
+    registry version needs a live run of this store, and retraining only for that would spend the training again. One
+    stand-in a model: a push that failed after making it finds it again."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
