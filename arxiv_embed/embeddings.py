@@ -297,11 +297,31 @@ class TextVectors:
     @classmethod
     def load(cls, folder: Path) -> TextVectors:
         """Memory-mapped: a reader touches only the rows it looks up."""
+        cached, vectors = _saved(folder)
+        return cls(cached.to_list(), vectors)
+
+    @classmethod
+    def load_subset(cls, folder: Path, texts: list[str]) -> TextVectors:
+        """Only `texts` of a saved cache (an in-memory copy), found by a join over Arrow strings: no Python lookup
+        table of every cached text (millions at the whole snapshot) for the few a reader needs."""
         import polars as pl
 
-        if not (folder / VECTORS_FILE).exists():
-            raise UserError(f"{folder / VECTORS_FILE} is missing: run the stage that writes it (`dvc repro embed_base`)")
-        return cls(pl.read_parquet(folder / TEXTS_FILE)["text"].to_list(), np.load(folder / VECTORS_FILE, mmap_mode="r"))
+        cached, vectors = _saved(folder)
+        rows = (pl.Series("text", texts, dtype=pl.String).to_frame()
+                .join(cached.to_frame().with_row_index("row"), on="text", how="left", maintain_order="left")["row"])
+        if rows.null_count():
+            missing = texts[rows.is_null().arg_max()]
+            raise KeyError(f"text not among the {len(cached):,} cached ones (rerun embed_base): {missing[:80]!r}")
+        return cls(texts, np.asarray(vectors[rows.to_numpy().astype(np.int64)], dtype=np.float32))
+
+
+def _saved(folder: Path) -> tuple[pl.Series, np.ndarray]:
+    """A saved cache's texts and its memory-mapped vectors."""
+    import polars as pl
+
+    if not (folder / VECTORS_FILE).exists():
+        raise UserError(f"{folder / VECTORS_FILE} is missing: run the stage that writes it (`dvc repro embed_base`)")
+    return pl.read_parquet(folder / TEXTS_FILE)["text"], np.load(folder / VECTORS_FILE, mmap_mode="r")
 
 
 def distinct_texts(columns: Iterable[pl.Series]) -> list[str]:

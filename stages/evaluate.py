@@ -42,7 +42,7 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> Iter
     (finetune.adapter.query_adapter), the test titles through it."""
     texts = data.texts()
     if which == "base" or params.finetune.mode == "adapter":
-        base = TextVectors.load(paths.BASE_EMBEDDINGS).subset(texts)
+        base = TextVectors.load_subset(paths.BASE_EMBEDDINGS, texts)
         if which == "base":
             yield base, None
             return

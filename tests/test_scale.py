@@ -246,3 +246,20 @@ def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample
         np.testing.assert_allclose(encode_token_batches(base_model, texts[:8], token_budget=1024), prompted, atol=1e-5)
     finally:
         base_model.prompts, base_model.default_prompt_name = saved
+
+
+def test_a_subset_of_saved_vectors_is_read_by_a_join_in_the_asked_order(tmp_path: Path) -> None:
+    """evaluate reads its test texts of embed_base's cache (millions of texts at the whole snapshot) without a
+    Python lookup table of all of them: the same vectors as the table gives, and a missing text named."""
+    from arxiv_embed.embeddings import TextVectors
+
+    texts = ["alpha", "β-decay", "", "gamma rays", "delta"]
+    vectors = np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
+    TextVectors(texts, vectors).save(tmp_path / "cache")
+    wanted = ["delta", "", "alpha"]
+    subset = TextVectors.load_subset(tmp_path / "cache", wanted)
+    assert subset.texts == wanted
+    np.testing.assert_array_equal(subset.vectors, vectors[[4, 2, 0]])
+    np.testing.assert_array_equal(subset(["alpha"]), TextVectors.load(tmp_path / "cache")(["alpha"]))
+    with pytest.raises(KeyError, match="not among the 5 cached ones .*'epsilon'"):
+        TextVectors.load_subset(tmp_path / "cache", ["alpha", "epsilon"])
