@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
+from arxiv_embed.data.columns import same_abstract_key
 from arxiv_embed.data.sampling import read_stratified_sample
 from arxiv_embed.data.triplets import build, resolve_count
 from arxiv_embed.files import atomic_path, read_table, write_json
@@ -42,8 +43,11 @@ def main() -> None:
             n_triplets = resolve_count(getattr(cfg.triplets_per_split, split), papers.height)
             n_pairs = resolve_count(getattr(cfg.same_label_pairs_per_split, split), papers.height)
             n_graded = resolve_count(getattr(cfg.graded_pairs_per_split, split), papers.height)
-            kinds = build(papers, n_triplets, n_pairs, cfg.hard_negative_fraction, rng, n_graded)
-            sizes = papers["label"].value_counts()
+            # Copies of one abstract (retitled, re-filed: split keeps them in one split) would pair a paper with itself,
+            # as an unsolvable negative or a trivial positive: the first of each takes part.
+            distinct = papers.filter(same_abstract_key(pl.col("abstract")).is_first_distinct())
+            kinds = build(distinct, n_triplets, n_pairs, cfg.hard_negative_fraction, rng, n_graded)
+            sizes = distinct["label"].value_counts()
             if split == "test" and not n_triplets:  # a per-paper count that rounds to 0 (the schema refuses a plain 0)
                 raise UserError(f"make_triplets.triplets_per_split.test={cfg.triplets_per_split.test} makes 0 triplets of "
                                 f"{papers.height} test papers, and evaluate's triplet lens scores them: raise it")
@@ -57,6 +61,7 @@ def main() -> None:
             types = kinds["triplets"]["negative_type"]
             metrics[split] = {
                 "papers": papers.height,
+                "same_abstract_copies_left_out": papers.height - distinct.height,
                 **({"split_papers": split_papers} if split == "train" else {}),
                 "labels": sizes.height,
                 "single_paper_labels": len(single),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
+from arxiv_embed.data.columns import same_abstract_key
 from arxiv_embed.data.triplets import graded_partners
 from stages import make_triplets
 from tests.conftest import ROOT, deep_update
@@ -36,13 +38,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run(root: Path, label: str = "primary_category", shuffle: int | None = None, **params: object) -> tuple[dict[str, pl.DataFrame], dict]:
-    """The stage on SPLITS' files (rows shuffled with seed `shuffle`, if given) with make_triplets `params`."""
+def run(root: Path, label: str = "primary_category", shuffle: int | None = None, edit: Callable[[pl.DataFrame], pl.DataFrame] = lambda t: t,
+        **params: object) -> tuple[dict[str, pl.DataFrame], dict]:
+    """The stage on SPLITS' files (rows shuffled with seed `shuffle`, if given; each table through `edit`) with
+    make_triplets `params`."""
     merged = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), {"make_triplets": deep_update(copy.deepcopy(COUNTS), params)})
     (root / "params.yaml").write_text(yaml.safe_dump(merged))
     (root / "data/split").mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
-        table = split_table(name, label)
+        table = edit(split_table(name, label))
         table = table if shuffle is None else table.sample(fraction=1.0, shuffle=True, seed=shuffle)
         table.write_parquet(root / f"data/split/{name}.parquet")
     make_triplets.main()
@@ -96,6 +100,23 @@ def test_labels_are_balanced_and_single_paper_labels_never_anchor(project: Path)
     assert "cs.LO" not in eval_labels and len(eval_labels) == 5
     assert "cs.LO" in set(frames["eval_triplets"]["negative_label"])  # still usable as a negative
     assert metrics["eval"]["single_paper_labels"] == 1 and metrics["train"]["single_paper_labels"] == 0
+
+
+def test_copies_of_one_abstract_never_pair_with_each_other(project: Path) -> None:
+    """split keeps a paper's copies (retitled, re-filed under another category) in one split: as each other's
+    negative they would be unsolvable, as each other's positive trivial. One copy of each abstract takes part."""
+    def with_copies(table: pl.DataFrame) -> pl.DataFrame:  # every third paper: the next one's abstract, re-cased
+        abstracts = table["abstract"].to_list()
+        for i in range(0, len(abstracts) - 1, 3):
+            abstracts[i] = abstracts[i + 1].upper() + "."
+        return table.with_columns(abstract=pl.Series(abstracts))
+
+    frames, metrics = run(project, edit=with_copies)
+    for split in SPLITS:
+        for kind, partners in (("triplets", ("positive", "negative")), ("same_label", ("positive",)), ("graded_pairs", ("positive",))):
+            keys = frames[f"{split}_{kind}"].select(same_abstract_key(pl.col(c)).alias(c) for c in ("anchor", *partners))
+            assert keys.filter(pl.any_horizontal(pl.col(c) == pl.col("anchor") for c in partners)).is_empty(), (split, kind)
+        assert metrics[split]["same_abstract_copies_left_out"] == len(range(0, sum(SPLITS[split].values()) - 1, 3))
 
 
 def test_hard_fraction_zero_and_one(project: Path) -> None:
