@@ -245,6 +245,15 @@ def test_a_byte_order_mark_opening_a_line_costs_no_record() -> None:
     assert refused == [] and frame["id"].to_list() == [f"2401.{i:05d}" for i in range(4)] and frame["line"].to_list() == [1, 2, 3, 4]
 
 
+def test_a_lone_surrogate_escape_leaves_no_nul_in_the_text(project: Path) -> None:
+    # Valid JSON that is no valid Unicode: polars reads "\ud800" as NUL, which would reach the model's input.
+    line = json.dumps(paper("2401.00001")).replace("We study", "We \\ud800 study")
+    write_input(project, [line, paper("2401.00002")])
+    papers, _, _ = run_clean(project)
+    assert papers.height == 2 and not papers["abstract"].str.contains("\x00", literal=True).any()
+    assert papers["abstract"][0].startswith("We study paper 2401.00001")
+
+
 @pytest.mark.parametrize("keys_per_bucket", [dedup.KEYS_PER_BUCKET, 2], ids=["one-bucket", "3-buckets"])
 def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.MonkeyPatch, keys_per_bucket: int) -> None:
     monkeypatch.setattr(records, "BATCH_BYTES", 1500)  # duplicates land in different batches

@@ -50,7 +50,8 @@ WITHDRAWN = (
     r"(?i)\b(paper|article|manuscript|submission|preprint|work)\s+(has\s+been\s+|is\s+|was\s+)?(withdrawn|removed\s+by\s+arxiv)"
     r"|\bwithdrawn\s+by\s+(the\s+)?(author|submitter|arxiv)"
 )
-WHITESPACE = [c for c in map(chr, range(0x3001)) if c.isspace() and c != " "]  # \n, \t, NBSP, thin space...
+# \n, \t, NBSP, thin space...; and NUL, which polars reads a lone surrogate escape ("\ud800") as.
+WHITESPACE = [c for c in map(chr, range(0x3001)) if (c.isspace() or c == "\x00") and c != " "]
 RFC2822 = "%a, %d %b %Y %H:%M:%S GMT"  # versions[].created, e.g. "Mon, 2 Apr 2007 19:18:42 GMT"
 UNREADABLE = ["unreadable_first_version", "unreadable_update_date"]  # tidy's flags: a date given that does not parse
 

@@ -91,6 +91,12 @@ def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
         else:
             stream = body
         yield from _lines(stream, shown)
+        if magic == ZIP_MAGIC:  # the member ended; the zip's directory after it is still to come before the length check
+            try:
+                while body.read(CHUNK):
+                    pass
+            except (OSError, http.client.HTTPException) as exc:
+                raise DownloadError(f"{shown}: the download broke off ({type(exc).__name__}: {exc}); try again") from None
         if response.length:  # http.client ends a short body quietly: what its Content-Length promised and never came
             raise DownloadError(f"{shown}: the download ended {response.length:,} bytes short of its Content-Length; try again")
 
