@@ -57,6 +57,7 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> Iter
         yield apply_adapter(documents, base), (apply_adapter(queries, titles) if queries != documents else None)
         return
     backend = params.embed_base.backend  # the base's vectors' backend: both models scored alike
+    read_json(paths.FINETUNED / RUN_INFO, "finetune")  # the run this model logs into: missing, the error names finetune
     model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
     # Its files (weights and run id), precision, libraries and code name its chunks: a new model never reads old
     # ones, and a resume on another device or after an upgrade starts afresh instead of splicing two precisions.
