@@ -64,7 +64,8 @@ def main() -> None:
     #    (rank 0 holds it for all ranks): a second finetune in this workspace fails here, naming the holder's PID; a
     #    queued point with the same params and data keeps its checkpoints in its own workspace instead.
     train_files, eval_files = training_data.data_files(ft)
-    mined_from = [paths.BASE_TRAIN_FINGERPRINT] if ft.hard_negatives.weight else []  # the base vectors mining reads
+    # The base vectors mining reads (their fingerprint, embed_base's output; a project without it fails at the vectors).
+    mined_from = [paths.BASE_TRAIN_FINGERPRINT] if ft.hard_negatives.weight and paths.BASE_TRAIN_FINGERPRINT.exists() else []
     run_key = checkpoints.run_key(params, train_files + eval_files + mined_from)
     with checkpoints.claimed(run_key) if main_process else nullcontext(checkpoints.run_folder(run_key)) as run_dir:
         train(params, run_key, run_dir, train_files, started)
