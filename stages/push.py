@@ -54,10 +54,8 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
         raise PushError(f"{EVALUATE} has no 'base' and 'finetuned' metrics: re-run `dvc repro evaluate`")
     flat = {model: numeric_leaves(evaluation[model]) for model in MODELS}
     intervals = evaluation.get("delta_ci95", {})
-    valid = ", ".join(sorted(intervals.keys() & flat["finetuned"].keys() & flat["base"].keys()))
-    if gate.metric not in intervals or gate.metric not in flat["base"] or gate.metric not in flat["finetuned"]:
-        raise PushError(f"push.gate.metric={gate.metric!r} is not a metric with a delta interval in {EVALUATE}: "
-                        f"{absent_metric_advice(gate.metric)} use one of: {valid}")
+    scored = intervals.keys() & flat["finetuned"].keys() & flat["base"].keys()
+    require_interval(gate.metric, scored, f"push.gate.metric={gate.metric!r} is not a metric with a delta interval")
     base, tuned = flat["base"][gate.metric], flat["finetuned"][gate.metric]
     low, high = intervals[gate.metric]
     failed = []  # every check that fails, named in one refusal
@@ -65,7 +63,7 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
         failed.append(f"{gate.metric} fine-tuned {tuned:.4f} vs base {base:.4f}, delta {tuned - base:+.4f} with 95% interval "
                       f"[{low:+.4f}, {high:+.4f}]: its lower end is below minus the tolerance {gate.tolerance} "
                       "(push.gate.metric, push.gate.tolerance in params.yaml)")
-    headline, below = check_headline(flat, intervals, gate.headline_tolerances, valid)
+    headline, below = check_headline(flat, intervals, gate.headline_tolerances, scored)
     if below:
         failed.append(f"{'; '.join(below)} (push.gate.headline_tolerances in params.yaml)")
     if failed:
@@ -74,24 +72,25 @@ def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
             "headline": headline}
 
 
-def absent_metric_advice(key: str) -> str:
-    """What to do about a gated metric evaluate did not report (the start of a sentence that ends in the valid keys)."""
+def require_interval(key: str, scored: set[str], refusal: str) -> None:
+    """Refuse a gated metric evaluate gave no delta interval (`scored`: those it gave), saying what to do."""
+    if key in scored:
+        return
     if key in ("triplet.accuracy_hard", "triplet.accuracy_random"):  # reported only when some test triplet has that kind
-        kind = key.rsplit("_", 1)[1]
-        return (f"this run's test triplets hold no {kind} negative ({TRIPLET_COUNTS} counts them; "
-                "make_triplets.hard_negative_fraction and shared.label decide which exist): gate on triplet.accuracy, or")
-    return "re-run `dvc repro evaluate`, or"
+        advice = (f"this run's test triplets hold no {key.rsplit('_', 1)[1]} negative ({TRIPLET_COUNTS} counts them; "
+                  "make_triplets.hard_negative_fraction and shared.label decide which exist): gate on triplet.accuracy, or")
+    else:
+        advice = "re-run `dvc repro evaluate`, or"
+    raise PushError(f"{refusal} in {EVALUATE}: {advice} use one of: {', '.join(sorted(scored))}")
 
 
 def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerances: dict[str, float],
-                   valid: str) -> tuple[dict[str, dict], list[str]]:
+                   scored: set[str]) -> tuple[dict[str, dict], list[str]]:
     """(headline metric -> {base, finetuned, delta, delta_ci95, tolerance}, a line for each metric whose delta's
     whole 95% interval lies below -its tolerance)."""
     rows, failed = {}, []
     for key, tolerance in tolerances.items():
-        if key not in intervals or key not in flat["base"] or key not in flat["finetuned"]:
-            raise PushError(f"push.gate.headline_tolerances names {key!r}, which has no delta interval in {EVALUATE}: "
-                            f"{absent_metric_advice(key)} use one of: {valid}")
+        require_interval(key, scored, f"push.gate.headline_tolerances names {key!r}, which has no delta interval")
         base, tuned = flat["base"][key], flat["finetuned"][key]
         low, high = intervals[key]
         rows[key] = {"base": base, "finetuned": tuned, "delta": tuned - base, "delta_ci95": [low, high], "tolerance": tolerance}
