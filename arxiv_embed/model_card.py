@@ -62,7 +62,7 @@ def describe_source(download: Download) -> str:
     return SOURCES[download.source].describe(download, f", first {download.max_records} records" if download.max_records else "")
 
 
-def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dict) -> CardFacts:
+def gather_facts(params: PushParams, evaluation: dict, gate: dict) -> CardFacts:
     for split in SPLITS:
         require_columns(split_file(split), ["label"], "split")
     splits = {split: pl.scan_parquet(split_file(split)).select("label").collect() for split in SPLITS}
@@ -89,8 +89,9 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict, run_info: dic
         finetune_metrics=numeric_leaves(read_json(metrics_file("finetune"), "finetune")),
         evaluation={name: numeric_leaves(evaluation.get(name, {})) for name in (*MODELS, "delta")},
         gate=gate,
+        # No MLflow run: the release's files would change with each run of the same model (the registry version names it).
         provenance={"git commit": git_commit(), "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
-                    "MLflow run": run_info["run_id"], "training data sha256": file_fingerprint(*train_files)},
+                    "training data sha256": file_fingerprint(*train_files)},
         clean_stats={k: v for k, v in read_json(clean, "clean").items() if isinstance(v, (int, float, str))} if clean.exists() else {},
         base_model_id=hub_id(params.model.base),
     )

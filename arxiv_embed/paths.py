@@ -85,7 +85,7 @@ METRICS_DIR = Path("metrics")
 PLOTS_DIR = METRICS_DIR / "plots"
 
 
-# The few numbers that decide whether a run is better: dvc.yaml's only declared metric (what
+# The few numbers that decide whether a run is better: with the runtime records below, dvc.yaml's declared metrics (what
 # `dvc metrics show/diff` and `dvc exp show` print); every other JSON here is a plain output.
 HEADLINE = METRICS_DIR / "headline.json"
 
@@ -99,7 +99,18 @@ EVALUATE_MARKDOWN = METRICS_DIR / "evaluate.md"
 LEARNING_CURVE = METRICS_DIR / "learning_curve.csv"  # one macro-F1 column per model, for `dvc plots`
 CONFUSION = METRICS_DIR / "confusion.csv"
 FINETUNE_LOSS = METRICS_DIR / "finetune_loss.csv"
-TRAINING_SUMMARY = "training_summary.json"  # in models/finetuned: finetune's summary (wall time, steps)
+TRAINING_SUMMARY = "training_summary.json"  # in models/finetuned: finetune's summary (steps, loss)
+# How a run went, not what it made: wall times, rates, reuse, resume, the MLflow run. Git-tracked (dvc.yaml: `cache:
+# false`, run-cached with its stage), so every DVC-cached output depends on its inputs alone and a fresh clone's run of
+# the committed params hashes as the committed run does (`dvc checkout` of it works after one `make repro`).
+RUNTIME_DIR = METRICS_DIR / "runtime"
+
+
+def runtime_file(stage: str) -> Path:
+    return RUNTIME_DIR / f"{stage}.json"
+
+
+FINETUNE_RUNTIME = runtime_file("finetune")  # its mlflow_run_id: the run evaluate and push log into
 
 
 EVAL_DIR = Path("data/eval")  # per-model results of evaluate_base / evaluate, combined into metrics/evaluate.json

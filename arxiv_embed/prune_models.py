@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from arxiv_embed.paths import FINETUNED, project_root
-from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, configure_tracking
+from arxiv_embed.paths import project_root
+from arxiv_embed.tracking import EXPERIMENT, configure_tracking, finetune_run_id
 
 
 def _local_folder(artifact_location: str) -> Path | None:
@@ -61,8 +60,7 @@ def prune_models(keep: int) -> list[tuple[str, int | None]]:
             registered.add(version.model_id or version.source.removeprefix("models:/").split("/")[0])
         else:
             registered_runs.add(version.run_id)
-    run_info = project_root() / FINETUNED / RUN_INFO
-    in_use = registered_runs | ({json.loads(run_info.read_text())["run_id"]} if run_info.exists() else set())
+    in_use = registered_runs | ({trained} if (trained := finetune_run_id(project_root())) else set())
     doomed = [model for model in models[keep:] if model.model_id not in registered and model.source_run_id not in in_use]
     deleted = []
     for model in doomed:

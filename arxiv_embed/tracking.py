@@ -24,7 +24,19 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the project root (se
 DEFAULT_ARTIFACTS = Path("mlruns")
 STORE_LOCK = "mlflow.db.lock"  # serialises creating the local store and experiment across processes
 EXPERIMENT = "arxiv-embed"
-RUN_INFO = "mlflow_run.json"  # written into models/finetuned: the finetune run evaluate and push log into
+RUN_INFO = "mlflow_run.json"  # in a checkpoint folder (models/checkpoints/<run key>/): the run a resumed attempt continues
+MLFLOW_RUN_ID = "mlflow_run_id"  # the key of metrics/runtime/finetune.json naming the run that trained models/finetuned
+
+
+def finetune_run_id(root: Path | None = None) -> str | None:
+    """The MLflow run that trained models/finetuned (finetune's metrics/runtime/finetune.json, DVC-restored with the
+    model), or None without that record. It is not in the model folder: the folder's hash would change with every run."""
+    import json
+
+    from arxiv_embed.paths import FINETUNE_RUNTIME
+
+    record = root / FINETUNE_RUNTIME if root is not None else FINETUNE_RUNTIME  # the workspace's (a --temp run's own)
+    return json.loads(record.read_text(encoding="utf-8")).get(MLFLOW_RUN_ID) if record.is_file() else None
 
 
 class TrackingUnavailableError(UserError):

@@ -36,7 +36,9 @@ from tests.conftest import TINY_PARAMS
 
 QUICK: dict = {}
 DVC = str(Path(sys.executable).parent / "dvc")
-VOLATILE = {"wall_time_s", "samples_per_second", "resumed_from_step", "seconds", "runtime_s", "train_seconds", "vectors_seconds"}  # differ run to run
+# differ run to run: the runtime records' keys (metrics/runtime/<stage>.json) and the benchmark's own
+VOLATILE = {"wall_time_s", "samples_per_second", "resumed_from_step", "seconds", "runtime_s", "train_seconds", "vectors_seconds",
+            "mlflow_run_id", "reused_texts", "encode_seconds", "texts_per_second"}
 TEMPORARY = re.compile(r"^\..+\.(tmp|old)-\d+-")
 
 
@@ -176,9 +178,9 @@ def outputs(project: Path, stage: str) -> dict[str, object]:
     for name in names:
         path = project / name
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            # Set aside: the MLflow run id (a resumed run keeps its own), and sentence-transformers'
-            # README in models/finetuned (training time in seconds; push writes the release's own card).
-            if file.is_file() and file.name not in ("mlflow_run.json", "README.md" if stage == "finetune" else ""):
+            # Set aside: sentence-transformers' README in models/finetuned (training time in seconds; push writes the
+            # release's own card).
+            if file.is_file() and file.name != ("README.md" if stage == "finetune" else ""):
                 found[file.relative_to(project).as_posix()] = comparable(file)
     return found
 

@@ -8,7 +8,7 @@ the project, so only finetune and evaluate rerun. The numbers are evaluate's own
 (metrics/evaluate.json: delta and delta_ci95, the paired bootstrap over the same test queries,
 triplets and papers): category-retrieval NDCG@10, macro-F1 over labels with at least
 evaluate.min_label_support test papers, triplet accuracy (random / hard negatives), title->abstract
-NDCG@10; plus finetune's wall time (metrics/finetune.json).
+NDCG@10; plus finetune's wall time (metrics/runtime/finetune.json).
 
     python -m benchmarks quality                                   # default params, both whole dev files
     python -m benchmarks quality --quality-workdir benchmarks/results/dev   # the projects objectives.py reuses
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> Report:
                 (project / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
                 dvc(project, "repro", "evaluate")  # evaluate_base runs once per file: its params do not change
                 evaluation = json.loads((project / "metrics/evaluate.json").read_text())
-                finetune = json.loads((project / "metrics/finetune.json").read_text())
+                finetune = json.loads((project / "metrics/runtime/finetune.json").read_text())
                 label = f"{Path(source).name.split('.')[0]} [{name}]"
                 report.add(f"{label} finetune wall time (s)", finetune["wall_time_s"], higher_is_better=False)
                 for key, (b, t, d, low, high) in headline(evaluation).items():

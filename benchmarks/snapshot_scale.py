@@ -102,10 +102,11 @@ def run_stages(project: Path, report: Report, size: int) -> dict:
             break
     total = sum(m["seconds"] for m in measured.values())
     report.add(f"{size:,} records: whole DAG (s)", round(total))
-    for name in ("split", "make_triplets", "embed_base", "finetune"):
-        path = project / "metrics" / f"{name}.json"
-        if path.exists():
-            measured[f"{name}_metrics"] = json.loads(path.read_text())
+    for name in ("split", "make_triplets", "embed_base", "finetune"):  # each stage's summary and its runtime record
+        found = [json.loads(path.read_text()) for path in (project / "metrics" / f"{name}.json", project / "metrics/runtime" / f"{name}.json")
+                 if path.exists()]
+        if found:
+            measured[f"{name}_metrics"] = {key: value for part in found for key, value in part.items()}
     return measured
 
 

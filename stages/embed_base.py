@@ -3,7 +3,8 @@
 Texts: make_triplets' train sample (titles and abstracts: every train kind, mining's corpus and the
 classifier's slice come from it), evaluate's stratified test sample (titles and abstracts) and the
 test triplets. Writes data/embeddings/base (texts.parquet + vectors.npy + encoder.json, a DVC-cached output),
-data/embeddings/base-train.sha256 (its train sample's part: finetune's dependency) and metrics/embed_base.json. finetune (adapter training, hard-negative mining), evaluate_base and, in
+data/embeddings/base-train.sha256 (its train sample's part: finetune's dependency), metrics/embed_base.json and
+metrics/runtime/embed_base.json (reuse, speed). finetune (adapter training, hard-negative mining), evaluate_base and, in
 adapter mode, evaluate read it, so a finetune-only change encodes nothing. Finished chunks are kept
 in a folder of the run's own in data/embeddings/chunks until the stage completes: a killed run resumes where it
 stopped (the two newest stopped runs' folders are kept, older ones deleted). Each run's
@@ -62,10 +63,13 @@ def main() -> None:
         print(f"embed_base: deleted {len(stale)} older stores of vectors made by another model, its settings, a library or "
               f"this code's version ({', '.join(path.name for path in stale)}); the two newest others, and any in use, stay", flush=True)
     write_json(paths.metrics_file("embed_base"), {
-        "texts": len(texts), "reused_texts": reused, "train_sample_papers": train.height, "test_sample_papers": data.test.height,
-        "encode_seconds": round(seconds, 1),
-        "texts_per_second": round((len(texts) - reused) / seconds, 1) if seconds and len(texts) > reused else None,  # None: all reused
+        "texts": len(texts), "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "device": str(model.device), "backend": cfg.backend, "model_files_sha256": json.loads(key)["files_sha256"],
+    })
+    # How this run went (what earlier runs' stores gave, how fast it encoded): the runtime record, not the summary above.
+    write_json(paths.runtime_file("embed_base"), {
+        "reused_texts": reused, "encode_seconds": round(seconds, 1),
+        "texts_per_second": round((len(texts) - reused) / seconds, 1) if seconds and len(texts) > reused else None,  # None: all reused
     })
 
 

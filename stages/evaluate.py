@@ -24,12 +24,12 @@ from arxiv_embed.embeddings import (TextVectors, adapter_modules, apply_adapter,
                                     encode_precision, encoder_key)
 from arxiv_embed.evaluation.lenses import PLOTS, evaluate_vectors
 from arxiv_embed.evaluation.report import ModelEval, compare, read_scope, report_markdown
-from arxiv_embed.files import atomic_path, read_json, write_json, write_text
+from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.flat import flatten
 from arxiv_embed.models import load_model, weights_sha256
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.evaluate import EvaluateParams
-from arxiv_embed.tracking import RUN_INFO
+from arxiv_embed.tracking import finetune_run_id
 
 MODEL_NAMES = {"base": "Base", "finetuned": "Fine-tuned"}  # in plot titles
 
@@ -57,20 +57,13 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> Iter
         yield apply_adapter(documents, base), (apply_adapter(queries, titles) if queries != documents else None)
         return
     backend = params.embed_base.backend  # the base's vectors' backend: both models scored alike
-    read_json(paths.FINETUNED / RUN_INFO, "finetune")  # the run this model logs into: missing, the error names finetune
     model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
-    # Its files (weights and run id), precision, libraries and code name its chunks: a new model never reads old
+    # Its files (weights and config), precision, libraries and code name its chunks: a new model never reads old
     # ones, and a resume on another device or after an upgrade starts afresh instead of splicing two precisions.
     key = encoder_key("finetuned", paths.FINETUNED, model.max_seq_length, backend, encode_precision(model))
     # In the project's root: a killed `--temp` or queued evaluate resumes there after DVC deleted its workspace.
     with chunk_folder(paths.kept_between_runs(paths.EVALUATE_WORK), key, texts, what="evaluate") as work_dir:
         yield embed_texts(model, texts, work_dir, key, params.evaluate.batch_size, what="evaluate"), None
-
-
-def finetune_run_id() -> str | None:
-    """The MLflow run of the model scored (models/finetuned/mlflow_run.json): the evaluation is logged into or under it."""
-    run_info = paths.FINETUNED / RUN_INFO
-    return read_json(run_info).get("run_id") if run_info.exists() else None
 
 
 def write_report_files(base: ModelEval, finetuned: ModelEval, report: dict, summary: dict[str, int], note: str = "") -> None:
@@ -136,7 +129,8 @@ def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None
         if created:
             client.set_terminated(created, status="FINISHED")
         where = ("" if first else f" (finetune run {finetune_run} holds an earlier evaluation)" if existing is not None
-                 else f" (finetune run {finetune_run} not found)")
+                 else f" (finetune run {finetune_run} not found)" if finetune_run
+                 else f" ({paths.FINETUNE_RUNTIME}, which names finetune's run, is missing)")
         print(f"logged to MLflow run {run_id}{where}")
     except (TrackingUnavailableError, MlflowException, OSError) as exc:
         if created:
@@ -180,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     # weights writes the same file (so `dvc metrics diff` finds the committed run's in DVC's cache after a `make repro`).
     scored = {SCORED_WEIGHTS: weights_sha256(paths.FINETUNED)}
     write_report_files(base, result, {**report, **scored}, data.summary(), data.describe_sample())
-    write_json(paths.HEADLINE, headline(report, paths.FINETUNED))
+    write_json(paths.HEADLINE, headline(report))
     print(paths.EVALUATE_MARKDOWN.read_text(encoding="utf-8"))
     log_to_mlflow(report, params, finetune_run_id())
 

@@ -3,8 +3,8 @@
 Reads the finetune.train_data kinds (data/triplets/train_*.parquet; kind `labels`: data/triplets/train_papers.parquet)
 and data/triplets/eval_triplets.parquet. finetune.mode=adapter freezes the encoder and trains a small
 adapter on embeddings computed once (no checkpoints: it trains in seconds). Writes
-models/finetuned/ (the best checkpoint's model, mlflow_run.json, training_summary.json),
-metrics/finetune.json and metrics/finetune_loss.csv. Every run is an MLflow run. Checkpoints go to
+models/finetuned/ (the best checkpoint's model, training_summary.json), metrics/finetune.json,
+metrics/finetune_loss.csv and metrics/runtime/finetune.json (its MLflow run and wall times). Every run is an MLflow run. Checkpoints go to
 models/checkpoints/<run key>/ in the project's own root (also from a `dvc exp run --temp` or queued
 workspace), so a rerun with the same params and data resumes where an interrupted one stopped.
 finetune.full.nproc_per_node > 1 re-runs this module under torchrun (DDP); only rank 0 writes files and talks to MLflow.
@@ -33,16 +33,18 @@ from arxiv_embed.flat import flatten
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.progress import trainer_callback
-from arxiv_embed.tracking import RUN_INFO, TrackingUnavailableError, configure_tracking, run_tags, tracked_run
+from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, TrackingUnavailableError, configure_tracking, run_tags, tracked_run
 from arxiv_embed.errors import run
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-# metrics/finetune.json: one shape for both modes; a key a mode has no value for is null.
-SUMMARY_KEYS = ("mode", "global_step", "epochs", "train_samples", "loss", "wall_time_s", "samples_per_second",
-                "cached_texts", "vectors_seconds", "train_seconds", "world_size", "effective_batch_size", "resumed_from_step",
+# metrics/finetune.json: what the training made, one shape for both modes; a key a mode has no value for is null.
+SUMMARY_KEYS = ("mode", "global_step", "epochs", "train_samples", "loss", "cached_texts", "world_size", "effective_batch_size",
                 "best_metric", "best_checkpoint_step", "mined_triplets", "mined_without_negative", "mined_negative_mean_rank")
+# metrics/runtime/finetune.json: how this run went (paths.runtime_file), with its MLflow run: kept out of the model and
+# the summary above, so that a retrain of the same weights hashes as the run it repeats.
+RUNTIME_KEYS = ("wall_time_s", "train_seconds", "vectors_seconds", "samples_per_second", "resumed_from_step")
 
 
 def main() -> None:
@@ -133,7 +135,6 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
     written = [False]  # models/finetuned and the metrics: from then on an MLflow failure is only a warning
     with ending_warns(run, run_key, written) as run_id:
         if main_process:
-            experiment_id = mlflow.active_run().info.experiment_id  # now: the end must not wait on a tracking server
             checkpoints.close_stale_runs(run_key, keep=run_id)  # attempts killed -9 before their first checkpoint
             checkpoints.close_dead_process_runs("full", keep=run_id)  # attempts of other params killed -9
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
@@ -181,7 +182,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
             "loss": round(sum(loss for _, loss in curve) / len(curve), 6) if curve else None,
             **(mined.summary() if mined is not None else {}),
         }
-        save_outputs(model, run_id, experiment_id, summary, curve)
+        save_outputs(model, run_id, summary, curve)
         written[0] = True
         how = log_outputs(model, run_id, summary)
     print(
@@ -205,7 +206,6 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
             "host": socket.gethostname(), "pid": str(os.getpid())}
     written = [False]
     with ending_warns(tracked_run(None, "finetune-adapter", tags), "finetune-adapter", written) as run_id:
-        experiment_id = mlflow.active_run().info.experiment_id
         checkpoints.close_dead_process_runs("adapter", keep=run_id)  # earlier attempts killed -9 never ended theirs
         mlflow.log_params(flatten(recorded(params)))
         load_started = time.monotonic()
@@ -234,7 +234,7 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
             **(mined.summary() if mined is not None else {}),
         }
-        save_outputs(tuned, run_id, experiment_id, summary, result.curve)
+        save_outputs(tuned, run_id, summary, result.curve)
         written[0] = True
         how = log_outputs(tuned, run_id, summary)
     print(f"finetune (adapter {ft.adapter.kind}): {len(cached)} cached texts (nothing encoded; read and mined in {summary['vectors_seconds']} s), "
@@ -248,19 +248,19 @@ def recorded(params: FinetuneParams) -> dict:
     return {**params.model_dump(), "finetune": params.finetune.read_by_mode()}
 
 
-def save_outputs(model: SentenceTransformer, run_id: str, experiment_id: str, summary: dict, curve: list[tuple[int, float]]) -> None:
-    """models/finetuned (the model, its MLflow run, its summary), metrics/finetune.json and the loss
-    curve, each atomically. No MLflow call: a tracking server gone down during training cannot keep them unwritten."""
-    if unknown := set(summary) - set(SUMMARY_KEYS):
-        raise ValueError(f"finetune summary keys {sorted(unknown)} are not in SUMMARY_KEYS (one shape for both modes)")
-    summary = {key: summary.get(key) for key in SUMMARY_KEYS}
+def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: list[tuple[int, float]]) -> None:
+    """models/finetuned (the model, its summary), metrics/finetune.json, the loss curve and the run's runtime record (its
+    MLflow run, wall times), each atomically. No MLflow call: a tracking server gone down during training cannot keep
+    them unwritten."""
+    if unknown := set(summary) - set(SUMMARY_KEYS) - set(RUNTIME_KEYS):
+        raise ValueError(f"finetune summary keys {sorted(unknown)} are in neither SUMMARY_KEYS nor RUNTIME_KEYS (one shape for both modes)")
+    made = {key: summary.get(key) for key in SUMMARY_KEYS}
 
-    run_info = {"run_id": run_id, "experiment_id": experiment_id}
     with atomic_path(paths.FINETUNED) as tmp:
         model.save(str(tmp))
-        (tmp / RUN_INFO).write_text(json.dumps(run_info) + "\n")
-        (tmp / paths.TRAINING_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    write_json(paths.metrics_file("finetune"), summary)
+        (tmp / paths.TRAINING_SUMMARY).write_text(json.dumps(made, indent=2) + "\n")
+    write_json(paths.FINETUNE_RUNTIME, {MLFLOW_RUN_ID: run_id, **{key: summary.get(key) for key in RUNTIME_KEYS}})
+    write_json(paths.metrics_file("finetune"), made)
     write_text(paths.FINETUNE_LOSS, "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
 
 

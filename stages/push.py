@@ -16,8 +16,8 @@ from arxiv_embed.schema.base import load
 from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import weights_sha256
-from arxiv_embed.paths import FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file
-from arxiv_embed.tracking import RUN_INFO, configure_tracking, dvc_tags
+from arxiv_embed.paths import FINETUNE_RUNTIME, FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file, runtime_file
+from arxiv_embed.tracking import MLFLOW_RUN_ID, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
 
 if TYPE_CHECKING:
@@ -121,14 +121,14 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 def release_hash(release: Path) -> str:
     """One sha256 over the release less its provenance and how it is pushed: the model's files (not the training
-    summary, whose wall times change with each training), and the manifest's evaluation, training data and params but
-    push's (names and contents). The git commit, DVC experiment name and MLflow run (in the manifest and the card) change
-    with the workspace and each training, and push.* (the gate's tolerances, the Hub, the license) with how the same
+    summary, which held wall times before they moved to metrics/runtime/, so that a release registered then keeps its
+    digest), and the manifest's evaluation, training data and params but push's (names and contents). The git commit
+    and DVC experiment name (in the manifest and the card) change with the workspace, and push.* (the gate's tolerances, the Hub, the license) with how the same
     model is released: a push after `dvc exp apply`, one that turns the Hub upload on, or one after a retrain that gave
     the same weights finds its registry version; a new evaluation of the same model (evaluate.* changed) is a new
     version, whose tags carry it."""
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
-    provenance = ("files", "git_commit", "dvc_experiment", "mlflow_run", "gate")
+    provenance = ("files", "git_commit", "dvc_experiment", "gate")
     described = {key: value for key, value in manifest.items() if key not in provenance}
     described["params"] = {key: value for key, value in described.get("params", {}).items() if key != "push"}
     # The manifest's own digests of the files: the model's ~90 MB are not read again.
@@ -197,8 +197,8 @@ def finetune_run(client: mlflow.MlflowClient, run_id: str, uri: str) -> mlflow.e
     except MlflowException as exc:
         reason = next((line for line in str(exc).splitlines() if line.strip()), exc.error_code)
         if exc.error_code == "INVALID_PARAMETER_VALUE":  # not a run id at all: the file was edited, not the store
-            raise PushError(f"{FINETUNED / RUN_INFO} names run {run_id!r}, which MLflow refuses ({reason}): "
-                            f"`dvc checkout {FINETUNED}` restores the file finetune wrote") from None
+            raise PushError(f"{FINETUNE_RUNTIME} names run {run_id!r}, which MLflow refuses ({reason}): "
+                            "`dvc repro finetune` restores the record finetune wrote (from DVC's run-cache, or by training again)") from None
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a store that did not answer is not a store without the run
             raise PushError(f"MLflow {uri} could not read run {run_id} ({reason}); try again") from None
         why = f"is not in {uri}: DVC brought the model from its cache, trained where another store was used"
@@ -208,7 +208,7 @@ def finetune_run(client: mlflow.MlflowClient, run_id: str, uri: str) -> mlflow.e
                                                    tags={**run_tags(TRIPLETS_DIR), "stage": "push", "trained_in_run": run_id})
     if not found:
         client.set_terminated(run.info.run_id, status="FINISHED")
-    print(f"push: MLflow run {run_id}, which trained {FINETUNED} (its {RUN_INFO}), {why}; it is registered through "
+    print(f"push: MLflow run {run_id}, which trained {FINETUNED} (its {FINETUNE_RUNTIME}), {why}; it is registered through "
           f"{'new ' if not found else ''}run {run.info.run_id} (tag trained_in_run={run_id})")
     return run
 
@@ -251,17 +251,19 @@ def main() -> None:
     params = load(PushParams)
     cfg = params.push
     evaluation = read_json(EVALUATE, "evaluate")
-    run_info = read_json(FINETUNED / RUN_INFO, "push")  # finetune writes it with the model; `dvc repro push` reruns it all
+    run_id = read_json(FINETUNE_RUNTIME, "finetune").get(MLFLOW_RUN_ID)  # the run that trained the model (DVC restores it with the model)
+    if not isinstance(run_id, str):
+        raise PushError(f"{FINETUNE_RUNTIME} names no {MLFLOW_RUN_ID}: `dvc repro finetune` restores the record finetune wrote")
     check_evaluated_model(evaluation, weights_sha256(FINETUNED))
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)
     uri = configure_tracking()  # a tracking server that does not answer is found before the release is replaced, not after
-    facts = gather_facts(params, evaluation, gate, run_info)
+    facts = gather_facts(params, evaluation, gate)
 
     release = RELEASE
     with atomic_path(release) as tmp:
         # sentence-transformers' own README is replaced by the card generated from the DAG's outputs.
-        shutil.copytree(FINETUNED, tmp, ignore=shutil.ignore_patterns(RUN_INFO, "README.md"))
+        shutil.copytree(FINETUNED, tmp, ignore=shutil.ignore_patterns("README.md"))
         (tmp / "README.md").write_text(render_card(facts), encoding="utf-8")
         write_json(tmp / "manifest.json", {
             "model_name": cfg.registry_model_name,
@@ -270,7 +272,6 @@ def main() -> None:
             "training_data": {"path": TRIPLETS_DIR.as_posix(), "sha256": facts.provenance["training data sha256"]},
             "git_commit": facts.provenance["git commit"],
             "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
-            "mlflow_run": run_info,
             "gate": gate,
             "evaluation": evaluation,
             # The knobs this stage tracks (dvc.yaml): how patiently download fetched is not what the model is.
@@ -278,7 +279,9 @@ def main() -> None:
         })
         # Registered before the release is swapped in: a registry that fails leaves the last release in place, and a
         # kill between the two finds the version at the rerun (release_hash).
-        version, version_run, created = register(cfg.registry_model_name, run_info["run_id"], tmp, facts, uri)
+        version, version_run, created = register(cfg.registry_model_name, run_id, tmp, facts, uri)
+    # Which registry version and run the release is: here, not in the release, whose files stay those of the model.
+    write_json(runtime_file("push"), {"registered_version": int(version), MLFLOW_RUN_ID: version_run})
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
     how = "registered" if created else "already registered (same model, evaluation and params):"
     print(f"push: {how} {cfg.registry_model_name} version {version} (MLflow run {version_run})")

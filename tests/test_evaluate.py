@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
+from arxiv_embed import paths, tracking
 from tests.harness import deep_update, params_with
 
 from .conftest import dvc, make_project, ran_stages, run
@@ -127,6 +128,12 @@ def start_finetune_run(project: Path) -> str:
     return run([sys.executable, "-c", code], project).stdout.strip().splitlines()[-1]
 
 
+def write_runtime_record(root: Path, run_id: str) -> None:
+    """finetune's runtime record (metrics/runtime/finetune.json): the run evaluate logs into."""
+    (root / paths.RUNTIME_DIR).mkdir(parents=True, exist_ok=True)
+    (root / paths.FINETUNE_RUNTIME).write_text(json.dumps({"mlflow_run_id": run_id, "wall_time_s": 1.0}))
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, kaggle_sample, base_model) -> Path:
     """A project copy with tiny inputs, after `evaluate --model base` and `--model finetuned`."""
@@ -136,7 +143,7 @@ def evaluated(tmp_path_factory, kaggle_sample, base_model) -> Path:
     base_model.save(str(base_dir))
     save_perturbed_copy(base_dir, project / "models/finetuned")
     run_id = start_finetune_run(project)
-    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": run_id}))
+    write_runtime_record(project, run_id)
     run([sys.executable, "-m", "stages.embed_base"], project)
     for which in ("base", "finetuned"):
         run([sys.executable, "-m", "stages.evaluate", "--model", which], project)
@@ -251,15 +258,12 @@ def test_evaluate_refuses_a_base_scored_otherwise_and_a_model_it_cannot_read(eva
     assert "models/finetuned has no adapter (finetune.mode=full saved it) but finetune.mode is adapter" in result.stderr
     params["finetune"]["mode"] = "full"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    (project / "models/finetuned/mlflow_run.json").unlink()
-    result = run([sys.executable, "-m", "stages.evaluate", "--model", "finetuned"], project, check=False)
-    assert result.returncode == 1 and "models/finetuned/mlflow_run.json is missing: run `dvc repro finetune` first" in result.stderr
 
 
 def test_evaluate_logs_into_the_finetune_run(evaluated):
     from mlflow.tracking import MlflowClient
 
-    run_id = json.loads((evaluated / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    run_id = tracking.finetune_run_id(evaluated)
     client = MlflowClient(tracking_uri=f"sqlite:///{evaluated / 'mlflow.db'}")
     report = json.loads((evaluated / "metrics/evaluate.json").read_text())
     logged = client.get_run(run_id).data.metrics
@@ -279,7 +283,7 @@ def test_a_model_evaluated_again_logs_into_a_run_of_its_own(evaluated, monkeypat
 
     from stages import evaluate
 
-    run_id = json.loads((evaluated / "models/finetuned/mlflow_run.json").read_text())["run_id"]
+    run_id = tracking.finetune_run_id(evaluated)
     client = MlflowClient(tracking_uri=f"sqlite:///{evaluated / 'mlflow.db'}")
     before = client.get_run(run_id)
     report = json.loads((evaluated / "metrics/evaluate.json").read_text())
@@ -310,22 +314,24 @@ def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, m
 
     report = json.loads((evaluated / "metrics/evaluate.json").read_text())
     monkeypatch.chdir(evaluated)
-    monkeypatch.setattr(evaluate.paths, "FINETUNED", evaluated / "models/unknown-run")
-    (evaluated / "models/unknown-run").mkdir()
-    (evaluated / "models/unknown-run/mlflow_run.json").write_text(json.dumps({"run_id": "0" * 32}))
+    elsewhere = evaluated / "trained-elsewhere"  # a runtime record naming a run this store does not have
+    write_runtime_record(elsewhere, "0" * 32)
     previous_uri = mlflow.get_tracking_uri()
     try:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), evaluate.finetune_run_id())
+        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), tracking.finetune_run_id(elsewhere))
         client = MlflowClient(tracking_uri=f"sqlite:///{evaluated / 'mlflow.db'}")
         runs = client.search_runs(
             [client.get_experiment_by_name("arxiv-embed").experiment_id], f"tags.finetune_run_id = '{'0' * 32}'"
         )
         assert len(runs) == 1 and runs[0].data.metrics["eval.base.triplet.accuracy"] == report["base"]["triplet"]["accuracy"]
         assert runs[0].data.tags["mlflow.runName"] == "evaluate"
+        # No runtime record at all (deleted by hand): the evaluation still gets a run, and the log says why it is apart.
+        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), tracking.finetune_run_id(evaluated / "nowhere"))
+        assert "(metrics/runtime/finetune.json, which names finetune's run, is missing)" in capsys.readouterr().out
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing answers
-        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), evaluate.finetune_run_id())
+        evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), tracking.finetune_run_id(elsewhere))
         assert "WARNING: metrics not logged to MLflow" in capsys.readouterr().err
     finally:
         mlflow.set_tracking_uri(previous_uri)
@@ -385,5 +391,6 @@ def test_a_smaller_test_sample_reuses_embed_base_s_vectors_through_dvc(pipeline_
     # The train sample's vectors are the same: finetune (its dependency is their fingerprint) is not run again.
     assert ran_stages(result) == ["params_check", "embed_base", "evaluate_base", "evaluate"]
     metrics = json.loads((project / "metrics/embed_base.json").read_text())
-    assert metrics["test_sample_papers"] == 120 and metrics["reused_texts"] == metrics["texts"] > 0
-    assert metrics["texts_per_second"] is None  # nothing was encoded: no rate to report (0.0 read as a stalled encoder)
+    runtime = json.loads((project / "metrics/runtime/embed_base.json").read_text())
+    assert metrics["test_sample_papers"] == 120 and runtime["reused_texts"] == metrics["texts"] > 0
+    assert runtime["texts_per_second"] is None  # nothing was encoded: no rate to report (0.0 read as a stalled encoder)

@@ -376,7 +376,7 @@ def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_pat
 
     from sentence_transformers import SentenceTransformer
 
-    from tests.test_finetune import mlflow_client, new_project, run_stage
+    from tests.test_finetune import mlflow_client, new_project, run_stage, runtime_record
 
     settings = {"mode": "adapter", "loss": "batch_all", "train_data": ["labels"], "batch_size": 8,
                 "hard_negatives": {"weight": 1.0, "candidates": 20}, "adapter": {"kind": "linear", "epochs": 2, "retain_distill": 1.0}}
@@ -393,7 +393,7 @@ def test_adapter_stage_saves_a_loadable_model_its_metrics_and_mlflow_run(tmp_pat
     assert summary["mined_triplets"] >= 15 and f"finetune: mined {summary['mined_triplets']} hard negatives" in output
     curve = (project / "metrics/finetune_loss.csv").read_text().splitlines()
     assert curve[0] == "step,loss" and len(curve) == summary["global_step"] + 1
-    run = mlflow_client(project).get_run(json.loads((project / "models/finetuned/mlflow_run.json").read_text())["run_id"])
+    run = mlflow_client(project).get_run(runtime_record(project)["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["finetune.mode"] == "adapter" and "final_loss" in run.data.metrics
 
 

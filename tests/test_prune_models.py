@@ -32,8 +32,8 @@ def test_prune_keeps_the_newest_the_registered_and_the_workspace_s_model(tmp_pat
     trashed = runs.pop()
     models.pop()
     mlflow.delete_run(trashed)
-    (tmp_path / "models/finetuned").mkdir(parents=True)
-    (tmp_path / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": runs[1]}))
+    (tmp_path / "metrics/runtime").mkdir(parents=True)  # the workspace model's run: finetune's runtime record names it
+    (tmp_path / "metrics/runtime/finetune.json").write_text(json.dumps({"mlflow_run_id": runs[1]}))
     folders = [Path(mlflow.get_logged_model(model.model_id).artifact_location.removeprefix("file://")) for model in models]
     assert all(folder.is_relative_to(tmp_path / "mlruns") and any(folder.iterdir()) for folder in folders)
 

@@ -145,9 +145,7 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
             del os.environ["MLFLOW_TRACKING_URI"]
         else:
             os.environ["MLFLOW_TRACKING_URI"] = outer_uri
-    run_info = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
-    (finetuned / "mlflow_run.json").write_text(json.dumps(run_info))
-    for directory in ("data/split", "data/triplets", "metrics"):
+    for directory in ("data/split", "data/triplets", "metrics/runtime"):
         (project / directory).mkdir(parents=True, exist_ok=True)
     labelled = papers.with_columns(pl.col("categories").str.split(" ").list.first().alias("label"))
     for split, frame in zip(("train", "eval", "test"), (labelled[:20], labelled[20:26], labelled[26:])):
@@ -160,11 +158,18 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     same = labelled.select(anchor="abstract", positive="abstract", label="label")[:10]
     same.write_parquet(project / "data/triplets/train_same_label.parquet")
     same.with_columns(score=pl.lit(1.0)).write_parquet(project / "data/triplets/train_graded_pairs.parquet")
-    metrics = {"evaluate": {**evaluation(*gate), SCORED_WEIGHTS: weights_sha256(finetuned)}, "finetune": {"global_step": 6, "loss": 0.4321, "wall_time_s": 12.5},
-               "clean": {"records_in": 40, "papers_out": 40, "rejected": 0}}
+    metrics = {"evaluate": {**evaluation(*gate), SCORED_WEIGHTS: weights_sha256(finetuned)}, "finetune": {"global_step": 6, "loss": 0.4321},
+               "clean": {"records_in": 40, "papers_out": 40, "rejected": 0},
+               "runtime/finetune": {"mlflow_run_id": active.info.run_id, "wall_time_s": 12.5}}
     for name, data in metrics.items():
         (project / f"metrics/{name}.json").write_text(json.dumps(data))
     return active.info.run_id
+
+
+def record_run(project: Path, run_id: str) -> None:
+    """finetune's runtime record naming `run_id` as the run that trained models/finetuned."""
+    (project / "metrics/runtime").mkdir(parents=True, exist_ok=True)
+    (project / "metrics/runtime/finetune.json").write_text(json.dumps({"mlflow_run_id": run_id, "wall_time_s": 3.0}))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +229,9 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
         assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest
     assert manifest["dvc_experiment"] == "exp-push-test"
     assert manifest["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    assert len(manifest["training_data"]["sha256"]) == 64 and manifest["mlflow_run"]["run_id"] == run_id
+    assert len(manifest["training_data"]["sha256"]) == 64 and "mlflow_run" not in manifest and run_id not in card
+    # Which registry version and run the release is: push's runtime record, outside the release's files.
+    assert json.loads((project / "metrics/runtime/push.json").read_text()) == {"registered_version": 1, "mlflow_run_id": run_id}
     # Every param the manifest records is one the stage tracks (dvc.yaml): else a release could describe a knob
     # whose change DVC never reran push for.
     import yaml
@@ -295,7 +302,7 @@ def test_a_model_whose_run_was_deleted_is_registered_through_a_new_run(tmp_path,
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     client.delete_run(run_id)
     run_push_in_process(project, monkeypatch)
-    assert f"MLflow run {run_id}, which trained models/finetuned (its mlflow_run.json), was deleted in sqlite:///" in capsys.readouterr().out
+    assert f"MLflow run {run_id}, which trained models/finetuned (its metrics/runtime/finetune.json), was deleted in sqlite:///" in capsys.readouterr().out
     [version] = registry_versions(project)
     assert version.run_id != run_id and client.get_run(version.run_id).data.tags["trained_in_run"] == run_id
 
@@ -352,7 +359,7 @@ def test_missing_inputs_or_a_silent_tracking_server_stop_push_before_the_release
     project = make_project(tmp_path / "project")
     write_inputs(project, papers, base_model, log_model=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    for name, stage in (("metrics/evaluate.json", "evaluate"), ("models/finetuned/mlflow_run.json", "push"),
+    for name, stage in (("metrics/evaluate.json", "evaluate"), ("metrics/runtime/finetune.json", "finetune"),
                         ("metrics/finetune.json", "finetune"), ("data/split/test.parquet", "split"),
                         ("data/triplets/train_title_abstract.parquet", "make_triplets")):
         path = project / name
@@ -504,7 +511,7 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     (project / "models/finetuned/training_summary.json").write_text(json.dumps({"global_step": 6, "wall_time_s": 13.9}))
     run_push_in_process(project, monkeypatch)
     assert f"already registered (same model, evaluation and params): arxiv-embed version 1 (MLflow run {run_id})" in capsys.readouterr().out
-    assert json.loads((project / "models/release/manifest.json").read_text())["mlflow_run"]["run_id"] == retrained != run_id
+    assert retrained != run_id and json.loads((project / "metrics/runtime/push.json").read_text())["mlflow_run_id"] == run_id
     report = json.loads((project / "metrics/evaluate.json").read_text())  # the same model evaluated again (evaluate.* changed)
     report["base"]["triplet"]["accuracy"] -= 0.01
     (project / "metrics/evaluate.json").write_text(json.dumps(report))
@@ -521,7 +528,7 @@ def test_a_model_trained_against_another_store_is_registered_through_a_new_run(t
     project = make_project(tmp_path / "project")
     write_inputs(project, papers, base_model, log_model=False)
     elsewhere = "f" * 32  # a run id this store never had
-    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": elsewhere, "experiment_id": "7"}))
+    record_run(project, elsewhere)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -536,10 +543,10 @@ def test_a_model_trained_against_another_store_is_registered_through_a_new_run(t
         failing.setattr(mlflow.MlflowClient, "get_run", unavailable)
         with pytest.raises(PushError, match=f"could not read run {elsewhere} \\(the database is locked\\); try again"):
             run_push_in_process(project, monkeypatch)
-    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": "my run", "experiment_id": "7"}))
-    with pytest.raises(PushError, match="models/finetuned/mlflow_run.json names run 'my run', which MLflow refuses"):
+    record_run(project, "my run")
+    with pytest.raises(PushError, match="metrics/runtime/finetune.json names run 'my run', which MLflow refuses"):
         run_push_in_process(project, monkeypatch)  # a hand-edited file: no retry helps, and no stand-in is made
-    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": elsewhere, "experiment_id": "7"}))
+    record_run(project, elsewhere)
     with monkeypatch.context() as failing:  # the registry fails after the stand-in is made: the rerun reuses it
         failing.setattr(mlflow.MlflowClient, "create_model_version", unavailable)
         with pytest.raises(MlflowException):
@@ -547,7 +554,7 @@ def test_a_model_trained_against_another_store_is_registered_through_a_new_run(t
     assert "registered through new run" in capsys.readouterr().out
     run_push_in_process(project, monkeypatch)
     output = capsys.readouterr().out
-    assert f"MLflow run {elsewhere}, which trained models/finetuned (its mlflow_run.json), is not in sqlite:///" in output
+    assert f"MLflow run {elsewhere}, which trained models/finetuned (its metrics/runtime/finetune.json), is not in sqlite:///" in output
     assert "registered through run " in output  # the one the failed push made
     [version] = registry_versions(project)
 
@@ -556,7 +563,7 @@ def test_a_model_trained_against_another_store_is_registered_through_a_new_run(t
     assert version.run_id != elsewhere and stand_in.data.tags["trained_in_run"] == elsewhere and stand_in.info.status == "FINISHED"
     assert f"registered arxiv-embed version 1 (MLflow run {version.run_id})" in output
     assert client.get_logged_model(version.source.removeprefix("models:/")).source_run_id == version.run_id
-    assert json.loads((project / "models/release/manifest.json").read_text())["mlflow_run"]["run_id"] == elsewhere
+    assert json.loads((project / "metrics/runtime/push.json").read_text())["mlflow_run_id"] == version.run_id
     run_push_in_process(project, monkeypatch)  # again (a rerun): the same version, no second stand-in run
     assert "already registered (same model, evaluation and params): arxiv-embed version 1" in capsys.readouterr().out
     assert len(client.search_runs([stand_in.info.experiment_id], "tags.stage = 'push'")) == 1
@@ -621,9 +628,8 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
 def test_stage_exits_non_zero_with_the_reason(tmp_path):
     """`python -m stages.push` prints the refusal, not a traceback, and exits 1."""
     project = make_project(tmp_path / "project", {"push": {"gate": {"metric": "category_retrieval.map@100"}}})  # not in this evaluation
-    (project / "metrics").mkdir()
     (project / "models/finetuned").mkdir(parents=True)
-    (project / "models/finetuned/mlflow_run.json").write_text(json.dumps({"run_id": "abc"}))
+    record_run(project, "abc")
     (project / "models/finetuned/model.safetensors").write_bytes(b"weights")
     scored = {SCORED_WEIGHTS: weights_sha256(project / "models/finetuned")}
     (project / "metrics/evaluate.json").write_text(json.dumps({**evaluation(0.4, 0.5), **scored}))
@@ -649,9 +655,9 @@ def test_pipeline_push_e2e(pipeline):
     from arxiv_embed.evaluation.headline import GATEABLE
 
     assert set(report["delta_ci95"]) == GATEABLE
-    run_info = json.loads((pipeline / "models/finetuned/mlflow_run.json").read_text())
+    trained_in = json.loads((pipeline / "metrics/runtime/finetune.json").read_text())["mlflow_run_id"]
     versions = registry_versions(pipeline)
-    assert versions and versions[0].run_id == run_info["run_id"]
+    assert versions and versions[0].run_id == trained_in
     from sentence_transformers import SentenceTransformer
 
     assert SentenceTransformer(str(release), device="cpu").encode(["a test"]).shape == (1, 384)

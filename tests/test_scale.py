@@ -147,14 +147,14 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     larger = TextVectors.load(paths.BASE_EMBEDDINGS)
     kept = [text for text in larger.texts if text in cached.index]
     assert encoded and sorted(encoded) == sorted(set(larger.texts) - set(cached.texts))
-    assert json.loads(Path("metrics/embed_base.json").read_text())["reused_texts"] == len(kept) > 0
+    assert json.loads(Path("metrics/runtime/embed_base.json").read_text())["reused_texts"] == len(kept) > 0
     np.testing.assert_array_equal(larger(kept), cached(kept))
     # Other model settings: nothing reused.
     params["model"]["max_seq_length"] = 40
     Path("params.yaml").write_text(yaml.safe_dump(params))
     encoded.clear()
     embed_base.main()
-    assert sorted(encoded) == sorted(larger.texts) and json.loads(Path("metrics/embed_base.json").read_text())["reused_texts"] == 0
+    assert sorted(encoded) == sorted(larger.texts) and json.loads(Path("metrics/runtime/embed_base.json").read_text())["reused_texts"] == 0
 
 
 def test_the_reuse_store_is_read_and_replaced_by_one_run_at_a_time(tmp_path: Path) -> None:

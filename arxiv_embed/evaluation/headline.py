@@ -1,12 +1,11 @@
 """The headline: the few numbers that decide whether a run is better, in one small metrics file.
 
-metrics/headline.json is the only file dvc.yaml declares under `metrics`, so `dvc metrics show/diff`
-and `dvc exp show` print these and nothing else; the full report stays in metrics/evaluate.json and
+metrics/headline.json is, with the runtime records (metrics/runtime/: wall times, MLflow runs), what dvc.yaml declares
+under `metrics`, so `dvc metrics show/diff` and `dvc exp show` print these; the full report stays in metrics/evaluate.json and
 metrics/evaluate.md (plain outputs: `dvc metrics show metrics/evaluate.json` reads it).
 
     {"base":  {"triplet_acc": .., "category_ndcg": .., "macro_f1": .., "title_ndcg": ..},
-     "delta": {...the same keys: fine-tuned - base...},
-     "finetune_s": ..}
+     "delta": {...the same keys: fine-tuned - base...}}
 
 Fine-tuned = base + delta. The fine-tuned values themselves are left out on purpose: across a sweep
 they move exactly as the deltas do (the base is fixed), and both together do not fit
@@ -18,12 +17,8 @@ its push.gate.headline_tolerances entry.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from arxiv_embed.evaluation.retrieval import RETRIEVAL_METRICS
 from arxiv_embed.flat import flatten
-from arxiv_embed.paths import TRAINING_SUMMARY
 
 # headline key -> "lens.metric" key of metrics/evaluate.json
 METRICS = {
@@ -45,12 +40,10 @@ DIGITS = 4  # enough to see a 0.001 change; short columns in `dvc exp show`
 SCORED_WEIGHTS = "finetuned_weights_sha256"  # metrics/evaluate.json: the weights scored (models.weights_sha256); push checks it
 
 
-def headline(report: dict, finetuned_dir: Path | None = None) -> dict:
-    """The headline of an evaluate report ({base, finetuned, ...}, nested by lens) and finetune's wall time.
-
-    `finetuned_dir` holds finetune's training_summary.json (its wall_time_s); without it, or when the
-    summary is missing, finetune_s is left out rather than guessed. A metric missing from either model
-    is left out too (a trimmed-down evaluation must not fail the stage here).
+def headline(report: dict) -> dict:
+    """The headline of an evaluate report ({base, finetuned, ...}, nested by lens). A metric missing from either model
+    is left out (a trimmed-down evaluation must not fail the stage here). finetune's wall time is its own declared
+    metric (metrics/runtime/finetune.json's wall_time_s), not a copy here.
     """
     before_all, after_all = flatten(report.get("base", {})), flatten(report.get("finetuned", {}))
     base, delta = {}, {}
@@ -60,10 +53,4 @@ def headline(report: dict, finetuned_dir: Path | None = None) -> dict:
             continue
         base[name] = round(before, DIGITS)
         delta[name] = round(after - before, DIGITS)
-    out: dict = {"base": base, "delta": delta}
-    summary = Path(finetuned_dir) / TRAINING_SUMMARY if finetuned_dir is not None else None
-    if summary is not None and summary.is_file():
-        wall = json.loads(summary.read_text(encoding="utf-8")).get("wall_time_s")
-        if isinstance(wall, (int, float)):
-            out["finetune_s"] = round(float(wall), 1)
-    return out
+    return {"base": base, "delta": delta}
