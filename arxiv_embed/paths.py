@@ -102,7 +102,7 @@ FINETUNE_LOSS = METRICS_DIR / "finetune_loss.csv"
 TRAINING_SUMMARY = "training_summary.json"  # in models/finetuned: finetune's summary (steps, loss)
 # How a run went, not what it made: wall times, rates, reuse, resume, the MLflow run. Git-tracked (dvc.yaml: `cache:
 # false`, run-cached with its stage), so every DVC-cached output depends on its inputs alone and a fresh clone's run of
-# the committed params hashes as the committed run does (`dvc checkout` of it works after one `make repro`).
+# the committed params hashes as the committed run does, but for the release, which names its git commit.
 RUNTIME_DIR = METRICS_DIR / "runtime"
 
 
