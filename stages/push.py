@@ -123,10 +123,10 @@ def release_hash(release: Path) -> str:
     """One sha256 over the release less its provenance and how it is pushed: the model's files (not the training
     summary, which held wall times before they moved to metrics/runtime/, so that a release registered then keeps its
     digest), and the manifest's evaluation, training data and params but push's (names and contents). The git commit
-    and DVC experiment name (in the manifest and the card) change with the workspace, and push.* (the gate's tolerances, the Hub, the license) with how the same
-    model is released: a push after `dvc exp apply`, one that turns the Hub upload on, or one after a retrain that gave
-    the same weights finds its registry version; a new evaluation of the same model (evaluate.* changed) is a new
-    version, whose tags carry it."""
+    and DVC experiment name (in the manifest and the card) change with the workspace, and push.* (the gate's
+    tolerances, the Hub, the license) with how the same model is released: a push after `dvc exp apply`, one that
+    turns the Hub upload on, or one after a retrain that gave the same weights finds its registry version; a new
+    evaluation of the same model (evaluate.* changed) is a new version, whose tags carry it."""
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
     provenance = ("files", "git_commit", "dvc_experiment", "gate")
     described = {key: value for key, value in manifest.items() if key not in provenance}
