@@ -256,6 +256,13 @@ def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: 
         raise ValueError(f"finetune summary keys {sorted(unknown)} are in neither SUMMARY_KEYS nor RUNTIME_KEYS (one shape for both modes)")
     made = {key: summary.get(key) for key in SUMMARY_KEYS}
 
+    # The record names the run of the model beside it: gone first, so that a kill between the two swaps leaves the new
+    # model with no record (evaluate logs it apart, push asks for finetune again), never with the last run's.
+    paths.FINETUNE_RUNTIME.unlink(missing_ok=True)
+    # sentence-transformers' card (mode=full) states how long training took: a wall time, the runtime record's; left out
+    # of the model folder so that its hash depends on the inputs alone.
+    if getattr(model, "model_card_data", None) is not None:
+        model.model_card_data._training_start_time = None
     with atomic_path(paths.FINETUNED) as tmp:
         model.save(str(tmp))
         (tmp / paths.TRAINING_SUMMARY).write_text(json.dumps(made, indent=2) + "\n")

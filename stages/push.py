@@ -17,7 +17,7 @@ from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import weights_sha256
 from arxiv_embed.paths import FINETUNE_RUNTIME, FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file, runtime_file
-from arxiv_embed.tracking import MLFLOW_RUN_ID, configure_tracking, dvc_tags
+from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, configure_tracking, dvc_tags
 from arxiv_embed.errors import UserError, run
 
 if TYPE_CHECKING:
@@ -263,7 +263,8 @@ def main() -> None:
     release = RELEASE
     with atomic_path(release) as tmp:
         # sentence-transformers' own README is replaced by the card generated from the DAG's outputs.
-        shutil.copytree(FINETUNED, tmp, ignore=shutil.ignore_patterns("README.md"))
+        # RUN_INFO: a model folder from an older DVC cache entry still holds its run id; the release is the model alone.
+        shutil.copytree(FINETUNED, tmp, ignore=shutil.ignore_patterns(RUN_INFO, "README.md"))
         (tmp / "README.md").write_text(render_card(facts), encoding="utf-8")
         write_json(tmp / "manifest.json", {
             "model_name": cfg.registry_model_name,

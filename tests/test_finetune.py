@@ -155,6 +155,8 @@ def test_trains_saves_and_tracks_everything(trained: tuple[Path, str]) -> None:
     # MLflow: params, per-step loss and learning rate, per-evaluation metrics, tags, model.
     # The run and the wall times are the runtime record's, not the model's: a retrain of the same weights hashes alike.
     assert not (model_dir / "mlflow_run.json").exists() and "wall_time_s" not in summary
+    card = (model_dir / "README.md").read_text()  # sentence-transformers' own card: its training logs, not its duration
+    assert "## Training Details" in card and "### Training Time" not in card
     runtime = json.loads((project / "metrics/runtime/finetune.json").read_text())
     assert runtime["wall_time_s"] > 0 and runtime["samples_per_second"] > 0 and runtime["resumed_from_step"] == 0
     client = mlflow_client(project)
