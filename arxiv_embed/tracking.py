@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse, urlunparse
-from arxiv_embed.errors import UserError
-from arxiv_embed.paths import project_root
+from arxiv_embed.errors import InputError, UserError
+from arxiv_embed.files import read_json
+from arxiv_embed.paths import FINETUNE_RUNTIME, project_root
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # relative to the project root (see tracking_uri)
 DEFAULT_ARTIFACTS = Path("mlruns")
@@ -28,15 +29,17 @@ RUN_INFO = "mlflow_run.json"  # in a checkpoint folder (models/checkpoints/<run 
 MLFLOW_RUN_ID = "mlflow_run_id"  # the key of metrics/runtime/finetune.json naming the run that trained models/finetuned
 
 
-def finetune_run_id(root: Path | None = None) -> str | None:
+def finetune_run_id(root: Path | None = None, required: bool = False) -> str | None:
     """The MLflow run that trained models/finetuned (finetune's metrics/runtime/finetune.json, DVC-restored with the
-    model), or None without that record. It is not in the model folder: the folder's hash would change with every run."""
-    import json
-
-    from arxiv_embed.paths import FINETUNE_RUNTIME
-
+    model). It is not in the model folder: the folder's hash would change with every run. Without a record: None, or
+    with `required` (push) an InputError naming finetune, as a record that is not JSON always is."""
     record = root / FINETUNE_RUNTIME if root is not None else FINETUNE_RUNTIME  # the workspace's (a --temp run's own)
-    return json.loads(record.read_text(encoding="utf-8")).get(MLFLOW_RUN_ID) if record.is_file() else None
+    if not required and not record.is_file():
+        return None
+    run_id = read_json(record, "finetune").get(MLFLOW_RUN_ID)
+    if required and not isinstance(run_id, str):
+        raise InputError(f"{record} names no {MLFLOW_RUN_ID}: `dvc repro finetune` restores the record finetune wrote")
+    return run_id
 
 
 class TrackingUnavailableError(UserError):

@@ -17,7 +17,7 @@ from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import weights_sha256
 from arxiv_embed.paths import FINETUNE_RUNTIME, FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file, runtime_file
-from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, configure_tracking, dvc_tags
+from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, configure_tracking, dvc_tags, finetune_run_id
 from arxiv_embed.errors import UserError, run
 
 if TYPE_CHECKING:
@@ -251,9 +251,7 @@ def main() -> None:
     params = load(PushParams)
     cfg = params.push
     evaluation = read_json(EVALUATE, "evaluate")
-    run_id = read_json(FINETUNE_RUNTIME, "finetune").get(MLFLOW_RUN_ID)  # the run that trained the model (DVC restores it with the model)
-    if not isinstance(run_id, str):
-        raise PushError(f"{FINETUNE_RUNTIME} names no {MLFLOW_RUN_ID}: `dvc repro finetune` restores the record finetune wrote")
+    run_id = finetune_run_id(required=True)  # the run that trained the model (DVC restores its record with the model)
     check_evaluated_model(evaluation, weights_sha256(FINETUNED))
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)
