@@ -3,8 +3,10 @@ the fault-injection script, which must never touch the user's own workspace."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,9 +43,22 @@ def stage_env(project: Path) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess:
-    """Run `cmd` in `cwd` with stage_env; on failure raise with the tail of its output."""
-    result = subprocess.run(cmd, cwd=cwd, env=kwargs.pop("env", stage_env(cwd)), capture_output=True, text=True, **kwargs)
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout_s: float | None = None, **kwargs: object) -> subprocess.CompletedProcess:
+    """Run `cmd` in `cwd` with stage_env; on failure raise with the tail of its output. The command runs in a session
+    of its own: when it outlives `timeout_s`, or the wait is interrupted (Ctrl-C, pytest-timeout), every process it
+    started (the stages under `dvc repro`) is killed with it, so none is left holding the pipes or the CPU."""
+    process = subprocess.Popen(cmd, cwd=cwd, env=kwargs.pop("env", stage_env(cwd)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except BaseException as stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        if isinstance(stopped, subprocess.TimeoutExpired):
+            raise AssertionError(f"{' '.join(cmd)} still ran after {timeout_s:.0f} s, killed:\n{stdout[-4000:]}\n{stderr[-6000:]}") from None
+        raise
+    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -70,9 +85,9 @@ def make_project(dest: Path, params: dict | None = None) -> Path:
     return dest
 
 
-def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run this venv's `dvc` in `project`."""
-    return run([str(Path(sys.executable).parent / "dvc"), *args], project, check=check)
+def dvc(project: Path, *args: str, check: bool = True, timeout_s: float | None = None) -> subprocess.CompletedProcess:
+    """Run this venv's `dvc` in `project` (`run`)."""
+    return run([str(Path(sys.executable).parent / "dvc"), *args], project, check=check, timeout_s=timeout_s)
 
 
 def ran_stages(result: subprocess.CompletedProcess) -> list[str]:

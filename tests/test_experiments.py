@@ -150,14 +150,18 @@ def test_a_run_made_before_comes_back_from_the_run_cache_and_a_refused_push_keep
 
 
 def wait_for_queue(project: Path, timeout_s: float) -> str:
+    """`dvc queue status` once no task is queued or running; after `timeout_s`, a failure carrying the status and the
+    celery workers' own logs (DVC keeps them in .dvc/tmp/exps/celery: a worker that died shows only there)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = dvc(project, "queue", "status").stdout
+        status = dvc(project, "queue", "status", timeout_s=120).stdout
         tasks = [line for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
         if tasks and not any(word in line for line in tasks for word in ("Queued", "Running")):
             return status
         time.sleep(5)
-    raise AssertionError(f"queue still busy after {timeout_s} s:\n{status}")
+    workers = "\n".join(f"{log.name}:\n{log.read_text(errors='replace')[-3000:]}"
+                        for log in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
+    raise AssertionError(f"queue still busy after {timeout_s} s:\n{status}\n{workers}")
 
 
 @pytest.mark.slow
@@ -171,10 +175,10 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     for name, rate in rates.items():
         dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"finetune.temperature={rate}")
     try:
-        dvc(project, "queue", "start", "-j", "2")
-        status = wait_for_queue(project, timeout_s=1200)
-    finally:
-        dvc(project, "queue", "stop", check=False)
+        dvc(project, "queue", "start", "-j", "2", timeout_s=120)
+        status = wait_for_queue(project, timeout_s=900)
+    finally:  # --kill: workers left running would hold the CPU through every later test
+        dvc(project, "queue", "stop", "--kill", check=False, timeout_s=120)
     assert status.count("Success") == 2, status + "\n" + dvc(project, "queue", "logs", "tiny-a", check=False).stdout[-3000:]
 
     store = project / "mlflow.db"
