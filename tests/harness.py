@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,23 +45,31 @@ def stage_env(project: Path) -> dict[str, str]:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout_s: float | None = None, **kwargs: object) -> subprocess.CompletedProcess:
-    """Run `cmd` in `cwd` with stage_env; on failure raise with the tail of its output. The command runs in a session
-    of its own: when it outlives `timeout_s`, or the wait is interrupted (Ctrl-C, pytest-timeout), every process it
-    started (the stages under `dvc repro`) is killed with it, so none is left holding the pipes or the CPU."""
-    process = subprocess.Popen(cmd, cwd=cwd, env=kwargs.pop("env", stage_env(cwd)), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    except BaseException as stopped:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        if isinstance(stopped, subprocess.TimeoutExpired):
-            raise AssertionError(f"{' '.join(cmd)} still ran after {timeout_s:.0f} s, killed:\n{stdout[-4000:]}\n{stderr[-6000:]}") from None
-        raise
-    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    """Run `cmd` in `cwd` with stage_env until it exits; on failure raise with the tail of its output.
+
+    Its output goes to files, not pipes: a daemon it leaves behind keeps them open (`dvc queue start`'s workers hold
+    its stdout until the queue is done), and a pipe's reader would wait for that daemon too. The command runs in a
+    session of its own: when it outlives `timeout_s`, or the wait is interrupted (Ctrl-C, pytest-timeout), every
+    process of that session (the stages under `dvc repro`) is killed with it, so none is left loading the CPU."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(cmd, cwd=cwd, env=kwargs.pop("env", stage_env(cwd)), stdout=stdout, stderr=stderr,
+                                   text=True, start_new_session=True, **kwargs)
+        timed_out = False
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:  # timed out, or interrupted (that exception goes on): the command goes, and all it started
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        result = subprocess.CompletedProcess(cmd, process.returncode, stdout.read(), stderr.read())
+    if timed_out or (check and result.returncode != 0):
+        how = f"still ran after {timeout_s:.0f} s, killed" if timed_out else f"failed ({result.returncode})"
+        raise AssertionError(f"{' '.join(cmd)} {how}:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
 
 

@@ -174,10 +174,10 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     rates = {"tiny-a": 0.05, "tiny-b": 0.2}
     for name, rate in rates.items():
         dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"finetune.temperature={rate}")
-    try:
+    try:  # `queue start` returns once its workers run (harness.run): both experiments take ~1.5 min here
         dvc(project, "queue", "start", "-j", "2", timeout_s=120)
-        status = wait_for_queue(project, timeout_s=900)
-    finally:  # --kill: workers left running would hold the CPU through every later test
+        status = wait_for_queue(project, timeout_s=600)
+    finally:  # --kill: workers left running would load the CPU of every later test
         dvc(project, "queue", "stop", "--kill", check=False, timeout_s=120)
     assert status.count("Success") == 2, status + "\n" + dvc(project, "queue", "logs", "tiny-a", check=False).stdout[-3000:]
 

@@ -1,6 +1,6 @@
-"""The test harness's own guard: a command the tests start never outlives its test. A stuck `dvc` (a wedged queue
-worker or lock) must fail that test, not hold the suite, and the stages it started must not load the CPU of every
-later test."""
+"""The test harness's own guards: a command the tests start never holds the suite. A stuck `dvc` fails its test (and
+the stages it started go with it, not loading the CPU of every later test), and a daemon a command leaves behind
+(`dvc queue start`'s workers) does not make the test wait for the daemon's end."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ class Interrupted(Exception):
     """What pytest-timeout's signal raises in a test's main thread, or a Ctrl-C."""
 
 
+def raise_interrupted(signum, frame):
+    raise Interrupted
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -26,12 +30,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-def raise_interrupted(signum, frame):
-    raise Interrupted
+def gone_soon(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
 
 
-# The grandchild sleeps far longer than the test may take: a harness that kills only the command it started waits
-# for the grandchild's end (it holds the output pipes) and fails by this timeout.
+# The grandchildren sleep far longer than a test may take: a harness that waits for them fails by this timeout.
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("stop", ["timeout_s", "interrupted"])
 def test_a_command_stopped_is_killed_with_every_process_it_started(tmp_path: Path, stop: str) -> None:
@@ -49,8 +55,16 @@ def test_a_command_stopped_is_killed_with_every_process_it_started(tmp_path: Pat
                 run(command, tmp_path)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    grandchild = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(grandchild)
+    assert gone_soon(int(pid_file.read_text()))
+
+
+@pytest.mark.timeout(60)
+def test_a_command_returns_when_it_exits_though_a_daemon_it_started_holds_its_output(tmp_path: Path) -> None:
+    pid_file = tmp_path / "daemon.pid"
+    # As `dvc queue start` leaves its workers: a session of their own, the command's stdout and stderr still open.
+    started = run(["/bin/sh", "-c", f"setsid sleep 600 & echo $! > {pid_file}; echo started"], tmp_path)
+    daemon = int(pid_file.read_text())
+    try:
+        assert started.stdout == "started\n" and alive(daemon)
+    finally:
+        os.kill(daemon, signal.SIGKILL)

@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from arxiv_embed import errors
 from arxiv_embed.params import DataKind, LossName, ParamsError
 from arxiv_embed.training import adapter, losses, recipe
 from arxiv_embed.training import data as training_data

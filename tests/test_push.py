@@ -403,7 +403,7 @@ def test_gate_refuses_a_category_gain_that_costs_macro_f1(tmp_path, papers, base
     from stages.push import PushError
 
     project = make_project(tmp_path / "project")
-    run_id = write_inputs(project, papers, base_model, gate=(0.41, 0.47), log_model=False)
+    write_inputs(project, papers, base_model, gate=(0.41, 0.47), log_model=False)
     report = {**evaluation(0.41, 0.47), SCORED_WEIGHTS: weights_sha256(project / "models/finetuned")}
     report["finetuned"]["classification"]["macro_f1_supported"] = report["base"]["classification"]["macro_f1_supported"] - 0.029
     report["delta_ci95"]["classification.macro_f1_supported"] = [-0.057, -0.003]
