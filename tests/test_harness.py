@@ -10,9 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from tests.harness import run
+
+from arxiv_embed.processes import process_alive
 
 
 class Interrupted(Exception):
@@ -23,18 +24,11 @@ def raise_interrupted(signum, frame):
     raise Interrupted
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def gone_soon(pid: int) -> bool:
     deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not alive(pid)
+    return not process_alive(pid)
 
 
 # The grandchildren sleep far longer than a test may take: a harness that waits for them fails by this timeout.
@@ -65,6 +59,6 @@ def test_a_command_returns_when_it_exits_though_a_daemon_it_started_holds_its_ou
     started = run(["/bin/sh", "-c", f"setsid sleep 600 & echo $! > {pid_file}; echo started"], tmp_path)
     daemon = int(pid_file.read_text())
     try:
-        assert started.stdout == "started\n" and alive(daemon)
+        assert started.stdout == "started\n" and process_alive(daemon)
     finally:
         os.kill(daemon, signal.SIGKILL)
