@@ -254,6 +254,26 @@ def test_a_metric_s_interval_depends_on_its_items_not_on_the_metrics_before_it()
     assert after["lens.gated"] == alone
 
 
+def test_clustering_intervals_are_centred_on_the_observed_delta():
+    """A resample repeats papers, which shrinks an entropy score's delta: plain percentiles put the observed delta
+    near the interval's top (0.85 of its width here); recentred, it sits in the middle with the same width."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(60), 8)  # 480 papers in 60 labels: a sparse label x cluster table, as at 69 labels
+
+    def clusters(right: float) -> np.ndarray:  # each paper in its label's cluster with probability `right`
+        return np.column_stack([labels, np.where(rng.random(len(labels)) < right, labels, rng.integers(0, 60, len(labels)))])
+
+    names = ("homogeneity", "completeness", "nmi")
+    base, tuned = clusters(0.5), clusters(0.6)
+    as_eval = lambda rows: ModelEval.of({"clustering": LensResult({n: statistic(rows, n) for n in names}, {n: rows for n in names})})  # noqa: E731
+    intervals = paired_intervals(as_eval(base), as_eval(tuned), seed=0, resamples=200)
+    for name in names:
+        low, high = intervals[f"clustering.{name}"]
+        observed = statistic(tuned, name) - statistic(base, name)
+        assert 0.4 < (observed - low) / (high - low) < 0.6, name
+        assert 0.04 < high - low < 0.12  # the resamples' spread is kept (a 95% interval over 480 papers)
+
+
 def test_every_delta_of_the_classifier_and_clustering_has_an_interval(real_papers, real_embeddings):
     """Weighted F1 and k-means' scores are resampled over the test papers, as macro-F1 is."""
     from sklearn.metrics import adjusted_rand_score, completeness_score, f1_score, homogeneity_score, normalized_mutual_info_score
