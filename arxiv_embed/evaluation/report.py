@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 BOOTSTRAP_RESAMPLES = 1000
 # Scores of a label x cluster table (entropies, pair counts) depend on how many distinct papers it holds: a
-# resample repeats ~37% of its papers, so its delta is a smaller sample's, not this one's (on the default run the
+# resample holds ~63% of the papers, some several times, so its delta is a smaller sample's, not this one's (on the default run the
 # observed homogeneity delta sat at the 88th percentile of its resamples, near the interval's top). Their intervals
 # keep the resamples' spread, centred on the observed delta. F1 and per-item means show no such shift: percentiles.
 RECENTRED = {"homogeneity", "completeness", "ari", "nmi"}
