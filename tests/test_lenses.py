@@ -209,7 +209,7 @@ def test_delta_keeps_the_nesting():
 
 
 def evaluation(items: dict[str, np.ndarray]) -> ModelEval:
-    return ModelEval.of({"lens": LensResult({name: statistic(v) for name, v in items.items()}, items)})
+    return ModelEval.of({"lens": LensResult({name: statistic(v, name) for name, v in items.items()}, items)})
 
 
 def test_paired_intervals_separate_a_real_gain_from_noise():

@@ -136,8 +136,9 @@ def paired_intervals(base: ModelEval, finetuned: ModelEval, seed: int, resamples
                 deltas[i] = statistic(tuned[rows], name) - statistic(untuned[rows], name)
                 meter.update()
         low, high = np.percentile(deltas, [2.5, 97.5])
-        if name.rsplit(".", 1)[-1] in RECENTRED:
-            shift = statistic(tuned, name) - statistic(untuned, name) - float(np.median(deltas))
+        lens, metric = name.rsplit(".", 1)
+        if metric in RECENTRED:  # the reported delta, as ModelEval holds it
+            shift = finetuned.metrics[lens][metric] - base.metrics[lens][metric] - float(np.median(deltas))
             low, high = low + shift, high + shift
         intervals[name] = [float(low), float(high)]
     if meter.total:
