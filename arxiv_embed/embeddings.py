@@ -3,7 +3,9 @@
 embed_base writes the base model's vectors of every text the later stages read (the train sample's
 and the test sample's titles and abstracts, the test triplets) to data/embeddings/base; finetune
 (adapter training and hard-negative mining), evaluate_base and, in adapter mode, evaluate read them
-instead of encoding again. The search build writes its index through the same chunk writer.
+instead of encoding again. The search build writes its index through the same chunk writer; with a
+model finetune.mode=adapter saved it encodes with the encoder alone and runs the adapter after
+(split_adapter), so that a retrained adapter on the same encoder (encoder_identity) encodes nothing.
 
 Chunks: each finished chunk of `chunk_size` texts is saved to `work_dir/chunk-<hash>.npy`, the hash
 of its texts and the model (texts_key); a rerun loads those and encodes only the rest. The stages give
@@ -304,15 +306,21 @@ class TextVectors:
     def load_subset(cls, folder: Path, texts: list[str]) -> TextVectors:
         """Only `texts` of a saved cache (an in-memory copy), found by a join over Arrow strings: no Python lookup
         table of every cached text (millions at the whole snapshot) for the few a reader needs."""
-        import polars as pl
-
         cached, vectors = _saved(folder)
-        rows = (pl.Series("text", texts, dtype=pl.String).to_frame()
-                .join(cached.to_frame().with_row_index("row"), on="text", how="left", maintain_order="left")["row"])
+        rows = _rows_in(texts, cached)
         if rows.null_count():
             missing = texts[rows.is_null().arg_max()]
             raise KeyError(f"text not among the {len(cached):,} cached ones (rerun embed_base): {missing[:80]!r}")
         return cls(texts, np.asarray(vectors[rows.to_numpy().astype(np.int64)], dtype=np.float32))
+
+
+def _rows_in(texts: list[str], cached: pl.Series) -> pl.Series:
+    """Each text's row in `cached` (a "text" column), null where it has none: a hash join over Arrow strings, with no
+    Python lookup table of the millions of cached texts a store can hold."""
+    import polars as pl
+
+    return (pl.Series("text", texts, dtype=pl.String).to_frame()
+            .join(cached.to_frame().with_row_index("row"), on="text", how="left", maintain_order="left")["row"])
 
 
 def _saved(folder: Path) -> tuple[pl.Series, np.ndarray]:
@@ -479,42 +487,48 @@ def _stored(store: Path, model_key: str) -> tuple[pl.Series, np.ndarray] | None:
 
 
 def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Path, work_dir: Path, model_key: str,
-                        batch_size: int = 64, chunk_size: int | None = None, what: str = "encode") -> tuple[TextVectors, int]:
+                        batch_size: int = 64, chunk_size: int | None = None, what: str = "encode") -> tuple[TextVectors, int, int]:
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, how many were
-    reused)."""
+    reused from the store, how many of the others came from chunks a killed run saved): the rest were encoded now."""
     import polars as pl
+
+    def encoded(some: list[str]) -> tuple[np.ndarray, int]:
+        vectors = np.empty((len(some), model.get_embedding_dimension()), dtype=np.float32)
+        return vectors, encode_into(model, some, vectors, work_dir, model_key, batch_size, chunk_size, what=what)
 
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
         old = _stored(store, model_key)
-    if old is None:
-        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0
-    old_texts, old_vectors = old
-    # Each text's row in the store, null where it has none: a hash join over Arrow strings.
-    found = (pl.Series("text", texts, dtype=pl.String).to_frame()
-             .join(old_texts.to_frame().with_row_index("row"), on="text", how="left", maintain_order="left")["row"])
+    found = _rows_in(texts, old[0]) if old is not None else pl.Series("row", [None] * len(texts), dtype=pl.UInt32)
     from_old = found.is_not_null().to_numpy()
     reused = int(from_old.sum())
     if not reused:
-        return embed_texts(model, texts, work_dir, model_key, batch_size, chunk_size, what=what), 0
+        vectors, resumed = encoded(texts)
+        return TextVectors(texts, vectors), 0, resumed
     print(f"{what}: {reused:,} of {len(texts):,} texts' vectors reused from {store} (the same model, settings and code); "
           f"encoding the other {len(texts) - reused:,}", flush=True)
-    new_texts = [text for text, kept in zip(texts, from_old) if not kept]
-    fresh = embed_texts(model, new_texts, work_dir, model_key, batch_size, chunk_size, what=what)
-    vectors = np.empty((len(texts), old_vectors.shape[1]), dtype=np.float32)
-    vectors[from_old] = old_vectors[found.drop_nulls().to_numpy().astype(np.int64)]
-    vectors[~from_old] = fresh.vectors
-    return TextVectors(texts, vectors), reused
+    fresh, resumed = encoded([text for text, kept in zip(texts, from_old) if not kept])
+    vectors = np.empty((len(texts), old[1].shape[1]), dtype=np.float32)
+    vectors[from_old] = old[1][found.drop_nulls().to_numpy().astype(np.int64)]
+    vectors[~from_old] = fresh
+    return TextVectors(texts, vectors), reused, resumed
+
+
+def _encoder_end(model: SentenceTransformer) -> int:
+    """The position of the base model's Normalize among `model`'s modules: the encoder ends there, an adapter follows."""
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    modules = list(model._modules.values())
+    return next((i for i, module in enumerate(modules) if isinstance(module, Normalize)), len(modules))
 
 
 def adapter_modules(model: SentenceTransformer, task: str = "document") -> list:
     """The adapter of a model finetune.mode=adapter saved (training/adapter.py attach): the modules
     after the base model's Normalize (its Dense layers and final Normalize); with a query adapter
     (a Router), the route `task` (query | document) takes."""
-    from sentence_transformers.sentence_transformer.modules import Normalize, Router
+    from sentence_transformers.sentence_transformer.modules import Router
 
-    modules = list(model._modules.values())
-    first = next((i for i, module in enumerate(modules) if isinstance(module, Normalize)), len(modules))
+    modules, first = list(model._modules.values()), _encoder_end(model)
     if first >= len(modules) - 1:
         raise ValueError("this model has no adapter after its encoder (not saved by finetune.mode=adapter)")
     adapter = modules[first + 1:]
@@ -524,15 +538,66 @@ def adapter_modules(model: SentenceTransformer, task: str = "document") -> list:
     return adapter
 
 
-def apply_adapter(modules: list, vectors: TextVectors) -> TextVectors:
-    """The fine-tuned model's vectors from the base model's: its adapter modules run on the cached vectors."""
+def split_adapter(model: SentenceTransformer) -> tuple[SentenceTransformer, list | None]:
+    """(its encoder, its documents' adapter) for a model finetune.mode=adapter saved, else (model, None). The
+    encoder is a SentenceTransformer over the same module objects up to the base model's Normalize (nothing
+    copied): it encodes what the base model does, and the adapter (adapter_function) maps that to the model's vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        adapter = adapter_modules(model)
+    except ValueError:
+        return model, None
+    encoder = SentenceTransformer(modules=list(model._modules.values())[:_encoder_end(model) + 1], device=str(model.device),
+                                  prompts=model.prompts, default_prompt_name=model.default_prompt_name)
+    return encoder, adapter
+
+
+def encoder_identity(encoder: SentenceTransformer, backend: str) -> str:
+    """sha256 over what makes an encoder's vectors of a text: its modules and their weights (a base model and the
+    encoder of an adapter model trained on it share one), its sequence length, tokenizer, default prompt and backend.
+    Weights are read from the loaded modules, so int8's quantised ones count as what they are."""
     import torch
 
+    digest = hashlib.sha256(json.dumps({
+        "max_seq_length": encoder.max_seq_length, "backend": backend,
+        "tokenizer": [type(encoder.tokenizer).__name__, len(encoder.tokenizer)] if encoder.tokenizer is not None else None,
+        "prompt": encoder.prompts.get(encoder.default_prompt_name) if encoder.default_prompt_name else None,
+        "modules": [type(module).__name__ for module in encoder._modules.values()]}, sort_keys=True).encode())
+
+    def add(value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = (value.dequantize() if value.is_quantized else value).detach().cpu().contiguous()
+            digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, (tuple, list)):  # a quantised Linear's packed (weight, bias)
+            for item in value:
+                add(item)
+        else:
+            digest.update(repr(value).encode())
+
+    for name, value in encoder.state_dict().items():
+        digest.update(name.encode())
+        add(value)
+    return digest.hexdigest()
+
+
+def adapter_function(modules: list) -> Callable[[np.ndarray], np.ndarray]:
+    """A block of the encoder's vectors -> the same block through `modules` (an adapter), on their device."""
+    import torch
+
+    device = next((parameter.device for module in modules for parameter in module.parameters()), torch.device("cpu"))
+
     def run(block: np.ndarray) -> np.ndarray:
-        features = {"sentence_embedding": torch.as_tensor(block)}
-        with torch.no_grad():
+        features = {"sentence_embedding": torch.as_tensor(np.ascontiguousarray(block, dtype=np.float32), device=device)}
+        with torch.inference_mode():
             for module in modules:
                 features = module(features)
-        return features["sentence_embedding"].numpy()
+        return features["sentence_embedding"].float().cpu().numpy()
 
-    return vectors.mapped(run)
+    return run
+
+
+def apply_adapter(modules: list, vectors: TextVectors) -> TextVectors:
+    """The fine-tuned model's vectors from the base model's: its adapter modules run on the cached vectors."""
+    return vectors.mapped(adapter_function(modules))

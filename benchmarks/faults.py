@@ -38,7 +38,7 @@ QUICK: dict = {}
 DVC = str(Path(sys.executable).parent / "dvc")
 # differ run to run: the runtime records' keys (metrics/runtime/<stage>.json) and the benchmark's own
 VOLATILE = {"wall_time_s", "samples_per_second", "resumed_from_step", "seconds", "runtime_s", "train_seconds", "vectors_seconds",
-            "mlflow_run_id", "reused_texts", "encode_seconds", "texts_per_second"}
+            "mlflow_run_id", "reused_texts", "resumed_texts", "encode_seconds", "texts_per_second"}
 TEMPORARY = re.compile(r"^\..+\.(tmp|old)-\d+-")
 
 

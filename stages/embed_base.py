@@ -50,7 +50,8 @@ def main() -> None:
     store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
     with chunk_folder(paths.kept_between_runs(paths.EMBED_WORK), key, texts, what="embed_base") as work_dir:  # deleted once kept
-        vectors, reused = embed_texts_reusing(model, texts, store, work_dir, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
+        vectors, reused, resumed = embed_texts_reusing(model, texts, store, work_dir, key, cfg.batch_size, cfg.chunk_size,
+                                                       what="embed_base")
         seconds = time.monotonic() - started
         with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
             vectors.save(tmp, key)
@@ -66,10 +67,12 @@ def main() -> None:
         "texts": len(texts), "train_sample_papers": train.height, "test_sample_papers": data.test.height,
         "device": str(model.device), "backend": cfg.backend, "model_files_sha256": json.loads(key)["files_sha256"],
     })
-    # How this run went (what earlier runs' stores gave, how fast it encoded): the runtime record, not the summary above.
+    # How this run went (what earlier runs' stores and a killed run's chunks gave, how fast it encoded the rest): the
+    # runtime record, not the summary above.
+    encoded = len(texts) - reused - resumed
     write_json(paths.runtime_file("embed_base"), {
-        "reused_texts": reused, "encode_seconds": round(seconds, 1),
-        "texts_per_second": round((len(texts) - reused) / seconds, 1) if seconds and len(texts) > reused else None,  # None: all reused
+        "reused_texts": reused, "resumed_texts": resumed, "encode_seconds": round(seconds, 1),
+        "texts_per_second": round(encoded / seconds, 1) if seconds and encoded else None,  # None: nothing encoded now
     })
 
 

@@ -276,6 +276,10 @@ def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_ne
     encoded = sum(len(texts) for texts in encoder_calls)
     written = json.loads(Path(paths.metrics_file("embed_base")).read_text())
     assert encoded == written["texts"] - 2 * 256  # the killed point's chunks were not encoded again
+    runtime = json.loads(Path(paths.runtime_file("embed_base")).read_text())
+    assert (runtime["reused_texts"], runtime["resumed_texts"]) == (0, 2 * 256)
+    # The rate is of the texts encoded now: the resumed chunks took no time.
+    assert runtime["texts_per_second"] == pytest.approx(encoded / runtime["encode_seconds"], rel=0.05)
     assert not (project / paths.EMBED_WORK).exists()  # its chunks dropped once the store holds its vectors
     assert any((project / paths.EMBED_REUSE).iterdir())
 

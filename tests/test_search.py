@@ -248,19 +248,111 @@ def test_a_new_model_re_encodes_every_paper_of_the_index(tmp_path, indexes, reco
     from arxiv_embed.search.index import model_identity
     from arxiv_embed.search.service import Searcher
 
+    from arxiv_embed.models import load_model
+
     other = retrained_copy(base_model, tmp_path / "other-model")
+    other_model = load_model(other, max_seq_length=64, device="cpu")  # another encoder: nothing stored is its
     index = shutil.copytree(indexes["binary"], tmp_path / "index")
     papers = read_papers(write_papers(tmp_path / "update.jsonl", records[35:45]))  # 5 the index has, 5 new
-    # `base_model` encodes, so its vectors can be checked; `other` names the model the index records.
-    report = build_index(papers, base_model, str(other), index, "binary", new_model=True)
-    assert (report.encoded, report.kept, report.total) == (45, 0, 45)
+    report = build_index(papers, other_model, str(other), index, "binary", new_model=True)
+    assert (report.encoded, report.kept, report.total, report.reencoded) == (45, 0, 45, True)
     rebuilt = SearchIndex.load(index)
     assert rebuilt.meta["model_sha256"] == model_identity(other) and rebuilt.meta["precision"] == "binary"
     ids = rebuilt.papers["id"].to_pylist()
     assert sorted(ids) == sorted(json.loads(record)["id"] for record in records[:45])
     abstracts = {json.loads(record)["id"]: json.loads(record)["abstract"] for record in records[:45]}
-    np.testing.assert_allclose(rebuilt.embeddings, encode(base_model, [abstracts[i] for i in ids], progress=False), atol=1e-5)
+    np.testing.assert_allclose(rebuilt.embeddings, encode(other_model, [abstracts[i] for i in ids], progress=False), atol=1e-5)
     Searcher(index, str(other))  # the new model now matches
+
+
+def adapter_model(base_model, folder: Path, seed: int):
+    """The base model + an MLP adapter moved off the identity (as finetune.mode=adapter saves one), saved to `folder`."""
+    import torch
+
+    from arxiv_embed.training.adapter import attach, identity_adapter
+
+    modules = identity_adapter(base_model.get_embedding_dimension(), "mlp", 8)
+    with torch.no_grad():
+        for parameter in modules[1].parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(seed)))
+    model = attach(base_model, modules)
+    model.save(str(folder))
+    return model, folder
+
+
+def test_a_retrained_adapter_runs_on_the_stored_encoder_vectors_with_nothing_re_encoded(tmp_path, records, base_model,
+                                                                                        encoder_calls, capsys):
+    """An index built with an adapter model keeps its encoder's vectors (encoder.npy). `--new-model` with another
+    adapter on the same base model, or with the base model itself, then encodes only new or changed papers: the
+    others' new vectors are the new adapter over the stored ones, equal to encoding them with the new model. A model
+    with another encoder is re-encoded whole."""
+    import faiss
+
+    from arxiv_embed.search.__main__ import main
+    from arxiv_embed.search.engine import make_index
+    from arxiv_embed.search.service import Searcher
+
+    first, first_path = adapter_model(base_model, tmp_path / "first", seed=1)
+    second, second_path = adapter_model(base_model, tmp_path / "second", seed=2)
+    index, papers = tmp_path / "index", read_papers(write_papers(tmp_path / "all.jsonl", records[:40]))
+    abstracts = dict(zip(papers["id"], papers["abstract"]))  # as a build reads them
+    build_index(papers.head(30), first, str(first_path), index, "binary")
+    built = SearchIndex.load(index)
+    texts = [abstracts[i] for i in built.papers["id"].to_pylist()]
+    np.testing.assert_allclose(built.embeddings, encode(first, texts, progress=False), atol=1e-5)
+    np.testing.assert_allclose(np.load(index / "encoder.npy"), encode(base_model, texts, progress=False), atol=1e-5)
+
+    encoder_calls.clear()
+    report = build_index(papers.slice(25), second, str(second_path), index, "binary", new_model=True)
+    assert (report.encoded, report.kept, report.total, report.readapted, report.reencoded) == (10, 30, 40, True, False)
+    assert sorted(text for call in encoder_calls for text in call) == sorted(papers["abstract"].slice(30))
+    assert "only this model's adapter runs on them" in capsys.readouterr().err
+    rebuilt = SearchIndex.load(index)
+    texts = [abstracts[i] for i in rebuilt.papers["id"].to_pylist()]
+    np.testing.assert_allclose(rebuilt.embeddings, encode(second, texts, progress=False), atol=1e-5)
+    # The 1-bit index is made anew from the new vectors: the old one's codes are of the first adapter's.
+    assert (faiss.serialize_index(rebuilt.index) == faiss.serialize_index(make_index(np.asarray(rebuilt.embeddings), "binary"))).all()
+    paper_id, words = phrase(records[5])
+    searcher = Searcher(index, str(second_path))
+    assert searcher.search(words, 3)["results"][0]["id"] == paper_id
+
+    encoder_calls.clear()  # back to the base model: its vectors are the stored encoder's, nothing is encoded
+    base_model.save(str(tmp_path / "base"))  # as the fixture loaded it (64 tokens: another length is another encoder)
+    main(["build", "--index", str(index), "--model", str(tmp_path / "base"), "--new-model"])
+    assert not encoder_calls and "40 papers (0 new or changed, 40 kept through the new model's adapter" in capsys.readouterr().out
+    np.testing.assert_allclose(SearchIndex.load(index).embeddings, encode(base_model, texts, progress=False), atol=1e-4)
+
+
+def test_the_encoder_identity_is_shared_by_a_base_model_and_its_adapter_models_only(tmp_path, base_model):
+    from arxiv_embed.embeddings import encoder_identity, split_adapter
+    from arxiv_embed.models import load_model, quantize_int8
+
+    model, _ = adapter_model(base_model, tmp_path / "adapter", seed=1)
+    encoder, adapter = split_adapter(model)
+    assert adapter is not None and split_adapter(base_model) == (base_model, None)
+    identity = encoder_identity(base_model, "torch")
+    assert encoder_identity(encoder, "torch") == identity
+    retrained = load_model(retrained_copy(base_model, tmp_path / "retrained"), max_seq_length=64, device="cpu")
+    assert encoder_identity(retrained, "torch") != identity
+    int8 = quantize_int8(load_model(MODEL, max_seq_length=64, device="cpu"))
+    assert encoder_identity(int8, "int8") not in (identity, encoder_identity(base_model, "int8"))
+
+
+def test_a_build_with_other_encoder_settings_keeps_no_encoder_vectors_and_says_so(tmp_path, indexes, records, capsys):
+    """Same weights, another backend: its kept vectors are still served, but they are not this encoder's, so the
+    index stops claiming any (a later --new-model then encodes every paper rather than adapting the wrong vectors)."""
+    import shutil
+
+    from arxiv_embed.models import load_model, quantize_int8
+
+    index = shutil.copytree(indexes["float32"], tmp_path / "index")
+    assert SearchIndex.load(index).meta["encoder_vectors"] == "embeddings.npy"  # a model with no adapter: its own
+    int8 = quantize_int8(load_model(MODEL, max_seq_length=64, device="cpu"))
+    report = build_index(read_papers(write_papers(tmp_path / "one.jsonl", records[40:41])), int8, MODEL, index, "float32",
+                         backend="int8")
+    assert (report.encoded, report.kept) == (1, 40)
+    assert "encoder vectors were made with other settings" in capsys.readouterr().err
+    assert "encoder_sha256" not in SearchIndex.load(index).meta
 
 
 def test_new_model_alone_re_encodes_the_index_s_own_papers(tmp_path, indexes, base_model, capsys):

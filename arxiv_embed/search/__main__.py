@@ -6,7 +6,8 @@
     python -m arxiv_embed.search query "graph neural networks" --server http://127.0.0.1:8000   # no model load
 
 build encodes only new or changed abstracts, resumes an interrupted encoding, and uses the GPU (or
-several with --processes / all GPUs) when present. `--precision binary` (default) searches 1-bit
+several with --processes / all GPUs) when present. With a model fine-tuned in adapter mode it also keeps its
+encoder's vectors, so `--new-model` with a retrained adapter (or the base model) runs only the adapter. `--precision binary` (default) searches 1-bit
 codes (RaBitQ) with float rescoring (27x less memory); `float32` searches exactly.
 `--backend int8` encodes with dynamic int8 Linear layers: ~1.5-1.9x faster on a CPU, NDCG@10 within 1%; query and
 serve use it by default when there is no GPU (one short query: ~90 vs ~170 ms on 2 loaded cores).
@@ -179,7 +180,8 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
     sizes = SearchIndex.load(args.index).sizes()
     resumed = f", {report.resumed} of them resumed from saved chunks" if report.resumed else ""
     how = (f"every one encoded with the new model{resumed}" if report.reencoded
-           else f"{report.encoded} new or changed{resumed}, {report.kept} kept")
+           else f"{report.encoded} new or changed{resumed}, {report.kept} kept"
+           + (" through the new model's adapter, not encoded again" if report.readapted else ""))
     print(f"search: index {args.index}: {report.total} papers ({how}), {args.precision}, "
           f"{sizes['bytes_on_disk'] / 1e6:.2f} MB on disk, {report.seconds:.1f} s")
 
