@@ -7,8 +7,9 @@
 
 build encodes only new or changed abstracts, resumes an interrupted encoding, and uses the GPU (or
 several with --processes / all GPUs) when present. With a model fine-tuned in adapter mode it also keeps its
-encoder's vectors, so `--new-model` with a retrained adapter (or the base model) runs only the adapter. `--precision binary` (default) searches 1-bit
-codes (RaBitQ) with float rescoring (27x less memory); `float32` searches exactly.
+encoder's vectors, so `--new-model` with a retrained adapter (or the base model) runs only the adapter.
+`--precision binary` (default) searches 1-bit codes (RaBitQ) with float rescoring (27x less memory); `float32`
+searches exactly.
 `--backend int8` encodes with dynamic int8 Linear layers: ~1.5-1.9x faster on a CPU, NDCG@10 within 1%; query and
 serve use it by default when there is no GPU (one short query: ~90 vs ~170 ms on 2 loaded cores).
 """

@@ -452,8 +452,9 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
                                   processes=processes, what="search")
         embeddings.flush()
         new_embeddings = embeddings[kept.height:]
-        index, trained_rows = (None if readapted else _appendable_index(path, kept, len(old_embeddings), precision, len(embeddings)),
-                               len(embeddings))
+        # Every vector is new after another adapter: the old index's codes are of the old vectors, so it is made anew.
+        index = None if readapted else _appendable_index(path, kept, len(old_embeddings), precision, len(embeddings))
+        trained_rows = len(embeddings)
         if index is not None:  # only papers were added: the trained index takes the new codes, nothing is rebuilt
             trained_rows = _read_meta(path).get("trained_rows", len(old_embeddings))
             for first in range(0, len(new_embeddings), BLOCK):
