@@ -491,7 +491,6 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, how many were
     reused from the store, how many of the others came from chunks a killed run saved): the rest were encoded now."""
-    import polars as pl
 
     def encoded(some: list[str]) -> tuple[np.ndarray, int]:
         vectors = np.empty((len(some), model.get_embedding_dimension()), dtype=np.float32)
@@ -499,12 +498,12 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
 
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
         old = _stored(store, model_key)
-    found = _rows_in(texts, old[0]) if old is not None else pl.Series("row", [None] * len(texts), dtype=pl.UInt32)
-    from_old = found.is_not_null().to_numpy()
-    reused = int(from_old.sum())
+    found = _rows_in(texts, old[0]) if old is not None else None
+    reused = 0 if found is None else found.len() - found.null_count()
     if not reused:
         vectors, resumed = encoded(texts)
         return TextVectors(texts, vectors), 0, resumed
+    from_old = found.is_not_null().to_numpy()
     print(f"{what}: {reused:,} of {len(texts):,} texts' vectors reused from {store} (the same model, settings and code); "
           f"encoding the other {len(texts) - reused:,}", flush=True)
     fresh, resumed = encoded([text for text, kept in zip(texts, from_old) if not kept])

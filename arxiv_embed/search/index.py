@@ -385,7 +385,7 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
         old = SearchIndex.load_for_build(path)
         if rescore_multiplier is None:
             rescore_multiplier = old.rescore_multiplier
-        old_encoded = stored_encoder_vectors(old, encoder_sha256)
+        old_encoded = _stored_encoder_vectors(old, encoder_sha256)
         other_encoder = old_encoded is None and old.meta.get("encoder_sha256") is not None
         another_model = new_model and old.meta.get("model_sha256") != identity
         if another_model and old_encoded is None:
@@ -433,14 +433,16 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
         encoded = (np.lib.format.open_memmap(tmp / ENCODER_VECTORS, mode="w+", dtype=np.float32,
                                              shape=(plan.height, encoder.get_embedding_dimension())) if split else embeddings)
         kept_rows = kept["row"].to_numpy()
-        for first in range(0, len(kept_rows), BLOCK):
+        copied = Progress("search: kept papers' vectors copied", len(kept_rows), "papers", interval_s=15.0)
+        for first in range(0, len(kept_rows), BLOCK):  # from the old memory-mapped files: 2.7M rows take ~a minute
             block = kept_rows[first:first + BLOCK]
-            if readapted:
-                encoded[first:first + len(block)] = old_encoded[block]
-            else:
+            if not readapted:  # another adapter's vectors are worth nothing: the new ones come from the encoder's
                 embeddings[first:first + len(block)] = old_embeddings[block]
-                if split:
-                    encoded[first:first + len(block)] = old_encoded[block]
+            if split or readapted:
+                encoded[first:first + len(block)] = old_encoded[block]
+            copied.update(len(block))
+        if copied.count:
+            copied.done()
         if readapted and adapter is not None:
             _adapt(adapter, encoded, embeddings, 0, kept.height, "search: kept papers through the new adapter")
         if split:  # the encoder encodes, the adapter maps: the encoder's vectors are kept for the next adapter
@@ -459,17 +461,16 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
             trained_rows = _read_meta(path).get("trained_rows", len(old_embeddings))
             for first in range(0, len(new_embeddings), BLOCK):
                 index.add(np.ascontiguousarray(new_embeddings[first:first + BLOCK]))
-        encoder_meta = ({"encoder_sha256": encoder_sha256, "encoder_vectors": ENCODER_VECTORS if split else "embeddings.npy"}
-                        if encoder_complete else {})
         _write_index_files(tmp, _planned_papers(plan, papers, old_batches), embeddings, precision, stored_model(model_ref),
-                           identity, rescore_multiplier, index, trained_rows, encoder_meta)
+                           identity, rescore_multiplier, index, trained_rows, encoder_sha256 if encoder_complete else None,
+                           ENCODER_VECTORS if split else "embeddings.npy")
         del embeddings, new_embeddings, encoded  # the memory maps close before the folder is swapped in
     shutil.rmtree(work_dir, ignore_errors=True)
     return BuildReport(encoded=todo.height, kept=kept.height, total=plan.height, seconds=time.perf_counter() - start,
                        resumed=resumed, reencoded=reencoded, readapted=readapted)
 
 
-def stored_encoder_vectors(index: SearchIndex, encoder_sha256: str) -> np.ndarray | None:
+def _stored_encoder_vectors(index: SearchIndex, encoder_sha256: str) -> np.ndarray | None:
     """The index's vectors from the encoder `encoder_sha256` names (memory-mapped), when it recorded them: encoder.npy
     beside an adapter model's embeddings, or the embeddings of a model with no adapter. None for any other encoder."""
     if index.meta.get("encoder_sha256") != encoder_sha256:
@@ -560,14 +561,15 @@ def write_index(path: Path, papers: pl.DataFrame, embeddings: np.ndarray, precis
     with atomic_path(path) as tmp:
         tmp.mkdir()
         np.save(tmp / "embeddings.npy", embeddings)
-        encoder_meta = {"encoder_sha256": encoder_sha256, "encoder_vectors": "embeddings.npy"} if encoder_sha256 else {}
         _write_index_files(tmp, papers.iter_slices(65536), embeddings, precision, model_ref, model_sha256, rescore_multiplier,
-                           index, trained_rows, encoder_meta)
+                           index, trained_rows, encoder_sha256)
 
 
 def _write_index_files(folder: Path, papers: Iterable[pl.DataFrame], embeddings: np.ndarray, precision: Precision, model_ref: str,
-                       model_sha256: str, rescore_multiplier: int, index, trained_rows: int | None, encoder_meta: dict) -> None:
-    """Everything of an index folder but embeddings.npy (already there): the FAISS index, papers, index.json."""
+                       model_sha256: str, rescore_multiplier: int, index, trained_rows: int | None, encoder_sha256: str | None,
+                       encoder_vectors: str = "embeddings.npy") -> None:
+    """Everything of an index folder but embeddings.npy (already there): the FAISS index, papers, index.json.
+    encoder_sha256: every row's vectors from that encoder are in `encoder_vectors` (None: the index records none)."""
     import faiss
 
     index = make_index(embeddings, precision) if index is None else index
@@ -580,5 +582,6 @@ def _write_index_files(folder: Path, papers: Iterable[pl.DataFrame], embeddings:
     meta = {"format": FORMAT, "model": model_ref, "model_sha256": model_sha256, "precision": precision,
             "dimension": int(embeddings.shape[1]), "count": len(embeddings), "text": "abstract",
             "faiss": type(faiss.downcast_index(index)).__name__, "rescore_multiplier": rescore_multiplier,
-            "trained_rows": len(embeddings) if trained_rows is None else trained_rows, **encoder_meta}
+            "trained_rows": len(embeddings) if trained_rows is None else trained_rows,
+            **({"encoder_sha256": encoder_sha256, "encoder_vectors": encoder_vectors} if encoder_sha256 else {})}
     (folder / "index.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
