@@ -166,6 +166,23 @@ def pick_precision(requested: str, device: str) -> str:
 OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "roberta-prelayernorm", "data2vec-text", "ibert"}
 
 
+def quiet_transformers_bars() -> None:
+    """Silence transformers' own progress bars (Loading weights, Writing model shards) in this process: sub-second steps
+    whose redrawn bars clutter `dvc repro`'s log, where the project's long work prints its own progress lines. A
+    model download keeps its bar (huggingface_hub's, not transformers'). A hook set by someone else stays."""
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.set_tqdm_hook(_no_bar)
+    if previous not in (None, _no_bar):
+        transformers_logging.set_tqdm_hook(previous)
+
+
+def _no_bar(factory, args: tuple, kwargs: dict):  # noqa: ANN001 (transformers' tqdm factory)
+    from transformers.utils.logging import EmptyTqdm
+
+    return EmptyTqdm(*args, **kwargs)
+
+
 def load_model(
     name_or_path: str | Path,
     max_seq_length: int | None = None,
@@ -184,6 +201,7 @@ def load_model(
         raise ValueError(f"backend={backend!r}: use 'torch' or 'int8'")
     path = resolve_model(str(name_or_path))
     device = "cpu" if backend == "int8" else device or pick_device()  # quantised kernels are CPU-only
+    quiet_transformers_bars()  # also for the model's later saves (finetune's, push's)
     model = SentenceTransformer(str(path), device=device, trust_remote_code=trust_remote_code)
     if max_seq_length:
         # Past the model's position table, encoding fails deep in torch ("size of tensor a (667) must match ... (512)").

@@ -238,3 +238,26 @@ def tracked_run(run_id: str | None = None, run_name: str | None = None, tags: di
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+WEIGHTS_TAG = "weights_sha256"
+SAME_WEIGHTS_TAG = "same_weights_as_run"
+
+
+def tag_weights(run_id: str, weights: str) -> str | None:
+    """Tag finetune's run with the sha256 of the weights it saved; when an earlier run of the experiment trained the
+    same weights, also with that run (the first one): DVC evaluates a model once, so a retrain that gives the same
+    weights (`dvc repro -f`, a knob the loss does not read) has no evaluation of its own, and the tag says where it
+    is. Returns the earlier run's id, or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, WEIGHTS_TAG, weights)
+    earlier = [run for run in client.search_runs([client.get_run(run_id).info.experiment_id],
+                                                 filter_string=f"tags.{WEIGHTS_TAG} = '{weights}'",
+                                                 order_by=["attributes.start_time ASC"], max_results=2)
+               if run.info.run_id != run_id]
+    if not earlier:
+        return None
+    client.set_tag(run_id, SAME_WEIGHTS_TAG, earlier[0].info.run_id)
+    return earlier[0].info.run_id

@@ -28,12 +28,13 @@ from arxiv_embed.training import adapter, checkpoints, distributed, mining, reci
 from arxiv_embed.training import data as training_data
 from arxiv_embed.embeddings import TextVectors, distinct_texts
 from arxiv_embed.files import atomic_path, write_json, write_text
-from arxiv_embed.models import load_model, pick_device, pick_precision
+from arxiv_embed.models import load_model, pick_device, pick_precision, weights_sha256
 from arxiv_embed.flat import flatten
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.progress import trainer_callback
-from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, TrackingUnavailableError, configure_tracking, run_tags, tracked_run
+from arxiv_embed.tracking import (MLFLOW_RUN_ID, RUN_INFO, SAME_WEIGHTS_TAG, TrackingUnavailableError, configure_tracking, run_tags,
+                                  tag_weights, tracked_run)
 from arxiv_embed.errors import run
 
 if TYPE_CHECKING:
@@ -281,6 +282,9 @@ def log_outputs(model: SentenceTransformer, run_id: str, summary: dict) -> str:
     try:
         configure_tracking()  # a server that went down answers nothing within seconds: no minutes of retries below
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if earlier := tag_weights(run_id, weights_sha256(paths.FINETUNED)):
+            print(f"finetune: the same weights as MLflow run {earlier}, which trained them first (tag {SAME_WEIGHTS_TAG}): "
+                  "unless evaluate.* changed too, DVC does not evaluate them again, and their evaluation is in that run", flush=True)
         return trainer.log_model(model, paths.FINETUNED)
     except (TrackingUnavailableError, MlflowException, OSError) as exc:
         give_up_on_tracking()

@@ -15,7 +15,7 @@ from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leav
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
-from arxiv_embed.models import weights_sha256
+from arxiv_embed.models import load_model, weights_sha256
 from arxiv_embed.paths import FINETUNE_RUNTIME, FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file, runtime_file
 from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, configure_tracking, dvc_tags, finetune_run_id
 from arxiv_embed.errors import UserError, run
@@ -155,11 +155,10 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
         # finetune logged no MLflow model here (or trained against another store): log the release into the run, so the
         # version still points at it.
         import sentence_transformers
-        from sentence_transformers import SentenceTransformer
 
         with mlflow.start_run(run_id=run.info.run_id):
             info = mlflow.sentence_transformers.log_model(
-                SentenceTransformer(str(release), device="cpu"), name="release",
+                load_model(release, device="cpu"), name="release",
                 pip_requirements=[f"sentence-transformers=={sentence_transformers.__version__}"])
         logged = [client.get_logged_model(info.model_id)]
     run_id = run.info.run_id

@@ -14,6 +14,7 @@ import yaml
 
 from arxiv_embed import paths, tracking
 from arxiv_embed.evaluation.headline import METRICS, headline
+from arxiv_embed.models import weights_sha256
 
 from .conftest import dvc, ran_stages, run
 
@@ -117,6 +118,18 @@ def test_a_stage_run_again_writes_the_same_cached_outputs_and_a_new_runtime_reco
     assert runtime_after["mlflow_run_id"] != runtime_before["mlflow_run_id"]
     encoded = json.loads((project / "metrics/runtime/embed_base.json").read_text())
     assert encoded["reused_texts"] == 0 and encoded["texts_per_second"] > 0
+
+    # Trained again: DVC does not evaluate the same weights again, so the new MLflow run names the one that trained them
+    # first (the one evaluated; this copy's fresh store starts with the run above).
+    again = dvc(project, "repro", "-f", "-s", "finetune")
+    first, second = runtime_after["mlflow_run_id"], json.loads((project / "metrics/runtime/finetune.json").read_text())["mlflow_run_id"]
+    assert f"the same weights as MLflow run {first}" in again.stdout, again.stdout[-2000:]
+    from mlflow import MlflowClient
+
+    client, weights = MlflowClient(f"sqlite:///{project / 'mlflow.db'}"), weights_sha256(project / paths.FINETUNED)
+    assert client.get_run(first).data.tags[tracking.WEIGHTS_TAG] == weights and tracking.SAME_WEIGHTS_TAG not in client.get_run(first).data.tags
+    assert client.get_run(second).data.tags[tracking.WEIGHTS_TAG] == weights
+    assert client.get_run(second).data.tags[tracking.SAME_WEIGHTS_TAG] == first
 
 
 @pytest.mark.slow

