@@ -309,9 +309,10 @@ def test_int8_queries_encoded_together_get_the_vectors_they_get_alone(index_dir,
     searcher = Searcher(index_dir, backend="int8")
     queries = [phrase(paper) for paper in records[:5]]
     alone = {q: searcher.search(q, k=5)["results"] for q in queries}
-    real_encode, first = models.encode, threading.Event()
+    real_encode, first, encoded_together = models.encode, threading.Event(), []
 
     def slow_first_call(model, texts, **kwargs):
+        encoded_together.append(list(texts))
         if not first.is_set():
             first.set()
             deadline = time.monotonic() + 30
@@ -323,7 +324,9 @@ def test_int8_queries_encoded_together_get_the_vectors_they_get_alone(index_dir,
     with ThreadPoolExecutor(5) as pool:
         leader = pool.submit(searcher.search, queries[0], 5)
         first.wait(10)
-        results = [leader.result()] + [f.result() for f in [pool.submit(searcher.search, q, 5) for q in queries[1:]]]
+        others = [pool.submit(searcher.search, q, 5) for q in queries[1:]]  # queued behind the leader's encoding
+        results = [leader.result()] + [f.result() for f in others]
+    assert len(encoded_together) == 2 and len(encoded_together[1]) == 4  # the leader alone, then the four queued ones
     for query, body in zip(queries, results):
         assert [hit["score"] for hit in body["results"]] == pytest.approx([hit["score"] for hit in alone[query]], abs=1e-5)
 
