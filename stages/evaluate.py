@@ -85,8 +85,8 @@ def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None
     """Log the evaluation (metrics, evaluate.* params, report and plots) into `finetune_run`, that of the model
     scored (finetune_run_id), when it holds no evaluation yet: training and evaluation side by side in
     one run, as `dvc repro` and a sweep that retrains produce them (a retrain that gives the same weights is not
-    evaluated again: DVC sees the same model, whose evaluation stays in the run that first trained it, which finetune
-    tags the new run with: tracking.tag_weights). A model
+    evaluated again: DVC sees the same model, whose evaluation stays in the run that first trained it; finetune tags
+    the new run with that run's id, tracking.tag_weights). A model
     evaluated again (a sweep of evaluate.* alone, `dvc repro -f -s evaluate`) logs into a new run nested under it
     instead: another experiment's evaluation must not replace the numbers of the run it was first evaluated in. Runs
     are written by id, never reopened, so the finetune run keeps its status and end time.

@@ -282,9 +282,10 @@ def log_outputs(model: SentenceTransformer, run_id: str, summary: dict) -> str:
     try:
         configure_tracking()  # a server that went down answers nothing within seconds: no minutes of retries below
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        if earlier := tag_weights(run_id, weights_sha256(paths.FINETUNED)):
+        weights = weights_sha256(paths.FINETUNED)
+        if weights and (earlier := tag_weights(run_id, weights)):
             print(f"finetune: the same weights as MLflow run {earlier}, which trained them first (tag {SAME_WEIGHTS_TAG}): "
-                  "unless evaluate.* changed too, DVC does not evaluate them again, and their evaluation is in that run", flush=True)
+                  "unless evaluate's params or code changed too, DVC does not evaluate them again, and their evaluation is in that run", flush=True)
         return trainer.log_model(model, paths.FINETUNED)
     except (TrackingUnavailableError, MlflowException, OSError) as exc:
         give_up_on_tracking()
