@@ -240,9 +240,15 @@ def encode_resumable(model: SentenceTransformer, texts: list[str], work_dir: Pat
                      chunk_size: int | None = None, processes: int | None = None, progress: bool = True,
                      what: str = "encode") -> np.ndarray:
     """encode_into a new in-memory array: L2-normalised float32 embeddings of `texts`, resumable."""
+    return encode_counted(model, texts, work_dir, model_sha256, batch_size, chunk_size, processes, progress, what)[0]
+
+
+def encode_counted(model: SentenceTransformer, texts: list[str], work_dir: Path, model_sha256: str, batch_size: int = 64,
+                   chunk_size: int | None = None, processes: int | None = None, progress: bool = True,
+                   what: str = "encode") -> tuple[np.ndarray, int]:
+    """encode_resumable, with how many of the texts came from chunks a killed run saved (encode_into)."""
     vectors = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    encode_into(model, texts, vectors, work_dir, model_sha256, batch_size, chunk_size, processes, progress, what)
-    return vectors
+    return vectors, encode_into(model, texts, vectors, work_dir, model_sha256, batch_size, chunk_size, processes, progress, what)
 
 
 class TextVectors:
@@ -491,22 +497,18 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, how many were
     reused from the store, how many of the others came from chunks a killed run saved): the rest were encoded now."""
-
-    def encoded(some: list[str]) -> tuple[np.ndarray, int]:
-        vectors = np.empty((len(some), model.get_embedding_dimension()), dtype=np.float32)
-        return vectors, encode_into(model, some, vectors, work_dir, model_key, batch_size, chunk_size, what=what)
-
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
         old = _stored(store, model_key)
     found = _rows_in(texts, old[0]) if old is not None else None
     reused = 0 if found is None else found.len() - found.null_count()
     if not reused:
-        vectors, resumed = encoded(texts)
+        vectors, resumed = encode_counted(model, texts, work_dir, model_key, batch_size, chunk_size, what=what)
         return TextVectors(texts, vectors), 0, resumed
     from_old = found.is_not_null().to_numpy()
     print(f"{what}: {reused:,} of {len(texts):,} texts' vectors reused from {store} (the same model, settings and code); "
           f"encoding the other {len(texts) - reused:,}", flush=True)
-    fresh, resumed = encoded([text for text, kept in zip(texts, from_old) if not kept])
+    fresh, resumed = encode_counted(model, [text for text, kept in zip(texts, from_old) if not kept], work_dir, model_key,
+                                    batch_size, chunk_size, what=what)
     vectors = np.empty((len(texts), old[1].shape[1]), dtype=np.float32)
     vectors[from_old] = old[1][found.drop_nulls().to_numpy().astype(np.int64)]
     vectors[~from_old] = fresh
