@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks.common import SAMPLE_HELP, save
 
 MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "faults": "faults",
-           "search_scale": "search_scale", "search_rebuild": "search_rebuild", "snapshot_scale": "snapshot_scale", "search_load": "search_load", "reuse_store": "reuse_store", "quality": "quality", "objectives": "objectives", "end_to_end": "end_to_end"}
+           "search_scale": "search_scale", "search_rebuild": "search_rebuild", "snapshot_scale": "snapshot_scale", "search_load": "search_load", "reuse_store": "reuse_store", "intervals": "intervals", "quality": "quality", "objectives": "objectives", "end_to_end": "end_to_end"}
 # snapshot_scale and search_rebuild build snapshot-sized files (an hour or more, ~21 GB of disk); quality and
 # objectives read the two dev files of ../shared/data, which a user's clone does not have.
 LONG = ("snapshot_scale", "search_rebuild", "quality", "objectives")

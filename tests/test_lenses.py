@@ -17,7 +17,8 @@ from arxiv_embed.errors import UserError
 from arxiv_embed.embeddings import TextVectors
 from arxiv_embed.evaluation.data import EvalData, balanced_sample
 from arxiv_embed.evaluation.lenses import LENSES, LensInput, LensResult, label_pairs, learning_curve_sizes, lens
-from arxiv_embed.evaluation.report import ModelEval, compare, delta, macro_f1, paired_intervals, report_markdown, statistic
+from arxiv_embed.evaluation.report import (ModelEval, compare, delta, macro_f1, paired_intervals, report_markdown,
+                                          resampled_statistic, statistic)
 from arxiv_embed.evaluation.retrieval import MAX_K, RETRIEVAL_METRICS, retrieval_metrics
 from arxiv_embed.evaluation.vectors import search
 from arxiv_embed.models import encode
@@ -231,17 +232,22 @@ def test_paired_interval_of_macro_f1_resamples_papers():
     assert 0.6 < low <= 2 / 3 <= high < 0.75  # macro-F1 1.0 vs 1/3
 
 
-def test_the_slow_label_pair_resamples_print_progress(capsys, monkeypatch):
-    """sklearn per resample takes about a minute at 20k test papers: evaluate's log must show it."""
-    import arxiv_embed.progress
-
-    monkeypatch.setattr(arxiv_embed.progress.time, "monotonic", iter(range(0, 10**6, 10)).__next__)  # 10 s a call
-    actual = np.array(["a", "b"] * 20)
-    paired_intervals(evaluation({"f1": label_pairs(actual, actual), "mean": np.ones(40)}),
-                     evaluation({"f1": label_pairs(actual, actual[::-1]), "mean": np.ones(40)}), seed=0, resamples=30)
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[-1].startswith("evaluate: bootstrap intervals done: 30/30 resamples")  # the per-item mean costs nothing: not counted
-    assert any("~" in line and "left" in line for line in lines[:-1])
+@pytest.mark.parametrize("name", ["macro_f1", "macro_f1_supported", "weighted_f1", "homogeneity", "completeness", "ari", "nmi"])
+def test_every_resample_of_a_label_pair_metric_scores_what_sklearn_scores(name):
+    """The intervals score all resamples from their count tables at once: each must equal sklearn on that resample,
+    labels left out (-1), one label, one cluster and a resample of one row repeated included."""
+    rng = np.random.default_rng(3)
+    actual = rng.integers(0, 12, 300)
+    guessed = np.where(rng.random(300) < 0.6, actual, rng.integers(0, 15, 300))  # a few labels only ever predicted
+    tables = [np.column_stack([actual, guessed]),
+              np.column_stack([np.where(actual > 8, -1, actual), np.where(guessed > 8, -1, guessed)]),  # not counted: -1
+              np.column_stack([np.zeros(40, dtype=np.int64), rng.integers(0, 3, 40)]),  # one label
+              np.column_stack([rng.integers(0, 3, 40), np.zeros(40, dtype=np.int64)])]  # one cluster
+    for rows in tables:
+        draws = rng.integers(0, len(rows), size=(70, len(rows)))  # more than one block of resamples
+        draws[0] = 5
+        expected = [statistic(rows[drawn], f"lens.{name}") for drawn in draws]
+        assert resampled_statistic(rows, draws, f"lens.{name}") == pytest.approx(expected, abs=1e-12)
 
 
 def test_a_metric_s_interval_depends_on_its_items_not_on_the_metrics_before_it():
@@ -288,7 +294,7 @@ def test_every_delta_of_the_classifier_and_clustering_has_an_interval(real_paper
     predictions = base.tables["predictions"]
     assert base.metrics["classification"]["weighted_f1"] == pytest.approx(
         f1_score(predictions["actual"], predictions["predicted"], average="weighted", zero_division=0))
-    intervals = paired_intervals(base, base, seed=0, resamples=100)  # evaluate's 1,000 take ~15 s here, for the same zeros
+    intervals = paired_intervals(base, base, seed=0)
     for name in ("classification.weighted_f1", "clustering.homogeneity", "clustering.completeness", "clustering.ari", "clustering.nmi"):
         assert intervals[name] == [0.0, 0.0]  # a model against itself: every resample's delta is 0
 
