@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.data.columns import same_abstract_key
 from arxiv_embed.data.sampling import read_stratified_sample
 from arxiv_embed.data.triplets import build, resolve_count
 from arxiv_embed.files import atomic_path, read_table, write_json
@@ -32,11 +31,11 @@ def main() -> None:
     with atomic_path(paths.TRIPLETS_DIR) as out:
         out.mkdir()
         for split in paths.SPLITS:
-            columns = ["id", "title", "abstract", "label", "archive", "primary_category", "categories"]
+            columns = ["id", "title", "abstract", "label", "archive", "primary_category", "categories", "abstract_key"]
             source = paths.split_file(split)
             if split == "train":  # the sample is drawn on ids and labels: 1.9M train abstracts are never all in memory
                 papers, split_papers = read_stratified_sample(source, columns, cfg.max_train_papers, params.shared.seed, "split")
-                papers.write_parquet(out / paths.TRAIN_SAMPLE.name)
+                papers.drop("abstract_key").write_parquet(out / paths.TRAIN_SAMPLE.name)
             else:
                 papers = read_table(source, columns, "split").sort("id")  # the draws below read rows by position
             rng = np.random.default_rng([params.shared.seed, SPLIT_SEED[split]])
@@ -44,8 +43,8 @@ def main() -> None:
             n_pairs = resolve_count(getattr(cfg.same_label_pairs_per_split, split), papers.height)
             n_graded = resolve_count(getattr(cfg.graded_pairs_per_split, split), papers.height)
             # Copies of one abstract (retitled, re-filed: split keeps them in one split) would pair a paper with itself,
-            # as an unsolvable negative or a trivial positive: the first of each takes part.
-            distinct = papers.filter(same_abstract_key(pl.col("abstract")).is_first_distinct())
+            # as an unsolvable negative or a trivial positive: the first of each takes part (split hashed the abstracts).
+            distinct = papers.filter(pl.col("abstract_key").is_first_distinct()).drop("abstract_key")
             kinds = build(distinct, n_triplets, n_pairs, cfg.hard_negative_fraction, rng, n_graded)
             sizes = distinct["label"].value_counts()
             if split == "test" and not n_triplets:  # a per-paper count that rounds to 0 (the schema refuses a plain 0)

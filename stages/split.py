@@ -53,12 +53,12 @@ def main() -> None:
     keys = assign_splits(keys, cfg)
     copies = keys.filter(pl.col("abstract_key").is_duplicated())
 
-    # 3. Write each split with the papers' columns plus `label`, in the clean table's order.
+    # 3. Write each split with the papers' columns plus `label` and `abstract_key`, in the clean table's order.
     with atomic_path(paths.SPLIT_DIR) as out:
         out.mkdir()
         for split in paths.SPLITS:
             started = time.monotonic()
-            chosen = keys.lazy().filter(pl.col("split") == split).select("id", "label")
+            chosen = keys.lazy().filter(pl.col("split") == split).select("id", "label", "abstract_key")
             papers.join(chosen, on="id", maintain_order="left").sink_parquet(out / paths.split_file(split).name)
             # One line per split written: on the whole snapshot each takes seconds to tens of seconds.
             print(f"split: wrote {split} in {time.monotonic() - started:.1f} s", flush=True)

@@ -32,6 +32,11 @@ def split_table(name: str, label: str) -> pl.DataFrame:
     return table.with_columns(abstract=pl.lit("abstract of ") + pl.col("id"), label=pl.col(label))
 
 
+def keyed(table: pl.DataFrame) -> pl.DataFrame:
+    """The table as split writes it: with each abstract's key."""
+    return table.with_columns(abstract_key=same_abstract_key(pl.col("abstract")))
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
@@ -46,7 +51,7 @@ def run(root: Path, label: str = "primary_category", shuffle: int | None = None,
     (root / "params.yaml").write_text(yaml.safe_dump(merged))
     (root / "data/split").mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
-        table = edit(split_table(name, label))
+        table = keyed(edit(split_table(name, label)))
         table = table if shuffle is None else table.sample(fraction=1.0, shuffle=True, seed=shuffle)
         table.write_parquet(root / f"data/split/{name}.parquet")
     make_triplets.main()
@@ -164,7 +169,7 @@ def test_a_split_with_one_label_gives_no_triplets_and_a_test_split_so_is_refused
     from arxiv_embed.errors import UserError
 
     frames, _ = run(project)  # writes the usual files first
-    one_label = papers_table({"cs.CV": 5}).with_columns(label=pl.col("primary_category"))
+    one_label = keyed(papers_table({"cs.CV": 5}).with_columns(label=pl.col("primary_category")))
     one_label.write_parquet(project / "data/split/eval.parquet")
     capsys.readouterr()
     make_triplets.main()
@@ -175,7 +180,7 @@ def test_a_split_with_one_label_gives_no_triplets_and_a_test_split_so_is_refused
     assert "only 0 of 40 triplets: one label only: no negative in eval" in out
     assert "same_label: 14 distinct of 20 rows in eval (a small split repeats draws)" in out  # 5 papers, drawn with replacement
     # Labels of different archives: no hard negative (same archive, another label) exists, and the stage says so.
-    papers_table({"cs.CV": 5, "math.AG": 5}).with_columns(label=pl.col("primary_category")).write_parquet(project / "data/split/eval.parquet")
+    keyed(papers_table({"cs.CV": 5, "math.AG": 5}).with_columns(label=pl.col("primary_category"))).write_parquet(project / "data/split/eval.parquet")
     make_triplets.main()
     assert "only 0 of 20 hard negatives (same archive, another label): too few labels share an archive in eval" in capsys.readouterr().out
     # evaluate's triplet lens scores the test split's: none is refused here, naming the cause, and nothing is replaced.
@@ -263,7 +268,7 @@ def test_a_missing_split_file_or_column_is_one_line_naming_the_stage_to_rerun(pr
     assert (result.returncode, result.stderr) == (
         1, f"make_triplets: error: data/split/{split}.parquet is missing: run `dvc repro split` first\n")
 
-    split_table(split, "primary_category").drop("archive").write_parquet(project / f"data/split/{split}.parquet")
+    keyed(split_table(split, "primary_category")).drop("archive").write_parquet(project / f"data/split/{split}.parquet")
     result = run_stage("make_triplets", project)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"make_triplets: error: data/split/{split}.parquet has no column(s) ['archive'] (it has [")

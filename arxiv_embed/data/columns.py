@@ -15,7 +15,9 @@ PAPER_SCHEMA = {
     "update_date": pl.Date,
 }
 PAPER_COLUMNS = list(PAPER_SCHEMA)
-SPLIT_SCHEMA = {**PAPER_SCHEMA, "label": pl.String}  # label: params.shared.label's column, rare labels merged
+# label: params.shared.label's column, rare labels merged; abstract_key: same_abstract_key(abstract), hashed once by
+# split (make_triplets reads it: at 2.7M papers the hash takes seconds a million abstracts)
+SPLIT_SCHEMA = {**PAPER_SCHEMA, "label": pl.String, "abstract_key": pl.UInt64}
 
 
 def same_abstract_key(abstract: pl.Expr) -> pl.Expr:
