@@ -17,8 +17,8 @@ from arxiv_embed.errors import UserError
 from arxiv_embed.embeddings import TextVectors
 from arxiv_embed.evaluation.data import EvalData, balanced_sample
 from arxiv_embed.evaluation.lenses import LENSES, LensInput, LensResult, label_pairs, learning_curve_sizes, lens
-from arxiv_embed.evaluation.report import (ModelEval, compare, delta, macro_f1, paired_intervals, report_markdown,
-                                          resampled_statistic, statistic)
+from arxiv_embed.evaluation.report import (BOOTSTRAP_RESAMPLES, ModelEval, compare, delta, macro_f1, paired_intervals,
+                                          report_markdown, resampled_statistic, statistic)
 from arxiv_embed.evaluation.retrieval import MAX_K, RETRIEVAL_METRICS, retrieval_metrics
 from arxiv_embed.evaluation.vectors import search
 from arxiv_embed.models import encode
@@ -248,6 +248,20 @@ def test_every_resample_of_a_label_pair_metric_scores_what_sklearn_scores(name):
         draws[0] = 5
         expected = [statistic(rows[drawn], f"lens.{name}") for drawn in draws]
         assert resampled_statistic(rows, draws, f"lens.{name}") == pytest.approx(expected, abs=1e-12)
+
+
+def test_intervals_drawn_a_block_at_a_time_are_those_of_one_array_of_draws():
+    """paired_intervals draws and scores RESAMPLE_BLOCK resamples at a time (its memory stays ~block x items at any
+    evaluate.max_test_papers): the draws, and so the intervals, are those of one (resamples x items) array."""
+    rng = np.random.default_rng(2)
+    base, tuned = rng.random(300), rng.random(300)
+    labels = rng.integers(0, 6, 300)
+    base_rows, tuned_rows = (np.column_stack([labels, np.where(rng.random(300) < right, labels, 0)]) for right in (0.5, 0.7))
+    draws = np.random.default_rng([7, 300]).integers(0, 300, size=(BOOTSTRAP_RESAMPLES, 300))
+    intervals = paired_intervals(evaluation({"mean": base, "f1": base_rows}), evaluation({"mean": tuned, "f1": tuned_rows}), seed=7)
+    assert intervals["lens.mean"] == np.percentile((tuned[draws] - base[draws]).mean(axis=1), [2.5, 97.5]).tolist()
+    f1_deltas = resampled_statistic(tuned_rows, draws, "f1") - resampled_statistic(base_rows, draws, "f1")
+    assert intervals["lens.f1"] == np.percentile(f1_deltas, [2.5, 97.5]).tolist()
 
 
 def test_a_metric_s_interval_depends_on_its_items_not_on_the_metrics_before_it():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import polars as pl
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from arxiv_embed.evaluation.lenses import LensResult
 
 BOOTSTRAP_RESAMPLES = 1000
+RESAMPLE_BLOCK = 50  # resamples drawn and scored at a time: memory ~ 50 x the items, whatever evaluate.max_test_papers
 CLUSTER_SCORES = frozenset({"homogeneity", "completeness", "ari", "nmi"})  # of (label, cluster) rows; other label-pair metrics are F1s
 # Scores of a label x cluster table (entropies, pair counts) depend on how many distinct papers it holds: a
 # resample holds ~63% of the papers, some several times, so its delta is a smaller sample's, not this one's (on the default run the
@@ -59,24 +60,29 @@ def statistic(items: np.ndarray, name: str = "") -> float:
     return float(pair_metric(items)) if pair_metric else macro_f1(items)
 
 
-def resampled_statistic(rows: np.ndarray, draws: np.ndarray, name: str = "", block: int = 64) -> np.ndarray:
-    """statistic(rows[d], name) for each resample d of `draws` (resamples x items), for rows of two labels.
+def resampled_statistic(rows: np.ndarray, draws: np.ndarray, name: str = "") -> np.ndarray:
+    """statistic(rows[d], name) for each resample d of `draws` (resamples x items), for rows of two labels."""
+    return label_pair_resampler(rows, name)(draws)
 
-    Every such metric is a function of the resample's table of (actual, predicted) or (label, cluster) counts, so
-    the resamples are scored from their tables, `block` at a time, with the formulas sklearn uses (tests hold each
-    to sklearn). One sklearn call per resample costs 5-75 ms at 20k test papers: ~2 min per evaluate."""
+
+def label_pair_resampler(rows: np.ndarray, name: str = "") -> Callable[[np.ndarray], np.ndarray]:
+    """A function of draws (resamples x items) giving statistic(rows[d], name) for each resample d.
+
+    Every label-pair metric is a function of a resample's table of (actual, predicted) or (label, cluster) counts, so
+    the resamples are scored from their tables at once, with the formulas sklearn uses (tests hold each to sklearn).
+    One sklearn call per resample costs 5-75 ms at 20k test papers: ~2 min per evaluate."""
     metric = name.rsplit(".", 1)[-1]
     distinct, cell_of_row = np.unique(rows, axis=0, return_inverse=True)
     labels, ids = np.unique(distinct, return_inverse=True)
     first, second = ids.reshape(-1, 2).T  # each distinct row's label index on either side
     cell_of_row, n_cells = cell_of_row.ravel(), len(distinct)
-    scores = []
-    for start in range(0, len(draws), block):
-        part = draws[start:start + block]
-        offsets = np.arange(len(part))[:, None] * n_cells
-        cells = np.bincount((cell_of_row[part] + offsets).ravel(), minlength=len(part) * n_cells).reshape(len(part), n_cells)
-        scores.append(_table_scores(cells.astype(np.float64), first, second, labels, metric))
-    return np.concatenate(scores) if scores else np.zeros(0)
+
+    def scores(draws: np.ndarray) -> np.ndarray:
+        offsets = np.arange(len(draws))[:, None] * n_cells
+        cells = np.bincount((cell_of_row[draws] + offsets).ravel(), minlength=len(draws) * n_cells).reshape(len(draws), n_cells)
+        return _table_scores(cells.astype(np.float64), first, second, labels, metric)
+
+    return scores
 
 
 def _table_scores(cells: np.ndarray, first: np.ndarray, second: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
@@ -190,11 +196,14 @@ def paired_intervals(base: ModelEval, finetuned: ModelEval, seed: int, resamples
               if name in base.items and len(base.items[name]) == len(tuned) and len(tuned)}
     intervals = {}
     for name, (untuned, tuned) in paired.items():
-        draws = np.random.default_rng([seed, len(tuned)]).integers(0, len(tuned), size=(resamples, len(tuned)))
-        if tuned.ndim == 1:
-            deltas = (tuned[draws] - untuned[draws]).mean(axis=1)
-        else:
-            deltas = resampled_statistic(tuned, draws, name) - resampled_statistic(untuned, draws, name)
+        rng = np.random.default_rng([seed, len(tuned)])
+        if tuned.ndim > 1:
+            score_tuned, score_untuned = label_pair_resampler(tuned, name), label_pair_resampler(untuned, name)
+        blocks = []
+        for start in range(0, resamples, RESAMPLE_BLOCK):  # the same draws as one (resamples x items) array, a block at a time
+            draws = rng.integers(0, len(tuned), size=(min(RESAMPLE_BLOCK, resamples - start), len(tuned)))
+            blocks.append((tuned[draws] - untuned[draws]).mean(axis=1) if tuned.ndim == 1 else score_tuned(draws) - score_untuned(draws))
+        deltas = np.concatenate(blocks)
         low, high = np.percentile(deltas, [2.5, 97.5])
         lens, metric = name.rsplit(".", 1)
         if metric in RECENTRED:  # the reported delta, as ModelEval holds it
