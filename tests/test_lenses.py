@@ -244,8 +244,8 @@ def test_every_resample_of_a_label_pair_metric_scores_what_sklearn_scores(name):
               np.column_stack([np.zeros(40, dtype=np.int64), rng.integers(0, 3, 40)]),  # one label
               np.column_stack([rng.integers(0, 3, 40), np.zeros(40, dtype=np.int64)])]  # one cluster
     for rows in tables:
-        draws = rng.integers(0, len(rows), size=(70, len(rows)))  # more than one block of resamples
-        draws[0] = 5
+        draws = rng.integers(0, len(rows), size=(70, len(rows)))
+        draws[0] = 5  # a resample of one row repeated
         expected = [statistic(rows[drawn], f"lens.{name}") for drawn in draws]
         assert resampled_statistic(rows, draws, f"lens.{name}") == pytest.approx(expected, abs=1e-12)
 
