@@ -17,8 +17,8 @@ from arxiv_embed.errors import UserError
 from arxiv_embed.embeddings import TextVectors
 from arxiv_embed.evaluation.data import EvalData, balanced_sample
 from arxiv_embed.evaluation.lenses import LENSES, LensInput, LensResult, label_pairs, learning_curve_sizes, lens
-from arxiv_embed.evaluation.report import (BOOTSTRAP_RESAMPLES, ModelEval, compare, delta, macro_f1, paired_intervals,
-                                          report_markdown, resampled_statistic, statistic)
+from arxiv_embed.evaluation.report import (BOOTSTRAP_RESAMPLES, ModelEval, compare, delta, label_pair_resampler, macro_f1,
+                                          paired_intervals, report_markdown, statistic)
 from arxiv_embed.evaluation.retrieval import MAX_K, RETRIEVAL_METRICS, retrieval_metrics
 from arxiv_embed.evaluation.vectors import search
 from arxiv_embed.models import encode
@@ -247,7 +247,7 @@ def test_every_resample_of_a_label_pair_metric_scores_what_sklearn_scores(name):
         draws = rng.integers(0, len(rows), size=(70, len(rows)))
         draws[0] = 5  # a resample of one row repeated
         expected = [statistic(rows[drawn], f"lens.{name}") for drawn in draws]
-        assert resampled_statistic(rows, draws, f"lens.{name}") == pytest.approx(expected, abs=1e-12)
+        assert label_pair_resampler(rows, f"lens.{name}")(draws) == pytest.approx(expected, abs=1e-12)
 
 
 def test_intervals_drawn_a_block_at_a_time_are_those_of_one_array_of_draws():
@@ -261,7 +261,7 @@ def test_intervals_drawn_a_block_at_a_time_are_those_of_one_array_of_draws():
     intervals = paired_intervals(evaluation({"mean": base, "f1": base_rows}), evaluation({"mean": tuned, "f1": tuned_rows}), seed=7)
     # Other draws would move the bounds by ~0.01; a row summed in another order, by its last bits.
     assert intervals["lens.mean"] == pytest.approx(np.percentile((tuned[draws] - base[draws]).mean(axis=1), [2.5, 97.5]), abs=1e-12)
-    f1_deltas = resampled_statistic(tuned_rows, draws, "f1") - resampled_statistic(base_rows, draws, "f1")
+    f1_deltas = label_pair_resampler(tuned_rows, "f1")(draws) - label_pair_resampler(base_rows, "f1")(draws)
     assert intervals["lens.f1"] == pytest.approx(np.percentile(f1_deltas, [2.5, 97.5]), abs=1e-12)
 
 

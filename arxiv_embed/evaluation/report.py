@@ -60,13 +60,8 @@ def statistic(items: np.ndarray, name: str = "") -> float:
     return float(pair_metric(items)) if pair_metric else macro_f1(items)
 
 
-def resampled_statistic(rows: np.ndarray, draws: np.ndarray, name: str = "") -> np.ndarray:
-    """statistic(rows[d], name) for each resample d of `draws` (resamples x items), for rows of two labels."""
-    return label_pair_resampler(rows, name)(draws)
-
-
 def label_pair_resampler(rows: np.ndarray, name: str = "") -> Callable[[np.ndarray], np.ndarray]:
-    """A function of draws (resamples x items) giving statistic(rows[d], name) for each resample d.
+    """A function of draws (resamples x items) giving statistic(rows[d], name) for each resample d, for rows of two labels.
 
     Every label-pair metric is a function of a resample's table of (actual, predicted) or (label, cluster) counts, so
     the resamples are scored from their tables at once, with the formulas sklearn uses (tests hold each to sklearn).
@@ -74,52 +69,62 @@ def label_pair_resampler(rows: np.ndarray, name: str = "") -> Callable[[np.ndarr
     metric = name.rsplit(".", 1)[-1]
     distinct, cell_of_row = np.unique(rows, axis=0, return_inverse=True)
     labels, ids = np.unique(distinct, return_inverse=True)
-    first, second = ids.reshape(-1, 2).T  # each distinct row's label index on either side
+    first, second = ids.reshape(-1, 2).T  # each distinct row (a table's cell) and its label index on either side
     cell_of_row, n_cells = cell_of_row.ravel(), len(distinct)
+    sum_first, sum_second = _summer(first, len(labels)), _summer(second, len(labels))
+    diagonal = first == second  # cells of an abstract given its own label: at most one a label
 
     def scores(draws: np.ndarray) -> np.ndarray:
         offsets = np.arange(len(draws))[:, None] * n_cells
-        cells = np.bincount((cell_of_row[draws] + offsets).ravel(), minlength=len(draws) * n_cells).reshape(len(draws), n_cells)
-        return _table_scores(cells.astype(np.float64), first, second, labels, metric)
+        cells = np.bincount((cell_of_row[draws] + offsets).ravel(), minlength=len(draws) * n_cells)
+        cells = cells.reshape(len(draws), n_cells).astype(np.float64)
+        actual, predicted = sum_first(cells), sum_second(cells)  # tables x labels: each table's margins
+        total = cells.sum(axis=1)
+        if metric not in CLUSTER_SCORES:  # weighted F1, or macro-F1 (statistic's default)
+            agree = np.zeros_like(actual)
+            agree[:, first[diagonal]] = cells[:, diagonal]
+            both = actual + predicted
+            f1 = np.divide(2 * agree, both, out=np.zeros_like(both), where=both > 0)  # zero_division=0
+            if metric == "weighted_f1":  # every label, weighted by its actual count
+                return (f1 * actual).sum(axis=1) / total
+            counted = (both > 0) & (labels != -1)  # macro_f1: the labels the table holds, -1 (not counted) left out
+            return np.divide((f1 * counted).sum(axis=1), counted.sum(axis=1), out=np.zeros(len(cells)), where=counted.any(axis=1))
+        if metric == "ari":  # from the pair confusion matrix, in floats: its products outgrow int64 past ~55k papers
+            squares = (cells ** 2).sum(axis=1)
+            same_first = (cells * actual[:, first]).sum(axis=1) - squares  # pairs together in the first labelling only
+            same_second = (cells * predicted[:, second]).sum(axis=1) - squares
+            together, apart = squares - total, total ** 2 - same_first - same_second - squares
+            denominator = (together + same_first) * (same_first + apart) + (together + same_second) * (same_second + apart)
+            score = np.divide(2.0 * (together * apart - same_first * same_second), denominator,
+                              out=np.ones(len(cells)), where=denominator != 0)
+            return np.where((same_first == 0) & (same_second == 0), 1.0, score)
+        entropy_first, entropy_second = _entropy(actual, total), _entropy(predicted, total)
+        first_single, second_single = (actual > 0).sum(axis=1) == 1, (predicted > 0).sum(axis=1) == 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = cells / total[:, None] * (np.log(cells) + np.log(total)[:, None] - np.log(actual[:, first]) - np.log(predicted[:, second]))
+        information = np.where(first_single | second_single, 0.0, np.clip(np.where(cells > 0, terms, 0.0).sum(axis=1), 0.0, None))
+        if metric == "homogeneity":
+            return np.divide(information, entropy_first, out=np.ones(len(cells)), where=entropy_first > 0)
+        if metric == "completeness":
+            return np.divide(information, entropy_second, out=np.ones(len(cells)), where=entropy_second > 0)
+        normaliser = (entropy_first + entropy_second) / 2  # nmi, arithmetic mean; 1 for one label and one cluster
+        nmi = np.divide(information, normaliser, out=np.zeros(len(cells)), where=(information > 0) & (normaliser > 0))
+        return np.where(first_single & second_single, 1.0, nmi)
 
     return scores
 
 
-def _table_scores(cells: np.ndarray, first: np.ndarray, second: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
-    """`metric` of each row of `cells` (tables x cells: a cell's count in each table; cell c holds rows of labels
-    labels[first[c]], labels[second[c]])."""
-    one_hot = np.eye(len(labels))
-    actual, predicted = cells @ one_hot[first], cells @ one_hot[second]  # tables x labels: each table's margins
-    total = cells.sum(axis=1)
-    if metric not in CLUSTER_SCORES:  # weighted F1, or macro-F1 (statistic's default)
-        agree = cells @ (one_hot[first] * (first == second)[:, None])
-        both = actual + predicted
-        f1 = np.divide(2 * agree, both, out=np.zeros_like(both), where=both > 0)  # zero_division=0
-        if metric == "weighted_f1":  # every label, weighted by its actual count
-            return (f1 * actual).sum(axis=1) / total
-        counted = (both > 0) & (labels != -1)  # macro_f1: the labels the table holds, -1 (not counted) left out
-        return np.divide((f1 * counted).sum(axis=1), counted.sum(axis=1), out=np.zeros(len(cells)), where=counted.any(axis=1))
-    if metric == "ari":  # from the pair confusion matrix, in floats: its products outgrow int64 past ~55k papers
-        squares = (cells ** 2).sum(axis=1)
-        same_first = (cells * actual[:, first]).sum(axis=1) - squares  # pairs together in the first labelling only
-        same_second = (cells * predicted[:, second]).sum(axis=1) - squares
-        together, apart = squares - total, total ** 2 - same_first - same_second - squares
-        denominator = (together + same_first) * (same_first + apart) + (together + same_second) * (same_second + apart)
-        score = np.divide(2.0 * (together * apart - same_first * same_second), denominator,
-                          out=np.ones(len(cells)), where=denominator != 0)
-        return np.where((same_first == 0) & (same_second == 0), 1.0, score)
-    entropy_first, entropy_second = _entropy(actual, total), _entropy(predicted, total)
-    first_single, second_single = (actual > 0).sum(axis=1) == 1, (predicted > 0).sum(axis=1) == 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = cells / total[:, None] * (np.log(cells) + np.log(total)[:, None] - np.log(actual[:, first]) - np.log(predicted[:, second]))
-    information = np.where(first_single | second_single, 0.0, np.clip(np.where(cells > 0, terms, 0.0).sum(axis=1), 0.0, None))
-    if metric == "homogeneity":
-        return np.divide(information, entropy_first, out=np.ones(len(cells)), where=entropy_first > 0)
-    if metric == "completeness":
-        return np.divide(information, entropy_second, out=np.ones(len(cells)), where=entropy_second > 0)
-    normaliser = (entropy_first + entropy_second) / 2  # nmi, arithmetic mean; 1 for one label and one cluster
-    nmi = np.divide(information, normaliser, out=np.zeros(len(cells)), where=(information > 0) & (normaliser > 0))
-    return np.where(first_single & second_single, 1.0, nmi)
+def _summer(label_of_cell: np.ndarray, n_labels: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function of cells (tables x cells) giving each table's cells summed by label (tables x n_labels)."""
+    order = np.argsort(label_of_cell, kind="stable")
+    present, starts = np.unique(label_of_cell[order], return_index=True)
+
+    def summed(cells: np.ndarray) -> np.ndarray:
+        margins = np.zeros((len(cells), n_labels))
+        margins[:, present] = np.add.reduceat(cells[:, order], starts, axis=1)
+        return margins
+
+    return summed
 
 
 def _entropy(counts: np.ndarray, total: np.ndarray) -> np.ndarray:
