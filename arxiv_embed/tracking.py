@@ -49,11 +49,8 @@ class TrackingUnavailableError(UserError):
 def without_userinfo(uri: str) -> str:
     """The URI without any user:password@ part."""
     parts = urlparse(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunparse(parts._replace(netloc=host))
+    if parts.username or parts.password:  # the host as written: hostname would drop an IPv6 address's brackets
+        return urlunparse(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     return uri
 
 

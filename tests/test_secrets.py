@@ -34,6 +34,9 @@ def test_redact_drops_user_password_and_query_and_keeps_the_rest() -> None:
     assert redact(f"http://{USER}:{PASSWORD}@mlflow.example.com:5000/path?token=QSECRET") == "http://mlflow.example.com:5000/path?..."
     assert redact(f"https://{USER}@host/") == "https://host/"
     assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    # An IPv6 host keeps its brackets (without them the URL is invalid) and the host its case.
+    assert redact(f"http://{USER}:{PASSWORD}@[::1]:5000/") == "http://[::1]:5000/"
+    assert redact(f"http://{USER}:p@ss@MLflow.example.com/") == "http://MLflow.example.com/"
 
 
 def leaks(texts: dict[str, bytes]) -> list[str]:
