@@ -136,8 +136,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
     written = [False]  # models/finetuned and the metrics: from then on an MLflow failure is only a warning
     with ending_warns(run, run_key, written) as run_id:
         if main_process:
-            checkpoints.close_stale_runs(run_key, keep=run_id)  # attempts killed -9 before their first checkpoint
-            checkpoints.close_dead_process_runs("full", keep=run_id)  # attempts of other params killed -9
+            checkpoints.close_dead_process_runs("full", keep=run_id)  # attempts killed -9, of these params or others
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
             mlflow.log_params({k: v for k, v in flatten(recorded(params)).items() if k not in logged})
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
@@ -304,7 +303,7 @@ def give_up_on_tracking() -> None:
 def ending_warns(run: AbstractContextManager, what: str, written: list[bool]) -> Iterator[str | None]:
     """`run` (tracking.tracked_run, or nullcontext on other ranks), whose end -- ending the MLflow run -- only warns
     when it fails once the outputs are written (written[0]): a stage whose model is saved must not fail on MLflow.
-    The run stays RUNNING; the next finetune closes it (checkpoints.close_stale_runs / close_dead_process_runs)."""
+    The run stays RUNNING; the next finetune closes it (checkpoints.close_dead_process_runs)."""
     from mlflow.exceptions import MlflowException
 
     run_id = None

@@ -270,9 +270,17 @@ def test_killed_after_the_final_save_never_trains_past_max_steps(trained: tuple[
     kill_at(project, f"models/checkpoints/*/checkpoint-{EXPECTED_STEPS}/trainer_state.json", signal.SIGKILL)
     assert not (project / "models/finetuned").exists()
     run_id = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]
-    assert mlflow_client(project).get_run(run_id).info.status == "RUNNING"  # kill -9: nobody ended it
+    client = mlflow_client(project)
+    assert client.get_run(run_id).info.status == "RUNNING"  # kill -9: nobody ended it
+    # A queued point of the same params training alongside, in its own workspace's folder (checkpoints.claimed):
+    # its run has this run key and a live pid, and stays RUNNING.
+    run_key = next(project.glob("models/checkpoints/*/mlflow_run.json")).parent.name
+    alongside = client.create_run(client.get_run(run_id).info.experiment_id, tags={
+        "run_key": run_key, "mode": "full", "host": socket.gethostname(), "pid": str(os.getpid())}).info.run_id
 
     result = run_stage(project)
+    assert client.get_run(alongside).info.status == "RUNNING"
+    client.delete_run(alongside)  # out of the one-run check below
     assert ", 0 run now)" in result.stdout
     assert_resumed_exactly(project, reference, result.stdout, run_id, EXPECTED_STEPS)
 
@@ -333,8 +341,8 @@ def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:
 
 
 def test_a_run_killed_9_is_closed_by_the_next_finetune_of_other_params(tmp_path: Path, kaggle_sample: Path) -> None:
-    """kill -9 leaves its MLflow run RUNNING. A rerun of the same params closes it by run key; one of other params
-    (another checkpoint folder, another run key) closes it by the pid it recorded, which is gone."""
+    """kill -9 leaves its MLflow run RUNNING. The next finetune, of any params (here others: another checkpoint
+    folder, another run key), closes it by the pid it recorded, which is gone."""
     project = new_project(tmp_path / "project", kaggle_sample, QUICK)
     kill_at(project, "models/checkpoints/*/mlflow_run.json", signal.SIGKILL)
     killed = json.loads(next(project.glob("models/checkpoints/*/mlflow_run.json")).read_text())["run_id"]

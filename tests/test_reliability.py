@@ -379,25 +379,28 @@ def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return mlflow.MlflowClient(), mlflow.get_experiment_by_name("arxiv-embed").experiment_id, socket.gethostname()
 
 
-def test_stale_running_runs_of_the_run_key_are_closed_as_killed(tracking_store) -> None:
+def test_full_runs_are_closed_only_when_their_process_is_gone(tracking_store) -> None:
+    """A queued point with the same params trains in its own workspace's folder when another holds the shared one
+    (checkpoints.claimed): its RUNNING run has the same run key, and must stay RUNNING while its process lives."""
+    import os
+
     client, experiment, host = tracking_store
-    runs = {name: client.create_run(experiment, tags={"run_key": key, "host": where}).info.run_id
-            for name, key, where in [("stale", "k1", host), ("current", "k1", host), ("other_key", "k2", host),
-                                     ("other_host", "k1", "elsewhere")]}
-    assert checkpoints.close_stale_runs("k1", keep=runs["current"]) == [runs["stale"]]
+    gone = str(dead_pid())
+    runs = {name: client.create_run(experiment, tags={"mode": "full", "run_key": "k1", "host": where, "pid": pid}).info.run_id
+            for name, where, pid in [("killed", host, gone), ("same_key_alive", host, str(os.getpid())), ("current", host, gone),
+                                     ("no_pid", host, ""), ("other_host", "elsewhere", gone)]}
+    assert sorted(checkpoints.close_dead_process_runs("full", keep=runs["current"])) == sorted([runs["killed"], runs["no_pid"]])
     assert {name: client.get_run(run).info.status for name, run in runs.items()} == {
-        "stale": "KILLED", "current": "RUNNING", "other_key": "RUNNING", "other_host": "RUNNING"}
+        "killed": "KILLED", "same_key_alive": "RUNNING", "current": "RUNNING", "no_pid": "KILLED", "other_host": "RUNNING"}
 
 
 def test_adapter_runs_of_dead_processes_are_closed_as_killed(tracking_store) -> None:
     """Adapter mode has no checkpoint lock: a RUNNING run is an orphan only when the pid it recorded is gone
     (a queued experiment training alongside, alive, keeps its run)."""
     import os
-    import subprocess
-    import sys
 
     client, experiment, host = tracking_store
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    gone = str(dead_pid())
     runs = {name: client.create_run(experiment, tags={"mode": mode, "host": where, "pid": pid}).info.run_id
             for name, mode, where, pid in [("killed", "adapter", host, gone), ("alive", "adapter", host, str(os.getpid())),
                                            ("current", "adapter", host, gone), ("full", "full", host, gone),

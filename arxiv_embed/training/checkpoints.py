@@ -157,20 +157,12 @@ def saved_run_id(run_dir: Path) -> str | None:
     return json.loads(info.read_text())["run_id"] if info.exists() else None
 
 
-def close_stale_runs(run_key: str, keep: str | None) -> list[str]:
-    """End as KILLED the RUNNING MLflow runs of `run_key` started on this host, except `keep`.
-
-    Called while holding the run folder's lock, so no live finetune of this key on this host owns
-    them: they are attempts killed with -9 (or a lost machine) that never ended their run.
-    """
-    return _end_as_killed(f"tags.run_key = '{run_key}'", lambda run: run.info.run_id != keep)
-
-
 def close_dead_process_runs(mode: str, keep: str | None) -> list[str]:
     """End as KILLED the RUNNING finetune runs of `mode` started on this host by a process that is gone.
 
-    An adapter run has no checkpoint folder, so no lock proves that nobody owns its runs: a run killed with -9
-    is told from a live one (a queued experiment training alongside) by the pid it recorded."""
+    No lock proves that nobody owns a run: an adapter run has no checkpoint folder, and a queued point with the same
+    params may train in its own workspace's folder (`claimed`). A run killed with -9 is told from a live one (a
+    queued experiment training alongside) by the pid it recorded."""
     def orphaned(run) -> bool:
         pid = run.data.tags.get("pid", "")
         return run.info.run_id != keep and not (pid.isdigit() and int(pid) > 0 and process_alive(int(pid)))
