@@ -141,6 +141,7 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
     when created now, (version, run id, False) when one is already registered (a rerun after a kill between the
     registry call and DVC's lock file, or a retrain that gave the same weights)."""
     import mlflow
+    from mlflow.entities import LoggedModelStatus
 
     client = mlflow.MlflowClient()  # tracking configured by main (uri: its redacted URI, for messages)
     digest = release_hash(release)
@@ -151,9 +152,10 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
     logged = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'",
         order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list")
+    logged = [model for model in logged if model.status == LoggedModelStatus.READY]  # a failed log_model leaves FAILED/PENDING
     if not logged:
-        # finetune logged no MLflow model here (or trained against another store): log the release into the run, so the
-        # version still points at it.
+        # finetune logged no MLflow model here (its log_model failed, or it trained against another store): log the
+        # release into the run, so the version still points at files that load.
         import sentence_transformers
 
         with mlflow.start_run(run_id=run.info.run_id):

@@ -278,16 +278,23 @@ def run_push_in_process(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     push.main()
 
 
-def test_push_registers_the_release_when_finetune_logged_no_model(tmp_path, papers, base_model, monkeypatch, capsys):
+@pytest.mark.parametrize("failed_log", [False, True], ids=["none_logged", "log_model_failed"])
+def test_push_registers_the_release_when_finetune_logged_no_model(tmp_path, papers, base_model, monkeypatch, capsys, failed_log):
+    """Also when finetune's log_model failed (it then saves the folder as run files): MLflow leaves a FAILED logged
+    model without files in the run, which a registry version must not point at."""
+    import mlflow
+
     project = make_project(tmp_path / "project")
     run_id = write_inputs(project, papers, base_model, log_model=False)
+    if failed_log:
+        client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+        failed = client.create_logged_model(client.get_run(run_id).info.experiment_id, name="model", source_run_id=run_id)
+        client.finalize_logged_model(failed.model_id, "FAILED")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     run_push_in_process(project, monkeypatch)
     assert "Hub upload skipped (push.hub.enabled is false)" in capsys.readouterr().out
     [version] = registry_versions(project)
     assert version.run_id == run_id and version.source.startswith("models:/")
-    import mlflow
-
     logged = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_logged_model(version.source.removeprefix("models:/"))
     assert logged.source_run_id == run_id and logged.name == "release"
 
