@@ -95,6 +95,9 @@ def test_k_shrinks_to_the_corpus_and_multiplier_one_keeps_the_estimated_set(clus
     assert estimated.shape == rescored.shape == (3, 4)
     estimated, rescored = binary_search(clustered[:20], clustered, k=5, rescore_multiplier=1)
     assert (np.sort(estimated, 1) == np.sort(rescored, 1)).all()
+    # The only paper, left out as the query itself ("similar papers" on a one-paper index): no rows, no error.
+    estimated, rescored = binary_search(clustered[:1], clustered[:1], k=10, rescore_multiplier=4, exclude_self=True)
+    assert estimated.shape == rescored.shape == (1, 0)
 
 
 def test_index_size_per_vector():

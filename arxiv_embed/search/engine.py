@@ -170,7 +170,7 @@ def rescore(queries: np.ndarray, corpus: np.ndarray, candidates: np.ndarray, k: 
     ranked = [np.empty((0, k), dtype=np.int64)]
     for start in range(0, len(candidates), block):
         rows = candidates[start:start + block]
-        vectors = np.asarray(corpus[rows.ravel()], dtype=np.float32).reshape(*rows.shape, -1)
+        vectors = np.asarray(corpus[rows.ravel()], dtype=np.float32).reshape(*rows.shape, corpus.shape[1])  # 0 candidates too
         norms = np.maximum(np.linalg.norm(vectors, axis=2), 1e-12)
         scores = np.einsum("qcd,qd->qc", vectors, queries[start:start + block]) / norms
         ranked.append(np.take_along_axis(rows, np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1))
