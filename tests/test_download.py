@@ -408,12 +408,15 @@ def test_local_zip_is_streamed_and_unsafe_or_wrong_zips_are_refused(kaggle_sampl
     lines = sample_lines(kaggle_sample, 30)
     good = make_zip(tmp_path / "arxiv.zip", {"readme.txt": b"hi", "arxiv-metadata-oai-snapshot.json": b"".join(lines)})
     assert list(open_records(good)) == lines
+    # macOS "Compress" adds a resource-fork entry beside each file: a user's own file is still the one member.
+    mac = make_zip(tmp_path / "mine.zip", {"mine.jsonl": b"".join(lines), "__MACOSX/._mine.jsonl": b"\x00\x05\x16\x07"})
+    assert list(open_records(mac)) == lines
 
     (tmp_path / "inside").mkdir()
     evil = make_zip(tmp_path / "inside" / "evil.zip", {"../evil.json": b'{"id": "x"}\n', "arxiv.json": b"".join(lines)})
     with pytest.raises(DownloadError, match=r"evil\.zip: refusing .*'\.\./evil\.json'"):
         list(open_records(evil))
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["arxiv.zip", "evil.zip", "inside"]  # nothing extracted
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["arxiv.zip", "evil.zip", "inside", "mine.zip"]  # nothing extracted
 
     no_json = make_zip(tmp_path / "other.zip", {"data.csv": b"a,b\n"})
     with pytest.raises(DownloadError, match=r"other\.zip: expected one \.json member.*download\.path"):

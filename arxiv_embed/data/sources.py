@@ -130,6 +130,12 @@ def _safe_member(name: str) -> bool:
     return not (parts.is_absolute() or ".." in parts.parts or ":" in name)
 
 
+def _macos_metadata(name: str) -> bool:
+    """A resource-fork entry macOS's "Compress" adds beside each file (`__MACOSX/._data.jsonl`): not data."""
+    parts = PurePosixPath(name.replace("\\", "/"))
+    return "__MACOSX" in parts.parts or parts.name.startswith("._")
+
+
 def _open_zip_member(path: Path) -> IO[bytes]:
     """The JSON member of a local zip, as a stream (decompressed on the fly, never extracted)."""
     try:
@@ -141,7 +147,7 @@ def _open_zip_member(path: Path) -> IO[bytes]:
                     f"{path}: refusing a zip whose member names escape their folder {unsafe[:3]} (absolute paths "
                     f"or '..'); this is not Kaggle's archive: download it again from Kaggle"
                 )
-            candidates = [name for name in names if name.endswith(JSON_SUFFIXES)]
+            candidates = [name for name in names if name.endswith(JSON_SUFFIXES) and not _macos_metadata(name)]
             preferred = [name for name in candidates if PurePosixPath(name).name == KAGGLE_MEMBER]
             if len(preferred) != 1 and len(candidates) != 1:
                 raise DownloadError(
