@@ -159,6 +159,7 @@ def test_a_server_without_an_index_says_how_to_build_one_and_picks_it_up(tmp_pat
     try:
         status, health = get(f"{base}/health")
         assert status == 503 and health["status"] == "no index"  # a readiness probe must not pass this server
+        assert health["error"] == f"{index} holds no search index yet."  # as every error answer carries it
         assert health["build_command"] == f"python -m arxiv_embed.search build --papers data/split/test.parquet --model models/release --index {index}"
         status, body = get(f"{base}/search?q=spin")
         assert status == 503 and "no search index is loaded" in body["error"]

@@ -311,11 +311,12 @@ def create_app(searcher: Searcher) -> FastAPI:
     def health():
         try:
             loaded = searcher.require()
-        except NoIndexError:
-            return JSONResponse({"status": "no index", "message": f"{searcher.path} holds no search index yet.",
+        except NoIndexError:  # `error` as every error answer has it; the page reads message and build_command
+            message = f"{searcher.path} holds no search index yet."
+            return JSONResponse({"status": "no index", "error": message, "message": message,
                                  "build_command": searcher.build_command()}, status_code=503)
         except IndexUnavailableError as error:
-            return JSONResponse({"status": "unavailable", "message": str(error)}, status_code=503)
+            return JSONResponse({"status": "unavailable", "error": str(error), "message": str(error)}, status_code=503)
         index = loaded.index
         body = {"status": "ok", "model": loaded.model_ref, "model_sha256": loaded.identity, "precision": index.meta["precision"],
                 **index.sizes()}
