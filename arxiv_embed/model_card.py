@@ -156,7 +156,7 @@ def headline_table(headline: dict[str, dict]) -> str:
     if not headline:
         return ""
     rows = [[key, row["base"], row["finetuned"], f"{row['delta']:+.4f}", f"[{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]",
-             f"-{row['tolerance']}"] for key, row in headline.items()]
+             f"{-row['tolerance']:g}" if row["tolerance"] else "0"] for key, row in headline.items()]  # a 0 floor, not "-0.0"
     return ("Every headline delta (no interval may lie wholly below minus its tolerance, `push.gate.headline_tolerances`):\n\n"
             + _table(["headline metric", "base", "fine-tuned", "delta", "95% interval", "floor"], rows))
 

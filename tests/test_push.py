@@ -207,7 +207,7 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     assert "| category_retrieval.ndcg@10 | 0.4100 | 0.4700 | 0.0600 |" in card
     assert "| classification.macro_f1 | 0.8100 | 0.8700 |" in card
     # Every headline delta with its interval and floor, as the gate read it.
-    for line in ("| classification.macro_f1_supported | 0.8300 | 0.8900 | +0.0600 | [+0.0500, +0.0700] | -0.0 |",
+    for line in ("| classification.macro_f1_supported | 0.8300 | 0.8900 | +0.0600 | [+0.0500, +0.0700] | 0 |",
                  "| title_to_abstract.ndcg@10 | 0.7400 | 0.8000 | +0.0600 | [+0.0500, +0.0700] | -0.005 |"):
         assert line in card, line
     assert "| train | 20 |" in card and "| test | 14 |" in card
