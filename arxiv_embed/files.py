@@ -15,6 +15,7 @@ is gone. The pattern `.*.tmp-*` / `.*.old-*` is git-ignored.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from arxiv_embed.errors import InputError
-from arxiv_embed.processes import process_alive
+from arxiv_embed.processes import process_alive, process_started_at
 
 if TYPE_CHECKING:
     import polars as pl
@@ -68,13 +69,26 @@ def recover(path: Path | str) -> list[Path]:
         return removed
     for entry in sorted(path.parent.iterdir()):
         match = _TEMP.match(entry.name)
-        if not match or match["name"] != path.name or process_alive(int(match["pid"])):
+        if not match or match["name"] != path.name or _writer_alive(int(match["pid"]), entry):
             continue
         if match["kind"] == "old" and not os.path.lexists(path) and os.path.lexists(entry / path.name):
             os.rename(entry / path.name, path)  # killed between the two renames: the old output is back
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
+
+
+def _writer_alive(pid: int, temporary: Path) -> bool:
+    """Whether the process that made `temporary` may still be writing it. A live process with its pid that started
+    after the temporary was last changed did not make it: pids come round again, and in a container each run's stage
+    often gets the same small one (even the killed run's own)."""
+    if not process_alive(pid):
+        return False
+    started, changed = process_started_at(pid), modified_time(temporary)
+    return started is None or changed is None or started <= changed + PID_START_SLACK_S
+
+
+PID_START_SLACK_S = 2.0  # process start times from /proc are good to about a second
 
 
 def sweep(folder: Path | str) -> list[Path]:
@@ -154,8 +168,26 @@ def atomic_path(path: Path | str, kept_on: tuple[type[BaseException], ...] = ())
         if tmp.exists():
             swap_in(tmp, path)
         raise
+    except Exception as error:
+        if (code := storage_fault(error)) is not None:  # name the output: the error itself names no file
+            raise OSError(code, os.strerror(code), str(path)) from error
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")  # how polars (Rust) reports an I/O error: "No space left on device (os error 28)"
+
+
+def storage_fault(error: BaseException) -> int | None:
+    """The errno of a full disk, quota or read-only file system that names no file: a write()'s OSError, or polars'
+    ComputeError around one (a parquet write). None for anything else (a network error keeps its own message)."""
+    if isinstance(error, OSError):
+        return error.errno if error.errno in STORAGE_ERRNOS and not error.filename else None
+    if type(error).__module__.startswith("polars") and (found := OS_ERROR_CODE.search(str(error))):
+        return int(found[1]) if int(found[1]) in STORAGE_ERRNOS else None
+    return None
 
 
 @contextmanager

@@ -20,3 +20,14 @@ def process_alive(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True  # no /proc (macOS): the kill(0) answer stands
+
+
+def process_started_at(pid: int) -> float | None:
+    """When `pid` started, in seconds since the epoch (to about a second: the boot time /proc gives is whole seconds);
+    None where /proc cannot tell (macOS, a process gone meanwhile)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")

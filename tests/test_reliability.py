@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from arxiv_embed import files, run_folders
+from arxiv_embed import files, processes, run_folders
 from tests.harness import params_with
 from arxiv_embed.training import checkpoints
 from tests.conftest import ROOT, dvc, make_project
@@ -49,7 +49,7 @@ def dead_pid() -> int:
 SWAP = """
 import os, shutil, signal, sys
 from pathlib import Path
-from arxiv_embed import files, run_folders
+from arxiv_embed import files, processes, run_folders
 
 kill_at, calls = int(sys.argv[1]), [0]
 def killing(real):
@@ -107,6 +107,13 @@ def test_temporaries_of_dead_writers_are_removed_and_a_live_writers_kept(tmp_pat
     other = tmp_path / f".other.tmp-{dead_pid()}-jkl"
     for folder in (*dead, live, other):
         (folder / "index").mkdir(parents=True)
+    # This process's own pid on a temporary last changed before it started: a killed run's, whose pid came round
+    # again (in a container a stage often gets the same small pid each run).
+    reused_pid = tmp_path / f".index.tmp-{os.getpid()}-mno"
+    (reused_pid / "index").mkdir(parents=True)
+    long_ago = processes.process_started_at(os.getpid()) - 3600
+    os.utime(reused_pid, (long_ago, long_ago))
+    dead.append(reused_pid)
     assert sorted(files.recover(out)) == sorted(dead)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["index", live.name, other.name])
     assert tree(out) == {"keep": "current"}  # an old folder is put back only when the output is missing
@@ -277,6 +284,15 @@ def main():
         from arxiv_embed.files import write_json
         Path("metrics").write_text("a file where a folder belongs")
         write_json("metrics/evaluate.json", {})
+    elif fault == "disk_full_parquet":  # /dev/full: every write fails with ENOSPC, as on a full disk
+        import polars as pl
+        from arxiv_embed.files import atomic_path
+        with atomic_path("data/out.parquet"):
+            pl.DataFrame({"a": list(range(100_000))}).write_parquet("/dev/full")
+    elif fault == "disk_full_write":
+        from arxiv_embed.files import atomic_path
+        with atomic_path("data/raw/arxiv.jsonl.gz"), open("/dev/full", "wb") as sink:
+            sink.write(b"x" * 100_000)
     elif fault == "sleep":
         print("started", flush=True)
         time.sleep(60)
@@ -288,6 +304,9 @@ run(main, "stage")
     ("permission", "stage: error: permission denied on ro/out.json"),
     ("not_a_folder", "stage: error: metrics/evaluate.json: a part of this path is a file where a folder is expected"),
     ("file_in_the_way", "stage: error: metrics is a file where a folder is expected; move that file aside"),
+    # A full disk names the output being written: polars' error and a plain write()'s name no file of their own.
+    ("disk_full_parquet", "stage: error: no space left writing data/out.parquet: free disk space"),
+    ("disk_full_write", "stage: error: no space left writing data/raw/arxiv.jsonl.gz: free disk space"),
 ])
 def test_a_file_system_fault_is_one_message_naming_the_path(tmp_path: Path, fault: str, message: str) -> None:
     result = subprocess.run([sys.executable, "-c", STAGE, fault], cwd=tmp_path, env=PYTHON_ENV, capture_output=True, text=True)
