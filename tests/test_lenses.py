@@ -309,6 +309,9 @@ def test_every_delta_of_the_classifier_and_clustering_has_an_interval(real_paper
     predictions = base.tables["predictions"]
     assert base.metrics["classification"]["weighted_f1"] == pytest.approx(
         f1_score(predictions["actual"], predictions["predicted"], average="weighted", zero_division=0))
+    # What its interval resamples: the (actual, predicted) pairs it is scored from, not another metric's items.
+    assert base.metrics["classification"]["weighted_f1"] == pytest.approx(
+        f1_score(*base.items["classification.weighted_f1"].T, average="weighted", zero_division=0))
     intervals = paired_intervals(base, base, seed=0)
     for name in ("classification.weighted_f1", "clustering.homogeneity", "clustering.completeness", "clustering.ari", "clustering.nmi"):
         assert intervals[name] == [0.0, 0.0]  # a model against itself: every resample's delta is 0

@@ -4,6 +4,7 @@ change encoding nothing)."""
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 from collections import Counter
@@ -99,7 +100,7 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     from arxiv_embed import paths
     from arxiv_embed.embeddings import TextVectors
 
-    settings = deep_update(TINY_PARAMS, {"finetune": {"mode": "adapter", "adapter": {"epochs": 1}}, "evaluate": {"max_test_papers": 150}})
+    settings = deep_update(copy.deepcopy(TINY_PARAMS), {"finetune": {"mode": "adapter", "adapter": {"epochs": 1}}, "evaluate": {"max_test_papers": 150}})
     project = make_project(tmp_path / "project", settings)
     dvc(project, "repro", "make_triplets")
     monkeypatch.chdir(project)

@@ -189,8 +189,12 @@ def test_time_split_keeps_papers_without_a_date_in_train_or_refuses(project: Pat
 
 
 def test_update_date_field(project: Path) -> None:
-    splits, metrics = run_split(project, split={"method": "time", "time_field": "update_date"})
+    # Updates in the reverse order of submission: the split must follow the field it was told to.
+    papers = papers_table().with_columns(
+        update_date=pl.lit(dt.date(2015, 1, 1)) - pl.duration(days=pl.col("first_version_date").rank("ordinal").cast(pl.Int64)))
+    splits, metrics = run_split(project, papers, split={"method": "time", "time_field": "update_date"})
     assert splits["train"]["update_date"].max() <= splits["test"]["update_date"].min()
+    assert splits["train"]["first_version_date"].min() > splits["test"]["first_version_date"].max()  # not by submission
     assert metrics["time"]["field"] == "update_date"
 
 
