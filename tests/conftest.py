@@ -78,8 +78,9 @@ def base_model():
 
 
 class EncoderCalls(list):
-    """The texts of every call of the chunked encoder's `encode` (arxiv_embed.embeddings), in order;
-    set `interrupt_at = n` to raise KeyboardInterrupt (a Ctrl-C) in the nth call instead."""
+    """The texts of every call of the chunked encoder's `encode` (arxiv_embed.embeddings), in order, less the copies
+    encode_fixed_shapes fills a batch's last rows with; set `interrupt_at = n` to raise KeyboardInterrupt (a Ctrl-C)
+    in the nth call instead."""
 
     interrupt_at: int | None = None
 
@@ -91,7 +92,7 @@ def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> EncoderCalls:
     calls, real_encode = EncoderCalls(), embeddings.encode
 
     def recorded(model, texts, **kwargs):
-        calls.append(list(texts))
+        calls.append(list(dict.fromkeys(texts)))  # the tests' texts are distinct: a repeat is a filling copy
         if len(calls) == calls.interrupt_at:
             raise KeyboardInterrupt
         return real_encode(model, texts, **kwargs)
