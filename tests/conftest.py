@@ -78,9 +78,9 @@ def base_model():
 
 
 class EncoderCalls(list):
-    """The texts of every call of the chunked encoder's `encode` (arxiv_embed.embeddings), in order, less the copies
-    encode_fixed_shapes fills a batch's last rows with; set `interrupt_at = n` to raise KeyboardInterrupt (a Ctrl-C)
-    in the nth call instead."""
+    """The texts of every chunk the chunked encoder encodes (arxiv_embed.embeddings, one entry a chunk, in order; a
+    chunk takes an encode call per token length); set `interrupt_at = n` to raise KeyboardInterrupt (a Ctrl-C) in the
+    nth chunk instead."""
 
     interrupt_at: int | None = None
 
@@ -89,13 +89,13 @@ class EncoderCalls(list):
 def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> EncoderCalls:
     from arxiv_embed import embeddings
 
-    calls, real_encode = EncoderCalls(), embeddings.encode
+    calls, real_encode_chunk = EncoderCalls(), embeddings._encode_chunk
 
-    def recorded(model, texts, **kwargs):
-        calls.append(list(dict.fromkeys(texts)))  # the tests' texts are distinct: a repeat is a filling copy
+    def recorded(model, texts, *args, **kwargs):
+        calls.append(list(texts))
         if len(calls) == calls.interrupt_at:
             raise KeyboardInterrupt
-        return real_encode(model, texts, **kwargs)
+        return real_encode_chunk(model, texts, *args, **kwargs)
 
-    monkeypatch.setattr(embeddings, "encode", recorded)
+    monkeypatch.setattr(embeddings, "_encode_chunk", recorded)
     return calls

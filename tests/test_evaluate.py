@@ -191,7 +191,7 @@ def test_a_full_mode_evaluate_killed_in_a_temp_workspace_resumes_in_the_next(eva
     work = project / "data/embeddings/chunks-finetuned"
     (work / "run-of-a-stopped-run").mkdir(parents=True)
     (work / "run-of-a-stopped-run" / "chunk-a.npy").write_bytes(b"xy")
-    monkeypatch.setattr(embeddings, "CHUNK_SIZE", 32)  # = evaluate.batch_size: one encode call a chunk
+    monkeypatch.setattr(embeddings, "CHUNK_SIZE", 32)  # several chunks: encoder_calls counts them
 
     def temp_workspace(name: str) -> Path:  # as `dvc exp run --temp` makes one, with DVC_ROOT set for its stages
         workspace = project / ".dvc" / "tmp" / "exps" / name

@@ -274,7 +274,7 @@ def test_embed_base_killed_in_a_temp_workspace_resumes_from_its_chunks_in_the_ne
         return workspace
 
     killed = temp_workspace("tmp-killed")
-    encoder_calls.interrupt_at = 3  # chunk_size 256 = 4 x embed_base.batch_size (64): one encode call a chunk
+    encoder_calls.interrupt_at = 3  # Ctrl-C in the third chunk (chunk_size 256)
     with pytest.raises(KeyboardInterrupt):
         embed_base.main()
     monkeypatch.chdir(tmp_path)

@@ -189,9 +189,8 @@ def test_an_index_of_the_old_itq_format_asks_for_a_rebuild_which_reuses_its_embe
 def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, encoder_calls):
     from arxiv_embed.models import encode
 
-    texts = [abstract for r in records if len((abstract := json.loads(r)["abstract"]).split()) > 80][:20]
-    assert len(texts) == 20
-    calls = encoder_calls  # one encode call per chunk of 6: one token length, as each abstract is cut at 64 tokens
+    texts = [json.loads(r)["abstract"] for r in records[:20]]
+    calls = encoder_calls  # a chunk of 6 an entry
     calls.interrupt_at = 3
     with pytest.raises(KeyboardInterrupt):
         encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=6, progress=False)
@@ -521,15 +520,7 @@ def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(t
 
     monkeypatch.setattr(encoding, "CHUNK_SIZE", 6)
     papers = write_papers(tmp_path / "a.jsonl", records[:20])
-    chunks, encode_chunk = [], encoding._encode_chunk
-
-    def ctrl_c_in_the_third_chunk(*args, **kwargs):  # a chunk takes one encode call per token length: count chunks
-        chunks.append(None)
-        if len(chunks) == 3:
-            raise KeyboardInterrupt
-        return encode_chunk(*args, **kwargs)
-
-    monkeypatch.setattr(encoding, "_encode_chunk", ctrl_c_in_the_third_chunk)
+    encoder_calls.interrupt_at = 3
     argv = ["build", "--papers", str(papers), "--model", MODEL, "--index", str(tmp_path / "index"), "--precision", "float32"]
     with pytest.raises(SystemExit) as stopped:
         main(argv)
@@ -540,7 +531,7 @@ def test_an_interrupted_build_says_how_to_resume_and_counts_truly_when_resumed(t
     assert err[1].startswith("search: 20 new or changed papers to encode, 0 kept"), err
     assert f"rerun `python -m arxiv_embed.search build --papers {papers}" in err[2] and "to resume" in err[2]
     assert "2 encoded chunks are saved in" in err[2]  # as many as were finished: none would say so
-    monkeypatch.setattr(encoding, "_encode_chunk", encode_chunk)
+    encoder_calls.interrupt_at = None
     main(argv)
     out = capsys.readouterr().out
     assert "20 papers (20 new or changed, 12 of them resumed from saved chunks, 0 kept)" in out, out
