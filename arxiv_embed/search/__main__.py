@@ -79,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--papers", type=Path, help="papers parquet or JSON lines (.gz ok); optional with --new-model")
     build.add_argument("--precision", choices=["binary", "float32"], default="binary",
                        help="binary: 1-bit FAISS index + float rescoring (default); float32: exact search")
-    build.add_argument("--batch-size", type=positive_int, default=64)
+    build.add_argument("--batch-size", type=positive_int, default=64,
+                       help="texts per batch with --processes (one CPU process: 8 texts of one length a pass; one GPU: token-budget batches)")
     build.add_argument("--processes", type=int, help="encoding processes (default: one per GPU when there are several, else 1)")
     build.add_argument("--new-model", action="store_true",
                        help="the index was built with another model (a retrained release): encode every paper it holds "
