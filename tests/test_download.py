@@ -8,9 +8,11 @@ import itertools
 import json
 import shutil
 import socket
+import struct
 import threading
 import urllib.parse
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -267,6 +269,51 @@ def test_a_broken_off_answer_is_retried_a_repeated_token_refused_and_a_nan_retry
         list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
 
 
+def test_xml_cut_short_or_empty_is_asked_again_and_a_web_page_fails_at_once(server: Server):
+    """A connection closed mid-answer with no Content-Length to check reaches the parser as a piece of XML."""
+    page = oai_page([oai_record("2610.00001")])
+    waits: list[float] = []
+    server.script = {"cs": [(200, {}, page[2][:150]), (200, {}, b""), page]}
+    records = list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+    assert [r["id"] for r in records] == ["2610.00001"] and server.keys() == ["cs"] * 3
+    assert [w for w in waits if w] == [10.0, 20.0]
+
+    server.log.clear()
+    server.script = {"cs": [(200, {"Content-Type": "text/html"}, b"<!DOCTYPE html><html><body>Not here</body></html")]}
+    with pytest.raises(DownloadError, match="not OAI-PMH XML .*check download.oai.endpoint"):
+        list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+    assert server.keys() == ["cs"]  # no endpoint at all: said at once, not after minutes of retries
+    server.script = {"cs": [(200, {}, page[2][:150])]}
+    with pytest.raises(DownloadError, match="not OAI-PMH XML .*check download.oai.endpoint"):
+        list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+
+
+def test_an_empty_window_is_not_saved_so_a_rerun_asks_again(server: Server, tmp_path: Path):
+    """A window with nothing yet (noRecordsMatch) must not stay empty on disk once arXiv announces its papers."""
+    server.script = {"cs": [oai_error("noRecordsMatch")]}
+    harvest = lambda: list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, pages=tmp_path / "pages"))  # noqa: E731
+    assert harvest() == []
+    server.script = {"cs": [oai_page([oai_record("2610.00001")])]}
+    assert [r["id"] for r in harvest()] == ["2610.00001"] and server.keys() == ["cs", "cs"]
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Tokyo", "UTC"])
+def test_retry_after_as_an_http_date_is_gmt_whatever_the_local_zone(zone: str, monkeypatch: pytest.MonkeyPatch):
+    import time
+
+    from arxiv_embed.data.oai import _retry_after
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        later = time.gmtime(time.time() + 100)
+        for form in ("%a %b %d %H:%M:%S %Y", "%a, %d %b %Y %H:%M:%S GMT", "%A, %d-%b-%y %H:%M:%S GMT"):  # asctime, RFC 1123, 850
+            assert _retry_after(time.strftime(form, later), default=1.0) == pytest.approx(100, abs=3), form
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_a_tls_stream_that_breaks_off_is_retried(server: Server, monkeypatch: pytest.MonkeyPatch):
     """The default endpoint is https: a server closing TLS mid-answer raises ssl.SSLEOFError from read(), which is no
     ConnectionError; one such break must not end an hours-long harvest."""
@@ -357,6 +404,54 @@ def test_kaggle_url_streams_the_zip_member(server: Server, kaggle_sample: Path, 
         list(stream_url_records(f"{server.url}/evil", 5))
 
 
+class _Unseekable(io.RawIOBase):
+    """A write-only stream: zipfile then writes each member's CRC in a data descriptor after its data."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:  # type: ignore[override]
+        self.data += chunk
+        return len(chunk)
+
+
+def _inflating_corruption(archive: bytes, name: str) -> bytes:
+    """`archive` with one byte of `name`'s deflated data changed such that it still inflates (to other bytes)."""
+    start = archive.index(name.encode()) + len(name) + 64  # past the local header, into the deflate stream
+    for position in range(start, len(archive)):
+        corrupt = bytearray(archive)
+        corrupt[position] ^= 0x01
+        try:
+            inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+            inflate.decompress(bytes(corrupt[archive.index(name.encode()) + len(name):]))
+        except zlib.error:
+            continue
+        if inflate.eof:
+            return bytes(corrupt)
+    raise AssertionError("no single-byte change inflates")
+
+
+@pytest.mark.parametrize("descriptor", [False, True], ids=["crc-in-header", "crc-in-data-descriptor"])
+def test_a_zip_streamed_from_a_url_is_checked_against_its_crc(server: Server, kaggle_sample: Path, descriptor: bool):
+    """A changed byte can still inflate: the member's CRC-32 catches it, as zipfile does for a local zip."""
+    from arxiv_embed.data import sources
+
+    lines = sample_lines(kaggle_sample, 40)
+    buffer = _Unseekable() if descriptor else io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(sources.KAGGLE_MEMBER, b"".join(lines))
+    good = bytes(buffer.data if descriptor else buffer.getvalue())
+    assert bool(struct.unpack("<H", good[6:8])[0] & 0x08) == descriptor
+    server.script = {"/good": [(200, {}, good)], "/corrupt": [(200, {}, _inflating_corruption(good, sources.KAGGLE_MEMBER))]}
+
+    assert list(stream_url_records(f"{server.url}/good", 5)) == lines
+    with pytest.raises(DownloadError, match=r"/corrupt: truncated or corrupt after \d+ records \(Bad CRC-32"):
+        list(stream_url_records(f"{server.url}/corrupt", 5))
+
+
 def test_a_url_body_cut_short_is_an_error_and_no_url_secret_is_printed(server: Server, kaggle_sample: Path, capsys):
     from arxiv_embed.data.http import without_secrets
 
@@ -367,6 +462,7 @@ def test_a_url_body_cut_short_is_an_error_and_no_url_secret_is_printed(server: S
         list(stream_url_records(url, 5))
     assert "SECRET123" not in str(cut.value)
     assert without_secrets("https://alice:KEY@www.kaggle.com:8443/api/v1/x?sig=abc") == "https://www.kaggle.com:8443/api/v1/x?..."
+    assert without_secrets("http://alice:KEY@[::1]:8080/oai?token=abc") == "http://[::1]:8080/oai?..."
 
 
 @pytest.mark.parametrize(("cut_at", "message"), [(0.0, "the download broke off"), (0.9, r"reading failed after [1-9]\d* records")])
@@ -392,16 +488,27 @@ def test_a_chunked_body_cut_off_is_an_error_not_a_traceback(kaggle_sample: Path,
     listener.close()
 
 
-def test_kaggle_credentials_never_follow_a_redirect(servers, kaggle_sample: Path, monkeypatch: pytest.MonkeyPatch):
+def test_kaggle_credentials_go_to_kaggle_only_and_never_follow_a_redirect(servers, kaggle_sample: Path, monkeypatch: pytest.MonkeyPatch):
+    from arxiv_embed.data import sources
+
     kaggle, storage = servers(), servers()
-    kaggle.script = {"/dl": [(302, {"Location": f"{storage.url}/blob"}, b"")]}
-    storage.script = {"/blob": [(200, {}, b"".join(sample_lines(kaggle_sample, 3)))]}
+    kaggle.script = {"/dl": [(302, {"Location": f"{storage.url}/blob"}, b"")] * 2}
+    storage.script = {"/blob": [(200, {}, b"".join(sample_lines(kaggle_sample, 3)))] * 2}
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "secret-key")
 
+    # download.kaggle_url pointed at a mirror (a plain-http one here): the key stays home.
     assert len(list(stream_url_records(f"{kaggle.url}/dl", 5))) == 3
-    assert kaggle.log[0][2]["Authorization"].startswith("Basic ")
-    assert "Authorization" not in storage.log[0][2]
+    assert "Authorization" not in kaggle.log[0][2] and "Authorization" not in storage.log[0][2]
+    assert sources.sends_kaggle_key("https://www.kaggle.com/api/v1/datasets/download/Cornell-University/arxiv")
+    assert not any(map(sources.sends_kaggle_key, ["http://www.kaggle.com/api/v1/x", "https://kaggle.com.evil.example/x",
+                                                  "https://mirror.example/arxiv.zip", "https://www.kaggle.com@evil.example/x"]))
+
+    # Kaggle itself (this server standing in for it): the key goes there, never to the storage it redirects to.
+    monkeypatch.setattr(sources, "sends_kaggle_key", lambda url: url.startswith(kaggle.url))
+    assert len(list(stream_url_records(f"{kaggle.url}/dl", 5))) == 3
+    assert kaggle.log[1][2]["Authorization"].startswith("Basic ")
+    assert "Authorization" not in storage.log[1][2]
 
 
 def test_local_zip_is_streamed_and_unsafe_or_wrong_zips_are_refused(kaggle_sample: Path, tmp_path: Path):
@@ -478,12 +585,6 @@ def test_a_line_over_the_limit_is_refused_before_it_is_read_whole(tmp_path: Path
     with pytest.raises(DownloadError, match=r"snapshot\.json: line 3 \(after 1 records\) is over .*not JSON lines.*jq -c"):
         next(lines)
     assert max(reads) == 1001 < len(json.dumps(records))
-
-
-def test_download_refuses_lines_clean_would_refuse():
-    from arxiv_embed.data import records, sources
-
-    assert sources.MAX_LINE_BYTES == records.MAX_LINE_BYTES  # one limit, written twice so download needs none of clean's code
 
 
 def test_bad_local_files_name_the_file_and_leave_no_output(kaggle_sample: Path, tmp_path: Path):

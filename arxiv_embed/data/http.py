@@ -29,7 +29,7 @@ def without_secrets(url: str) -> str:
     (tracking.redact strips the userinfo too, but importing it would make the download stage depend on the MLflow
     tracking module, and rerun a 4.5 GB download whenever that changes.)"""
     parts = urllib.parse.urlsplit(url)
-    host = f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or ""
+    host = parts.netloc.rpartition("@")[2]  # as written: an IPv6 host keeps its brackets
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "..." if parts.query else "", ""))
 
 

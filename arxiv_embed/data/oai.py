@@ -21,11 +21,11 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timezone
 from pathlib import Path
 from typing import Any
 
-from arxiv_embed.data.http import OFFLINE_HINT, USER_AGENT, DownloadError, NoNetworkError, open_url, without_secrets
+from arxiv_embed.data.http import USER_AGENT, DownloadError, NoNetworkError, open_url, without_secrets
 from arxiv_embed.files import write_bytes
 
 OAI, ARXIV = "{http://www.openarchives.org/OAI/2.0/}", "{http://arxiv.org/OAI/arXiv/}"
@@ -133,7 +133,9 @@ class _OaiClient:
             else:
                 records, token = self._page(query, set_spec, from_saved=token_saved)
                 token_saved = False
-                if page:  # gzip: a whole harvest's pages are GBs of JSON
+                # gzip: a whole harvest's pages are GBs of JSON. An empty last page (noRecordsMatch: a window not yet
+                # announced) is not kept, so a rerun asks again.
+                if page and (records or token):
                     write_bytes(page, gzip.compress(json.dumps({"token": token, "records": records}).encode(), compresslevel=1))
             yield from records
             if not token:
@@ -199,17 +201,23 @@ class _OaiClient:
                 wait, why = 10.0 * (attempt + 1), f"broke off ({type(exc).__name__})"
             else:
                 self.answered = True
-                return _parse_xml(body, shown)
+                try:
+                    return ET.fromstring(body)
+                except ET.ParseError as exc:
+                    # Cut off (a connection closed without a Content-Length to check) or empty: asked again. Anything
+                    # else (a web page) is no OAI-PMH endpoint, and so is XML still broken after the retries.
+                    if last or not _cut_off_xml(body):
+                        raise DownloadError(f"{shown}: the answer is not OAI-PMH XML ({exc}); check download.oai.endpoint") from None
+                wait, why = 10.0 * (attempt + 1), "broke off (XML cut short)"
             print(f"download: OAI-PMH {why}; retry {attempt + 1}/{self.max_retries} in {wait:.0f} s")
             self.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _parse_xml(body: bytes, url: str) -> ET.Element:
-    try:
-        return ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise DownloadError(f"{url}: the answer is not OAI-PMH XML ({exc}); check download.oai.endpoint") from None
+def _cut_off_xml(body: bytes) -> bool:
+    """An answer that began as OAI-PMH XML (or is empty) but does not parse: it broke off on the way."""
+    start = body.lstrip()[:200]
+    return not start or start.startswith(b"<?xml") or b"<OAI-PMH" in start
 
 
 def _retry_after(value: str | None, default: float) -> float:
@@ -220,7 +228,9 @@ def _retry_after(value: str | None, default: float) -> float:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            when = email.utils.parsedate_to_datetime(value)
+            # An HTTP date is GMT; asctime's form carries no zone, and .timestamp() would read it as local time.
+            seconds = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() - time.time()
         except (TypeError, ValueError):
             return default
     if math.isnan(seconds):  # float("nan") parses, and time.sleep(nan) raises

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
 KAGGLE_MEMBER = "arxiv-metadata-oai-snapshot.json"
+KAGGLE_HOSTS = ("www.kaggle.com", "kaggle.com")  # the only hosts KAGGLE_KEY is sent to
 JSON_SUFFIXES = (".json", ".jsonl")
 CHUNK = 1 << 20
 
@@ -62,7 +63,7 @@ def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     shown = without_secrets(url)
     user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
-    if user and key:
+    if user and key and sends_kaggle_key(url):
         # Unredirected: the download redirects to cloud storage, which must not see the key.
         token = base64.b64encode(f"{user}:{key}".encode()).decode()
         request.add_unredirected_header("Authorization", f"Basic {token}")
@@ -99,6 +100,13 @@ def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
                 raise DownloadError(f"{shown}: the download broke off ({type(exc).__name__}: {exc}); try again") from None
         if response.length:  # http.client ends a short body quietly: what its Content-Length promised and never came
             raise DownloadError(f"{shown}: the download ended {response.length:,} bytes short of its Content-Length; try again")
+
+
+def sends_kaggle_key(url: str) -> bool:
+    """Whether a request to `url` may carry KAGGLE_USERNAME/KAGGLE_KEY: Kaggle's own hosts over https only, never a
+    mirror that download.kaggle_url may name, nor plain http, where anyone on the way reads the header."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" and (parts.hostname or "") in KAGGLE_HOSTS
 
 
 def _lines(stream: IO[bytes], label: str) -> Iterator[bytes]:
@@ -186,6 +194,9 @@ class _ZipStreamMember(io.RawIOBase):
         self._stream, self._label = stream, label
         self._inflate = zlib.decompressobj(-zlib.MAX_WBITS)
         self._out = b""
+        # A byte changed on the way can still inflate: the member's CRC-32 (zipfile checks it for a local zip) is in
+        # the local header, or after the data (flag bit 3: a data descriptor, as a streaming writer makes).
+        self._crc, self._header_crc = 0, None if flags & 0x08 else struct.unpack("<I", header[14:18])[0]
 
     def readable(self) -> bool:
         return True
@@ -193,15 +204,31 @@ class _ZipStreamMember(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         while not self._out:
             if self._inflate.eof:
+                if self._crc is not None:
+                    self._check_crc()
                 return 0
             data = self._inflate.unconsumed_tail or self._stream.read(CHUNK)
             if not data:
                 raise DownloadError(f"{self._label}: the download ended before the end of the zip; try again")
             self._out = self._inflate.decompress(data, CHUNK)
+            self._crc = zlib.crc32(self._out, self._crc)
         size = min(len(buffer), len(self._out))
         buffer[:size] = self._out[:size]
         self._out = self._out[size:]
         return size
+
+    def _check_crc(self) -> None:
+        """At the member's end: its CRC-32 against the one the zip gives (zipfile's "Bad CRC-32" for a local zip)."""
+        expected = self._header_crc
+        if expected is None:  # the data descriptor: optional signature, then the CRC
+            after = self._inflate.unused_data
+            after += self._stream.read(max(0, 8 - len(after)))
+            if len(after) < 8:
+                raise DownloadError(f"{self._label}: the download ended before the end of the zip; try again")
+            expected = struct.unpack("<I", after[4:8] if after.startswith(b"PK\x07\x08") else after[:4])[0]
+        crc, self._crc = self._crc, None
+        if crc != expected:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for the zip's member: {crc:08x}, the zip says {expected:08x}")
 
 
 # ---------------------------------------------------------------- the sources download.source names
