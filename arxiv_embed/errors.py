@@ -9,6 +9,7 @@ folder should be (or the reverse), each printed as one message naming the path a
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import signal
@@ -19,6 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from arxiv_embed.processes import process_alive
+
+
+def redact_url(url: str) -> str:
+    """A URL as messages, logs, params errors and model cards show it: no user:password@ and no query (a signed link's
+    token) or fragment. The userinfo is cut to the last `@` after the scheme, so a password holding an unencoded `/`, `?`
+    or `#` (which a URL parser reads as path, query or fragment) goes too; a rare `@` in a path loses what is before it."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    rest = rest.rpartition("@")[2].split("#", 1)[0]
+    return f"{scheme}://{rest.split('?', 1)[0]}?..." if "?" in rest else f"{scheme}://{rest}"
 
 
 class UserError(Exception):
@@ -125,10 +137,17 @@ def describe_os_error(error: OSError) -> str | None:
 START_OVER = "a rerun starts this stage over"
 
 
-def run(main: Callable[[], object], name: str | None = None, rerun: str = "rerun to continue") -> None:
+def run(main: Callable[[], object], name: str | None = None, rerun: str = "rerun to continue", takes_arguments: bool = False) -> None:
     """Run a stage's main(): a UserError is printed as `<stage>: error: <message>` and exits non-zero.
-    rerun: what a rerun after Ctrl-C does (START_OVER where the stage keeps nothing of a stopped run)."""
+    rerun: what a rerun after Ctrl-C does (START_OVER where the stage keeps nothing of a stopped run).
+    takes_arguments: main parses sys.argv itself; otherwise the stage takes none (params.yaml holds every knob), and
+    `--help` or a stray argument is answered before any work, not ignored by a stage that then rewrites its outputs."""
     name = name or Path(sys.argv[0]).stem
+    if not takes_arguments:
+        doc = (sys.modules[main.__module__].__doc__ or "").strip()
+        argparse.ArgumentParser(prog=f"python -m {main.__module__ if main.__module__ != '__main__' else 'stages.' + name}",
+                                description=doc.splitlines()[0] if doc else None,
+                                epilog="Every knob is in params.yaml; run the stage through `dvc repro`.").parse_args()
     raise_on_sigterm()
     stop_with_parent()
     try:

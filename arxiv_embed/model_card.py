@@ -120,16 +120,16 @@ def shown_model(base: str) -> str:
 
 def shareable_params(dumped: dict) -> dict:
     """params as the release (manifest, card, Hub) shows them: local paths by file name, URLs without tokens."""
-    from arxiv_embed.data.http import without_secrets
+    from arxiv_embed.errors import redact_url
 
     shared = copy.deepcopy(dumped)
     download = shared.get("download", {})
     if download.get("path") and local_reference(download["path"]) and not _inside_project(download["path"]):
         download["path"] = Path(download["path"]).name
     if download.get("kaggle_url"):
-        download["kaggle_url"] = without_secrets(download["kaggle_url"])
+        download["kaggle_url"] = redact_url(download["kaggle_url"])
     if (oai := download.get("oai") or {}).get("endpoint"):
-        oai["endpoint"] = without_secrets(oai["endpoint"])
+        oai["endpoint"] = redact_url(oai["endpoint"])
     if (model := shared.get("model", {})).get("base"):
         model["base"] = shown_model(model["base"])
     return shared

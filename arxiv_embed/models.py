@@ -216,6 +216,23 @@ def load_model(
     return quantize_int8(model) if backend == "int8" else model
 
 
+# What the tokenizer was loaded with, not what it is: transformers writes them back into tokenizer_config.json, where
+# `local_files_only` follows HF_HUB_OFFLINE and would make a saved model's hash depend on the environment.
+LOAD_TIME_KEYS = ("local_files_only", "cache_dir", "token", "use_auth_token", "proxies", "force_download", "_commit_hash")
+
+
+def save_model(model: SentenceTransformer, folder: Path) -> None:
+    """model.save, with the load-time settings left out of every tokenizer_config.json (a Router model has several)."""
+    import json
+
+    model.save(str(folder))
+    for config in Path(folder).rglob("tokenizer_config.json"):
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        if any(key in settings for key in LOAD_TIME_KEYS):
+            kept = {key: value for key, value in settings.items() if key not in LOAD_TIME_KEYS}
+            config.write_text(json.dumps(kept, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def quantize_int8(model: SentenceTransformer) -> SentenceTransformer:
     """A copy of `model` with int8 weights (one scale per output channel) and per-batch int8 activations."""
     import warnings

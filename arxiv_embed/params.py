@@ -21,6 +21,7 @@ from arxiv_embed.schema.model import Model
 from arxiv_embed.schema.push import Push
 from arxiv_embed.schema.shared import Shared
 from arxiv_embed.schema.split import Split
+from arxiv_embed.training.data import train_kinds
 
 
 class Params(Section):
@@ -40,6 +41,19 @@ class Params(Section):
         if self.finetune.hard_negatives.weight and not self.make_triplets.same_label_pairs_per_split.train:
             raise ValueError("finetune.hard_negatives.weight > 0 mines negatives for make_triplets' same_label train pairs: "
                              "set make_triplets.same_label_pairs_per_split.train > 0, or finetune.hard_negatives.weight to 0")
+        return self
+
+    @model_validator(mode="after")
+    def _counts_finetune_reads(self) -> Params:
+        # A file finetune reads must not be made empty on purpose: found here, not after embed_base's encoding.
+        counts = {"triplets": "triplets_per_split", "same_label": "same_label_pairs_per_split",
+                  "graded_pairs": "graded_pairs_per_split", "binary_pairs": "graded_pairs_per_split"}
+        needed = [(counts[kind], "train", f"finetune trains on {kind}") for kind in train_kinds(self.finetune) if kind in counts]
+        if self.finetune.mode == "full":
+            needed.append(("triplets_per_split", "eval", "finetune.mode full evaluates every eval_steps on them"))
+        for count, split, why in needed:
+            if getattr(getattr(self.make_triplets, count), split) == 0:
+                raise ValueError(f"make_triplets.{count}.{split} is 0, but {why}: set it above 0")
         return self
 
     @model_validator(mode="after")
@@ -89,4 +103,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m arxiv_embed.params", description="Validate the whole params.yaml.")
     parser.add_argument("--stamp", help="write this file when params.yaml is valid (the params_check stage's output)")
     stamp = parser.parse_args().stamp
-    run(lambda: _check(stamp), "params_check" if stamp else "params")
+    run(lambda: _check(stamp), "params_check" if stamp else "params", takes_arguments=True)

@@ -1,4 +1,4 @@
-"""Free the disk the MLflow models of old finetune runs take: each finetune logs its whole model (~90 MB with MiniLM).
+"""Free the disk the MLflow models of old finetune runs take: each finetune logs its whole model (~106 MB with MiniLM).
 
 Not a stage: run by hand (`python -m arxiv_embed.prune_models --keep 5`) after a sweep.
 """
@@ -39,7 +39,7 @@ def registry_versions(client) -> list:
 
 
 def prune_models(keep: int) -> list[tuple[str, int | None]]:
-    """Delete the files of the project's MLflow models (each finetune logs its whole model: ~90 MB with MiniLM) but the
+    """Delete the files of the project's MLflow models (each finetune logs its whole model: ~106 MB with MiniLM) but the
     newest `keep`, any a Model Registry version points at, and the one of the model in the workspace (push registers it),
     and mark those models deleted. Runs, their metrics, reports and plots stay; nothing else in the store is touched
     (`mlflow gc` would also erase every run waiting in the trash). Returns (model id, bytes freed: None when the files
@@ -95,4 +95,4 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.keep < 0:
         parser.error("--keep must be 0 or more")
-    run(lambda: prune_models(arguments.keep), "prune_models")
+    run(lambda: prune_models(arguments.keep), "prune_models", takes_arguments=True)

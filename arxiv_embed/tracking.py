@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse, urlunparse
-from arxiv_embed.errors import InputError, UserError
+from arxiv_embed.errors import InputError, UserError, redact_url
 from arxiv_embed.files import read_json
 from arxiv_embed.paths import FINETUNE_RUNTIME, project_root
 
@@ -52,12 +52,6 @@ def without_userinfo(uri: str) -> str:
     if parts.username or parts.password:  # the host as written: hostname would drop an IPv6 address's brackets
         return urlunparse(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     return uri
-
-
-def redact(uri: str) -> str:
-    """The URI for messages and logs: no user:password@ part, and a query (a token) shown as `...`."""
-    shown = without_userinfo(uri)
-    return shown.split("?", 1)[0] + "?..." if "?" in shown else shown
 
 
 def tracking_uri() -> str:
@@ -111,6 +105,14 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
 
     uri = tracking_uri()
     scheme = urlparse(uri).scheme
+    if scheme in {"http", "https"}:
+        try:
+            urlparse(uri).port  # noqa: B018 (raises where a password's unencoded "/", "?" or "#" ended the host early)
+        except ValueError:
+            raise TrackingUnavailableError(
+                f"MLFLOW_TRACKING_URI {redact_url(uri)} is not a URL MLflow can use: percent-encode a user name's or "
+                "password's '/', '?', '#', '@' and ':' (%2F, %3F, %23, %40, %3A), or pass them in MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD") from None
     if without_userinfo(uri) != uri and scheme in {"http", "https"}:
         # MLflow quotes the tracking URI in its "View run ... at:" line and in every failed request's error:
         # hand it the credentials through its Basic-auth variables instead, and a URI without them. A database
@@ -131,12 +133,12 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
             requests.get(uri.rstrip("/") + "/health", timeout=timeout_s, **tls_settings())
         except requests.RequestException as exc:
             raise TrackingUnavailableError(
-                f"MLflow tracking server {redact(uri)} (MLFLOW_TRACKING_URI) does not answer: "
+                f"MLflow tracking server {redact_url(uri)} (MLFLOW_TRACKING_URI) does not answer: "
                 f"{type(exc).__name__}. Start it, fix the URI, or unset MLFLOW_TRACKING_URI to use "
                 f"the local store {DEFAULT_TRACKING_URI}."
             ) from None
         except OSError as exc:  # requests' own check of a certificate path that is not there
-            raise TrackingUnavailableError(f"MLflow's TLS settings for {redact(uri)}: {exc}; fix MLFLOW_TRACKING_SERVER_CERT_PATH "
+            raise TrackingUnavailableError(f"MLflow's TLS settings for {redact_url(uri)}: {exc}; fix MLFLOW_TRACKING_SERVER_CERT_PATH "
                                            "or MLFLOW_TRACKING_CLIENT_CERT_PATH") from None
     try:
         if scheme == "sqlite" and not uri.startswith("sqlite:///:memory:"):
@@ -151,12 +153,12 @@ def configure_tracking(timeout_s: float = 5.0) -> str:
                     raise
         mlflow.set_experiment(EXPERIMENT)
     except mlflow.exceptions.MlflowException as exc:  # a store MLflow refuses (a plain folder: its file store is retired)
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__).replace(uri, redact(uri)).rstrip(".")
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__).replace(uri, redact_url(uri)).rstrip(".")
         raise TrackingUnavailableError(
-            f"MLflow cannot use the store {redact(uri)} (MLFLOW_TRACKING_URI): {reason}. Point it at a server or a database "
+            f"MLflow cannot use the store {redact_url(uri)} (MLFLOW_TRACKING_URI): {reason}. Point it at a server or a database "
             f"(sqlite:///path/mlflow.db), or unset it to use the local store {DEFAULT_TRACKING_URI}."
         ) from None
-    return redact(uri)
+    return redact_url(uri)
 
 
 def file_fingerprint(*paths: Path) -> str:

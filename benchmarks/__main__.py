@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := set(args.names) - set(MODULES):
         parser.error(f"unknown benchmark {', '.join(sorted(unknown))}: choose from {', '.join(MODULES)}")
     for name in args.names or EVERYDAY:
-        module_args = argparse.Namespace(**{**vars(args), **(modules[name].QUICK if args.quick else {})})
+        # --quick's sizes stand in for the defaults only: an option given on the command line is kept.
+        quick = {key: value for key, value in modules[name].QUICK.items() if getattr(args, key) == parser.get_default(key)}
+        module_args = argparse.Namespace(**{**vars(args), **(quick if args.quick else {})})
         save(modules[name].run(module_args))
 
 

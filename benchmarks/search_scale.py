@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, Report, load_note, measure, shared_or
+from benchmarks.common import RESULTS_DIR, ROOT, Report, load_note, measure, shared_or
 from benchmarks.common import SAMPLE as SHIPPED_SAMPLE
 
 # The team's 18.5k multi-domain papers when they are there; a user's clone uses the shipped 4.8k (other figures).

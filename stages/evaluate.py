@@ -144,10 +144,14 @@ def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None
               "Start the tracking server and rerun `dvc repro -s -f evaluate` to log them.", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def which_model(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["base", "finetuned"], required=True)
-    which = parser.parse_args(argv).model
+    return parser.parse_args(argv).model
+
+
+def main(argv: list[str] | None = None) -> None:
+    which = which_model(argv)
 
     # 1. Params and the held-out data.
     params = load(EvaluateParams)
@@ -182,4 +186,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "evaluate")
+    run(main, "evaluate_base" if which_model() == "base" else "evaluate", takes_arguments=True)  # named as in dvc.yaml

@@ -28,7 +28,7 @@ from arxiv_embed.training import adapter, checkpoints, distributed, mining, reci
 from arxiv_embed.training import data as training_data
 from arxiv_embed.embeddings import TextVectors, distinct_texts
 from arxiv_embed.files import atomic_path, write_json, write_text
-from arxiv_embed.models import load_model, pick_device, pick_precision, weights_sha256
+from arxiv_embed.models import load_model, pick_device, pick_precision, save_model, weights_sha256
 from arxiv_embed.flat import flatten
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.finetune import FinetuneParams
@@ -264,7 +264,7 @@ def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: 
     if getattr(model, "model_card_data", None) is not None:
         model.model_card_data._training_start_time = None
     with atomic_path(paths.FINETUNED) as tmp:
-        model.save(str(tmp))
+        save_model(model, tmp)
         (tmp / paths.TRAINING_SUMMARY).write_text(json.dumps(made, indent=2) + "\n")
     write_json(paths.FINETUNE_RUNTIME, {MLFLOW_RUN_ID: run_id, **{key: summary.get(key) for key in RUNTIME_KEYS}})
     write_json(paths.metrics_file("finetune"), made)

@@ -103,10 +103,15 @@ def check_headline(flat: dict[str, dict[str, float]], intervals: dict, tolerance
 def hub_token(hub: Hub) -> str | None:
     if not hub.enabled:
         return None
-    token = os.environ.get("HF_TOKEN", "").strip()
+    # Line breaks go, as huggingface_hub drops them from a token it reads itself (a pasted token often has one): sent as
+    # is, a header with one fails, and its error quotes the token.
+    token = os.environ.get("HF_TOKEN", "").replace("\r", "").replace("\n", "").strip()
     if not token:
         raise PushError("push.hub.enabled is true but HF_TOKEN is not set: set HF_TOKEN in the environment "
                         "(a write token) or set push.hub.enabled: false")
+    if not (token.isascii() and token.isprintable()):  # a header cannot carry it: a traceback after the release
+        raise PushError("HF_TOKEN holds characters no Hub token has (non-ASCII, or control characters): copy the token "
+                        "again from https://huggingface.co/settings/tokens")
     # Checked before the release and the registry version are written, not at the upload after them.
     # huggingface_hub's own rule: either variable, any of its truthy values.
     if offline := [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]:
@@ -240,7 +245,8 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
     except OfflineModeIsEnabled:
         raise PushError("push.hub.enabled is true but HF_HUB_OFFLINE=1 is set: unset it to push to the Hub") from None
     except transport_errors() as exc:
-        raise PushError(f"cannot reach the Hugging Face Hub at {api.endpoint} ({type(exc).__name__}: {exc}): "
+        reason = str(exc).replace(token, "***")  # a transport's error may quote the header it could not send
+        raise PushError(f"cannot reach the Hugging Face Hub at {api.endpoint} ({type(exc).__name__}: {reason}): "
                         "check the network or HF_ENDPOINT, or set push.hub.enabled: false") from None
     except HfHubHTTPError as exc:
         raise PushError(f"the Hub refused the upload to {hub.repo_id} ({str(exc).splitlines()[0]}): "

@@ -111,3 +111,17 @@ def test_entry_point_rejects_an_unknown_benchmark(capsys):
     with pytest.raises(SystemExit):
         main(["clean_scale", "no_such_benchmark"])
     assert "unknown benchmark no_such_benchmark" in capsys.readouterr().err
+
+
+def test_quick_sizes_stand_in_for_defaults_only(monkeypatch):
+    """`--quick --sizes 500` measures 500 records, not --quick's sizes: an option given is kept."""
+    import benchmarks.__main__ as cli
+    from benchmarks import snapshot_scale
+
+    seen = []
+    monkeypatch.setattr(snapshot_scale, "run", seen.append)
+    monkeypatch.setattr(cli, "save", lambda result: None)
+    cli.main(["snapshot_scale", "--quick", "--sizes", "500"])
+    cli.main(["snapshot_scale", "--quick"])
+    assert [args.sizes for args in seen] == ["500", snapshot_scale.QUICK["sizes"]]
+    assert seen[0].max_train_papers == snapshot_scale.QUICK["max_train_papers"]  # the options not given: --quick's

@@ -453,7 +453,7 @@ def test_a_zip_streamed_from_a_url_is_checked_against_its_crc(server: Server, ka
 
 
 def test_a_url_body_cut_short_is_an_error_and_no_url_secret_is_printed(server: Server, kaggle_sample: Path, capsys):
-    from arxiv_embed.data.http import without_secrets
+    from arxiv_embed.errors import redact_url
 
     body = b"".join(sample_lines(kaggle_sample, 40))
     server.script = {"/snapshot.jsonl": [(200, {"Content-Length": str(len(body))}, body[: len(body) // 2])]}
@@ -461,8 +461,8 @@ def test_a_url_body_cut_short_is_an_error_and_no_url_secret_is_printed(server: S
     with pytest.raises(DownloadError, match=r"snapshot.jsonl\?...: the download ended [\d,]+ bytes short of its Content-Length") as cut:
         list(stream_url_records(url, 5))
     assert "SECRET123" not in str(cut.value)
-    assert without_secrets("https://alice:KEY@www.kaggle.com:8443/api/v1/x?sig=abc") == "https://www.kaggle.com:8443/api/v1/x?..."
-    assert without_secrets("http://alice:KEY@[::1]:8080/oai?token=abc") == "http://[::1]:8080/oai?..."
+    assert redact_url("https://alice:KEY@www.kaggle.com:8443/api/v1/x?sig=abc") == "https://www.kaggle.com:8443/api/v1/x?..."
+    assert redact_url("http://alice:KEY@[::1]:8080/oai?token=abc") == "http://[::1]:8080/oai?..."
 
 
 @pytest.mark.parametrize(("cut_at", "message"), [(0.0, "the download broke off"), (0.9, r"reading failed after [1-9]\d* records")])

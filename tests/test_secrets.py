@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from arxiv_embed.tracking import redact
+from arxiv_embed.errors import redact_url as redact
 from tests.harness import deep_update
 from tests.conftest import TINY_PARAMS, make_project, run, stage_env
 from tests.test_finetune import free_port, mlflow_server  # noqa: F401 (fixture)
@@ -37,6 +37,8 @@ def test_redact_drops_user_password_and_query_and_keeps_the_rest() -> None:
     # An IPv6 host keeps its brackets (without them the URL is invalid) and the host its case.
     assert redact(f"http://{USER}:{PASSWORD}@[::1]:5000/") == "http://[::1]:5000/"
     assert redact(f"http://{USER}:p@ss@MLflow.example.com/") == "http://MLflow.example.com/"
+    for unencoded in "/?#":  # a URL parser reads these as the host's end: cut to the last @ all the same
+        assert redact(f"http://{USER}:pa{unencoded}ss{PASSWORD}@127.0.0.1:5999/") == "http://127.0.0.1:5999/"
 
 
 def leaks(texts: dict[str, bytes]) -> list[str]:
@@ -101,6 +103,12 @@ def test_a_down_server_message_names_it_without_the_credentials(tmp_path: Path) 
                              "configure_tracking; run(configure_tracking, 'finetune')"], cwd=project, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "finetune: error: MLflow tracking server http://127.0.0.1:" in result.stderr
     assert not leaks({"stderr": result.stderr.encode()})
+    # A password holding an unencoded "/": no URL parser finds the credentials in it, and no message shows them.
+    env["MLFLOW_TRACKING_URI"] = f"http://{USER}:pa/ss{PASSWORD}@127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-c", "from arxiv_embed.errors import run; from arxiv_embed.tracking import "
+                             "configure_tracking; run(configure_tracking, 'finetune')"], cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "is not a URL MLflow can use: percent-encode" in result.stderr, result.stderr
+    assert not leaks({"stderr": result.stderr.encode()}) and "pa/ss" not in result.stderr
 
 
 def test_a_server_failing_after_its_health_check_is_reported_without_the_credentials(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from arxiv_embed.errors import UserError
+from arxiv_embed.errors import UserError, redact_url
 
 USER_AGENT = "arxiv-embed/0.1 (DVC pipeline fine-tuning sentence embeddings on arXiv metadata; Python urllib)"
 OFFLINE_HINT = (
@@ -24,15 +24,6 @@ class NoNetworkError(DownloadError):
     """The host cannot be reached at all (DNS, refused, timeout)."""
 
 
-def without_secrets(url: str) -> str:
-    """The URL to print: no user:password@ and no query (a signed link's token), which logs and model cards keep.
-    (tracking.redact strips the userinfo too, but importing it would make the download stage depend on the MLflow
-    tracking module, and rerun a 4.5 GB download whenever that changes.)"""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]  # as written: an IPv6 host keeps its brackets
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "..." if parts.query else "", ""))
-
-
 def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
     """urlopen, with every way of not reaching the host turned into one clear NoNetworkError."""
     try:
@@ -41,4 +32,4 @@ def open_url(request: urllib.request.Request, timeout_s: float) -> Any:
         raise
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise NoNetworkError(f"no network: cannot reach {without_secrets(request.full_url)} ({reason}).\n{OFFLINE_HINT}") from None
+        raise NoNetworkError(f"no network: cannot reach {redact_url(request.full_url)} ({reason}).\n{OFFLINE_HINT}") from None

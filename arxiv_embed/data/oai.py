@@ -25,7 +25,8 @@ from datetime import date, timezone
 from pathlib import Path
 from typing import Any
 
-from arxiv_embed.data.http import USER_AGENT, DownloadError, NoNetworkError, open_url, without_secrets
+from arxiv_embed.data.http import USER_AGENT, DownloadError, NoNetworkError, open_url
+from arxiv_embed.errors import redact_url
 from arxiv_embed.files import write_bytes
 
 OAI, ARXIV = "{http://www.openarchives.org/OAI/2.0/}", "{http://arxiv.org/OAI/arXiv/}"
@@ -110,7 +111,7 @@ class _OaiClient:
     def __init__(self, endpoint: str, max_retries: int, interval_s: float, timeout_s: float, sleep: Callable) -> None:
         self.max_retries, self.interval_s, self.timeout_s = max_retries, interval_s, timeout_s
         # An endpoint may carry a query (an access token): requests add theirs to it, and messages show it hidden.
-        self.url, self.endpoint = endpoint, without_secrets(endpoint) if urllib.parse.urlsplit(endpoint).query else endpoint
+        self.url, self.endpoint = endpoint, redact_url(endpoint) if urllib.parse.urlsplit(endpoint).query else endpoint
         self.sleep = sleep
         self._last_request = -math.inf
         self.answered = False  # has the host answered once? (then a failed connection is a blip, retried)

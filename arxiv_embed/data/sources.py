@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
-from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url, without_secrets
+from arxiv_embed.data.http import USER_AGENT, DownloadError, open_url
+from arxiv_embed.errors import redact_url
 from arxiv_embed.files import MAX_LINE_BYTES
 from arxiv_embed.data.oai import harvest_oai, json_line, pages_folder
 from arxiv_embed.paths import OAI_PAGES, kept_between_runs, user_path
@@ -61,7 +62,7 @@ def open_records(path: Path | str) -> Iterator[bytes]:
 def stream_url_records(url: str, timeout_s: float) -> Iterator[bytes]:
     """Yield the JSON lines behind `url` (zip, gzip or plain) while downloading: no copy on disk."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    shown = without_secrets(url)
+    shown = redact_url(url)
     user, key = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
     if user and key and sends_kaggle_key(url):
         # Unredirected: the download redirects to cloud storage, which must not see the key.
@@ -249,13 +250,13 @@ def _oai(params: Download) -> tuple[Iterator[bytes], str]:
         pages=oai_pages(params),
     )
     window = f"{oai.from_date or 'start'}..{oai.until_date or 'now'}"
-    return (json_line(record) for record in records), f"oai {without_secrets(oai.endpoint)} (sets {', '.join(oai.sets)}; {window})"
+    return (json_line(record) for record in records), f"oai {redact_url(oai.endpoint)} (sets {', '.join(oai.sets)}; {window})"
 
 
 def _kaggle(params: Download) -> tuple[Iterator[bytes], str]:
     if params.path:
         return open_records(user_path(params.path)), f"kaggle {params.path}"
-    return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {without_secrets(params.kaggle_url)}"
+    return stream_url_records(params.kaggle_url, params.timeout_s), f"kaggle {redact_url(params.kaggle_url)}"
 
 
 def _file(params: Download) -> tuple[Iterator[bytes], str]:
@@ -270,9 +271,9 @@ class Source:
 
 # download.source -> its reader and its description. Adding a source is one entry (the schema takes its choices from here).
 SOURCES: dict[str, Source] = {
-    "oai": Source(_oai, lambda d, limit: f"arXiv OAI-PMH {without_secrets(d.oai.endpoint)}, sets {', '.join(d.oai.sets)}, "
+    "oai": Source(_oai, lambda d, limit: f"arXiv OAI-PMH {redact_url(d.oai.endpoint)}, sets {', '.join(d.oai.sets)}, "
                                          f"{d.oai.from_date or 'the first record'} to {d.oai.until_date or 'the harvest'}{limit}"),
     # A file by its name only: the card and the release are shared, and a full path shows the user's folders.
-    "kaggle": Source(_kaggle, lambda d, limit: f"Kaggle arXiv metadata snapshot ({Path(d.path).name if d.path else without_secrets(d.kaggle_url)}{limit})"),
+    "kaggle": Source(_kaggle, lambda d, limit: f"Kaggle arXiv metadata snapshot ({Path(d.path).name if d.path else redact_url(d.kaggle_url)}{limit})"),
     "file": Source(_file, lambda d, limit: f"local file `{Path(d.path or '').name}` (Kaggle arXiv snapshot schema{limit})"),
 }

@@ -19,7 +19,7 @@ from typing import Annotated, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from arxiv_embed.errors import UserError
+from arxiv_embed.errors import UserError, redact_url
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -42,6 +42,9 @@ def _no_userinfo(url: str) -> str:
         raise ValueError(f"not a URL ({exc})") from None
     if not parts.hostname:
         raise ValueError("the URL names no host")
+    if parts.query:  # DVC keeps params' values in dvc.lock (git) and its run-cache (pushed to remotes)
+        raise ValueError("a URL with a query (?...) is not supported: a signed link's token would be kept in dvc.lock and "
+                         "DVC's run-cache; download the file and set download.path to it")
     return url
 
 
@@ -53,7 +56,7 @@ def _calendar_date(value: str) -> str:
     try:
         date.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a date of the calendar (YYYY-MM-DD)") from None
+        raise ValueError("not a date of the calendar (YYYY-MM-DD)") from None
     return value
 
 
@@ -68,7 +71,7 @@ IsoDate = Annotated[
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)  # .inf: a traceback later, or NaN weights
 
 
 class ParamsError(UserError):
@@ -99,13 +102,13 @@ def _describe(error: dict, schema: type[BaseModel]) -> str:
         return f"{key}: unknown key{f' (did you mean {close[0]}?)' if close else ''}; the keys here are {', '.join(known)}"
     if error["type"] == "missing":
         return f"{key}: missing (params.yaml is the one source of values: add the key, as documented in the committed params.yaml)"
-    given = error.get("input")
+    given, message = error.get("input"), error["msg"].removeprefix("Value error, ")
     if error["type"] == "value_error" and isinstance(given, dict):  # a rule over several keys: its message names them
-        return error["msg"].removeprefix("Value error, ")
-    if isinstance(given, str):  # a URL's user:password@ is shown as the message says: not printed
-        given = re.sub(r"(://)[^/?#]*@", r"\1", given)  # to the authority's last @: a password may hold one
+        return message
+    if isinstance(given, str):  # a URL's user:password@ and query (a signed link's token) are not printed
+        given = redact_url(given)
     given = "" if isinstance(given, dict) else f" (got {given!r})"
-    return f"{key}: {error['msg']}{given}"
+    return f"{key}: {message}{given}"
 
 
 Schema = TypeVar("Schema", bound=Section)

@@ -70,7 +70,7 @@ class Finetune(Section):
     mode: Literal["adapter", "full"]
     loss: LossName
     train_data: Annotated[list[DataKind], Field(min_length=1)]
-    margin: Annotated[float, Field(gt=0)]  # triplet-style losses: cosine distance, in [0, 2]
+    margin: Annotated[float, Field(gt=0, le=2)]  # triplet-style losses: cosine distance, in (0, 2]
     batch_size: PositiveInt
     temperature: Annotated[float, Field(gt=0)]  # supcon: softmax temperature over cosine similarities
     prototype_weight: Annotated[float, Field(ge=0)]  # supcon: weight of the label-prototype cross-entropy; 0 = off

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import PlainValidator, model_validator
 
-from arxiv_embed.schema.base import Fraction, NonNegativeInt, PositiveInt, Section
+from arxiv_embed.schema.base import Fraction, PositiveInt, Section
 from arxiv_embed.schema.shared import Shared
+
+def _count(value: object) -> int | float | str:
+    # One rule, one message: as a union, a bad value got a line per member, named by pydantic's internal types.
+    if value == "all" or (type(value) in (int, float) and math.isfinite(value) and value >= 0):  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+    raise ValueError("must be a count (an integer such as 3000), a number per paper (a decimal such as 0.5) or 'all', "
+                     "and not negative")
+
 
 # How many of a kind a split gets: an integer is a count; a decimal number (0.5, 1.2) is that many per
 # paper of the split (of the train sample, for train), so the data grows with the papers; "all" = one per paper.
-Count = NonNegativeInt | Annotated[float, Field(ge=0.0)] | Literal["all"]
+Count = Annotated[int | float | Literal["all"], PlainValidator(_count)]
 
 
 class PerSplit(Section):

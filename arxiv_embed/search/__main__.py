@@ -7,7 +7,8 @@
 
 build encodes only new or changed abstracts, resumes an interrupted encoding, and uses the GPU (or
 several with --processes / all GPUs) when present. With a model fine-tuned in adapter mode it also keeps its
-encoder's vectors, so `--new-model` with a retrained adapter (or the base model) runs only the adapter.
+encoder's vectors, so `--new-model` with an adapter retrained on the same encoder (weights and sequence length) runs
+only the adapter.
 `--precision binary` (default) searches 1-bit codes (RaBitQ) with float rescoring (27x less memory); `float32`
 searches exactly.
 `--backend int8` encodes with dynamic int8 Linear layers: ~1.5-1.9x faster on a CPU, NDCG@10 within 1%; query and
@@ -77,11 +78,12 @@ def parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="add papers to an index (encodes only new or changed ones)")
     build.add_argument("--papers", type=Path, help="papers parquet or JSON lines (.gz ok); optional with --new-model")
-    build.add_argument("--precision", choices=["binary", "float32"], default="binary",
-                       help="binary: 1-bit FAISS index + float rescoring (default); float32: exact search")
+    build.add_argument("--precision", choices=["binary", "float32"],
+                       help="binary: 1-bit FAISS index + float rescoring; float32: exact search (default: the index's own, "
+                            "binary for a new one)")
     build.add_argument("--batch-size", type=positive_int, default=64,
                        help="texts per batch with --processes (one CPU process: 8 texts of one length a pass; one GPU: token-budget batches)")
-    build.add_argument("--processes", type=int, help="encoding processes (default: one per GPU when there are several, else 1)")
+    build.add_argument("--processes", type=positive_int, help="encoding processes (default: one per GPU when there are several, else 1)")
     build.add_argument("--new-model", action="store_true",
                        help="the index was built with another model (a retrained release): encode every paper it holds "
                             "again with --model (and --papers' new or changed ones, if given), and replace it (default: refuse)")
@@ -154,6 +156,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
                                           model_identity, empty_papers)
 
     # What can be refused is refused before the papers are read (a minute at 2.7M) and encoded (hours).
+    args.index = args.index.resolve()  # a link to an index on another disk: the swap replaces its target, not the link
     if args.backend == "int8":
         refuse_int8_pool(args.processes)
     try:
@@ -179,12 +182,13 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
         print(f"\nsearch: interrupted; {kept} and the old index is untouched: rerun "
               f"`{shlex.join(['python', '-m', 'arxiv_embed.search', *argv])}` to {then}", file=sys.stderr)
         sys.exit(130)
-    sizes = SearchIndex.load(args.index).sizes()
+    built = SearchIndex.load(args.index)
+    sizes = built.sizes()
     resumed = f", {report.resumed} of them resumed from saved chunks" if report.resumed else ""
     how = (f"every one encoded with the new model{resumed}" if report.reencoded
            else f"{report.encoded} new or changed{resumed}, {report.kept} kept"
            + (" through the new model's adapter, not encoded again" if report.readapted else ""))
-    print(f"search: index {args.index}: {report.total} papers ({how}), {args.precision}, "
+    print(f"search: index {args.index}: {report.total} papers ({how}), {built.meta['precision']}, "
           f"{sizes['bytes_on_disk'] / 1e6:.2f} MB on disk, {report.seconds:.1f} s")
 
 
@@ -202,6 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "query":
         validate_query(args.text, args.k)  # before the model loads: a bad query fails in milliseconds
         if args.server:
+            # The server answers with its own index, model and settings: a local one asked for here would be ignored.
+            local = [flag for flag, value in (("--index", args.index), ("--model", args.model), ("--backend", args.backend),
+                                              ("--rescore-multiplier", args.rescore_multiplier)) if value is not None]
+            if local:
+                parser().error(f"query: {', '.join(local)} cannot go with --server (the server uses those it was started "
+                               "with): leave them out, or query with --index instead of --server")
             result = query_server(args.server, args.text, args.k, args.category)
             print(json.dumps(result, indent=2, ensure_ascii=False)) if args.json else print_results(result)
             return
@@ -222,4 +232,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main, "search")  # a UserError prints as `search: error: <message>`, as the stages' errors do
+    run(main, "search", takes_arguments=True)  # a UserError prints as `search: error: <message>`, as the stages' errors do

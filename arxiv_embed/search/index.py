@@ -353,22 +353,24 @@ def empty_papers() -> pl.DataFrame:
     return pl.DataFrame(schema={**COLUMNS, "text_sha256": pl.String})
 
 
-def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
+def build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision | None,
                 batch_size: int = 64, processes: int | None = None, rescore_multiplier: int | None = None,
                 backend: str = "torch", identity: str | None = None, new_model: bool = False) -> BuildReport:
     """Add `papers` to the index at `path` (created if absent), encoding only ids that are new or changed.
     backend: the one `model` was loaded with; an interrupted build resumes only chunks of the same model and backend.
     rescore_multiplier: stored with the index; None keeps the existing index's (else RESCORE_MULTIPLIER).
+    precision: None keeps the existing index's (else binary).
     identity: model_identity(model_ref) when the caller has it (hashing a large model's weights takes seconds).
     new_model: an index built with another model is re-encoded whole with this one (its papers that `papers` lacks
     included) instead of refused; when the index holds the vectors of this model's encoder (a retrained adapter on the
     same base model), only the adapter runs on them."""
+    path = Path(path).resolve()  # a link to an index elsewhere (another disk): its target is the folder replaced
     with build_lock(path):
-        return _build_index(papers, model, model_ref, Path(path), precision, batch_size, processes, rescore_multiplier, backend,
+        return _build_index(papers, model, model_ref, path, precision, batch_size, processes, rescore_multiplier, backend,
                             identity or model_identity(model_ref), new_model)
 
 
-def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision,
+def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: str, path: Path, precision: Precision | None,
                  batch_size: int, processes: int | None, rescore_multiplier: int | None, backend: str, identity: str,
                  new_model: bool = False) -> BuildReport:
     start = time.perf_counter()
@@ -385,6 +387,7 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
         old = SearchIndex.load_for_build(path)
         if rescore_multiplier is None:
             rescore_multiplier = old.rescore_multiplier
+        precision = precision or old.meta["precision"]  # an update keeps exact search exact unless asked otherwise
         old_encoded = _stored_encoder_vectors(old, encoder_sha256)
         other_encoder = old_encoded is None and old.meta.get("encoder_sha256") is not None
         another_model = new_model and old.meta.get("model_sha256") != identity
@@ -402,6 +405,7 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
             old_keys, old_embeddings = pl.from_arrow(old.papers.select(["id", "text_sha256"])), old.embeddings
             old_batches = old.papers.to_batches()
     rescore_multiplier = rescore_multiplier or RESCORE_MULTIPLIER
+    precision = precision or "binary"
     new_keys = papers.select("id", "text_sha256").with_row_index("new_row")
     unchanged = new_keys.join(old_keys, on=["id", "text_sha256"], how="semi", maintain_order="left")
     todo = new_keys.join(unchanged.select("id"), on="id", how="anti", maintain_order="left")

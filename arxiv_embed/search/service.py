@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -282,6 +282,17 @@ def create_app(searcher: Searcher) -> FastAPI:
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/static/favicon.svg")
+
+    @app.middleware("http")
+    async def head_as_get(request: Request, call_next):  # noqa: ANN001, ANN202
+        # HEAD wherever GET is (RFC 9110; a probe's `curl -I /health`): FastAPI's routes take GET only and answered 405.
+        if request.method != "HEAD":
+            return await call_next(request)
+        request.scope["method"] = "GET"
+        response = await call_next(request)
+        async for _ in response.body_iterator:  # the GET's body, read and dropped: its headers (length, type) stay
+            pass
+        return Response(status_code=response.status_code, headers=dict(response.headers))
 
     @app.exception_handler(HTTPException)
     async def routing_error(request: Request, exc: HTTPException) -> JSONResponse:
