@@ -390,8 +390,9 @@ def encoder_key(name: str, folder: Path, max_seq_length: int, backend: str, prec
     from arxiv_embed import models
 
     code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()[:16]
+    # The CPU kernels' threads split a product's sums in another order: other last bits (OMP_NUM_THREADS=1 for a queue).
     return json.dumps({"model": name, "files_sha256": models.files_sha256(folder), "max_seq_length": max_seq_length,
-                       "backend": backend, "precision": precision, "code_sha256": code,
+                       "backend": backend, "precision": precision, "code_sha256": code, "threads": torch.get_num_threads(),
                        "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                                     f"sentence-transformers {sentence_transformers.__version__}"}, sort_keys=True)
 
@@ -433,9 +434,10 @@ def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 6
 
     import polars as pl
 
-    from arxiv_embed.files import atomic_path
+    from arxiv_embed.files import atomic_path, recover
 
     with reuse_lock(store):  # read again, not taken from embed_texts_reusing: a queued run may have replaced it since
+        recover(store)  # a run killed between the swap's two renames left the store aside: back before it is read
         new_texts = pl.read_parquet(output / TEXTS_FILE)["text"]
         model_key = json.loads((output / ENCODER_FILE).read_text(encoding="utf-8"))["model_key"]
         old = _stored(store, model_key) if max_texts > len(new_texts) else None
@@ -475,8 +477,9 @@ def prune_reuse_stores(keep: Path, others: int = 2) -> list[Path]:
 
     from filelock import FileLock, Timeout
 
-    from arxiv_embed.files import modified_time, newest_first
+    from arxiv_embed.files import modified_time, newest_first, sweep
 
+    sweep(keep.parent)  # what killed writers left (a store half-written, or set aside), of any key: up to a store's size each
     stores = [path for path in keep.parent.iterdir() if path.is_dir() and path != keep and not path.name.startswith(".")]
     listed = {store: modified_time(store) for store in stores}
     deleted = []
@@ -489,6 +492,7 @@ def prune_reuse_stores(keep: Path, others: int = 2) -> list[Path]:
         try:  # a run of that key may have replaced it since it was listed: then it is the newest, and stays
             if listed[stale] is not None and modified_time(stale) == listed[stale]:
                 shutil.rmtree(stale, ignore_errors=True)
+                Path(lock.lock_file).unlink(missing_ok=True)  # a stale key's: no run of it is left to wait on it
                 deleted.append(stale)
         finally:
             lock.release()
@@ -516,7 +520,10 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, how many were
     reused from the store, how many of the others came from chunks a killed run saved): the rest were encoded now."""
+    from arxiv_embed.files import recover
+
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
+        recover(store)  # a run killed between the swap's two renames left the store aside: back before it is read
         old = _stored(store, model_key)
     found = _rows_in(texts, old[0]) if old is not None else None
     reused = 0 if found is None else found.len() - found.null_count()

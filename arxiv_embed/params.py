@@ -22,6 +22,7 @@ from arxiv_embed.schema.push import Push
 from arxiv_embed.schema.shared import Shared
 from arxiv_embed.schema.split import Split
 from arxiv_embed.training.data import train_kinds
+from arxiv_embed.training.losses import COUNT_OF_KIND
 
 
 class Params(Section):
@@ -46,9 +47,8 @@ class Params(Section):
     @model_validator(mode="after")
     def _counts_finetune_reads(self) -> Params:
         # A file finetune reads must not be made empty on purpose: found here, not after embed_base's encoding.
-        counts = {"triplets": "triplets_per_split", "same_label": "same_label_pairs_per_split",
-                  "graded_pairs": "graded_pairs_per_split", "binary_pairs": "graded_pairs_per_split"}
-        needed = [(counts[kind], "train", f"finetune trains on {kind}") for kind in train_kinds(self.finetune) if kind in counts]
+        needed = [(COUNT_OF_KIND[kind], "train", f"finetune trains on {kind}") for kind in train_kinds(self.finetune)
+                  if kind in COUNT_OF_KIND]
         if self.finetune.mode == "full":
             needed.append(("triplets_per_split", "eval", "finetune.mode full evaluates every eval_steps on them"))
         for count, split, why in needed:

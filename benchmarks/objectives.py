@@ -261,7 +261,7 @@ def all_pairs_triplets(vectors, papers) -> dict[str, float]:
     labels, as the lens draws its anchors' labels evenly (`other`, the merged rare labels, anchors none).
     The lens's own estimate rests on a draw of 300 (eval) to 1,000 (test) triplets, +-0.02 to 0.04; this
     one has no draw to vary. hard: the negatives of the anchor's archive only, as make_triplets' hard kind."""
-    from arxiv_embed.data.splitting import OTHER
+    from arxiv_embed.data.columns import OTHER
     from arxiv_embed.search.papers import archive_of
 
     x = vectors(papers["abstract"].to_list())

@@ -21,8 +21,8 @@ import json
 import time
 
 from arxiv_embed import paths
-from arxiv_embed.embeddings import (chunk_folder, distinct_texts, embed_texts_reusing, encode_precision, encoder_key,
-                                    keep_for_reuse, prune_reuse_stores, reuse_folder)
+from arxiv_embed.embeddings import (TextVectors, chunk_folder, distinct_texts, embed_texts_reusing, encode_counted, encode_precision,
+                                    encoder_key, keep_for_reuse, prune_reuse_stores, reuse_folder)
 from arxiv_embed.errors import run
 from arxiv_embed.evaluation.data import load_eval_data
 from arxiv_embed.files import atomic_path, read_table, write_json, write_text
@@ -49,15 +49,22 @@ def main() -> None:
     key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, encode_precision(model))
     store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
+    # int8 scales each batch's activations by the batch: a text's vector depends on its batch-mates, so another run's
+    # vectors are not this run's bits, and no store is read or kept (a killed run's chunks still resume: same batches).
+    reusable = cfg.backend != "int8"
     with chunk_folder(paths.kept_between_runs(paths.EMBED_WORK), key, texts, what="embed_base") as work_dir:  # deleted once kept
-        vectors, reused, resumed = embed_texts_reusing(model, texts, store, work_dir, key, cfg.batch_size, cfg.chunk_size,
-                                                       what="embed_base")
+        if reusable:
+            vectors, reused, resumed = embed_texts_reusing(model, texts, store, work_dir, key, cfg.batch_size, cfg.chunk_size,
+                                                           what="embed_base")
+        else:
+            encoded, resumed = encode_counted(model, texts, work_dir, key, cfg.batch_size, cfg.chunk_size, what="embed_base")
+            vectors, reused = TextVectors(texts, encoded), 0
         seconds = time.monotonic() - started
         with atomic_path(paths.BASE_EMBEDDINGS) as tmp:
             vectors.save(tmp, key)
         # finetune reads only the train sample's vectors: its dependency, so a test-sample change does not retrain.
         write_text(paths.BASE_TRAIN_FINGERPRINT, vectors.fingerprint(distinct_texts([train["abstract"], train["title"]])) + "\n")
-        if older := keep_for_reuse(paths.BASE_EMBEDDINGS, store, cfg.reuse_max_texts):
+        if reusable and (older := keep_for_reuse(paths.BASE_EMBEDDINGS, store, cfg.reuse_max_texts)):
             print(f"embed_base: {store} keeps this run's {len(texts):,} texts' vectors and {older:,} of earlier runs' "
                   f"(embed_base.reuse_max_texts: {cfg.reuse_max_texts:,})", flush=True)
     if stale := prune_reuse_stores(store):

@@ -136,7 +136,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
     written = [False]  # models/finetuned and the metrics: from then on an MLflow failure is only a warning
     with ending_warns(run, run_key, written) as run_id:
         if main_process:
-            checkpoints.close_dead_process_runs("full", keep=run_id)  # attempts killed -9, of these params or others
+            checkpoints.close_dead_process_runs(keep=run_id)  # attempts killed -9, of these params or others, either mode
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
             mlflow.log_params({k: v for k, v in flatten(recorded(params)).items() if k not in logged})
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
@@ -206,7 +206,7 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
             "host": socket.gethostname(), "pid": str(os.getpid())}
     written = [False]
     with ending_warns(tracked_run(None, "finetune-adapter", tags), "finetune-adapter", written) as run_id:
-        checkpoints.close_dead_process_runs("adapter", keep=run_id)  # earlier attempts killed -9 never ended theirs
+        checkpoints.close_dead_process_runs(keep=run_id)  # earlier attempts killed -9 (either mode) never ended theirs
         mlflow.log_params(flatten(recorded(params)))
         load_started = time.monotonic()
         base = TextVectors.load(paths.BASE_EMBEDDINGS)

@@ -13,8 +13,8 @@ from arxiv_embed import paths
 from arxiv_embed.files import atomic_path, read_table, write_json
 from arxiv_embed.schema.base import load
 from arxiv_embed.data.order import stable_order
-from arxiv_embed.data.columns import same_abstract_key
-from arxiv_embed.data.splitting import DATE_COLUMNS, OTHER, assign_splits
+from arxiv_embed.data.columns import OTHER, same_abstract_key
+from arxiv_embed.data.splitting import DATE_COLUMNS, assign_splits
 from arxiv_embed.schema.split import SplitParams
 from arxiv_embed.errors import START_OVER, UserError, run
 

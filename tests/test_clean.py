@@ -254,6 +254,18 @@ def test_a_lone_surrogate_escape_leaves_no_nul_in_the_text(project: Path) -> Non
     assert papers["abstract"][0].startswith("We study paper 2401.00001")
 
 
+def test_invisible_characters_go_so_a_copy_is_found_and_an_invisible_title_is_missing(project: Path) -> None:
+    """A soft hyphen or zero-width space inside a word ("net\u00adworks") is no word break: deleted, the copy of an
+    abstract is a duplicate of its original, and a title of nothing else is missing."""
+    original = paper("2401.00001")
+    copy = paper("2401.00002", title=original["title"].replace("theory", "the\u00adory"),
+                 abstract=original["abstract"].replace("study", "stu\u00addy").replace("paper", "pa\u200bper\ufeff"))
+    write_input(project, [original, copy, paper("2401.00003", title="\u200b"), paper("2401.00004")])
+    papers, rejects, _ = run_clean(project)
+    assert papers["id"].to_list() == ["2401.00001", "2401.00004"]
+    assert sorted((row["id"], row["reason"]) for row in rejects) == [("2401.00002", "duplicate_text"), ("2401.00003", "missing_title")]
+
+
 @pytest.mark.parametrize("keys_per_bucket", [dedup.KEYS_PER_BUCKET, 2], ids=["one-bucket", "3-buckets"])
 def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.MonkeyPatch, keys_per_bucket: int) -> None:
     monkeypatch.setattr(records, "BATCH_BYTES", 1500)  # duplicates land in different batches

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.params import DataKind, LossName, ParamsError
 from arxiv_embed.training import adapter, losses, recipe
 from arxiv_embed.training import data as training_data
@@ -316,8 +317,16 @@ def test_a_batch_too_large_for_the_train_data_is_refused_not_trained_for_0_steps
                             ({"batch_size": 4096}, "finetune.batch_size=4096")):
         ft = finetune(loss="batch_all", train_data=["labels"], retain_title_abstract=0.0, hard_negatives={"weight": 0.0, "candidates": 20},
                       **settings)
-        with pytest.raises(TrainingSetupError, match=f"{named}.* makes no batch of the .* train rows of its 'labels' objective"):
+        with pytest.raises(TrainingSetupError, match=f"{named}.* makes no batch of the .* train rows of its 'labels' objective: "
+                                                     "lower them, or train on more papers"):
             adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
+    # Triplets' rows are make_triplets' count, not the papers: that count is the knob named.
+    frames = {"triplets": training_data.kind_frame("triplets")}
+    index, cached = cached_vectors(tiny_model, frames)
+    ft = finetune(loss="triplet", train_data=["triplets"], batch_size=4096, retain_title_abstract=0.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20})
+    with pytest.raises(TrainingSetupError, match="its 'triplets' objective: lower them, or raise make_triplets.triplets_per_split.train$"):
+        adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
 
 
 def test_balanced_label_sampling_evens_out_labels_with_the_same_epoch_length() -> None:
@@ -477,6 +486,12 @@ def test_full_mode_trains_mined_triplets_as_their_own_scaled_dataset(tiny_model,
         with torch.no_grad():
             assert torch.isfinite(st_trainer.compute_loss(tiny_model, batch))
     assert seen == {"labels", losses.RETAIN, losses.MINED}
+
+    # Mined triplets of one label each (a handful of train papers): the library's sampler would refuse them with a
+    # traceback once model and data are loaded; refused as a setup error naming the knobs instead.
+    lonely = mined.triplets.head(4).with_columns(label=pl.Series([f"l{i}" for i in range(4)]))
+    with pytest.raises(TrainingSetupError, match=r"'hard_negatives' objective's 4 rows have 0; .*finetune.hard_negatives.weight: 0"):
+        recipe.trainer_inputs(recipe.objectives(tiny_model, ft, mined=lonely), ft)
 
 
 def test_adapter_distillation_keeps_the_retained_titles_near_the_base_model(tiny_model, tiny_data: Path) -> None:

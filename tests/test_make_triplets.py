@@ -213,6 +213,28 @@ def test_graded_pairs_follow_arxiv_structure() -> None:
         assert grade == expected, (categories[a], categories[b])
 
 
+def test_the_merged_other_label_is_never_a_shared_label() -> None:
+    """split merges rare labels into `other`: a math.GT paper and a nucl-ex one share no subject, so neither is the
+    other's positive, nor a same-label (1.0) graded pair; `other` papers are still negatives."""
+    import numpy as np
+
+    from arxiv_embed.data.triplets import build
+
+    rows = [{"id": f"c{i}", "abstract": f"cs {i}", "label": "cs.LG", "archive": "cs", "primary_category": "cs.LG",
+             "categories": ["cs.LG"]} for i in range(20)]
+    rows += [{"id": f"o{i}", "abstract": f"rare {i}", "label": "other", "archive": archive, "primary_category": category,
+              "categories": [category]} for i, (archive, category) in enumerate([("math", "math.GT"), ("nucl-ex", "nucl-ex")] * 10)]
+    rows += [{"id": f"m{i}", "abstract": f"math {i}", "label": "math.ST", "archive": "math", "primary_category": "math.ST",
+              "categories": ["math.ST"]} for i in range(20)]
+    papers = pl.DataFrame(rows).with_columns(title=pl.col("abstract"), abstract_key=pl.col("abstract").hash())
+    made = build(papers, 300, 300, 0.5, np.random.default_rng(0), n_graded=600)
+    assert "other" not in set(made["triplets"]["label"]) and "other" not in set(made["same_label"]["label"])
+    assert "other" in set(made["triplets"]["negative_label"])
+    graded = made["graded_pairs"].join(papers.select(pl.col("id").alias("anchor_id"), "label"), on="anchor_id")
+    assert graded.filter(pl.col("label") == "other", pl.col("score") == 1.0).is_empty()
+    assert graded.filter(pl.col("label") == "other").height > 0 and graded.filter(pl.col("score") == 1.0).height > 0
+
+
 def test_every_grade_drawn_is_given_when_the_anchor_has_a_partner_of_it() -> None:
     """A category crowded by the anchor's own label (200 papers of cs.LG, 3 of stat.ML cross-listed to cs.LG): grade 2's
     partners are the 3, and the pair must not fall to a lower grade for it (16 draws from the category missed ~80%).

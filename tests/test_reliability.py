@@ -405,28 +405,30 @@ def test_full_runs_are_closed_only_when_their_process_is_gone(tracking_store) ->
 
     client, experiment, host = tracking_store
     gone = str(dead_pid())
-    runs = {name: client.create_run(experiment, tags={"mode": "full", "run_key": "k1", "host": where, "pid": pid}).info.run_id
+    runs = {name: client.create_run(experiment, tags={"stage": "finetune", "mode": "full", "run_key": "k1", "host": where, "pid": pid}).info.run_id
             for name, where, pid in [("killed", host, gone), ("same_key_alive", host, str(os.getpid())), ("current", host, gone),
                                      ("no_pid", host, ""), ("other_host", "elsewhere", gone)]}
-    assert sorted(checkpoints.close_dead_process_runs("full", keep=runs["current"])) == sorted([runs["killed"], runs["no_pid"]])
+    assert sorted(checkpoints.close_dead_process_runs(keep=runs["current"])) == sorted([runs["killed"], runs["no_pid"]])
     assert {name: client.get_run(run).info.status for name, run in runs.items()} == {
         "killed": "KILLED", "same_key_alive": "RUNNING", "current": "RUNNING", "no_pid": "KILLED", "other_host": "RUNNING"}
 
 
-def test_adapter_runs_of_dead_processes_are_closed_as_killed(tracking_store) -> None:
+def test_finetune_runs_of_dead_processes_of_either_mode_are_closed_as_killed(tracking_store) -> None:
     """Adapter mode has no checkpoint lock: a RUNNING run is an orphan only when the pid it recorded is gone
-    (a queued experiment training alongside, alive, keeps its run)."""
+    (a queued experiment training alongside, alive, keeps its run). A full-mode run killed -9 is closed by the next
+    finetune whatever its mode (README), and a run of another stage is left alone."""
     import os
 
     client, experiment, host = tracking_store
     gone = str(dead_pid())
-    runs = {name: client.create_run(experiment, tags={"mode": mode, "host": where, "pid": pid}).info.run_id
-            for name, mode, where, pid in [("killed", "adapter", host, gone), ("alive", "adapter", host, str(os.getpid())),
-                                           ("current", "adapter", host, gone), ("full", "full", host, gone),
-                                           ("other_host", "adapter", "elsewhere", gone)]}
-    assert checkpoints.close_dead_process_runs("adapter", keep=runs["current"]) == [runs["killed"]]
+    runs = {name: client.create_run(experiment, tags={"stage": stage, "mode": mode, "host": where, "pid": pid}).info.run_id
+            for name, stage, mode, where, pid in [
+                ("killed", "finetune", "adapter", host, gone), ("alive", "finetune", "adapter", host, str(os.getpid())),
+                ("current", "finetune", "adapter", host, gone), ("full", "finetune", "full", host, gone),
+                ("other_host", "finetune", "adapter", "elsewhere", gone), ("evaluate", "evaluate", "", host, gone)]}
+    assert sorted(checkpoints.close_dead_process_runs(keep=runs["current"])) == sorted([runs["killed"], runs["full"]])
     assert {name: client.get_run(run).info.status for name, run in runs.items()} == {
-        "killed": "KILLED", "alive": "RUNNING", "current": "RUNNING", "full": "RUNNING", "other_host": "RUNNING"}
+        "killed": "KILLED", "alive": "RUNNING", "current": "RUNNING", "full": "KILLED", "other_host": "RUNNING", "evaluate": "RUNNING"}
 
 
 # ------------------------------------------------------------------ the DVC cache

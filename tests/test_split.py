@@ -101,6 +101,15 @@ def test_the_split_key_of_a_paper_never_changes() -> None:
     assert stable_order(pl.Series(["0704.0001"]), 42, "sample").to_list() == [10488181299459271444]  # a salted draw differs
 
 
+def test_the_copy_key_ignores_how_the_text_is_encoded() -> None:
+    """An accent composed or not, a ligature, a soft hyphen inside a word: the same abstract to the reader."""
+    from arxiv_embed.data.columns import same_abstract_key
+
+    texts = ["We find caf\u00e9 networks.", "we find cafe\u0301 net\u00adworks", "We \ufb01nd CAF\u00c9 NETWORKS!", "We find cafe networks."]
+    keys = pl.DataFrame({"text": texts}).select(same_abstract_key(pl.col("text")))["text"].to_list()
+    assert keys[0] == keys[1] == keys[2] != keys[3]
+
+
 @pytest.mark.parametrize("method", ["stratified", "time"])
 def test_copies_of_one_abstract_share_a_split(project: Path, method: str) -> None:
     """A resubmission under a new id with another title (clean keeps it) must not train on a test abstract. A time

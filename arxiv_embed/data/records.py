@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,9 @@ WITHDRAWN = (
 )
 # \n, \t, NBSP, thin space...; and NUL, which polars reads a lone surrogate escape ("\ud800") as.
 WHITESPACE = [c for c in map(chr, range(0x3001)) if (c.isspace() or c == "\x00") and c != " "]
+# Invisible format characters (soft hyphen, zero-width space and joiners, word joiner, BOM): deleted, so that "net\u00adworks"
+# is "networks" to dedup, split's copy key and the tokenizer, and a title of nothing else is missing.
+INVISIBLE = [c for c in map(chr, range(0x10000)) if unicodedata.category(c) == "Cf"]
 RFC2822 = "%a, %d %b %Y %H:%M:%S GMT"  # versions[].created, e.g. "Mon, 2 Apr 2007 19:18:42 GMT"
 UNREADABLE = ["unreadable_first_version", "unreadable_update_date"]  # tidy's flags: a date given that does not parse
 
@@ -289,11 +293,12 @@ def text(line: bytes) -> str:
 
 
 def _normalised(column: str) -> pl.Expr:
-    """Runs of whitespace (arXiv's hard line breaks and indents) become one space; LaTeX stays.
+    """Runs of whitespace (arXiv's hard line breaks and indents) become one space, invisible format characters go;
+    LaTeX stays.
 
-    Same result as replace_all(r"\\s+", " "), ~3x faster: one multi-pattern pass, then collapse spaces.
+    Same result as replace_all(r"\\s+", " ") (after the deletions), ~3x faster: one multi-pattern pass, then collapse spaces.
     """
-    spaced = pl.col(column).str.replace_many(WHITESPACE, [" "] * len(WHITESPACE))
+    spaced = pl.col(column).str.replace_many(WHITESPACE + INVISIBLE, [" "] * len(WHITESPACE) + [""] * len(INVISIBLE))
     return spaced.str.replace_all(" {2,}", " ").str.strip_chars(" ")
 
 

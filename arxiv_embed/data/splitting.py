@@ -19,7 +19,6 @@ from arxiv_embed.errors import UserError
 if TYPE_CHECKING:
     from arxiv_embed.schema.split import Split
 
-OTHER = "other"
 DATE_COLUMNS = {"first_version": "first_version_date", "update_date": "update_date"}
 
 

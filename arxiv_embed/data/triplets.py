@@ -8,7 +8,8 @@
 - graded_pairs: abstract pairs scored by arXiv's structure: same label 1.0 > a shared (cross-list)
   category 0.67 > same archive 0.33 > other 0.0 (grades drawn evenly; a grade the anchor has no partner
   of falls to the next lower one), and `same_label` 1/0, for CoSENT/AnglE/OnlineContrastive.
-Anchor labels are taken round-robin (balanced across labels, not proportional to their size).
+Anchor labels are taken round-robin (balanced across labels, not proportional to their size). Split's `other` (rare
+labels merged) is no shared label: never an anchor's label, nor same-label grade; its papers are negatives like any other.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from arxiv_embed.data.columns import OTHER
 from arxiv_embed.progress import Progress
 
 
@@ -38,9 +40,11 @@ TRIPLET_SCHEMA = {
 def anchor_positive_pairs(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n (anchor, positive) row pairs of one label each, labels round-robin in a shuffled order.
 
-    Labels with a single paper cannot give a pair and are left out (make_triplets reports them).
+    Labels with a single paper cannot give a pair and are left out (make_triplets reports them), and so is split's
+    `other` (rare labels merged): its papers share no subject, a math.GT paper is no positive for a nucl-ex one.
     """
-    members = papers.with_row_index("row").group_by("label").agg("row").filter(pl.col("row").list.len() > 1).sort("label")
+    members = (papers.with_row_index("row").group_by("label").agg("row")
+               .filter(pl.col("row").list.len() > 1, pl.col("label") != OTHER).sort("label"))
     if n == 0 or members.is_empty():
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     groups = [np.asarray(rows) for rows in members["row"]]
@@ -129,7 +133,7 @@ def graded_partners(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> t
         own = set(categories[a])
         for g in range(grade, -1, -1):
             found = -1
-            if g == 3 and len(same := by_label[label[a]]) > 1:  # any other paper of the label
+            if g == 3 and label[a] != OTHER and len(same := by_label[label[a]]) > 1:  # any other paper of the label
                 at = int(np.searchsorted(same, a))
                 found = int(same[_skip(int(rng.integers(len(same) - 1)), at, at + 1)])
             elif g == 2:

@@ -52,13 +52,16 @@ def per_query(
     corpus_keys: np.ndarray,
     exclude_self: bool = False,
     metrics: dict[str, tuple[str, int]] = RETRIEVAL_METRICS,
+    one_answer: bool = False,
 ) -> dict[str, np.ndarray]:
     """Each metric's value for each answerable query.
 
     `ranked` holds corpus rows per query, best first (at least the largest cutoff where the corpus
     has that many). A document is relevant to a query when their keys are equal; with exclude_self,
     query i is corpus row i and does not count. Queries without a relevant document are left out,
-    as the evaluator leaves them out.
+    as the evaluator leaves them out. one_answer: the documents of a query's key are copies of its one
+    right answer (a paper's abstract under several ids): the first one found is the answer, and the
+    others neither count as more answers to find nor as hits.
     """
     query_keys, corpus_keys = np.asarray(query_keys), np.asarray(corpus_keys)
     keys, counts = np.unique(corpus_keys, return_counts=True)
@@ -70,6 +73,10 @@ def per_query(
                         "(raise evaluate.max_test_papers, or split.test_fraction)")
     hits = (corpus_keys[ranked] == query_keys[:, None])[answerable].astype(np.float64)
     n_relevant = n_relevant[answerable]
+    if one_answer:  # every metric then reads the first copy's rank alone
+        first = np.where(hits.any(1), hits.argmax(1), -1)
+        hits = (np.arange(hits.shape[1]) == first[:, None]).astype(np.float64)
+        n_relevant = np.ones_like(n_relevant)
     return {name: _METRIC_FUNCTIONS[kind](hits, n_relevant, k) for name, (kind, k) in metrics.items()}
 
 

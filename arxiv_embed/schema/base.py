@@ -26,7 +26,7 @@ PARAMS_FILE = Path("params.yaml")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
-def _no_userinfo(url: str) -> str:
+def _checked_url(url: str) -> str:
     # urllib reads "user:key@host" as a host name (the download fails as "no network"), and the key would be printed.
     if "@" in url.split("/")[2]:
         raise ValueError("a URL with user:password@ is not supported (it would be printed): arXiv's OAI-PMH needs no "
@@ -48,7 +48,7 @@ def _no_userinfo(url: str) -> str:
     return url
 
 
-HttpUrl = Annotated[str, Field(pattern=r"^https?://[^/]"), AfterValidator(_no_userinfo)]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://[^/]"), AfterValidator(_checked_url)]
 
 
 def _calendar_date(value: str) -> str:

@@ -10,6 +10,7 @@ from pydantic import PlainValidator, model_validator
 from arxiv_embed.schema.base import Fraction, PositiveInt, Section
 from arxiv_embed.schema.shared import Shared
 
+
 def _count(value: object) -> int | float | str:
     # One rule, one message: as a union, a bad value got a line per member, named by pydantic's internal types.
     if value == "all" or (type(value) in (int, float) and math.isfinite(value) and value >= 0):  # type: ignore[arg-type]

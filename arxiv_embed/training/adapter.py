@@ -34,7 +34,7 @@ import numpy as np
 
 from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.progress import Progress
-from arxiv_embed.training.losses import RETAIN, batch_sampler
+from arxiv_embed.training.losses import COUNT_OF_KIND, RETAIN, batch_sampler
 
 if TYPE_CHECKING:
     import threading
@@ -355,9 +355,10 @@ def train_adapter(ft, seed: int, recipe: list, index: dict[str, int], cached: np
         steps_per_epoch += (steps := batches_of[objective.name].per_epoch(len(columns[0])))
         if not steps:  # else the run takes 0 steps and ships the untrained identity adapter
             knobs = f"finetune.batch_size={ft.batch_size}" + (f" with finetune.adapter.per_label={ft.adapter.per_label}" if by_label else "")
+            more = (f"raise make_triplets.{COUNT_OF_KIND[objective.name]}.train" if objective.name in COUNT_OF_KIND else
+                    "train on more papers (more records, or a higher make_triplets.max_train_papers where it caps the train sample)")
             raise TrainingSetupError(f"{knobs} makes no batch of the {len(columns[0]):,} train rows of its {objective.name!r} "
-                                     "objective: lower them, or train on more papers (more records, or a higher "
-                                     "make_triplets.max_train_papers where it caps the train sample)")
+                                     f"objective: lower them, or {more}")
 
     # Batches of 32 x 384 are too small to split across threads: on a shared CPU extra threads only
     # wait on each other (measured: 470-540 s with the default threads vs 50-90 s with one, load 15).

@@ -157,8 +157,8 @@ def saved_run_id(run_dir: Path) -> str | None:
     return json.loads(info.read_text())["run_id"] if info.exists() else None
 
 
-def close_dead_process_runs(mode: str, keep: str | None) -> list[str]:
-    """End as KILLED the RUNNING finetune runs of `mode` started on this host by a process that is gone.
+def close_dead_process_runs(keep: str | None) -> list[str]:
+    """End as KILLED the RUNNING finetune runs (either mode) started on this host by a process that is gone.
 
     No lock proves that nobody owns a run: an adapter run has no checkpoint folder, and a queued point with the same
     params may train in its own workspace's folder (`claimed`). A run killed with -9 is told from a live one (a
@@ -167,7 +167,7 @@ def close_dead_process_runs(mode: str, keep: str | None) -> list[str]:
         pid = run.data.tags.get("pid", "")
         return run.info.run_id != keep and not (pid.isdigit() and int(pid) > 0 and process_alive(int(pid)))
 
-    return _end_as_killed(f"tags.mode = '{mode}'", orphaned)
+    return _end_as_killed("tags.stage = 'finetune'", orphaned)
 
 
 def _end_as_killed(selects: str, orphaned) -> list[str]:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from arxiv_embed.schema.finetune import Finetune
 
 RETAIN = "retain_title_abstract"  # the objective (recipe.py) of the no-forgetting title->abstract pairs
+# The make_triplets count each data kind's train rows come from (labels and title_abstract: one row a train paper).
+COUNT_OF_KIND = {"triplets": "triplets_per_split", "same_label": "same_label_pairs_per_split",
+                 "graded_pairs": "graded_pairs_per_split", "binary_pairs": "graded_pairs_per_split"}
 MINED = "hard_negatives"  # the objective (recipe.py) of the mined triplets (mining.py)
 Check = Callable[["Finetune"], None]  # raises TrainingSetupError naming the params when the row cannot train on them
 
