@@ -296,7 +296,7 @@ def main():
     elif fault == "sleep":
         print("started", flush=True)
         time.sleep(60)
-run(main, "stage")
+run(main, "stage", takes_arguments=True)  # main reads the fault from sys.argv
 """
 
 

@@ -26,6 +26,8 @@ PARAMS_FILE = Path("params.yaml")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
 def _checked_url(url: str) -> str:
     # urllib reads "user:key@host" as a host name (the download fails as "no network"), and the key would be printed.
     if "@" in url.split("/")[2]:

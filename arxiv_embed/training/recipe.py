@@ -87,13 +87,13 @@ def trainer_inputs(recipe: list[Objective], ft: Finetune) -> tuple[Dataset | Dat
         data = objective.data
         if grouped and objective.groups is not None and "label" not in data.columns:
             data = data.with_columns(label=objective.groups)
-        if grouped and "label" in data.columns and (data["label"].value_counts()["count"] >= 2).sum() < 2:
-            # The library's sampler refuses it with a traceback, after the model and the data are loaded.
+        # The library's sampler refuses fewer with a traceback, once the model and the data are loaded.
+        if grouped and "label" in data.columns and (pairable := int((data["label"].value_counts()["count"] >= 2).sum())) < 2:
             raise TrainingSetupError(
                 f"finetune.loss={ft.loss} batches every objective by label, and a batch needs two labels of two rows or "
-                f"more: the {objective.name!r} objective's {data.height:,} rows have "
-                f"{(data['label'].value_counts()['count'] >= 2).sum()}; train on more papers (more records, or a higher "
-                "make_triplets.max_train_papers)" + (", or set finetune.hard_negatives.weight: 0" if objective.name == MINED else ""))
+                f"more: the {objective.name!r} objective's {data.height:,} rows have {pairable}; train on more papers (more "
+                "records, or a higher make_triplets.max_train_papers)"
+                + (", or set finetune.hard_negatives.weight: 0" if objective.name == MINED else ""))
         return Dataset.from_dict(data.to_dict(as_series=False))
 
     sets = {o.name: dataset(o) for o in recipe}
