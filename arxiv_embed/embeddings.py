@@ -405,8 +405,11 @@ def reuse_folder(root: Path, model_key: str) -> Path:
 @contextmanager
 def reuse_lock(store: Path, timeout_s: float = 600.0) -> Iterator[None]:
     """Held while a store is read or replaced: queued experiments (`dvc queue start -j 2`) share one store, and a
-    folder swapped while another process reads it would pair one run's texts with the other's vectors."""
+    folder swapped while another process reads it would pair one run's texts with the other's vectors. The holder finds
+    the store recovered: one a run killed between the swap's two renames set aside is back (else read as none)."""
     from filelock import FileLock, Timeout
+
+    from arxiv_embed.files import recover
 
     store.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(store.parent / f".{store.name}.lock"))
@@ -416,6 +419,7 @@ def reuse_lock(store: Path, timeout_s: float = 600.0) -> Iterator[None]:
         raise UserError(f"{lock.lock_file} has been held for {timeout_s:.0f} s by another run reading or replacing the "
                         "reusable vectors; wait for that run to finish, or stop it") from None
     try:
+        recover(store)
         yield
     finally:
         lock.release()
@@ -434,10 +438,9 @@ def keep_for_reuse(output: Path, store: Path, max_texts: int = 0, batch: int = 6
 
     import polars as pl
 
-    from arxiv_embed.files import atomic_path, recover
+    from arxiv_embed.files import atomic_path
 
     with reuse_lock(store):  # read again, not taken from embed_texts_reusing: a queued run may have replaced it since
-        recover(store)  # a run killed between the swap's two renames left the store aside: back before it is read
         new_texts = pl.read_parquet(output / TEXTS_FILE)["text"]
         model_key = json.loads((output / ENCODER_FILE).read_text(encoding="utf-8"))["model_key"]
         old = _stored(store, model_key) if max_texts > len(new_texts) else None
@@ -520,10 +523,7 @@ def embed_texts_reusing(model: SentenceTransformer, texts: list[str], store: Pat
     """embed_texts, taking the vectors of every text a previous run kept in `store` (keep_for_reuse) under the same
     encoder key: a rerun for a larger or another sample encodes only its new texts. Returns (vectors, how many were
     reused from the store, how many of the others came from chunks a killed run saved): the rest were encoded now."""
-    from arxiv_embed.files import recover
-
     with reuse_lock(store):  # the vectors are memory-mapped: a later swap leaves this reader's file in place
-        recover(store)  # a run killed between the swap's two renames left the store aside: back before it is read
         old = _stored(store, model_key)
     found = _rows_in(texts, old[0]) if old is not None else None
     reused = 0 if found is None else found.len() - found.null_count()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from arxiv_embed.processes import process_alive
+from arxiv_embed.processes import proc_stat, process_alive
 
 
 def redact_url(url: str) -> str:
@@ -69,10 +69,8 @@ SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "fish"}
 
 
 def _parent_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    stat = proc_stat(pid)
+    return int(stat[1]) if stat and len(stat) > 1 and stat[1].isdigit() else None
 
 
 def supervisors() -> list[int]:
