@@ -125,17 +125,15 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 
 def release_hash(release: Path) -> str:
-    """One sha256 over the release less its provenance and how it is pushed: the model's files (not the training
-    summary, which held wall times before they moved to metrics/runtime/, so that a release registered then keeps its
-    digest), and the manifest's evaluation, training data and params but push's (names and contents). The git commit
-    and DVC experiment name (in the manifest and the card) change with the workspace, and push.* (the gate's
-    tolerances, the Hub, the license) with how the same model is released: a push after `dvc exp apply`, one that
-    turns the Hub upload on, or one after a retrain that gave the same weights finds its registry version; a new
-    evaluation of the same model (evaluate.* changed) is a new version, whose tags carry it."""
+    """One sha256 over what the release is: the model's files (not the training summary, which held wall times before
+    they moved to metrics/runtime/, so that a release registered then keeps its files' part) and the manifest's
+    evaluation and training data. Not its params: every param that shapes the model shows in its files or its
+    evaluation, and one that does not (finetune.margin under a loss that reads none, logging_steps, push.*) makes no
+    new model. Nor its provenance: the git commit and DVC experiment name change with the workspace. So a push after
+    `dvc exp apply`, one that turns the Hub upload on, or one after a retrain that gave the same weights finds its
+    registry version; a new evaluation of the same model (evaluate.* changed) is a new version, whose tags carry it."""
     manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
-    provenance = ("files", "git_commit", "dvc_experiment", "gate")
-    described = {key: value for key, value in manifest.items() if key not in provenance}
-    described["params"] = {key: value for key, value in described.get("params", {}).items() if key != "push"}
+    described = {key: manifest.get(key) for key in ("model_name", "base_model", "training_data", "evaluation")}
     # The manifest's own digests of the files: the model's ~90 MB are not read again.
     files = {name: digest for name, digest in manifest["files"].items() if name not in ("README.md", TRAINING_SUMMARY)}
     return hashlib.sha256(json.dumps({"files": files, **described}, sort_keys=True, default=str).encode()).hexdigest()
@@ -239,7 +237,10 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT"), token=token)
     try:
         api.create_repo(hub.repo_id, private=hub.private, exist_ok=True)
-        commit = api.upload_folder(repo_id=hub.repo_id, folder_path=release, commit_message="arxiv-embed release")
+        private = settle_visibility(api, hub)
+        # delete_patterns: the repo holds the release's files alone, not an older model's (another mode's modules).
+        commit = api.upload_folder(repo_id=hub.repo_id, folder_path=release, commit_message="arxiv-embed release",
+                                   delete_patterns="*")
     except HFValidationError as exc:  # the schema checks repo_id's form; the Hub's own rules may be stricter
         raise PushError(f"push.hub.repo_id={hub.repo_id!r}: {str(exc).splitlines()[0]}") from None
     except OfflineModeIsEnabled:
@@ -249,9 +250,36 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
         raise PushError(f"cannot reach the Hugging Face Hub at {api.endpoint} ({type(exc).__name__}: {reason}): "
                         "check the network or HF_ENDPOINT, or set push.hub.enabled: false") from None
     except HfHubHTTPError as exc:
-        raise PushError(f"the Hub refused the upload to {hub.repo_id} ({str(exc).splitlines()[0]}): "
-                        "check that HF_TOKEN has write access and push.hub.repo_id is right") from None
-    print(f"push: uploaded to the Hub as {hub.repo_id} ({'private' if hub.private else 'public'}): {commit.commit_url}")
+        raise PushError(hub_refusal(exc, hub.repo_id, token)) from None
+    print(f"push: uploaded to the Hub as {hub.repo_id} ({'private' if private else 'public'}): {commit.commit_url}")
+
+
+def settle_visibility(api, hub: Hub) -> bool:
+    """Whether the repo is private once the files may go up. create_repo leaves a repo that exists as it is:
+    push.hub.private: true makes a public one private before any file is sent; false never publishes a private one
+    (making a repo public is a choice left to its owner)."""
+    private = bool(api.repo_info(hub.repo_id).private)
+    if hub.private and not private:
+        api.update_repo_settings(hub.repo_id, private=True)
+        print(f"push: made the existing Hub repo {hub.repo_id} private (push.hub.private: true)")
+        return True
+    if private and not hub.private:
+        print(f"push: the Hub repo {hub.repo_id} is private and stays so (push.hub.private: false does not publish "
+              "it: change its visibility on the Hub)")
+    return private
+
+
+def hub_refusal(exc, repo_id: str, token: str) -> str:
+    """The Hub's own reason (its message, not only the status line), with advice for that status."""
+    status = exc.response.status_code if getattr(exc, "response", None) is not None else None
+    reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()).replace(token, "***")
+    if status in (401, 403):
+        advice = "check that HF_TOKEN has write access to it and push.hub.repo_id is right"
+    elif status == 429 or (status or 0) >= 500:
+        advice = "the Hub is busy or failing: run `dvc repro push` again later (the release and registry are kept)"
+    else:
+        advice = "fix what the Hub names, then run `dvc repro push` again (the release and registry are kept)"
+    return f"the Hub refused the upload to {repo_id} ({reason}): {advice}"
 
 
 def main() -> None:
@@ -289,7 +317,7 @@ def main() -> None:
     # Which registry version and run the release is: here, not in the release, whose files stay those of the model.
     write_json(runtime_file("push"), {"registered_version": int(version), MLFLOW_RUN_ID: version_run})
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")
-    how = "registered" if created else "already registered (same model, evaluation and params):"
+    how = "registered" if created else "already registered (same model files and evaluation):"
     print(f"push: {how} {cfg.registry_model_name} version {version} (MLflow run {version_run})")
     if token is None:
         print("push: Hugging Face Hub upload skipped (push.hub.enabled is false)")

@@ -98,11 +98,14 @@ def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
     )
     uri = f"http://127.0.0.1:{port}"
     for _ in range(120):
+        if server.poll() is not None:  # e.g. the free port was taken meanwhile: say so, not 60 s of probing
+            pytest.fail(f"mlflow server exited with {server.returncode} before it came up (port {port})")
         try:
             if requests.get(f"{uri}/health", timeout=1).ok:
                 return server, uri
         except requests.RequestException:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     stop_mlflow_server(server)
     pytest.fail("mlflow server did not come up within 60 s")
 

@@ -36,7 +36,7 @@ REPO_ID = "tester/arxiv-embed-test"
 
 
 class FakeHub(ThreadingHTTPServer):
-    """Stands in for huggingface.co: records requests and the files each commit carries."""
+    """Stands in for huggingface.co: records requests, the repos' visibility and the files their commits leave."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _HubHandler)
@@ -44,6 +44,7 @@ class FakeHub(ThreadingHTTPServer):
         self.repos: dict[str, dict] = {}
         self.files: dict[str, bytes] = {}
         self.validated: list[str] = []
+        self.refuse_commit: tuple[int, dict] | None = None  # (status, body) the commit endpoint answers instead
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -53,7 +54,7 @@ class _HubHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _reply(self, status: int, body: dict) -> None:
+    def _reply(self, status: int, body: dict | list) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -61,18 +62,38 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _record(self, method: str) -> tuple[bytes, list[str]]:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests.append((method, self.path, self.headers.get("authorization", "")))
+        return body, self.path.split("?")[0].strip("/").split("/")  # api/models/{org}/{name}/{action}/{rev}
+
     def do_GET(self) -> None:
-        self.server.requests.append(("GET", self.path, self.headers.get("authorization", "")))
+        _, parts = self._record("GET")
+        repo = "/".join(parts[2:4])
+        if parts[:2] == ["api", "models"] and repo in self.server.repos:
+            if len(parts) == 4:  # repo_info
+                return self._reply(200, {"id": repo, "private": self.server.repos[repo]["visibility"] == "private"})
+            if parts[4] == "tree":  # list_repo_files, which upload_folder's delete_patterns reads
+                return self._reply(200, [{"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                                         for path, data in sorted(self.server.files.items())])
         self._reply(404, {"error": "not served by the fake Hub"})
 
+    def do_PUT(self) -> None:
+        body, parts = self._record("PUT")
+        if len(parts) == 5 and parts[4] == "settings":
+            self.server.repos["/".join(parts[2:4])]["visibility"] = json.loads(body)["visibility"]
+            return self._reply(200, {})
+        self._reply(404, {"error": f"unknown route {self.path}"})
+
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.requests.append(("POST", self.path, self.headers.get("authorization", "")))
-        parts = self.path.split("?")[0].strip("/").split("/")  # api/models/{org}/{name}/{action}/{rev}
+        body, parts = self._record("POST")
         if self.path.startswith("/api/repos/create"):
             request = json.loads(body)
-            self.server.repos[f"{request['organization']}/{request['name']}"] = request
-            return self._reply(200, {"url": f"{self.server.endpoint}/{request['organization']}/{request['name']}"})
+            repo = f"{request['organization']}/{request['name']}"
+            if repo in self.server.repos:  # the Hub's answer for a repo that exists, visibility untouched
+                return self._reply(409, {"error": "You already created this model repo", "url": f"{self.server.endpoint}/{repo}"})
+            self.server.repos[repo] = request
+            return self._reply(200, {"url": f"{self.server.endpoint}/{repo}"})
         if self.path.startswith("/api/validate-yaml"):  # the Hub checks a README's front matter first
             self.server.validated.append(json.loads(body)["content"])
             return self._reply(200, {"errors": [], "warnings": []})
@@ -81,10 +102,14 @@ class _HubHandler(BaseHTTPRequestHandler):
             files = json.loads(body)["files"]
             return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
         if len(parts) >= 5 and parts[4] == "commit":
+            if self.server.refuse_commit:
+                return self._reply(*self.server.refuse_commit)
             for line in body.splitlines():
                 item = json.loads(line)
                 if item["key"] == "file":
                     self.server.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                elif item["key"] == "deletedFile":
+                    del self.server.files[item["value"]["path"]]
             repo = "/".join(parts[2:4])
             return self._reply(200, {"commitUrl": f"{self.server.endpoint}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40})
         self._reply(404, {"error": f"unknown route {self.path}"})
@@ -253,8 +278,8 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
     assert fake_hub.repos[REPO_ID]["visibility"] == "private"
     assert fake_hub.files["README.md"].decode() == card
     assert fake_hub.files["model.safetensors"] == (release / "model.safetensors").read_bytes()
-    # create, preupload, commit: the repo writes; validate-yaml and other GETs need no token.
-    writes = [auth for method, path, auth in fake_hub.requests if method == "POST" and "validate-yaml" not in path]
+    # create, preupload, commit: the repo writes (a new repo: no settings call); validate-yaml needs no token.
+    writes = [auth for method, path, auth in fake_hub.requests if method in ("POST", "PUT") and "validate-yaml" not in path]
     assert len(writes) == 3, fake_hub.requests
     assert set(writes) == {f"Bearer {FAKE_TOKEN}"}  # the token was used ...
 
@@ -500,23 +525,26 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     run_push_in_process(project, monkeypatch)
     run_push_in_process(project, monkeypatch)
     output = capsys.readouterr().out
-    assert "registered arxiv-embed version 1" in output and "already registered (same model, evaluation and params): arxiv-embed version 1" in output
+    assert "registered arxiv-embed version 1" in output and "already registered (same model files and evaluation): arxiv-embed version 1" in output
     [version] = registry_versions(project)
     assert version.run_id == run_id and len(version.tags["release_sha256"]) == 64
     monkeypatch.setenv("DVC_EXP_NAME", "lr3e-3")  # the manifest and card now name an experiment; the model is the same
     run_push_in_process(project, monkeypatch)
-    assert "already registered (same model, evaluation and params): arxiv-embed version 1" in capsys.readouterr().out
+    assert "already registered (same model files and evaluation): arxiv-embed version 1" in capsys.readouterr().out
     assert json.loads((project / "models/release/manifest.json").read_text())["dvc_experiment"] == "lr3e-3"
     params = yaml.safe_load((project / "params.yaml").read_text())  # released otherwise: the same release
     params["push"]["gate"]["tolerance"], params["push"]["license"] = 0.01, "mit"
+    # Knobs push tracks that shaped nothing here: the default loss reads no margin; logging_steps trains alike.
+    params["finetune"]["margin"], params["finetune"]["logging_steps"] = 0.2, 7
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     run_push_in_process(project, monkeypatch)
-    assert "already registered (same model, evaluation and params): arxiv-embed version 1" in capsys.readouterr().out
+    assert "already registered (same model files and evaluation): arxiv-embed version 1" in capsys.readouterr().out
+    assert json.loads((project / "models/release/manifest.json").read_text())["params"]["finetune"]["margin"] == 0.2
     # A retrain that gave the same weights: a new MLflow run (with its own logged model) and wall times, the same release.
     retrained = write_inputs(project, papers, base_model)
     (project / "models/finetuned/training_summary.json").write_text(json.dumps({"global_step": 6, "wall_time_s": 13.9}))
     run_push_in_process(project, monkeypatch)
-    assert f"already registered (same model, evaluation and params): arxiv-embed version 1 (MLflow run {run_id})" in capsys.readouterr().out
+    assert f"already registered (same model files and evaluation): arxiv-embed version 1 (MLflow run {run_id})" in capsys.readouterr().out
     assert retrained != run_id and json.loads((project / "metrics/runtime/push.json").read_text())["mlflow_run_id"] == run_id
     report = json.loads((project / "metrics/evaluate.json").read_text())  # the same model evaluated again (evaluate.* changed)
     report["base"]["triplet"]["accuracy"] -= 0.01
@@ -571,7 +599,7 @@ def test_a_model_trained_against_another_store_is_registered_through_a_new_run(t
     assert client.get_logged_model(version.source.removeprefix("models:/")).source_run_id == version.run_id
     assert json.loads((project / "metrics/runtime/push.json").read_text())["mlflow_run_id"] == version.run_id
     run_push_in_process(project, monkeypatch)  # again (a rerun): the same version, no second stand-in run
-    assert "already registered (same model, evaluation and params): arxiv-embed version 1" in capsys.readouterr().out
+    assert "already registered (same model files and evaluation): arxiv-embed version 1" in capsys.readouterr().out
     assert len(client.search_runs([stand_in.info.experiment_id], "tags.stage = 'push'")) == 1
 
 
@@ -638,6 +666,48 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
     with pytest.raises(PushError, match="cannot reach the Hugging Face Hub") as unreachable:
         push_to_hub(hub, tmp_path, FAKE_TOKEN)
     assert FAKE_TOKEN not in str(unreachable.value)
+
+
+def test_an_existing_hub_repo_gets_the_release_alone_and_the_visibility_asked(tmp_path, fake_hub, monkeypatch, capsys):
+    """The Hub answers 409 to creating a repo that exists and leaves it as it is: push.hub.private must still hold
+    before any file goes up, files of an older release (another mode's modules) must go, and a refusal must say why."""
+    from stages.push import PushError, push_to_hub
+
+    def Hub(**hub: object):  # noqa: N802
+        return params_with({"push": {"hub": {"enabled": True, "repo_id": REPO_ID, **hub}}}).push.hub
+
+    release = tmp_path / "release"
+    (release / "1_Pooling").mkdir(parents=True)
+    (release / "README.md").write_text("card")
+    (release / "1_Pooling/config.json").write_text("{}")
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    fake_hub.repos[REPO_ID] = {"visibility": "public"}
+    fake_hub.files.update({".gitattributes": b"*.safetensors filter=lfs", "3_Router/old.safetensors": b"older model",
+                           "README.md": b"old card"})
+    push_to_hub(Hub(private=True), release, FAKE_TOKEN)
+    assert fake_hub.repos[REPO_ID]["visibility"] == "private"
+    settings_put = next(i for i, (method, *_) in enumerate(fake_hub.requests) if method == "PUT")
+    assert all("/commit/" not in path for _, path, _ in fake_hub.requests[:settings_put])  # private before any file
+    assert sorted(fake_hub.files) == [".gitattributes", "1_Pooling/config.json", "README.md"]
+    assert fake_hub.files["README.md"] == b"card"
+    out = capsys.readouterr().out
+    assert f"made the existing Hub repo {REPO_ID} private" in out and f"uploaded to the Hub as {REPO_ID} (private)" in out
+
+    push_to_hub(Hub(private=False), release, FAKE_TOKEN)  # never publishes a private repo: that is its owner's call
+    assert fake_hub.repos[REPO_ID]["visibility"] == "private"
+    out = capsys.readouterr().out
+    assert "is private and stays so" in out and f"uploaded to the Hub as {REPO_ID} (private)" in out
+
+    fake_hub.refuse_commit = (400, {"error": "model.safetensors is larger than 10 MB: use LFS"})
+    with pytest.raises(PushError) as refused:
+        push_to_hub(Hub(private=True), release, FAKE_TOKEN)
+    assert "larger than 10 MB: use LFS" in str(refused.value) and "write access" not in str(refused.value)
+    fake_hub.refuse_commit = (403, {"error": f"You don't have the rights to write to {REPO_ID}"})
+    with pytest.raises(PushError) as forbidden:
+        push_to_hub(Hub(private=True), release, FAKE_TOKEN)
+    assert "don't have the rights" in str(forbidden.value) and "HF_TOKEN has write access" in str(forbidden.value)
+    assert FAKE_TOKEN not in str(refused.value) + str(forbidden.value)
 
 
 def test_stage_exits_non_zero_with_the_reason(tmp_path):

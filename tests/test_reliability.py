@@ -245,7 +245,9 @@ def test_a_second_holder_of_a_run_folder_fails_at_once_naming_the_first(tmp_path
         start = time.monotonic()
         with pytest.raises(checkpoints.RunFolderBusy, match=f"PID {holder.pid}") as busy, checkpoints.locked(run_dir):
             pass
-        assert time.monotonic() - start < 1 and f"kill {holder.pid}" in str(busy.value)
+        # Tried for PROBE_RETRY_S (0.3 s), never waiting on the holder (alive until `finally`): a loose bound, so a
+        # loaded runner passes; a blocking lock would wait for the holder until pytest-timeout fails it.
+        assert time.monotonic() - start < 10 and f"kill {holder.pid}" in str(busy.value)
         assert run_folders.in_use(run_dir, checkpoints.LOCK)
         (tmp_path / "checkpoints" / "older").mkdir()
         checkpoints.prune_checkpoint_runs(tmp_path / "checkpoints" / "older", others=0)
