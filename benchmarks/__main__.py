@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", metavar="name", help=f"any of {', '.join(MODULES)} (default: {', '.join(EVERYDAY)})")
-    parser.add_argument("--quick", action="store_true", help="small sizes, to try a benchmark in a minute or two")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to try a benchmark in a minute or two (faults and repro have none: they run "
+                        "the tiny or the sample's DAG as it is, several minutes)")
     parser.add_argument("--sample", type=Path, default=None, help=SAMPLE_HELP)
     modules = {name: importlib.import_module(f"benchmarks.{module}") for name, module in MODULES.items()}
     for module in modules.values():

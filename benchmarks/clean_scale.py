@@ -13,15 +13,16 @@ import json
 import shutil
 import sys
 import tempfile
+import warnings
 from itertools import islice
 from pathlib import Path
 
 from benchmarks.common import ROOT, Report, load_note, measure
 from benchmarks.synthetic import load_vocabulary, write_snapshot
 from arxiv_embed import paths
+from arxiv_embed.data.records import WITHDRAWN
 from tests.harness import make_project, stage_env
 
-WITHDRAWN = r"(?i)this (?:paper|article|submission|manuscript) (?:has been|is) withdrawn"
 
 
 def pandas_clean(raw: Path, out: Path, min_words: int, max_words: int, chunk_lines: int = 10_000) -> dict:
@@ -42,7 +43,11 @@ def pandas_clean(raw: Path, out: Path, min_words: int, max_words: int, chunk_lin
             for column in ("title", "abstract"):
                 frame[column] = frame[column].str.split().str.join(" ")
             n_words = frame["abstract"].str.count(" ") + 1
-            frame = frame[n_words.between(min_words, max_words) & ~frame["abstract"].str.contains(WITHDRAWN)]
+            comments = frame["comments"].fillna("") if "comments" in frame else pd.Series("", index=frame.index)
+            with warnings.catch_warnings():  # clean's pattern has groups; only whether it matches counts here
+                warnings.filterwarnings("ignore", "This pattern is interpreted as a regular expression")
+                withdrawn = frame["abstract"].str.contains(WITHDRAWN) | comments.str.contains(WITHDRAWN)
+            frame = frame[n_words.between(min_words, max_words) & ~withdrawn]
             first_created = frame["versions"].str[0].str["created"]
             frame = frame[["id", "title", "abstract", "authors", "categories", "update_date"]].assign(
                 first_version_date=pd.to_datetime(first_created, format="%a, %d %b %Y %H:%M:%S %Z").dt.date,

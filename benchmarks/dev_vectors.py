@@ -14,6 +14,7 @@ else in objectives.py takes seconds.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from arxiv_embed.embeddings import TextVectors
 
 WORK = RESULTS_DIR / "dev"  # = quality --quality-workdir benchmarks/results/dev
-POOLED = WORK / "arxiv-dev-pooled.jsonl.gz"
+POOLED_SUFFIX = "-pooled.jsonl.gz"
 EXTRA_VECTORS = "extra-vectors"  # texts the research reads that embed_base did not encode
 
 
@@ -40,24 +41,39 @@ def project(source: Path) -> Path:
     return folder(source) / "project"
 
 
-def pooled_file() -> Path:
-    """Both dev files as one JSON-lines file (clean drops any paper the two share)."""
-    if not POOLED.exists():
-        POOLED.parent.mkdir(parents=True, exist_ok=True)
-        tmp = POOLED.with_name(f"tmp-{POOLED.name}")
-        with gzip.open(tmp, "wb") as out:
-            for source in DEV_FILES:
-                with gzip.open(source, "rb") as f:
-                    shutil.copyfileobj(f, out)
-        tmp.rename(POOLED)
-    return POOLED
+def pooled_file(sources: list[Path]) -> Path:
+    """The given files (the dev files: arxiv-dev-pooled.jsonl.gz) as one JSON-lines file, named after them; clean
+    drops any paper they share."""
+    sources = [Path(source) for source in sources]
+    if sources == [Path(source) for source in DEV_FILES]:
+        pooled = WORK / f"arxiv-dev{POOLED_SUFFIX}"
+    else:
+        names = "-".join(source.name.split(".")[0] for source in sources)
+        digest = hashlib.sha256("\0".join(str(source.resolve()) for source in sources).encode()).hexdigest()[:8]
+        pooled = WORK / f"{names[:80]}-{digest}{POOLED_SUFFIX}"
+    if not pooled.exists():
+        pooled.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pooled.with_name(f"tmp-{pooled.name}")
+        try:
+            with gzip.open(tmp, "wb") as out:
+                for source in sources:
+                    with gzip.open(source, "rb") as f:
+                        shutil.copyfileobj(f, out)
+            tmp.rename(pooled)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return pooled
+
+
+def is_pooled(source: Path) -> bool:
+    return source.parent == WORK and source.name.endswith(POOLED_SUFFIX)
 
 
 def prepare(source: Path) -> Path:
     """The file's project, run to embed_base (DVC skips what is done; its chunks resume a killed
     encoding); the pooled file's to make_triplets."""
     dev_project(folder(source), source, 0)
-    dvc(project(source), "repro", "make_triplets" if source == POOLED else "embed_base")
+    dvc(project(source), "repro", "make_triplets" if is_pooled(source) else "embed_base")
     return project(source)
 
 

@@ -203,7 +203,11 @@ def versions(project: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> Report:
-    chosen = [f for f in FAULTS if not args.faults or f.stage in args.faults.split(",")]
+    asked = {name.strip() for name in args.faults.split(",") if name.strip()} if args.faults else set()
+    if unknown := asked - {f.stage for f in FAULTS}:  # else a typo runs nothing and overwrites the last results
+        raise SystemExit(f"faults: --faults names no fault stage {', '.join(sorted(unknown))}: "
+                         f"choose from {', '.join(sorted({f.stage for f in FAULTS}))}")
+    chosen = [f for f in FAULTS if not asked or f.stage in asked]
     report = Report("faults")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as workdir:

@@ -425,7 +425,7 @@ def run(args: argparse.Namespace):
     if missing := [str(f) for f in sources if not Path(f).exists()]:  # before the pooled file is built from them
         raise SystemExit(f"objectives: {', '.join(missing)} not found. Without ../shared/data, pass --objectives-files with local "
                          "arXiv JSON-lines files (Kaggle schema), e.g. --objectives-files data/sample/arxiv-sample.jsonl.gz")
-    files = [*sources, *([dev_vectors.pooled_file()] if args.objectives_pooled else [])]
+    files = [*sources, *([dev_vectors.pooled_file([Path(f) for f in sources])] if args.objectives_pooled else [])]
     report = Report("objectives")
     if args.objectives_prepare:
         dev_vectors.encode_files([Path(f) for f in files])

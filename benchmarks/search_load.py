@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> Report:
     import psutil
 
     report = Report("search_load")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)  # a fresh clone has none yet
     with tempfile.TemporaryDirectory(prefix="search-load-", dir=RESULTS_DIR) as tmp:
         index = Path(tmp) / "index"
         ids, titles = write_real_index(index, args.load_papers)

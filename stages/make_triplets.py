@@ -10,7 +10,6 @@ Writes data/triplets/ and metrics/make_triplets.json.
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
@@ -38,14 +37,13 @@ def main() -> None:
                 papers.drop("abstract_key").write_parquet(out / paths.TRAIN_SAMPLE.name)
             else:
                 papers = read_table(source, columns, "split").sort("id")  # the draws below read rows by position
-            rng = np.random.default_rng([params.shared.seed, SPLIT_SEED[split]])
             n_triplets = resolve_count(getattr(cfg.triplets_per_split, split), papers.height)
             n_pairs = resolve_count(getattr(cfg.same_label_pairs_per_split, split), papers.height)
             n_graded = resolve_count(getattr(cfg.graded_pairs_per_split, split), papers.height)
             # Copies of one abstract (retitled, re-filed: split keeps them in one split) would pair a paper with itself,
             # as an unsolvable negative or a trivial positive: the first of each takes part (split hashed the abstracts).
             distinct = papers.filter(pl.col("abstract_key").is_first_distinct()).drop("abstract_key")
-            kinds = build(distinct, n_triplets, n_pairs, cfg.hard_negative_fraction, rng, n_graded)
+            kinds = build(distinct, n_triplets, n_pairs, cfg.hard_negative_fraction, [params.shared.seed, SPLIT_SEED[split]], n_graded)
             sizes = distinct["label"].value_counts()
             if split == "test" and not n_triplets:  # a per-paper count that rounds to 0 (the schema refuses a plain 0)
                 raise UserError(f"make_triplets.triplets_per_split.test={cfg.triplets_per_split.test} makes 0 triplets of "

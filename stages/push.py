@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card, shareable_params, shown_model
 from arxiv_embed.schema.base import load
+from arxiv_embed.schema.download import FETCH_PATIENCE
 from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import load_model, weights_sha256
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 EVALUATE = metrics_file("evaluate")
 TRIPLET_COUNTS = metrics_file("make_triplets")  # test triplets of each kind of negative
-UNTRACKED = {"download": {"timeout_s": True, "oai": {"max_retries", "request_interval_s"}}}  # not in push's dvc.yaml params
 RELEASE_TAG = "release_sha256"  # on each registry version: which release it is (see release_hash)
 
 
@@ -309,7 +309,7 @@ def main() -> None:
             "gate": gate,
             "evaluation": evaluation,
             # The knobs this stage tracks (dvc.yaml): how patiently download fetched is not what the model is.
-            "params": shareable_params({**params.model_dump(exclude=UNTRACKED), "finetune": params.finetune.read_by_mode()}),
+            "params": shareable_params({**params.model_dump(exclude=FETCH_PATIENCE), "finetune": params.finetune.read_by_mode()}),
         })
         # Registered before the release is swapped in: a registry that fails leaves the last release in place, and a
         # kill between the two finds the version at the rerun (release_hash).

@@ -125,3 +125,52 @@ def test_quick_sizes_stand_in_for_defaults_only(monkeypatch):
     cli.main(["snapshot_scale", "--quick"])
     assert [args.sizes for args in seen] == ["500", snapshot_scale.QUICK["sizes"]]
     assert seen[0].max_train_papers == snapshot_scale.QUICK["max_train_papers"]  # the options not given: --quick's
+
+
+def test_end_to_end_calls_a_gain_only_an_interval_above_zero():
+    from benchmarks.end_to_end import clears
+
+    assert not clears(0.0, 0.0) and not clears(-0.001, 0.0) and clears(0.0001, 0.0)
+    assert clears(-0.01, 0.01) and not clears(-0.0101, 0.01)  # title->abstract may give up its tolerance
+
+
+def test_faults_refuses_a_stage_it_has_no_fault_for():
+    """A typo ran nothing, printed "0 faults" and overwrote the last results."""
+    import argparse
+
+    from benchmarks import faults
+
+    with pytest.raises(SystemExit, match="--faults names no fault stage Clean: choose from .*clean"):
+        faults.run(argparse.Namespace(faults="Clean, push"))
+
+
+def test_train_throughput_quick_keeps_the_options_given(monkeypatch):
+    from benchmarks import train_throughput
+
+    seen = []
+    monkeypatch.setattr(train_throughput, "run", lambda args: seen.append(args) or Report("train"))
+    monkeypatch.setattr(train_throughput, "save", lambda report: None)
+    train_throughput.main(["--quick", "--steps", "5"])
+    train_throughput.main(["--quick"])
+    assert [(args.steps, args.batch_size) for args in seen] == [(5, 16), (3, 16)]
+
+
+def test_objectives_pools_the_files_given(tmp_path, monkeypatch):
+    """--objectives-files a b --objectives-pooled pools a and b, not the team's dev files."""
+    import gzip
+
+    from benchmarks import dev_vectors
+
+    monkeypatch.setattr(dev_vectors, "WORK", tmp_path / "work")
+    files = []
+    for name, records in (("a.jsonl.gz", [b'{"id": "1"}\n']), ("b.jsonl.gz", [b'{"id": "2"}\n', b'{"id": "3"}\n'])):
+        files.append(tmp_path / name)
+        with gzip.open(files[-1], "wb") as out:
+            out.writelines(records)
+    pooled = dev_vectors.pooled_file(files)
+    assert gzip.open(pooled).read().splitlines() == [b'{"id": "1"}', b'{"id": "2"}', b'{"id": "3"}']
+    assert dev_vectors.is_pooled(pooled) and not dev_vectors.is_pooled(files[0])
+    assert dev_vectors.pooled_file(files[:1]) != pooled
+    with pytest.raises(FileNotFoundError):
+        dev_vectors.pooled_file([tmp_path / "missing.jsonl.gz"])
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == sorted([pooled.name, dev_vectors.pooled_file(files[:1]).name])

@@ -324,10 +324,10 @@ def test_ddp_two_gloo_processes(tmp_path: Path, kaggle_sample: Path) -> None:
     """DISTRIBUTED PATH: finetune re-launches itself under torchrun with 2 CPU (gloo) processes;
     only rank 0 writes the model, the metrics and the one MLflow run."""
     # Two datasets of 40 (no mined ones, whose count varies): the epoch arithmetic below stays exact.
-    params = {"finetune": {**TINY["finetune"], "full": {**TINY["finetune"]["full"], "max_steps": 2, "eval_retrieval": False},
+    params = {"finetune": {**TINY["finetune"], "full": {**TINY["finetune"]["full"], "max_steps": 2, "eval_retrieval": False, "nproc_per_node": 2},
                            "hard_negatives": {"weight": 0.0, "candidates": 20}}}
     project = new_project(tmp_path / "project", kaggle_sample, params)
-    result = run_stage(project, FINETUNE_NPROC_PER_NODE="2")
+    result = run_stage(project, FINETUNE_NPROC_PER_NODE="1")  # no longer read: the params' 2 processes run
     assert "starting 2 processes" in result.stdout
     summary = json.loads((project / "metrics/finetune.json").read_text())
     assert summary["global_step"] == 2 and summary["world_size"] == 2 and summary["effective_batch_size"] == 16

@@ -165,6 +165,19 @@ def test_seeded(project: Path) -> None:
     assert not other.equals(first["train_triplets"])
 
 
+def test_a_count_changes_its_own_kind_only(project: Path) -> None:
+    """A sweep of one count (or of hard_negative_fraction, a triplet knob) must not redraw the other kinds' pairs,
+    which a pair loss or hard-negative mining trains on."""
+    first, _ = run(project, graded_pairs_per_split={"train": 40, "eval": 10, "test": 10})
+    more, _ = run(project, graded_pairs_per_split={"train": 40, "eval": 10, "test": 10},
+                  triplets_per_split={"train": 150, "eval": 40, "test": 50}, hard_negative_fraction=0.2)
+    changed = sorted(name for name in first if not first[name].equals(more[name]))
+    assert changed == ["eval_triplets", "test_triplets", "train_triplets"], changed  # the fraction: every split's
+    fewer, _ = run(project, graded_pairs_per_split={"train": 40, "eval": 10, "test": 10},
+                   same_label_pairs_per_split={"train": 30, "eval": 20, "test": 30})
+    assert sorted(name for name in first if not first[name].equals(fewer[name])) == ["train_same_label"]
+
+
 def test_a_split_with_one_label_gives_no_triplets_and_a_test_split_so_is_refused(project: Path, capsys: pytest.CaptureFixture) -> None:
     from arxiv_embed.errors import UserError
 
@@ -178,7 +191,7 @@ def test_a_split_with_one_label_gives_no_triplets_and_a_test_split_so_is_refused
     assert pl.read_parquet(project / "data/triplets/eval_same_label.parquet").height == COUNTS["same_label_pairs_per_split"]["eval"]
     out = capsys.readouterr().out
     assert "only 0 of 40 triplets: one label only: no negative in eval" in out
-    assert "same_label: 14 distinct of 20 rows in eval (a small split repeats draws)" in out  # 5 papers, drawn with replacement
+    assert "same_label: 12 distinct of 20 rows in eval (a small split repeats draws)" in out  # 5 papers, drawn with replacement
     # Labels of different archives: no hard negative (same archive, another label) exists, and the stage says so.
     keyed(papers_table({"cs.CV": 5, "math.AG": 5}).with_columns(label=pl.col("primary_category"))).write_parquet(project / "data/split/eval.parquet")
     make_triplets.main()
@@ -216,8 +229,6 @@ def test_graded_pairs_follow_arxiv_structure() -> None:
 def test_the_merged_other_label_is_never_a_shared_label() -> None:
     """split merges rare labels into `other`: a math.GT paper and a nucl-ex one share no subject, so neither is the
     other's positive, nor a same-label (1.0) graded pair; `other` papers are still negatives."""
-    import numpy as np
-
     from arxiv_embed.data.triplets import build
 
     rows = [{"id": f"c{i}", "abstract": f"cs {i}", "label": "cs.LG", "archive": "cs", "primary_category": "cs.LG",
@@ -227,7 +238,7 @@ def test_the_merged_other_label_is_never_a_shared_label() -> None:
     rows += [{"id": f"m{i}", "abstract": f"math {i}", "label": "math.ST", "archive": "math", "primary_category": "math.ST",
               "categories": ["math.ST"]} for i in range(20)]
     papers = pl.DataFrame(rows).with_columns(title=pl.col("abstract"), abstract_key=pl.col("abstract").hash())
-    made = build(papers, 300, 300, 0.5, np.random.default_rng(0), n_graded=600)
+    made = build(papers, 300, 300, 0.5, [0], n_graded=600)
     assert "other" not in set(made["triplets"]["label"]) and "other" not in set(made["same_label"]["label"])
     assert "other" in set(made["triplets"]["negative_label"])
     graded = made["graded_pairs"].join(papers.select(pl.col("id").alias("anchor_id"), "label"), on="anchor_id")

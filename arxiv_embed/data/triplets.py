@@ -164,9 +164,11 @@ def graded_partners(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> t
     return anchors[keep], partners[keep], grades[keep]
 
 
-def build(papers: pl.DataFrame, n_triplets: int, n_pairs: int, hard_fraction: float, rng: np.random.Generator,
+def build(papers: pl.DataFrame, n_triplets: int, n_pairs: int, hard_fraction: float, seed: list[int],
           n_graded: int = 0) -> dict[str, pl.DataFrame]:
-    """All three kinds for one split."""
+    """All three kinds for one split, each from its own generator (seeded with `seed`, plus 1 for same-label pairs and
+    2 for graded ones): a sweep of one kind's count, or of hard_fraction (triplets), draws the other kinds alike."""
+    rng = np.random.default_rng(seed)
     anchor, positive = anchor_positive_pairs(papers, n_triplets, rng)
     negative, kinds = negatives(papers, anchor, hard_fraction, rng)
     keep = negative >= 0  # a split with a single label has no negative to offer
@@ -182,14 +184,14 @@ def build(papers: pl.DataFrame, n_triplets: int, n_pairs: int, hard_fraction: fl
         },
         schema=TRIPLET_SCHEMA,
     )  # fmt: skip
-    a, p = anchor_positive_pairs(papers, n_pairs, rng)
+    a, p = anchor_positive_pairs(papers, n_pairs, np.random.default_rng([*seed, 1]))
     same_label = pl.DataFrame(
         {"anchor": take["abstract"].gather(a), "positive": take["abstract"].gather(p), "anchor_id": take["id"].gather(a),
          "positive_id": take["id"].gather(p), "label": take["label"].gather(a)},
         schema=PAIR_SCHEMA,
     )  # fmt: skip
     title_abstract = papers.select(anchor="title", positive="abstract", id="id", label="label")
-    a, p, grade = graded_partners(papers, n_graded, rng)
+    a, p, grade = graded_partners(papers, n_graded, np.random.default_rng([*seed, 2]))
     graded = pl.DataFrame(
         {"anchor": take["abstract"].gather(a), "positive": take["abstract"].gather(p), "anchor_id": take["id"].gather(a),
          "positive_id": take["id"].gather(p), "score": np.asarray(GRADE_SCORES)[grade], "same_label": (grade == 3).astype(np.int64)},

@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.schema.base import HttpUrl, IsoDate, NonNegativeInt, PositiveInt, Section
 
+# How patiently download fetches, not what: no stage tracks these (dvc.yaml), so a changed timeout reruns no harvest,
+# and the release's manifest leaves them out (model_dump's exclude form).
+FETCH_PATIENCE = {"download": {"timeout_s": True, "oai": {"max_retries", "request_interval_s"}}}
+
 
 # An arXiv OAI-PMH set spec: "cs", "physics:astro-ph", "cs:cs:AI". Never empty: an empty set is no
 # filter at all, so OAI-PMH would harvest the whole repository in the date window.

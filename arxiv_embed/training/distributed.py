@@ -10,8 +10,6 @@ import sys
 from arxiv_embed.schema.finetune import Finetune
 from arxiv_embed.errors import TrainingSetupError
 
-NPROC_ENV = "FINETUNE_NPROC_PER_NODE"  # overrides finetune.full.nproc_per_node (e.g. on a bigger machine)
-
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -35,7 +33,9 @@ def is_main_process() -> bool:
 
 
 def requested_processes(finetune: Finetune) -> int:
-    return int(os.environ.get(NPROC_ENV) or finetune.full.nproc_per_node)
+    """finetune.full.nproc_per_node alone (`dvc exp run -S finetune.full.nproc_per_node=N`): the process count sets the
+    effective batch, so a setting DVC does not see would bring back a cached model trained another way."""
+    return finetune.full.nproc_per_node
 
 
 def check_process_count(nproc: int) -> None:
@@ -44,7 +44,7 @@ def check_process_count(nproc: int) -> None:
 
     if torch.cuda.is_available() and nproc > (gpus := torch.cuda.device_count()):
         raise TrainingSetupError(
-            f"finetune.full.nproc_per_node (or {NPROC_ENV}) asks for {nproc} processes but this machine has {gpus} GPU(s): "
+            f"finetune.full.nproc_per_node asks for {nproc} processes but this machine has {gpus} GPU(s): "
             f"set it to at most {gpus}"
         )
 
