@@ -429,7 +429,8 @@ def test_cli_query_json_and_bad_input_exit_non_zero(indexes, records, tmp_path, 
 
     for args, message in [
         (["query", "   ", "--index", str(indexes["float32"])], "search: error: the query is empty"),
-        (["query", "spin glasses", "--index", str(tmp_path / "missing")], "no search index is loaded"),
+        # No server to load it once built: the command line's advice, not the server's.
+        (["query", "spin glasses", "--index", str(tmp_path / "missing")], f"--index {tmp_path / 'missing'}: no search index there; build one"),
         (["query", "spin glasses", "-k", "5000", "--index", str(indexes["float32"])], "k must be between 1 and 1000"),
     ]:
         cli = subprocess.run([sys.executable, "-m", "arxiv_embed.search", *args], cwd=ROOT, env=stage_env(ROOT),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import socket
+import re
 import subprocess
 import sys
 import time
@@ -66,12 +66,14 @@ def site(tmp_path_factory, records):
     (folder / "papers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     run([sys.executable, "-m", "arxiv_embed.search", "build", "--papers", str(folder / "papers.jsonl"), "--model", MODEL,
          "--index", str(folder / "index")], ROOT)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "arxiv_embed.search", "serve", "--index", str(folder / "index"), "--port", str(port)],
-                              cwd=ROOT, env=stage_env(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    # --port 0: the server takes a free port and prints the URL it listens on (no port probed here, then lost to a race).
+    server = subprocess.Popen([sys.executable, "-m", "arxiv_embed.search", "serve", "--index", str(folder / "index"), "--port", "0"],
+                              cwd=ROOT, env=stage_env(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = server.stdout.readline()  # "" if it exits first
+    if not (found := re.match(r"search: page on (http://127\.0\.0\.1:(\d+))/ ", line)) or found[2] == "0":
+        server.kill()
+        pytest.fail(f"`serve --port 0` did not name its port: {line!r} {server.communicate()[1][-3000:]}")
+    base = found[1]
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -220,6 +222,22 @@ def test_every_view_is_a_url_with_history_and_starts_at_the_top(browser, site, r
         browser.get(site + "/")  # a shared link opens the same view
         browser.get(similar_url)
         wait_for(browser, lambda d: results_heading(d).startswith("Papers similar to") and len(shown(d)) == 39)
+
+        # A link's k the list lacks, and a category in another letter case (the server reads either): the boxes show
+        # them, and the next change keeps them, not k=10 and a second option.
+        from selenium.webdriver.support.ui import Select
+
+        category = next(c for r in records for c in r["categories"].split() if c != c.lower())
+        browser.get(site + "/?" + urllib.parse.urlencode({"q": "measurements and models", "k": 7, "category": category.lower()}))
+        wait_for(browser, lambda d: results_heading(d).startswith("Results for") and shown(d))
+        assert len(shown(browser)) <= 7 and Select(browser.find_element(By.ID, "k")).first_selected_option.text == "7"
+        box = Select(browser.find_element(By.ID, "category"))
+        assert box.first_selected_option.get_attribute("value") == category
+        assert [o.get_attribute("value").lower() for o in box.options].count(category.lower()) == 1
+        box.select_by_value("")  # all categories
+        wait_for(browser, lambda d: "category" not in urllib.parse.parse_qs(urllib.parse.urlsplit(d.current_url).query))
+        assert urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query)["k"] == ["7"]
+        wait_for(browser, lambda d: len(shown(d)) == 7)
     finally:
         browser.set_window_size(1280, 1000)
 
@@ -265,6 +283,11 @@ def test_titles_authors_counts_and_a_down_server_read_well(browser, site, record
     wait_for(browser, lambda d: shown(d) and results_heading(d).startswith("Results for"))
     hit = next(r for r in shown(browser) if r["id"] == records[30]["id"])
     assert hit["title"] == "Representations of GLₙ over F_q and α-stable laws", hit["title"]
+    # Only math is LaTeX: an event name's underscore stays; an unknown command keeps its argument; \$ is a dollar.
+    titles = {"GW200208_222617 as an eccentric merger": "GW200208_222617 as an eccentric merger",
+              r"$\bar{p}$He and $\textrm{ODE}_t$": "p\u0304He and ODEₜ", r"costs \$5, $x^2$": "costs $5, x²",
+              r"Schr{\"o}dinger at $\log n$": "Schrödinger at log n", r"an unpaired $ sign": "an unpaired $ sign"}
+    assert browser.execute_script("return arguments[0].map(deLatex)", list(titles)) == list(titles.values())
     assert hit["authors"] == "Author1 Surname1, Author2 Surname2, Author3 Surname3 et al. (50 authors)"
 
     counts: dict[str, int] = {}

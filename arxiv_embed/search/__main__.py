@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         build(args, argv)
         return
 
+    from arxiv_embed.search.index import no_index_there
     from arxiv_embed.search.service import Searcher, create_app, validate_query
 
     if args.command == "query":
@@ -217,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         if args.index is None:
             raise SearchError("query: give --index INDEX (loads the model here) or --server URL (asks a running server)")
-        result = Searcher(args.index, args.model, args.rescore_multiplier, query_backend(args.backend)).search(args.text, args.k, args.category)
+        searcher = Searcher(args.index, args.model, args.rescore_multiplier, query_backend(args.backend))
+        if searcher.index is None:  # no server here to load one once built: the command line's advice
+            raise no_index_there(args.index)
+        result = searcher.search(args.text, args.k, args.category)
         print(json.dumps(result, indent=2, ensure_ascii=False)) if args.json else print_results(result)
         return
 
@@ -227,8 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     if searcher.index is None:
         print(f"search: no index at {args.index} yet: the page says how to build one and loads it once it exists",
               file=sys.stderr)
-    print(f"search: page on http://{args.host}:{args.port}/ , API docs on http://{args.host}:{args.port}/docs", flush=True)
-    uvicorn.run(create_app(searcher), host=args.host, port=args.port, log_level="info")
+    config = uvicorn.Config(create_app(searcher), host=args.host, port=args.port, log_level="info")
+    listening = config.bind_socket()  # bound before the URL is printed: --port 0 takes a free port, which it names
+    base = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{listening.getsockname()[1]}"
+    print(f"search: page on {base}/ , API docs on {base}/docs", flush=True)
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 if __name__ == "__main__":

@@ -91,6 +91,12 @@ def open_rows(path: Path) -> np.ndarray:
     return rows
 
 
+def no_index_there(path: Path) -> SearchError:
+    """The command line's error for an --index folder with no index (a server instead waits for one)."""
+    return SearchError(f"--index {path}: no search index there; build one with "
+                       f"`python -m arxiv_embed.search build --papers PAPERS --index {path}`")
+
+
 @dataclass
 class SearchIndex:
     path: Path
@@ -107,8 +113,7 @@ class SearchIndex:
 
         path = Path(path)
         if not (path / "index.json").exists():
-            raise SearchError(f"--index {path}: no search index there; build one with "
-                              f"`python -m arxiv_embed.search build --papers PAPERS --index {path}`")
+            raise no_index_there(path)
         meta = _read_meta(path)
         # A float32 index of format 2 is the same IndexFlatIP; a binary one holds the old 1-bit index.
         if meta.get("format") != FORMAT and not (meta.get("format") == 2 and meta.get("precision") == "float32"):

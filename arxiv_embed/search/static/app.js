@@ -55,16 +55,40 @@ const SUP = { 0: "⁰", 1: "¹", 2: "²", 3: "³", 4: "⁴", 5: "⁵", 6: "⁶",
 const script = (text, table, mark) =>
   [...text].every((ch) => ch in table) ? [...text].map((ch) => table[ch]).join("") : text.length === 1 ? mark + text : `${mark}(${text})`;
 
-function deLatex(text) {
+const ACCENT = { bar: "\u0304", overline: "\u0305", hat: "\u0302", widehat: "\u0302", tilde: "\u0303", widetilde: "\u0303",
+  vec: "\u20d7", dot: "\u0307", ddot: "\u0308" };  // combining marks over a one-letter argument
+const STYLE = /\\(?:text|textrm|texttt|textsf|textsc|mathrm|mathbf|mathit|mathsf|mathtt|mathcal|mathbb|mathfrak|mathscr|boldsymbol|operatorname|emph|textit|textbf|rm|bf|it)\s*\{([^{}]*)\}/g;
+
+const TEXT_ACCENT = { '"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", "=": "\u0304", ".": "\u0307" };
+
+// Text outside math: Schr{\"o}dinger -> Schrödinger, \emph{x} -> x, \& -> &; "GW200208_222617" or "file_name" stay.
+function deLatexText(text) {
   return text
-    .replace(/\\(?:text|mathrm|mathbf|mathit|mathsf|mathcal|mathbb|operatorname|emph|textit|textbf|rm|bf|it)\s*\{([^{}]*)\}/g, "$1")
-    .replace(/\\([A-Za-z]+)/g, (whole, name) => GREEK[name] ?? whole)
+    .replace(STYLE, "$1")
+    .replace(/\\(["'`^~=.])\s*(?:\{([A-Za-z])\}|([A-Za-z]))/g, (_, mark, braced, bare) => ((braced ?? bare) + TEXT_ACCENT[mark]).normalize("NFC"))
+    .replace(/\\([A-Za-z]+)/g, (whole, name) => GREEK[name] ?? whole)  // "\beta limit" outside math too
+    .replace(/(?<!\\)[{}]/g, "")
+    .replace(/\\([{}%&#_])/g, "$1");
+}
+
+// Math ($…$) as text: $\text{GL}_n$ -> GLₙ, $\alpha$ -> α, $t\bar{t}$ -> tt̄, $\log n$ -> log n.
+function deLatexMath(math) {
+  return deLatexText(math
+    .replace(STYLE, "$1")
+    .replace(/\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}/g, "$1/$2")
+    .replace(/\\([A-Za-z]+)\s*\{([^{}]*)\}/g, (whole, name, arg) =>  // an accent, or a command unknown here: its argument
+      name in GREEK ? whole : (arg + (ACCENT[name] && [...arg].length === 1 ? ACCENT[name] : "")).normalize("NFC"))
+    .replace(/\\([A-Za-z]+)/g, (_, name) => GREEK[name] ?? name)  // the name, not "\log"
     .replace(/_\{([^{}]*)\}|_([A-Za-z0-9])/g, (_, group, one) => script(group ?? one, SUB, "_"))
     .replace(/\^\{([^{}]*)\}|\^([A-Za-z0-9*+-])/g, (_, group, one) => script(group ?? one, SUP, "^"))
-    .replace(/\\([{}%&#$_])/g, "$1")
-    .replace(/\$/g, "")
-    .replace(/\\[,;:! ]/g, " ")
-    .replace(/[{}]/g, "");
+    .replace(/\\[,;:! ]/g, " "));
+}
+
+function deLatex(text) {
+  const DOLLAR = "\u0000";  // an escaped \$ is a dollar sign, not a math delimiter
+  const parts = text.replace(/\\\$/g, DOLLAR).replace(/\\\((.*?)\\\)/g, "$$$1$$").split("$");  // \(…\) is math too
+  if (parts.length % 2 === 0) parts[parts.length - 2] += "$" + parts.pop();  // an unpaired $: text, kept
+  return parts.map((part, i) => i % 2 ? deLatexMath(part) : deLatexText(part)).join("").replaceAll(DOLLAR, "$");
 }
 
 function authorsElement(authors) {
@@ -106,15 +130,18 @@ function urlOf(v) {
   return text ? `?${text}` : location.pathname;
 }
 
-function addCategoryOption(name) {
-  if (name && ![...categoryBox.options].some((option) => option.value === name)) categoryBox.append(new Option(name, name));
+// The option naming `name` (the server reads categories in any case: cs.lg is cs.LG), added when the list lacks it.
+function categoryOption(name) {
+  const found = [...categoryBox.options].find((option) => option.value.toLowerCase() === name.toLowerCase());
+  return found ?? categoryBox.appendChild(new Option(name, name));
 }
 
 function showControls(v) {
   if (!v.similar) queryBox.value = v.q;
-  if ([...kBox.options].some((option) => option.value === v.k)) kBox.value = v.k;
-  addCategoryOption(v.category);
-  categoryBox.value = v.category;
+  // A link's k the list lacks (?k=7) is added, so that the box shows it and the next change keeps it.
+  if (v.k && ![...kBox.options].some((option) => option.value === v.k)) kBox.append(new Option(v.k, v.k));
+  if (v.k) kBox.value = v.k;
+  categoryBox.value = v.category ? categoryOption(v.category).value : "";
 }
 
 // A new view from the user: its URL becomes a history entry, then it loads.
@@ -167,8 +194,7 @@ async function load(v) {
 }
 
 function filterBy(name) {
-  addCategoryOption(name);
-  categoryBox.value = name;
+  categoryBox.value = categoryOption(name).value;
   go({});
 }
 
