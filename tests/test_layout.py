@@ -163,6 +163,8 @@ def test_a_change_reruns_only_the_stages_that_read_it(pipeline: Path) -> None:
         assert changed(lambda raw: None) == set()
         assert yaml.safe_load(params_text)["finetune"]["mode"] == "adapter"
         assert changed(lambda raw: raw["finetune"]["full"].update(epochs=7, learning_rate=3e-5)) == CHECK
+        # how patiently download fetches (FETCH_PATIENCE): no download again (for OAI, hours of harvest)
+        assert changed(lambda raw: (raw["download"].update(timeout_s=5.0), raw["download"]["oai"].update(max_retries=1))) == CHECK
         assert changed(lambda raw: raw["finetune"]["adapter"].update(epochs=2)) == CHECK | {"finetune", "push"}
         # evaluate reads the mode too: adapter mode scores the adapter on embed_base's vectors, full mode encodes
         assert changed(lambda raw: raw["finetune"].update(mode="full")) == CHECK | {"finetune", "evaluate", "push"}

@@ -200,6 +200,24 @@ def test_clustering_finds_separated_groups():
     assert LENSES["clustering"](shuffled).metrics["ari"] < 0.2
 
 
+def test_other_is_no_category_to_retrieve_support_or_cluster():
+    """split's `other` merges rare categories with no subject in common: its papers are nobody's same-category answer
+    (their own queries, without one, are left out), not a supported label, and not a cluster to find."""
+    rng = np.random.default_rng(0)
+    centres = {"x": [10.0, 0, 0], "y": [0, 10.0, 0], "other": [0, 0, 10.0]}  # other's papers placed together: the worst case
+    labels = np.repeat(np.array(["x", "y", "other"]), 12)
+    points = np.array([centres[label] for label in labels]) + rng.normal(size=(36, 3))
+    test = pl.DataFrame({"title": [f"t{i}" for i in range(36)], "abstract": [f"a{i}" for i in range(36)], "label": labels})
+    vectors = {f"a{i}": points[i] for i in range(36)} | {f"t{i}": points[i] for i in range(36)}
+    retrieval = LENSES["category_retrieval"](lens_input(test, vectors))
+    assert len(retrieval.items["ndcg@10"]) == 24 and retrieval.metrics["ndcg@10"] == pytest.approx(1.0)  # x and y queries only
+    binary = LENSES["binary"](lens_input(test, vectors))
+    assert len(binary.items["category_ndcg@10"]) == 24
+    assert ev.supported_labels(labels, 10) == {"x", "y"}
+    clustering = LENSES["clustering"](lens_input(test, vectors))
+    assert len(clustering.items["ari"]) == 24 and clustering.metrics["ari"] == pytest.approx(1.0)
+
+
 # --- the report: delta, paired intervals, a new lens picked up everywhere ---------------------------
 
 

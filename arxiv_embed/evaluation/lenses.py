@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from arxiv_embed import paths
-from arxiv_embed.data.columns import same_abstract_key
+from arxiv_embed.data.columns import OTHER, same_abstract_key
 from arxiv_embed.errors import UserError
 from arxiv_embed.evaluation.data import EvalData
 from arxiv_embed.evaluation.plots import plot_confusion, plot_learning_curve, plot_map
@@ -158,9 +158,11 @@ def title_to_abstract(x: LensInput) -> LensResult:
 
 @lens
 def category_retrieval(x: LensInput) -> LensResult:
-    """Search by an abstract: are the nearest other abstracts of the same label?"""
+    """Search by an abstract: are the nearest other abstracts of the same label? (`other` is no category: see
+    category_keys.)"""
     ranked = search(x.abstracts, x.abstracts, MAX_K, exclude_self=True)
-    return LensResult.of_means(per_query(ranked, x.labels, x.labels, exclude_self=True))
+    keys = category_keys(x.labels)
+    return LensResult.of_means(per_query(ranked, keys, keys, exclude_self=True))
 
 
 @lens(plots=(
@@ -201,11 +203,13 @@ def classification(x: LensInput) -> LensResult:
 @lens
 def clustering(x: LensInput) -> LensResult:
     """k-means with k = number of labels, scored against the labels; the papers' (label, cluster) rows are
-    the items the intervals resample (the clusters stay as fitted)."""
+    the items the intervals resample (the clusters stay as fitted). Papers of `other` (rare categories merged, no
+    subject they share) are left out: no cluster should hold them together."""
     from sklearn.cluster import KMeans
 
-    names, label_ids = np.unique(x.labels, return_inverse=True)
-    clusters = KMeans(n_clusters=len(names), n_init=KMEANS_N_INIT, random_state=x.seed).fit_predict(x.abstracts)
+    real = x.labels != OTHER
+    names, label_ids = np.unique(x.labels[real], return_inverse=True)
+    clusters = KMeans(n_clusters=len(names), n_init=KMEANS_N_INIT, random_state=x.seed).fit_predict(x.abstracts[real])
     rows = np.column_stack([label_ids, clusters]).astype(np.int64)
     items = {name: rows for name in ("homogeneity", "completeness", "ari", "nmi")}
     return LensResult({name: statistic(rows, name) for name in items}, items)
@@ -219,7 +223,8 @@ def binary(x: LensInput) -> LensResult:
     bytes per vector over the index's at this size (flat: d/8 bytes + 2 floats; partitioned: 2 bits a dimension + an id)."""
     ndcg = {"ndcg@10": ("ndcg", BINARY_K)}
     items = {}
-    for name, queries, keys, exclude_self in (("title", x.titles, x.abstract_keys, False), ("category", x.abstracts, x.labels, True)):
+    for name, queries, keys, exclude_self in (("title", x.titles, x.abstract_keys, False),
+                                              ("category", x.abstracts, category_keys(x.labels), True)):
         estimated, rescored = binary_search(queries, x.abstracts, BINARY_K, x.settings.binary_rescore_multiplier, exclude_self)
         one_answer = name == "title"  # copies of the paper's abstract: one answer, as title_to_abstract counts them
         items[f"{name}_ndcg@10"] = per_query(estimated, keys, keys, exclude_self, ndcg, one_answer)["ndcg@10"]
@@ -240,10 +245,20 @@ def embedding_map(x: LensInput) -> LensResult:
 # --------------------------------------------------------------------------- helpers of the lenses
 
 
+def category_keys(labels: np.ndarray) -> np.ndarray:
+    """What category retrieval matches on: the label, but each paper of `other` (split's merged rare categories, no
+    subject they share) a key of its own, so that it is nobody's same-category answer and its query, without one,
+    is left out."""
+    keys = labels.astype(object)
+    keys[labels == OTHER] = [f"{OTHER}#{row}" for row in np.flatnonzero(labels == OTHER)]
+    return keys
+
+
 def supported_labels(actual: np.ndarray, min_support: int) -> set[str]:
     """The labels with at least `min_support` test papers: macro_f1_supported averages over these only (a
-    label predicted but absent from the test papers, e.g. one whose stratified quota was 0, is not one)."""
-    names, support = np.unique(actual, return_counts=True)
+    label predicted but absent from the test papers, e.g. one whose stratified quota was 0, is not one; nor
+    `other`, rare categories merged, whose F1 says nothing of one subject)."""
+    names, support = np.unique(actual[actual != OTHER], return_counts=True)
     if len(names) and support.max() < min_support:  # no label counted: an F1 of 0 for both models that no gate could fail
         raise UserError(f"evaluate.min_label_support={min_support}, but no label has that many test papers (the most: "
                         f"{support.max()}); lower it in params.yaml, or give the test split more papers (evaluate.max_test_papers "
