@@ -766,3 +766,18 @@ def test_a_rebuild_keeps_the_rescore_multiplier_the_index_was_built_with(tmp_pat
     assert SearchIndex.load(path).rescore_multiplier == 4
     build_index(read_papers(write_papers(tmp_path / "d.jsonl", records[:2])), base_model, MODEL, tmp_path / "new", "binary")
     assert SearchIndex.load(tmp_path / "new").rescore_multiplier == 8
+
+
+def test_a_build_reads_the_texts_to_encode_a_chunk_at_a_time():
+    """A first build encodes every abstract: they are gathered per chunk, never all at once as a list of strings."""
+    import polars as pl
+
+    from arxiv_embed.embeddings import chunk_paths
+    from arxiv_embed.search.index import RowTexts
+
+    column = pl.Series([f"abstract {i}" for i in range(10)])
+    rows = pl.Series([7, 2, 9, 0, 5], dtype=pl.UInt32)
+    texts = RowTexts(column, rows)
+    expected = ["abstract 7", "abstract 2", "abstract 9", "abstract 0", "abstract 5"]
+    assert len(texts) == 5 and texts[1] == "abstract 2" and texts[0:5] == expected and texts[3:8] == expected[3:]
+    assert chunk_paths(texts, Path("w"), "m", 2) == chunk_paths(expected, Path("w"), "m", 2)  # as encode_into keys them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import subprocess
@@ -134,6 +135,22 @@ def test_copies_of_one_abstract_share_a_split(project: Path, method: str) -> Non
         copies = few.with_columns(id="copy-" + pl.col("id"), first_version_date=pl.col("first_version_date") + pl.duration(days=3000))
         with pytest.raises(UserError, match=r"split.method=time: eval and test would be empty: every paper drawn for it is a later copy"):
             run_split(project, pl.concat([few, copies]), split={"method": "time", "time_field": "first_version"})
+
+
+def test_abstracts_are_hashed_a_slice_at_a_time_with_progress(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """At 2.7M papers the hash takes a minute: progress lines between slices, and the same splits as in one piece.
+    Copies in different slices still share a split."""
+    papers = papers_table()
+    copies = papers.head(10).with_columns(id="copy-" + pl.col("id"), abstract=pl.col("abstract").str.to_uppercase())
+    whole, _ = run_split(project, pl.concat([papers, copies]))
+    monkeypatch.setattr(split, "HASH_SLICE", 7)
+    monkeypatch.setattr(split, "Progress", functools.partial(split.Progress, interval_s=0.0))  # a line per slice
+    capsys.readouterr()
+    sliced, _ = run_split(project, pl.concat([papers, copies]))
+    assert all(whole[name].equals(sliced[name]) for name in whole)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("split: hashed")]
+    assert len(lines) > 3 and lines[-1].startswith(f"split: hashed done: {papers.height + 10:,}/{papers.height + 10:,} abstracts")
 
 
 def test_rare_labels_merged_into_other(project: Path) -> None:

@@ -215,8 +215,12 @@ def test_missing_or_broken_inputs_name_the_file(in_data_dir: Path, tmp_path: Pat
 
 def test_evaluator_keys_match_metric_for_best_model_default(in_data_dir: Path, tiny_model) -> None:
     """The trainer prefixes evaluator keys with `eval_`; params.yaml's default must be one of them."""
-    params = finetune_params(full={"eval_retrieval": True})
-    metrics = trainer.build_evaluator(params.finetune, batch_size=16)(tiny_model)
+    params = finetune_params(full={"eval_retrieval": True, "eval_retrieval_papers": 7})
+    evaluator = trainer.build_evaluator(params.finetune, batch_size=16)
+    retrieval = evaluator.evaluators[1]  # a sample of the eval papers: the whole split grows with the data
+    assert len(retrieval.queries) == len(retrieval.corpus) == 7 and set(retrieval.queries_ids) == set(retrieval.corpus_ids)
+    assert trainer.build_evaluator(params.finetune, batch_size=16).evaluators[1].queries_ids == retrieval.queries_ids  # seeded
+    metrics = evaluator(tiny_model)
     assert 0.0 <= metrics["triplet_cosine_accuracy"] <= 1.0
     assert "title_abstract_cosine_ndcg@10" in metrics
     trainer_metrics = {f"eval_{k}": v for k, v in metrics.items()}

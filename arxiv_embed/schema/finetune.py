@@ -52,6 +52,7 @@ class Full(Section):
     early_stopping_patience: PositiveInt | None
     metric_for_best_model: str
     eval_retrieval: bool
+    eval_retrieval_papers: PositiveInt
     precision: Literal["auto", "fp32", "fp16", "bf16"]
     nproc_per_node: PositiveInt
 

@@ -24,7 +24,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,22 @@ def open_rows(path: Path) -> np.ndarray:
     if rows.size and hasattr(mmap, "MADV_RANDOM"):
         rows._mmap.madvise(mmap.MADV_RANDOM)
     return rows
+
+
+class RowTexts(Sequence):
+    """The texts of `rows` of `column`, gathered a slice at a time (encode_into reads chunks): a first build of 2.7M
+    papers never holds every abstract again, as Python strings (~2.6 KB a paper) or as a gathered column."""
+
+    def __init__(self, column: pl.Series, rows: pl.Series) -> None:
+        self.column, self.rows = column, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int | slice) -> str | list[str]:
+        if isinstance(item, slice):
+            return self.column.gather(self.rows[item]).to_list()
+        return self.column[self.rows[item]]
 
 
 def no_index_there(path: Path) -> SearchError:
@@ -420,7 +436,7 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     kept = (old_keys.with_row_index("row").join(todo.select("id"), on="id", how="anti", maintain_order="left")
             .join(new_keys.select("id", "new_row"), on="id", how="left", maintain_order="left"))
     plan = pl.concat([kept.select("row", "new_row"), todo.select(pl.lit(None, dtype=pl.UInt32).alias("row"), "new_row")])
-    texts = papers["abstract"].gather(todo["new_row"]).to_list()
+    texts = RowTexts(papers["abstract"], todo["new_row"])
     # Every row's encoder vector is known (kept ones stored under this encoder): the new index can hold them too. Else
     # (an adapter model's index built before encoder.npy, or with another backend) the model encodes whole, as it did.
     encoder_complete = kept.height == 0 or old_encoded is not None

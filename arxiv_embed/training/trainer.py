@@ -47,7 +47,9 @@ def build_evaluator(finetune: Finetune, batch_size: int) -> BaseEvaluator:
         )
     ]
     if finetune.full.eval_retrieval:
+        # A seeded sample: the eval split grows with the data, and every evaluation encodes each pair's two texts.
         pairs = read_texts(eval_files[1], ["id", "anchor", "positive"])
+        pairs = pairs.sample(min(finetune.full.eval_retrieval_papers, pairs.height), seed=0).sort("id")
         evaluators.append(
             InformationRetrievalEvaluator(
                 queries=dict(zip(pairs["id"], pairs["anchor"])),
