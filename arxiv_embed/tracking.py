@@ -243,20 +243,49 @@ WEIGHTS_TAG = "weights_sha256"
 SAME_WEIGHTS_TAG = "same_weights_as_run"
 
 
-def tag_weights(run_id: str, weights: str) -> str | None:
+def tag_weights(run_id: str, weights: str) -> tuple[str, bool] | None:
     """Tag finetune's run with the sha256 of the weights it saved; when an earlier run of the experiment trained the
-    same weights, also with that run (the first one): DVC evaluates a model once, so a retrain that gives the same
-    weights (`dvc repro -f`, a knob the loss does not read) has no evaluation of its own, and the tag says where it
-    is. Returns the earlier run's id, or None."""
+    same weights, also with that run: DVC evaluates a model once, so a retrain that gives the same weights (`dvc
+    repro -f`, a knob the loss does not read) has no evaluation of its own, and the tag says where it is. The first
+    such run that holds an evaluation (eval.* metrics), else the first one (trained, never evaluated: an experiment
+    run to finetune only). Returns (that run's id, whether it holds an evaluation), or None."""
     import mlflow
 
     client = mlflow.MlflowClient()
     client.set_tag(run_id, WEIGHTS_TAG, weights)
     earlier = [run for run in client.search_runs([client.get_run(run_id).info.experiment_id],
                                                  filter_string=f"tags.{WEIGHTS_TAG} = '{weights}'",
-                                                 order_by=["attributes.start_time ASC"], max_results=2)
+                                                 order_by=["attributes.start_time ASC"], max_results=100)
                if run.info.run_id != run_id]
     if not earlier:
         return None
-    client.set_tag(run_id, SAME_WEIGHTS_TAG, earlier[0].info.run_id)
-    return earlier[0].info.run_id
+    evaluated = [run for run in earlier if any(name.startswith("eval.") for name in run.data.metrics)]
+    chosen = (evaluated or earlier)[0].info.run_id
+    client.set_tag(run_id, SAME_WEIGHTS_TAG, chosen)
+    return chosen, bool(evaluated)
+
+
+def close_dead_process_runs(stage: str, keep: str | None = None) -> list[str]:
+    """End as KILLED this host's RUNNING runs of `stage` (finetune, either mode; evaluate's own runs) started by a
+    process that is gone (killed -9), but `keep`.
+
+    No lock proves that nobody owns a run: an adapter run has no checkpoint folder, and a queued point with the same
+    params may train in its own workspace's folder. A run killed with -9 is told from a live one (a queued experiment
+    running alongside) by the pid it recorded."""
+    import socket
+
+    import mlflow
+
+    from arxiv_embed.processes import process_alive
+
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.stage = '{stage}' and tags.host = "
+                              f"'{socket.gethostname()}' and attributes.status = 'RUNNING'")
+    closed = [run.info.run_id for run in runs if run.info.run_id != keep
+              and not ((pid := run.data.tags.get("pid", "")).isdigit() and int(pid) > 0 and process_alive(int(pid)))]
+    for run_id in closed:
+        client.set_terminated(run_id, status="KILLED")
+    return closed

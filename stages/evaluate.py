@@ -95,13 +95,16 @@ def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None
     written and are DVC's record; failing here would make `dvc repro` redo the whole evaluation
     only to log it. The warning says what was not logged.
     """
+    import os
+    import socket
     import time
 
     import mlflow
     from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
-    from arxiv_embed.tracking import EXPERIMENT, TrackingUnavailableError, configure_tracking, metric_key, run_tags
+    from arxiv_embed.tracking import (EXPERIMENT, TrackingUnavailableError, close_dead_process_runs, configure_tracking,
+                                      metric_key, run_tags)
 
     created = None
     try:
@@ -114,7 +117,9 @@ def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None
         first = existing is not None and not any(name.startswith("eval.") for name in existing)
         run_id = finetune_run if first else None
         if run_id is None:
-            tags = {**run_tags(paths.SPLIT_DIR, paths.TRIPLETS_DIR), "stage": "evaluate", "finetune_run_id": str(finetune_run)}
+            close_dead_process_runs("evaluate")  # a run an earlier evaluate made and was killed -9 in
+            tags = {**run_tags(paths.SPLIT_DIR, paths.TRIPLETS_DIR), "stage": "evaluate", "finetune_run_id": str(finetune_run),
+                    "host": socket.gethostname(), "pid": str(os.getpid())}
             if existing is not None:
                 tags["mlflow.parentRunId"] = finetune_run  # shown under the finetune run in the MLflow UI
             created = run_id = client.create_run(mlflow.get_experiment_by_name(EXPERIMENT).experiment_id, run_name="evaluate",
@@ -142,6 +147,13 @@ def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None
                 pass
         print(f"WARNING: metrics not logged to MLflow ({exc}); metrics/evaluate.json is written. "
               "Start the tracking server and rerun `dvc repro -s -f evaluate` to log them.", file=sys.stderr)
+    except BaseException as exc:  # Ctrl-C, SIGTERM (errors.run raises it here), a crash: the run made here must not stay RUNNING
+        if created:
+            try:
+                mlflow.MlflowClient().set_terminated(created, status="FAILED" if isinstance(exc, Exception) else "KILLED")
+            except Exception:  # noqa: BLE001 (the interruption is what the user must see)
+                pass
+        raise
 
 
 def which_model(argv: list[str] | None = None) -> str:

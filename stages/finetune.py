@@ -33,8 +33,8 @@ from arxiv_embed.flat import flatten
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.finetune import FinetuneParams
 from arxiv_embed.progress import trainer_callback
-from arxiv_embed.tracking import (MLFLOW_RUN_ID, RUN_INFO, SAME_WEIGHTS_TAG, TrackingUnavailableError, configure_tracking, run_tags,
-                                  tag_weights, tracked_run)
+from arxiv_embed.tracking import (MLFLOW_RUN_ID, RUN_INFO, SAME_WEIGHTS_TAG, TrackingUnavailableError, close_dead_process_runs,
+                                  configure_tracking, run_tags, tag_weights, tracked_run)
 from arxiv_embed.errors import run
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
     written = [False]  # models/finetuned and the metrics: from then on an MLflow failure is only a warning
     with ending_warns(run, run_key, written) as run_id:
         if main_process:
-            checkpoints.close_dead_process_runs(keep=run_id)  # attempts killed -9, of these params or others, either mode
+            close_dead_process_runs("finetune", keep=run_id)  # attempts killed -9, of these params or others, either mode
             logged = mlflow.get_run(run_id).data.params  # a continued run keeps its first values
             mlflow.log_params({k: v for k, v in flatten(recorded(params)).items() if k not in logged})
             write_json(run_dir / RUN_INFO, {"run_id": run_id})
@@ -206,7 +206,7 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
             "host": socket.gethostname(), "pid": str(os.getpid())}
     written = [False]
     with ending_warns(tracked_run(None, "finetune-adapter", tags), "finetune-adapter", written) as run_id:
-        checkpoints.close_dead_process_runs(keep=run_id)  # earlier attempts killed -9 (either mode) never ended theirs
+        close_dead_process_runs("finetune", keep=run_id)  # earlier attempts killed -9 (either mode) never ended theirs
         mlflow.log_params(flatten(recorded(params)))
         load_started = time.monotonic()
         base = TextVectors.load(paths.BASE_EMBEDDINGS)
@@ -283,8 +283,11 @@ def log_outputs(model: SentenceTransformer, run_id: str, summary: dict) -> str:
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         weights = weights_sha256(paths.FINETUNED)
         if weights and (earlier := tag_weights(run_id, weights)):
-            print(f"finetune: the same weights as MLflow run {earlier}, which trained them first (tag {SAME_WEIGHTS_TAG}): "
-                  "unless evaluate's params or code changed too, DVC does not evaluate them again, and their evaluation is in that run", flush=True)
+            earlier_run, evaluated = earlier
+            print(f"finetune: the same weights as MLflow run {earlier_run} (tag {SAME_WEIGHTS_TAG}), " + (
+                "which holds their evaluation: unless evaluate's params or code changed too, DVC does not evaluate them again"
+                if evaluated else "which trained them first and holds no evaluation of them: evaluate logs one into this run"),
+                flush=True)
         return trainer.log_model(model, paths.FINETUNED)
     except (TrackingUnavailableError, MlflowException, OSError) as exc:
         give_up_on_tracking()
@@ -303,7 +306,7 @@ def give_up_on_tracking() -> None:
 def ending_warns(run: AbstractContextManager, what: str, written: list[bool]) -> Iterator[str | None]:
     """`run` (tracking.tracked_run, or nullcontext on other ranks), whose end -- ending the MLflow run -- only warns
     when it fails once the outputs are written (written[0]): a stage whose model is saved must not fail on MLflow.
-    The run stays RUNNING; the next finetune closes it (checkpoints.close_dead_process_runs)."""
+    The run stays RUNNING; the next finetune closes it (tracking.close_dead_process_runs)."""
     from mlflow.exceptions import MlflowException
 
     run_id = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -304,6 +305,34 @@ def test_a_model_evaluated_again_logs_into_a_run_of_its_own(evaluated, monkeypat
     assert nested.info.status == "FINISHED" and nested.data.tags["finetune_run_id"] == run_id
     assert nested.data.metrics["eval.delta.category_retrieval.ndcg_at_10"] == pytest.approx(report["delta"]["category_retrieval"]["ndcg@10"] + 0.5)
     assert nested.data.params["evaluate.max_test_papers"] == "50"
+
+
+def test_an_interrupted_evaluate_ends_the_run_it_made(evaluated, monkeypatch):
+    """Ctrl-C or SIGTERM (errors.run raises it in the stage) while a nested run is logged: KILLED, not RUNNING for good."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from stages import evaluate
+
+    report = json.loads((evaluated / "metrics/evaluate.json").read_text())
+    monkeypatch.chdir(evaluated)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(mlflow.MlflowClient, "log_batch", interrupted)
+            with pytest.raises(KeyboardInterrupt):  # the finetune run holds an evaluation: a nested run is made
+                evaluate.log_to_mlflow(report, params_with(EVAL_PARAMS), evaluate.finetune_run_id())
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    client = MlflowClient(tracking_uri=f"sqlite:///{evaluated / 'mlflow.db'}")
+    made = client.search_runs([client.get_experiment_by_name("arxiv-embed").experiment_id], "tags.stage = 'evaluate'",
+                              order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert made.info.status == "KILLED" and made.data.tags["pid"] == str(os.getpid()) and made.data.tags["host"]
 
 
 def test_unknown_run_gets_a_linked_run_and_a_down_server_only_warns(evaluated, monkeypatch, capsys):

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from arxiv_embed import files, processes, run_folders
+from arxiv_embed import files, processes, run_folders, tracking
 from tests.harness import params_with
 from arxiv_embed.training import checkpoints
 from tests.conftest import ROOT, dvc, make_project
@@ -410,7 +410,7 @@ def test_full_runs_are_closed_only_when_their_process_is_gone(tracking_store) ->
     runs = {name: client.create_run(experiment, tags={"stage": "finetune", "mode": "full", "run_key": "k1", "host": where, "pid": pid}).info.run_id
             for name, where, pid in [("killed", host, gone), ("same_key_alive", host, str(os.getpid())), ("current", host, gone),
                                      ("no_pid", host, ""), ("other_host", "elsewhere", gone)]}
-    assert sorted(checkpoints.close_dead_process_runs(keep=runs["current"])) == sorted([runs["killed"], runs["no_pid"]])
+    assert sorted(tracking.close_dead_process_runs("finetune", keep=runs["current"])) == sorted([runs["killed"], runs["no_pid"]])
     assert {name: client.get_run(run).info.status for name, run in runs.items()} == {
         "killed": "KILLED", "same_key_alive": "RUNNING", "current": "RUNNING", "no_pid": "KILLED", "other_host": "RUNNING"}
 
@@ -428,9 +428,13 @@ def test_finetune_runs_of_dead_processes_of_either_mode_are_closed_as_killed(tra
                 ("killed", "finetune", "adapter", host, gone), ("alive", "finetune", "adapter", host, str(os.getpid())),
                 ("current", "finetune", "adapter", host, gone), ("full", "finetune", "full", host, gone),
                 ("other_host", "finetune", "adapter", "elsewhere", gone), ("evaluate", "evaluate", "", host, gone)]}
-    assert sorted(checkpoints.close_dead_process_runs(keep=runs["current"])) == sorted([runs["killed"], runs["full"]])
+    assert sorted(tracking.close_dead_process_runs("finetune", keep=runs["current"])) == sorted([runs["killed"], runs["full"]])
     assert {name: client.get_run(run).info.status for name, run in runs.items()} == {
         "killed": "KILLED", "alive": "RUNNING", "current": "RUNNING", "full": "KILLED", "other_host": "RUNNING", "evaluate": "RUNNING"}
+    # evaluate's own runs (a model evaluated again) killed -9: closed by the next evaluate, a live one's left alone
+    alive = client.create_run(experiment, tags={"stage": "evaluate", "host": host, "pid": str(os.getpid())}).info.run_id
+    assert tracking.close_dead_process_runs("evaluate") == [runs["evaluate"]]
+    assert (client.get_run(runs["evaluate"]).info.status, client.get_run(alive).info.status) == ("KILLED", "RUNNING")
 
 
 # ------------------------------------------------------------------ the DVC cache
@@ -473,3 +477,38 @@ def test_a_stage_that_cannot_resume_does_not_promise_to_continue(tmp_path: Path)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=PYTHON_ENV, capture_output=True, text=True)
     assert result.returncode == 130
     assert result.stderr.strip() == "clean: interrupted (Ctrl-C); no output is half-written (each is replaced whole or left as it was), a rerun starts this stage over"
+
+
+def test_same_weights_point_to_the_run_that_holds_their_evaluation(tracking_store) -> None:
+    """A retrain of weights an experiment run to finetune only trained first: the tag names the run evaluated
+    (there is one) or says none is, never a run without the evaluation as if it held it."""
+    client, experiment, _ = tracking_store
+    trained_only, evaluated, current = (client.create_run(experiment, tags={"stage": "finetune"}).info.run_id for _ in range(3))
+    for run_id in (trained_only, current):
+        client.set_tag(run_id, tracking.WEIGHTS_TAG, "w" * 64)
+    assert tracking.tag_weights(current, "w" * 64) == (trained_only, False)  # none evaluated: the first to train them
+    client.set_tag(evaluated, tracking.WEIGHTS_TAG, "w" * 64)
+    client.log_metric(evaluated, "eval.delta.triplet.accuracy", 0.03)
+    assert tracking.tag_weights(current, "w" * 64) == (evaluated, True)
+    assert client.get_run(current).data.tags[tracking.SAME_WEIGHTS_TAG] == evaluated
+    assert tracking.tag_weights(trained_only, "v" * 64) is None
+
+
+def test_the_trainer_logs_each_metric_once_a_step(tracking_store) -> None:
+    """transformers puts `epoch` in the step's log, the evaluation's and the final summary's, all at one step."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from arxiv_embed.training.trainer import mlflow_callback
+
+    client, experiment, _ = tracking_store
+    callback, state = mlflow_callback(), SimpleNamespace(is_world_process_zero=True, global_step=2)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        for logs in ({"loss": 1.0, "epoch": 0.5}, {"eval_triplet_cosine_accuracy": 0.9, "epoch": 0.5}, {"train_runtime": 3.0, "epoch": 0.5}):
+            callback.on_log(None, state, None, logs=logs)
+        state.global_step = 3
+        callback.on_log(None, state, None, logs={"loss": 0.8, "epoch": 0.75})
+        mlflow.flush_async_logging()
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch")] == [(2, 0.5), (3, 0.75)]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [2, 3]

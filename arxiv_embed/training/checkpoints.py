@@ -6,7 +6,6 @@ import fcntl
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -14,10 +13,9 @@ from typing import TYPE_CHECKING
 
 from arxiv_embed import paths
 from arxiv_embed.errors import UserError
-from arxiv_embed.processes import process_alive
 from arxiv_embed.run_folders import PROBE_RETRY_S, open_locked, prune_stopped, try_lock
 from arxiv_embed.schema.finetune import FinetuneParams
-from arxiv_embed.tracking import EXPERIMENT, RUN_INFO, file_fingerprint
+from arxiv_embed.tracking import RUN_INFO, file_fingerprint
 from arxiv_embed.training.distributed import world_size
 
 if TYPE_CHECKING:
@@ -155,35 +153,6 @@ def saved_run_id(run_dir: Path) -> str | None:
     """The MLflow run an interrupted attempt of this run key logged into (continued on resume)."""
     info = run_dir / RUN_INFO
     return json.loads(info.read_text())["run_id"] if info.exists() else None
-
-
-def close_dead_process_runs(keep: str | None) -> list[str]:
-    """End as KILLED the RUNNING finetune runs (either mode) started on this host by a process that is gone.
-
-    No lock proves that nobody owns a run: an adapter run has no checkpoint folder, and a queued point with the same
-    params may train in its own workspace's folder (`claimed`). A run killed with -9 is told from a live one (a
-    queued experiment training alongside) by the pid it recorded."""
-    def orphaned(run) -> bool:
-        pid = run.data.tags.get("pid", "")
-        return run.info.run_id != keep and not (pid.isdigit() and int(pid) > 0 and process_alive(int(pid)))
-
-    return _end_as_killed("tags.stage = 'finetune'", orphaned)
-
-
-def _end_as_killed(selects: str, orphaned) -> list[str]:
-    """End as KILLED this host's RUNNING runs that `selects` (an MLflow filter) and `orphaned` (a run -> bool) pick."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return []
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"{selects} and tags.host = '{socket.gethostname()}' and attributes.status = 'RUNNING'")
-    closed = [run.info.run_id for run in runs if orphaned(run)]
-    for run_id in closed:
-        client.set_terminated(run_id, status="KILLED")
-    return closed
 
 
 def loss_curve(log_history: list[dict]) -> list[tuple[int, float]]:

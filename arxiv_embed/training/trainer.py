@@ -134,10 +134,12 @@ def mlflow_callback(logged_through: dict[str, int] | None = None) -> TrainerCall
             if not state.is_world_process_zero or not logs:
                 return
             metrics = {metric_key(k): float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            # Each key once a step: transformers adds `epoch` to the step's, the evaluation's and the final summary's logs.
             metrics = {k: v for k, v in metrics.items() if state.global_step > done.get(k, -1)}
             if metrics:
                 # Asynchronous: a remote tracking server's latency must not slow every training step.
                 mlflow.log_metrics(metrics, step=state.global_step, synchronous=False)
+                done.update(dict.fromkeys(metrics, state.global_step))
 
     return MlflowCallback()
 
