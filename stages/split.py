@@ -51,7 +51,8 @@ def main() -> None:
     if counts.height < 2:
         raise UserError(f"every one of the {counts['count'].sum()} papers has the label {counts['label'][0]} (shared.label="
                         f"{label}): the triplets and the label lenses need two labels; use papers of more categories")
-    if keys["label"].n_unique() < 2:  # make_triplets and every label lens compare labels: refused here, a stage earlier
+    # make_triplets and every label lens compare labels (`other`, rare ones merged, is none): refused here, a stage earlier
+    if keys["label"].filter(keys["label"] != OTHER).n_unique() < 2:
         largest = ", ".join(f"{name} {count}" for name, count in counts.sort("count", "label", descending=[True, False]).head(3).iter_rows())
         raise UserError(f"{counts.height - rare.height} of the {counts.height} labels of the {counts['count'].sum()} papers have "
                         f"split.min_papers_per_label={cfg.min_papers_per_label} papers or more (the largest: {largest}); the "

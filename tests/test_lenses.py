@@ -216,6 +216,11 @@ def test_other_is_no_category_to_retrieve_support_or_cluster():
     assert ev.supported_labels(labels, 10) == {"x", "y"}
     clustering = LENSES["clustering"](lens_input(test, vectors))
     assert len(clustering.items["ari"]) == 24 and clustering.metrics["ari"] == pytest.approx(1.0)
+    one_label = test.filter(pl.col("label") != "y")  # x and other: one cluster would score 1.0 for any model
+    with pytest.raises(UserError, match="the test papers hold 1 label\\(s\\) besides `other`"):
+        LENSES["clustering"](lens_input(one_label, vectors))
+    with pytest.raises(UserError, match="one of `other`, the rare labels merged, has none"):
+        LENSES["category_retrieval"](lens_input(test.filter(pl.col("label") == "other"), vectors))
 
 
 # --- the report: delta, paired intervals, a new lens picked up everywhere ---------------------------

@@ -92,9 +92,12 @@ def site(tmp_path_factory, records):
 
 
 def wait_for(driver, condition, timeout: float = 60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+    # A list re-rendered while the condition reads it: read it again at the next poll.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: condition(d))
 
 
 def shown(driver) -> list[dict]:
@@ -238,6 +241,10 @@ def test_every_view_is_a_url_with_history_and_starts_at_the_top(browser, site, r
         wait_for(browser, lambda d: "category" not in urllib.parse.parse_qs(urllib.parse.urlsplit(d.current_url).query))
         assert urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query)["k"] == ["7"]
         wait_for(browser, lambda d: len(shown(d)) == 7)
+        # A k the server refuses: its error shows, and the box does not offer it for the next search.
+        browser.get(site + "/?" + urllib.parse.urlencode({"q": "measurements and models", "k": 0}))
+        wait_for(browser, lambda d: "k must be between 1 and 1000" in d.find_element(By.ID, "status").text)
+        assert "0" not in [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "k")).options]
     finally:
         browser.set_window_size(1280, 1000)
 
@@ -286,7 +293,8 @@ def test_titles_authors_counts_and_a_down_server_read_well(browser, site, record
     # Only math is LaTeX: an event name's underscore stays; an unknown command keeps its argument; \$ is a dollar.
     titles = {"GW200208_222617 as an eccentric merger": "GW200208_222617 as an eccentric merger",
               r"$\bar{p}$He and $\textrm{ODE}_t$": "p\u0304He and ODEₜ", r"costs \$5, $x^2$": "costs $5, x²",
-              r"Schr{\"o}dinger at $\log n$": "Schrödinger at log n", r"an unpaired $ sign": "an unpaired $ sign"}
+              r"Schr{\"o}dinger at $\log n$": "Schrödinger at log n", r"an unpaired $ sign": "an unpaired $ sign",
+              r"high-$p_\perp$ and $N_{\rm eff}$, $\mathcal{O}(n\log n)$": "high-p_⊥ and N_(eff), O(n log n)"}
     assert browser.execute_script("return arguments[0].map(deLatex)", list(titles)) == list(titles.values())
     assert hit["authors"] == "Author1 Surname1, Author2 Surname2, Author3 Surname3 et al. (50 authors)"
 

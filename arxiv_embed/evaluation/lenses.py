@@ -209,6 +209,10 @@ def clustering(x: LensInput) -> LensResult:
 
     real = x.labels != OTHER
     names, label_ids = np.unique(x.labels[real], return_inverse=True)
+    if len(names) < 2:  # one cluster scores 1.0 for any model: no comparison
+        raise UserError(f"the test papers hold {len(names)} label(s) besides `{OTHER}` (the rare labels merged), and "
+                        "clustering compares two or more: give the test split more papers (evaluate.max_test_papers, "
+                        "split.test_fraction) or lower split.min_papers_per_label")
     clusters = KMeans(n_clusters=len(names), n_init=KMEANS_N_INIT, random_state=x.seed).fit_predict(x.abstracts[real])
     rows = np.column_stack([label_ids, clusters]).astype(np.int64)
     items = {name: rows for name in ("homogeneity", "completeness", "ari", "nmi")}

@@ -69,8 +69,8 @@ def per_query(
     n_relevant = np.where(keys[where] == query_keys, counts[where], 0) - int(exclude_self)
     answerable = n_relevant > 0
     if not answerable.any():
-        raise UserError("no query has a relevant document: every label has a single test paper "
-                        "(raise evaluate.max_test_papers, or split.test_fraction)")
+        raise UserError("no query has a relevant document: every label has a single test paper (one of `other`, the "
+                        "rare labels merged, has none) (raise evaluate.max_test_papers, or split.test_fraction)")
     hits = (corpus_keys[ranked] == query_keys[:, None])[answerable].astype(np.float64)
     n_relevant = n_relevant[answerable]
     if one_answer:  # every metric then reads the first copy's rank alone

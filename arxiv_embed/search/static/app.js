@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 const form = $("search-form"), queryBox = $("query"), categoryBox = $("category"), kBox = $("k"), button = $("search-button");
 const statusLine = $("status"), heading = $("heading"), results = $("results"), notice = $("notice");
 const MAX_AUTHORS = 5;  // longer author lists show the first three and a count
+const MAX_K = 1000;     // the server's largest k (search.service)
 let view = null;        // the view shown (or being loaded): {q} or {similar}, with k and category
 let latest = 0;         // number of the latest request: answers to earlier ones are dropped
 
@@ -47,7 +48,11 @@ const GREEK = { alpha: "α", beta: "β", gamma: "γ", delta: "δ", epsilon: "ε"
   varphi: "φ", chi: "χ", psi: "ψ", omega: "ω", Gamma: "Γ", Delta: "Δ", Theta: "Θ", Lambda: "Λ", Xi: "Ξ", Pi: "Π",
   Sigma: "Σ", Phi: "Φ", Psi: "Ψ", Omega: "Ω", infty: "∞", to: "→", rightarrow: "→", leq: "≤", le: "≤", geq: "≥",
   ge: "≥", neq: "≠", times: "×", cdot: "·", pm: "±", sim: "∼", approx: "≈", ell: "ℓ", partial: "∂", nabla: "∇",
-  in: "∈", sum: "∑", prod: "∏", int: "∫", sqrt: "√", hbar: "ℏ", langle: "⟨", rangle: "⟩" };
+  in: "∈", sum: "∑", prod: "∏", int: "∫", sqrt: "√", hbar: "ℏ", langle: "⟨", rangle: "⟩", iota: "ι", upsilon: "υ",
+  vartheta: "ϑ", varrho: "ϱ", Upsilon: "Υ", perp: "⊥", parallel: "∥", odot: "⊙", natural: "♮", star: "⋆", prime: "′",
+  circ: "∘", dagger: "†", ast: "∗", oplus: "⊕", otimes: "⊗", cdots: "⋯", ldots: "…", dots: "…", mp: "∓", propto: "∝",
+  equiv: "≡", simeq: "≃", gg: "≫", ll: "≪", leftarrow: "←", Rightarrow: "⇒", mapsto: "↦", forall: "∀", exists: "∃",
+  emptyset: "∅", subset: "⊂", cup: "∪", cap: "∩", lesssim: "≲", gtrsim: "≳" };
 const SUB = { 0: "₀", 1: "₁", 2: "₂", 3: "₃", 4: "₄", 5: "₅", 6: "₆", 7: "₇", 8: "₈", 9: "₉", "+": "₊", "-": "₋",
   a: "ₐ", e: "ₑ", i: "ᵢ", j: "ⱼ", k: "ₖ", l: "ₗ", m: "ₘ", n: "ₙ", o: "ₒ", p: "ₚ", r: "ᵣ", s: "ₛ", t: "ₜ", x: "ₓ" };
 const SUP = { 0: "⁰", 1: "¹", 2: "²", 3: "³", 4: "⁴", 5: "⁵", 6: "⁶", 7: "⁷", 8: "⁸", 9: "⁹", "+": "⁺", "-": "⁻",
@@ -71,17 +76,23 @@ function deLatexText(text) {
     .replace(/\\([{}%&#_])/g, "$1");
 }
 
-// Math ($…$) as text: $\text{GL}_n$ -> GLₙ, $\alpha$ -> α, $t\bar{t}$ -> tt̄, $\log n$ -> log n.
+// Font and size switches that print nothing: {\rm eff} -> eff, \left( -> (.
+const SWITCH = /\\(?:rm|cal|bf|it|sf|tt|sl|em|left|right|[bB]igg?[lr]?|displaystyle|textstyle|scriptstyle|boldmath)(?![A-Za-z])\s*/g;
+
+// Math ($…$) as text: $\text{GL}_n$ -> GLₙ, $\alpha$ -> α, $t\bar{t}$ -> tt̄, $p_\perp$ -> p_⊥, $n\log n$ -> n log n.
 function deLatexMath(math) {
   return deLatexText(math
     .replace(STYLE, "$1")
+    .replace(SWITCH, "")
     .replace(/\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}/g, "$1/$2")
     .replace(/\\([A-Za-z]+)\s*\{([^{}]*)\}/g, (whole, name, arg) =>  // an accent, or a command unknown here: its argument
       name in GREEK ? whole : (arg + (ACCENT[name] && [...arg].length === 1 ? ACCENT[name] : "")).normalize("NFC"))
-    .replace(/\\([A-Za-z]+)/g, (_, name) => GREEK[name] ?? name)  // the name, not "\log"
-    .replace(/_\{([^{}]*)\}|_([A-Za-z0-9])/g, (_, group, one) => script(group ?? one, SUB, "_"))
-    .replace(/\^\{([^{}]*)\}|\^([A-Za-z0-9*+-])/g, (_, group, one) => script(group ?? one, SUP, "^"))
-    .replace(/\\[,;:! ]/g, " "));
+    // Known symbols now; an unknown command stays "\name" until the scripts are read, so _\foo never subscripts its "f".
+    .replace(/\\([A-Za-z]+)/g, (whole, name) => GREEK[name] ?? whole)
+    .replace(/_\{([^{}]*)\}|_([^\s{}\\_^])/g, (_, group, one) => script(group ?? one, SUB, "_"))
+    .replace(/\^\{([^{}]*)\}|\^([^\s{}\\_^])/g, (_, group, one) => script(group ?? one, SUP, "^"))
+    .replace(/\\[,;:! ]/g, " ")
+    .replace(/([A-Za-z0-9]?)\\([A-Za-z]+)/g, (_, before, name) => before + (before ? " " : "") + name));  // \log: "log"
 }
 
 function deLatex(text) {
@@ -138,9 +149,11 @@ function categoryOption(name) {
 
 function showControls(v) {
   if (!v.similar) queryBox.value = v.q;
-  // A link's k the list lacks (?k=7) is added, so that the box shows it and the next change keeps it.
-  if (v.k && ![...kBox.options].some((option) => option.value === v.k)) kBox.append(new Option(v.k, v.k));
-  if (v.k) kBox.value = v.k;
+  // A link's k the list lacks (?k=7) is added, so that the box shows it and the next change keeps it; one the server
+  // refuses (?k=abc, 0) is not, so that the next search from the page asks with a k it answers.
+  const k = /^\d+$/.test(v.k) && +v.k >= 1 && +v.k <= MAX_K ? String(+v.k) : "";
+  if (k && ![...kBox.options].some((option) => option.value === k)) kBox.append(new Option(k, k));
+  if (k) kBox.value = k;
   categoryBox.value = v.category ? categoryOption(v.category).value : "";
 }
 
