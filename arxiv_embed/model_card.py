@@ -22,7 +22,7 @@ from arxiv_embed.data.sources import SOURCES
 from arxiv_embed.schema.download import Download
 from arxiv_embed.schema.push import PushParams
 from arxiv_embed.paths import SPLITS, metrics_file, split_file
-from arxiv_embed.tracking import file_fingerprint, git_commit
+from arxiv_embed.tracking import file_sha256, git_commit, uncommitted_changes
 from arxiv_embed.training.data import data_files
 
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "arxiv"]
@@ -53,6 +53,7 @@ class CardFacts:
     evaluation: dict[str, dict[str, float]]  # "base"/"finetuned"/"delta" -> flat metrics
     gate: dict[str, object]
     provenance: dict[str, str]
+    training_files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of the file, each file trained on
     clean_stats: dict[str, object] = field(default_factory=dict)
     base_model_id: str | None = None  # the base's Hub id (front matter), None for a local folder
 
@@ -72,6 +73,7 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict) -> CardFacts:
     for path in train_files:
         require_columns(path, [], "make_triplets")
     examples = {str(path): pl.scan_parquet(path).select(pl.len()).collect().item() for path in train_files}
+    training_files = {Path(path).as_posix(): file_sha256(path) for path in train_files}  # checkable with sha256sum
     clean = metrics_file("clean")
     # The knobs this run's mode read, not the other mode's (finetune.read_by_mode).
     flat_params = flatten(shareable_params({"model": params.model.model_dump(), "finetune": params.finetune.read_by_mode(),
@@ -90,8 +92,10 @@ def gather_facts(params: PushParams, evaluation: dict, gate: dict) -> CardFacts:
         evaluation={name: numeric_leaves(evaluation.get(name, {})) for name in (*MODELS, "delta")},
         gate=gate,
         # No MLflow run: the release's files would change with each run of the same model (the registry version names it).
-        provenance={"git commit": git_commit(), "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
-                    "training data sha256": file_fingerprint(*train_files)},
+        provenance={"git commit": git_commit(), "uncommitted changes": uncommitted_changes() or "(none)",
+                    "DVC experiment": os.environ.get("DVC_EXP_NAME", "(none)"),
+                    **{f"sha256 of {path}": digest for path, digest in training_files.items()}},
+        training_files=training_files,
         clean_stats={k: v for k, v in read_json(clean, "clean").items() if isinstance(v, (int, float, str))} if clean.exists() else {},
         base_model_id=hub_id(params.model.base),
     )
@@ -161,6 +165,11 @@ def headline_table(headline: dict[str, dict]) -> str:
             + _table(["headline metric", "base", "fine-tuned", "delta", "95% interval", "floor"], rows))
 
 
+# Numbers of the evaluation that are no test score (a count of labels, a size ratio): the card's tables only, not the
+# front matter's results, which the Hub shows as scores.
+NOT_SCORES = {"classification.supported_labels", "binary.storage_ratio"}
+
+
 def card_data(facts: CardFacts) -> ModelCardData:
     """Front matter: base model, license, tags, datasets and the fine-tuned model's test metrics."""
     dataset = f"arXiv metadata ({facts.data_source})"
@@ -175,6 +184,7 @@ def card_data(facts: CardFacts) -> ModelCardData:
             metric_value=round(value, 6),
         )
         for name, value in facts.evaluation["finetuned"].items()
+        if name not in NOT_SCORES
     ]
     return ModelCardData(
         model_name=facts.model_name,

@@ -183,6 +183,30 @@ def git_commit() -> str:
         return "unknown"
 
 
+# What a run's code and settings are (not DVC's outputs, which a run itself rewrites).
+SOURCE_PATHS = ("*.py", "params.yaml", "dvc.yaml", "*.js", "*.toml")
+
+
+def uncommitted_changes(limit: int = 8) -> str:
+    """The source files (SOURCE_PATHS) that differ from git_commit() in the working tree: a release or run built before
+    its code was committed (or a `dvc exp run -S`'s params.yaml) says so, since the commit alone does not rebuild it.
+    "" when none (or no git)."""
+    try:
+        changed = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", *SOURCE_PATHS], capture_output=True, text=True,
+                                 check=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return ", ".join(changed[:limit]) + (f" and {len(changed) - limit} more" if len(changed) > limit else "")
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def dvc_tags() -> dict[str, str]:
     """The DVC experiment a stage runs in, so MLflow runs match `dvc exp show` rows one for one.
 
@@ -199,7 +223,9 @@ def dvc_tags() -> dict[str, str]:
 
 def run_tags(*data_paths: Path) -> dict[str, str]:
     """Tags every run carries: git commit, DVC experiment name and baseline commit, data fingerprint."""
-    return {"git_commit": git_commit(), "data_fingerprint": file_fingerprint(*data_paths), **dvc_tags()}
+    changed = uncommitted_changes()
+    return {"git_commit": git_commit(), **({"git_uncommitted": changed} if changed else {}),
+            "data_fingerprint": file_fingerprint(*data_paths), **dvc_tags()}
 
 
 def metric_key(name: str) -> str:

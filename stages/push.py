@@ -303,8 +303,9 @@ def main() -> None:
             "model_name": cfg.registry_model_name,
             "base_model": shown_model(params.model.base),
             "files": sha256_files(tmp),
-            "training_data": {"path": TRIPLETS_DIR.as_posix(), "sha256": facts.provenance["training data sha256"]},
+            "training_data": {"sha256": facts.training_files},  # each file trained on: `sha256sum` checks them
             "git_commit": facts.provenance["git commit"],
+            "uncommitted_changes": facts.provenance["uncommitted changes"],
             "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
             "gate": gate,
             "evaluation": evaluation,

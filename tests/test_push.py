@@ -133,7 +133,8 @@ def evaluation(base: float, finetuned: float) -> dict:
             "triplet": {"accuracy": round(0.7 + shift, 4)},
             "title_to_abstract": retrieval,
             "category_retrieval": {**retrieval, "ndcg@10": shift},
-            "classification": {"accuracy": 0.5 + shift, "macro_f1": 0.4 + shift, "macro_f1_supported": 0.42 + shift, "weighted_f1": 0.45 + shift},
+            "classification": {"accuracy": 0.5 + shift, "macro_f1": 0.4 + shift, "macro_f1_supported": 0.42 + shift, "weighted_f1": 0.45 + shift,
+                               "supported_labels": 20.0},
             "clustering": {"homogeneity": 0.3 + shift, "completeness": 0.3 + shift, "ari": 0.1 + shift, "nmi": 0.3 + shift},
         }
     report = {"base": model(base), "finetuned": model(finetuned)}
@@ -254,7 +255,15 @@ def test_push_release_registry_and_hub_without_leaking_the_token(tmp_path, paper
         assert hashlib.sha256((release / name).read_bytes()).hexdigest() == digest
     assert manifest["dvc_experiment"] == "exp-push-test"
     assert manifest["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    assert len(manifest["training_data"]["sha256"]) == 64 and "mlflow_run" not in manifest and run_id not in card
+    assert "mlflow_run" not in manifest and run_id not in card
+    # The files trained on, each with the sha256 `sha256sum` gives (card and manifest alike).
+    trained = manifest["training_data"]["sha256"]
+    assert sorted(trained) == sorted(["data/triplets/train_papers.parquet", "data/triplets/train_title_abstract.parquet",
+                                      "data/triplets/train_same_label.parquet"])
+    for path, digest in trained.items():
+        assert hashlib.sha256((project / path).read_bytes()).hexdigest() == digest and f"| sha256 of {path} | {digest} |" in card
+    # Counts and ratios are the card's tables', not scores in the front matter.
+    assert "supported_labels" not in front and "storage_ratio" not in front and "macro_f1_supported" in front
     # Which registry version and run the release is: push's runtime record, outside the release's files.
     assert json.loads((project / "metrics/runtime/push.json").read_text()) == {"registered_version": 1, "mlflow_run_id": run_id}
     # Every param the manifest records is one the stage tracks (dvc.yaml): else a release could describe a knob
@@ -366,6 +375,25 @@ def test_the_release_shows_no_local_path(tmp_path, papers, base_model, monkeypat
     harvested = harvested.model_copy(update={"oai": harvested.oai.model_copy(update={"from_date": None, "until_date": None})})
     assert describe_source(harvested).startswith("arXiv OAI-PMH https://oai.example.org/oai, sets ")
     assert "None" not in describe_source(harvested)
+
+
+def test_provenance_names_source_files_that_differ_from_the_commit(tmp_path, monkeypatch):
+    """A release built before its code was committed (or in a `dvc exp run -S`, which edits params.yaml) says which
+    source files differ from the commit it names; DVC's outputs, which the run itself rewrites, are not listed."""
+    from arxiv_embed.tracking import uncommitted_changes
+
+    monkeypatch.chdir(tmp_path)
+    for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"]):
+        subprocess.run(command, check=True)
+    for name in ("a.py", "params.yaml", "dvc.lock"):
+        (tmp_path / name).write_text("1\n")
+    subprocess.run(["git", "add", "."], check=True)
+    subprocess.run(["git", "commit", "-qm", "base"], check=True)
+    assert uncommitted_changes() == ""
+    for name in ("a.py", "params.yaml", "dvc.lock"):
+        (tmp_path / name).write_text("2\n")
+    assert uncommitted_changes() == "a.py, params.yaml"
+    assert uncommitted_changes(limit=1) == "a.py and 1 more"
 
 
 def test_card_names_the_hub_id_a_short_name_loads_from(tmp_path, monkeypatch):
