@@ -200,11 +200,9 @@ def uncommitted_changes(limit: int = 8) -> str:
 
 
 def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
+    """What `sha256sum` prints for the file."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def dvc_tags() -> dict[str, str]:

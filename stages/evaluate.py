@@ -139,21 +139,16 @@ def log_to_mlflow(report: dict, params: EvaluateParams, finetune_run: str | None
                  else f" (finetune run {finetune_run} not found)" if finetune_run
                  else f" ({paths.FINETUNE_RUNTIME}, which names finetune's run, is missing)")
         print(f"logged to MLflow run {run_id}{where}")
-    except (TrackingUnavailableError, MlflowException, OSError) as exc:
-        if created:
-            try:
-                mlflow.MlflowClient().set_terminated(created, status="FAILED")
-            except (MlflowException, OSError):
-                pass
-        print(f"WARNING: metrics not logged to MLflow ({exc}); metrics/evaluate.json is written. "
-              "Start the tracking server and rerun `dvc repro -s -f evaluate` to log them.", file=sys.stderr)
-    except BaseException as exc:  # Ctrl-C, SIGTERM (errors.run raises it here), a crash: the run made here must not stay RUNNING
-        if created:
+    except BaseException as exc:
+        if created:  # the run made here never stays RUNNING: KILLED on Ctrl-C or SIGTERM (errors.run), else FAILED
             try:
                 mlflow.MlflowClient().set_terminated(created, status="FAILED" if isinstance(exc, Exception) else "KILLED")
-            except Exception:  # noqa: BLE001 (the interruption is what the user must see)
+            except Exception:  # noqa: BLE001 (what stopped the logging is what the user must see)
                 pass
-        raise
+        if not isinstance(exc, (TrackingUnavailableError, MlflowException, OSError)):
+            raise
+        print(f"WARNING: metrics not logged to MLflow ({exc}); metrics/evaluate.json is written. "
+              "Start the tracking server and rerun `dvc repro -s -f evaluate` to log them.", file=sys.stderr)
 
 
 def which_model(argv: list[str] | None = None) -> str:
