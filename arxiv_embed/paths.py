@@ -38,6 +38,13 @@ def user_path(path: str | Path) -> Path:
     return given if given.is_absolute() or given.exists() else kept_between_runs(given)
 
 
+def local_reference(name: str) -> bool:
+    """Whether `model.base` names a path (./my-model, ~/m, /abs, models/finetuned, a folder here), not a Hub id or package."""
+    local = Path(name).expanduser()
+    return (local.exists() or local.is_absolute() or name.startswith((".", "~"))
+            or (len(local.parts) > 1 and Path(local.parts[0]).is_dir()))
+
+
 RAW = Path("data/raw/arxiv.jsonl.gz")
 OAI_PAGES = Path("data/raw/oai-pages")  # an OAI harvest's answered pages, kept until it is written so a stopped one resumes; not a DVC out (kept_between_runs)
 

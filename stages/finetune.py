@@ -126,6 +126,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
     st_trainer = trainer.quiet(SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train_dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     ))
+    st_trainer.add_callback(trainer.card_log_checkpoints())  # after the library's model-card callback, which fills the table
 
     # 7. Train inside an MLflow run that always ends (FINISHED, KILLED on Ctrl-C/SIGTERM, FAILED).
     #    A resumed attempt continues its run and logs only the steps it did not log before.
@@ -151,6 +152,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
                 st_trainer._load_best_model()  # what train() ends with (load_best_model_at_end)
             else:  # no evaluation chose a best one: the last checkpoint's weights, not the base model's
                 st_trainer._load_from_checkpoint(str(resume_from))
+            trainer.card_of_a_finished_run(st_trainer, resume_from)
             resumed(finished.global_step)
             result, start_step = TrainOutput(finished.global_step, 0.0, {"train_runtime": 0.0}), finished.global_step
         else:

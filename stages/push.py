@@ -247,11 +247,19 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
         raise PushError("push.hub.enabled is true but HF_HUB_OFFLINE=1 is set: unset it to push to the Hub") from None
     except transport_errors() as exc:
         reason = str(exc).replace(token, "***")  # a transport's error may quote the header it could not send
-        raise PushError(f"cannot reach the Hugging Face Hub at {api.endpoint} ({type(exc).__name__}: {reason}): "
-                        "check the network or HF_ENDPOINT, or set push.hub.enabled: false") from None
+        raise PushError(without_endpoint_credentials(
+            f"cannot reach the Hugging Face Hub at {api.endpoint} ({type(exc).__name__}: {reason}): "
+            "check the network or HF_ENDPOINT, or set push.hub.enabled: false", api.endpoint)) from None
     except HfHubHTTPError as exc:
-        raise PushError(hub_refusal(exc, hub.repo_id, token)) from None
-    print(f"push: uploaded to the Hub as {hub.repo_id} ({'private' if private else 'public'}): {commit.commit_url}")
+        raise PushError(without_endpoint_credentials(hub_refusal(exc, hub.repo_id, token), api.endpoint)) from None
+    print(f"push: uploaded to the Hub as {hub.repo_id} ({'private' if private else 'public'}): "
+          f"{without_endpoint_credentials(commit.commit_url, api.endpoint)}")
+
+
+def without_endpoint_credentials(text: str, endpoint: str) -> str:
+    """A message without HF_ENDPOINT's user:password@ (a mirror or proxy's), wherever the endpoint's URLs quote it."""
+    userinfo = endpoint.partition("://")[2].rpartition("@")[0]
+    return text.replace(f"{userinfo}@", "") if userinfo else text
 
 
 def settle_visibility(api, hub: Hub) -> bool:

@@ -290,6 +290,17 @@ def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.Monkey
     assert metrics["rejected"]["duplicate_id"] == 3
 
 
+def test_a_versioned_or_prefixed_id_is_the_same_paper(project: Path) -> None:
+    """A JSON-lines file from elsewhere may name versions ("2101.00050v2", "arXiv:..."): one paper, kept once."""
+    write_input(project, [paper("2101.00050v1", update_date="2021-01-05", title="First"),
+                          paper("arXiv:2101.00050v2", update_date="2021-03-01", title="Revised"),
+                          paper("math/0601001v3"), paper("2101.00051")])
+    papers, rejects, _ = run_clean(project)
+    titles = dict(papers.select("id", "title").iter_rows())
+    assert sorted(titles) == ["2101.00050", "2101.00051", "math/0601001"] and titles["2101.00050"] == "Revised"
+    assert reasons(rejects) == {1: "duplicate_id"}
+
+
 def test_rejects_are_in_input_order(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rejects file follows the input's lines: a batch's unparsable and unusable records, and the duplicates that
     de-duplication finds after the whole file is read, merged in."""

@@ -288,6 +288,24 @@ def test_xml_cut_short_or_empty_is_asked_again_and_a_web_page_fails_at_once(serv
         list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
 
 
+def test_a_control_character_in_a_record_is_replaced_and_a_whole_broken_page_fails_at_once(server: Server, capsys):
+    """One form feed in one abstract made expat refuse the page: retried for minutes, then blamed on the endpoint."""
+    waits: list[float] = []
+    raw = oai_record("2610.00001").replace("<title>Private", "<title>Private\x0c")
+    referenced = oai_record("2610.00002").replace("<title>Private", "<title>Private&#x0C;&#27;")
+    server.script = {"cs": [oai_page([raw, referenced, oai_record("2610.00003")])]}
+    records = list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+    assert [r["id"] for r in records] == ["2610.00001", "2610.00002", "2610.00003"] and server.keys() == ["cs"]
+    assert [r["title"].split()[:2] for r in records[:2]] == [["Private", "Retrieval"]] * 2 and not any(waits)
+    assert "3 control character(s) XML forbids replaced by spaces" in capsys.readouterr().out
+
+    whole_but_broken = oai_page([oai_record("2610.00001").replace("Private", "Private &nbsp;")])
+    server.script = {"cs": [whole_but_broken]}
+    with pytest.raises(DownloadError, match=r"whole but not well-formed XML \(undefined entity.*report it") as broken:
+        list(harvest_oai(f"{server.url}/oai", ["cs"], request_interval_s=0, max_retries=2, sleep=waits.append))
+    assert "download.oai.endpoint" not in str(broken.value) and server.keys() == ["cs"] * 2 and not any(waits)
+
+
 def test_an_empty_window_is_not_saved_so_a_rerun_asks_again(server: Server, tmp_path: Path):
     """A window with nothing yet (noRecordsMatch) must not stay empty on disk once arXiv announces its papers."""
     server.script = {"cs": [oai_error("noRecordsMatch")]}

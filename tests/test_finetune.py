@@ -249,6 +249,8 @@ def assert_resumed_exactly(project: Path, reference: Path, output: str, run_id: 
     # Optimizer, scheduler, RNG and sampler state come back: identical to the uninterrupted run.
     first, second = weights(reference / "models/finetuned"), weights(project / "models/finetuned")
     assert all(first[k].equal(second[k]) for k in first)
+    # The card too (its training-log table lost the steps before the resume): the output's DVC hash is the same.
+    assert (project / "models/finetuned/README.md").read_text() == (reference / "models/finetuned/README.md").read_text()
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(trained: tuple[Path, str], tmp_path: Path, kaggle_sample: Path) -> None:

@@ -151,8 +151,9 @@ def test_balanced_sample_keeps_small_labels_and_nests_ranks():
     assert not balanced_sample(papers, 12, seed=1).equals(balanced_sample(papers, 12, seed=2))
 
 
-def test_learning_curve_sizes_end_with_all():
+def test_learning_curve_sizes_end_with_all_and_say_which_sizes_were_too_large(capsys):
     assert learning_curve_sizes(np.array([0, 1, 2, 3, 4, 0, 1]), [2, 8, 4, 2]) == [2, 4, 5]
+    assert "learning_curve_sizes [8]: the train sample's largest label has 5 papers" in capsys.readouterr().out
 
 
 def test_macro_f1_by_hand_and_without_rare_labels():

@@ -36,6 +36,13 @@ def test_hub_id_offline_fails_at_once_and_says_how_to_fix(empty_hf_cache: None, 
     assert time.monotonic() - started < 10
 
 
+def test_a_name_no_hub_id_can_be_is_named_not_a_traceback(empty_hf_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search CLI's --model is no param the schema checks: huggingface_hub's HFValidationError came out as is."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match=r"--model='all MiniLM-L6-v2' is not a folder, an installed model package or a Hub id"):
+        resolve_model("all MiniLM-L6-v2", setting="--model")
+
+
 def test_hub_id_with_the_hub_down_fails_in_seconds(empty_hf_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as sock:  # a port nothing listens on: connection refused at once
         sock.bind(("127.0.0.1", 0))

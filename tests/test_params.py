@@ -77,6 +77,11 @@ def test_a_missing_key_is_an_error_naming_it(key):
             "title_to_abstract.ndcg@10": 0.005}}, "push.gate.metric: 'category_retrieval.ndcg@100' is not a metric "
                                                   "evaluate gives an interval (did you mean category_retrieval.ndcg@10?)"),
         ("push", "hub", {"enabled": False, "repo_id": "a--b/c", "private": True}, "push.hub.repo_id: 'a--b/c' is not a Hub repo id"),
+        # These failed only after the work before them: embed_base's traceback, evaluate after training, the Hub's refusal
+        # after the release and registry.
+        ("model", "base", "all MiniLM-L6-v2", "model.base: 'all MiniLM-L6-v2' is not a Hub repo id"),
+        ("shared", "seed", 2**32, "shared.seed: Input should be less than or equal to 4294967295"),
+        ("push", "license", "apache2", "push.license: 'apache2' is not a license id the Hugging Face Hub accepts (did you mean apache-2.0"),
         # Infinity passes as a float: a traceback in make_triplets or download, a NaN model from finetune.
         ("download", "timeout_s", float("inf"), "download.timeout_s: Input should be a finite number (got inf)"),
         ("finetune", "temperature", float("nan"), "finetune.temperature: Input should be a finite number (got nan)"),

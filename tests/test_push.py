@@ -656,7 +656,7 @@ def test_a_registry_that_fails_leaves_the_last_release(tmp_path, papers, base_mo
 
 
 def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatch):
-    from stages.push import PushError, hub_token, push_to_hub
+    from stages.push import PushError, hub_token, push_to_hub, without_endpoint_credentials
 
     def Hub(**hub: object):  # noqa: N802
         return params_with({"push": {"hub": hub}}).push.hub
@@ -689,11 +689,13 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
     (tmp_path / "README.md").write_text("card")
     with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as closed:
         port = closed.server_address[1]  # bound, then closed: nothing listens there
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://proxyuser:PROXYPASS@127.0.0.1:{port}")  # a mirror behind a proxy's login
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with pytest.raises(PushError, match="cannot reach the Hugging Face Hub") as unreachable:
+    with pytest.raises(PushError, match=f"cannot reach the Hugging Face Hub at http://127.0.0.1:{port} ") as unreachable:
         push_to_hub(hub, tmp_path, FAKE_TOKEN)
-    assert FAKE_TOKEN not in str(unreachable.value)
+    assert FAKE_TOKEN not in str(unreachable.value) and "PROXYPASS" not in str(unreachable.value)
+    assert without_endpoint_credentials(f"http://u:p@w@hub.example/{REPO_ID}/commit/1", "http://u:p@w@hub.example") == \
+        f"http://hub.example/{REPO_ID}/commit/1"  # the uploaded commit's link, printed
 
 
 def test_an_existing_hub_repo_gets_the_release_alone_and_the_visibility_asked(tmp_path, fake_hub, monkeypatch, capsys):

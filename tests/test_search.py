@@ -141,6 +141,32 @@ def test_a_rebuild_takes_new_metadata_of_unchanged_abstracts_and_an_untitled_pap
     assert (found.id, found.title) == (untitled["id"], "")
 
 
+@pytest.mark.parametrize("with_adapter", [False, True], ids=["model", "adapter-model"])
+def test_an_abstract_already_encoded_under_another_id_is_copied_not_encoded(tmp_path, records, base_model, encoder_calls,
+                                                                            with_adapter):
+    """A text is encoded once per model: the same abstract under a second id (a raw file's duplicate, whether the index
+    holds the first or the same file brings both) takes the vector already made."""
+    model, ref = adapter_model(base_model, tmp_path / "model", seed=1) if with_adapter else (base_model, MODEL)
+    path = tmp_path / "index"
+    build_index(read_papers(write_papers(tmp_path / "a.jsonl", records[:10])), model, str(ref), path, "float32")
+    encoder_calls.clear()
+    twin = lambda record, twin_id: json.dumps({**json.loads(record), "id": twin_id}) + "\n"  # noqa: E731
+    papers = read_papers(write_papers(tmp_path / "b.jsonl", [twin(records[0], "x0"), *records[:11], twin(records[10], "x10")]))
+    report = build_index(papers, model, str(ref), path, "float32")
+    assert (report.encoded, report.copied, report.kept, report.total) == (1, 2, 10, 13)
+    assert [len(call) for call in encoder_calls] == [1]
+    after = SearchIndex.load(path)
+    for original, copy in ((records[0], "x0"), (records[10], "x10")):
+        rows = [after.row_of(json.loads(original)["id"]), after.row_of(copy)]
+        # An adapter maps the copy in another block than its twin: the last bits may differ.
+        np.testing.assert_allclose(after.embeddings[rows[1]], after.embeddings[rows[0]], atol=1e-6)
+        if with_adapter:  # the encoder's vectors, copied, which a later --new-model build reads
+            stored = np.load(path / "encoder.npy")
+            np.testing.assert_array_equal(stored[rows[1]], stored[rows[0]])
+    texts = [dict(zip(papers["id"], papers["abstract"]))[i] for i in after.papers["id"].to_pylist()]
+    np.testing.assert_allclose(after.embeddings, encode(model, texts, progress=False), atol=1e-5)
+
+
 def test_a_build_killed_between_its_renames_is_recovered_by_the_next_build(tmp_path, records, base_model, encoder_calls):
     """The kill leaves the old folder renamed aside (.index.old-<pid>-*) and no index: the next build puts it
     back and keeps its papers and vectors, rather than starting an index of only the new file."""
@@ -186,7 +212,7 @@ def test_an_index_of_the_old_itq_format_asks_for_a_rebuild_which_reuses_its_embe
     assert upgraded.search(np.asarray(upgraded.embeddings[5]), k=1)[0].id == upgraded.hits([5], [1.0])[0].id
 
 
-def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, encoder_calls):
+def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, base_model, encoder_calls, capsys):
     from arxiv_embed.models import encode
 
     texts = [json.loads(r)["abstract"] for r in records[:20]]
@@ -210,6 +236,16 @@ def test_an_interrupted_encoding_resumes_where_it_stopped(tmp_path, records, bas
     calls.clear()
     encode_resumable(base_model, texts[:7], tmp_path / "work", "other-model-sha", chunk_size=6, progress=False)
     assert [len(call) for call in calls] == [6, 1]
+
+    # A saved chunk cut short (a full disk, a copy) or emptied is encoded again, with a line saying so, not a traceback
+    # on every rerun until someone finds the folder.
+    saved = sorted((tmp_path / "work").glob("chunk-*.npy"), key=lambda path: path.stat().st_mtime)
+    for damaged, keep in zip(saved[:2], (100, 0)):
+        damaged.write_bytes(damaged.read_bytes()[:keep])
+    calls.clear()
+    again = encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=6, progress=False)
+    assert sorted(len(call) for call in calls) == [6, 6] and capsys.readouterr().out.count("is damaged") == 2
+    np.testing.assert_array_equal(again, resumed)
 
 
 def retrained_copy(base_model, folder: Path) -> Path:

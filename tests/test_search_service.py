@@ -100,6 +100,8 @@ def test_search_similar_categories_and_health(service, records):
     # Issue 22 (8): invisible-only and NUL queries, routing errors in the same {"error": ...} shape.
     ("/search?q=%E2%80%8B%E2%80%8B%E2%81%A0", 400, "the query is empty"),
     ("/search?q=spin%00glass", 400, "NUL character"),
+    ("/search?q=%FFspin", 400, "not valid UTF-8"),  # as the CLI answers; it was searched as "\ufffdspin"
+    ("/search?q=%FF%FE", 400, "not valid UTF-8"),  # not "empty"
     ("/no-such-route", 404, "Not Found: GET /no-such-route"),
 ])
 def test_bad_input_gets_a_4xx_with_the_reason(service, path, status, reason):

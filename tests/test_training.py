@@ -17,6 +17,7 @@ from arxiv_embed import errors, tracking
 from arxiv_embed.training import checkpoints, distributed, losses, recipe, trainer
 from arxiv_embed.training import data as training_data
 from arxiv_embed.params import ParamsError
+from arxiv_embed.schema.finetune import evaluator_metrics
 from tests.harness import params_with
 
 
@@ -191,6 +192,14 @@ def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) ->
     assert dataset["text"] == split["abstract"].to_list()
 
 
+def test_a_batch_larger_than_an_objectives_rows_is_refused_in_mode_full(in_data_dir: Path) -> None:
+    """The trainer took one short batch an epoch while the run recorded batch_size as its batch (and its throughput);
+    the adapter's loop refuses the same params."""
+    ft = finetune_params(loss="batch_hard", batch_size=100_000).finetune
+    with pytest.raises(errors.TrainingSetupError, match=r"finetune.batch_size=100000 is more than the [\d,]+ train rows of the 'labels'"):
+        recipe.trainer_inputs(recipe.objectives(None, ft), ft)
+
+
 def test_matryoshka_wraps_the_loss_and_rejects_dims_above_the_model(tiny_model) -> None:
     wrapped = losses.build_loss(tiny_model, finetune_params(full={"matryoshka_dims": [64, 384, 128]}).finetune)
     assert type(wrapped).__name__ == "MatryoshkaLoss"
@@ -224,6 +233,7 @@ def test_evaluator_keys_match_metric_for_best_model_default(in_data_dir: Path, t
     assert 0.0 <= metrics["triplet_cosine_accuracy"] <= 1.0
     assert "title_abstract_cosine_ndcg@10" in metrics
     trainer_metrics = {f"eval_{k}": v for k, v in metrics.items()}
+    assert sorted(trainer_metrics) == sorted(evaluator_metrics(eval_retrieval=True))  # what params_check accepts
     assert trainer.check_metric(params.finetune.full.metric_for_best_model, trainer_metrics) == "eval_triplet_cosine_accuracy"
     assert trainer.check_metric("title_abstract_cosine_ndcg@10", trainer_metrics) == "eval_title_abstract_cosine_ndcg@10"
     with pytest.raises(errors.TrainingSetupError, match=r"metric_for_best_model='eval_accuracy'.*eval_triplet_cosine_accuracy"):
@@ -389,3 +399,26 @@ def test_training_progress_prints_from_the_first_process_only(capsys: pytest.Cap
         callback.on_train_end(args, state, control)
     err = capsys.readouterr().err
     assert err.count("finetune: trained done") == 1 and err.count("finetune: trained:") == 1
+
+
+def test_metric_for_best_model_is_checked_before_any_work() -> None:
+    """A typo failed only inside finetune, after the model loaded and the base model's first evaluation."""
+    with pytest.raises(ParamsError, match=r"metric_for_best_model='eval_triplet_cosine_acuracy'.*eval_triplet_cosine_accuracy"):
+        finetune_params(full={"metric_for_best_model": "eval_triplet_cosine_acuracy"})
+    with pytest.raises(ParamsError, match=r"need finetune.full.eval_retrieval: true"):
+        finetune_params(full={"metric_for_best_model": "title_abstract_cosine_ndcg@10", "eval_retrieval": False})
+    finetune_params(full={"metric_for_best_model": "title_abstract_cosine_ndcg@10", "eval_retrieval": True})
+    finetune_params(mode="adapter", full={"metric_for_best_model": "read in mode full only"})
+
+
+def test_the_merged_rare_labels_are_no_class_to_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`other` (split.rare_labels: other) holds papers of many rare subjects: a label loss must not pull them together,
+    nor the prototype head learn an `other` prototype. make_triplets and evaluate leave it out too."""
+    from arxiv_embed import paths
+
+    monkeypatch.chdir(tmp_path)
+    paths.TRAIN_SAMPLE.parent.mkdir(parents=True)
+    labels = ["math.GT", "other", "cs.LG", "other", "math.GT"]
+    pl.DataFrame({"abstract": [f"abstract {i}" for i in range(5)], "label": labels}).write_parquet(paths.TRAIN_SAMPLE)
+    frame = training_data.kind_frame("labels")
+    assert frame["text"].to_list() == ["abstract 0", "abstract 2", "abstract 4"] and frame["label"].to_list() == [1, 0, 1]

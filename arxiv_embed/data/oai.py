@@ -205,6 +205,13 @@ class _OaiClient:
                 try:
                     return ET.fromstring(body)
                 except ET.ParseError as exc:
+                    root = _without_forbidden_characters(body, shown)
+                    if root is not None:
+                        return root
+                    if _whole_oai_xml(body):  # the same broken page again on a retry: said at once, not after minutes
+                        raise DownloadError(f"{shown}: the answer is whole but not well-formed XML ({exc}); the server sent a "
+                                            "broken page: rerun later (the pages saved so far are kept), and if it stays "
+                                            "broken, report it to the endpoint's owner") from None
                     # Cut off (a connection closed without a Content-Length to check) or empty: asked again. Anything
                     # else (a web page) is no OAI-PMH endpoint, and so is XML still broken after the retries.
                     if last or not _cut_off_xml(body):
@@ -213,6 +220,30 @@ class _OaiClient:
             print(f"download: OAI-PMH {why}; retry {attempt + 1}/{self.max_retries} in {wait:.0f} s")
             self.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+# Characters XML 1.0 forbids (C0 controls but tab, newline and carriage return), raw or as character references. One
+# in a record (a form feed pasted into an abstract) makes the parser refuse its whole page, and every page after it.
+_FORBIDDEN_XML = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|&#(?:[xX]0*(?:[0-8bBcCeEfF]|1[0-9a-fA-F])|0*(?:[0-8]|1[1-24-9]|2[0-9]|3[01]));")
+
+
+def _without_forbidden_characters(body: bytes, shown: str) -> ET.Element | None:
+    """The page parsed with each character XML forbids replaced by a space (counted in the log); None if that is not
+    what broke it. In UTF-8 these bytes stand only for themselves, never inside another character."""
+    cleaned, replaced = _FORBIDDEN_XML.subn(b" ", body)
+    if not replaced:
+        return None
+    try:
+        root = ET.fromstring(cleaned)
+    except ET.ParseError:
+        return None
+    print(f"download: {shown}: {replaced} control character(s) XML forbids replaced by spaces")
+    return root
+
+
+def _whole_oai_xml(body: bytes) -> bool:
+    """An answer that reached its closing tag: it did not break off on the way."""
+    return body.rstrip().endswith(b"</OAI-PMH>")
 
 
 def _cut_off_xml(body: bytes) -> bool:

@@ -290,6 +290,9 @@ def classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, seed:
 def learning_curve_sizes(train_rank: np.ndarray, sizes: list[int]) -> list[int]:
     """Papers per label for each point: the requested sizes below "all", then "all" (the largest label's count)."""
     everything = int(train_rank.max()) + 1
+    if too_large := sorted({size for size in sizes if size >= everything}):
+        print(f"evaluate: learning_curve_sizes {too_large}: the train sample's largest label has {everything} papers, so its "
+              "curve ends there (raise evaluate.max_train_papers for larger points)")
     return sorted({size for size in sizes if size < everything}) + [everything]
 
 

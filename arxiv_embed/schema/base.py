@@ -50,6 +50,14 @@ def _checked_url(url: str) -> str:
     return url
 
 
+def hub_repo_id(repo_id: str | None) -> str | None:
+    """The Hub's rule (huggingface_hub.utils.validate_repo_id), checked before any work instead of after it."""
+    if repo_id is not None and (not re.fullmatch(r"(?:[\w.-]{1,96}/)?[\w.-]{1,96}", repo_id) or "--" in repo_id or ".." in repo_id
+                                or any(part[0] in "-." or part[-1] in "-." for part in repo_id.split("/"))):
+        raise ValueError(f"{repo_id!r} is not a Hub repo id: 'user/model-name' (letters, digits, '-', '_', '.')")
+    return repo_id
+
+
 HttpUrl = Annotated[str, Field(pattern=r"^https?://[^/]"), AfterValidator(_checked_url)]
 
 

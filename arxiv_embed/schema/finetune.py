@@ -18,6 +18,21 @@ LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
 DataKind = Literal["same_label", "title_abstract", "triplets", "labels", "graded_pairs", "binary_pairs"]
 
 
+# What mode full's evaluators report (training/trainer.py builds them with these names and cut-offs): a typo in
+# finetune.full.metric_for_best_model fails before any work, not after the base model's first evaluation.
+TRIPLET_EVALUATOR, RETRIEVAL_EVALUATOR = "triplet", "title_abstract"
+RETRIEVAL_CUTOFFS = {"accuracy": [1, 3, 5, 10], "precision": [1, 3, 5, 10], "recall": [1, 3, 5, 10], "mrr": [10], "ndcg": [10],
+                     "map": [100]}
+
+
+def evaluator_metrics(eval_retrieval: bool) -> list[str]:
+    """The trainer's evaluation keys (`eval_` + the evaluators' own) with finetune.full.eval_retrieval on or off."""
+    keys = ["eval_sequential_score", f"eval_{TRIPLET_EVALUATOR}_cosine_accuracy"]
+    if eval_retrieval:
+        keys += [f"eval_{RETRIEVAL_EVALUATOR}_cosine_{name}@{k}" for name, cutoffs in RETRIEVAL_CUTOFFS.items() for k in cutoffs]
+    return keys
+
+
 class Adapter(Section):
     """finetune.adapter (mode adapter only): a small identity-initialised adapter on the frozen encoder's cached embeddings."""
 
@@ -91,6 +106,12 @@ class Finetune(Section):
         # Mode full ships the best evaluation's model, loaded from that step's checkpoint: an evaluation between two saves
         # (save_steps > eval_steps) could be the best with none to load (the last step's weights would ship as the best's).
         full = self.full
+        metric = full.metric_for_best_model if full.metric_for_best_model.startswith("eval_") else f"eval_{full.metric_for_best_model}"
+        if self.mode == "full" and metric not in evaluator_metrics(full.eval_retrieval):
+            retrieval = ("" if full.eval_retrieval or metric not in evaluator_metrics(True)
+                         else " (title->abstract metrics need finetune.full.eval_retrieval: true)")
+            raise ValueError(f"finetune.full.metric_for_best_model={full.metric_for_best_model!r} is not a metric the evaluators "
+                             f"report{retrieval}; choose one of: {', '.join(evaluator_metrics(full.eval_retrieval))}")
         if self.mode == "full" and full.save_steps != full.eval_steps:
             raise ValueError(
                 f"finetune.full.save_steps={full.save_steps} with finetune.full.eval_steps={full.eval_steps}: every evaluation must "

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
 from arxiv_embed.evaluation.headline import GATEABLE, METRICS as HEADLINE
-from arxiv_embed.schema.base import Section
+from arxiv_embed.schema.base import Section, hub_repo_id
 from arxiv_embed.schema.download import Download
 from arxiv_embed.schema.finetune import Finetune
 from arxiv_embed.schema.model import Model
@@ -25,12 +24,26 @@ def _registry_name(name: str) -> str:
     return name
 
 
-def _hub_repo_id(repo_id: str | None) -> str | None:
-    # The Hub's rule (huggingface_hub.utils.validate_repo_id), checked before any work instead of after registering.
-    if repo_id is not None and (not re.fullmatch(r"(?:[\w.-]{1,96}/)?[\w.-]{1,96}", repo_id) or "--" in repo_id or ".." in repo_id
-                                or any(part[0] in "-." or part[-1] in "-." for part in repo_id.split("/"))):
-        raise ValueError(f"{repo_id!r} is not a Hub repo id: 'user/model-name' (letters, digits, '-', '_', '.')")
-    return repo_id
+# The Hub's license ids (huggingface.co/docs/hub/repositories-licenses, 2026): the card's `license` must be one, or the
+# Hub refuses the upload, after the release is written and registered. A license not listed is `other`.
+HUB_LICENSES = frozenset("""
+    apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m afl-3.0
+    artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0
+    cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0 cc-by-nc-nd-4.0
+    cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0
+    epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc h-research
+    intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa
+    unlicense zlib pddl lgpl-lr deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2
+    llama3.3 llama4 gemma unknown other""".split())
+
+
+def _hub_license(license_id: str) -> str:
+    if license_id not in HUB_LICENSES:
+        close = ", ".join(difflib.get_close_matches(license_id.lower(), sorted(HUB_LICENSES), n=3))
+        raise ValueError(f"{license_id!r} is not a license id the Hugging Face Hub accepts"
+                         f"{f' (did you mean {close}?)' if close else ''}; see "
+                         "huggingface.co/docs/hub/repositories-licenses, or use 'other' for a license it does not list")
+    return license_id
 
 
 def _gateable(key: str) -> str:
@@ -62,7 +75,7 @@ class Gate(Section):
 
 class Hub(Section):
     enabled: bool
-    repo_id: Annotated[str | None, AfterValidator(_hub_repo_id)]
+    repo_id: Annotated[str | None, AfterValidator(hub_repo_id)]
     private: bool
 
     @model_validator(mode="after")
@@ -73,7 +86,7 @@ class Hub(Section):
 
 
 class Push(Section):
-    license: str
+    license: Annotated[str, AfterValidator(_hub_license)]
     registry_model_name: Annotated[str, AfterValidator(_registry_name)]
     gate: Gate
     hub: Hub

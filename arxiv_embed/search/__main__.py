@@ -187,6 +187,7 @@ def build(args: argparse.Namespace, argv: list[str]) -> None:
     resumed = f", {report.resumed} of them resumed from saved chunks" if report.resumed else ""
     how = (f"every one encoded with the new model{resumed}" if report.reencoded
            else f"{report.encoded} new or changed{resumed}, {report.kept} kept"
+           + (f", {report.copied} copied from a paper with the same abstract" if report.copied else "")
            + (" through the new model's adapter, not encoded again" if report.readapted else ""))
     print(f"search: index {args.index}: {report.total} papers ({how}), {built.meta['precision']}, "
           f"{sizes['bytes_on_disk'] / 1e6:.2f} MB on disk, {report.seconds:.1f} s")

@@ -361,6 +361,7 @@ class BuildReport:
     resumed: int = 0  # of `encoded`: read back from saved chunks, not encoded again
     reencoded: bool = False  # every paper encoded with a model the index was not built with (new_model)
     readapted: bool = False  # new_model on the index's encoder: kept papers' stored encoder vectors through its adapter
+    copied: int = 0  # new or changed papers whose abstract another paper has: its vector copied, not encoded again
 
 
 def stored_model(model_ref: str | Path) -> str:
@@ -435,12 +436,21 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     # is encoded) does not. Papers only in the old index keep their stored row.
     kept = (old_keys.with_row_index("row").join(todo.select("id"), on="id", how="anti", maintain_order="left")
             .join(new_keys.select("id", "new_row"), on="id", how="left", maintain_order="left"))
-    plan = pl.concat([kept.select("row", "new_row"), todo.select(pl.lit(None, dtype=pl.UInt32).alias("row"), "new_row")])
-    texts = RowTexts(papers["abstract"], todo["new_row"])
     # Every row's encoder vector is known (kept ones stored under this encoder): the new index can hold them too. Else
     # (an adapter model's index built before encoder.npy, or with another backend) the model encodes whole, as it did.
     encoder_complete = kept.height == 0 or old_encoded is not None
     split = adapter is not None and encoder_complete
+    # A text the index holds under another id, or that another new row has (one abstract, two ids), is encoded once: its
+    # vector is copied. The rows to encode come first, the copies after them.
+    stored = old_encoded if split or readapted else old_embeddings  # the old rows' vectors this build starts from
+    stored_texts = (old_keys.with_row_index("old_row").head(0 if stored is None else old_keys.height)
+                    .unique("text_sha256", keep="first", maintain_order=True).select("text_sha256", "old_row"))
+    todo = todo.join(stored_texts, on="text_sha256", how="left", maintain_order="left")
+    to_encode = pl.col("old_row").is_null() & pl.col("text_sha256").is_first_distinct()
+    todo = pl.concat([todo.filter(to_encode), todo.filter(~to_encode)])
+    n_encode = todo.filter(to_encode).height
+    plan = pl.concat([kept.select("row", "new_row"), todo.select(pl.lit(None, dtype=pl.UInt32).alias("row"), "new_row")])
+    texts = RowTexts(papers["abstract"], todo["new_row"][:n_encode])
     if other_encoder and not encoder_complete:
         print(f"search: {path}'s encoder vectors were made with other settings than this build's (backend, sequence "
               "length): the new index keeps none, so a later --new-model build encodes every paper", file=sys.stderr, flush=True)
@@ -448,6 +458,8 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     what = (f"every one of the {todo.height} papers to encode with the new model" if reencoded
             else f"{todo.height} new or changed papers to encode, {kept.height} kept from {path}"
             + (" (through the new model's adapter)" if readapted else ""))
+    if todo.height > n_encode:
+        what += f"; {todo.height - n_encode} of them have the abstract of another paper, whose vector is copied"
     print(f"search: {what}", file=sys.stderr, flush=True)
     with atomic_path(path) as tmp:
         tmp.mkdir()
@@ -470,13 +482,16 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
             copied.done()
         if readapted and adapter is not None:
             _adapt(adapter, encoded, embeddings, 0, kept.height, "search: kept papers through the new adapter")
+        fresh = slice(kept.height, kept.height + n_encode)
         if split:  # the encoder encodes, the adapter maps: the encoder's vectors are kept for the next adapter
-            resumed = encode_into(encoder, texts, encoded[kept.height:], work_dir, f"{encoder_sha256}|encoder", batch_size,
+            resumed = encode_into(encoder, texts, encoded[fresh], work_dir, f"{encoder_sha256}|encoder", batch_size,
                                   processes=processes, what="search")
-            _adapt(adapter, encoded, embeddings, kept.height, plan.height, "search: encoded papers through the adapter")
         else:
-            resumed = encode_into(model, texts, embeddings[kept.height:], work_dir, f"{identity}|{backend}", batch_size,
+            resumed = encode_into(model, texts, embeddings[fresh], work_dir, f"{identity}|{backend}", batch_size,
                                   processes=processes, what="search")
+        _copy_same_texts(todo, n_encode, kept.height, encoded, stored)
+        if split:
+            _adapt(adapter, encoded, embeddings, kept.height, plan.height, "search: encoded papers through the adapter")
         embeddings.flush()
         new_embeddings = embeddings[kept.height:]
         # Every vector is new after another adapter: the old index's codes are of the old vectors, so it is made anew.
@@ -491,8 +506,21 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
                            ENCODER_VECTORS if split else "embeddings.npy")
         del embeddings, new_embeddings, encoded  # the memory maps close before the folder is swapped in
     shutil.rmtree(work_dir, ignore_errors=True)
-    return BuildReport(encoded=todo.height, kept=kept.height, total=plan.height, seconds=time.perf_counter() - start,
-                       resumed=resumed, reencoded=reencoded, readapted=readapted)
+    return BuildReport(encoded=n_encode, kept=kept.height, total=plan.height, seconds=time.perf_counter() - start,
+                       resumed=resumed, reencoded=reencoded, readapted=readapted, copied=todo.height - n_encode)
+
+
+def _copy_same_texts(todo: pl.DataFrame, n_encode: int, first: int, vectors: np.ndarray, stored: np.ndarray) -> None:
+    """vectors[first + i] for each todo row i past n_encode: the stored vector of the old row with its text, or the one
+    just encoded for the new row with its text."""
+    copies = todo.slice(n_encode).with_row_index("at", offset=first + n_encode)
+    encoded_at = todo.head(n_encode).with_row_index("from", offset=first).select("text_sha256", "from")
+    from_new = copies.filter(pl.col("old_row").is_null()).join(encoded_at, on="text_sha256", how="left")
+    from_old = copies.filter(pl.col("old_row").is_not_null())
+    for rows, source, column in ((from_old, stored, "old_row"), (from_new, vectors, "from")):
+        for block in range(0, rows.height, BLOCK):
+            part = rows.slice(block, BLOCK)
+            vectors[part["at"].to_numpy()] = source[part[column].to_numpy()]
 
 
 def _stored_encoder_vectors(index: SearchIndex, encoder_sha256: str) -> np.ndarray | None:

@@ -81,6 +81,10 @@ def kind_frame(kind: str, split: str = "train") -> pl.DataFrame:
         pl.col(source).alias(name) for name, source in spec.columns.items()
     )
     if kind == "labels":
+        from arxiv_embed.data.columns import OTHER
+
+        # `other` (split's merged rare labels) is no subject: its papers are no label's positives and it gets no prototype.
+        frame = frame.filter(pl.col("label") != OTHER)
         labels = sorted(frame["label"].unique().to_list())
         frame = frame.with_columns(pl.col("label").replace_strict(labels, list(range(len(labels))), return_dtype=pl.Int64))
     return frame

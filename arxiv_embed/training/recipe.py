@@ -94,6 +94,11 @@ def trainer_inputs(recipe: list[Objective], ft: Finetune) -> tuple[Dataset | Dat
                 f"more: the {objective.name!r} objective's {data.height:,} rows have {pairable}; train on more papers (more "
                 "records, or a higher make_triplets.max_train_papers)"
                 + (", or set finetune.hard_negatives.weight: 0" if objective.name == MINED else ""))
+        if data.height < ft.batch_size:  # one short batch an epoch, not the batch the params (and the run's record) say
+            more = (f"raise make_triplets.{losses.COUNT_OF_KIND[objective.name]}.train" if objective.name in losses.COUNT_OF_KIND
+                    else "train on more papers (more records, or a higher make_triplets.max_train_papers)")
+            raise TrainingSetupError(f"finetune.batch_size={ft.batch_size} is more than the {data.height:,} train rows of the "
+                                     f"{objective.name!r} objective: lower it, or {more}")
         return Dataset.from_dict(data.to_dict(as_series=False))
 
     sets = {o.name: dataset(o) for o in recipe}

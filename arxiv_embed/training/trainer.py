@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from arxiv_embed.schema.finetune import Finetune, FinetuneParams
+from arxiv_embed.schema.finetune import RETRIEVAL_CUTOFFS, RETRIEVAL_EVALUATOR, TRIPLET_EVALUATOR, Finetune, FinetuneParams
 from arxiv_embed.tracking import metric_key
 from arxiv_embed.training.data import TEXT_COLUMNS, data_files, read_texts
 from arxiv_embed.training.distributed import world_size
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRIPLET_EVALUATOR = "triplet"  # -> eval_triplet_cosine_accuracy
-RETRIEVAL_EVALUATOR = "title_abstract"  # -> eval_title_abstract_cosine_ndcg@10, ...
 PROTOTYPES_FILE = "label_prototypes-rank{rank}.pt"  # in each checkpoint folder: one per DDP rank (each rank's batches differ)
 
 
@@ -56,6 +55,8 @@ def build_evaluator(finetune: Finetune, batch_size: int) -> BaseEvaluator:
                 corpus=dict(zip(pairs["id"], pairs["positive"])),
                 relevant_docs={paper: {paper} for paper in pairs["id"]},
                 name=RETRIEVAL_EVALUATOR, batch_size=batch_size, write_csv=False,
+                accuracy_at_k=RETRIEVAL_CUTOFFS["accuracy"], precision_recall_at_k=RETRIEVAL_CUTOFFS["precision"],
+                mrr_at_k=RETRIEVAL_CUTOFFS["mrr"], ndcg_at_k=RETRIEVAL_CUTOFFS["ndcg"], map_at_k=RETRIEVAL_CUTOFFS["map"],
             )
         )
     return SequentialEvaluator(evaluators)
@@ -240,6 +241,68 @@ def prototype_checkpoints(loss: nn.Module | dict[str, nn.Module]) -> TrainerCall
                 head.load_prototype_state(head_state)
 
     return PrototypeCheckpoints()
+
+
+CARD_LOGS_FILE = "card_training_logs.json"  # in each checkpoint folder (rank 0's)
+
+
+def card_log_checkpoints() -> TrainerCallback:
+    """A TrainerCallback that saves the model card's training-log table (sentence-transformers fills it from the logs
+    and evaluations this process saw) into every checkpoint, and puts it back when training resumes from one: a
+    resumed run's card lists every step, as the uninterrupted run's does (else models/finetuned/README.md, and so the
+    output's DVC hash, would differ). Add it after the trainer is made, so that it runs after the card's own callback."""
+    from transformers import TrainerCallback
+
+    class CardLogCheckpoints(TrainerCallback):
+        def _save(self, args, state, control, model) -> None:  # noqa: ANN001 (transformers' objects)
+            # Rewritten at each event of a step that saves: the step's log and evaluation come before its checkpoint,
+            # and the checkpoint's trainer_state.json (the mark of a complete one) after the last of them.
+            if control.should_save and state.is_world_process_zero and model is not None:
+                target = checkpoint_folder(args, state.global_step) / CARD_LOGS_FILE
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+                tmp.write_text(json.dumps(model.model_card_data.training_logs) + "\n", encoding="utf-8")
+                os.replace(tmp, target)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+            self._save(args, state, control, model)
+
+        def on_log(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            self._save(args, state, control, model)
+
+        def on_evaluate(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            self._save(args, state, control, model)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+            if state.global_step and model is not None:
+                restore_card_logs(model, checkpoint_folder(args, state.global_step))
+
+    return CardLogCheckpoints()
+
+
+def checkpoint_folder(args, step: int) -> Path:  # noqa: ANN001 (TrainingArguments)
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
+def card_of_a_finished_run(st_trainer: Trainer, checkpoint: Path) -> None:
+    """The model card of a run killed after its last checkpoint, which finetune saves without training: the training
+    logs as that checkpoint saved them, and the hyperparameters the library's card callback records when training
+    begins (train() is not called). Its card then equals the uninterrupted run's."""
+    for callback in st_trainer.callback_handler.callbacks:
+        if type(callback).__name__.endswith("ModelCardCallback"):  # sentence-transformers' (its module moves between versions)
+            callback.on_train_begin(st_trainer.args, st_trainer.state, st_trainer.control, model=st_trainer.model)
+    restore_card_logs(st_trainer.model, checkpoint)
+
+
+def restore_card_logs(model: SentenceTransformer, checkpoint: Path) -> None:
+    """The card's training-log table as it was when `checkpoint` was saved (card_log_checkpoints)."""
+    saved = checkpoint / CARD_LOGS_FILE
+    if not saved.exists():  # a checkpoint of an older version, or a kill between the checkpoint and this file
+        log.warning("%s is missing: the model card's training logs will list only the steps after %s", saved, checkpoint.name)
+        return
+    model.model_card_data.training_logs = json.loads(saved.read_text(encoding="utf-8"))
 
 
 def log_model(model: SentenceTransformer, model_dir: Path) -> str:
