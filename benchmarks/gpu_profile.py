@@ -138,7 +138,11 @@ def train_sets(project: Path, kind: str, limit: int | None = None, mined: bool =
         return Dataset.from_dict({"anchor": titles, "positive": abstracts})
     if kind == "abstract_pairs":  # abstract -> next paper's abstract: the cost of 128-token texts on both sides
         return Dataset.from_dict({"anchor": abstracts, "positive": abstracts[1:] + abstracts[:1]})
-    sets = {"labels": Dataset.from_dict({"text": abstracts, "label": ids}),
+    # As kind_frame("labels"): split's merged rare labels (`other`, data.columns.OTHER; polars is not on the GPU image)
+    # are no class to train, so those papers leave the label set and the labels are numbered without it.
+    real = [i for i, label in enumerate(papers["label"]) if label != "other"][cut]
+    sets = {"labels": Dataset.from_dict({"text": [papers["abstract"][i] for i in real],
+                                         "label": _label_ids([papers["label"][i] for i in real])}),
             RETAIN: Dataset.from_dict({"anchor": titles, "positive": abstracts, "label": ids})}
     if mined:
         table = _table(project, MINED_FILE, ["anchor", "positive", "negative"])

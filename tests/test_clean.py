@@ -293,7 +293,7 @@ def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.Monkey
 def test_a_versioned_or_prefixed_id_is_the_same_paper(project: Path) -> None:
     """A JSON-lines file from elsewhere may name versions ("2101.00050v2", "arXiv:..."): one paper, kept once."""
     write_input(project, [paper("2101.00050v1", update_date="2021-01-05", title="First"),
-                          paper("arXiv:2101.00050v2", update_date="2021-03-01", title="Revised"),
+                          paper("arXiv: 2101.00050v2", update_date="2021-03-01", title="Revised"),
                           paper("math/0601001v3"), paper("2101.00051")])
     papers, rejects, _ = run_clean(project)
     titles = dict(papers.select("id", "title").iter_rows())

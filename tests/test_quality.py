@@ -134,6 +134,27 @@ def test_a_packed_projects_mined_rows_become_the_trainers_hard_negative_triplets
     assert MINED not in train_sets(project, "profile")  # only when finetune.hard_negatives.weight > 0
 
 
+def test_the_gpu_profiles_label_set_is_the_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU profile builds the trainer's datasets without polars: its label set must be kind_frame's, which leaves
+    split's merged rare labels (`other`) out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from arxiv_embed import paths
+    from arxiv_embed.data.columns import OTHER
+    from arxiv_embed.training.data import kind_frame
+    from benchmarks.gpu_profile import train_sets
+
+    (tmp_path / paths.TRIPLETS_DIR).mkdir(parents=True)
+    labels = ["math.GT", OTHER, "cs.LG", OTHER, "math.GT", "cs.LG"]
+    pq.write_table(pa.table({"title": [f"t{i}" for i in range(6)], "abstract": [f"a{i}" for i in range(6)], "label": labels}),
+                   tmp_path / paths.TRAIN_SAMPLE)
+    monkeypatch.chdir(tmp_path)
+    stage = kind_frame("labels")
+    assert train_sets(tmp_path, "profile")["labels"].to_dict() == {"text": stage["text"].to_list(), "label": stage["label"].to_list()}
+    assert stage.height == 4
+
+
 def test_a_gpu_candidate_trained_in_bf16_is_scored_in_fp32_as_the_base_is(tmp_path: Path) -> None:
     import numpy as np
     import pyarrow as pa

@@ -307,7 +307,7 @@ def tidy(records: pl.DataFrame, min_words: int, max_words: int) -> pl.DataFrame:
     normalised = records.with_columns(
         # "arXiv:2101.00050v2" is paper 2101.00050 (the snapshot's form): one paper, one id, so its versions are
         # de-duplicated and never land in two splits. No arXiv id ends in v<digits> otherwise.
-        id=pl.col("id").str.strip_chars().str.replace(r"^(?i)arxiv:", "").str.replace(r"(\d)v\d+$", "${1}"),
+        id=pl.col("id").str.strip_chars().str.replace(r"^(?i)arxiv:\s*", "").str.replace(r"(\d)v\d+$", "${1}"),
         title=_normalised("title"),
         abstract=_normalised("abstract"),
         authors=_normalised("authors"),

@@ -50,7 +50,8 @@ def validate_query(query: str, k: int) -> str:
         raise SearchError("the query contains a NUL character: give plain text")
     # Bytes that are not UTF-8: Python decodes argv's as surrogates, the web server a URL's as U+FFFD. Either way, one answer.
     if "\ufffd" in query or any(unicodedata.category(ch) == "Cs" for ch in query):
-        raise SearchError("the query is not valid UTF-8 text: give it in UTF-8 (check the terminal's encoding)")
+        raise SearchError("the query is not valid UTF-8 text (or holds U+FFFD, the mark of bytes that did not decode): give "
+                          "it in UTF-8 (check the terminal's encoding)")
     # Zero-width and other format/control characters carry no meaning: a query of only those is empty.
     query = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in query
                     if unicodedata.category(ch) not in ("Cf", "Co", "Cn")).strip()
