@@ -443,12 +443,14 @@ def _build_index(papers: pl.DataFrame, model: SentenceTransformer, model_ref: st
     # A text the index holds under another id, or that another new row has (one abstract, two ids), is encoded once: its
     # vector is copied. The rows to encode come first, the copies after them.
     stored = old_encoded if split or readapted else old_embeddings  # the old rows' vectors this build starts from
-    stored_texts = (old_keys.with_row_index("old_row").head(0 if stored is None else old_keys.height)
-                    .unique("text_sha256", keep="first", maintain_order=True).select("text_sha256", "old_row"))
-    todo = todo.join(stored_texts, on="text_sha256", how="left", maintain_order="left")
-    to_encode = pl.col("old_row").is_null() & pl.col("text_sha256").is_first_distinct()
-    todo = pl.concat([todo.filter(to_encode), todo.filter(~to_encode)])
-    n_encode = todo.filter(to_encode).height
+    stored_texts = (old_keys.with_row_index("old_row").unique("text_sha256", keep="first", maintain_order=True)
+                    .select("text_sha256", "old_row"))
+    if stored is None:  # no old vector this build can use: every new text is encoded
+        stored_texts = stored_texts.clear()
+    todo = (todo.join(stored_texts, on="text_sha256", how="left", maintain_order="left")
+            .with_columns(encode=pl.col("old_row").is_null() & pl.col("text_sha256").is_first_distinct())
+            .sort("encode", descending=True, maintain_order=True))
+    n_encode = int(todo["encode"].sum())
     plan = pl.concat([kept.select("row", "new_row"), todo.select(pl.lit(None, dtype=pl.UInt32).alias("row"), "new_row")])
     texts = RowTexts(papers["abstract"], todo["new_row"][:n_encode])
     if other_encoder and not encoder_complete:
