@@ -1,22 +1,26 @@
 # Two entry points for a newcomer: `make repro` (whole DAG) and `make test`. Both set up .venv.
 VENV ?= .venv
 PYTHON ?= python3
-# CPU set-up pins torch's version (constraints.txt says how to get its CPU build from PyPI's platforms);
-# GPU users with their CUDA torch in .venv pass CONSTRAINTS=
+# CPU set-up pins torch's version (constraints.txt says how to get its CPU build from PyPI's platforms) and, through
+# requirements.lock, every other package's; GPU users with their CUDA torch in .venv pass CONSTRAINTS=requirements.lock
 CONSTRAINTS ?= constraints.txt
 PIP_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup repro test bench check
+.PHONY: setup repro test bench check lock
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(PIP_ARGS) $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
+
+# After changing a dependency (pyproject.toml) and installing it into .venv: pin what .venv now holds.
+lock: setup
+	python -m arxiv_embed.lockfile
 
 check: setup
 	python -m arxiv_embed.params

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -220,3 +221,27 @@ def test_a_bad_key_in_any_section_fails_before_any_stage_runs(pipeline: Path) ->
     # The fixed params are the ones last checked: nothing reruns.
     assert ran_stages(dvc(pipeline, "repro")) == []
     assert dvc(pipeline, "status", "--json").stdout.strip() in ("{}", "")
+
+
+def test_requirements_lock_pins_every_dependency_at_a_version_pyproject_allows() -> None:
+    """A dependency added to pyproject.toml (or one it brings) without `make lock` would be installed at whatever
+    version is newest, and a fresh clone's hashes would drift from the committed dvc.lock unnoticed."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from arxiv_embed import lockfile
+
+    pins = lockfile.pinned()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = [Requirement(line) for line in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    for requirement in direct:
+        name = canonicalize_name(requirement.name)
+        if name in lockfile.NOT_LOCKED:
+            assert name not in pins
+            continue
+        assert name in pins, f"{requirement.name} is not in requirements.lock: run `make lock`"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (requirement, pins[name])
+    # What they bring, as installed here (torch's own dependencies left to its build: a CUDA one differs).
+    needed = lockfile.requirement_closure(skip=lockfile.NOT_LOCKED)
+    assert sorted(set(needed) - set(pins)) == [], "not in requirements.lock: run `make lock`"
+    assert "-c requirements.lock" in (ROOT / "constraints.txt").read_text().splitlines()
