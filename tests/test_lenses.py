@@ -128,6 +128,9 @@ def test_triplet_lens_is_a_strict_cosine_comparison_per_negative_kind():
                "p3": [1, 1], "n3": [2, 2]}  # p3/n3: a tie, which does not count
     result = LENSES["triplet"](lens_input(test, vectors, triplets=triplets))
     assert result.metrics == pytest.approx({"accuracy": 1 / 4, "accuracy_random": 1 / 2, "accuracy_hard": 0.0})
+    # hard_negative_fraction 0: every negative random, and the gate params_check allows (accuracy_random) exists.
+    only_random = LENSES["triplet"](lens_input(test, vectors, triplets=triplets.filter(pl.col("negative_type") == "random")))
+    assert only_random.metrics == pytest.approx({"accuracy": 1 / 2, "accuracy_random": 1 / 2})
 
 
 def test_the_title_lens_reads_the_query_vectors_of_a_model_that_encodes_queries_apart():

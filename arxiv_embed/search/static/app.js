@@ -66,10 +66,14 @@ const STYLE = /\\(?:text|textrm|texttt|textsf|textsc|mathrm|mathbf|mathit|mathsf
 
 const TEXT_ACCENT = { '"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", "=": "\u0304", ".": "\u0307" };
 
-// Text outside math: Schr{\"o}dinger -> Schrödinger, \emph{x} -> x, \& -> &; "GW200208_222617" or "file_name" stay.
+// Text outside math: Schr{\"o}dinger -> Schrödinger, \emph{x} -> x, {\it Gaia} -> Gaia, Mn\textsubscript{3} -> Mn₃,
+// 511\,keV -> 511 keV, \& -> &; "GW200208_222617" or "file_name" stay.
 function deLatexText(text) {
   return text
+    .replace(/\\text(sub|super)script\s*\{([^{}]*)\}/g, (_, kind, arg) => kind === "sub" ? script(arg, SUB, "_") : script(arg, SUP, "^"))
     .replace(STYLE, "$1")
+    .replace(SWITCH, "")
+    .replace(/\\[,;:! ]/g, " ")
     .replace(/\\(["'`^~=.])\s*(?:\{([A-Za-z])\}|([A-Za-z]))/g, (_, mark, braced, bare) => ((braced ?? bare) + TEXT_ACCENT[mark]).normalize("NFC"))
     .replace(/\\([A-Za-z]+)/g, (whole, name) => GREEK[name] ?? whole)  // "\beta limit" outside math too
     .replace(/(?<!\\)[{}]/g, "")
@@ -95,24 +99,31 @@ function deLatexMath(math) {
     .replace(/([A-Za-z0-9]?)\\([A-Za-z]+)/g, (_, before, name) => before + (before ? " " : "") + name));  // \log: "log"
 }
 
+// \texorpdfstring{$\rho^0$}{rho^0}: the first (what the title shows), read before its $ split the text.
+const PDF_STRING = /\\texorpdfstring\s*\{((?:[^{}]|\{[^{}]*\})*)\}\s*\{(?:[^{}]|\{[^{}]*\})*\}/g;
+
 function deLatex(text) {
   const DOLLAR = "\u0000";  // an escaped \$ is a dollar sign, not a math delimiter
-  const parts = text.replace(/\\\$/g, DOLLAR).replace(/\\\((.*?)\\\)/g, "$$$1$$").split("$");  // \(…\) is math too
+  const parts = text.replace(PDF_STRING, "$1").replace(/\\\$/g, DOLLAR).replace(/\\\((.*?)\\\)/g, "$$$1$$").split("$");  // \(…\) is math too
   if (parts.length % 2 === 0) parts[parts.length - 2] += "$" + parts.pop();  // an unpaired $: text, kept
   return parts.map((part, i) => i % 2 ? deLatexMath(part) : deLatexText(part)).join("").replaceAll(DOLLAR, "$");
 }
 
-function authorsElement(authors) {
-  const names = (authors || "").split(/\s*,\s*|\s+and\s+/).filter(Boolean);
+function authorsElement(rawAuthors) {
+  const authors = deLatex(rawAuthors || "");  // C. Bal\'azs -> C. Balázs, as in a title
+  const names = authors.split(/\s*,\s*|\s+and\s+/).filter(Boolean);
   if (!names.length) return element("span", { class: "authors" }, "authors unknown");
   if (names.length <= MAX_AUTHORS) return element("span", { class: "authors" }, authors);
   return element("span", { class: "authors", title: authors }, `${names.slice(0, 3).join(", ")} et al. (${names.length} authors)`);
 }
 
+// An untitled paper is kept (found by its abstract): it still needs a link to click and a name in a heading.
+const titleOf = (paper) => deLatex(paper.title || "") || `(untitled) arXiv:${paper.id}`;
+
 function render(hits) {
   results.replaceChildren(...hits.map((hit) => element("li", { class: "result", "data-id": hit.id },
     element("div", { class: "top" },
-      element("a", { class: "title", href: hit.url, target: "_blank", rel: "noopener", title: hit.title }, deLatex(hit.title)),
+      element("a", { class: "title", href: hit.url, target: "_blank", rel: "noopener", title: hit.title }, titleOf(hit)),
       element("span", { class: "score", title: "cosine similarity" }, `score ${hit.score.toFixed(3)}`)),
     element("div", { class: "meta" },
       authorsElement(hit.authors), " · ",
@@ -184,7 +195,7 @@ async function load(v) {
     let body, title, status;
     if (v.similar) {
       body = await getJSON(`/papers/${encodeURIComponent(v.similar)}/similar?${query}`);
-      title = `Papers similar to “${deLatex(body.paper.title)}”`;
+      title = `Papers similar to “${titleOf(body.paper)}”`;
       status = `${plural(body.results.length, "paper")} nearest to arXiv:${body.paper.id}`;
     } else {
       query.set("q", v.q);
@@ -213,6 +224,9 @@ function filterBy(name) {
 
 function fail(error) {
   if (error.status === 503) waitForIndex();
+  // The URL is the failed view's now: the last view's heading and list under it would be a page no reload shows.
+  heading.hidden = true;
+  results.replaceChildren();
   setStatus(error.message, true);
 }
 
