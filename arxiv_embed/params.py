@@ -54,6 +54,21 @@ class Params(Section):
         for count, split, why in needed:
             if getattr(getattr(self.make_triplets, count), split) == 0:
                 raise ValueError(f"make_triplets.{count}.{split} is 0, but {why}: set it above 0")
+        # Fewer rows than one batch train nothing (finetune refuses them), where the params alone bound the rows: an
+        # integer count is exact, and labels and title_abstract give a row a paper of the train sample.
+        batch = self.finetune.batch_size
+        for kind in self.finetune.train_data:
+            if kind in COUNT_OF_KIND:
+                knob, rows = f"make_triplets.{COUNT_OF_KIND[kind]}.train", getattr(self.make_triplets, COUNT_OF_KIND[kind]).train
+                if type(rows) is not int:  # a number per paper, or 'all': the data decides
+                    continue
+            elif (rows := self.make_triplets.max_train_papers) is not None:
+                knob = "make_triplets.max_train_papers"
+            else:
+                continue
+            if 0 < rows < batch:
+                raise ValueError(f"{knob}={rows} gives finetune at most {rows} {kind} rows, fewer than one finetune.batch_size="
+                                 f"{batch}: raise it, or lower finetune.batch_size")
         return self
 
     @model_validator(mode="after")

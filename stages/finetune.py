@@ -31,7 +31,7 @@ from arxiv_embed.files import atomic_path, write_json, write_text
 from arxiv_embed.models import load_model, pick_device, pick_precision, save_model, weights_sha256
 from arxiv_embed.flat import flatten
 from arxiv_embed.schema.base import load
-from arxiv_embed.schema.finetune import FinetuneParams
+from arxiv_embed.schema.finetune import TRAINED_WITH, FinetuneParams, trained_with
 from arxiv_embed.progress import trainer_callback
 from arxiv_embed.tracking import (MLFLOW_RUN_ID, RUN_INFO, SAME_WEIGHTS_TAG, TrackingUnavailableError, close_dead_process_runs,
                                   configure_tracking, run_tags, tag_weights, tracked_run)
@@ -184,7 +184,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
             "loss": round(sum(loss for _, loss in curve) / len(curve), 6) if curve else None,
             **(mined.summary() if mined is not None else {}),
         }
-        save_outputs(model, run_id, summary, curve)
+        save_outputs(model, run_id, summary, curve, params)
         written[0] = True
         how = log_outputs(model, run_id, summary)
     print(
@@ -236,7 +236,7 @@ def adapter_main(params: FinetuneParams, started: float) -> None:
             "loss": round(sum(v for _, v in result.curve[-50:]) / len(result.curve[-50:]), 6) if result.curve else None,
             **(mined.summary() if mined is not None else {}),
         }
-        save_outputs(tuned, run_id, summary, result.curve)
+        save_outputs(tuned, run_id, summary, result.curve, params)
         written[0] = True
         how = log_outputs(tuned, run_id, summary)
     print(f"finetune (adapter {ft.adapter.kind}): {len(cached)} cached texts (nothing encoded; read and mined in {summary['vectors_seconds']} s), "
@@ -250,9 +250,10 @@ def recorded(params: FinetuneParams) -> dict:
     return {**params.model_dump(), "finetune": params.finetune.read_by_mode()}
 
 
-def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: list[tuple[int, float]]) -> None:
+def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: list[tuple[int, float]],
+                 params: FinetuneParams) -> None:
     """models/finetuned (the model, its summary), metrics/finetune.json, the loss curve and the run's runtime record (its
-    MLflow run, wall times), each atomically. No MLflow call: a tracking server gone down during training cannot keep
+    MLflow run, wall times, the digest of the knobs that trained it), each atomically. No MLflow call: a tracking server gone down during training cannot keep
     them unwritten."""
     if unknown := set(summary) - set(SUMMARY_KEYS) - set(RUNTIME_KEYS):
         raise ValueError(f"finetune summary keys {sorted(unknown)} are in neither SUMMARY_KEYS nor RUNTIME_KEYS (one shape for both modes)")
@@ -268,7 +269,8 @@ def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: 
     with atomic_path(paths.FINETUNED) as tmp:
         save_model(model, tmp)
         (tmp / paths.TRAINING_SUMMARY).write_text(json.dumps(made, indent=2) + "\n")
-    write_json(paths.FINETUNE_RUNTIME, {MLFLOW_RUN_ID: run_id, **{key: summary.get(key) for key in RUNTIME_KEYS}})
+    write_json(paths.FINETUNE_RUNTIME, {MLFLOW_RUN_ID: run_id, **{key: summary.get(key) for key in RUNTIME_KEYS},
+                                        TRAINED_WITH: trained_with(params.shared.seed, params.model, params.finetune)})
     write_json(paths.metrics_file("finetune"), made)
     write_text(paths.FINETUNE_LOSS, "step,loss\n" + "".join(f"{s},{v}\n" for s, v in curve))
 

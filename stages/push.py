@@ -14,11 +14,12 @@ from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card, shareable_params, shown_model
 from arxiv_embed.schema.base import load
 from arxiv_embed.schema.download import FETCH_PATIENCE
+from arxiv_embed.schema.finetune import TRAINED_WITH, trained_with
 from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import load_model, weights_sha256
 from arxiv_embed.paths import FINETUNE_RUNTIME, FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file, runtime_file
-from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, configure_tracking, dvc_tags, finetune_run_id
+from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, configure_tracking, dvc_tags, finetune_run_id, tracking_uri
 from arxiv_embed.errors import UserError, run
 
 if TYPE_CHECKING:
@@ -43,6 +44,17 @@ def check_evaluated_model(evaluation: dict, weights: str | None) -> None:
         what = f"scores weights {scored[:12]}" if scored else "does not say which model it scores (an older version wrote it)"
         raise PushError(f"{EVALUATE} {what}, but {FINETUNED} holds weights {weights[:12]}: run `dvc repro push` (it "
                         "re-evaluates this model first); the fine-tuned model is not pushed")
+
+
+def check_trained_params(params: PushParams) -> None:
+    """The card and manifest list params.yaml's finetune knobs as the ones that trained the model: a push run alone
+    after changing one (`python -m stages.push`, `dvc repro -s push`) would list knobs that did not train it."""
+    recorded = read_json(FINETUNE_RUNTIME, "finetune").get(TRAINED_WITH)
+    if recorded != trained_with(params.shared.seed, params.model, params.finetune):
+        what = ("was trained with other values of shared.seed, model or finetune than params.yaml's" if recorded else
+                f"has no record of the params that trained it ({FINETUNE_RUNTIME} was written by an older version)")
+        raise PushError(f"{FINETUNED} {what}: run `dvc repro push` (it trains with these first, or DVC's run-cache brings "
+                        "back the model they trained); the fine-tuned model is not pushed")
 
 
 def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
@@ -148,9 +160,8 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
 
     client = mlflow.MlflowClient()  # tracking configured by main (uri: its redacted URI, for messages)
     digest = release_hash(release)
-    if client.search_registered_models(filter_string=f"name = '{name}'"):
-        for existing in client.search_model_versions(f"name = '{name}' and tags.{RELEASE_TAG} = '{digest}'"):
-            return existing.version, existing.run_id, False
+    if client.search_registered_models(filter_string=f"name = '{name}'") and (existing := first_version(client, name, digest)):
+        return existing.version, existing.run_id, False
     run = finetune_run(client, run_id, uri)
     logged = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'",
@@ -168,7 +179,11 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
         logged = [client.get_logged_model(info.model_id)]
     run_id = run.info.run_id
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
-        client.create_registered_model(name, description="arXiv abstract embeddings fine-tuned by arxiv-embed")
+        try:
+            client.create_registered_model(name, description="arXiv abstract embeddings fine-tuned by arxiv-embed")
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another push made it meanwhile (`dvc queue start -j 2`)
+                raise
     tags = {f"{model}.{key}".replace("@", "_at_"): f"{value:.6f}"
             for model in (*MODELS, "delta") for key, value in facts.evaluation[model].items()}
     for key, row in facts.gate.get("headline", {}).items():  # every headline delta's interval, as the gate read it
@@ -180,7 +195,34 @@ def register(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) 
                     f"fine-tuned {facts.gate['finetuned']:.4f}; headline deltas (95% interval): "
                     + ", ".join(f"{key} {row['delta']:+.4f} [{row['delta_ci95'][0]:+.4f}, {row['delta_ci95'][1]:+.4f}]"
                                 for key, row in facts.gate.get("headline", {}).items()))
+    # Two pushes of one release at once (queued points that give the same model and evaluation) both found none
+    # above: the first version of this release stays, and a later one removes itself.
+    first = first_version(client, name, digest)
+    if first is not None and int(first.version) < int(version.version):
+        client.delete_model_version(name, version.version)
+        return first.version, first.run_id, False
     return version.version, run_id, True
+
+
+def first_version(client: mlflow.MlflowClient, name: str, digest: str) -> mlflow.entities.model_registry.ModelVersion | None:
+    """The lowest registry version of the release with this digest, if any."""
+    versions = client.search_model_versions(f"name = '{name}' and tags.{RELEASE_TAG} = '{digest}'")
+    return min(versions, key=lambda version: int(version.version), default=None)
+
+
+def registered(name: str, run_id: str, release: Path, facts: CardFacts, uri: str) -> tuple[str, str, bool]:
+    """register, with a store that fails after configure_tracking's check (gone down, read-only, refusing) said in one
+    line within seconds, not a traceback after MLflow's ~4 minutes of retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES set
+    by the user is kept)."""
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # ~15 s of backoff: a busy server's blip, not an outage
+    try:
+        return register(name, run_id, release, facts, uri)
+    except MlflowException as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise PushError(f"the MLflow registry at {uri} failed: {reason.replace(tracking_uri(), uri)}; the last release is "
+                        "kept: fix the store (or MLFLOW_TRACKING_URI) and run `dvc repro push` again") from None
 
 
 def finetune_run(client: mlflow.MlflowClient, run_id: str, uri: str) -> mlflow.entities.Run:
@@ -295,6 +337,7 @@ def main() -> None:
     cfg = params.push
     evaluation = read_json(EVALUATE, "evaluate")
     run_id = finetune_run_id(required=True)  # the run that trained the model (DVC restores its record with the model)
+    check_trained_params(params)
     check_evaluated_model(evaluation, weights_sha256(FINETUNED))
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)
@@ -322,7 +365,7 @@ def main() -> None:
         })
         # Registered before the release is swapped in: a registry that fails leaves the last release in place, and a
         # kill between the two finds the version at the rerun (release_hash).
-        version, version_run, created = register(cfg.registry_model_name, run_id, tmp, facts, uri)
+        version, version_run, created = registered(cfg.registry_model_name, run_id, tmp, facts, uri)
     # Which registry version and run the release is: here, not in the release, whose files stay those of the model.
     write_json(runtime_file("push"), {"registered_version": int(version), MLFLOW_RUN_ID: version_run})
     print(f"push: wrote {release} (gate {gate['metric']}: base {gate['base']:.4f} -> fine-tuned {gate['finetuned']:.4f})")

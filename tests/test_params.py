@@ -129,6 +129,11 @@ def test_bad_params_name_the_key(section, key, value, expected):
          "make_triplets.graded_pairs_per_split.train is 0, but finetune trains on graded_pairs"),
         ({"finetune": {"mode": "full"}, "make_triplets": {"triplets_per_split": {"eval": 0}}},
          "make_triplets.triplets_per_split.eval is 0, but finetune.mode full evaluates every eval_steps on them"),
+        # Fewer rows than one batch: finetune would refuse them after make_triplets and embed_base.
+        ({"make_triplets": {"max_train_papers": 5}},
+         "make_triplets.max_train_papers=5 gives finetune at most 5 labels rows, fewer than one finetune.batch_size=128"),
+        ({"finetune": {"loss": "triplet", "train_data": ["triplets"]}, "make_triplets": {"triplets_per_split": {"train": 10}}},
+         "make_triplets.triplets_per_split.train=10 gives finetune at most 10 triplets rows, fewer than one finetune.batch_size=128"),
     ],
 )
 def test_cross_field_rules(changes, expected):

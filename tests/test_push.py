@@ -27,6 +27,7 @@ import yaml
 
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import weights_sha256
+from arxiv_embed.schema.finetune import TRAINED_WITH, trained_with
 from tests.harness import params_with
 
 from .conftest import ROOT, make_project, ran_stages, run, stage_env
@@ -186,16 +187,25 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     same.with_columns(score=pl.lit(1.0)).write_parquet(project / "data/triplets/train_graded_pairs.parquet")
     metrics = {"evaluate": {**evaluation(*gate), SCORED_WEIGHTS: weights_sha256(finetuned)}, "finetune": {"global_step": 6, "loss": 0.4321},
                "clean": {"records_in": 40, "papers_out": 40, "rejected": 0},
-               "runtime/finetune": {"mlflow_run_id": active.info.run_id, "wall_time_s": 12.5}}
+               "runtime/finetune": {"mlflow_run_id": active.info.run_id, "wall_time_s": 12.5, TRAINED_WITH: trained_with_params(project)}}
     for name, data in metrics.items():
         (project / f"metrics/{name}.json").write_text(json.dumps(data))
     return active.info.run_id
 
 
+def trained_with_params(project: Path) -> str:
+    """The digest finetune records of the knobs it trained with: here, the project's params.yaml's."""
+    from arxiv_embed.params import parse_params
+
+    params = parse_params(yaml.safe_load((project / "params.yaml").read_text()))
+    return trained_with(params.shared.seed, params.model, params.finetune)
+
+
 def record_run(project: Path, run_id: str) -> None:
     """finetune's runtime record naming `run_id` as the run that trained models/finetuned."""
     (project / "metrics/runtime").mkdir(parents=True, exist_ok=True)
-    (project / "metrics/runtime/finetune.json").write_text(json.dumps({"mlflow_run_id": run_id, "wall_time_s": 3.0}))
+    (project / "metrics/runtime/finetune.json").write_text(json.dumps({"mlflow_run_id": run_id, "wall_time_s": 3.0,
+                                                                       TRAINED_WITH: trained_with_params(project)}))
 
 
 @pytest.fixture(scope="module")
@@ -547,6 +557,8 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     """A kill between the registry call and DVC's lock file reruns push: it must not register the
     same run and model again, nor after `dvc exp apply` (the card and manifest name the experiment); a changed
     model is a new version."""
+    from stages.push import PushError
+
     project = make_project(tmp_path / "project")
     run_id = write_inputs(project, papers, base_model)
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -562,9 +574,17 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     assert json.loads((project / "models/release/manifest.json").read_text())["dvc_experiment"] == "lr3e-3"
     params = yaml.safe_load((project / "params.yaml").read_text())  # released otherwise: the same release
     params["push"]["gate"]["tolerance"], params["push"]["license"] = 0.01, "mit"
-    # Knobs push tracks that shaped nothing here: the default loss reads no margin; logging_steps trains alike.
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run_push_in_process(project, monkeypatch)
+    assert "already registered (same model files and evaluation): arxiv-embed version 1" in capsys.readouterr().out
+    # Knobs finetune tracks: a push alone would list on the card values that did not train the model.
     params["finetune"]["margin"], params["finetune"]["logging_steps"] = 0.2, 7
     (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(PushError, match=r"models/finetuned was trained with other values of shared.seed, model or finetune "
+                                        r"than params.yaml's: run `dvc repro push`"):
+        run_push_in_process(project, monkeypatch)
+    # finetune run with them (`dvc repro`): the default loss reads no margin, logging_steps trains alike: the same weights.
+    record_run(project, run_id)
     run_push_in_process(project, monkeypatch)
     assert "already registered (same model files and evaluation): arxiv-embed version 1" in capsys.readouterr().out
     assert json.loads((project / "models/release/manifest.json").read_text())["params"]["finetune"]["margin"] == 0.2
@@ -582,6 +602,29 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     config.write_text(config.read_text() + "\n")  # another model file
     run_push_in_process(project, monkeypatch)
     assert sorted(int(v.version) for v in registry_versions(project)) == [1, 2, 3]
+
+
+def test_two_pushes_of_one_release_at_once_leave_one_version(tmp_path, papers, base_model, monkeypatch, capsys):
+    """Queued points that give the same model and evaluation push at once (`dvc queue start -j 2`): neither finds the
+    other's version before it makes its own, and the later one removes its own."""
+    import stages.push
+
+    project = make_project(tmp_path / "project")
+    run_id = write_inputs(project, papers, base_model)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run_push_in_process(project, monkeypatch)
+    looked = []
+
+    def not_there_yet(*args: object):  # the other push's version is not there when this one first looks
+        looked.append(args)
+        return None if len(looked) == 1 else first_version(*args)
+
+    first_version = stages.push.first_version
+    monkeypatch.setattr(stages.push, "first_version", not_there_yet)
+    run_push_in_process(project, monkeypatch)
+    assert f"already registered (same model files and evaluation): arxiv-embed version 1 (MLflow run {run_id})" in capsys.readouterr().out
+    assert [int(version.version) for version in registry_versions(project)] == [1] and len(looked) == 2
+    assert json.loads((project / "metrics/runtime/push.json").read_text())["registered_version"] == 1
 
 
 def test_a_model_trained_against_another_store_is_registered_through_a_new_run(tmp_path, papers, base_model, monkeypatch, capsys):
@@ -611,7 +654,7 @@ def test_a_model_trained_against_another_store_is_registered_through_a_new_run(t
     record_run(project, elsewhere)
     with monkeypatch.context() as failing:  # the registry fails after the stand-in is made: the rerun reuses it
         failing.setattr(mlflow.MlflowClient, "create_model_version", unavailable)
-        with pytest.raises(MlflowException):
+        with pytest.raises(PushError, match="the MLflow registry at sqlite:///.* failed: the database is locked; the last release is kept"):
             run_push_in_process(project, monkeypatch)
     assert "registered through new run" in capsys.readouterr().out
     run_push_in_process(project, monkeypatch)
@@ -649,7 +692,8 @@ def test_a_registry_that_fails_leaves_the_last_release(tmp_path, papers, base_mo
         raise MlflowException("the registry is read-only")
 
     monkeypatch.setattr(stages.push, "finetune_run", refused)
-    with pytest.raises(MlflowException):
+    with pytest.raises(stages.push.PushError, match=r"^the MLflow registry at sqlite:///\S+ failed: the registry is read-only; the "
+                                                    r"last release is kept"):  # one line, not MLflow's traceback
         run_push_in_process(project, monkeypatch)
     assert (project / "models/release/manifest.json").read_bytes() == released
     assert sorted(path.name for path in (project / "models").iterdir()) == ["finetuned", "release"]  # no temporary copy left

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -135,3 +137,14 @@ class FinetuneParams(Section):
     shared: Shared
     model: Model
     finetune: Finetune
+
+
+TRAINED_WITH = "trained_with_params_sha256"  # in finetune's runtime record: push checks its card's knobs against it
+
+
+def trained_with(seed: int, model: Model, finetune: Finetune) -> str:
+    """sha256 of the knobs finetune tracks (dvc.yaml: shared.seed, model, the recipe and its mode's section), as
+    params.yaml writes them. finetune records it with the model; push refuses a card whose knobs differ (a push run
+    alone after a params change lists knobs that did not train the model). DVC reruns finetune whenever they change."""
+    knobs = {"shared.seed": seed, "model": model.model_dump(mode="json"), "finetune": finetune.read_by_mode()}
+    return hashlib.sha256(json.dumps(knobs, sort_keys=True, default=str).encode()).hexdigest()
