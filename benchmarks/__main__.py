@@ -15,7 +15,7 @@ import importlib
 import os
 from pathlib import Path
 
-from benchmarks.common import SAMPLE_HELP, save
+from benchmarks.common import SAMPLE_HELP, save, with_quick_sizes
 
 MODULES = {"clean_scale": "clean_scale", "repro": "repro", "encoding": "encoding", "train": "train_throughput", "faults": "faults",
            "search_scale": "search_scale", "search_rebuild": "search_rebuild", "snapshot_scale": "snapshot_scale", "search_load": "search_load", "reuse_store": "reuse_store", "intervals": "intervals", "quality": "quality", "objectives": "objectives", "end_to_end": "end_to_end"}
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", metavar="name", help=f"any of {', '.join(MODULES)} (default: {', '.join(EVERYDAY)})")
-    parser.add_argument("--quick", action="store_true", help="small sizes, to try a benchmark in a minute or two (faults and repro have none: they run "
-                        "the tiny or the sample's DAG as it is, several minutes)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to try a benchmark in minutes (end_to_end: the shipped sample, make repro's run; faults, repro and objectives have none: the "
+                        "first two run the tiny or the sample's DAG as it is, several minutes; objectives, its dev files whole)")
     parser.add_argument("--sample", type=Path, default=None, help=SAMPLE_HELP)
     modules = {name: importlib.import_module(f"benchmarks.{module}") for name, module in MODULES.items()}
     for module in modules.values():
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown benchmark {', '.join(sorted(unknown))}: choose from {', '.join(MODULES)}")
     for name in args.names or EVERYDAY:
         # --quick's sizes stand in for the defaults only: an option given on the command line is kept.
-        quick = {key: value for key, value in modules[name].QUICK.items() if getattr(args, key) == parser.get_default(key)}
-        module_args = argparse.Namespace(**{**vars(args), **(quick if args.quick else {})})
+        module_args = with_quick_sizes(parser, argv, args, modules[name].QUICK) if args.quick else args
         save(modules[name].run(module_args))
 
 

@@ -3,6 +3,8 @@ file, the machine it ran on, and the wall time and peak RSS of a subprocess."""
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 import os
 import platform
@@ -31,6 +33,17 @@ def benchmark_sample(given: Path | None) -> Path:
         return given
     recent = SHARED_DATA / "arxiv-recent-sample.jsonl.gz"
     return recent if recent.is_file() else SAMPLE
+
+
+def with_quick_sizes(parser: argparse.ArgumentParser, argv: list[str] | None, args: argparse.Namespace,
+                     quick: dict) -> argparse.Namespace:
+    """args with --quick's sizes in place of the options not given on the command line (one given equal to its
+    default is kept too: compared with the default, `--steps 8` looked not given)."""
+    unset = copy.deepcopy(parser)
+    for action in unset._actions:  # parsed again with no defaults: only the options given are set
+        action.default = argparse.SUPPRESS
+    given = vars(unset.parse_args(argv))
+    return argparse.Namespace(**{**vars(args), **{key: value for key, value in quick.items() if key not in given}})
 
 
 def shared_or(name: str, fallback: Path) -> Path:

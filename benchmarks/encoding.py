@@ -90,7 +90,8 @@ def evaluate_share(workdir: Path, sample: Path) -> dict:
     dvc(project, "repro", "embed_base")  # evaluate reads embed_base's vectors: it should encode nothing
     result = measure([sys.executable, "-m", "benchmarks.encoding", "--model", "base"], project,
                      env={**stage_env(project), "PYTHONPATH": str(ROOT)})
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    # The process's own wall time too: its start-up and `import sentence_transformers` (~6 s) are the stage's as well.
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "process_wall_s": result.seconds}
 
 
 def probe(stage_args: list[str]) -> None:
@@ -143,8 +144,9 @@ def run(args: argparse.Namespace) -> Report:
     if args.share:
         with tempfile.TemporaryDirectory(prefix="bench-encoding-") as workdir:
             share = evaluate_share(Path(workdir), sample)
-        report.add("evaluate --model base: wall time (s)", round(share["wall_s"], 1), note=f"{sample.name}, default params")
-        report.add("evaluate --model base: share spent encoding", round(share["encode_s"] / share["wall_s"], 3))
+        report.add("evaluate --model base: wall time (s)", round(share["process_wall_s"], 1),
+                   note=f"{sample.name}, default params; the process's, start-up and imports included")
+        report.add("evaluate --model base: share spent encoding", round(share["encode_s"] / share["process_wall_s"], 3))
         report.add("evaluate --model base: texts encoded / encoded twice", f"{share['texts_encoded']} / {share['texts_encoded_twice']}",
                    note="target: 0 twice")
     if note := load_note():

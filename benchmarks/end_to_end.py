@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import ROOT, Report, benchmark_sample, load_note
+from benchmarks.common import ROOT, SAMPLE, Report, benchmark_sample, load_note
 from arxiv_embed.flat import flatten as flat
 from tests.harness import dvc, make_project
 
@@ -22,7 +22,9 @@ TARGET_S = 15 * 60
 # Fine-tuning "beats base" on these (dotted keys of metrics/evaluate.json); title->abstract may lose up to 0.01.
 HEADLINE = {"triplet.accuracy_random": 0.0, "triplet.accuracy_hard": 0.0, "category_retrieval.ndcg@10": 0.0,
             "classification.macro_f1_supported": 0.0, "title_to_abstract.ndcg@10": 0.01}
-QUICK = {"max_records": 1000}  # the DAG's flow in a few minutes; its quality figures mean nothing at this size
+# The DAG's flow in a few minutes: the shipped sample, `make repro`'s run (a slice of records left too few test papers a
+# label for evaluate's min_label_support, and the run stopped there).
+QUICK = {"sample": SAMPLE}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> Report:
         project = make_project(Path(workdir) / "project",
                                {"download": {"source": "file", "path": str(sample), "max_records": args.max_records}})
         stages = list(yaml.safe_load((project / "dvc.yaml").read_text())["stages"])  # dvc.yaml lists them in DAG order
-        total = 0.0
+        total, failed_stage = 0.0, None
         for stage in stages:
             start = time.perf_counter()
             result = dvc(project, "repro", "-s", stage, check=False)
@@ -47,8 +49,12 @@ def run(args: argparse.Namespace) -> Report:
             failed = result.returncode != 0
             report.add(f"stage {stage} (s)", round(seconds, 1), note=f"FAILED: {_last_line(result)}" if failed else "")
             if failed:  # a refused push (quality gate) still leaves the timings and evaluate's metrics to report
+                failed_stage = stage
                 break
-        report.add("whole DAG (s)", round(total, 1), TARGET_S, higher_is_better=False, note="target < 900 s (ratio > 1 = met)")
+        if failed_stage is None:
+            report.add("whole DAG (s)", round(total, 1), TARGET_S, higher_is_better=False, note="target < 900 s (ratio > 1 = met)")
+        else:  # the stages after it never ran: no time to hold against the target
+            report.add(f"DAG up to {failed_stage}, which failed (s)", round(total, 1), note="incomplete: not compared with the target")
         evaluate_json = project / "metrics" / "evaluate.json"
         if not evaluate_json.exists():
             return _with_load_note(report)

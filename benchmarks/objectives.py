@@ -381,8 +381,11 @@ SHORT = {"category_retrieval.ndcg@10": "category_ndcg", "classification.macro_f1
 
 def write_curve(rows: list[dict]) -> list[Path]:
     """One CSV per dev file: train_papers, each headline delta and its 95% interval (the first seed's),
-    mean over seeds of the delta when several ran."""
+    mean over seeds of the delta when several ran. One candidate's rows (run refuses several)."""
     import polars as pl
+
+    if len(candidates := {row["candidate"] for row in rows}) > 1:
+        raise ValueError(f"write_curve: rows of {sorted(candidates)}: a curve is one candidate's")
 
     CURVE_DIR.mkdir(exist_ok=True)
     written = []
@@ -433,6 +436,9 @@ def run(args: argparse.Namespace):
             report.add(f"{Path(source).name} texts cached", len(dev_vectors.cached_vectors(Path(source))))
         return report
     # Checked before any training: a learning curve would otherwise stop at the pooled file after minutes of the others.
+    if args.objectives_curve is not None and len(args.objectives_candidates) > 1:  # its CSV is one candidate's curve
+        raise SystemExit(f"objectives: --objectives-curve draws one candidate's curve (dvc.yaml's dev_learning_curve plot); "
+                         f"got {', '.join(args.objectives_candidates)}: run it once per candidate")
     if unprepared := [Path(f).name for f in files if not dev_vectors.prepared(Path(f))]:
         raise SystemExit(f"objectives: {', '.join(unprepared)}: not encoded yet: run --objectives-prepare"
                          f"{' --objectives-pooled' if args.objectives_pooled else ''} first")

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, Report, load_note, save
+from benchmarks.common import ROOT, Report, load_note, save, with_quick_sizes
 
 QUICK = {"steps": 3, "max_seq_length": 64, "batch_size": 16}
 
@@ -128,9 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:  # its sizes stand in for the defaults only, as in `python -m benchmarks`: a given option is kept
-        for key, value in QUICK.items():
-            if getattr(args, key) == parser.get_default(key):
-                setattr(args, key, value)
+        args = with_quick_sizes(parser, argv, args, QUICK)
     report = run(args)
     save(report)
     return report.to_dict()

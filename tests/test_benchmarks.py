@@ -123,8 +123,27 @@ def test_quick_sizes_stand_in_for_defaults_only(monkeypatch):
     monkeypatch.setattr(cli, "save", lambda result: None)
     cli.main(["snapshot_scale", "--quick", "--sizes", "500"])
     cli.main(["snapshot_scale", "--quick"])
-    assert [args.sizes for args in seen] == ["500", snapshot_scale.QUICK["sizes"]]
+    cli.main(["snapshot_scale", "--quick", "--sizes", "50000,200000"])  # given, though equal to the default
+    assert [args.sizes for args in seen] == ["500", snapshot_scale.QUICK["sizes"], "50000,200000"]
     assert seen[0].max_train_papers == snapshot_scale.QUICK["max_train_papers"]  # the options not given: --quick's
+
+
+def test_end_to_end_holds_only_a_whole_run_against_its_target(monkeypatch):
+    """A stage that fails (--quick once stopped at evaluate_base) leaves a partial time: not "the whole DAG, target met"."""
+    import argparse
+    import subprocess
+
+    from benchmarks import end_to_end
+
+    def dvc(project, *args, check=True):  # noqa: ANN001, ANN202
+        return subprocess.CompletedProcess(args, 1 if args[-1] == "evaluate_base" else 0, "", "evaluate_base: error: no label")
+
+    monkeypatch.setattr(end_to_end, "dvc", dvc)
+    report = end_to_end.run(argparse.Namespace(sample=end_to_end.SAMPLE, max_records=None))
+    rows = {row.figure: row for row in report.rows}
+    assert "whole DAG (s)" not in rows and rows["DAG up to evaluate_base, which failed (s)"].baseline is None
+    assert rows["stage evaluate_base (s)"].note == "FAILED: evaluate_base: error: no label" and "stage evaluate (s)" not in rows
+    assert end_to_end.QUICK == {"sample": end_to_end.SAMPLE}  # the shipped sample whole: make repro's run, which evaluates
 
 
 def test_end_to_end_calls_a_gain_only_an_interval_above_zero():
@@ -152,7 +171,24 @@ def test_train_throughput_quick_keeps_the_options_given(monkeypatch):
     monkeypatch.setattr(train_throughput, "save", lambda report: None)
     train_throughput.main(["--quick", "--steps", "5"])
     train_throughput.main(["--quick"])
-    assert [(args.steps, args.batch_size) for args in seen] == [(5, 16), (3, 16)]
+    train_throughput.main(["--quick", "--steps", "8"])  # given, though equal to the default
+    assert [(args.steps, args.batch_size) for args in seen] == [(5, 16), (3, 16), (8, 16)]
+
+
+def test_a_learning_curve_is_one_candidates():
+    """Two candidates' rows were averaged into one point under the first's name, and the plotted CSV overwritten."""
+    import argparse
+
+    from benchmarks import objectives
+    from benchmarks.common import SAMPLE
+
+    args = argparse.Namespace(objectives_files=[SAMPLE], objectives_pooled=False, objectives_prepare=False,
+                              objectives_curve=[], objectives_candidates=["default", "first-retain4"])
+    with pytest.raises(SystemExit, match="--objectives-curve draws one candidate's curve"):
+        objectives.run(args)
+    row = {"file": "f", "train_papers": 500, "seed": 42, **{key: [0.1, 0.0, 0.2] for key in objectives.SHORT}}
+    with pytest.raises(ValueError, match="a curve is one candidate's"):
+        objectives.write_curve([{**row, "candidate": "default"}, {**row, "candidate": "first-retain4"}])
 
 
 def test_objectives_pools_the_files_given(tmp_path, monkeypatch):
