@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements.lock
 
 setup: $(VENV)/.installed
 
-# After changing a dependency (pyproject.toml) and installing it into .venv: pin what .venv now holds.
-lock: setup
-	python -m arxiv_embed.lockfile
+# Pins what .venv holds now. Not through setup: that installs by the old lock, which a changed bound in pyproject.toml
+# contradicts. After changing one: .venv/bin/pip install torch==2.13.0 -e '.[dev]', then make lock.
+lock:
+	@test -x $(VENV)/bin/python || { echo "make lock: no $(VENV): run make setup first"; exit 1; }
+	$(VENV)/bin/python -m arxiv_embed.lockfile
 
 check: setup
 	python -m arxiv_embed.params

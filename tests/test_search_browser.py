@@ -308,6 +308,9 @@ def test_titles_authors_counts_and_a_down_server_read_well(browser, site, record
         const link = document.querySelector("#results .title");
         return [link.textContent, link.getBoundingClientRect().width > 0, document.querySelector("#results .authors").textContent];""")
     assert drawn == ["(untitled) arXiv:2101.00001", True, "C. Balázs, E. L. Berger"]
+    names = {r"Fran\c{c}ois and Rastislav \v{S}r\'amek, Bro\v{n}a": "François and Rastislav Šrámek, Broňa",  # real authors
+             r"Mikkel {\O}bro, Mei{\ss}ner, Pucha{\l}a, Ana\"{\i}s": "Mikkel Øbro, Meißner, Puchała, Anaïs"}
+    assert browser.execute_script("return arguments[0].map(deLatex)", list(names)) == list(names.values())
 
     counts: dict[str, int] = {}
     for record in records:

@@ -64,7 +64,13 @@ const ACCENT = { bar: "\u0304", overline: "\u0305", hat: "\u0302", widehat: "\u0
   vec: "\u20d7", dot: "\u0307", ddot: "\u0308" };  // combining marks over a one-letter argument
 const STYLE = /\\(?:text|textrm|texttt|textsf|textsc|mathrm|mathbf|mathit|mathsf|mathtt|mathcal|mathbb|mathfrak|mathscr|boldsymbol|operatorname|emph|textit|textbf|rm|bf|it)\s*\{([^{}]*)\}/g;
 
-const TEXT_ACCENT = { '"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", "=": "\u0304", ".": "\u0307" };
+const TEXT_ACCENT = { '"': "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303", "=": "\u0304", ".": "\u0307",
+  c: "\u0327", v: "\u030c", u: "\u0306", H: "\u030b", k: "\u0328", r: "\u030a" };  // the last six: \c{c} ç, \v{S} Š, ...
+// Letters of their own, as authors' names write them: Mei{\ss}ner, {\O}bro, Pucha{\l}a.
+const TEXT_LETTER = { o: "ø", O: "Ø", l: "ł", L: "Ł", ss: "ß", aa: "å", AA: "Å", ae: "æ", AE: "Æ", oe: "œ", OE: "Œ", i: "ı", j: "ȷ" };
+
+// The letter with its accent's combining mark: \"{\i} (a dotless i under the accent) is ï.
+const accented = (_, mark, braced, bare) => ((braced ?? bare).replace("\\", "") + TEXT_ACCENT[mark]).normalize("NFC");
 
 // Text outside math: Schr{\"o}dinger -> Schrödinger, \emph{x} -> x, {\it Gaia} -> Gaia, Mn\textsubscript{3} -> Mn₃,
 // 511\,keV -> 511 keV, \& -> &; "GW200208_222617" or "file_name" stay.
@@ -74,7 +80,9 @@ function deLatexText(text) {
     .replace(STYLE, "$1")
     .replace(SWITCH, "")
     .replace(/\\[,;:! ]/g, " ")
-    .replace(/\\(["'`^~=.])\s*(?:\{([A-Za-z])\}|([A-Za-z]))/g, (_, mark, braced, bare) => ((braced ?? bare) + TEXT_ACCENT[mark]).normalize("NFC"))
+    .replace(/\\(["'`^~=.])\s*(?:\{(\\[ij]|[A-Za-z])\}|([A-Za-z]))/g, accented)
+    .replace(/\\([cvuHkr])(?:\s*\{(\\[ij]|[A-Za-z])\}|\s+([A-Za-z]))/g, accented)
+    .replace(/\\(ss|aa|AA|ae|AE|oe|OE|[oOlLij])(?![A-Za-z])\s*(?:\{\})?/g, (_, name) => TEXT_LETTER[name])
     .replace(/\\([A-Za-z]+)/g, (whole, name) => GREEK[name] ?? whole)  // "\beta limit" outside math too
     .replace(/(?<!\\)[{}]/g, "")
     .replace(/\\([{}%&#_])/g, "$1");
