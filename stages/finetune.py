@@ -35,7 +35,7 @@ from arxiv_embed.schema.finetune import TRAINED_WITH, FinetuneParams, trained_wi
 from arxiv_embed.progress import trainer_callback
 from arxiv_embed.tracking import (MLFLOW_RUN_ID, RUN_INFO, SAME_WEIGHTS_TAG, TrackingUnavailableError, close_dead_process_runs,
                                   configure_tracking, run_tags, tag_weights, tracked_run)
-from arxiv_embed.errors import run
+from arxiv_embed.errors import TrainingSetupError, run
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -101,7 +101,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
     if mined is not None and main_process:
         print(f"finetune: {mined.describe()}", flush=True)
     objectives = recipe.objectives(model, ft, mined=mined.triplets if mined is not None else None)
-    train_dataset, loss = recipe.trainer_inputs(objectives, ft)
+    train_dataset, loss = recipe.trainer_inputs(objectives, ft, distributed.world_size())
 
     # 5. Training arguments.
     precision = pick_precision(ft.full.precision, device)
@@ -158,6 +158,9 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
         else:
             result = st_trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             start_step = probe.start_step
+            if result.global_step == 0:  # the trainer made no batch: the base model would ship as the trained one
+                raise TrainingSetupError(f"finetune trained 0 steps (finetune.batch_size={ft.batch_size}, "
+                                         f"{distributed.world_size()} processes): lower the batch size or train on more rows")
 
         # 8. Save (rank 0): the best model, its summary and loss curve; then log the model.
         if not main_process:

@@ -301,7 +301,7 @@ def test_the_progress_total_is_the_steps_the_run_takes(tiny_model, tiny_data: Pa
     frames = {"labels": training_data.kind_frame("labels")}
     index, cached = cached_vectors(tiny_model, frames)
     ft = finetune(loss="batch_all", train_data=["labels"], batch_size=16, retain_title_abstract=0.0,
-                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 2, "per_label": 3, "label_sampling": sampling})
+                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 2, "per_label": 4, "label_sampling": sampling})
     run = adapter.train_adapter(ft, 42, recipe.objectives(None, ft, frames), index, cached)
     [done] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("finetune: adapter steps done:")]
     assert done.startswith(f"finetune: adapter steps done: {run.steps}/{run.steps} steps"), done

@@ -115,6 +115,8 @@ def test_bad_params_name_the_key(section, key, value, expected):
         ({"push": {"hub": {"enabled": True, "repo_id": None}}}, "push.hub.repo_id is empty"),
         ({"make_triplets": {"triplets_per_split": {"test": 0}}}, "triplets_per_split.test must be above 0"),
         ({"finetune": {"batch_size": 32, "adapter": {"per_label": 17}}}, "per_label=17 leaves room for one label in a batch of finetune.batch_size=32"),
+        ({"finetune": {"batch_size": 126, "adapter": {"per_label": 4}}}, "finetune.batch_size=126 is not a multiple of finetune.adapter.per_label=4: a "
+         "batch holds whole chunks of per_label papers, 124 rows here"),
         ({"make_triplets": {"same_label_pairs_per_split": {"train": 0}}, "finetune": {"hard_negatives": {"weight": 1.0}}},
          "hard_negatives.weight > 0 mines negatives"),
         # A gate on a metric this run's test triplets cannot give would fail push, after the training.
@@ -134,6 +136,9 @@ def test_bad_params_name_the_key(section, key, value, expected):
          "make_triplets.max_train_papers=5 gives finetune at most 5 labels rows, fewer than one finetune.batch_size=128"),
         ({"finetune": {"loss": "triplet", "train_data": ["triplets"]}, "make_triplets": {"triplets_per_split": {"train": 10}}},
          "make_triplets.triplets_per_split.train=10 gives finetune at most 10 triplets rows, fewer than one finetune.batch_size=128"),
+        ({"finetune": {"mode": "full", "batch_size": 64, "full": {"nproc_per_node": 2}}, "make_triplets": {"max_train_papers": 100}},
+         "make_triplets.max_train_papers=100 gives finetune at most 100 labels rows, fewer than one finetune.batch_size=64 x "
+         "finetune.full.nproc_per_node=2"),
     ],
 )
 def test_cross_field_rules(changes, expected):

@@ -195,9 +195,19 @@ def test_batch_hard_labels_are_int_ids_of_the_split_labels(in_data_dir: Path) ->
 def test_a_batch_larger_than_an_objectives_rows_is_refused_in_mode_full(in_data_dir: Path) -> None:
     """The trainer took one short batch an epoch while the run recorded batch_size as its batch (and its throughput);
     the adapter's loop refuses the same params."""
-    ft = finetune_params(loss="batch_hard", batch_size=100_000).finetune
-    with pytest.raises(errors.TrainingSetupError, match=r"finetune.batch_size=100000 is more than the [\d,]+ train rows of the 'labels'"):
+    rows = pl.read_parquet("data/split/train.parquet").height
+    over = rows + 2 - rows % 2  # even: batch_hard's batch shape
+    ft = finetune_params(loss="batch_hard", batch_size=over).finetune
+    with pytest.raises(errors.TrainingSetupError, match=rf"finetune.batch_size={over} is more than the {rows:,} train rows of the 'labels'"):
         recipe.trainer_inputs(recipe.objectives(None, ft), ft)
+    # Under torchrun each process takes a whole batch (transformers drops a short last one): 2 x 24 of 40 rows trained
+    # 0 steps and shipped the base model, exit 0.
+    half = (rows // 4 + 1) * 2  # even, and more than half the rows
+    ft = finetune_params(loss="batch_hard", batch_size=half).finetune
+    recipe.trainer_inputs(recipe.objectives(None, ft), ft)  # one process: a batch fits
+    with pytest.raises(errors.TrainingSetupError, match=rf"finetune.batch_size={half} x finetune.full.nproc_per_node=2 "
+                                                        rf"processes is more than the {rows:,} train rows"):
+        recipe.trainer_inputs(recipe.objectives(None, ft), ft, processes=2)
 
 
 def test_matryoshka_wraps_the_loss_and_rejects_dims_above_the_model(tiny_model) -> None:

@@ -105,6 +105,11 @@ class Finetune(Section):
         if self.mode == "adapter" and "labels" in self.train_data and 2 * self.adapter.per_label > self.batch_size:
             raise ValueError(f"finetune.adapter.per_label={self.adapter.per_label} leaves room for one label in a batch of "
                              f"finetune.batch_size={self.batch_size}: keep per_label at most batch_size / 2")
+        # A batch is batch_size // per_label whole chunks: the rest would go untrained while the run records batch_size.
+        if self.mode == "adapter" and "labels" in self.train_data and self.batch_size % self.adapter.per_label:
+            raise ValueError(f"finetune.batch_size={self.batch_size} is not a multiple of finetune.adapter.per_label="
+                             f"{self.adapter.per_label}: a batch holds whole chunks of per_label papers, "
+                             f"{self.batch_size // self.adapter.per_label * self.adapter.per_label} rows here")
         # Mode full ships the best evaluation's model, loaded from that step's checkpoint: an evaluation between two saves
         # (save_steps > eval_steps) could be the best with none to load (the last step's weights would ship as the best's).
         full = self.full

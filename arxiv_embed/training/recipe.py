@@ -75,7 +75,7 @@ def objectives(model: Any, ft: Finetune, frames: dict[str, pl.DataFrame] | None 
     return recipe
 
 
-def trainer_inputs(recipe: list[Objective], ft: Finetune) -> tuple[Dataset | DatasetDict, nn.Module | dict[str, nn.Module]]:
+def trainer_inputs(recipe: list[Objective], ft: Finetune, processes: int = 1) -> tuple[Dataset | DatasetDict, nn.Module | dict[str, nn.Module]]:
     """What SentenceTransformerTrainer takes: one dataset and its loss, or (several objectives) a
     DatasetDict and a loss per dataset name, each scaled by its weight. When the loss's sampler
     batches by label (losses.batch_sampler), every dataset carries a `label` column."""
@@ -94,11 +94,14 @@ def trainer_inputs(recipe: list[Objective], ft: Finetune) -> tuple[Dataset | Dat
                 f"more: the {objective.name!r} objective's {data.height:,} rows have {pairable}; train on more papers (more "
                 "records, or a higher make_triplets.max_train_papers)"
                 + (", or set finetune.hard_negatives.weight: 0" if objective.name == MINED else ""))
-        if data.height < ft.batch_size:  # one short batch an epoch, not the batch the params (and the run's record) say
+        # One short batch an epoch, not the batch the params (and the run's record) say; under torchrun each of the
+        # `processes` takes a whole batch (transformers drops a last short one there): fewer rows train 0 steps.
+        if data.height < ft.batch_size * processes:
             more = (f"raise make_triplets.{losses.COUNT_OF_KIND[objective.name]}.train" if objective.name in losses.COUNT_OF_KIND
                     else "train on more papers (more records, or a higher make_triplets.max_train_papers)")
-            raise TrainingSetupError(f"finetune.batch_size={ft.batch_size} is more than the {data.height:,} train rows of the "
-                                     f"{objective.name!r} objective: lower it, or {more}")
+            each = f" x finetune.full.nproc_per_node={processes} processes" if processes > 1 else ""
+            raise TrainingSetupError(f"finetune.batch_size={ft.batch_size}{each} is more than the {data.height:,} train rows of "
+                                     f"the {objective.name!r} objective: lower it, or {more}")
         return Dataset.from_dict(data.to_dict(as_series=False))
 
     sets = {o.name: dataset(o) for o in recipe}
