@@ -56,7 +56,8 @@ class Params(Section):
                 raise ValueError(f"make_triplets.{count}.{split} is 0, but {why}: set it above 0")
         # Fewer rows than one batch train nothing (finetune refuses them), where the params alone bound the rows: an
         # integer count is exact, and labels and title_abstract give a row a paper of the train sample.
-        batch = self.finetune.batch_size * (self.finetune.full.nproc_per_node if self.finetune.mode == "full" else 1)  # a batch a process
+        processes = self.finetune.full.nproc_per_node if self.finetune.mode == "full" else 1  # torchrun: a batch each
+        batch = self.finetune.batch_size * processes
         for kind in self.finetune.train_data:
             if kind in COUNT_OF_KIND:
                 knob, rows = f"make_triplets.{COUNT_OF_KIND[kind]}.train", getattr(self.make_triplets, COUNT_OF_KIND[kind]).train
@@ -67,7 +68,7 @@ class Params(Section):
             else:
                 continue
             if 0 < rows < batch:
-                each = f" x finetune.full.nproc_per_node={self.finetune.full.nproc_per_node}" if batch != self.finetune.batch_size else ""
+                each = f" x finetune.full.nproc_per_node={processes}" if processes > 1 else ""
                 raise ValueError(f"{knob}={rows} gives finetune at most {rows} {kind} rows, fewer than one finetune.batch_size="
                                  f"{self.finetune.batch_size}{each}: raise it, or lower finetune.batch_size")
         return self

@@ -256,8 +256,8 @@ def recorded(params: FinetuneParams) -> dict:
 def save_outputs(model: SentenceTransformer, run_id: str, summary: dict, curve: list[tuple[int, float]],
                  params: FinetuneParams) -> None:
     """models/finetuned (the model, its summary), metrics/finetune.json, the loss curve and the run's runtime record (its
-    MLflow run, wall times, the digest of the knobs that trained it), each atomically. No MLflow call: a tracking server gone down during training cannot keep
-    them unwritten."""
+    MLflow run, wall times, the digest of the knobs that trained it), each atomically. No MLflow call: a tracking
+    server gone down during training cannot keep them unwritten."""
     if unknown := set(summary) - set(SUMMARY_KEYS) - set(RUNTIME_KEYS):
         raise ValueError(f"finetune summary keys {sorted(unknown)} are in neither SUMMARY_KEYS nor RUNTIME_KEYS (one shape for both modes)")
     made = {key: summary.get(key) for key in SUMMARY_KEYS}
