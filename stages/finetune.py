@@ -118,7 +118,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
             mlflow.set_tag("resumed_from_step", step)
 
     probe = trainer.resume_probe(resumed)
-    callbacks = [probe, trainer_callback("finetune: trained")]
+    callbacks = [probe, trainer_callback("finetune: trained"), *([distributed.ranks_in_step()] if distributed.world_size() > 1 else [])]
     if (prototypes := trainer.prototype_checkpoints(loss)) is not None:
         callbacks.append(prototypes)  # supcon's label prototypes: saved with each checkpoint, loaded on resume
     if ft.full.early_stopping_patience:
@@ -144,6 +144,7 @@ def train(params: FinetuneParams, run_key: str, run_dir: Path, train_files: list
         st_trainer.add_callback(trainer.mlflow_callback(trainer.logged_steps(run_id) if main_process and resume_from else None))
         # Step 0: the base model's scores, and proof that metric_for_best_model is a real key.
         baseline = st_trainer.evaluate()
+        distributed.forget_evaluation_preparation(st_trainer)  # else train() under torchrun is no DDP at all
         if main_process:
             best_key = trainer.check_metric(ft.full.metric_for_best_model, baseline)
         if finished:

@@ -63,3 +63,37 @@ def relaunch_with_torchrun(nproc: int, module: str = "stages.finetune") -> int:
         process.send_signal(signal.SIGTERM)
         process.wait()
         raise
+
+
+def forget_evaluation_preparation(st_trainer) -> None:  # noqa: ANN001 (a SentenceTransformerTrainer)
+    """Undo what `st_trainer.evaluate()` before `train()` leaves: transformers prepares the model for evaluation only,
+    and accelerate marks it prepared, so train() never wrapped it in DistributedDataParallel. Under torchrun each
+    process then trained its own copy on its own shard, gradients never averaged (and a resumed run, which loads rank
+    0's weights everywhere, went another way than the uninterrupted one)."""
+    model = st_trainer.model
+    if world_size() > 1 and getattr(model, "_is_accelerate_prepared", False):
+        model._is_accelerate_prepared = False
+        st_trainer.accelerator._models = [m for m in st_trainer.accelerator._models if m is not model]
+
+
+def ranks_in_step():  # noqa: ANN201 (a transformers TrainerCallback)
+    """A TrainerCallback that fails the run at a checkpoint whose weights differ between processes: DDP averages every
+    gradient, so the ranks' parameters must stay bit-identical (a check against the case forget_evaluation_preparation
+    mends, or any other that leaves a process out of the all-reduce)."""
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+
+    class RanksInStep(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN202 (transformers' signature)
+            if model is None or not (dist.is_available() and dist.is_initialized()):
+                return
+            total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+            totals = [torch.zeros_like(total) for _ in range(dist.get_world_size())]
+            dist.all_gather(totals, total)
+            if len({float(t) for t in totals}) > 1:
+                raise TrainingSetupError(
+                    f"the {len(totals)} processes' weights differ at step {state.global_step} (sums "
+                    f"{', '.join(f'{float(t):.6f}' for t in totals)}): DDP did not average their gradients; report it")
+
+    return RanksInStep()
