@@ -20,7 +20,7 @@ from .conftest import dvc, ran_stages, run
 
 # README (Experiments): the columns a sweep's table leaves out: intermediate files' hashes, columns the same in every
 # row, and the runtime records' MLflow ids, registry versions, reuse and resume counts, seconds and rates (wall_time_s stays).
-SWEEP_DROP = "^(data|models|metrics)/|^(Executor|State|Created)$|^(mlflow|registered|reused|resumed)_|.*_(seconds|per_second)$"
+SWEEP_DROP = "^(data|models|metrics)/|^(Executor|State|Created)$|^(mlflow|registered|reused|resumed|trained)_|.*_(seconds|per_second)$"
 
 # --- the headline -------------------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     table = dvc(project, "exp", "show", "--only-changed", "--drop", SWEEP_DROP).stdout
     assert {name for name in deltas[0] if f"delta.{name}" in table} == changed, table
     assert "finetune.temperature" in table and "wall_time_s" in table and "Executor" not in table and "mlflow_run_id" not in table
-    assert "train_seconds" not in table and "registered_version" not in table
+    assert "train_seconds" not in table and "registered_version" not in table and "trained_with" not in table
     assert max(len(line.rstrip()) for line in table.splitlines()) <= 160, table
 
 
