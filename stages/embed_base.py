@@ -46,7 +46,7 @@ def main() -> None:
     # 2. Encode in resumable chunks, taking the vectors recent runs kept under the same encoder key (the model's
     # files, settings, precision, libraries and code: one name can hold other weights), then write the output.
     model = load_model(params.model.base, params.model.max_seq_length, params.model.trust_remote_code, backend=cfg.backend)
-    key = encoder_key(params.model.base, resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, encode_precision(model))
+    key = encoder_key(resolve_model(params.model.base), params.model.max_seq_length, cfg.backend, encode_precision(model))
     store = reuse_folder(paths.kept_between_runs(paths.EMBED_REUSE), key)
     started = time.monotonic()
     # int8 scales each batch's activations by the batch: a text's vector depends on its batch-mates, so another run's

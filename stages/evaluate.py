@@ -60,7 +60,7 @@ def vectors_to_score(which: str, params: EvaluateParams, data: EvalData) -> Iter
     model = load_model(paths.FINETUNED, trust_remote_code=params.model.trust_remote_code, backend=backend)
     # Its files (weights and config), precision, libraries and code name its chunks: a new model never reads old
     # ones, and a resume on another device or after an upgrade starts afresh instead of splicing two precisions.
-    key = encoder_key("finetuned", paths.FINETUNED, model.max_seq_length, backend, encode_precision(model))
+    key = encoder_key(paths.FINETUNED, model.max_seq_length, backend, encode_precision(model))
     # In the project's root: a killed `--temp` or queued evaluate resumes there after DVC deleted its workspace.
     with chunk_folder(paths.kept_between_runs(paths.EVALUATE_WORK), key, texts, what="evaluate") as work_dir:
         yield embed_texts(model, texts, work_dir, key, params.evaluate.batch_size, what="evaluate"), None

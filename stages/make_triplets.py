@@ -34,7 +34,6 @@ def main() -> None:
             source = paths.split_file(split)
             if split == "train":  # the sample is drawn on ids and labels: 1.9M train abstracts are never all in memory
                 papers, split_papers = read_stratified_sample(source, columns, cfg.max_train_papers, params.shared.seed, "split")
-                papers.drop("abstract_key").write_parquet(out / paths.TRAIN_SAMPLE.name)
             else:
                 papers = read_table(source, columns, "split").sort("id")  # the draws below read rows by position
             n_triplets = resolve_count(getattr(cfg.triplets_per_split, split), papers.height)
@@ -43,6 +42,8 @@ def main() -> None:
             # Copies of one abstract (retitled, re-filed: split keeps them in one split) would pair a paper with itself,
             # as an unsolvable negative or a trivial positive: the first of each takes part (split hashed the abstracts).
             distinct = papers.filter(pl.col("abstract_key").is_first_distinct()).drop("abstract_key")
+            if split == "train":  # what the labels kind, mining and evaluate's classifier read: one copy of each abstract too
+                distinct.write_parquet(out / paths.TRAIN_SAMPLE.name)
             kinds = build(distinct, n_triplets, n_pairs, cfg.hard_negative_fraction, [params.shared.seed, SPLIT_SEED[split]], n_graded)
             sizes = distinct["label"].value_counts()
             if split == "test" and not n_triplets:  # a per-paper count that rounds to 0 (the schema refuses a plain 0)

@@ -6,6 +6,7 @@ import gzip
 import io
 import itertools
 import json
+import re
 import shutil
 import socket
 import struct
@@ -98,18 +99,18 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def oai_record(arxiv_id: str, categories: str = "cs.LG", deleted: bool = False) -> str:
+def oai_record(arxiv_id: str, categories: str = "cs.LG", deleted: bool = False, datestamp: str = "2026-10-03",
+               title: str = "Private Retrieval over Scientific\n  Corpora") -> str:
     status = ' status="deleted"' if deleted else ""
-    header = f"<header{status}><identifier>oai:arXiv.org:{arxiv_id}</identifier><datestamp>2026-10-03</datestamp></header>"
+    header = f"<header{status}><identifier>oai:arXiv.org:{arxiv_id}</identifier><datestamp>{datestamp}</datestamp></header>"
     if deleted:
         return f"<record>{header}</record>"
     return f"""<record>{header}<metadata><arXiv xmlns="http://arxiv.org/OAI/arXiv/">
-<id>{arxiv_id}</id><created>2026-10-02</created><updated>2026-10-03</updated>
+<id>{arxiv_id}</id><created>2026-10-02</created><updated>{datestamp}</updated>
 <authors><author><keyname>Lindqvist</keyname><forenames>Anna</forenames></author>
 <author><keyname>Chen</keyname><forenames>Bo</forenames><suffix>Jr</suffix></author>
 <author><keyname>LIGO Collaboration</keyname></author></authors>
-<title>Private Retrieval over Scientific
-  Corpora</title><categories>{categories}</categories><comments>12 pages</comments>
+<title>{title}</title><categories>{categories}</categories><comments>12 pages</comments>
 <doi>10.1000/xyz</doi><license>http://creativecommons.org/licenses/by/4.0/</license>
 <abstract>  We study retrieval under differential privacy &amp; report epsilon &lt; 1.
 </abstract></arXiv></metadata></record>"""
@@ -188,6 +189,35 @@ def test_max_records_is_spread_over_sets_and_stops_requests(server: Server):
     # skipping the paper it shares with cs.
     assert [r["id"] for r in records] == ["2610.00000", "2610.00001", "2610.00100", "2610.00200", "2610.00201", "2610.00202"]
     assert server.keys() == ["cs", "q-bio", "math"]
+
+
+def test_a_newer_copy_of_a_paper_read_before_goes_on_and_every_skipped_record_is_counted(server: Server, tmp_path: Path, capsys):
+    """A paper updated during a harvest, or cross-listed in a later set, comes again: its latest version must
+    reach clean (which keeps an id's latest record), also when the older copy came from a stopped run's pages."""
+    headerless = re.sub(r"<header>.*?</header>", "", oai_record("2610.00009", datestamp="2026-10-04"))
+    server.script = {
+        "cs": [oai_page([oai_record("2610.00001", title="Old"), oai_record("2610.00002", deleted=True)], "cs-2")],
+        "cs-2": [oai_page([oai_record("2610.00001", datestamp="2026-10-05", title="New"), oai_record("2610.00003"),
+                           headerless])],
+        "math": [(404, {}, b"down")],
+    }
+    harvest = lambda: list(harvest_oai(f"{server.url}/oai", ["cs", "math"], request_interval_s=0, max_retries=0,  # noqa: E731
+                                       pages=tmp_path / "pages"))
+    with pytest.raises(DownloadError):
+        harvest()
+    capsys.readouterr()
+    server.script = {"math": [oai_page([oai_record("2610.00003", "math.CO", datestamp="2026-10-06", title="Revised"),
+                                        oai_record("2610.00001", "math.CO", datestamp="2026-10-05")])]}
+    records = harvest()
+
+    assert [(r["id"], r["update_date"], r["title"]) for r in records] == [
+        ("2610.00001", "2026-10-03", "Old"), ("2610.00001", "2026-10-05", "New"), ("2610.00003", "2026-10-03", records[2]["title"]),
+        ("2610.00009", "2026-10-04", records[3]["title"]),  # no header: dated by its metadata
+        ("2610.00003", "2026-10-06", "Revised")]  # newer than the saved copy
+    out = capsys.readouterr().out
+    assert "OAI set cs: 3 records (newer copies of papers read before, passed on: 1; deleted records, skipped: 1)" in out
+    assert ("OAI set math: 0 records (newer copies of papers read before, passed on: 1; copies no newer than one read before, "
+            "skipped: 1)") in out
 
 
 def test_a_stopped_harvest_resumes_from_its_saved_pages(server: Server, tmp_path: Path):

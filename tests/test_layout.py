@@ -5,8 +5,10 @@ that use it."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
+import tokenize
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -82,10 +84,12 @@ MODES = ("adapter", "full")
 
 
 def leaves(tree: dict, prefix: str = "") -> list[str]:
-    """Dotted keys of a params mapping's leaves (a list value is one leaf)."""
+    """Dotted keys of a params mapping's leaves (a list value is one leaf, and so is a mapping keyed by metric names,
+    push.gate.headline_tolerances: its keys are data, read by iterating it)."""
     out = []
     for key, value in tree.items():
-        out += leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+        nested = isinstance(value, dict) and not any("." in name for name in value)
+        out += leaves(value, f"{prefix}{key}.") if nested else [f"{prefix}{key}"]
     return out
 
 
@@ -106,6 +110,22 @@ def tracked(stage: dict, params: dict, mode: str) -> set[str]:
 WHOLESALE = {"push"}
 
 
+def code_only(source: str) -> str:
+    """Python source with its comments and string literals (docstrings, messages) blanked out, where they stood: a
+    knob named in a docstring or an error message is not read. (Before Python 3.12 an f-string is one token, its
+    expressions blanked too: stricter, never laxer.)"""
+    lines = source.splitlines(keepends=True)
+    literal = {tokenize.COMMENT, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type in literal:
+            (first, start), (last, end) = token.start, token.end
+            for number in range(first, last + 1):
+                line = lines[number - 1]
+                left, right = (start if number == first else 0), (end if number == last else len(line.rstrip("\n")))
+                lines[number - 1] = line[:left] + " " * (right - left) + line[right:]
+    return "".join(lines)
+
+
 def reads(code: str, key: str, wholesale: bool = False) -> bool:
     """Whether `code` reads params key `key`: as an attribute (`.leaf`, or `.parent.leaf` for a nested key, or
     `shared.leaf`: a section every stage has, read through its name), by split name (`getattr(cfg.parent, split)`),
@@ -122,6 +142,17 @@ def reads(code: str, key: str, wholesale: bool = False) -> bool:
     return re.search(rf"\.{parts[-1]}\b", code) is not None
 
 
+def test_a_knob_named_only_in_a_docstring_comment_or_message_is_not_read() -> None:
+    source = '''"""Which model is `model.base`."""
+x = f"set model.max_seq_length to {limit}"  # params.model.trust_remote_code
+y = cfg.shared.seed
+'''
+    code = code_only(source)
+    assert len(code) == len(source) and not [key for key in ("model.base", "model.max_seq_length", "model.trust_remote_code")
+                                             if reads(code, key)]
+    assert reads(code, "shared.seed")
+
+
 def test_every_tracked_knob_is_read_by_its_stage_and_every_knob_by_some_stage() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -131,7 +162,7 @@ def test_every_tracked_knob_is_read_by_its_stage_and_every_knob_by_some_stage() 
         for name, stage in stages.items():
             if name == "params_check":  # validates every key through the schema (tests/test_params.py), reads none
                 continue
-            code = "\n".join(p.read_text() for p in closure(module_file(stage["cmd"].split()[2])))
+            code = "\n".join(code_only(p.read_text()) for p in closure(module_file(stage["cmd"].split()[2])))
             keys = tracked(stage, params, mode)
             unread = sorted(key for key in keys if not reads(code, key, wholesale=name in WHOLESALE))
             assert not unread, f"dvc.yaml stage {name} (finetune.mode={mode}) tracks {unread}, which its code never reads"

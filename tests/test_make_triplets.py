@@ -122,6 +122,30 @@ def test_copies_of_one_abstract_never_pair_with_each_other(project: Path) -> Non
             keys = frames[f"{split}_{kind}"].select(same_abstract_key(pl.col(c)).alias(c) for c in ("anchor", *partners))
             assert keys.filter(pl.any_horizontal(pl.col(c) == pl.col("anchor") for c in partners)).is_empty(), (split, kind)
         assert metrics[split]["same_abstract_copies_left_out"] == len(range(0, sum(SPLITS[split].values()) - 1, 3))
+    sample = frames["train_papers"]  # the labels kind, mining and evaluate's classifier read it
+    assert sample.height == sum(SPLITS["train"].values()) - metrics["train"]["same_abstract_copies_left_out"]
+    assert sample.select(same_abstract_key(pl.col("abstract"))).is_unique().all()
+
+
+@pytest.mark.parametrize("label", ["primary_category", "archive"])
+def test_a_paper_cross_listed_in_the_anchors_label_is_never_its_negative(project: Path, label: str) -> None:
+    """A cs.CL paper also listed in cs.CV is a cs.CV paper too: as a cs.CV anchor's negative (the lens's and the gate's
+    "error") it would be ambiguous; mining and the graded pairs already read it so."""
+    def cross_list(table: pl.DataFrame) -> pl.DataFrame:  # every cs.CL paper also in cs.CV, every math.NT one also in cs.LO
+        extra = pl.col("primary_category").replace_strict({"cs.CL": "cs.CV", "math.NT": "cs.LO"}, default=None)
+        return table.with_columns(categories=pl.when(extra.is_null()).then(pl.col("categories"))
+                                  .otherwise(pl.concat_list("categories", extra)))
+
+    frames, metrics = run(project, label=label, edit=cross_list, hard_negative_fraction=1.0)
+    for split in SPLITS:
+        categories = dict(keyed(cross_list(split_table(split, label))).select("id", "categories").iter_rows())
+        triplets = frames[f"{split}_triplets"]
+        assert triplets.height == COUNTS["triplets_per_split"][split]
+        listed_in = [row["label"] in {*categories[row["negative_id"]], *(c.split(".")[0] for c in categories[row["negative_id"]])}
+                     for row in triplets.iter_rows(named=True)]
+        assert not any(listed_in), split
+        if label == "primary_category":  # cs.CV's hard negatives: cs.LO only (cs.CL is listed in it)
+            assert set(triplets.filter(label="cs.CV", negative_type="hard")["negative_label"]) == {"cs.LO"}
 
 
 def test_hard_fraction_zero_and_one(project: Path) -> None:

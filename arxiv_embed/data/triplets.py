@@ -60,25 +60,41 @@ def anchor_positive_pairs(papers: pl.DataFrame, n: int, rng: np.random.Generator
 
 
 def negatives(papers: pl.DataFrame, anchors: np.ndarray, hard_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """A negative row per anchor (another label); `hard` ones share the anchor's archive but not
-    its primary category. Falls back to `random` where no hard candidate exists."""
+    """A negative row per anchor (another label, and not cross-listed in the anchor's); `hard` ones share the anchor's
+    archive but not its primary category. Falls back to `random` where no hard candidate exists, and to any paper of
+    another label where every one is cross-listed in the anchor's."""
     # Integer codes: comparing millions of strings per group would be slow.
     codes = papers.select(pl.col("label", "archive", "primary_category").rank("dense"))
     label, archive, primary = (codes[c].to_numpy() for c in codes.columns)
+    crossed = cross_listed(papers, label)
     want_hard = rng.permutation(len(anchors)) < round(hard_fraction * len(anchors))
     chosen, kinds = np.full(len(anchors), -1, dtype=np.int64), np.array(["random"] * len(anchors), dtype=object)
     keys = pl.DataFrame({"label": label[anchors], "archive": archive[anchors], "primary": primary[anchors], "hard": want_hard})
     for (lab, arc, pri, hard), group in keys.with_row_index("at").group_by("label", "archive", "primary", "hard", maintain_order=True):
         at = group["at"].to_numpy()
         other = label != lab
-        candidates = np.flatnonzero(other & (archive == arc) & (primary != pri)) if hard else np.empty(0, dtype=np.int64)
+        eligible = other.copy()
+        eligible[crossed.get(lab, [])] = False
+        candidates = np.flatnonzero(eligible & (archive == arc) & (primary != pri)) if hard else np.empty(0, dtype=np.int64)
         if len(candidates):
             kinds[at] = "hard"
         else:
-            candidates = np.flatnonzero(other)
+            candidates = np.flatnonzero(eligible if eligible.any() else other)
         if len(candidates):
             chosen[at] = rng.choice(candidates, size=len(at))
     return chosen, list(kinds)
+
+
+def cross_listed(papers: pl.DataFrame, label_codes: np.ndarray) -> dict[int, np.ndarray]:
+    """label code -> the rows of another label listed in it: its categories name the label, or (shared.label archive)
+    a category of it. Such a paper is no negative for the label: mining (training/mining.py) and the graded pairs'
+    shared-category grade read it so too."""
+    names = (papers.select("categories").with_row_index("row").explode("categories").drop_nulls()
+             .select("row", name=pl.concat_list(pl.col("categories"), pl.col("categories").str.split(".").list.first()))
+             .explode("name").unique(maintain_order=True))
+    codes = pl.DataFrame({"name": papers["label"], "code": label_codes}).unique("name")
+    rows = names.join(codes, on="name").group_by("code").agg("row")
+    return {code: np.asarray(members, dtype=np.int64) for code, members in rows.iter_rows()}
 
 
 GRADE_SCORES = (0.0, 0.33, 0.67, 1.0)  # other, same archive, shared category, same label

@@ -26,6 +26,7 @@ PARAMS_FILE = Path("params.yaml")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+T = TypeVar("T")
 
 
 def _checked_url(url: str) -> str:
@@ -48,6 +49,14 @@ def _checked_url(url: str) -> str:
         raise ValueError("a URL with a query (?...) is not supported: a signed link's token would be kept in dvc.lock and "
                          "DVC's run-cache; download the file and set download.path to it")
     return url
+
+
+def distinct(values: list[T]) -> list[T]:
+    """A list whose items are each given once (a set harvested twice, a loss term counted twice)."""
+    repeated = sorted({str(value) for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(repeated)} more than once: give each once")
+    return values
 
 
 def hub_repo_id(repo_id: str | None) -> str | None:

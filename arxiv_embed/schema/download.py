@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from arxiv_embed.data.sources import SOURCES
-from arxiv_embed.schema.base import HttpUrl, IsoDate, NonNegativeInt, PositiveInt, Section
+from arxiv_embed.schema.base import HttpUrl, IsoDate, NonNegativeInt, PositiveInt, Section, distinct
 
 # How patiently download fetches, not what: no stage tracks these (dvc.yaml), so a changed timeout reruns no harvest,
 # and the release's manifest leaves them out (model_dump's exclude form).
@@ -21,7 +21,7 @@ SetSpec = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9-]+(:[A-Za-z0-
 
 class Oai(Section):
     endpoint: HttpUrl
-    sets: Annotated[list[SetSpec], Field(min_length=1)]
+    sets: Annotated[list[SetSpec], Field(min_length=1), AfterValidator(distinct)]  # a set given twice would be harvested twice
     from_date: IsoDate | None
     until_date: IsoDate | None
     max_retries: NonNegativeInt

@@ -6,9 +6,9 @@ import hashlib
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from arxiv_embed.schema.base import PositiveInt, Section
+from arxiv_embed.schema.base import PositiveInt, Section, distinct
 from arxiv_embed.errors import TrainingSetupError
 from arxiv_embed.training.losses import LOSSES, check_combination
 from arxiv_embed.schema.model import Model
@@ -87,7 +87,7 @@ class Finetune(Section):
 
     mode: Literal["adapter", "full"]
     loss: LossName
-    train_data: Annotated[list[DataKind], Field(min_length=1)]
+    train_data: Annotated[list[DataKind], Field(min_length=1), AfterValidator(distinct)]
     margin: Annotated[float, Field(gt=0, le=2)]  # triplet-style losses: cosine distance, in (0, 2]
     batch_size: PositiveInt
     temperature: Annotated[float, Field(gt=0)]  # supcon: softmax temperature over cosine similarities

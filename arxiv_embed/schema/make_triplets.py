@@ -13,6 +13,10 @@ from arxiv_embed.schema.shared import Shared
 
 def _count(value: object) -> int | float | str:
     # One rule, one message: as a union, a bad value got a line per member, named by pydantic's internal types.
+    if type(value) is float and value.is_integer() and value:
+        # DVC compares params by value: 1000 -> 1000.0 would rerun nothing, yet make 1000 per paper instead of 1000.
+        raise ValueError(f"{value} is a whole number written as a decimal, which would mean {value:g} per paper: write a count "
+                         f"as an integer ({value:.0f}), a number per paper with its fraction (1.5), or 'all' for one per paper")
     if value == "all" or (type(value) in (int, float) and math.isfinite(value) and value >= 0):  # type: ignore[arg-type]
         return value  # type: ignore[return-value]
     raise ValueError("must be a count (an integer such as 3000), a number per paper (a decimal such as 0.5) or 'all', "
