@@ -29,12 +29,13 @@ from arxiv_embed.progress import progress
 COMPRESSLEVEL = 1
 
 
-def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, source: str) -> int:
-    """Write up to max_records lines as gzip JSON lines, atomically; return how many."""
+def write_raw(lines: Iterator[bytes], path: Path, max_records: int | None, source: str, capped: bool = False) -> int:
+    """Write up to max_records lines as gzip JSON lines, atomically; return how many. capped: the lines stop at
+    max_records by themselves (an OAI harvest caps set by set, and then says what each set gave)."""
     count = 0
     with closing(lines), atomic_path(path) as tmp, tmp.open("wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESSLEVEL, mtime=0, filename="") as out:
-            records = progress(itertools.islice(lines, max_records), "download: copied", max_records, "records")
+            records = progress(lines if capped else itertools.islice(lines, max_records), "download: copied", max_records, "records")
             for count, line in enumerate(records, start=1):
                 out.write(line)
         if count == 0:
@@ -49,7 +50,7 @@ def main() -> None:
     params = load(DownloadParams).download
     started = time.monotonic()
     lines, source = SOURCES[params.source].read(params)
-    written = write_raw(lines, RAW, params.max_records, source)
+    written = write_raw(lines, RAW, params.max_records, source, capped=params.source == "oai")
     if params.source == "oai":  # written: the saved pages' only use was resuming
         shutil.rmtree(oai_pages(params), ignore_errors=True)  # this harvest's only: another window's may be harvesting (a queued run)
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")

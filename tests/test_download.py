@@ -215,8 +215,8 @@ def test_a_newer_copy_of_a_paper_read_before_goes_on_and_every_skipped_record_is
         ("2610.00009", "2026-10-04", records[3]["title"]),  # no header: dated by its metadata
         ("2610.00003", "2026-10-06", "Revised")]  # newer than the saved copy
     out = capsys.readouterr().out
-    assert "OAI set cs: 3 records (newer copies of papers read before, passed on: 1; deleted records, skipped: 1)" in out
-    assert ("OAI set math: 0 records (newer copies of papers read before, passed on: 1; copies no newer than one read before, "
+    assert "OAI set cs: 4 records (of them newer copies of papers read before: 1; deleted records, skipped: 1)" in out
+    assert ("OAI set math: 1 records (of them newer copies of papers read before: 1; copies no newer than one read before, "
             "skipped: 1)") in out
 
 
@@ -719,6 +719,7 @@ def test_main_harvests_oai_into_the_raw_file(server: Server, tmp_path: Path, mon
     assert [r["id"] for r in records] == ["2610.00000", "2610.00001", "2610.00002", "2610.10000", "2610.10001"]
     out = capsys.readouterr().out
     assert "download: wrote 5 records from oai" in out and "stopped harvest" not in out
+    assert "download: OAI set math: 2 records" in out  # the harvest caps itself: the last set's count is said too
     assert not pages.exists()  # written: the pages are deleted
 
     # Another window's stopped harvest (perhaps running in a queued experiment) is named, not deleted.

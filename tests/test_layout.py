@@ -114,7 +114,7 @@ def code_only(source: str) -> str:
     """Python source with its comments and string literals (docstrings, messages) blanked out, where they stood: a
     knob named in a docstring or an error message is not read. (Before Python 3.12 an f-string is one token, its
     expressions blanked too: stricter, never laxer.)"""
-    lines = source.splitlines(keepends=True)
+    lines = io.StringIO(source).readlines()  # as tokenize numbers them: splitlines() also splits at a form feed
     literal = {tokenize.COMMENT, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type in literal:

@@ -70,16 +70,15 @@ def harvest_oai(
                     if day <= seen[arxiv_id]:
                         skipped += 1
                         continue
-                    newer += 1  # not counted against the quota: the paper is counted once
-                else:
-                    taken += 1
-                    harvested += 1
+                    newer += 1  # a record like any other: max_records caps the raw file's lines, as for a file source
+                taken += 1
+                harvested += 1
                 if arxiv_id:  # a record without one goes on to clean, which counts and keeps it aside (missing_id)
                     seen[arxiv_id] = days.setdefault(day, day)
                 yield record
                 if taken == quota:
                     break
-        others = [f"{what}: {count}" for what, count in (("newer copies of papers read before, passed on", newer),
+        others = [f"{what}: {count}" for what, count in (("of them newer copies of papers read before", newer),
                                                          ("copies no newer than one read before, skipped", skipped),
                                                          ("deleted records, skipped", client.deleted)) if count]
         print(f"download: OAI set {set_spec}: {taken} records" + (f" ({'; '.join(others)})" if others else ""))

@@ -13,7 +13,7 @@ from arxiv_embed.schema.shared import Shared
 
 def _count(value: object) -> int | float | str:
     # One rule, one message: as a union, a bad value got a line per member, named by pydantic's internal types.
-    if type(value) is float and value.is_integer() and value:
+    if type(value) is float and value.is_integer() and value > 0:
         # DVC compares params by value: 1000 -> 1000.0 would rerun nothing, yet make 1000 per paper instead of 1000.
         raise ValueError(f"{value} is a whole number written as a decimal, which would mean {value:g} per paper: write a count "
                          f"as an integer ({value:.0f}), a number per paper with its fraction (1.5), or 'all' for one per paper")
