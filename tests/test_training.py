@@ -117,7 +117,7 @@ def tiny_model():
         ({"loss": "triplet", "train_data": ["triplets", "same_label"]}, "finetune.train_data"),
         ({"loss": "batch_hard", "batch_size": 6 + 1}, "finetune.batch_size"),
         ({"loss": "cached_mnrl", "full": {"mini_batch_size": 16}}, "finetune.full.mini_batch_size"),
-        ({"train_data": ["triplets", "triplets"]}, "lists a kind twice"),
+        ({"train_data": ["triplets", "triplets"]}, "finetune.train_data: lists triplets more than once"),
     ],
 )
 def test_bad_combinations_name_the_params(settings: dict, message: str) -> None:
