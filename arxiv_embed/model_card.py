@@ -18,8 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from arxiv_embed.files import read_json, require_columns
 from arxiv_embed.flat import flatten
 from arxiv_embed.models import installed_package_model, local_reference
-from arxiv_embed.data.sources import SOURCES
-from arxiv_embed.schema.download import Download
+from arxiv_embed.data.sources import describe_source
 from arxiv_embed.schema.push import PushParams
 from arxiv_embed.paths import SPLITS, metrics_file, split_file
 from arxiv_embed.tracking import file_sha256, git_commit, uncommitted_changes
@@ -56,11 +55,6 @@ class CardFacts:
     training_files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of the file, each file trained on
     clean_stats: dict[str, object] = field(default_factory=dict)
     base_model_id: str | None = None  # the base's Hub id (front matter), None for a local folder
-
-
-def describe_source(download: Download) -> str:
-    """Where the data came from, in the source's own words (data.sources.SOURCES)."""
-    return SOURCES[download.source].describe(download, f", first {download.max_records} records" if download.max_records else "")
 
 
 def gather_facts(params: PushParams, evaluation: dict, gate: dict) -> CardFacts:

@@ -24,7 +24,7 @@ into one folder small enough to travel; benchmarks/gpu_lease.sh is the lent mach
     python -m benchmarks.gpu_profile pack --model DIR --projects P1 P2 --dest .gpu/pack   # here
     python -m benchmarks.gpu_profile run --model DIR --projects P1 P2 --out OUT            # on the GPU machine
     python -m benchmarks.gpu_profile apply --model DIR --delta OUT/<project> --dest P1/models/finetuned
-    python -m benchmarks.gpu_profile score --returned OUT --pack .gpu/pack --projects P1 P2  # after run --test-vectors
+    python -m benchmarks.gpu_profile score --returned OUT --pack .gpu/pack --projects P1 P2 --dest OUT.json  # after run --test-vectors
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """search_rebuild: what `python -m arxiv_embed.search build` costs over an index of arXiv's size with real text.
 
 search_scale times the index on synthetic vectors that carry no text; here every row is a real paper (the
-multi-domain sample's, repeated under new ids up to --rebuild-papers, ~1.2 GB of abstracts per million), so the
+multi-domain sample's, or the repository's sample without ../shared, repeated under new ids up to --rebuild-papers,
+~1.2 GB of abstracts per million), so the
 build's handling of the papers table is what is measured. The stored vectors are random unit vectors written
 beside them (nothing here reads their quality), so no paper of the big file is encoded. Two builds, each the
 CLI in a child process (wall time; peak RSS from wait4, page cache of the memory-mapped files included):
 - the same file again: every paper kept, nothing encoded;
 - a 300-paper file (100 new papers, 100 changed abstracts, 100 new titles): the month's update, where every other
-  stored paper is kept from the old index's own rows;
+  stored paper is kept from the old index's own rows; 200 abstracts are encoded;
 - a retrained release (`--new-model`, no papers file): an MLP adapter on the same base model, the shape
   finetune.mode=adapter saves. The stored vectors are recorded as the base model's encoder's, so every paper goes
   through the new adapter and the FAISS index is made anew, with nothing encoded (re-encoding 2.7M abstracts would
@@ -55,7 +56,8 @@ def write_inputs(folder: Path, n: int) -> tuple[Path, Path, Path, Path, float]:
     sample = read_papers(SAMPLE)
     papers = pl.concat([sample.with_columns(pl.col("id") + f"-{copy}") for copy in range(-(-n // sample.height))]).head(n)
     papers.drop("text_sha256").write_parquet(folder / "papers.parquet")
-    update = pl.concat([papers.slice(0, UPDATE).with_columns(pl.col("id") + "-new"),
+    # A new id alone would be no new text: the build copies a stored paper's vectors for an abstract it holds.
+    update = pl.concat([papers.slice(0, UPDATE).with_columns(pl.col("id") + "-new", pl.col("abstract") + " A new paper."),
                         papers.slice(n // 3, UPDATE).with_columns(pl.col("abstract") + " Revised."),
                         papers.slice(2 * n // 3, UPDATE).with_columns(pl.col("title") + " (revised)")])
     update.drop("text_sha256").write_parquet(folder / "update.parquet")
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> Report:
             print(result.stdout.strip().splitlines()[-1], flush=True)
             report.add(f"{label}-paper index, build from {name}: wall time (s)", result.seconds, higher_is_better=False)
             report.add(f"{label}-paper index, build from {name}: peak RSS (MB)", result.peak_rss_mb, higher_is_better=False)
-    report.notes.append(f"real text: the multi-domain sample repeated under new ids, {abstract_gb:.2f} GB of abstracts; "
+    report.notes.append(f"real text: {SAMPLE.name} repeated under new ids, {abstract_gb:.2f} GB of abstracts; "
                         "stored vectors random (never encoded); peak RSS counts the page cache of the memory-mapped files")
     if note := load_note():
         report.notes.append(note)

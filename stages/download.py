@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-from arxiv_embed.files import atomic_path, remove_if_empty
+from arxiv_embed.files import atomic_path, remove_if_empty, write_json
 from arxiv_embed.schema.base import load
-from arxiv_embed.schema.download import DownloadParams
-from arxiv_embed.paths import OAI_PAGES, RAW, kept_between_runs
+from arxiv_embed.schema.download import FETCHED_WITH, DownloadParams, fetched_with
+from arxiv_embed.paths import OAI_PAGES, RAW, kept_between_runs, metrics_file
 from arxiv_embed.data.http import DownloadError
-from arxiv_embed.data.sources import SOURCES, oai_pages
+from arxiv_embed.data.sources import SOURCES, describe_source, oai_pages
 from arxiv_embed.errors import run
 from arxiv_embed.progress import progress
 
@@ -51,6 +51,8 @@ def main() -> None:
     started = time.monotonic()
     lines, source = SOURCES[params.source].read(params)
     written = write_raw(lines, RAW, params.max_records, source, capped=params.source == "oai")
+    # What fetched it: push checks params.yaml's download settings against it before its card names them.
+    write_json(metrics_file("download"), {"source": describe_source(params), "records": written, FETCHED_WITH: fetched_with(params)})
     if params.source == "oai":  # written: the saved pages' only use was resuming
         shutil.rmtree(oai_pages(params), ignore_errors=True)  # this harvest's only: another window's may be harvesting (a queued run)
     print(f"download: wrote {written} records from {source} to {RAW} in {time.monotonic() - started:.1f} s")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,12 +14,12 @@ from typing import TYPE_CHECKING
 from arxiv_embed.files import atomic_path, read_json, write_json
 from arxiv_embed.model_card import MODELS, CardFacts, gather_facts, numeric_leaves, render_card, shareable_params, shown_model
 from arxiv_embed.schema.base import load
-from arxiv_embed.schema.download import FETCH_PATIENCE
+from arxiv_embed.schema.download import FETCH_PATIENCE, FETCHED_WITH, fetched_with
 from arxiv_embed.schema.finetune import TRAINED_WITH, trained_with
 from arxiv_embed.schema.push import Gate, Hub, PushParams
 from arxiv_embed.evaluation.headline import SCORED_WEIGHTS
 from arxiv_embed.models import load_model, weights_sha256
-from arxiv_embed.paths import FINETUNE_RUNTIME, FINETUNED, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file, runtime_file
+from arxiv_embed.paths import FINETUNE_RUNTIME, FINETUNED, RAW, RELEASE, TRAINING_SUMMARY, TRIPLETS_DIR, metrics_file, runtime_file
 from arxiv_embed.tracking import MLFLOW_RUN_ID, RUN_INFO, configure_tracking, dvc_tags, finetune_run_id, tracking_uri
 from arxiv_embed.errors import UserError, run
 
@@ -55,6 +56,21 @@ def check_trained_params(params: PushParams) -> None:
                 f"has no record of the params that trained it ({FINETUNE_RUNTIME} was written by an older version)")
         raise PushError(f"{FINETUNED} {what}: run `dvc repro push` (it trains with these first, or DVC's run-cache brings "
                         "back the model they trained); the fine-tuned model is not pushed")
+
+
+def check_data_params(params: PushParams) -> None:
+    """The card and manifest name params.yaml's download settings and shared.label as what made the data: a push run
+    alone after changing one would name data the model was not trained on."""
+    download, split = metrics_file("download"), metrics_file("split")
+    if (recorded := read_json(download, "download").get(FETCHED_WITH)) != fetched_with(params.download):
+        what = (f"{RAW} was fetched with other download settings than params.yaml's" if recorded else
+                f"{download} does not record the download settings (an older version wrote it)")
+        raise PushError(f"{what}: run `dvc repro push` (it makes the data, trains and evaluates first); the fine-tuned "
+                        "model is not pushed")
+    if (label := read_json(split, "split").get("label")) != params.shared.label:
+        raise PushError(f"data/split holds labels of shared.label {label!r} ({split}), params.yaml's is "
+                        f"{params.shared.label!r}: run `dvc repro push` (it splits, trains and evaluates first); the "
+                        "fine-tuned model is not pushed")
 
 
 def check_gate(evaluation: dict, gate: Gate) -> dict[str, object]:
@@ -125,9 +141,10 @@ def hub_token(hub: Hub) -> str | None:
         raise PushError("HF_TOKEN holds characters no Hub token has (non-ASCII, or control characters): copy the token "
                         "again from https://huggingface.co/settings/tokens")
     # Checked before the release and the registry version are written, not at the upload after them.
-    # huggingface_hub's own rule: either variable, any of its truthy values.
-    if offline := [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]:
-        raise PushError(f"push.hub.enabled is true but {offline[0]} is set: unset it to push to the Hub, or set push.hub.enabled: false")
+    # huggingface_hub's own rule (constants.HF_HUB_OFFLINE): HF_HUB_OFFLINE when set, else TRANSFORMERS_OFFLINE, truthy.
+    offline = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    if os.environ.get(offline, "").upper() in {"1", "ON", "YES", "TRUE"}:
+        raise PushError(f"push.hub.enabled is true but {offline} is set: unset it to push to the Hub, or set push.hub.enabled: false")
     return token
 
 
@@ -299,9 +316,13 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
 
 
 def without_endpoint_credentials(text: str, endpoint: str) -> str:
-    """A message without HF_ENDPOINT's user:password@ (a mirror or proxy's), wherever the endpoint's URLs quote it."""
-    userinfo = endpoint.partition("://")[2].rpartition("@")[0]
-    return text.replace(f"{userinfo}@", "") if userinfo else text
+    """A message without HF_ENDPOINT's user:password@ (a mirror or proxy's), wherever the endpoint's URLs quote it: as
+    given, and as the HTTP client re-quotes it (`=`, `;`, spaces and the like percent-encoded) before the host."""
+    userinfo, _, host = endpoint.partition("://")[2].rpartition("@")
+    if not userinfo:
+        return text
+    text = text.replace(f"{userinfo}@", "")
+    return re.sub(r"://[^/\s]*@(?=" + re.escape(host.partition("/")[0]) + ")", "://", text, flags=re.IGNORECASE)
 
 
 def settle_visibility(api, hub: Hub) -> bool:
@@ -338,6 +359,7 @@ def main() -> None:
     evaluation = read_json(EVALUATE, "evaluate")
     run_id = finetune_run_id(required=True)  # the run that trained the model (DVC restores its record with the model)
     check_trained_params(params)
+    check_data_params(params)
     check_evaluated_model(evaluation, weights_sha256(FINETUNED))
     gate = check_gate(evaluation, cfg.gate)
     token = hub_token(cfg.hub)

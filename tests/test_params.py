@@ -265,7 +265,7 @@ def test_the_schema_offers_exactly_the_sources_the_table_has():
 def test_every_source_describes_its_own_data_for_the_card():
     """The card's words come from each SOURCES entry: a new source cannot fall through to another's."""
     from arxiv_embed.data.sources import SOURCES
-    from arxiv_embed.model_card import describe_source
+    from arxiv_embed.data.sources import describe_source
     from tests.harness import params_with
 
     texts = {name: describe_source(params_with({"download": {"source": name, "path": "papers.jsonl", "max_records": 7}}).download)

@@ -186,7 +186,7 @@ def write_inputs(project: Path, papers: pl.DataFrame, base_model, gate: tuple[fl
     same.write_parquet(project / "data/triplets/train_same_label.parquet")
     same.with_columns(score=pl.lit(1.0)).write_parquet(project / "data/triplets/train_graded_pairs.parquet")
     metrics = {"evaluate": {**evaluation(*gate), SCORED_WEIGHTS: weights_sha256(finetuned)}, "finetune": {"global_step": 6, "loss": 0.4321},
-               "clean": {"records_in": 40, "papers_out": 40, "rejected": 0},
+               "clean": {"records_in": 40, "papers_out": 40, "rejected": 0}, **data_records(project),
                "runtime/finetune": {"mlflow_run_id": active.info.run_id, "wall_time_s": 12.5, TRAINED_WITH: trained_with_params(project)}}
     for name, data in metrics.items():
         (project / f"metrics/{name}.json").write_text(json.dumps(data))
@@ -199,6 +199,16 @@ def trained_with_params(project: Path) -> str:
 
     params = parse_params(yaml.safe_load((project / "params.yaml").read_text()))
     return trained_with(params.shared.seed, params.model, params.finetune)
+
+
+def data_records(project: Path) -> dict[str, dict]:
+    """What download and split record of the settings that made the data: here, the project's params.yaml's."""
+    from arxiv_embed.params import parse_params
+    from arxiv_embed.schema.download import FETCHED_WITH, fetched_with
+
+    params = parse_params(yaml.safe_load((project / "params.yaml").read_text()))
+    return {"download": {"source": "a file", "records": 40, FETCHED_WITH: fetched_with(params.download)},
+            "split": {"label": params.shared.label, "train": 20}}
 
 
 def record_run(project: Path, run_id: str) -> None:
@@ -377,7 +387,7 @@ def test_the_release_shows_no_local_path(tmp_path, papers, base_model, monkeypat
     assert "archive.zip" in card and "fine-tuned from local folder my-base on" in card and "\nbase_model:" not in card.split("---")[1]
     params = json.loads(manifest)["params"]
     assert params["download"]["path"] == "archive.zip" and params["download"]["kaggle_url"] == "https://storage.example.com/arxiv.zip"
-    from arxiv_embed.model_card import describe_source
+    from arxiv_embed.data.sources import describe_source
     from arxiv_embed.schema.base import load
     from arxiv_embed.schema.download import DownloadParams
 
@@ -588,6 +598,15 @@ def test_a_rerun_finds_the_version_already_registered(tmp_path, papers, base_mod
     run_push_in_process(project, monkeypatch)
     assert "already registered (same model files and evaluation): arxiv-embed version 1" in capsys.readouterr().out
     assert json.loads((project / "models/release/manifest.json").read_text())["params"]["finetune"]["margin"] == 0.2
+    # So for the settings that made the data: the card would name a source and label the model was not trained on.
+    for section, key, value, refusal in (
+            ("download", "max_records", 7, r"data/raw/arxiv.jsonl.gz was fetched with other download settings than params.yaml's"),
+            ("shared", "label", "archive", r"data/split holds labels of shared.label 'primary_category' \(metrics/split.json\), "
+                                           r"params.yaml's is 'archive': run `dvc repro push`")):
+        (project / "params.yaml").write_text(yaml.safe_dump({**params, section: {**params[section], key: value}}))
+        with pytest.raises(PushError, match=refusal):
+            run_push_in_process(project, monkeypatch)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     # A retrain that gave the same weights: a new MLflow run (with its own logged model) and wall times, the same release.
     retrained = write_inputs(project, papers, base_model)
     (project / "models/finetuned/training_summary.json").write_text(json.dumps({"global_step": 6, "wall_time_s": 13.9}))
@@ -719,6 +738,9 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")  # huggingface_hub goes offline on this one too
     with pytest.raises(PushError, match="TRANSFORMERS_OFFLINE is set"):
         hub_token(hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # set, it decides alone (huggingface_hub.constants.HF_HUB_OFFLINE): online
+    assert hub_token(hub) == FAKE_TOKEN
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     # A pasted token's line break is dropped (a header with one fails, quoting it); a character no token has is refused
     # before any work, not met at the upload after the release and registry are written, and not printed.
@@ -782,6 +804,11 @@ def test_an_existing_hub_repo_gets_the_release_alone_and_the_visibility_asked(tm
         push_to_hub(Hub(private=True), release, FAKE_TOKEN)
     assert "don't have the rights" in str(forbidden.value) and "HF_TOKEN has write access" in str(forbidden.value)
     assert FAKE_TOKEN not in str(refused.value) + str(forbidden.value)
+    # A mirror's login in HF_ENDPOINT with characters the HTTP client percent-encodes in the URLs it reports.
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.endpoint.replace("http://", "http://proxyuser:PRO=XY;PASS@"))
+    with pytest.raises(PushError, match="don't have the rights") as behind_login:
+        push_to_hub(Hub(private=True), release, FAKE_TOKEN)
+    assert "PASS" not in str(behind_login.value) and "PRO" not in str(behind_login.value)
 
 
 def test_stage_exits_non_zero_with_the_reason(tmp_path):
@@ -789,6 +816,8 @@ def test_stage_exits_non_zero_with_the_reason(tmp_path):
     project = make_project(tmp_path / "project", {"push": {"gate": {"metric": "category_retrieval.map@100"}}})  # not in this evaluation
     (project / "models/finetuned").mkdir(parents=True)
     record_run(project, "abc")
+    for name, record in data_records(project).items():
+        (project / f"metrics/{name}.json").write_text(json.dumps(record))
     (project / "models/finetuned/model.safetensors").write_bytes(b"weights")
     scored = {SCORED_WEIGHTS: weights_sha256(project / "models/finetuned")}
     (project / "metrics/evaluate.json").write_text(json.dumps({**evaluation(0.4, 0.5), **scored}))

@@ -422,20 +422,25 @@ def test_bad_papers_file_is_named(tmp_path):
 
 
 def test_json_lines_are_read_batch_by_batch_and_bad_lines_are_named_not_indexed(tmp_path, records, capsys, monkeypatch):
-    """JSON lines a batch at a time (bounded memory at 4.5 GB): a cut-off line and a line that is no object are left out
-    and named by number; records whose `versions` are all null (an OAI export) take their year from the id, and a record
-    with list categories or a number where search reads nothing is indexed, as before."""
+    """JSON lines a batch at a time (bounded memory at 4.5 GB): a cut-off line, a line that is no object and a record whose
+    abstract is a list (polars would index its JSON text) are left out and named by number; records whose `versions` are
+    all null (an OAI export) take their year from the id; a record with list categories or a number where search reads
+    nothing is indexed, as before, and stray spaces in categories make no blank category."""
     import arxiv_embed.data.records as raw
 
     monkeypatch.setattr(raw, "BATCH_BYTES", 4096)  # several batches from a few records
     no_versions = [json.dumps({**json.loads(line), "versions": None}) + "\n" for line in records[:10]]
-    listed = json.loads(records[10]) | {"categories": ["math.AG", "math.NT"], "comments": 12}
+    listed = json.loads(records[10]) | {"categories": ["math.AG", " ", "math.NT"], "comments": 12}
     no_versions[0] = "\ufeff" + no_versions[0]  # a byte-order mark (a file saved by a Windows tool): no part of the record
-    lines = no_versions[:5] + ['{"id": "0704.9999", "title": "cut off\n', "[1, 2]\n"] + no_versions[5:] + [json.dumps(listed) + "\n"]
+    no_versions[6] = json.dumps({**json.loads(no_versions[6]), "categories": " hep-th\t gr-qc  "}) + "\n"
+    mistyped = json.dumps({**json.loads(records[11]), "abstract": ["not", "a", "string"]}) + "\n"
+    lines = no_versions[:5] + ['{"id": "0704.9999", "title": "cut off\n', "[1, 2]\n"] + no_versions[5:] + [json.dumps(listed) + "\n", mistyped]
     papers = read_papers(write_papers(tmp_path / "papers.jsonl", lines))
     assert papers["id"].to_list() == [json.loads(line)["id"] for line in records[:11]]
     assert papers["year"].to_list() == [2007] * 11 and papers["categories"][-1].to_list() == ["math.AG", "math.NT"]
+    assert papers["categories"][6].to_list() == ["hep-th", "gr-qc"]
     assert "left out 2 line(s)" in (out := capsys.readouterr().out) and "lines 6, 7" in out
+    assert "left out 1 line(s)" in out and "abstract or authors is no string: lines 14" in out
 
 
 def test_versions_with_no_created_date_take_the_year_from_the_id(tmp_path, records):

@@ -36,7 +36,13 @@ STRING_FIELDS = [name for name, dtype in RAW_SCHEMA.items() if dtype == pl.Strin
 # The second branch: a key spelled with \u escapes ("\u0069d" is "id" to a JSON parser), which the first
 # cannot see: letters, "_" and \u escapes, at least one escape, then a colon (a string in a list is no key).
 _ESCAPED_NAME = r'(?:[A-Za-z_]|\\u[0-9A-Fa-f]{4})*\\u[0-9A-Fa-f]{4}(?:[A-Za-z_]|\\u[0-9A-Fa-f]{4})*"\s*:'
-WRONG_TYPE = r'[{,]\s*"(?:(?:' + "|".join(STRING_FIELDS) + r')"\s*:\s*[^"\sn]|' + _ESCAPED_NAME + ")"
+
+
+def _wrong_type_pattern(fields: tuple[str, ...]) -> str:
+    return r'[{,]\s*"(?:(?:' + "|".join(fields) + r')"\s*:\s*[^"\sn]|' + _ESCAPED_NAME + ")"
+
+
+WRONG_TYPE = _wrong_type_pattern(tuple(STRING_FIELDS))
 # Every reason a record can be rejected for, in the order the checks run.
 UNUSABLE = ["malformed_json", "wrong_type", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
 FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]
@@ -148,7 +154,7 @@ def parse_batch(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, list[dict]
     if lines[-1] == b"":
         lines.pop()
     odd = [i for i, line in enumerate(lines) if line[:1] != b"{" or line[-1:] != b"}"]
-    wrong = _wrong_types(lines)
+    wrong = wrong_types(lines)
     if not odd and not wrong:
         try:
             frame = pl.read_ndjson(chunk, schema=RAW_SCHEMA)
@@ -219,8 +225,9 @@ def _encodes(value: str) -> bool:
     return True
 
 
-def _wrong_types(lines: list[bytes]) -> list[int]:
-    """Indices of the lines that are JSON objects with a number, list, object or boolean in a string field.
+def wrong_types(lines: list[bytes], fields: tuple[str, ...] = tuple(STRING_FIELDS)) -> list[int]:
+    """Indices of the lines that are JSON objects with a number, list, object or boolean in a string field (one of
+    `fields`; the search reader's are fewer).
 
     The regex runs in polars over the whole batch (~0.03 s a 32 MB batch, a few seconds over the
     whole snapshot); json.loads only confirms the few lines it flags.
@@ -229,16 +236,16 @@ def _wrong_types(lines: list[bytes]) -> list[int]:
         texts = pl.Series(lines, dtype=pl.Binary).cast(pl.String)
     except pl.exceptions.ComputeError:  # invalid UTF-8 in some line (malformed_json anyway): decode lossily
         texts = pl.Series([line.decode("utf-8", errors="replace") for line in lines], dtype=pl.String)
-    flagged = texts.str.contains(WRONG_TYPE)
-    return [i for i in flagged.arg_true().to_list() if _has_wrong_type(lines[i])]
+    flagged = texts.str.contains(WRONG_TYPE if fields == tuple(STRING_FIELDS) else _wrong_type_pattern(fields))
+    return [i for i in flagged.arg_true().to_list() if _has_wrong_type(lines[i], fields)]
 
 
-def _has_wrong_type(line: bytes) -> bool:
+def _has_wrong_type(line: bytes, fields: tuple[str, ...]) -> bool:
     try:
         record = json.loads(line)
     except ValueError:  # not JSON at all: malformed_json, found by the parse
         return False
-    return isinstance(record, dict) and any(not isinstance(record.get(name), (str, type(None))) for name in STRING_FIELDS)
+    return isinstance(record, dict) and any(not isinstance(record.get(name), (str, type(None))) for name in fields)
 
 
 def _read(numbered: list[tuple[int, bytes]], trusted: bool) -> tuple[list[pl.DataFrame], list[tuple[int, bytes]]]:

@@ -277,3 +277,8 @@ SOURCES: dict[str, Source] = {
     "kaggle": Source(_kaggle, lambda d, limit: f"Kaggle arXiv metadata snapshot ({Path(d.path).name if d.path else redact_url(d.kaggle_url)}{limit})"),
     "file": Source(_file, lambda d, limit: f"local file `{Path(d.path or '').name}` (Kaggle arXiv snapshot schema{limit})"),
 }
+
+
+def describe_source(download: Download) -> str:
+    """Where the data came from, in the source's own words: download records it (metrics/download.json) for the card."""
+    return SOURCES[download.source].describe(download, f", first {download.max_records} records" if download.max_records else "")

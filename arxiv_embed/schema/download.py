@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -12,6 +14,7 @@ from arxiv_embed.schema.base import HttpUrl, IsoDate, NonNegativeInt, PositiveIn
 # How patiently download fetches, not what: no stage tracks these (dvc.yaml), so a changed timeout reruns no harvest,
 # and the release's manifest leaves them out (model_dump's exclude form).
 FETCH_PATIENCE = {"download": {"timeout_s": True, "oai": {"max_retries", "request_interval_s"}}}
+FETCHED_WITH = "fetched_with_params_sha256"  # in metrics/download.json: push checks the card's data source against it
 
 
 # An arXiv OAI-PMH set spec: "cs", "physics:astro-ph", "cs:cs:AI". Never empty: an empty set is no
@@ -51,3 +54,11 @@ class Download(Section):
 
 class DownloadParams(Section):
     download: Download
+
+
+def fetched_with(download: Download) -> str:
+    """sha256 of the download knobs dvc.yaml tracks (what is fetched, not how patiently). download records it with the
+    raw file; push refuses a card whose data source differs (a push run alone after a change would name data that did
+    not train the model). DVC reruns download whenever they change."""
+    knobs = download.model_dump(mode="json", exclude=FETCH_PATIENCE["download"])
+    return hashlib.sha256(json.dumps(knobs, sort_keys=True, default=str).encode()).hexdigest()

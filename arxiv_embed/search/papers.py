@@ -13,6 +13,7 @@ from arxiv_embed.errors import UserError
 COLUMNS = {"id": pl.String, "title": pl.String, "authors": pl.String, "categories": pl.List(pl.String),
            "year": pl.Int16, "abstract": pl.String}
 REQUIRED = ("id", "title", "abstract", "categories")
+STRING_FIELDS = ("id", "title", "abstract", "authors")  # in JSON lines; categories may also be a list
 
 
 class SearchError(UserError):
@@ -49,7 +50,7 @@ def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
     """The index's columns from a file's: whitespace made single, categories a list, the year from the first version."""
     categories = pl.col("categories")
     if schema["categories"] == pl.String:  # Kaggle schema: one space-separated string
-        categories = categories.str.split(" ")
+        categories = categories.str.replace_all(r"\s+", " ").str.split(" ")
     if "first_version_date" in schema:  # the clean stage's parsed date (text in JSON lines)
         date = pl.col("first_version_date")
         dated = (date.str.to_date(strict=False) if schema["first_version_date"] == pl.String else date.cast(pl.Date, strict=False)).dt.year()
@@ -64,7 +65,8 @@ def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
         paper_id.str.strip_chars(),
         pl.col("title").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null(""),  # untitled: found by its abstract
         authors.cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars().fill_null("").alias("authors"),
-        categories.cast(pl.List(pl.String)).alias("categories"),
+        # "gr-qc  hep-th " and "" split to blank names, which no filter can ask for: as clean does, none is kept
+        categories.cast(pl.List(pl.String)).list.eval(pl.element().str.strip_chars()).list.filter(pl.element() != "").alias("categories"),
         pl.coalesce(dated.cast(pl.Int32), from_id).cast(pl.Int16).alias("year"),
         pl.col("abstract").cast(pl.String).str.replace_all(r"\s+", " ").str.strip_chars(),
     ]
@@ -73,16 +75,21 @@ def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
 def _read_json_lines(path: Path) -> pl.DataFrame:
     """JSON lines of the Kaggle schema (.gz ok; categories a space-separated string or a list), a batch at a time: memory
     holds the columns kept, not the whole file and its parse (the 4.5 GB snapshot would need ~15 GB). A batch with a line
-    that is no JSON object is read line by line, and such lines are counted and named, not indexed."""
-    from arxiv_embed.data.records import line_batches, without_boms
+    that is no JSON object is read line by line, and such lines are counted and named, not indexed; so are lines whose
+    id, title, abstract or authors is no string (polars would index a list's JSON text as the abstract)."""
+    from arxiv_embed.data.records import line_batches, without_boms, wrong_types
     from arxiv_embed.progress import Progress
 
-    frames, present, rejected = [], set(), []
+    frames, present, rejected, mistyped = [], set(), [], []
     meter = Progress(f"search: read {path.name}", unit="records")  # ~1 min for the 4.5 GB snapshot: a line every 15 s
     try:
         for first, chunk in line_batches(path):
-            rejected_before = len(rejected)
+            rejected_before, mistyped_before = len(rejected), len(mistyped)
             chunk = without_boms(chunk)  # as clean reads it
+            if wrong := wrong_types(lines := chunk.split(b"\n"), STRING_FIELDS):
+                mistyped += [first + index for index in wrong]
+                wrong = set(wrong)  # blanked, not removed: the other lines keep their numbers
+                chunk = b"\n".join(b"" if index in wrong else line for index, line in enumerate(lines))
             try:
                 pieces = [pl.read_ndjson(chunk, infer_schema_length=None)]
             except pl.exceptions.PolarsError:
@@ -98,18 +105,25 @@ def _read_json_lines(path: Path) -> pl.DataFrame:
                 present |= set(piece.columns)
                 piece = piece.with_columns(pl.lit(None, dtype=pl.String).alias(name) for name in REQUIRED if name not in piece.columns)
                 frames.append(piece.select(_kept_columns(piece.schema)))
-            meter.update(sum(piece.height for piece in pieces) + len(rejected) - rejected_before)
+            meter.update(sum(piece.height for piece in pieces) + len(rejected) - rejected_before + len(mistyped) - mistyped_before)
     except UserError as exc:  # cut off or not JSON lines at all; the clean stage's advice (re-run download) is not for --papers
         raise SearchError(f"--papers {str(exc).split('; re-run the download stage')[0]}") from None
     meter.done()
-    named = ", ".join(map(str, rejected[:5])) + (", ..." if len(rejected) > 5 else "")
+    named, wrongly = _numbers(rejected), f"whose {', '.join(STRING_FIELDS[:-1])} or {STRING_FIELDS[-1]} is no string: lines {_numbers(mistyped)}"
     if not sum(frame.height for frame in frames):
-        raise SearchError(f"--papers {path}: no JSON lines (one JSON object per line){f'; not one: lines {named}' if rejected else ''}")
+        raise SearchError(f"--papers {path}: no JSON lines (one JSON object per line){f'; not one: lines {named}' if rejected else ''}"
+                          f"{f'; {len(mistyped)} line(s) {wrongly}' if mistyped else ''}")
     if missing := set(REQUIRED) - present:  # a key no record has
         raise SearchError(f"--papers {path}: missing column(s) {sorted(missing)}; need {', '.join(REQUIRED)}")
     if rejected:
         print(f"search: left out {len(rejected)} line(s) of {path} that are not one JSON object: lines {named}")
+    if mistyped:
+        print(f"search: left out {len(mistyped)} line(s) of {path} {wrongly}")
     return pl.concat(frames)
+
+
+def _numbers(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
 
 
 def read_papers(path: Path) -> pl.DataFrame:
