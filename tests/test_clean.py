@@ -276,9 +276,10 @@ def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.Monkey
         project,
         [
             paper("0704.0001", update_date="2009-01-01", title="Newest"),
-            paper("0704.0002", update_date="2008-01-01", versions=v1, title="Fewer versions"),
-            paper("0704.0001", update_date="2007-05-01", title="Older"),
+            # Both updated the same day: more versions is newer, also where it comes first (the file's order is the last tie-break).
             paper("0704.0002", update_date="2008-01-01", versions=v2, title="More versions"),
+            paper("0704.0001", update_date="2007-05-01", title="Older"),
+            paper("0704.0002", update_date="2008-01-01", versions=v1, title="Fewer versions"),
             paper("0704.0003", update_date="2007-05-01"),
             paper("0704.0003", update_date="2010-01-01", abstract="This paper has been withdrawn by the author."),
         ],
@@ -286,7 +287,7 @@ def test_duplicate_ids_keep_the_latest(project: Path, monkeypatch: pytest.Monkey
     papers, rejects, metrics = run_clean(project)
     assert dict(papers.select("id", "title").iter_rows()) == {"0704.0001": "Newest", "0704.0002": "More versions"}
     # The latest record of 0704.0003 is a withdrawal: the paper goes, not its older version.
-    assert reasons(rejects) == {2: "duplicate_id", 3: "duplicate_id", 5: "duplicate_id", 6: "withdrawn"}
+    assert reasons(rejects) == {3: "duplicate_id", 4: "duplicate_id", 5: "duplicate_id", 6: "withdrawn"}
     assert metrics["rejected"]["duplicate_id"] == 3
 
 

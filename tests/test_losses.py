@@ -148,6 +148,34 @@ def test_adapter_trains_with_the_table_loss_and_saves_a_loadable_model(tiny_mode
     np.testing.assert_allclose(SentenceTransformer(str(tiny_data / "model"), device="cpu").encode(texts), after, atol=1e-5)
 
 
+def test_the_saved_adapter_model_encodes_with_the_prompt_its_vectors_were_cached_with(tiny_model, tmp_path: Path) -> None:
+    """A base with a default prompt (e5's "passage: "): embed_base caches every text with it, titles too, and the
+    adapter trains on those vectors. The saved model must apply that prompt on both routes, or it encodes otherwise
+    than what evaluate scored; a base's query prompt, which no cached vector had, stays out."""
+    from sentence_transformers import SentenceTransformer
+
+    from arxiv_embed.embeddings import TextVectors, adapter_modules, apply_adapter
+    from arxiv_embed.models import encode, load_model
+
+    shared = tiny_model.prompts, tiny_model.default_prompt_name  # the module's fixture: put back after the copy is saved
+    tiny_model.prompts, tiny_model.default_prompt_name = {"query": "query: ", "document": "passage: "}, "document"
+    try:
+        tiny_model.save(str(tmp_path / "base"))
+    finally:
+        tiny_model.prompts, tiny_model.default_prompt_name = shared
+    base = load_model(str(tmp_path / "base"), max_seq_length=32, device="cpu")
+    texts = ["Quantum error correction with surface codes.", "A survey of graph neural networks."]
+    cached = TextVectors(texts, encode(base, texts, 8, progress=False))  # as embed_base caches them
+    dim = base.get_sentence_embedding_dimension()
+    for query_adapter in (None, adapter.identity_adapter(dim, "mlp", 0)):
+        adapter.attach(base, adapter.identity_adapter(dim, "mlp", 0), query_adapter).save(str(tmp_path / "tuned"))
+        loaded = SentenceTransformer(str(tmp_path / "tuned"), device="cpu")
+        scored = apply_adapter(adapter_modules(loaded), cached).vectors  # what evaluate scores
+        np.testing.assert_allclose(loaded.encode(texts, normalize_embeddings=True), scored, atol=1e-5)
+        np.testing.assert_allclose(loaded.encode_query(texts, normalize_embeddings=True),
+                                   apply_adapter(adapter_modules(loaded, "query"), cached).vectors, atol=1e-5)
+
+
 def test_a_query_adapter_is_routed_by_encode_query_and_evaluate_applies_each_route(tiny_model, tiny_data: Path) -> None:
     """finetune.adapter.query_adapter: the titles of title->abstract pairs train an adapter of their own, saved
     in a Router: encode_query takes it, encode (the search index's) the documents' one; evaluate and
@@ -345,6 +373,39 @@ def test_balanced_label_sampling_evens_out_labels_with_the_same_epoch_length() -
     assert per_label["balanced"][3] > 4  # more often than it has papers: they repeat, pass by pass
     label_3 = np.concatenate(list(adapter.Batches(labels, 8, np.random.default_rng(1), 2, "balanced").epoch(len(labels))))
     assert set(label_3[labels[label_3] == 3]) == set(np.flatnonzero(labels == 3))  # every one of its papers, not one repeated
+
+
+@pytest.mark.parametrize("sampling", ["sqrt", "balanced"])
+def test_repeated_label_sampling_never_puts_a_paper_twice_in_a_batch(sampling: str) -> None:
+    """sqrt and balanced repeat a rare label's papers, pass by pass: a chunk spanning two passes, or two of the label's
+    chunks in one batch, held one paper twice, which supcon takes as its own positive (cosine 1)."""
+    labels = np.repeat(np.arange(8), [200, 100, 50, 20, 10, 6, 5, 5])
+    batches = adapter.Batches(labels, 32, np.random.default_rng(0), per_label=4, label_sampling=sampling)
+    chunks = batches._draw(np.flatnonzero(labels == 6), 9)  # 5 papers: one chunk a pass, 9 passes
+    assert chunks.shape == (9, 4) and all(len(set(chunk)) == 4 for chunk in chunks)
+    for epoch in range(3):
+        for batch in batches.epoch(len(labels)):
+            assert len(set(batch.tolist())) == len(batch)
+            assert all(count >= 4 for count in np.unique(labels[batch], return_counts=True)[1])  # still whole chunks
+
+
+def test_labels_with_fewer_papers_than_per_label_are_counted_not_dropped_silently() -> None:
+    labels = np.repeat(np.arange(5), [40, 8, 3, 1, 4])
+    assert adapter.too_small(labels, 4) == (2, 4)  # labels 2 and 3: 3 + 1 papers
+    seen = np.concatenate(list(adapter.Batches(labels, 8, np.random.default_rng(0), per_label=4).epoch(len(labels))))
+    assert not set(labels[seen]) & {2, 3}  # what too_small counts is what no batch holds
+
+
+def test_finetune_says_how_many_labels_and_papers_no_label_batch_holds(tiny_model, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
+    papers = training_data.kind_frame("labels")
+    rare = papers["label"].value_counts().sort("count", "label")["label"][0]  # kept with 2 papers, fewer than per_label
+    frames = {"labels": pl.concat([papers.filter(pl.col("label") != rare), papers.filter(pl.col("label") == rare).head(2)])}
+    index, cached = cached_vectors(tiny_model, frames)
+    ft = finetune(loss="supcon", train_data=["labels"], batch_size=16, retain_title_abstract=0.0,
+                  hard_negatives={"weight": 0.0, "candidates": 20}, adapter={"epochs": 1, "per_label": 4, "members": 2})
+    adapter.train_members(ft, 42, recipe.objectives(None, ft, frames), index, cached)
+    out = capsys.readouterr().out  # once, though two members train
+    assert out.count(f"finetune: 1 label(s) with fewer than finetune.adapter.per_label=4 train papers (2 of {frames['labels'].height:,} ") == 1
 
 
 def test_full_mode_retains_title_abstract_as_its_own_scaled_dataset(tiny_model, tiny_data: Path) -> None:

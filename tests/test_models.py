@@ -64,6 +64,18 @@ def test_hub_id_with_the_hub_down_fails_in_seconds(empty_hf_cache: None, monkeyp
     with pytest.raises(ModelNotFoundError, match="sentence-transformers/all-mpnet-base-v2.*Hub is unreachable"):
         resolve_model("sentence-transformers/all-mpnet-base-v2")
     assert time.monotonic() - started < 10
+    # A Hub whose packets are dropped answers nothing at all: the probe's own timeout is the wait (not the ~80 s of
+    # huggingface_hub's retries).
+    waits = []
+
+    def dropped(address, timeout=None, *args, **kwargs):
+        waits.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", dropped)
+    with pytest.raises(ModelNotFoundError, match="Hub is unreachable"):
+        resolve_model("sentence-transformers/all-mpnet-base-v2")
+    assert len(waits) == 1 and waits[0] is not None and waits[0] <= 5
 
 
 def test_missing_or_empty_folders_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -383,6 +383,23 @@ def test_run_key_follows_file_contents_seed_and_world_size(tmp_path: Path, monke
     before = checkpoints.run_key(local, [data])
     (folder / "model.safetensors").write_bytes(b"weights 2")
     assert checkpoints.run_key(local, [data]) != before
+    # The code that trains: DVC reruns finetune on a code change, which must not resume the old code's checkpoints.
+    package = tmp_path / "project" / "arxiv_embed"
+    (package / "training").mkdir(parents=True)
+    (tmp_path / "project" / "stages").mkdir()
+    for source in ("training/losses.py", "training/checkpoints.py"):
+        (package / source).write_text(f"# {source}\n")
+    (tmp_path / "project" / "stages" / "finetune.py").write_text("# the stage\n")
+    monkeypatch.setattr(checkpoints, "__file__", str(package / "training" / "checkpoints.py"))
+    code, keyed = checkpoints.code_sha256(), checkpoints.run_key(params, [data])
+    (package / "training" / "losses.py").write_text("# losses.py, edited\n")
+    assert checkpoints.code_sha256() != code and checkpoints.run_key(params, [data]) != keyed
+    code, keyed = checkpoints.code_sha256(), checkpoints.run_key(params, [data])
+    (tmp_path / "project" / "stages" / "finetune.py").write_text("# the stage, edited\n")
+    assert checkpoints.code_sha256() != code and checkpoints.run_key(params, [data]) != keyed
+    keyed = checkpoints.run_key(params, [data])
+    monkeypatch.setattr(checkpoints, "_version", lambda name: "another" if name == "transformers" else None)
+    assert checkpoints.run_key(params, [data]) != keyed
 
 
 @pytest.fixture

@@ -506,10 +506,18 @@ def test_pipeline_search_finds_a_test_paper_by_its_abstract(pipeline):
     assert answer["results"][0]["id"] == paper["id"] and answer["index"]["papers"] == len(test)
 
 
-def test_encoding_on_several_processes_gives_the_same_embeddings(tmp_path, records, base_model):
+def test_encoding_on_several_processes_gives_the_same_embeddings(tmp_path, records, base_model, monkeypatch):
     """The multi-process pool (used for several GPUs or --processes) agrees with one process, chunk by chunk."""
     texts = [json.loads(r)["title"] for r in records[:10]]
+    pools, start_pool = [], type(base_model).start_multi_process_pool
+
+    def started(model, devices, *args, **kwargs):  # the pool must be the one encoding: not one process compared with itself
+        pools.append(list(devices))
+        return start_pool(model, devices, *args, **kwargs)
+
+    monkeypatch.setattr(type(base_model), "start_multi_process_pool", started)
     pooled = encode_resumable(base_model, texts, tmp_path / "work", "model-sha", chunk_size=4, processes=2, progress=False)
+    assert [len(devices) for devices in pools] == [2]
     np.testing.assert_allclose(pooled, encode(base_model, texts, progress=False), atol=1e-5)
     assert len(list((tmp_path / "work").glob("chunk-*.npy"))) == 3
 

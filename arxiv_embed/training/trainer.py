@@ -95,6 +95,9 @@ def training_arguments(params: FinetuneParams, output_dir: Path, precision: str,
         save_strategy="steps",
         save_steps=full.save_steps,
         save_total_limit=full.save_total_limit,
+        # Early stopping's patience count is saved in each checkpoint; without this a resumed run starts it at 0 and
+        # trains past where the uninterrupted run stopped.
+        restore_callback_states_from_checkpoint=True,
         load_best_model_at_end=True,
         metric_for_best_model=full.metric_for_best_model,
         logging_steps=ft.logging_steps,
