@@ -1,12 +1,13 @@
-"""finetune: fine-tune the base model on make_triplets' data with sentence-transformers' trainer.
+"""finetune: train an adapter on cached vectors (mode adapter, the default) or every weight (mode full, the trainer).
 
 Reads the finetune.train_data kinds (data/triplets/train_*.parquet; kind `labels`: data/triplets/train_papers.parquet)
 and data/triplets/eval_triplets.parquet. finetune.mode=adapter freezes the encoder and trains a small
 adapter on embeddings computed once (no checkpoints: it trains in seconds). Writes
-models/finetuned/ (the best checkpoint's model, training_summary.json), metrics/finetune.json,
-metrics/finetune_loss.csv and metrics/runtime/finetune.json (its MLflow run and wall times). Every run is an MLflow run. Checkpoints go to
+models/finetuned/ (mode full: the best checkpoint's model; training_summary.json), metrics/finetune.json,
+metrics/finetune_loss.csv and metrics/runtime/finetune.json (its MLflow run and wall times). Every run is an MLflow run.
+Mode full's checkpoints go to
 models/checkpoints/<run key>/ in the project's own root (also from a `dvc exp run --temp` or queued
-workspace), so a rerun with the same params and data resumes where an interrupted one stopped.
+workspace), so a rerun with the same params, data and code resumes where an interrupted one stopped.
 finetune.full.nproc_per_node > 1 re-runs this module under torchrun (DDP); only rank 0 writes files and talks to MLflow.
 """
 

@@ -1,5 +1,6 @@
-"""push: gate the fine-tuned model, write models/release (model + card + manifest), register it in
-the MLflow Model Registry and, when enabled, upload it to the Hugging Face Hub."""
+"""push: gate the model, write models/release, register it in MLflow and (push.hub) upload it to the Hugging Face Hub.
+
+The release is the model with its card and manifest; the registry version is in the MLflow Model Registry."""
 
 from __future__ import annotations
 

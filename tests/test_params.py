@@ -246,6 +246,7 @@ def test_a_stage_answers_help_and_refuses_stray_arguments_before_any_work(tmp_pa
 
     helped, refused = stage("stages.push", "--help"), stage("stages.split", "--dry-run")
     assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m stages.push") and "params.yaml" in helped.stdout
+    assert "upload it to the Hugging Face Hub." in " ".join(helped.stdout.split())  # its first line: a whole sentence
     assert refused.returncode == 2 and "unrecognized arguments: --dry-run" in refused.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]  # nothing read, nothing written
     # A user error names the stage as dvc.yaml does: evaluate_base runs `stages.evaluate --model base`.
