@@ -319,11 +319,13 @@ def push_to_hub(hub: Hub, release: Path, token: str) -> None:
 def without_endpoint_credentials(text: str, endpoint: str) -> str:
     """A message without HF_ENDPOINT's user:password@ (a mirror or proxy's), wherever the endpoint's URLs quote it: as
     given, and as the HTTP client re-quotes it (`=`, `;`, spaces and the like percent-encoded) before the host."""
-    userinfo, _, host = endpoint.partition("://")[2].rpartition("@")
+    userinfo, _, address = endpoint.partition("://")[2].rpartition("@")
     if not userinfo:
         return text
     text = text.replace(f"{userinfo}@", "")
-    return re.sub(r"://[^/\s]*@(?=" + re.escape(host.partition("/")[0]) + ")", "://", text, flags=re.IGNORECASE)
+    # The host as the client writes it back: any case, its port dropped when it is the scheme's default.
+    host = address[:address.find("]") + 1] if address.startswith("[") else re.split(r"[/:?#]", address, maxsplit=1)[0]
+    return re.sub(r"://[^/\s]*@(?=" + re.escape(host) + r"(?::\d+)?(?![\w.-]))", "://", text, flags=re.IGNORECASE)
 
 
 def settle_visibility(api, hub: Hub) -> bool:

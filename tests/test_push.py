@@ -762,6 +762,13 @@ def test_hub_enabled_without_token_or_network_fails_clearly(tmp_path, monkeypatc
     assert FAKE_TOKEN not in str(unreachable.value) and "PROXYPASS" not in str(unreachable.value)
     assert without_endpoint_credentials(f"http://u:p@w@hub.example/{REPO_ID}/commit/1", "http://u:p@w@hub.example") == \
         f"http://hub.example/{REPO_ID}/commit/1"  # the uploaded commit's link, printed
+    # As the HTTP client writes the URL back: the login percent-encoded, the host lower-cased, a default port dropped.
+    for endpoint in ("https://proxyuser:PRO=XY;PASS@Mirror.Example.com:443", "https://proxyuser:PRO=XY;PASS@mirror.example.com"):
+        shown = without_endpoint_credentials(f"Cannot access content at: https://proxyuser:PRO%3DXY%3BPASS@mirror.example.com/api/"
+                                             f"models/{REPO_ID}. Retry.", endpoint)
+        assert shown == f"Cannot access content at: https://mirror.example.com/api/models/{REPO_ID}. Retry."
+    assert without_endpoint_credentials("mail me at a@mirror.example.community", "https://u:p@mirror.example.com") == \
+        "mail me at a@mirror.example.community"  # another host: left as it is
 
 
 def test_an_existing_hub_repo_gets_the_release_alone_and_the_visibility_asked(tmp_path, fake_hub, monkeypatch, capsys):

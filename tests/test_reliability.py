@@ -397,6 +397,9 @@ def test_run_key_follows_file_contents_seed_and_world_size(tmp_path: Path, monke
     code, keyed = checkpoints.code_sha256(), checkpoints.run_key(params, [data])
     (tmp_path / "project" / "stages" / "finetune.py").write_text("# the stage, edited\n")
     assert checkpoints.code_sha256() != code and checkpoints.run_key(params, [data]) != keyed
+    code = checkpoints.code_sha256()
+    os.symlink("user@host.1234:1", package / "training" / ".#losses.py")  # an editor's lock on a file being edited
+    assert checkpoints.code_sha256() == code
     keyed = checkpoints.run_key(params, [data])
     monkeypatch.setattr(checkpoints, "_version", lambda name: "another" if name == "transformers" else None)
     assert checkpoints.run_key(params, [data]) != keyed

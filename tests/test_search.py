@@ -443,6 +443,16 @@ def test_json_lines_are_read_batch_by_batch_and_bad_lines_are_named_not_indexed(
     assert "left out 1 line(s)" in out and "abstract or authors is no string: lines 14" in out
 
 
+def test_a_batch_mixing_list_and_string_categories_keeps_each_papers_names(tmp_path, records):
+    """polars reads such a batch's categories as text, a list as its JSON text: decoded back, not split on spaces (which
+    gave '["cs.AI",' as a category no filter can ask for). A string that only starts with "[" stays a name."""
+    first, second, third = (json.loads(line) for line in records[:3])
+    lines = [json.dumps({**first, "categories": ["cs.AI", "cs.LG"]}) + "\n", json.dumps({**second, "categories": "math.CO  cs.AI"}) + "\n",
+             json.dumps({**third, "categories": "[cs.AI"}) + "\n"]
+    papers = read_papers(write_papers(tmp_path / "mixed.jsonl", lines))
+    assert papers["categories"].to_list() == [["cs.AI", "cs.LG"], ["math.CO", "cs.AI"], ["[cs.AI"]]
+
+
 def test_versions_with_no_created_date_take_the_year_from_the_id(tmp_path, records):
     """download writes `"versions": []` for an OAI record without a date; a batch of only such records (or of versions
     without `created`) is read as a list of nulls, which has no field to take the year from."""

@@ -14,6 +14,7 @@ COLUMNS = {"id": pl.String, "title": pl.String, "authors": pl.String, "categorie
            "year": pl.Int16, "abstract": pl.String}
 REQUIRED = ("id", "title", "abstract", "categories")
 STRING_FIELDS = ("id", "title", "abstract", "authors")  # in JSON lines; categories may also be a list
+JSON_STRING_LIST = r'^\[\s*(?:"(?:[^"\\]|\\.)*"\s*(?:,\s*"(?:[^"\\]|\\.)*"\s*)*)?\]$'  # ["cs.AI", "cs.LG"], as polars writes a list
 
 
 class SearchError(UserError):
@@ -50,7 +51,9 @@ def _kept_columns(schema: pl.Schema) -> list[pl.Expr]:
     """The index's columns from a file's: whitespace made single, categories a list, the year from the first version."""
     categories = pl.col("categories")
     if schema["categories"] == pl.String:  # Kaggle schema: one space-separated string
-        categories = categories.str.replace_all(r"\s+", " ").str.split(" ")
+        # A batch mixing that with lists is read as text, each list as its JSON text: decoded back, not split.
+        listed = pl.when(categories.str.contains(JSON_STRING_LIST)).then(categories).str.json_decode(pl.List(pl.String))
+        categories = pl.coalesce(listed, categories.str.replace_all(r"\s+", " ").str.split(" "))
     if "first_version_date" in schema:  # the clean stage's parsed date (text in JSON lines)
         date = pl.col("first_version_date")
         dated = (date.str.to_date(strict=False) if schema["first_version_date"] == pl.String else date.cast(pl.Date, strict=False)).dt.year()

@@ -59,7 +59,8 @@ def code_sha256() -> str:
     start after an unrelated edit costs less than resuming another code's weights)."""
     package = Path(__file__).resolve().parents[1]
     stage = package.parent / "stages" / "finetune.py"
-    sources = sorted(package.rglob("*.py")) + ([stage] if stage.exists() else [])
+    # Files only: an editor's lock file (Emacs's .#name.py) is a dangling link.
+    sources = sorted(p for p in package.rglob("*.py") if p.is_file()) + ([stage] if stage.exists() else [])
     digest = hashlib.sha256()
     for source in sources:
         digest.update(source.relative_to(package.parent).as_posix().encode() + b"\0" + source.read_bytes())
