@@ -219,8 +219,8 @@ def test_two_queued_experiments_run_in_parallel_into_the_projects_store(pipeline
     deltas = [row["data"]["metrics"]["metrics/headline.json"]["data"]["delta"] for row in rows]
     changed = {name for name in deltas[0] if len({delta[name] for delta in deltas}) > 1}
     assert len(changed) >= 3, deltas  # enough columns for the width below to be a test
-    assert f'--drop "{SWEEP_DROP}"' in (Path(__file__).parents[1] / "README.md").read_text()
-    table = dvc(project, "exp", "show", "--only-changed", "--drop", SWEEP_DROP).stdout
+    assert f'--hide-failed --drop "{SWEEP_DROP}"' in (Path(__file__).parents[1] / "README.md").read_text()
+    table = dvc(project, "exp", "show", "--only-changed", "--hide-failed", "--drop", SWEEP_DROP).stdout
     assert {name for name in deltas[0] if f"delta.{name}" in table} == changed, table
     assert "finetune.temperature" in table and "wall_time_s" in table and "Executor" not in table and "mlflow_run_id" not in table
     assert "train_seconds" not in table and "registered_version" not in table and "trained_with" not in table
