@@ -176,7 +176,6 @@ def graded_partners(papers: pl.DataFrame, n: int, rng: np.random.Generator) -> t
             if found >= 0:
                 partners[i], grades[i] = found, g
                 break
-    meter.done()
     keep = partners >= 0
     return anchors[keep], partners[keep], grades[keep]
 
