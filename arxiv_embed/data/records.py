@@ -42,7 +42,6 @@ def _wrong_type_pattern(fields: tuple[str, ...]) -> str:
     return r'[{,]\s*"(?:(?:' + "|".join(fields) + r')"\s*:\s*[^"\sn]|' + _ESCAPED_NAME + ")"
 
 
-WRONG_TYPE = _wrong_type_pattern(tuple(STRING_FIELDS))
 # Every reason a record can be rejected for, in the order the checks run.
 UNUSABLE = ["malformed_json", "wrong_type", "missing_id", "missing_title", "missing_abstract", "missing_categories", "invalid_categories"]
 FILTERED = ["withdrawn", "abstract_too_short", "abstract_too_long"]
@@ -236,7 +235,7 @@ def wrong_types(lines: list[bytes], fields: tuple[str, ...] = tuple(STRING_FIELD
         texts = pl.Series(lines, dtype=pl.Binary).cast(pl.String)
     except pl.exceptions.ComputeError:  # invalid UTF-8 in some line (malformed_json anyway): decode lossily
         texts = pl.Series([line.decode("utf-8", errors="replace") for line in lines], dtype=pl.String)
-    flagged = texts.str.contains(WRONG_TYPE if fields == tuple(STRING_FIELDS) else _wrong_type_pattern(fields))
+    flagged = texts.str.contains(_wrong_type_pattern(fields))
     return [i for i in flagged.arg_true().to_list() if _has_wrong_type(lines[i], fields)]
 
 
